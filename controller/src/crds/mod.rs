@@ -1,0 +1,119 @@
+//! Karpenter's custom resources with their real v1 field names: NodePool, NodeClaim, EC2NodeClass.
+
+pub mod ec2nodeclass;
+pub mod nodeclaim;
+pub mod nodepool;
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use ec2nodeclass::{EC2NodeClass, EC2NodeClassSpec};
+pub use nodeclaim::{NodeClaim, NodeClaimSpec, NodeClaimStatus};
+pub use nodepool::{NodePool, NodePoolSpec};
+
+/// Well-known labels and annotations Karpenter defines.
+pub mod labels {
+    pub const NODEPOOL: &str = "karpenter.sh/nodepool";
+    pub const CAPACITY_TYPE: &str = "karpenter.sh/capacity-type";
+    pub const REGISTERED: &str = "karpenter.sh/registered";
+    pub const INITIALIZED: &str = "karpenter.sh/initialized";
+    pub const DO_NOT_DISRUPT: &str = "karpenter.sh/do-not-disrupt";
+    pub const NODECLASS: &str = "karpenter.k8s.aws/ec2nodeclass";
+    pub const INSTANCE_TYPE: &str = "node.kubernetes.io/instance-type";
+    pub const ZONE: &str = "topology.kubernetes.io/zone";
+    pub const REGION: &str = "topology.kubernetes.io/region";
+    pub const ARCH: &str = "kubernetes.io/arch";
+    pub const OS: &str = "kubernetes.io/os";
+    pub const HOSTNAME: &str = "kubernetes.io/hostname";
+    pub const INSTANCE_CATEGORY: &str = "karpenter.k8s.aws/instance-category";
+    pub const INSTANCE_FAMILY: &str = "karpenter.k8s.aws/instance-family";
+    pub const INSTANCE_GENERATION: &str = "karpenter.k8s.aws/instance-generation";
+    pub const INSTANCE_SIZE: &str = "karpenter.k8s.aws/instance-size";
+    pub const INSTANCE_CPU: &str = "karpenter.k8s.aws/instance-cpu";
+    pub const INSTANCE_MEMORY: &str = "karpenter.k8s.aws/instance-memory";
+    pub const INSTANCE_HYPERVISOR: &str = "karpenter.k8s.aws/instance-hypervisor";
+    pub const INSTANCE_GPU_COUNT: &str = "karpenter.k8s.aws/instance-gpu-count";
+    pub const INSTANCE_GPU_NAME: &str = "karpenter.k8s.aws/instance-gpu-name";
+    pub const TERMINATION_FINALIZER: &str = "karpenter.sh/termination";
+    pub const UNREGISTERED_TAINT: &str = "karpenter.sh/unregistered";
+    pub const DISRUPTED_TAINT: &str = "karpenter.sh/disrupted";
+    /// EC2 tags Karpenter puts on what it launches.
+    pub const TAG_CLUSTER_PREFIX: &str = "kubernetes.io/cluster/";
+    pub const TAG_NODECLAIM: &str = "karpenter.sh/nodeclaim";
+    pub const TAG_MANAGED_BY: &str = "karpenter.sh/managed-by";
+}
+
+/// A node selector requirement with Karpenter's `minValues` extension.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSelectorRequirementWithMinValues {
+    pub key: String,
+    pub operator: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_values: Option<i64>,
+}
+
+/// Reference from a NodePool / NodeClaim to its node class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeClassReference {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+}
+
+/// A Kubernetes taint (`key`, `value`, `effect`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Taint {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    pub effect: String,
+}
+
+/// A status condition in the shape Karpenter uses (`metav1.Condition`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Labels / annotations of a NodePool's node template.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateMetadata {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Sets condition `type_` on a list, keeping others; returns whether anything changed.
+pub fn set_condition(conditions: &mut Vec<Condition>, condition: Condition) -> bool {
+    match conditions.iter_mut().find(|c| c.type_ == condition.type_) {
+        Some(existing) if existing.status == condition.status && existing.reason == condition.reason => false,
+        Some(existing) => {
+            *existing = condition;
+            true
+        }
+        None => {
+            conditions.push(condition);
+            true
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The controller's error type: what stops the controller loop, as opposed to what is retried.
+
+use crate::cloud::CloudError;
+use crate::kube::KubeError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] KubeError),
+    #[error("cloud API: {0}")]
+    Cloud(#[from] CloudError),
+    #[error("watch of {kind} ended; the controller restarts its watches from a fresh list")]
+    WatchEnded { kind: &'static str },
+}

@@ -1,0 +1,211 @@
+//! Instance types as the scheduler sees them: labels, allocatable after overhead, and priced offerings.
+
+use std::collections::BTreeMap;
+
+use crate::cloud::{CapacityType, InstanceTypeInfo, InstanceTypeOffering, SpotPrice};
+use crate::crds::labels;
+use crate::quantity::Milli;
+use crate::resources::{CPU, EPHEMERAL_STORAGE, MEMORY, PODS, Resources};
+
+const MIB: i128 = 1024 * 1024;
+
+/// Where and how an instance type can be bought, and at what price.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offering {
+    pub zone: String,
+    pub capacity_type: CapacityType,
+    /// USD per hour.
+    pub price: f64,
+    pub available: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceType {
+    pub name: String,
+    /// Label key -> value, for requirement matching (instance-type, arch, family, cpu, ...).
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Resources,
+    pub allocatable: Resources,
+    pub offerings: Vec<Offering>,
+}
+
+impl InstanceType {
+    /// The cheapest available offering matching `allowed`.
+    pub fn cheapest(&self, allowed: impl Fn(&Offering) -> bool) -> Option<&Offering> {
+        self.offerings
+            .iter()
+            .filter(|o| o.available && allowed(o))
+            .min_by(|a, b| a.price.total_cmp(&b.price).then_with(|| a.zone.cmp(&b.zone)))
+    }
+}
+
+/// Pods the VPC CNI can address: ENIs x (IPv4 per ENI - 1) + 2.
+pub fn eni_limited_pods(info: &InstanceTypeInfo) -> i128 {
+    info.max_enis as i128 * (info.ipv4_per_eni as i128 - 1) + 2
+}
+
+/// Karpenter's default kube-reserved CPU: 6% of the first core, 1% of the second, 0.5% of cores 3-4 and
+/// 0.25% of the rest, each band rounded down to whole millicores.
+fn kube_reserved_millicores(vcpu: u32) -> i128 {
+    let cores = vcpu as i128;
+    // (first core of the band, last core, per-mille-of-a-core reserved per core in tenths of a millicore)
+    let bands: [(i128, i128, i128); 4] = [(0, 1, 600), (1, 2, 100), (2, 4, 50), (4, i128::MAX, 25)];
+    bands
+        .iter()
+        .map(|&(lo, hi, tenth_milli_per_core)| {
+            let in_band = cores.min(hi).saturating_sub(lo).max(0);
+            in_band * tenth_milli_per_core / 10
+        })
+        .sum()
+}
+
+/// Capacity and allocatable the way Karpenter's AWS provider estimates them before a node exists.
+pub fn capacity_and_allocatable(info: &InstanceTypeInfo) -> (Resources, Resources) {
+    let pods = eni_limited_pods(info);
+    let mut mem_mib = info.memory_mib as i128;
+    if info.arch == "arm64" {
+        mem_mib -= 64;
+    }
+    let vm_overhead_mib = (mem_mib * 75 + 999) / 1000;
+    let mem_capacity_mib = mem_mib - vm_overhead_mib;
+
+    let mut capacity = Resources::default();
+    capacity.set(CPU, Milli(info.vcpu as i128 * 1000));
+    capacity.set(MEMORY, Milli::from_units(mem_capacity_mib * MIB));
+    capacity.set(PODS, Milli::from_units(pods));
+    capacity.set(EPHEMERAL_STORAGE, Milli::from_units(20 * 1024 * MIB));
+    if info.gpu_count > 0 {
+        capacity.set("nvidia.com/gpu", Milli::from_units(info.gpu_count as i128));
+    }
+
+    let mut reserved = Resources::default();
+    reserved.set(CPU, Milli(kube_reserved_millicores(info.vcpu)));
+    // kube-reserved (11 MiB per pod + 255 MiB) plus the 100 MiB hard eviction threshold.
+    reserved.set(MEMORY, Milli::from_units((11 * pods + 255 + 100) * MIB));
+    // 1 GiB kube-reserved and 10% of the 20 GiB root volume for eviction.
+    reserved.set(EPHEMERAL_STORAGE, Milli::from_units(3 * 1024 * MIB));
+
+    let mut allocatable = capacity.clone();
+    allocatable.sub(&reserved);
+    (capacity, allocatable)
+}
+
+fn type_labels(info: &InstanceTypeInfo) -> BTreeMap<String, String> {
+    let (family, size) = info.name.split_once('.').unwrap_or((&info.name, ""));
+    let category: String = family.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+    let generation: String = family
+        .chars()
+        .skip_while(|c| c.is_ascii_alphabetic())
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    let mut l = BTreeMap::new();
+    l.insert(labels::INSTANCE_TYPE.to_string(), info.name.clone());
+    l.insert(labels::ARCH.to_string(), info.arch.clone());
+    l.insert(labels::OS.to_string(), "linux".to_string());
+    l.insert(labels::INSTANCE_FAMILY.to_string(), family.to_string());
+    l.insert(labels::INSTANCE_SIZE.to_string(), size.to_string());
+    l.insert(labels::INSTANCE_CATEGORY.to_string(), category);
+    l.insert(labels::INSTANCE_GENERATION.to_string(), generation);
+    l.insert(labels::INSTANCE_CPU.to_string(), info.vcpu.to_string());
+    l.insert(labels::INSTANCE_MEMORY.to_string(), info.memory_mib.to_string());
+    if !info.hypervisor.is_empty() {
+        l.insert(labels::INSTANCE_HYPERVISOR.to_string(), info.hypervisor.clone());
+    }
+    if info.gpu_count > 0 {
+        l.insert(labels::INSTANCE_GPU_COUNT.to_string(), info.gpu_count.to_string());
+        l.insert(labels::INSTANCE_GPU_NAME.to_string(), info.gpu_name.clone());
+    }
+    l
+}
+
+/// Join DescribeInstanceTypes, offerings and prices into the scheduler's instance types, sorted by name.
+pub fn build(
+    infos: &[InstanceTypeInfo],
+    offerings: &[InstanceTypeOffering],
+    on_demand: &BTreeMap<String, f64>,
+    spot: &[SpotPrice],
+) -> Vec<InstanceType> {
+    let mut zones_by_type: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for o in offerings {
+        zones_by_type.entry(&o.instance_type).or_default().push(&o.zone);
+    }
+    let spot_by: BTreeMap<(&str, &str), f64> =
+        spot.iter().map(|s| ((s.instance_type.as_str(), s.zone.as_str()), s.price)).collect();
+    let mut out: Vec<InstanceType> = infos
+        .iter()
+        .filter_map(|info| {
+            let od_price = *on_demand.get(&info.name)?;
+            let mut zones = zones_by_type.get(info.name.as_str()).cloned().unwrap_or_default();
+            zones.sort_unstable();
+            zones.dedup();
+            let mut offers = Vec::new();
+            for zone in zones {
+                if info.supported_usage_classes.contains(&CapacityType::OnDemand) {
+                    offers.push(Offering {
+                        zone: zone.to_string(),
+                        capacity_type: CapacityType::OnDemand,
+                        price: od_price,
+                        available: true,
+                    });
+                }
+                if info.supported_usage_classes.contains(&CapacityType::Spot)
+                    && let Some(price) = spot_by.get(&(info.name.as_str(), zone))
+                {
+                    offers.push(Offering {
+                        zone: zone.to_string(),
+                        capacity_type: CapacityType::Spot,
+                        price: *price,
+                        available: true,
+                    });
+                }
+            }
+            let (capacity, allocatable) = capacity_and_allocatable(info);
+            Some(InstanceType { name: info.name.clone(), labels: type_labels(info), capacity, allocatable, offerings: offers })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quantity::parse;
+
+    fn info(name: &str, arch: &str, vcpu: u32, memory_mib: u64, enis: u32, ips: u32) -> InstanceTypeInfo {
+        InstanceTypeInfo {
+            name: name.into(),
+            arch: arch.into(),
+            vcpu,
+            memory_mib,
+            hypervisor: "nitro".into(),
+            max_enis: enis,
+            ipv4_per_eni: ips,
+            gpu_count: 0,
+            gpu_name: String::new(),
+            supported_usage_classes: vec![CapacityType::OnDemand, CapacityType::Spot],
+        }
+    }
+
+    // Expected figures are the allocatable values Karpenter documents for these types.
+    #[test]
+    fn allocatable_matches_karpenters_published_figures() {
+        let (_, a) = capacity_and_allocatable(&info("m5.large", "amd64", 2, 8192, 3, 10));
+        assert_eq!(a.get(CPU), Milli(1930));
+        assert_eq!(a.get(MEMORY), parse("6903Mi").unwrap());
+        assert_eq!(a.get(PODS), Milli::from_units(29));
+        assert_eq!(a.get(EPHEMERAL_STORAGE), parse("17Gi").unwrap());
+
+        let (_, a) = capacity_and_allocatable(&info("c5.xlarge", "amd64", 4, 8192, 4, 15));
+        assert_eq!(a.get(CPU), Milli(3920));
+        assert_eq!(a.get(PODS), Milli::from_units(58));
+        assert_eq!(a.get(MEMORY), parse("6584Mi").unwrap());
+    }
+
+    #[test]
+    fn arm64_loses_64mib_before_overhead() {
+        let (_, amd) = capacity_and_allocatable(&info("x", "amd64", 2, 8192, 3, 10));
+        let (_, arm) = capacity_and_allocatable(&info("x", "arm64", 2, 8192, 3, 10));
+        assert!(arm.get(MEMORY) < amd.get(MEMORY));
+    }
+}

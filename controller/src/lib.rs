@@ -1,0 +1,24 @@
+//! Dovetail: a Kubernetes node autoscaler for AWS that reads Karpenter's API and runs unchanged in simulation.
+//!
+//! The controller talks to the outside world only through three seams: [`clock::Clock`],
+//! [`kube::Kube`] and [`cloud::Cloud`] (plus the [`journal::Journal`] it reports decisions to).
+//! Everything else — batching, instance-type choice, the NodeClaim lifecycle — is plain code here, so the
+//! simulator exercises exactly what runs in a cluster.
+
+pub mod clock;
+pub mod cloud;
+pub mod crds;
+pub mod error;
+pub mod instancetype;
+pub mod journal;
+pub mod kube;
+pub mod lifecycle;
+pub mod names;
+pub mod provisioning;
+pub mod quantity;
+pub mod resources;
+pub mod run;
+pub mod state;
+
+pub use error::ControllerError;
+pub use run::{Context, Settings, run};

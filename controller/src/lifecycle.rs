@@ -1,0 +1,340 @@
+//! The NodeClaim lifecycle: launch through CreateFleet, then Registered, Initialized; and termination.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use crate::cloud::{CapacityType, CreateFleetRequest, DescribeInstancesRequest, FleetOverride, Instance};
+use crate::crds::nodeclaim::conditions;
+use crate::crds::{NodeClaim, labels};
+use crate::error::ControllerError;
+use crate::instancetype::InstanceType;
+use crate::kube::{Kind, KubeError, ObjectKey};
+use crate::names;
+use crate::run::Controller;
+use crate::state::node_ready;
+
+fn condition(type_: &str, reason: &str, now: &str) -> serde_json::Value {
+    json!({"type": type_, "status": "True", "reason": reason, "lastTransitionTime": now})
+}
+
+fn claim_values(claim: &NodeClaim, key: &str) -> Vec<String> {
+    claim
+        .spec
+        .requirements
+        .iter()
+        .filter(|r| r.key == key && r.operator == "In")
+        .flat_map(|r| r.values.iter().cloned())
+        .collect()
+}
+
+/// The fleet a claim may launch: one capacity type (spot when allowed and offered, as Karpenter prefers),
+/// and every allowed (type, zone) override, cheapest first.
+fn fleet_overrides(
+    claim: &NodeClaim,
+    types: &[InstanceType],
+    subnets: &BTreeMap<String, String>,
+) -> Option<(CapacityType, Vec<FleetOverride>)> {
+    let type_names = claim_values(claim, labels::INSTANCE_TYPE);
+    let zones = claim_values(claim, labels::ZONE);
+    let capacity_types: Vec<CapacityType> = {
+        let v = claim_values(claim, labels::CAPACITY_TYPE);
+        if v.is_empty() { vec![CapacityType::OnDemand] } else { v.iter().filter_map(|s| CapacityType::parse(s)).collect() }
+    };
+    let candidates = |ct: CapacityType| -> Vec<(f64, FleetOverride)> {
+        let mut out = Vec::new();
+        for it in types.iter().filter(|it| type_names.contains(&it.name)) {
+            for o in &it.offerings {
+                if o.capacity_type != ct || !o.available || (!zones.is_empty() && !zones.contains(&o.zone)) {
+                    continue;
+                }
+                let Some(subnet) = subnets.get(&o.zone) else { continue };
+                out.push((
+                    o.price,
+                    FleetOverride {
+                        instance_type: it.name.clone(),
+                        subnet_id: subnet.clone(),
+                        zone: o.zone.clone(),
+                        priority: None,
+                    },
+                ));
+            }
+        }
+        out.sort_by(|a, b| {
+            a.0.total_cmp(&b.0)
+                .then_with(|| a.1.instance_type.cmp(&b.1.instance_type))
+                .then_with(|| a.1.zone.cmp(&b.1.zone))
+        });
+        out
+    };
+    for ct in [CapacityType::Spot, CapacityType::OnDemand] {
+        if !capacity_types.contains(&ct) {
+            continue;
+        }
+        let c = candidates(ct);
+        if !c.is_empty() {
+            let overrides = c
+                .into_iter()
+                .enumerate()
+                .map(|(i, (_, mut o))| {
+                    o.priority = Some(i as f64);
+                    o
+                })
+                .collect();
+            return Some((ct, overrides));
+        }
+    }
+    None
+}
+
+impl Controller {
+    fn now_rfc3339(&self) -> String {
+        self.ctx.clock.now().to_string()
+    }
+
+    pub(crate) async fn reconcile_nodeclaims(&mut self) -> Result<(), ControllerError> {
+        let names: Vec<String> = self.state.nodeclaims.keys().cloned().collect();
+        for name in names {
+            let Some(claim) = self.state.nodeclaims.get(&name).cloned() else { continue };
+            let result = if claim.metadata.deletion_timestamp.is_some() {
+                self.finalize(&claim).await
+            } else if !claim.condition_true(conditions::LAUNCHED) {
+                self.launch(&claim).await
+            } else if !claim.condition_true(conditions::REGISTERED) {
+                self.register(&claim).await
+            } else if !claim.condition_true(conditions::INITIALIZED) {
+                self.initialize(&claim).await
+            } else {
+                Ok(())
+            };
+            match result {
+                Ok(()) => {}
+                // Someone else changed or removed it; the watch brings the new state.
+                Err(ControllerError::Kube(KubeError::Conflict { .. } | KubeError::NotFound { .. })) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn subnets_by_zone(&self) -> Result<BTreeMap<String, String>, ControllerError> {
+        let mut best: BTreeMap<String, (u32, String)> = BTreeMap::new();
+        for s in self.ctx.cloud.describe_subnets().await? {
+            // One subnet per zone: the one with the most free addresses.
+            let e = best.entry(s.zone.clone()).or_insert((0, String::new()));
+            if e.1.is_empty() || s.available_ip_addresses > e.0 {
+                *e = (s.available_ip_addresses, s.id.clone());
+            }
+        }
+        Ok(best.into_iter().map(|(z, (_, id))| (z, id)).collect())
+    }
+
+    async fn launch(&mut self, claim: &NodeClaim) -> Result<(), ControllerError> {
+        let name = claim.metadata.name.clone().unwrap_or_default();
+        let subnets = self.subnets_by_zone().await?;
+        let Some((capacity_type, overrides)) = fleet_overrides(claim, &self.instance_types, &subnets) else {
+            self.ctx.journal.record("lifecycle", format!("nodeclaim/{name} has no offering left; deleting it"));
+            self.ctx.kube.delete(Kind::NodeClaim, &ObjectKey::cluster(&name)).await?;
+            return Ok(());
+        };
+        let mut tags = BTreeMap::new();
+        tags.insert(format!("{}{}", labels::TAG_CLUSTER_PREFIX, self.ctx.settings.cluster_name), "owned".to_string());
+        tags.insert(labels::TAG_NODECLAIM.to_string(), name.clone());
+        tags.insert(labels::TAG_MANAGED_BY.to_string(), self.ctx.settings.cluster_name.clone());
+        if let Some(pool) = claim.metadata.labels.as_ref().and_then(|l| l.get(labels::NODEPOOL)) {
+            tags.insert(labels::NODEPOOL.to_string(), pool.clone());
+        }
+        let request = CreateFleetRequest {
+            client_token: names::token(&mut self.ctx.rng),
+            capacity_type,
+            launch_template_name: format!("dovetail/{}", claim.spec.node_class_ref.name),
+            overrides,
+            target_capacity: 1,
+            tags,
+        };
+        let output = self.ctx.cloud.create_fleet(request).await?;
+        let Some(instance) = output.instances.into_iter().next() else {
+            let codes: Vec<String> = output.errors.iter().map(|e| e.code.clone()).collect();
+            self.ctx.journal.record(
+                "lifecycle",
+                format!("nodeclaim/{name} launch failed: {}; retrying", codes.join(",")),
+            );
+            return Ok(());
+        };
+        self.mark_launched(claim, &instance).await
+    }
+
+    async fn mark_launched(&mut self, claim: &NodeClaim, instance: &Instance) -> Result<(), ControllerError> {
+        let name = claim.metadata.name.clone().unwrap_or_default();
+        let key = ObjectKey::cluster(&name);
+        let it = self.instance_types.iter().find(|t| t.name == instance.instance_type);
+        let (capacity, allocatable) = it
+            .map(|t| (t.capacity.to_quantities(), t.allocatable.to_quantities()))
+            .unwrap_or_default();
+        let price = it
+            .and_then(|t| t.offerings.iter().find(|o| o.zone == instance.zone && o.capacity_type == instance.capacity_type))
+            .map_or(0.0, |o| o.price);
+        self.ctx
+            .kube
+            .patch(
+                Kind::NodeClaim,
+                &key,
+                json!({"metadata": {"labels": {
+                    labels::INSTANCE_TYPE: instance.instance_type,
+                    labels::ZONE: instance.zone,
+                    labels::CAPACITY_TYPE: instance.capacity_type.as_str(),
+                }}}),
+            )
+            .await?;
+        let now = self.now_rfc3339();
+        let updated = self
+            .ctx
+            .kube
+            .patch_status(
+                Kind::NodeClaim,
+                &key,
+                json!({"status": {
+                    "providerID": instance.provider_id(),
+                    "capacity": capacity,
+                    "allocatable": allocatable,
+                    "conditions": [condition(conditions::LAUNCHED, "Launched", &now)],
+                }}),
+            )
+            .await?;
+        self.state.apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Modified(updated))?;
+        self.ctx.journal.record(
+            "lifecycle",
+            format!(
+                "launched nodeclaim/{name} {} {} {} {} {:.4}/h",
+                instance.id, instance.instance_type, instance.zone, instance.capacity_type, price
+            ),
+        );
+        Ok(())
+    }
+
+    async fn register(&mut self, claim: &NodeClaim) -> Result<(), ControllerError> {
+        let name = claim.metadata.name.clone().unwrap_or_default();
+        let provider_id = claim.status.as_ref().and_then(|s| s.provider_id.clone()).unwrap_or_default();
+        let Some((node_name, node)) = self
+            .state
+            .nodes
+            .iter()
+            .find(|(_, n)| n.spec.as_ref().and_then(|s| s.provider_id.as_deref()) == Some(provider_id.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+        else {
+            return Ok(());
+        };
+        // Sync what the claim promises onto the node: its labels, the termination finalizer, and drop the
+        // unregistered taint that kept pods off it until now.
+        let mut node_labels = claim.metadata.labels.clone().unwrap_or_default();
+        node_labels.insert(labels::REGISTERED.to_string(), "true".to_string());
+        let mut finalizers = node.metadata.finalizers.clone().unwrap_or_default();
+        if !finalizers.iter().any(|f| f == labels::TERMINATION_FINALIZER) {
+            finalizers.push(labels::TERMINATION_FINALIZER.to_string());
+        }
+        let taints: Vec<_> = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t| t.key != labels::UNREGISTERED_TAINT)
+            .collect();
+        self.ctx
+            .kube
+            .patch(
+                Kind::Node,
+                &ObjectKey::cluster(&node_name),
+                json!({"metadata": {"labels": node_labels, "finalizers": finalizers}, "spec": {"taints": taints}}),
+            )
+            .await?;
+        let now = self.now_rfc3339();
+        let mut conds = claim.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+        conds.retain(|c| c.type_ != conditions::REGISTERED);
+        let mut conds = serde_json::to_value(conds).unwrap_or_default();
+        if let Some(list) = conds.as_array_mut() {
+            list.push(condition(conditions::REGISTERED, "Registered", &now));
+        }
+        let updated = self
+            .ctx
+            .kube
+            .patch_status(
+                Kind::NodeClaim,
+                &ObjectKey::cluster(&name),
+                json!({"status": {"nodeName": node_name, "conditions": conds}}),
+            )
+            .await?;
+        self.state.apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Modified(updated))?;
+        self.ctx.journal.record("lifecycle", format!("registered nodeclaim/{name} node={node_name}"));
+        Ok(())
+    }
+
+    async fn initialize(&mut self, claim: &NodeClaim) -> Result<(), ControllerError> {
+        let name = claim.metadata.name.clone().unwrap_or_default();
+        let Some(node_name) = claim.status.as_ref().and_then(|s| s.node_name.clone()) else { return Ok(()) };
+        let Some(node) = self.state.nodes.get(&node_name) else { return Ok(()) };
+        if !node_ready(node) {
+            return Ok(());
+        }
+        let startup_keys: Vec<&str> = claim.spec.startup_taints.iter().map(|t| t.key.as_str()).collect();
+        let has_startup_taint = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|ts| ts.iter().any(|t| startup_keys.contains(&t.key.as_str())));
+        if has_startup_taint {
+            return Ok(());
+        }
+        self.ctx
+            .kube
+            .patch(Kind::Node, &ObjectKey::cluster(&node_name), json!({"metadata": {"labels": {labels::INITIALIZED: "true"}}}))
+            .await?;
+        let now = self.now_rfc3339();
+        let mut conds = claim.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+        conds.retain(|c| c.type_ != conditions::INITIALIZED && c.type_ != conditions::READY);
+        let mut conds = serde_json::to_value(conds).unwrap_or_default();
+        if let Some(list) = conds.as_array_mut() {
+            list.push(condition(conditions::INITIALIZED, "Initialized", &now));
+            list.push(condition(conditions::READY, "Ready", &now));
+        }
+        let updated = self
+            .ctx
+            .kube
+            .patch_status(Kind::NodeClaim, &ObjectKey::cluster(&name), json!({"status": {"conditions": conds}}))
+            .await?;
+        self.state.apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Modified(updated))?;
+        self.ctx.journal.record("lifecycle", format!("initialized nodeclaim/{name} node={node_name}"));
+        Ok(())
+    }
+
+    /// A deleted claim: terminate its instance, then release the finalizer so the claim goes.
+    async fn finalize(&mut self, claim: &NodeClaim) -> Result<(), ControllerError> {
+        let name = claim.metadata.name.clone().unwrap_or_default();
+        if let Some(provider_id) = claim.status.as_ref().and_then(|s| s.provider_id.clone())
+            && let Some(id) = provider_id.rsplit('/').next().filter(|s| s.starts_with("i-"))
+        {
+            let live = self
+                .ctx
+                .cloud
+                .describe_instances(DescribeInstancesRequest { instance_ids: vec![id.to_string()], ..Default::default() })
+                .await?;
+            if live.iter().any(|i| i.state != crate::cloud::InstanceState::Terminated) {
+                self.ctx.cloud.terminate_instances(vec![id.to_string()]).await?;
+                self.ctx.journal.record("lifecycle", format!("terminate {id} for nodeclaim/{name}"));
+            }
+        }
+        let finalizers: Vec<String> = claim
+            .metadata
+            .finalizers
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| f != labels::TERMINATION_FINALIZER)
+            .collect();
+        self.ctx
+            .kube
+            .patch(Kind::NodeClaim, &ObjectKey::cluster(&name), json!({"metadata": {"finalizers": finalizers}}))
+            .await?;
+        Ok(())
+    }
+}

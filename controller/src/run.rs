@@ -1,0 +1,191 @@
+//! The controller's main loop: list + watch into the cache, then batch, provision and follow NodeClaims.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use rand_chacha::ChaCha8Rng;
+
+use crate::clock::Clock;
+use crate::cloud::Cloud;
+use crate::error::ControllerError;
+use crate::instancetype::{self, InstanceType};
+use crate::journal::Journal;
+use crate::kube::{Kind, Kube, WatchEvent};
+use crate::provisioning::Batcher;
+use crate::state::{Change, ClusterState, is_provisionable};
+
+/// Tunables, with Karpenter's defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub cluster_name: String,
+    /// Close a provisioning batch after this long without a new pending pod (Karpenter: 1 s).
+    pub batch_idle: Duration,
+    /// ... or this long after it opened (Karpenter: 10 s).
+    pub batch_max: Duration,
+    /// How often NodeClaims are checked for progress (launch, registration, initialization).
+    pub lifecycle_interval: Duration,
+    /// How often instance types, offerings and prices are read again.
+    pub catalog_refresh: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            cluster_name: "dovetail".to_string(),
+            batch_idle: Duration::from_secs(1),
+            batch_max: Duration::from_secs(10),
+            lifecycle_interval: Duration::from_secs(1),
+            catalog_refresh: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Everything the controller is handed: the three seams, the journal, the seeded RNG and its settings.
+pub struct Context {
+    pub clock: Arc<dyn Clock>,
+    pub kube: Arc<dyn Kube>,
+    pub cloud: Arc<dyn Cloud>,
+    pub journal: Arc<dyn Journal>,
+    pub rng: ChaCha8Rng,
+    pub settings: Settings,
+}
+
+pub(crate) struct Controller {
+    pub(crate) ctx: Context,
+    pub(crate) state: ClusterState,
+    pub(crate) instance_types: Vec<InstanceType>,
+    pub(crate) batcher: Batcher,
+    catalog_loaded_at: Option<Duration>,
+    next_lifecycle: Duration,
+}
+
+impl Controller {
+    fn new(ctx: Context) -> Self {
+        let batcher = Batcher::new(ctx.settings.batch_idle, ctx.settings.batch_max);
+        Controller {
+            ctx,
+            state: ClusterState::default(),
+            instance_types: Vec::new(),
+            batcher,
+            catalog_loaded_at: None,
+            next_lifecycle: Duration::ZERO,
+        }
+    }
+
+    /// Monotonic time for timers: the clock's time since the Unix epoch.
+    pub(crate) fn now(&self) -> Duration {
+        Duration::try_from(self.ctx.clock.now().as_duration()).unwrap_or(Duration::ZERO)
+    }
+
+    async fn refresh_catalog(&mut self) -> Result<(), ControllerError> {
+        let cloud = &self.ctx.cloud;
+        let infos = cloud.describe_instance_types().await?;
+        let offerings = cloud.describe_instance_type_offerings().await?;
+        let on_demand = cloud.on_demand_prices().await?;
+        let spot = cloud.describe_spot_price_history().await?;
+        self.instance_types = instancetype::build(&infos, &offerings, &on_demand, &spot);
+        self.catalog_loaded_at = Some(self.now());
+        Ok(())
+    }
+
+    async fn open_watches(&mut self) -> Result<Vec<(Kind, BoxStream<'static, WatchEvent>)>, ControllerError> {
+        let mut streams = Vec::new();
+        for kind in ClusterState::WATCHED {
+            let list = self.ctx.kube.list(kind).await?;
+            self.state.reset(kind, list.items)?;
+            streams.push((kind, self.ctx.kube.watch(kind, &list.resource_version)));
+        }
+        Ok(streams)
+    }
+
+    fn observe(&mut self, kind: Kind, event: WatchEvent) -> Result<bool, ControllerError> {
+        if event == WatchEvent::Expired {
+            return Ok(false);
+        }
+        let Some((change, key)) = self.state.apply_event(kind, event)? else { return Ok(true) };
+        let now = self.now();
+        match (kind, change) {
+            (Kind::Pod, Change::Upsert) => {
+                if self.state.pods.get(&key).is_some_and(is_provisionable) {
+                    self.batcher.trigger(now);
+                }
+            }
+            // Capacity went away: pods counted against it must be planned again.
+            (Kind::NodeClaim | Kind::Node, Change::Delete) => {
+                if self.state.pods.values().any(is_provisionable) {
+                    self.batcher.trigger(now);
+                }
+            }
+            _ => {}
+        }
+        Ok(true)
+    }
+
+    fn next_wake(&self) -> Duration {
+        let mut wake = self.next_lifecycle;
+        if let Some(d) = self.batcher.deadline() {
+            wake = wake.min(d);
+        }
+        wake
+    }
+
+    async fn on_timer(&mut self) -> Result<(), ControllerError> {
+        let now = self.now();
+        if self
+            .catalog_loaded_at
+            .is_none_or(|t| now >= t + self.ctx.settings.catalog_refresh)
+        {
+            self.refresh_catalog().await?;
+        }
+        if let Some(window) = self.batcher.close_if_due(now) {
+            self.provision(window).await?;
+        }
+        if now >= self.next_lifecycle {
+            self.reconcile_nodeclaims().await?;
+            self.next_lifecycle = self.now() + self.ctx.settings.lifecycle_interval;
+        }
+        Ok(())
+    }
+}
+
+/// Run the controller until a watch ends or the API fails in a way it cannot retry.
+///
+/// The same entry point runs in a cluster (real clock, kube-rs, aws-sdk) and in the simulator.
+pub async fn run(ctx: Context) -> Result<(), ControllerError> {
+    let mut c = Controller::new(ctx);
+    c.refresh_catalog().await?;
+    let streams = c.open_watches().await?;
+    // Fixed polling order (biased select below) keeps event handling deterministic.
+    let mut streams: Vec<(Kind, BoxStream<'static, WatchEvent>)> = streams;
+    let [pods, nodes, claims, pools, classes, daemonsets] = &mut streams[..] else {
+        unreachable!("ClusterState::WATCHED has six kinds")
+    };
+    loop {
+        let now = c.now();
+        let sleep_for = c.next_wake().saturating_sub(now);
+        let clock = c.ctx.clock.clone();
+        let (kind, event) = tokio::select! {
+            biased;
+            e = pods.1.next() => (pods.0, e),
+            e = nodes.1.next() => (nodes.0, e),
+            e = claims.1.next() => (claims.0, e),
+            e = pools.1.next() => (pools.0, e),
+            e = classes.1.next() => (classes.0, e),
+            e = daemonsets.1.next() => (daemonsets.0, e),
+            _ = clock.sleep(sleep_for) => {
+                c.on_timer().await?;
+                continue;
+            }
+        };
+        let Some(event) = event else {
+            return Err(ControllerError::WatchEnded { kind: kind.name() });
+        };
+        c.observe(kind, event)?;
+        // A busy watch must not starve the timers.
+        if c.now() >= c.next_wake() {
+            c.on_timer().await?;
+        }
+    }
+}
