@@ -1,1 +1,16 @@
-//! placeholder
+//! fakekube: an in-memory Kubernetes API server with a scheduler, kubelets and workload controllers.
+//!
+//! It implements dovetail's `Kube` trait. Its scheduler shares no code with dovetail's scheduling so that the
+//! simulation can catch the controller's mistakes; the simulator's `cluster` host drives the control loops.
+
+pub mod api;
+pub mod kubelet;
+pub mod merge;
+pub mod quantity;
+pub mod scheduler;
+pub mod store;
+pub mod workloads;
+
+pub use api::FakeKube;
+pub use kubelet::{Kubelets, Machine};
+pub use store::{Store, StoreError};

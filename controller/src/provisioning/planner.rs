@@ -248,6 +248,21 @@ mod tests {
     }
 
     #[test]
+    fn limits_bound_only_the_resources_they_name() {
+        let large = it("large", 7900, "30Gi", 50, 0.20);
+        let mut p = pool(vec![&large]);
+        let mut rem = Resources::default();
+        rem.set(CPU, Milli(7900));
+        p.remaining_limits = Some(rem.clone());
+        assert_eq!(plan(&[pod("a", 500, "1Gi")], &[], &[p.clone()]).claims.len(), 1);
+        rem.set(CPU, Milli(4000));
+        p.remaining_limits = Some(rem);
+        let out = plan(&[pod("a", 500, "1Gi")], &[], &[p]);
+        assert!(out.claims.is_empty(), "a node of 7.9 cpu would break a 4 cpu limit");
+        assert_eq!(out.unschedulable.len(), 1);
+    }
+
+    #[test]
     fn a_pod_too_big_for_every_type_is_explained() {
         let small = it("small", 1900, "3Gi", 10, 0.05);
         let p = plan(&[pod("huge", 64_000, "1Gi")], &[], &[pool(vec![&small])]);

@@ -89,9 +89,10 @@ impl Controller {
                 let mut pool_labels = pool.spec.template.metadata.clone().unwrap_or_default().labels;
                 pool_labels.insert(labels::NODEPOOL.to_string(), pool.metadata.name.clone().unwrap_or_default());
                 let remaining_limits = pool.spec.limits.as_ref().and_then(|limits| {
-                    let mut rem = Resources::parse(limits).ok()?;
-                    rem.sub(&self.pool_usage(pool.metadata.name.as_deref().unwrap_or_default()));
-                    Some(rem)
+                    let limits = Resources::parse(limits).ok()?;
+                    let used = self.pool_usage(pool.metadata.name.as_deref().unwrap_or_default());
+                    // Only the resources the pool limits count; the rest are unbounded.
+                    Some(Resources(limits.0.iter().map(|(k, v)| (k.clone(), *v - used.get(k))).collect()))
                 });
                 PoolOptions {
                     name: pool.metadata.name.clone().unwrap_or_default(),
@@ -214,8 +215,14 @@ impl Controller {
                 plan.unschedulable.len()
             ),
         );
+        // One line per distinct reason, not per pod: a 500-replica Deployment must not flood the trace.
+        let mut by_reason: BTreeMap<&str, Vec<&ObjectKey>> = BTreeMap::new();
         for (pod, reason) in &plan.unschedulable {
-            self.ctx.journal.record("provision", format!("cannot place pod/{pod}: {reason}"));
+            by_reason.entry(reason.as_str()).or_default().push(pod);
+        }
+        for (reason, pods) in by_reason {
+            let more = if pods.len() > 1 { format!(",+{}", pods.len() - 1) } else { String::new() };
+            self.ctx.journal.record("provision", format!("cannot place {} pods (pod/{}{more}): {reason}", pods.len(), pods[0]));
         }
         for claim in plan.claims {
             self.create_nodeclaim(claim).await?;

@@ -1,0 +1,167 @@
+//! The built-in instance catalog: 114 real EC2 types (data/ec2-instance-types.csv), and what a kubelet on
+//! each would report as capacity and allocatable.
+
+use std::collections::BTreeMap;
+
+const CSV: &str = include_str!("../../data/ec2-instance-types.csv");
+
+/// One row of the catalog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogEntry {
+    pub name: String,
+    pub family: String,
+    pub category: String,
+    pub generation: u32,
+    pub size: String,
+    pub arch: String,
+    pub vcpu: u32,
+    pub memory_mib: u64,
+    pub hypervisor: String,
+    pub max_enis: u32,
+    pub ipv4_per_eni: u32,
+    pub branch_enis: u32,
+    pub gpu_count: u32,
+    pub gpu_name: String,
+    pub gpu_memory_mib: u64,
+    pub network_bandwidth_mbps: u64,
+    pub on_demand_price: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("data/ec2-instance-types.csv line {line}: column `{column}`: {message}")]
+pub struct CatalogError {
+    pub line: usize,
+    pub column: &'static str,
+    pub message: String,
+}
+
+/// All instance types, by name.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pub types: BTreeMap<String, CatalogEntry>,
+}
+
+fn field<T: std::str::FromStr>(cols: &[&str], idx: usize, line: usize, column: &'static str) -> Result<T, CatalogError> {
+    let raw = cols.get(idx).copied().unwrap_or("");
+    raw.parse().map_err(|_| CatalogError { line, column, message: format!("cannot parse `{raw}`") })
+}
+
+fn optional<T: std::str::FromStr + Default>(cols: &[&str], idx: usize, line: usize, column: &'static str) -> Result<T, CatalogError> {
+    if cols.get(idx).is_none_or(|s| s.is_empty()) {
+        Ok(T::default())
+    } else {
+        field(cols, idx, line, column)
+    }
+}
+
+impl Catalog {
+    /// The catalog shipped with Dovetail.
+    pub fn builtin() -> Catalog {
+        Catalog::parse(CSV).expect("the shipped catalog parses; a unit test guards it")
+    }
+
+    pub fn parse(csv: &str) -> Result<Catalog, CatalogError> {
+        let mut types = BTreeMap::new();
+        for (i, row) in csv.lines().enumerate().skip(1) {
+            let line = i + 1;
+            if row.trim().is_empty() {
+                continue;
+            }
+            let c: Vec<&str> = row.split(',').collect();
+            let e = CatalogEntry {
+                name: field(&c, 0, line, "name")?,
+                family: field(&c, 1, line, "family")?,
+                category: field(&c, 2, line, "category")?,
+                generation: field(&c, 3, line, "generation")?,
+                size: field(&c, 4, line, "size")?,
+                arch: field(&c, 5, line, "arch")?,
+                vcpu: field(&c, 6, line, "vcpu")?,
+                memory_mib: field(&c, 7, line, "memory_mib")?,
+                hypervisor: optional(&c, 8, line, "hypervisor")?,
+                max_enis: field(&c, 9, line, "max_enis")?,
+                ipv4_per_eni: field(&c, 10, line, "ipv4_per_eni")?,
+                branch_enis: field(&c, 11, line, "branch_enis")?,
+                gpu_count: optional(&c, 12, line, "gpu_count")?,
+                gpu_name: optional(&c, 13, line, "gpu_name")?,
+                gpu_memory_mib: optional(&c, 14, line, "gpu_memory_mib")?,
+                network_bandwidth_mbps: field(&c, 15, line, "network_bandwidth_mbps")?,
+                on_demand_price: field(&c, 16, line, "od_price_usd_per_hour_us_east_1")?,
+            };
+            types.insert(e.name.clone(), e);
+        }
+        Ok(Catalog { types })
+    }
+}
+
+/// What the kubelet of a node of this type reports: (capacity, allocatable) as Kubernetes quantities.
+///
+/// Written from the kubelet's point of view and independently of the controller's estimate, so that a
+/// difference between the two shows up in simulation as it would in a real cluster.
+pub fn kubelet_resources(e: &CatalogEntry) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let max_pods = u64::from(e.max_enis) * u64::from(e.ipv4_per_eni.saturating_sub(1)) + 2;
+    let usable_mib = if e.arch == "arm64" { e.memory_mib - 64 } else { e.memory_mib };
+    // The hypervisor keeps 7.5% of memory, rounded up to a whole MiB.
+    let memory_mib = usable_mib - (usable_mib * 75).div_ceil(1000);
+    let reserved_mib = 255 + 11 * max_pods + 100;
+
+    let mut reserved_cpu_m = 0u64;
+    for core in 1..=u64::from(e.vcpu) {
+        // Per-core reservation in hundredths of a millicore: 60 m, 10 m, 5 m, 5 m, then 2.5 m per core.
+        reserved_cpu_m += match core {
+            1 => 6000,
+            2 => 1000,
+            3 | 4 => 500,
+            _ => 250,
+        };
+    }
+    let reserved_cpu_m = reserved_cpu_m / 100;
+
+    let mut capacity = BTreeMap::new();
+    capacity.insert("cpu".to_string(), e.vcpu.to_string());
+    capacity.insert("memory".to_string(), format!("{memory_mib}Mi"));
+    capacity.insert("pods".to_string(), max_pods.to_string());
+    capacity.insert("ephemeral-storage".to_string(), "20Gi".to_string());
+    let mut allocatable = BTreeMap::new();
+    allocatable.insert("cpu".to_string(), format!("{}m", u64::from(e.vcpu) * 1000 - reserved_cpu_m));
+    allocatable.insert("memory".to_string(), format!("{}Mi", memory_mib - reserved_mib));
+    allocatable.insert("pods".to_string(), max_pods.to_string());
+    allocatable.insert("ephemeral-storage".to_string(), "17Gi".to_string());
+    if e.gpu_count > 0 {
+        capacity.insert("nvidia.com/gpu".to_string(), e.gpu_count.to_string());
+        allocatable.insert("nvidia.com/gpu".to_string(), e.gpu_count.to_string());
+    }
+    (capacity, allocatable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_catalog_parses_completely() {
+        let c = Catalog::parse(CSV).unwrap();
+        assert_eq!(c.types.len(), 114);
+        let m5 = &c.types["m5.large"];
+        assert_eq!((m5.vcpu, m5.memory_mib, m5.max_enis, m5.ipv4_per_eni), (2, 8192, 3, 10));
+    }
+
+    // Figures from Karpenter's published instance-type reference.
+    #[test]
+    fn kubelet_allocatable_matches_published_figures() {
+        let c = Catalog::builtin();
+        let (_, a) = kubelet_resources(&c.types["m5.large"]);
+        assert_eq!(a["cpu"], "1930m");
+        assert_eq!(a["memory"], "6903Mi");
+        assert_eq!(a["pods"], "29");
+        let (_, a) = kubelet_resources(&c.types["c5.xlarge"]);
+        assert_eq!(a["pods"], "58");
+        let (_, a) = kubelet_resources(&c.types["t3.medium"]);
+        assert_eq!(a["pods"], "17");
+    }
+
+    #[test]
+    fn a_broken_row_names_line_and_column() {
+        let err = Catalog::parse("header\nm5.large,m5,m,5,large,amd64,two,8192,nitro,3,10,9,,,,750,0.096\n").unwrap_err();
+        assert_eq!((err.line, err.column), (2, "vcpu"));
+    }
+}

@@ -1,0 +1,192 @@
+//! Simulated kubelets: register a Node for each running instance after its boot delay, report Ready,
+//! start bound pods, clear startup taints, and go NotReady when the instance dies.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dovetail::journal::Journal;
+use jiff::Timestamp;
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::Rng;
+use serde_json::{Value, json};
+
+use crate::api::FakeKube;
+
+/// One machine as the kubelet running on it sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Machine {
+    pub instance_id: String,
+    pub node_name: String,
+    pub zone: String,
+    pub region: String,
+    pub instance_type: String,
+    pub capacity_type: String,
+    pub arch: String,
+    pub running: bool,
+    pub capacity: BTreeMap<String, String>,
+    pub allocatable: BTreeMap<String, String>,
+    /// EC2 tags; `karpenter.sh/nodeclaim` links the node to its claim (as user data would).
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Machine {
+    pub fn provider_id(&self) -> String {
+        format!("aws:///{}/{}", self.zone, self.instance_id)
+    }
+}
+
+pub struct Kubelets {
+    rng: ChaCha8Rng,
+    boot_to_ready: (Duration, Duration),
+    pod_start: Duration,
+    startup_taint_delay: Duration,
+    journal: Arc<dyn Journal>,
+    /// instance id -> when its node registers.
+    booting: BTreeMap<String, Timestamp>,
+    /// node name -> when it registered.
+    registered: BTreeMap<String, Timestamp>,
+    /// pod key -> when the kubelet first saw it bound.
+    starting: BTreeMap<String, Timestamp>,
+}
+
+fn add(ts: Timestamp, d: Duration) -> Timestamp {
+    ts.checked_add(d).unwrap_or(ts)
+}
+
+impl Kubelets {
+    pub fn new(rng: ChaCha8Rng, boot_to_ready: (Duration, Duration), journal: Arc<dyn Journal>) -> Self {
+        Kubelets {
+            rng,
+            boot_to_ready,
+            pod_start: Duration::from_secs(2),
+            startup_taint_delay: Duration::from_secs(5),
+            journal,
+            booting: BTreeMap::new(),
+            registered: BTreeMap::new(),
+            starting: BTreeMap::new(),
+        }
+    }
+
+    fn boot_delay(&mut self) -> Duration {
+        let (lo, hi) = self.boot_to_ready;
+        if hi <= lo {
+            return lo;
+        }
+        lo + Duration::from_millis(self.rng.next_u64() % ((hi - lo).as_millis() as u64 + 1))
+    }
+
+    pub fn step(&mut self, kube: &FakeKube, machines: &[Machine], now: Timestamp) {
+        for m in machines {
+            self.step_machine(kube, m, now);
+        }
+        self.start_pods(kube, now);
+    }
+
+    fn step_machine(&mut self, kube: &FakeKube, m: &Machine, now: Timestamp) {
+        let node = kube.store().get("Node", "", &m.node_name).cloned();
+        match (m.running, node) {
+            (true, None) => {
+                if self.registered.contains_key(&m.node_name) {
+                    return; // its Node was deleted; a real kubelet would re-register, ours stays down
+                }
+                let delay = self.boot_delay();
+                let at = *self.booting.entry(m.instance_id.clone()).or_insert_with(|| add(now, delay));
+                if now >= at {
+                    self.register(kube, m, now);
+                }
+            }
+            (true, Some(node)) => self.clear_startup_taints(kube, m, &node, now),
+            (false, Some(node)) => {
+                let ready = node["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+                if ready {
+                    let patch = json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status."}]}});
+                    let _ = kube.store().patch("Node", "", &m.node_name, &patch, true);
+                    self.journal.record("cluster", format!("node {} not-ready (instance {} gone)", m.node_name, m.instance_id));
+                }
+            }
+            (false, None) => {}
+        }
+    }
+
+    fn register(&mut self, kube: &FakeKube, m: &Machine, now: Timestamp) {
+        let claim_name = m.tags.get("karpenter.sh/nodeclaim").cloned();
+        let claim = claim_name.as_ref().and_then(|n| kube.store().get("NodeClaim", "", n).cloned());
+        let mut labels = json!({
+            "node.kubernetes.io/instance-type": m.instance_type,
+            "topology.kubernetes.io/zone": m.zone,
+            "topology.kubernetes.io/region": m.region,
+            "karpenter.sh/capacity-type": m.capacity_type,
+            "kubernetes.io/arch": m.arch,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/hostname": m.node_name,
+        });
+        if let Some(pool) = m.tags.get("karpenter.sh/nodepool") {
+            labels["karpenter.sh/nodepool"] = json!(pool);
+        }
+        // Karpenter's user data registers the node with its claim's taints, startup taints, and the
+        // unregistered taint that the controller removes once it has synced the node.
+        let mut taints = vec![json!({"key": "karpenter.sh/unregistered", "effect": "NoExecute"})];
+        if let Some(c) = &claim {
+            for field in ["taints", "startupTaints"] {
+                taints.extend(c["spec"][field].as_array().into_iter().flatten().cloned());
+            }
+        }
+        let node = json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": m.node_name, "labels": labels},
+            "spec": {"providerID": m.provider_id(), "taints": taints},
+            "status": {
+                "capacity": m.capacity,
+                "allocatable": m.allocatable,
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+            },
+        });
+        if kube.store().create("Node", node, now).is_ok() {
+            self.booting.remove(&m.instance_id);
+            self.registered.insert(m.node_name.clone(), now);
+            let owner = claim_name.map(|n| format!(" (nodeclaim/{n})")).unwrap_or_default();
+            self.journal.record("cluster", format!("node {} ready {}{owner}", m.node_name, m.instance_type));
+        }
+    }
+
+    fn clear_startup_taints(&mut self, kube: &FakeKube, m: &Machine, node: &Value, now: Timestamp) {
+        let Some(since) = self.registered.get(&m.node_name) else { return };
+        if now < add(*since, self.startup_taint_delay) {
+            return;
+        }
+        let Some(claim) = m.tags.get("karpenter.sh/nodeclaim").and_then(|n| kube.store().get("NodeClaim", "", n).cloned()) else {
+            return;
+        };
+        let startup: Vec<&Value> = claim["spec"]["startupTaints"].as_array().into_iter().flatten().collect();
+        if startup.is_empty() {
+            return;
+        }
+        let taints: Vec<Value> = node["spec"]["taints"].as_array().into_iter().flatten().filter(|t| !startup.iter().any(|s| s["key"] == t["key"])).cloned().collect();
+        if taints.len() != node["spec"]["taints"].as_array().map_or(0, Vec::len) {
+            let _ = kube.store().patch("Node", "", &m.node_name, &json!({"spec": {"taints": taints}}), false);
+        }
+    }
+
+    fn start_pods(&mut self, kube: &FakeKube, now: Timestamp) {
+        let pods = kube.store().list("Pod");
+        for p in pods {
+            if p["spec"]["nodeName"].is_null() || p["status"]["phase"] == "Running" || !p["metadata"]["deletionTimestamp"].is_null() {
+                continue;
+            }
+            let ns = p["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+            let name = p["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let key = format!("{ns}/{name}");
+            let seen = *self.starting.entry(key.clone()).or_insert(now);
+            if now >= add(seen, self.pod_start) {
+                let patch = json!({"status": {"phase": "Running", "conditions": [
+                    {"type": "PodScheduled", "status": "True"},
+                    {"type": "Ready", "status": "True"},
+                ]}});
+                let _ = kube.store().patch("Pod", &ns, &name, &patch, true);
+                self.starting.remove(&key);
+            }
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The object store: resourceVersions, optimistic concurrency, finalizers, owner cascades and ordered watches.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use dovetail::kube::WatchEvent;
+use jiff::Timestamp;
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::Rng;
+use serde_json::{Value, json};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use crate::merge::merge_patch;
+
+/// Kinds that live in a namespace (everything else is cluster-scoped).
+const NAMESPACED: [&str; 8] = ["Pod", "DaemonSet", "PodDisruptionBudget", "Lease", "Event", "Deployment", "ReplicaSet", "Job"];
+
+/// How many watch events are kept for watches that resume from an older resourceVersion.
+const HISTORY: usize = 50_000;
+
+pub fn is_namespaced(kind: &str) -> bool {
+    NAMESPACED.contains(&kind)
+}
+
+/// (kind, namespace, name)
+pub type Key = (String, String, String);
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} {1} not found")]
+    NotFound(String, String),
+    #[error("{0} {1} already exists")]
+    AlreadyExists(String, String),
+    #[error("conflict on {0} {1}: resourceVersion {2} is stale")]
+    Conflict(String, String, String),
+    #[error("{0} is invalid: {1}")]
+    Invalid(String, String),
+}
+
+struct Watcher {
+    kind: String,
+    tx: UnboundedSender<WatchEvent>,
+}
+
+pub struct Store {
+    rv: u64,
+    rng: ChaCha8Rng,
+    objects: BTreeMap<Key, Value>,
+    history: VecDeque<(u64, String, WatchEvent)>,
+    watchers: Vec<Watcher>,
+}
+
+fn display(ns: &str, name: &str) -> String {
+    if ns.is_empty() { name.to_string() } else { format!("{ns}/{name}") }
+}
+
+fn meta_str<'a>(v: &'a Value, field: &str) -> &'a str {
+    v["metadata"][field].as_str().unwrap_or_default()
+}
+
+impl Store {
+    pub fn new(rng: ChaCha8Rng) -> Store {
+        Store { rv: 0, rng, objects: BTreeMap::new(), history: VecDeque::new(), watchers: Vec::new() }
+    }
+
+    pub fn resource_version(&self) -> u64 {
+        self.rv
+    }
+
+    fn key_of(kind: &str, v: &Value) -> Key {
+        (kind.to_string(), meta_str(v, "namespace").to_string(), meta_str(v, "name").to_string())
+    }
+
+    fn emit(&mut self, kind: &str, event: WatchEvent) {
+        self.watchers.retain(|w| w.kind != kind || w.tx.send(event.clone()).is_ok());
+        self.history.push_back((self.rv, kind.to_string(), event));
+        if self.history.len() > HISTORY {
+            self.history.pop_front();
+        }
+    }
+
+    fn uid(&mut self) -> String {
+        let a = self.rng.next_u64();
+        let b = self.rng.next_u64();
+        format!(
+            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xfff,
+            b >> 52,
+            b & 0xffff_ffff_ffff
+        )
+    }
+
+    fn generate_name(&mut self, prefix: &str) -> String {
+        const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+        let suffix: String = (0..5).map(|_| ALPHABET[(self.rng.next_u32() as usize) % ALPHABET.len()] as char).collect();
+        format!("{prefix}{suffix}")
+    }
+
+    pub fn get(&self, kind: &str, ns: &str, name: &str) -> Option<&Value> {
+        self.objects.get(&(kind.to_string(), ns.to_string(), name.to_string()))
+    }
+
+    /// All objects of a kind, in (namespace, name) order.
+    pub fn list(&self, kind: &str) -> Vec<Value> {
+        self.objects
+            .range((kind.to_string(), String::new(), String::new())..)
+            .take_while(|((k, _, _), _)| k == kind)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    pub fn create(&mut self, kind: &str, mut obj: Value, now: Timestamp) -> Result<Value, StoreError> {
+        if !obj["metadata"].is_object() {
+            return Err(StoreError::Invalid(kind.to_string(), "metadata is required".into()));
+        }
+        if meta_str(&obj, "name").is_empty() {
+            let prefix = meta_str(&obj, "generateName").to_string();
+            if prefix.is_empty() {
+                return Err(StoreError::Invalid(kind.to_string(), "metadata.name or metadata.generateName is required".into()));
+            }
+            obj["metadata"]["name"] = json!(self.generate_name(&prefix));
+        }
+        if is_namespaced(kind) && meta_str(&obj, "namespace").is_empty() {
+            obj["metadata"]["namespace"] = json!("default");
+        }
+        if !is_namespaced(kind) {
+            if let Some(m) = obj["metadata"].as_object_mut() {
+                m.shift_remove("namespace");
+            }
+        }
+        let key = Store::key_of(kind, &obj);
+        if self.objects.contains_key(&key) {
+            return Err(StoreError::AlreadyExists(kind.to_string(), display(&key.1, &key.2)));
+        }
+        self.rv += 1;
+        let uid = self.uid();
+        let m = &mut obj["metadata"];
+        m["uid"] = json!(uid);
+        m["resourceVersion"] = json!(self.rv.to_string());
+        m["creationTimestamp"] = json!(now.to_string());
+        m["generation"] = json!(1);
+        if let Some(m) = m.as_object_mut() {
+            m.shift_remove("deletionTimestamp");
+        }
+        self.objects.insert(key, obj.clone());
+        self.emit(kind, WatchEvent::Added(obj.clone()));
+        Ok(obj)
+    }
+
+    /// Merge-patch an object. `status_only` patches the status subresource and ignores everything else;
+    /// otherwise `status` is ignored, as the API server does for kinds with a status subresource.
+    pub fn patch(&mut self, kind: &str, ns: &str, name: &str, patch: &Value, status_only: bool) -> Result<Value, StoreError> {
+        let key = (kind.to_string(), ns.to_string(), name.to_string());
+        let Some(current) = self.objects.get(&key) else {
+            return Err(StoreError::NotFound(kind.to_string(), display(ns, name)));
+        };
+        if let Some(rv) = patch["metadata"]["resourceVersion"].as_str()
+            && rv != meta_str(current, "resourceVersion")
+        {
+            return Err(StoreError::Conflict(kind.to_string(), display(ns, name), rv.to_string()));
+        }
+        let mut patch = patch.clone();
+        if let Some(p) = patch.as_object_mut() {
+            if status_only {
+                p.retain(|k, _| k == "status");
+            } else {
+                p.shift_remove("status");
+            }
+        }
+        if let Some(m) = patch.get_mut("metadata").and_then(Value::as_object_mut) {
+            for immutable in ["name", "namespace", "uid", "creationTimestamp", "resourceVersion", "generation", "deletionTimestamp"] {
+                m.shift_remove(immutable);
+            }
+        }
+        let mut updated = current.clone();
+        merge_patch(&mut updated, &patch);
+        if updated == *current {
+            return Ok(updated);
+        }
+        if updated["spec"] != current["spec"] {
+            let g = current["metadata"]["generation"].as_i64().unwrap_or(1);
+            updated["metadata"]["generation"] = json!(g + 1);
+        }
+        self.rv += 1;
+        updated["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        let deleting = !updated["metadata"]["deletionTimestamp"].is_null();
+        let no_finalizers = updated["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
+        if deleting && no_finalizers {
+            self.objects.remove(&key);
+            self.emit(kind, WatchEvent::Deleted(updated.clone()));
+            self.cascade(&updated);
+        } else {
+            self.objects.insert(key, updated.clone());
+            self.emit(kind, WatchEvent::Modified(updated.clone()));
+        }
+        Ok(updated)
+    }
+
+    /// Request deletion: with finalizers the object stays, marked with a deletionTimestamp.
+    pub fn delete(&mut self, kind: &str, ns: &str, name: &str, now: Timestamp) -> Result<(), StoreError> {
+        let key = (kind.to_string(), ns.to_string(), name.to_string());
+        let Some(current) = self.objects.get(&key).cloned() else {
+            return Err(StoreError::NotFound(kind.to_string(), display(ns, name)));
+        };
+        let has_finalizers = current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        self.rv += 1;
+        let mut obj = current;
+        obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        if has_finalizers {
+            if obj["metadata"]["deletionTimestamp"].is_null() {
+                obj["metadata"]["deletionTimestamp"] = json!(now.to_string());
+                self.objects.insert(key, obj.clone());
+                self.emit(kind, WatchEvent::Modified(obj));
+            } else {
+                self.rv -= 1;
+            }
+            return Ok(());
+        }
+        self.objects.remove(&key);
+        self.emit(kind, WatchEvent::Deleted(obj.clone()));
+        self.cascade(&obj);
+        Ok(())
+    }
+
+    /// Garbage-collect dependents whose owner is gone (background propagation).
+    fn cascade(&mut self, owner: &Value) {
+        let uid = meta_str(owner, "uid").to_string();
+        if uid.is_empty() {
+            return;
+        }
+        let dependents: Vec<Key> = self
+            .objects
+            .iter()
+            .filter(|(_, v)| {
+                v["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid.as_str())))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let now = owner["metadata"]["deletionTimestamp"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(Timestamp::UNIX_EPOCH);
+        for (kind, ns, name) in dependents {
+            let _ = self.delete(&kind, &ns, &name, now);
+        }
+    }
+
+    /// Watch `kind` for changes after `resource_version`. Too old a version yields a single `Expired`.
+    pub fn watch(&mut self, kind: &str, resource_version: u64) -> UnboundedReceiver<WatchEvent> {
+        let (tx, rx) = unbounded_channel();
+        let oldest = self.history.front().map_or(self.rv + 1, |(rv, _, _)| *rv);
+        if resource_version + 1 < oldest && resource_version < self.rv {
+            let _ = tx.send(WatchEvent::Expired);
+            return rx;
+        }
+        for (rv, k, e) in &self.history {
+            if *rv > resource_version && k == kind {
+                let _ = tx.send(e.clone());
+            }
+        }
+        self.watchers.push(Watcher { kind: kind.to_string(), tx });
+        rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::rand_core::SeedableRng;
+
+    fn store() -> Store {
+        Store::new(ChaCha8Rng::seed_from_u64(1))
+    }
+
+    #[test]
+    fn finalizers_hold_deletion_until_removed() {
+        let mut s = store();
+        let now = Timestamp::UNIX_EPOCH;
+        s.create("NodeClaim", json!({"metadata": {"name": "a", "finalizers": ["karpenter.sh/termination"]}}), now).unwrap();
+        s.delete("NodeClaim", "", "a", now).unwrap();
+        assert!(s.get("NodeClaim", "", "a").unwrap()["metadata"]["deletionTimestamp"].is_string());
+        s.patch("NodeClaim", "", "a", &json!({"metadata": {"finalizers": []}}), false).unwrap();
+        assert!(s.get("NodeClaim", "", "a").is_none());
+    }
+
+    #[test]
+    fn stale_resource_version_conflicts() {
+        let mut s = store();
+        s.create("Node", json!({"metadata": {"name": "n"}}), Timestamp::UNIX_EPOCH).unwrap();
+        s.patch("Node", "", "n", &json!({"metadata": {"labels": {"a": "b"}}}), false).unwrap();
+        let err = s.patch("Node", "", "n", &json!({"metadata": {"resourceVersion": "1", "labels": {"a": "c"}}}), false);
+        assert!(matches!(err, Err(StoreError::Conflict(..))));
+    }
+
+    #[test]
+    fn watches_replay_after_a_version_in_order() {
+        let mut s = store();
+        let now = Timestamp::UNIX_EPOCH;
+        s.create("Pod", json!({"metadata": {"name": "a"}}), now).unwrap();
+        let rv = s.resource_version();
+        s.create("Pod", json!({"metadata": {"name": "b"}}), now).unwrap();
+        s.create("Node", json!({"metadata": {"name": "n"}}), now).unwrap();
+        let mut rx = s.watch("Pod", rv);
+        s.delete("Pod", "default", "a", now).unwrap();
+        let first = rx.try_recv().unwrap();
+        assert!(matches!(first, WatchEvent::Added(v) if v["metadata"]["name"] == "b"));
+        assert!(matches!(rx.try_recv().unwrap(), WatchEvent::Deleted(_)));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn owner_deletion_cascades() {
+        let mut s = store();
+        let now = Timestamp::UNIX_EPOCH;
+        let d = s.create("Deployment", json!({"metadata": {"name": "web"}}), now).unwrap();
+        let uid = d["metadata"]["uid"].clone();
+        s.create("Pod", json!({"metadata": {"name": "web-1", "ownerReferences": [{"uid": uid, "kind": "Deployment", "name": "web"}]}}), now).unwrap();
+        s.delete("Deployment", "default", "web", now).unwrap();
+        assert!(s.get("Pod", "default", "web-1").is_none());
+    }
+}

@@ -1,0 +1,133 @@
+//! Workload controllers, lite: Deployments keep their replica count of pods; pods on vanished nodes go.
+
+use std::sync::Arc;
+
+use dovetail::journal::Journal;
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use crate::api::FakeKube;
+
+/// FNV-1a, for a stable pod-template hash in pod names.
+fn template_hash(template: &Value) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in template.to_string().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..10).map(|i| ALPHABET[((h >> (i * 6)) % ALPHABET.len() as u64) as usize] as char).collect()
+}
+
+pub struct Workloads {
+    journal: Arc<dyn Journal>,
+}
+
+impl Workloads {
+    pub fn new(journal: Arc<dyn Journal>) -> Self {
+        Workloads { journal }
+    }
+
+    pub fn step(&mut self, kube: &FakeKube, now: Timestamp) {
+        self.reconcile_deployments(kube, now);
+        self.collect_orphan_pods(kube, now);
+    }
+
+    fn reconcile_deployments(&mut self, kube: &FakeKube, now: Timestamp) {
+        let mut st = kube.store();
+        for d in st.list("Deployment") {
+            if !d["metadata"]["deletionTimestamp"].is_null() {
+                continue;
+            }
+            let uid = d["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+            let ns = d["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+            let name = d["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let want = d["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
+            let mut owned: Vec<Value> = st
+                .list("Pod")
+                .into_iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .filter(|p| p["metadata"]["ownerReferences"].as_array().is_some_and(|r| r.iter().any(|o| o["uid"] == uid.as_str())))
+                .collect();
+            let template = &d["spec"]["template"];
+            let hash = template_hash(template);
+            if owned.len() < want {
+                let missing = want - owned.len();
+                for _ in 0..missing {
+                    let mut meta = template["metadata"].clone();
+                    if !meta.is_object() {
+                        meta = json!({});
+                    }
+                    meta["generateName"] = json!(format!("{name}-{hash}-"));
+                    meta["namespace"] = json!(ns);
+                    meta["labels"]["pod-template-hash"] = json!(hash);
+                    meta["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": uid, "controller": true}]);
+                    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template["spec"], "status": {"phase": "Pending"}});
+                    let _ = st.create("Pod", pod, now);
+                }
+                self.journal.record("workload", format!("deployment/{ns}/{name} created {missing} pods ({want} desired)"));
+            } else if owned.len() > want {
+                // Like a ReplicaSet: remove unscheduled pods first, then the newest.
+                owned.sort_by(|a, b| {
+                    let unbound = |v: &Value| v["spec"]["nodeName"].is_null();
+                    let ts = |v: &Value| v["metadata"]["creationTimestamp"].as_str().unwrap_or_default().to_string();
+                    unbound(b).cmp(&unbound(a)).then(ts(b).cmp(&ts(a))).then(b["metadata"]["name"].as_str().cmp(&a["metadata"]["name"].as_str()))
+                });
+                let extra = owned.len() - want;
+                for p in owned.iter().take(extra) {
+                    let _ = st.delete("Pod", &ns, p["metadata"]["name"].as_str().unwrap_or_default(), now);
+                }
+                self.journal.record("workload", format!("deployment/{ns}/{name} deleted {extra} pods ({want} desired)"));
+            }
+        }
+    }
+
+    /// The pod garbage collector: pods bound to a node that no longer exists are deleted.
+    fn collect_orphan_pods(&mut self, kube: &FakeKube, now: Timestamp) {
+        let mut st = kube.store();
+        for p in st.list("Pod") {
+            let Some(node) = p["spec"]["nodeName"].as_str() else { continue };
+            if st.get("Node", "", node).is_none() {
+                let ns = p["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+                let name = p["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let _ = st.delete("Pod", &ns, &name, now);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use dovetail::clock::Clock;
+    use dovetail::journal::LogJournal;
+    use rand_chacha::ChaCha8Rng;
+    use rand_chacha::rand_core::SeedableRng;
+    use std::time::Duration;
+
+    struct Fixed;
+    #[async_trait::async_trait]
+    impl Clock for Fixed {
+        fn now(&self) -> Timestamp {
+            Timestamp::UNIX_EPOCH
+        }
+        async fn sleep(&self, _: Duration) {}
+    }
+
+    #[test]
+    fn a_deployment_keeps_its_replica_count() {
+        let kube = FakeKube::new(Store::new(ChaCha8Rng::seed_from_u64(1)), Arc::new(Fixed), Duration::ZERO);
+        let now = Timestamp::UNIX_EPOCH;
+        kube.store()
+            .create("Deployment", json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"replicas": 3, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c"}]}}}}), now)
+            .unwrap();
+        let mut w = Workloads::new(Arc::new(LogJournal));
+        w.step(&kube, now);
+        w.step(&kube, now);
+        assert_eq!(kube.store().list("Pod").len(), 3);
+        kube.store().patch("Deployment", "default", "web", &json!({"spec": {"replicas": 1}}), false).unwrap();
+        w.step(&kube, now);
+        assert_eq!(kube.store().list("Pod").len(), 1);
+    }
+}

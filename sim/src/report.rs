@@ -1,0 +1,171 @@
+//! What the observer measures and the summary block printed after the trace.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use dovetail::cloud::InstanceState;
+use dovetail_fakecloud::FakeCloud;
+use dovetail_fakekube::FakeKube;
+use dovetail_fakekube::scheduler::Binding;
+
+use crate::duration::human;
+use crate::scenario::Scenario;
+
+/// One look at the world.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sample {
+    pub at: Duration,
+    pub instances: usize,
+    pub nodes: usize,
+    pub pods: usize,
+    pub pods_pending: usize,
+    pub cost_per_hour: f64,
+}
+
+impl Sample {
+    pub fn take(kube: &FakeKube, cloud: &FakeCloud, at: Duration) -> Sample {
+        let billed: Vec<f64> = cloud
+            .instances()
+            .iter()
+            .filter(|r| matches!(r.instance.state, InstanceState::Pending | InstanceState::Running))
+            .map(|r| r.price)
+            .collect();
+        let st = kube.store();
+        let pods = st.list("Pod");
+        Sample {
+            at,
+            instances: billed.len(),
+            nodes: st.list("Node").len(),
+            pods: pods.len(),
+            pods_pending: pods.iter().filter(|p| p["spec"]["nodeName"].is_null()).count(),
+            cost_per_hour: billed.iter().fold(0.0, |a, b| a + b),
+        }
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "instances={} nodes={} pods={} pending={} cost={:.4}/h",
+            self.instances, self.nodes, self.pods, self.pods_pending, self.cost_per_hour
+        )
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Observations {
+    pub samples: usize,
+    pub cost_total: f64,
+    pub instance_seconds: f64,
+    pub max_instances: usize,
+    pub max_cost_per_hour: f64,
+    pub last: Sample,
+    pub bindings: Vec<Binding>,
+    /// Pods still unbound at the end, with how long they had waited.
+    pub still_pending: Vec<Duration>,
+    pub launches: usize,
+    pub duration: Duration,
+}
+
+impl Observations {
+    pub fn add(&mut self, s: Sample, dt: Duration) {
+        self.samples += 1;
+        self.cost_total += s.cost_per_hour * dt.as_secs_f64() / 3600.0;
+        self.instance_seconds += s.instances as f64 * dt.as_secs_f64();
+        self.max_instances = self.max_instances.max(s.instances);
+        self.max_cost_per_hour = self.max_cost_per_hour.max(s.cost_per_hour);
+        self.last = s;
+    }
+
+    pub fn finish(&mut self, kube: &FakeKube, cloud: &FakeCloud, duration: Duration, epoch: jiff::Timestamp) {
+        self.duration = duration;
+        self.launches = cloud.instances().len();
+        let end = epoch.checked_add(duration).unwrap_or(epoch);
+        for p in kube.store().list("Pod") {
+            if !p["spec"]["nodeName"].is_null() {
+                continue;
+            }
+            let created: jiff::Timestamp = p["metadata"]["creationTimestamp"].as_str().and_then(|s| s.parse().ok()).unwrap_or(end);
+            self.still_pending.push(Duration::try_from(end.duration_since(created)).unwrap_or(Duration::ZERO));
+        }
+    }
+
+    /// Waits of every pod that was pending at some point, bound or not.
+    fn waits(&self) -> Vec<Duration> {
+        let mut w: Vec<Duration> = self.bindings.iter().map(|b| b.waited).chain(self.still_pending.iter().copied()).collect();
+        w.sort();
+        w
+    }
+
+    pub fn pending_max(&self) -> Duration {
+        self.waits().last().copied().unwrap_or(Duration::ZERO)
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    // Nearest-rank percentile.
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+/// A checked expectation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub what: String,
+    pub ok: bool,
+}
+
+pub fn verdicts(scenario: &Scenario, o: &Observations) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    if let Some(max) = scenario.expect.pods_pending_max {
+        let got = o.pending_max();
+        out.push(Verdict { what: format!("pods_pending_max {} (got {})", human(max), human(got)), ok: got <= max });
+    }
+    if let Some(max) = scenario.expect.cost_per_hour_max {
+        out.push(Verdict { what: format!("cost_per_hour_max {max:.2} (got {:.4})", o.max_cost_per_hour), ok: o.max_cost_per_hour <= max });
+    }
+    if let Some(max) = scenario.expect.cost_total_max {
+        out.push(Verdict { what: format!("cost_total_max {max:.2} (got {:.4})", o.cost_total), ok: o.cost_total <= max });
+    }
+    out
+}
+
+pub fn summary(scenario: &Scenario, seed: u64, o: &Observations, verdicts: &[Verdict]) -> String {
+    let waits = o.waits();
+    let mut s = String::new();
+    let _ = writeln!(s, "summary");
+    let _ = writeln!(s, "  scenario         {} (seed {seed}, {} simulated)", scenario.name, human(o.duration));
+    let _ = writeln!(s, "  total cost       ${:.4}", o.cost_total);
+    let _ = writeln!(s, "  cost per hour    end {:.4}, max {:.4}", o.last.cost_per_hour, o.max_cost_per_hour);
+    let _ = writeln!(s, "  node-hours       {:.2}", o.instance_seconds / 3600.0);
+    let _ = writeln!(s, "  nodes            end {}, max {}", o.last.nodes, o.max_instances);
+    let _ = writeln!(s, "  launches         {}", o.launches);
+    let _ = writeln!(s, "  pods             {} at end, {} pending at end, {} bindings", o.last.pods, o.still_pending.len(), o.bindings.len());
+    let _ = writeln!(
+        s,
+        "  pod pending      p50 {}  p99 {}  max {}",
+        human(percentile(&waits, 50.0)),
+        human(percentile(&waits, 99.0)),
+        human(waits.last().copied().unwrap_or(Duration::ZERO))
+    );
+    for v in verdicts {
+        let _ = writeln!(s, "  expect           {}: {}", v.what, if v.ok { "ok" } else { "FAILED" });
+    }
+    let pass = verdicts.iter().all(|v| v.ok);
+    let _ = writeln!(s, "  verdict          {}", if pass { "PASS" } else { "FAIL" });
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_secs).collect();
+        assert_eq!(percentile(&v, 50.0), Duration::from_secs(50));
+        assert_eq!(percentile(&v, 99.0), Duration::from_secs(99));
+        assert_eq!(percentile(&[], 99.0), Duration::ZERO);
+    }
+}

@@ -1,0 +1,413 @@
+//! Scenario files: the schema, and loading with errors that name file, line, column and field.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use serde_saphyr::Spanned;
+
+use crate::duration;
+use crate::error::SimError;
+use crate::yaml::{Node, Pos, Seg, locate, pos, render_path, unknown_fields};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    seed: Option<u64>,
+    duration: Spanned<String>,
+    #[serde(default)]
+    tick: Option<Spanned<String>>,
+    #[serde(default)]
+    cloud: RawCloud,
+    #[serde(default)]
+    cluster: RawCluster,
+    #[serde(default)]
+    manifests: Vec<Spanned<Node>>,
+    #[serde(default)]
+    timeline: Vec<Spanned<RawEvent>>,
+    #[serde(default)]
+    expect: RawExpect,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCloud {
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    zones: Option<Vec<String>>,
+    #[serde(default)]
+    launch_latency: Option<Spanned<String>>,
+    #[serde(default)]
+    boot_to_ready: Option<Spanned<String>>,
+    #[serde(default)]
+    api_latency: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    #[serde(default)]
+    api_latency: Option<Spanned<String>>,
+    #[serde(default)]
+    scheduler_interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvent {
+    at: Spanned<String>,
+    #[serde(default)]
+    scale: Option<RawScale>,
+    #[serde(default)]
+    apply: Option<Vec<Spanned<Node>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScale {
+    deployment: Spanned<String>,
+    replicas: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExpect {
+    #[serde(default)]
+    pods_pending_max: Option<Spanned<String>>,
+    #[serde(default)]
+    cost_per_hour_max: Option<f64>,
+    #[serde(default)]
+    cost_total_max: Option<f64>,
+}
+
+/// A Kubernetes or Karpenter object from a scenario, already checked against its type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub kind: String,
+    pub object: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Scale { namespace: String, name: String, replicas: u32 },
+    Apply(Vec<Manifest>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub at: Duration,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudSpec {
+    pub region: String,
+    pub zones: Vec<String>,
+    pub launch_latency: (Duration, Duration),
+    pub boot_to_ready: (Duration, Duration),
+    pub api_latency: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expectations {
+    pub pods_pending_max: Option<Duration>,
+    pub cost_per_hour_max: Option<f64>,
+    pub cost_total_max: Option<f64>,
+}
+
+/// A loaded, validated scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    pub seed: u64,
+    pub duration: Duration,
+    pub tick: Duration,
+    pub cloud: CloudSpec,
+    pub api_latency: Duration,
+    pub scheduler_interval: Duration,
+    pub manifests: Vec<Manifest>,
+    pub timeline: Vec<Event>,
+    pub expect: Expectations,
+}
+
+struct Loader<'a> {
+    file: &'a str,
+}
+
+impl Loader<'_> {
+    fn err(&self, at: Pos, field: &str, message: impl Into<String>) -> SimError {
+        SimError::Scenario { file: self.file.to_string(), line: at.line, column: at.column, field: field.to_string(), message: message.into() }
+    }
+
+    fn duration(&self, s: &Spanned<String>, field: &str) -> Result<Duration, SimError> {
+        duration::parse(&s.value).map_err(|m| self.err(pos(s), field, m))
+    }
+
+    fn range(&self, s: &Spanned<String>, field: &str) -> Result<(Duration, Duration), SimError> {
+        duration::parse_range(&s.value).map_err(|m| self.err(pos(s), field, m))
+    }
+
+    /// Decode a manifest into its type, reject fields the type does not have, and check quantities.
+    fn manifest(&self, node: &Spanned<Node>, field: &str) -> Result<Manifest, SimError> {
+        let json = node.value.to_json();
+        let at = |path: &[Seg]| locate(node, path);
+        let kind = json["kind"].as_str().unwrap_or_default().to_string();
+        let api_version = json["apiVersion"].as_str().unwrap_or_default().to_string();
+        let expected = match kind.as_str() {
+            "NodePool" => "karpenter.sh/v1",
+            "EC2NodeClass" => "karpenter.k8s.aws/v1",
+            "Deployment" | "DaemonSet" => "apps/v1",
+            "Pod" => "v1",
+            "PodDisruptionBudget" => "policy/v1",
+            "" => return Err(self.err(at(&[]), &format!("{field}.kind"), "every manifest needs `kind` and `apiVersion`")),
+            other => {
+                return Err(self.err(
+                    at(&[Seg::Key("kind".into())]),
+                    &format!("{field}.kind"),
+                    format!("unsupported kind `{other}`; scenarios accept NodePool, EC2NodeClass, Deployment, DaemonSet, Pod, PodDisruptionBudget"),
+                ));
+            }
+        };
+        if api_version != expected {
+            return Err(self.err(
+                at(&[Seg::Key("apiVersion".into())]),
+                &format!("{field}.apiVersion"),
+                format!("{kind} is `{expected}`, not `{api_version}`"),
+            ));
+        }
+        let understood = match kind.as_str() {
+            "NodePool" => self.typed::<dovetail::crds::NodePool>(node, &json, field)?,
+            "EC2NodeClass" => self.typed::<dovetail::crds::EC2NodeClass>(node, &json, field)?,
+            "Deployment" => self.typed::<k8s_openapi::api::apps::v1::Deployment>(node, &json, field)?,
+            "DaemonSet" => self.typed::<k8s_openapi::api::apps::v1::DaemonSet>(node, &json, field)?,
+            "Pod" => self.typed::<k8s_openapi::api::core::v1::Pod>(node, &json, field)?,
+            _ => self.typed::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(node, &json, field)?,
+        };
+        let mut unknown = Vec::new();
+        unknown_fields(&json, &understood, &mut Vec::new(), &mut unknown);
+        if let Some(path) = unknown.first() {
+            let name = match path.last() {
+                Some(Seg::Key(k)) => k.clone(),
+                _ => String::new(),
+            };
+            return Err(self.err(
+                at(path),
+                &format!("{field}.{}", render_path(path)),
+                format!("unknown field `{name}` in {kind} (check the spelling against the {api_version} API)"),
+            ));
+        }
+        if json["metadata"]["name"].as_str().is_none_or(str::is_empty) {
+            return Err(self.err(at(&[Seg::Key("metadata".into())]), &format!("{field}.metadata.name"), "every manifest needs a name"));
+        }
+        self.check_quantities(node, &json, field)?;
+        Ok(Manifest { kind, object: json })
+    }
+
+    fn typed<T: DeserializeOwned + serde::Serialize>(&self, node: &Spanned<Node>, json: &Value, field: &str) -> Result<Value, SimError> {
+        let typed: T = serde_path_to_error::deserialize(json.clone()).map_err(|e| {
+            let path: Vec<Seg> = e
+                .path()
+                .iter()
+                .filter_map(|s| match s {
+                    serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
+                    serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
+                    serde_path_to_error::Segment::Enum { variant } => Some(Seg::Key(variant.clone())),
+                    serde_path_to_error::Segment::Unknown => None,
+                })
+                .collect();
+            self.err(locate(node, &path), &format!("{field}.{}", render_path(&path)), e.inner().to_string())
+        })?;
+        serde_json::to_value(&typed).map_err(|e| self.err(pos(node), field, e.to_string()))
+    }
+
+    /// Every resource quantity in pod templates and NodePool limits must parse.
+    fn check_quantities(&self, node: &Spanned<Node>, json: &Value, field: &str) -> Result<(), SimError> {
+        let mut lists: Vec<Vec<Seg>> = Vec::new();
+        let k = |s: &str| Seg::Key(s.to_string());
+        let pod_spec: Vec<Seg> = match json["kind"].as_str() {
+            Some("Pod") => vec![k("spec")],
+            Some("Deployment" | "DaemonSet") => vec![k("spec"), k("template"), k("spec")],
+            Some("NodePool") => {
+                lists.push(vec![k("spec"), k("limits")]);
+                Vec::new()
+            }
+            _ => Vec::new(),
+        };
+        if !pod_spec.is_empty() {
+            let spec = pod_spec.iter().fold(json, |v, s| match s {
+                Seg::Key(key) => &v[key.as_str()],
+                Seg::Index(i) => &v[*i],
+            });
+            for group in ["containers", "initContainers"] {
+                for (i, _) in spec[group].as_array().into_iter().flatten().enumerate() {
+                    for list in ["requests", "limits"] {
+                        let mut p = pod_spec.clone();
+                        p.extend([k(group), Seg::Index(i), k("resources"), k(list)]);
+                        lists.push(p);
+                    }
+                }
+            }
+        }
+        for path in lists {
+            let value = path.iter().fold(json, |v, s| match s {
+                Seg::Key(key) => &v[key.as_str()],
+                Seg::Index(i) => &v[*i],
+            });
+            for (name, q) in value.as_object().into_iter().flatten() {
+                let text = match q {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                if let Err(e) = dovetail::quantity::parse(&text) {
+                    let mut p = path.clone();
+                    p.push(k(name));
+                    return Err(self.err(locate(node, &p), &format!("{field}.{}", render_path(&p)), e.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn serde_error(file: &str, e: serde_saphyr::Error) -> SimError {
+    let (line, column) = e.location().map_or((0, 0), |l| (l.line() as u32, l.column() as u32));
+    // serde's messages carry the field (`unknown field `x`, expected one of ...`); keep the first line.
+    let message = e.to_string();
+    let first = message.lines().next().unwrap_or_default().to_string();
+    let field = first
+        .split('`')
+        .nth(1)
+        .filter(|_| first.contains("field"))
+        .unwrap_or("")
+        .to_string();
+    SimError::Scenario { file: file.to_string(), line, column, field, message: first }
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Scenario, SimError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SimError::Io { path: path.display().to_string(), message: e.to_string() })?;
+        Scenario::parse(&path.display().to_string(), &text)
+    }
+
+    pub fn parse(file: &str, text: &str) -> Result<Scenario, SimError> {
+        let raw: RawScenario = serde_saphyr::from_str(text).map_err(|e| serde_error(file, e))?;
+        let l = Loader { file };
+        let duration = l.duration(&raw.duration, "duration")?;
+        if duration.is_zero() {
+            return Err(l.err(pos(&raw.duration), "duration", "a scenario must last longer than 0s"));
+        }
+        let tick = match &raw.tick {
+            Some(t) => l.duration(t, "tick")?,
+            None => Duration::from_millis(100),
+        };
+        if tick.is_zero() || tick > Duration::from_secs(1) {
+            let at = raw.tick.as_ref().map_or(pos(&raw.duration), pos);
+            return Err(l.err(at, "tick", "tick must be between 1ms and 1s"));
+        }
+        let cloud = CloudSpec {
+            region: raw.cloud.region.clone().unwrap_or_else(|| "us-east-1".into()),
+            zones: raw.cloud.zones.clone().unwrap_or_else(|| vec!["us-east-1a".into(), "us-east-1b".into(), "us-east-1c".into()]),
+            launch_latency: match &raw.cloud.launch_latency {
+                Some(s) => l.range(s, "cloud.launch_latency")?,
+                None => (Duration::from_secs(3), Duration::from_secs(12)),
+            },
+            boot_to_ready: match &raw.cloud.boot_to_ready {
+                Some(s) => l.range(s, "cloud.boot_to_ready")?,
+                None => (Duration::from_secs(40), Duration::from_secs(70)),
+            },
+            api_latency: match &raw.cloud.api_latency {
+                Some(s) => l.duration(s, "cloud.api_latency")?,
+                None => Duration::from_millis(50),
+            },
+        };
+        if cloud.zones.is_empty() {
+            return Err(SimError::Scenario { file: file.into(), line: 0, column: 0, field: "cloud.zones".into(), message: "at least one zone is needed".into() });
+        }
+        let api_latency = match &raw.cluster.api_latency {
+            Some(s) => l.duration(s, "cluster.api_latency")?,
+            None => Duration::from_millis(5),
+        };
+        let scheduler_interval = match &raw.cluster.scheduler_interval {
+            Some(s) => l.duration(s, "cluster.scheduler_interval")?,
+            None => Duration::from_millis(500),
+        };
+        let mut manifests = Vec::new();
+        for (i, m) in raw.manifests.iter().enumerate() {
+            manifests.push(l.manifest(m, &format!("manifests[{i}]"))?);
+        }
+        let mut known_deployments: Vec<(String, String)> = manifests
+            .iter()
+            .filter(|m| m.kind == "Deployment")
+            .map(|m| {
+                let ns = m.object["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+                (ns, m.object["metadata"]["name"].as_str().unwrap_or_default().to_string())
+            })
+            .collect();
+        let mut timeline = Vec::new();
+        for (i, ev) in raw.timeline.iter().enumerate() {
+            let field = format!("timeline[{i}]");
+            let at = l.duration(&ev.value.at, &format!("{field}.at"))?;
+            let action = match (&ev.value.scale, &ev.value.apply) {
+                (Some(s), None) => {
+                    let (ns, name) = s.deployment.value.split_once('/').unwrap_or(("default", &s.deployment.value));
+                    if !known_deployments.iter().any(|(n, d)| n == ns && d == name) {
+                        return Err(l.err(
+                            pos(&s.deployment),
+                            &format!("{field}.scale.deployment"),
+                            format!("no Deployment `{ns}/{name}` in the scenario's manifests (write namespace/name)"),
+                        ));
+                    }
+                    Action::Scale { namespace: ns.to_string(), name: name.to_string(), replicas: s.replicas }
+                }
+                (None, Some(list)) => {
+                    let mut out = Vec::new();
+                    for (j, m) in list.iter().enumerate() {
+                        let man = l.manifest(m, &format!("{field}.apply[{j}]"))?;
+                        if man.kind == "Deployment" {
+                            let ns = man.object["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+                            known_deployments.push((ns, man.object["metadata"]["name"].as_str().unwrap_or_default().to_string()));
+                        }
+                        out.push(man);
+                    }
+                    Action::Apply(out)
+                }
+                _ => return Err(l.err(pos(ev), &field, "each timeline entry needs exactly one action: `scale` or `apply`")),
+            };
+            if at > duration {
+                return Err(l.err(pos(&ev.value.at), &format!("{field}.at"), format!("{} is after the end of the scenario ({})", ev.value.at.value, raw.duration.value)));
+            }
+            timeline.push(Event { at, action });
+        }
+        timeline.sort_by_key(|e| e.at);
+        let expect = Expectations {
+            pods_pending_max: match &raw.expect.pods_pending_max {
+                Some(s) => Some(l.duration(s, "expect.pods_pending_max")?),
+                None => None,
+            },
+            cost_per_hour_max: raw.expect.cost_per_hour_max,
+            cost_total_max: raw.expect.cost_total_max,
+        };
+        Ok(Scenario {
+            name: raw.name,
+            description: raw.description,
+            seed: raw.seed.unwrap_or(0),
+            duration,
+            tick,
+            cloud,
+            api_latency,
+            scheduler_interval,
+            manifests,
+            timeline,
+            expect,
+        })
+    }
+}

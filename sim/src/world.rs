@@ -1,0 +1,265 @@
+//! The simulated world: a scenario becomes a turmoil simulation with controller, cloud, cluster, workload and
+//! observer hosts sharing the fake cloud and API server.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use dovetail::cloud::InstanceState;
+use dovetail_fakecloud::{Catalog, CloudConfig, FakeCloud, catalog::kubelet_resources};
+use dovetail_fakekube::scheduler::Scheduler;
+use dovetail_fakekube::workloads::Workloads;
+use dovetail_fakekube::{FakeKube, Kubelets, Machine, Store};
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use serde_json::json;
+
+use crate::clock::{EPOCH_SECONDS, SimClock};
+use crate::error::SimError;
+use crate::report::{Observations, Sample};
+use crate::scenario::{Action, Manifest, Scenario};
+use crate::trace::Trace;
+
+/// How often the observer samples the world (cost is integrated at this step).
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// How often the observer writes a line to the trace.
+const REPORT_EVERY: Duration = Duration::from_secs(300);
+/// How long a crashed controller stays down before it is started again (as a pod restart would).
+const RESTART_DELAY: Duration = Duration::from_secs(10);
+
+/// Everything a run produced.
+pub struct Run {
+    pub trace: Trace,
+    pub observations: Observations,
+}
+
+fn machines(cloud: &FakeCloud) -> Vec<Machine> {
+    cloud
+        .instances()
+        .into_iter()
+        .filter(|r| r.instance.state != InstanceState::Pending)
+        .filter_map(|r| {
+            let entry = cloud.entry(&r.instance.instance_type)?;
+            let (capacity, allocatable) = kubelet_resources(entry);
+            Some(Machine {
+                instance_id: r.instance.id.clone(),
+                node_name: r.private_dns_name.clone(),
+                zone: r.instance.zone.clone(),
+                region: cloud.config().region.clone(),
+                instance_type: r.instance.instance_type.clone(),
+                capacity_type: r.instance.capacity_type.as_str().to_string(),
+                arch: entry.arch.clone(),
+                running: r.instance.state == InstanceState::Running,
+                capacity,
+                allocatable,
+                tags: r.instance.tags.clone(),
+            })
+        })
+        .collect()
+}
+
+fn apply(kube: &FakeKube, trace: &Trace, manifests: &[Manifest], now: jiff::Timestamp) {
+    for m in manifests {
+        let kind = m.kind.clone();
+        let ns = m.object["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+        let name = m.object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let exists = kube.store().get(&kind, if dovetail_fakekube::store::is_namespaced(&kind) { &ns } else { "" }, &name).is_some();
+        let result = if exists {
+            let key_ns = if dovetail_fakekube::store::is_namespaced(&kind) { ns.clone() } else { String::new() };
+            kube.store().patch(&kind, &key_ns, &name, &m.object, false).map(|_| ())
+        } else {
+            kube.store().create(&kind, m.object.clone(), now).map(|_| ())
+        };
+        match result {
+            Ok(()) => trace.push("workload", format!("apply {} {}", kind.to_lowercase(), name)),
+            Err(e) => trace.push("workload", format!("apply {} {} failed: {e}", kind.to_lowercase(), name)),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn controller_host(
+    kube: FakeKube,
+    cloud: FakeCloud,
+    trace: Trace,
+    restarts: Arc<Mutex<u64>>,
+    controller_seed: u64,
+    clock: SimClock,
+) -> turmoil::Result {
+    loop {
+        let generation = {
+            let mut r = lock(&restarts);
+            *r += 1;
+            *r
+        };
+        let ctx = dovetail::Context {
+            clock: Arc::new(clock),
+            kube: Arc::new(kube.clone()),
+            cloud: Arc::new(cloud.clone()),
+            journal: Arc::new(trace.clone()),
+            // A restarted controller must not replay its predecessor's names.
+            rng: ChaCha8Rng::seed_from_u64(controller_seed.wrapping_add(generation)),
+            settings: dovetail::Settings { cluster_name: "sim".into(), ..Default::default() },
+        };
+        if let Err(e) = dovetail::run(ctx).await {
+            trace.push("controller", format!("exited: {e}; restarting in {}s", RESTART_DELAY.as_secs()));
+        }
+        tokio::time::sleep(RESTART_DELAY).await;
+    }
+}
+
+async fn cloud_host(cloud: FakeCloud) -> turmoil::Result {
+    loop {
+        cloud.step();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct ClusterParts {
+    kube: FakeKube,
+    cloud: FakeCloud,
+    scheduler: Arc<Mutex<Scheduler>>,
+    kubelets: Arc<Mutex<Kubelets>>,
+    workloads: Arc<Mutex<Workloads>>,
+    observations: Arc<Mutex<Observations>>,
+    interval: Duration,
+    clock: SimClock,
+}
+
+async fn cluster_host(p: ClusterParts) -> turmoil::Result {
+    loop {
+        let now = dovetail::clock::Clock::now(&p.clock);
+        lock(&p.workloads).step(&p.kube, now);
+        let bound = {
+            let mut s = lock(&p.scheduler);
+            s.schedule(&p.kube, now);
+            std::mem::take(&mut s.bindings)
+        };
+        lock(&p.observations).bindings.extend(bound);
+        lock(&p.kubelets).step(&p.kube, &machines(&p.cloud), now);
+        tokio::time::sleep(p.interval).await;
+    }
+}
+
+async fn workload_host(kube: FakeKube, trace: Trace, manifests: Vec<Manifest>, timeline: Vec<crate::scenario::Event>, clock: SimClock) -> turmoil::Result {
+    apply(&kube, &trace, &manifests, dovetail::clock::Clock::now(&clock));
+    for ev in timeline {
+        tokio::time::sleep(ev.at.saturating_sub(clock.elapsed())).await;
+        let now = dovetail::clock::Clock::now(&clock);
+        match ev.action {
+            Action::Scale { namespace, name, replicas } => {
+                let r = kube.store().patch("Deployment", &namespace, &name, &json!({"spec": {"replicas": replicas}}), false);
+                match r {
+                    Ok(_) => trace.push("workload", format!("scale deployment/{namespace}/{name} replicas={replicas}")),
+                    Err(e) => trace.push("workload", format!("scale deployment/{namespace}/{name} failed: {e}")),
+                }
+            }
+            Action::Apply(ms) => apply(&kube, &trace, &ms, now),
+        }
+    }
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// Run a scenario to its end (or `until`), with `seed` overriding the scenario's own.
+pub fn run(scenario: &Scenario, seed: u64, until: Option<Duration>) -> Result<Run, SimError> {
+    let duration = until.map_or(scenario.duration, |u| u.min(scenario.duration));
+    let clock = SimClock::default();
+    let trace = Trace::new(clock);
+    // One master RNG; each component gets its own stream, drawn in a fixed order.
+    let mut master = ChaCha8Rng::seed_from_u64(seed);
+    let cloud_seed = master.next_u64();
+    let store_seed = master.next_u64();
+    let kubelet_seed = master.next_u64();
+    let controller_seed = master.next_u64();
+    let turmoil_seed = master.next_u64();
+
+    let cloud = FakeCloud::new(
+        CloudConfig {
+            region: scenario.cloud.region.clone(),
+            zones: scenario.cloud.zones.clone(),
+            launch_latency: scenario.cloud.launch_latency,
+            api_latency: scenario.cloud.api_latency,
+            ..CloudConfig::default()
+        },
+        Catalog::builtin(),
+        cloud_seed,
+        Arc::new(clock),
+        Arc::new(trace.clone()),
+    );
+    let kube = FakeKube::new(Store::new(ChaCha8Rng::seed_from_u64(store_seed)), Arc::new(clock), scenario.api_latency);
+    let observations = Arc::new(Mutex::new(Observations::default()));
+
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(turmoil_seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECONDS as u64))
+        .simulation_duration(duration + Duration::from_secs(60))
+        .tick_duration(scenario.tick)
+        .build();
+
+    {
+        let (kube, cloud, trace) = (kube.clone(), cloud.clone(), trace.clone());
+        let restarts = Arc::new(Mutex::new(0u64));
+        sim.host("controller", move || {
+            controller_host(kube.clone(), cloud.clone(), trace.clone(), restarts.clone(), controller_seed, clock)
+        });
+    }
+    {
+        let cloud = cloud.clone();
+        sim.host("cloud", move || cloud_host(cloud.clone()));
+    }
+    {
+        let (kube, cloud, trace) = (kube.clone(), cloud.clone(), trace.clone());
+        let interval = scenario.scheduler_interval;
+        let boot = scenario.cloud.boot_to_ready;
+        let scheduler = Arc::new(Mutex::new(Scheduler::new(Arc::new(trace.clone()))));
+        let kubelets = Arc::new(Mutex::new(Kubelets::new(ChaCha8Rng::seed_from_u64(kubelet_seed), boot, Arc::new(trace.clone()))));
+        let workloads = Arc::new(Mutex::new(Workloads::new(Arc::new(trace.clone()))));
+        let obs = observations.clone();
+        sim.host("cluster", move || {
+            let parts = ClusterParts {
+                kube: kube.clone(),
+                cloud: cloud.clone(),
+                scheduler: scheduler.clone(),
+                kubelets: kubelets.clone(),
+                workloads: workloads.clone(),
+                observations: obs.clone(),
+                interval,
+                clock,
+            };
+            cluster_host(parts)
+        });
+    }
+    {
+        let (kube, trace) = (kube.clone(), trace.clone());
+        let manifests = scenario.manifests.clone();
+        let timeline = scenario.timeline.clone();
+        sim.host("workload", move || workload_host(kube.clone(), trace.clone(), manifests.clone(), timeline.clone(), clock));
+    }
+    {
+        let (kube, cloud, trace, obs) = (kube.clone(), cloud.clone(), trace.clone(), observations.clone());
+        sim.client("observer", async move {
+            let mut next_report = Duration::ZERO;
+            loop {
+                let elapsed = clock.elapsed();
+                let sample = Sample::take(&kube, &cloud, elapsed);
+                if elapsed >= next_report {
+                    trace.push("observe", sample.line());
+                    next_report += REPORT_EVERY;
+                }
+                lock(&obs).add(sample, SAMPLE_EVERY);
+                if elapsed >= duration {
+                    break;
+                }
+                tokio::time::sleep(SAMPLE_EVERY.min(duration - elapsed)).await;
+            }
+            Ok(())
+        });
+    }
+    sim.run().map_err(|e| SimError::Run(e.to_string()))?;
+    let mut observations = std::mem::take(&mut *lock(&observations));
+    observations.finish(&kube, &cloud, duration, clock.epoch());
+    Ok(Run { trace, observations })
+}
