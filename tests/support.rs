@@ -1,1 +1,23 @@
-//! placeholder
+//! Helpers shared by the integration tests: paths into the repository and scenario runs.
+
+use std::path::PathBuf;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository")
+        .to_path_buf()
+}
+
+/// Run a scenario file of `scenarios/` with a seed; returns trace + summary as one text.
+pub fn run_scenario(name: &str, seed: u64) -> String {
+    let path = root().join("scenarios").join(name);
+    let scenario = dovetail_sim::Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let options = dovetail_sim::RunOptions {
+        seed: Some(seed),
+        until: None,
+    };
+    let out = dovetail_sim::simulate(&scenario, &options).unwrap_or_else(|e| panic!("{e}"));
+    format!("{}{}", out.trace, out.summary)
+}

@@ -171,7 +171,10 @@ pub struct CloudError {
 
 impl CloudError {
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        CloudError { code: code.into(), message: message.into() }
+        CloudError {
+            code: code.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -179,12 +182,20 @@ impl CloudError {
 #[async_trait]
 pub trait Cloud: Send + Sync + 'static {
     async fn describe_instance_types(&self) -> Result<Vec<InstanceTypeInfo>, CloudError>;
-    async fn describe_instance_type_offerings(&self) -> Result<Vec<InstanceTypeOffering>, CloudError>;
+    async fn describe_instance_type_offerings(
+        &self,
+    ) -> Result<Vec<InstanceTypeOffering>, CloudError>;
     async fn describe_spot_price_history(&self) -> Result<Vec<SpotPrice>, CloudError>;
     /// On-demand prices (the AWS Pricing API's GetProducts, reduced to type -> USD/hour).
     async fn on_demand_prices(&self) -> Result<BTreeMap<String, f64>, CloudError>;
     async fn describe_subnets(&self) -> Result<Vec<Subnet>, CloudError>;
-    async fn create_fleet(&self, request: CreateFleetRequest) -> Result<CreateFleetOutput, CloudError>;
-    async fn describe_instances(&self, request: DescribeInstancesRequest) -> Result<Vec<Instance>, CloudError>;
+    async fn create_fleet(
+        &self,
+        request: CreateFleetRequest,
+    ) -> Result<CreateFleetOutput, CloudError>;
+    async fn describe_instances(
+        &self,
+        request: DescribeInstancesRequest,
+    ) -> Result<Vec<Instance>, CloudError>;
     async fn terminate_instances(&self, instance_ids: Vec<String>) -> Result<(), CloudError>;
 }

@@ -35,7 +35,11 @@ impl InstanceType {
         self.offerings
             .iter()
             .filter(|o| o.available && allowed(o))
-            .min_by(|a, b| a.price.total_cmp(&b.price).then_with(|| a.zone.cmp(&b.zone)))
+            .min_by(|a, b| {
+                a.price
+                    .total_cmp(&b.price)
+                    .then_with(|| a.zone.cmp(&b.zone))
+            })
     }
 }
 
@@ -92,7 +96,10 @@ pub fn capacity_and_allocatable(info: &InstanceTypeInfo) -> (Resources, Resource
 
 fn type_labels(info: &InstanceTypeInfo) -> BTreeMap<String, String> {
     let (family, size) = info.name.split_once('.').unwrap_or((&info.name, ""));
-    let category: String = family.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+    let category: String = family
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect();
     let generation: String = family
         .chars()
         .skip_while(|c| c.is_ascii_alphabetic())
@@ -107,12 +114,21 @@ fn type_labels(info: &InstanceTypeInfo) -> BTreeMap<String, String> {
     l.insert(labels::INSTANCE_CATEGORY.to_string(), category);
     l.insert(labels::INSTANCE_GENERATION.to_string(), generation);
     l.insert(labels::INSTANCE_CPU.to_string(), info.vcpu.to_string());
-    l.insert(labels::INSTANCE_MEMORY.to_string(), info.memory_mib.to_string());
+    l.insert(
+        labels::INSTANCE_MEMORY.to_string(),
+        info.memory_mib.to_string(),
+    );
     if !info.hypervisor.is_empty() {
-        l.insert(labels::INSTANCE_HYPERVISOR.to_string(), info.hypervisor.clone());
+        l.insert(
+            labels::INSTANCE_HYPERVISOR.to_string(),
+            info.hypervisor.clone(),
+        );
     }
     if info.gpu_count > 0 {
-        l.insert(labels::INSTANCE_GPU_COUNT.to_string(), info.gpu_count.to_string());
+        l.insert(
+            labels::INSTANCE_GPU_COUNT.to_string(),
+            info.gpu_count.to_string(),
+        );
         l.insert(labels::INSTANCE_GPU_NAME.to_string(), info.gpu_name.clone());
     }
     l
@@ -127,20 +143,31 @@ pub fn build(
 ) -> Vec<InstanceType> {
     let mut zones_by_type: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for o in offerings {
-        zones_by_type.entry(&o.instance_type).or_default().push(&o.zone);
+        zones_by_type
+            .entry(&o.instance_type)
+            .or_default()
+            .push(&o.zone);
     }
-    let spot_by: BTreeMap<(&str, &str), f64> =
-        spot.iter().map(|s| ((s.instance_type.as_str(), s.zone.as_str()), s.price)).collect();
+    let spot_by: BTreeMap<(&str, &str), f64> = spot
+        .iter()
+        .map(|s| ((s.instance_type.as_str(), s.zone.as_str()), s.price))
+        .collect();
     let mut out: Vec<InstanceType> = infos
         .iter()
         .filter_map(|info| {
             let od_price = *on_demand.get(&info.name)?;
-            let mut zones = zones_by_type.get(info.name.as_str()).cloned().unwrap_or_default();
+            let mut zones = zones_by_type
+                .get(info.name.as_str())
+                .cloned()
+                .unwrap_or_default();
             zones.sort_unstable();
             zones.dedup();
             let mut offers = Vec::new();
             for zone in zones {
-                if info.supported_usage_classes.contains(&CapacityType::OnDemand) {
+                if info
+                    .supported_usage_classes
+                    .contains(&CapacityType::OnDemand)
+                {
                     offers.push(Offering {
                         zone: zone.to_string(),
                         capacity_type: CapacityType::OnDemand,
@@ -160,7 +187,13 @@ pub fn build(
                 }
             }
             let (capacity, allocatable) = capacity_and_allocatable(info);
-            Some(InstanceType { name: info.name.clone(), labels: type_labels(info), capacity, allocatable, offerings: offers })
+            Some(InstanceType {
+                name: info.name.clone(),
+                labels: type_labels(info),
+                capacity,
+                allocatable,
+                offerings: offers,
+            })
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -172,7 +205,14 @@ mod tests {
     use super::*;
     use crate::quantity::parse;
 
-    fn info(name: &str, arch: &str, vcpu: u32, memory_mib: u64, enis: u32, ips: u32) -> InstanceTypeInfo {
+    fn info(
+        name: &str,
+        arch: &str,
+        vcpu: u32,
+        memory_mib: u64,
+        enis: u32,
+        ips: u32,
+    ) -> InstanceTypeInfo {
         InstanceTypeInfo {
             name: name.into(),
             arch: arch.into(),

@@ -90,11 +90,17 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn cluster(name: impl Into<String>) -> Self {
-        ObjectKey { namespace: String::new(), name: name.into() }
+        ObjectKey {
+            namespace: String::new(),
+            name: name.into(),
+        }
     }
 
     pub fn namespaced(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ObjectKey { namespace: namespace.into(), name: name.into() }
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 
     /// The key of a JSON object from its metadata.
@@ -140,12 +146,18 @@ pub enum KubeError {
     NotFound { kind: Kind, key: ObjectKey },
     #[error("{kind} {key} already exists")]
     AlreadyExists { kind: Kind, key: ObjectKey },
-    #[error("conflict writing {kind} {key}: the object changed since it was read; read it again and retry")]
+    #[error(
+        "conflict writing {kind} {key}: the object changed since it was read; read it again and retry"
+    )]
     Conflict { kind: Kind, key: ObjectKey },
     #[error("eviction of pod {key} refused: {reason}")]
     EvictionRefused { key: ObjectKey, reason: String },
     #[error("{kind} {key} is invalid: {message}")]
-    Invalid { kind: Kind, key: ObjectKey, message: String },
+    Invalid {
+        kind: Kind,
+        key: ObjectKey,
+        message: String,
+    },
     #[error("API server unavailable: {0}")]
     Unavailable(String),
     #[error("cannot decode {kind}: {message}")]
@@ -169,7 +181,12 @@ pub trait Kube: Send + Sync + 'static {
     async fn patch(&self, kind: Kind, key: &ObjectKey, patch: Value) -> Result<Value, KubeError>;
 
     /// JSON merge patch of the `status` subresource.
-    async fn patch_status(&self, kind: Kind, key: &ObjectKey, patch: Value) -> Result<Value, KubeError>;
+    async fn patch_status(
+        &self,
+        kind: Kind,
+        key: &ObjectKey,
+        patch: Value,
+    ) -> Result<Value, KubeError>;
 
     /// Request deletion; the object stays, with a deletionTimestamp, while it has finalizers.
     async fn delete(&self, kind: Kind, key: &ObjectKey) -> Result<(), KubeError>;
@@ -180,9 +197,15 @@ pub trait Kube: Send + Sync + 'static {
 
 /// Typed helpers over the JSON seam.
 pub fn decode<T: DeserializeOwned>(kind: Kind, value: Value) -> Result<T, KubeError> {
-    serde_json::from_value(value).map_err(|e| KubeError::Decode { kind, message: e.to_string() })
+    serde_json::from_value(value).map_err(|e| KubeError::Decode {
+        kind,
+        message: e.to_string(),
+    })
 }
 
 pub fn encode<T: Serialize>(kind: Kind, object: &T) -> Result<Value, KubeError> {
-    serde_json::to_value(object).map_err(|e| KubeError::Decode { kind, message: e.to_string() })
+    serde_json::to_value(object).map_err(|e| KubeError::Decode {
+        kind,
+        message: e.to_string(),
+    })
 }

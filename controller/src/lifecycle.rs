@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use crate::cloud::{CapacityType, CreateFleetRequest, DescribeInstancesRequest, FleetOverride, Instance};
+use crate::cloud::{
+    CapacityType, CreateFleetRequest, DescribeInstancesRequest, FleetOverride, Instance,
+};
 use crate::crds::nodeclaim::conditions;
 use crate::crds::{NodeClaim, labels};
 use crate::error::ControllerError;
@@ -39,16 +41,25 @@ fn fleet_overrides(
     let zones = claim_values(claim, labels::ZONE);
     let capacity_types: Vec<CapacityType> = {
         let v = claim_values(claim, labels::CAPACITY_TYPE);
-        if v.is_empty() { vec![CapacityType::OnDemand] } else { v.iter().filter_map(|s| CapacityType::parse(s)).collect() }
+        if v.is_empty() {
+            vec![CapacityType::OnDemand]
+        } else {
+            v.iter().filter_map(|s| CapacityType::parse(s)).collect()
+        }
     };
     let candidates = |ct: CapacityType| -> Vec<(f64, FleetOverride)> {
         let mut out = Vec::new();
         for it in types.iter().filter(|it| type_names.contains(&it.name)) {
             for o in &it.offerings {
-                if o.capacity_type != ct || !o.available || (!zones.is_empty() && !zones.contains(&o.zone)) {
+                if o.capacity_type != ct
+                    || !o.available
+                    || (!zones.is_empty() && !zones.contains(&o.zone))
+                {
                     continue;
                 }
-                let Some(subnet) = subnets.get(&o.zone) else { continue };
+                let Some(subnet) = subnets.get(&o.zone) else {
+                    continue;
+                };
                 out.push((
                     o.price,
                     FleetOverride {
@@ -95,7 +106,9 @@ impl Controller {
     pub(crate) async fn reconcile_nodeclaims(&mut self) -> Result<(), ControllerError> {
         let names: Vec<String> = self.state.nodeclaims.keys().cloned().collect();
         for name in names {
-            let Some(claim) = self.state.nodeclaims.get(&name).cloned() else { continue };
+            let Some(claim) = self.state.nodeclaims.get(&name).cloned() else {
+                continue;
+            };
             let result = if claim.metadata.deletion_timestamp.is_some() {
                 self.finalize(&claim).await
             } else if !claim.condition_true(conditions::LAUNCHED) {
@@ -110,7 +123,9 @@ impl Controller {
             match result {
                 Ok(()) => {}
                 // Someone else changed or removed it; the watch brings the new state.
-                Err(ControllerError::Kube(KubeError::Conflict { .. } | KubeError::NotFound { .. })) => {}
+                Err(ControllerError::Kube(
+                    KubeError::Conflict { .. } | KubeError::NotFound { .. },
+                )) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -132,16 +147,39 @@ impl Controller {
     async fn launch(&mut self, claim: &NodeClaim) -> Result<(), ControllerError> {
         let name = claim.metadata.name.clone().unwrap_or_default();
         let subnets = self.subnets_by_zone().await?;
-        let Some((capacity_type, overrides)) = fleet_overrides(claim, &self.instance_types, &subnets) else {
-            self.ctx.journal.record("lifecycle", format!("nodeclaim/{name} has no offering left; deleting it"));
-            self.ctx.kube.delete(Kind::NodeClaim, &ObjectKey::cluster(&name)).await?;
+        let Some((capacity_type, overrides)) =
+            fleet_overrides(claim, &self.instance_types, &subnets)
+        else {
+            self.ctx.journal.record(
+                "lifecycle",
+                format!("nodeclaim/{name} has no offering left; deleting it"),
+            );
+            self.ctx
+                .kube
+                .delete(Kind::NodeClaim, &ObjectKey::cluster(&name))
+                .await?;
             return Ok(());
         };
         let mut tags = BTreeMap::new();
-        tags.insert(format!("{}{}", labels::TAG_CLUSTER_PREFIX, self.ctx.settings.cluster_name), "owned".to_string());
+        tags.insert(
+            format!(
+                "{}{}",
+                labels::TAG_CLUSTER_PREFIX,
+                self.ctx.settings.cluster_name
+            ),
+            "owned".to_string(),
+        );
         tags.insert(labels::TAG_NODECLAIM.to_string(), name.clone());
-        tags.insert(labels::TAG_MANAGED_BY.to_string(), self.ctx.settings.cluster_name.clone());
-        if let Some(pool) = claim.metadata.labels.as_ref().and_then(|l| l.get(labels::NODEPOOL)) {
+        tags.insert(
+            labels::TAG_MANAGED_BY.to_string(),
+            self.ctx.settings.cluster_name.clone(),
+        );
+        if let Some(pool) = claim
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::NODEPOOL))
+        {
             tags.insert(labels::NODEPOOL.to_string(), pool.clone());
         }
         let request = CreateFleetRequest {
@@ -157,22 +195,36 @@ impl Controller {
             let codes: Vec<String> = output.errors.iter().map(|e| e.code.clone()).collect();
             self.ctx.journal.record(
                 "lifecycle",
-                format!("nodeclaim/{name} launch failed: {}; retrying", codes.join(",")),
+                format!(
+                    "nodeclaim/{name} launch failed: {}; retrying",
+                    codes.join(",")
+                ),
             );
             return Ok(());
         };
         self.mark_launched(claim, &instance).await
     }
 
-    async fn mark_launched(&mut self, claim: &NodeClaim, instance: &Instance) -> Result<(), ControllerError> {
+    async fn mark_launched(
+        &mut self,
+        claim: &NodeClaim,
+        instance: &Instance,
+    ) -> Result<(), ControllerError> {
         let name = claim.metadata.name.clone().unwrap_or_default();
         let key = ObjectKey::cluster(&name);
-        let it = self.instance_types.iter().find(|t| t.name == instance.instance_type);
+        let it = self
+            .instance_types
+            .iter()
+            .find(|t| t.name == instance.instance_type);
         let (capacity, allocatable) = it
             .map(|t| (t.capacity.to_quantities(), t.allocatable.to_quantities()))
             .unwrap_or_default();
         let price = it
-            .and_then(|t| t.offerings.iter().find(|o| o.zone == instance.zone && o.capacity_type == instance.capacity_type))
+            .and_then(|t| {
+                t.offerings
+                    .iter()
+                    .find(|o| o.zone == instance.zone && o.capacity_type == instance.capacity_type)
+            })
             .map_or(0.0, |o| o.price);
         self.ctx
             .kube
@@ -201,7 +253,8 @@ impl Controller {
                 }}),
             )
             .await?;
-        self.state.apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Modified(updated))?;
+        self.state
+            .apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Modified(updated))?;
         self.ctx.journal.record(
             "lifecycle",
             format!(
@@ -214,12 +267,18 @@ impl Controller {
 
     async fn register(&mut self, claim: &NodeClaim) -> Result<(), ControllerError> {
         let name = claim.metadata.name.clone().unwrap_or_default();
-        let provider_id = claim.status.as_ref().and_then(|s| s.provider_id.clone()).unwrap_or_default();
+        let provider_id = claim
+            .status
+            .as_ref()
+            .and_then(|s| s.provider_id.clone())
+            .unwrap_or_default();
         let Some((node_name, node)) = self
             .state
             .nodes
             .iter()
-            .find(|(_, n)| n.spec.as_ref().and_then(|s| s.provider_id.as_deref()) == Some(provider_id.as_str()))
+            .find(|(_, n)| {
+                n.spec.as_ref().and_then(|s| s.provider_id.as_deref()) == Some(provider_id.as_str())
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
         else {
             return Ok(());
@@ -229,7 +288,10 @@ impl Controller {
         let mut node_labels = claim.metadata.labels.clone().unwrap_or_default();
         node_labels.insert(labels::REGISTERED.to_string(), "true".to_string());
         let mut finalizers = node.metadata.finalizers.clone().unwrap_or_default();
-        if !finalizers.iter().any(|f| f == labels::TERMINATION_FINALIZER) {
+        if !finalizers
+            .iter()
+            .any(|f| f == labels::TERMINATION_FINALIZER)
+        {
             finalizers.push(labels::TERMINATION_FINALIZER.to_string());
         }
         let taints: Vec<_> = node
@@ -249,7 +311,11 @@ impl Controller {
             )
             .await?;
         let now = self.now_rfc3339();
-        let mut conds = claim.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+        let mut conds = claim
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
         conds.retain(|c| c.type_ != conditions::REGISTERED);
         let mut conds = serde_json::to_value(conds).unwrap_or_default();
         if let Some(list) = conds.as_array_mut() {
@@ -264,19 +330,32 @@ impl Controller {
                 json!({"status": {"nodeName": node_name, "conditions": conds}}),
             )
             .await?;
-        self.state.apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Modified(updated))?;
-        self.ctx.journal.record("lifecycle", format!("registered nodeclaim/{name} node={node_name}"));
+        self.state
+            .apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Modified(updated))?;
+        self.ctx.journal.record(
+            "lifecycle",
+            format!("registered nodeclaim/{name} node={node_name}"),
+        );
         Ok(())
     }
 
     async fn initialize(&mut self, claim: &NodeClaim) -> Result<(), ControllerError> {
         let name = claim.metadata.name.clone().unwrap_or_default();
-        let Some(node_name) = claim.status.as_ref().and_then(|s| s.node_name.clone()) else { return Ok(()) };
-        let Some(node) = self.state.nodes.get(&node_name) else { return Ok(()) };
+        let Some(node_name) = claim.status.as_ref().and_then(|s| s.node_name.clone()) else {
+            return Ok(());
+        };
+        let Some(node) = self.state.nodes.get(&node_name) else {
+            return Ok(());
+        };
         if !node_ready(node) {
             return Ok(());
         }
-        let startup_keys: Vec<&str> = claim.spec.startup_taints.iter().map(|t| t.key.as_str()).collect();
+        let startup_keys: Vec<&str> = claim
+            .spec
+            .startup_taints
+            .iter()
+            .map(|t| t.key.as_str())
+            .collect();
         let has_startup_taint = node
             .spec
             .as_ref()
@@ -287,10 +366,18 @@ impl Controller {
         }
         self.ctx
             .kube
-            .patch(Kind::Node, &ObjectKey::cluster(&node_name), json!({"metadata": {"labels": {labels::INITIALIZED: "true"}}}))
+            .patch(
+                Kind::Node,
+                &ObjectKey::cluster(&node_name),
+                json!({"metadata": {"labels": {labels::INITIALIZED: "true"}}}),
+            )
             .await?;
         let now = self.now_rfc3339();
-        let mut conds = claim.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+        let mut conds = claim
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
         conds.retain(|c| c.type_ != conditions::INITIALIZED && c.type_ != conditions::READY);
         let mut conds = serde_json::to_value(conds).unwrap_or_default();
         if let Some(list) = conds.as_array_mut() {
@@ -300,10 +387,18 @@ impl Controller {
         let updated = self
             .ctx
             .kube
-            .patch_status(Kind::NodeClaim, &ObjectKey::cluster(&name), json!({"status": {"conditions": conds}}))
+            .patch_status(
+                Kind::NodeClaim,
+                &ObjectKey::cluster(&name),
+                json!({"status": {"conditions": conds}}),
+            )
             .await?;
-        self.state.apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Modified(updated))?;
-        self.ctx.journal.record("lifecycle", format!("initialized nodeclaim/{name} node={node_name}"));
+        self.state
+            .apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Modified(updated))?;
+        self.ctx.journal.record(
+            "lifecycle",
+            format!("initialized nodeclaim/{name} node={node_name}"),
+        );
         Ok(())
     }
 
@@ -311,16 +406,30 @@ impl Controller {
     async fn finalize(&mut self, claim: &NodeClaim) -> Result<(), ControllerError> {
         let name = claim.metadata.name.clone().unwrap_or_default();
         if let Some(provider_id) = claim.status.as_ref().and_then(|s| s.provider_id.clone())
-            && let Some(id) = provider_id.rsplit('/').next().filter(|s| s.starts_with("i-"))
+            && let Some(id) = provider_id
+                .rsplit('/')
+                .next()
+                .filter(|s| s.starts_with("i-"))
         {
             let live = self
                 .ctx
                 .cloud
-                .describe_instances(DescribeInstancesRequest { instance_ids: vec![id.to_string()], ..Default::default() })
+                .describe_instances(DescribeInstancesRequest {
+                    instance_ids: vec![id.to_string()],
+                    ..Default::default()
+                })
                 .await?;
-            if live.iter().any(|i| i.state != crate::cloud::InstanceState::Terminated) {
-                self.ctx.cloud.terminate_instances(vec![id.to_string()]).await?;
-                self.ctx.journal.record("lifecycle", format!("terminate {id} for nodeclaim/{name}"));
+            if live
+                .iter()
+                .any(|i| i.state != crate::cloud::InstanceState::Terminated)
+            {
+                self.ctx
+                    .cloud
+                    .terminate_instances(vec![id.to_string()])
+                    .await?;
+                self.ctx
+                    .journal
+                    .record("lifecycle", format!("terminate {id} for nodeclaim/{name}"));
             }
         }
         let finalizers: Vec<String> = claim
@@ -333,7 +442,11 @@ impl Controller {
             .collect();
         self.ctx
             .kube
-            .patch(Kind::NodeClaim, &ObjectKey::cluster(&name), json!({"metadata": {"finalizers": finalizers}}))
+            .patch(
+                Kind::NodeClaim,
+                &ObjectKey::cluster(&name),
+                json!({"metadata": {"finalizers": finalizers}}),
+            )
             .await?;
         Ok(())
     }

@@ -48,7 +48,9 @@ impl std::ops::Sub for Milli {
 pub enum QuantityError {
     #[error("empty quantity")]
     Empty,
-    #[error("`{0}` is not a quantity: expected a number with an optional suffix such as 500m, 2, 1.5Gi or 100M")]
+    #[error(
+        "`{0}` is not a quantity: expected a number with an optional suffix such as 500m, 2, 1.5Gi or 100M"
+    )]
     Malformed(String),
     #[error("`{0}` is too large")]
     TooLarge(String),
@@ -111,7 +113,11 @@ pub fn parse(input: &str) -> Result<Milli, QuantityError> {
     if digits.len() > 30 {
         return Err(QuantityError::TooLarge(input.to_string()));
     }
-    let mantissa: i128 = if digits.is_empty() { 0 } else { digits.parse().map_err(|_| malformed())? };
+    let mantissa: i128 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().map_err(|_| malformed())?
+    };
     if negative && mantissa != 0 {
         return Err(QuantityError::Negative(input.to_string()));
     }

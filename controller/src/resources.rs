@@ -64,8 +64,10 @@ impl Resources {
     pub fn parse(list: &BTreeMap<String, Quantity>) -> Result<Resources, ResourceError> {
         let mut out = Resources::default();
         for (name, q) in list {
-            let v = quantity::parse(&q.0)
-                .map_err(|source| ResourceError { resource: name.clone(), source })?;
+            let v = quantity::parse(&q.0).map_err(|source| ResourceError {
+                resource: name.clone(),
+                source,
+            })?;
             out.0.insert(name.clone(), v);
         }
         Ok(out)
@@ -76,7 +78,11 @@ impl Resources {
         self.0
             .iter()
             .map(|(k, v)| {
-                let q = if k == CPU { format!("{}m", v.0) } else { format!("{}", v.units()) };
+                let q = if k == CPU {
+                    format!("{}m", v.0)
+                } else {
+                    format!("{}", v.units())
+                };
                 (k.clone(), Quantity(q))
             })
             .collect()
@@ -85,12 +91,19 @@ impl Resources {
 
 impl fmt::Display for Resources {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cpu={} mem={}", Cores(self.get(CPU)), Gibibytes(self.get(MEMORY)))
+        write!(
+            f,
+            "cpu={} mem={}",
+            Cores(self.get(CPU)),
+            Gibibytes(self.get(MEMORY))
+        )
     }
 }
 
 fn container_requests(c: &Container) -> Result<Resources, ResourceError> {
-    let Some(res) = &c.resources else { return Ok(Resources::default()) };
+    let Some(res) = &c.resources else {
+        return Ok(Resources::default());
+    };
     // Kubernetes defaults requests to limits when only limits are given.
     let mut out = match &res.limits {
         Some(limits) => Resources::parse(limits)?,
@@ -175,7 +188,8 @@ mod tests {
 
     #[test]
     fn a_bad_quantity_names_the_resource() {
-        let p = pod(json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "5OOm"}}}]}));
+        let p =
+            pod(json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "5OOm"}}}]}));
         let err = pod_requests(&p).unwrap_err();
         assert_eq!(err.resource, "cpu");
     }

@@ -90,7 +90,9 @@ impl Controller {
         Ok(())
     }
 
-    async fn open_watches(&mut self) -> Result<Vec<(Kind, BoxStream<'static, WatchEvent>)>, ControllerError> {
+    async fn open_watches(
+        &mut self,
+    ) -> Result<Vec<(Kind, BoxStream<'static, WatchEvent>)>, ControllerError> {
         let mut streams = Vec::new();
         for kind in ClusterState::WATCHED {
             let list = self.ctx.kube.list(kind).await?;
@@ -104,21 +106,20 @@ impl Controller {
         if event == WatchEvent::Expired {
             return Ok(false);
         }
-        let Some((change, key)) = self.state.apply_event(kind, event)? else { return Ok(true) };
+        let Some((change, key)) = self.state.apply_event(kind, event)? else {
+            return Ok(true);
+        };
         let now = self.now();
-        match (kind, change) {
-            (Kind::Pod, Change::Upsert) => {
-                if self.state.pods.get(&key).is_some_and(is_provisionable) {
-                    self.batcher.trigger(now);
-                }
-            }
+        let provisionable_changed = match (kind, change) {
+            (Kind::Pod, Change::Upsert) => self.state.pods.get(&key).is_some_and(is_provisionable),
             // Capacity went away: pods counted against it must be planned again.
             (Kind::NodeClaim | Kind::Node, Change::Delete) => {
-                if self.state.pods.values().any(is_provisionable) {
-                    self.batcher.trigger(now);
-                }
+                self.state.pods.values().any(is_provisionable)
             }
-            _ => {}
+            _ => false,
+        };
+        if provisionable_changed {
+            self.batcher.trigger(now);
         }
         Ok(true)
     }

@@ -28,8 +28,14 @@ pub enum Change {
 
 impl ClusterState {
     /// The kinds the controller watches.
-    pub const WATCHED: [Kind; 6] =
-        [Kind::Pod, Kind::Node, Kind::NodeClaim, Kind::NodePool, Kind::EC2NodeClass, Kind::DaemonSet];
+    pub const WATCHED: [Kind; 6] = [
+        Kind::Pod,
+        Kind::Node,
+        Kind::NodeClaim,
+        Kind::NodePool,
+        Kind::EC2NodeClass,
+        Kind::DaemonSet,
+    ];
 
     /// Replace everything of `kind` with a fresh list.
     pub fn reset(&mut self, kind: Kind, items: Vec<Value>) -> Result<(), KubeError> {
@@ -48,7 +54,11 @@ impl ClusterState {
         Ok(())
     }
 
-    pub fn apply_event(&mut self, kind: Kind, event: WatchEvent) -> Result<Option<(Change, ObjectKey)>, KubeError> {
+    pub fn apply_event(
+        &mut self,
+        kind: Kind,
+        event: WatchEvent,
+    ) -> Result<Option<(Change, ObjectKey)>, KubeError> {
         let (change, value) = match event {
             WatchEvent::Added(v) | WatchEvent::Modified(v) => (Change::Upsert, v),
             WatchEvent::Deleted(v) => (Change::Delete, v),
@@ -93,12 +103,16 @@ pub fn is_provisionable(pod: &Pod) -> bool {
     if spec.node_name.is_some() || pod.metadata.deletion_timestamp.is_some() {
         return false;
     }
-    let Some(status) = &pod.status else { return false };
+    let Some(status) = &pod.status else {
+        return false;
+    };
     if matches!(status.phase.as_deref(), Some("Succeeded") | Some("Failed")) {
         return false;
     }
     status.conditions.iter().flatten().any(|c| {
-        c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+        c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
     })
 }
 

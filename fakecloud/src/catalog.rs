@@ -41,12 +41,26 @@ pub struct Catalog {
     pub types: BTreeMap<String, CatalogEntry>,
 }
 
-fn field<T: std::str::FromStr>(cols: &[&str], idx: usize, line: usize, column: &'static str) -> Result<T, CatalogError> {
+fn field<T: std::str::FromStr>(
+    cols: &[&str],
+    idx: usize,
+    line: usize,
+    column: &'static str,
+) -> Result<T, CatalogError> {
     let raw = cols.get(idx).copied().unwrap_or("");
-    raw.parse().map_err(|_| CatalogError { line, column, message: format!("cannot parse `{raw}`") })
+    raw.parse().map_err(|_| CatalogError {
+        line,
+        column,
+        message: format!("cannot parse `{raw}`"),
+    })
 }
 
-fn optional<T: std::str::FromStr + Default>(cols: &[&str], idx: usize, line: usize, column: &'static str) -> Result<T, CatalogError> {
+fn optional<T: std::str::FromStr + Default>(
+    cols: &[&str],
+    idx: usize,
+    line: usize,
+    column: &'static str,
+) -> Result<T, CatalogError> {
     if cols.get(idx).is_none_or(|s| s.is_empty()) {
         Ok(T::default())
     } else {
@@ -99,7 +113,11 @@ impl Catalog {
 /// difference between the two shows up in simulation as it would in a real cluster.
 pub fn kubelet_resources(e: &CatalogEntry) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
     let max_pods = u64::from(e.max_enis) * u64::from(e.ipv4_per_eni.saturating_sub(1)) + 2;
-    let usable_mib = if e.arch == "arm64" { e.memory_mib - 64 } else { e.memory_mib };
+    let usable_mib = if e.arch == "arm64" {
+        e.memory_mib - 64
+    } else {
+        e.memory_mib
+    };
     // The hypervisor keeps 7.5% of memory, rounded up to a whole MiB.
     let memory_mib = usable_mib - (usable_mib * 75).div_ceil(1000);
     let reserved_mib = 255 + 11 * max_pods + 100;
@@ -122,8 +140,14 @@ pub fn kubelet_resources(e: &CatalogEntry) -> (BTreeMap<String, String>, BTreeMa
     capacity.insert("pods".to_string(), max_pods.to_string());
     capacity.insert("ephemeral-storage".to_string(), "20Gi".to_string());
     let mut allocatable = BTreeMap::new();
-    allocatable.insert("cpu".to_string(), format!("{}m", u64::from(e.vcpu) * 1000 - reserved_cpu_m));
-    allocatable.insert("memory".to_string(), format!("{}Mi", memory_mib - reserved_mib));
+    allocatable.insert(
+        "cpu".to_string(),
+        format!("{}m", u64::from(e.vcpu) * 1000 - reserved_cpu_m),
+    );
+    allocatable.insert(
+        "memory".to_string(),
+        format!("{}Mi", memory_mib - reserved_mib),
+    );
     allocatable.insert("pods".to_string(), max_pods.to_string());
     allocatable.insert("ephemeral-storage".to_string(), "17Gi".to_string());
     if e.gpu_count > 0 {
@@ -142,7 +166,10 @@ mod tests {
         let c = Catalog::parse(CSV).unwrap();
         assert_eq!(c.types.len(), 114);
         let m5 = &c.types["m5.large"];
-        assert_eq!((m5.vcpu, m5.memory_mib, m5.max_enis, m5.ipv4_per_eni), (2, 8192, 3, 10));
+        assert_eq!(
+            (m5.vcpu, m5.memory_mib, m5.max_enis, m5.ipv4_per_eni),
+            (2, 8192, 3, 10)
+        );
     }
 
     // Figures from Karpenter's published instance-type reference.
@@ -161,7 +188,10 @@ mod tests {
 
     #[test]
     fn a_broken_row_names_line_and_column() {
-        let err = Catalog::parse("header\nm5.large,m5,m,5,large,amd64,two,8192,nitro,3,10,9,,,,750,0.096\n").unwrap_err();
+        let err = Catalog::parse(
+            "header\nm5.large,m5,m,5,large,amd64,two,8192,nitro,3,10,9,,,,750,0.096\n",
+        )
+        .unwrap_err();
         assert_eq!((err.line, err.column), (2, "vcpu"));
     }
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dovetail::clock::Clock;
 use dovetail::cloud::{
-    CapacityType, Cloud, CloudError, CreateFleetOutput, CreateFleetRequest, DescribeInstancesRequest, FleetError,
-    Instance, InstanceState, InstanceTypeInfo, InstanceTypeOffering, SpotPrice, Subnet,
+    CapacityType, Cloud, CloudError, CreateFleetOutput, CreateFleetRequest,
+    DescribeInstancesRequest, FleetError, Instance, InstanceState, InstanceTypeInfo,
+    InstanceTypeOffering, SpotPrice, Subnet,
 };
 use dovetail::journal::Journal;
 use jiff::Timestamp;
@@ -36,7 +37,11 @@ impl Default for CloudConfig {
     fn default() -> Self {
         CloudConfig {
             region: "us-east-1".to_string(),
-            zones: vec!["us-east-1a".into(), "us-east-1b".into(), "us-east-1c".into()],
+            zones: vec![
+                "us-east-1a".into(),
+                "us-east-1b".into(),
+                "us-east-1c".into(),
+            ],
             launch_latency: (Duration::from_secs(3), Duration::from_secs(12)),
             shutdown_latency: Duration::from_secs(30),
             api_latency: Duration::from_millis(50),
@@ -94,14 +99,21 @@ fn add(ts: Timestamp, d: Duration) -> Timestamp {
 }
 
 impl FakeCloud {
-    pub fn new(config: CloudConfig, catalog: Catalog, seed: u64, clock: Arc<dyn Clock>, journal: Arc<dyn Journal>) -> Self {
+    pub fn new(
+        config: CloudConfig,
+        catalog: Catalog,
+        seed: u64,
+        clock: Arc<dyn Clock>,
+        journal: Arc<dyn Journal>,
+    ) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut spot_prices = BTreeMap::new();
         for (name, entry) in &catalog.types {
             for zone in &config.zones {
                 // Spot trades 30-70% below on-demand; one fixed price per pool for now.
                 let discount = 0.30 + (rng.next_u32() % 4001) as f64 / 10_000.0;
-                let price = (entry.on_demand_price * (1.0 - discount) * 10_000.0).round() / 10_000.0;
+                let price =
+                    (entry.on_demand_price * (1.0 - discount) * 10_000.0).round() / 10_000.0;
                 spot_prices.insert((name.clone(), zone.clone()), price.max(0.0001));
             }
         }
@@ -122,7 +134,12 @@ impl FakeCloud {
             catalog: Arc::new(catalog),
             clock,
             journal,
-            state: Arc::new(Mutex::new(State { rng, instances: BTreeMap::new(), subnets, spot_prices })),
+            state: Arc::new(Mutex::new(State {
+                rng,
+                instances: BTreeMap::new(),
+                subnets,
+                spot_prices,
+            })),
         }
     }
 
@@ -161,7 +178,10 @@ impl FakeCloud {
                 match rec.instance.state {
                     InstanceState::Pending => {
                         rec.instance.state = InstanceState::Running;
-                        lines.push(format!("running {} {}", rec.instance.id, rec.private_dns_name));
+                        lines.push(format!(
+                            "running {} {}",
+                            rec.instance.id, rec.private_dns_name
+                        ));
                     }
                     InstanceState::ShuttingDown => {
                         rec.instance.state = InstanceState::Terminated;
@@ -183,7 +203,10 @@ impl FakeCloud {
     fn price(&self, st: &State, instance_type: &str, zone: &str, ct: CapacityType) -> Option<f64> {
         match ct {
             CapacityType::OnDemand => self.entry(instance_type).map(|e| e.on_demand_price),
-            CapacityType::Spot => st.spot_prices.get(&(instance_type.to_string(), zone.to_string())).copied(),
+            CapacityType::Spot => st
+                .spot_prices
+                .get(&(instance_type.to_string(), zone.to_string()))
+                .copied(),
         }
     }
 }
@@ -211,12 +234,17 @@ impl Cloud for FakeCloud {
             .collect())
     }
 
-    async fn describe_instance_type_offerings(&self) -> Result<Vec<InstanceTypeOffering>, CloudError> {
+    async fn describe_instance_type_offerings(
+        &self,
+    ) -> Result<Vec<InstanceTypeOffering>, CloudError> {
         self.api_call().await;
         let mut out = Vec::new();
         for name in self.catalog.types.keys() {
             for zone in &self.config.zones {
-                out.push(InstanceTypeOffering { instance_type: name.clone(), zone: zone.clone() });
+                out.push(InstanceTypeOffering {
+                    instance_type: name.clone(),
+                    zone: zone.clone(),
+                });
             }
         }
         Ok(out)
@@ -228,13 +256,22 @@ impl Cloud for FakeCloud {
         Ok(st
             .spot_prices
             .iter()
-            .map(|((t, z), p)| SpotPrice { instance_type: t.clone(), zone: z.clone(), price: *p })
+            .map(|((t, z), p)| SpotPrice {
+                instance_type: t.clone(),
+                zone: z.clone(),
+                price: *p,
+            })
             .collect())
     }
 
     async fn on_demand_prices(&self) -> Result<BTreeMap<String, f64>, CloudError> {
         self.api_call().await;
-        Ok(self.catalog.types.iter().map(|(n, e)| (n.clone(), e.on_demand_price)).collect())
+        Ok(self
+            .catalog
+            .types
+            .iter()
+            .map(|(n, e)| (n.clone(), e.on_demand_price))
+            .collect())
     }
 
     async fn describe_subnets(&self) -> Result<Vec<Subnet>, CloudError> {
@@ -243,17 +280,31 @@ impl Cloud for FakeCloud {
         Ok(st
             .subnets
             .iter()
-            .map(|s| Subnet { id: s.id.clone(), zone: s.zone.clone(), available_ip_addresses: s.free, tags: BTreeMap::new() })
+            .map(|s| Subnet {
+                id: s.id.clone(),
+                zone: s.zone.clone(),
+                available_ip_addresses: s.free,
+                tags: BTreeMap::new(),
+            })
             .collect())
     }
 
-    async fn create_fleet(&self, request: CreateFleetRequest) -> Result<CreateFleetOutput, CloudError> {
+    async fn create_fleet(
+        &self,
+        request: CreateFleetRequest,
+    ) -> Result<CreateFleetOutput, CloudError> {
         self.api_call().await;
         if request.overrides.is_empty() {
-            return Err(CloudError::new("InvalidParameterValue", "CreateFleet needs at least one override"));
+            return Err(CloudError::new(
+                "InvalidParameterValue",
+                "CreateFleet needs at least one override",
+            ));
         }
         if request.target_capacity != 1 {
-            return Err(CloudError::new("InvalidParameterValue", "this fake supports TargetCapacity 1"));
+            return Err(CloudError::new(
+                "InvalidParameterValue",
+                "this fake supports TargetCapacity 1",
+            ));
         }
         let now = self.clock.now();
         let mut st = self.lock();
@@ -262,7 +313,10 @@ impl Cloud for FakeCloud {
         // capacity while pools are unlimited; ties go to the override's priority, then its order.
         let mut ranked: Vec<(f64, f64, usize)> = Vec::new();
         for (i, o) in request.overrides.iter().enumerate() {
-            let known_subnet = st.subnets.iter().any(|s| s.id == o.subnet_id && s.zone == o.zone);
+            let known_subnet = st
+                .subnets
+                .iter()
+                .any(|s| s.id == o.subnet_id && s.zone == o.zone);
             match self.price(&st, &o.instance_type, &o.zone, request.capacity_type) {
                 Some(p) if known_subnet => ranked.push((p, o.priority.unwrap_or(f64::MAX), i)),
                 Some(_) => errors.push(FleetError {
@@ -279,14 +333,29 @@ impl Cloud for FakeCloud {
                 }),
             }
         }
-        ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+        ranked.sort_by(|a, b| {
+            a.0.total_cmp(&b.0)
+                .then(a.1.total_cmp(&b.1))
+                .then(a.2.cmp(&b.2))
+        });
         let Some(&(price, _, idx)) = ranked.first() else {
-            return Ok(CreateFleetOutput { instances: Vec::new(), errors });
+            return Ok(CreateFleetOutput {
+                instances: Vec::new(),
+                errors,
+            });
         };
         let o = request.overrides[idx].clone();
-        let State { rng, subnets, instances, .. } = &mut *st;
+        let State {
+            rng,
+            subnets,
+            instances,
+            ..
+        } = &mut *st;
         let Some(subnet) = subnets.iter_mut().find(|s| s.id == o.subnet_id) else {
-            return Ok(CreateFleetOutput { instances: Vec::new(), errors });
+            return Ok(CreateFleetOutput {
+                instances: Vec::new(),
+                errors,
+            });
         };
         if subnet.free == 0 {
             errors.push(FleetError {
@@ -295,7 +364,10 @@ impl Cloud for FakeCloud {
                 instance_type: o.instance_type.clone(),
                 zone: o.zone.clone(),
             });
-            return Ok(CreateFleetOutput { instances: Vec::new(), errors });
+            return Ok(CreateFleetOutput {
+                instances: Vec::new(),
+                errors,
+            });
         }
         subnet.free -= 1;
         let host = subnet.next_host;
@@ -322,20 +394,36 @@ impl Cloud for FakeCloud {
         };
         instances.insert(id.clone(), rec);
         drop(st);
-        let owner = request.tags.get("karpenter.sh/nodeclaim").map(|n| format!(" for nodeclaim/{n}")).unwrap_or_default();
+        let owner = request
+            .tags
+            .get("karpenter.sh/nodeclaim")
+            .map(|n| format!(" for nodeclaim/{n}"))
+            .unwrap_or_default();
         self.journal.record(
             "cloud",
-            format!("launch {id} {} {} {} {price:.4}/h{owner}", o.instance_type, o.zone, request.capacity_type),
+            format!(
+                "launch {id} {} {} {} {price:.4}/h{owner}",
+                o.instance_type, o.zone, request.capacity_type
+            ),
         );
-        Ok(CreateFleetOutput { instances: vec![instance], errors })
+        Ok(CreateFleetOutput {
+            instances: vec![instance],
+            errors,
+        })
     }
 
-    async fn describe_instances(&self, request: DescribeInstancesRequest) -> Result<Vec<Instance>, CloudError> {
+    async fn describe_instances(
+        &self,
+        request: DescribeInstancesRequest,
+    ) -> Result<Vec<Instance>, CloudError> {
         self.api_call().await;
         let st = self.lock();
         for id in &request.instance_ids {
             if !st.instances.contains_key(id) {
-                return Err(CloudError::new("InvalidInstanceID.NotFound", format!("The instance ID '{id}' does not exist")));
+                return Err(CloudError::new(
+                    "InvalidInstanceID.NotFound",
+                    format!("The instance ID '{id}' does not exist"),
+                ));
             }
         }
         Ok(st
@@ -353,12 +441,21 @@ impl Cloud for FakeCloud {
         self.api_call().await;
         let now = self.clock.now();
         let mut st = self.lock();
-        if let Some(id) = instance_ids.iter().find(|id| !st.instances.contains_key(*id)) {
-            return Err(CloudError::new("InvalidInstanceID.NotFound", format!("The instance ID '{id}' does not exist")));
+        if let Some(id) = instance_ids
+            .iter()
+            .find(|id| !st.instances.contains_key(*id))
+        {
+            return Err(CloudError::new(
+                "InvalidInstanceID.NotFound",
+                format!("The instance ID '{id}' does not exist"),
+            ));
         }
         for id in &instance_ids {
             if let Some(rec) = st.instances.get_mut(id)
-                && matches!(rec.instance.state, InstanceState::Pending | InstanceState::Running)
+                && matches!(
+                    rec.instance.state,
+                    InstanceState::Pending | InstanceState::Running
+                )
             {
                 rec.instance.state = InstanceState::ShuttingDown;
                 rec.transition_at = add(now, self.config.shutdown_latency);

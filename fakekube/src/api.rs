@@ -22,10 +22,23 @@ pub struct FakeKube {
 
 fn to_kube_error(kind: Kind, key: &ObjectKey, e: StoreError) -> KubeError {
     match e {
-        StoreError::NotFound(..) => KubeError::NotFound { kind, key: key.clone() },
-        StoreError::AlreadyExists(..) => KubeError::AlreadyExists { kind, key: key.clone() },
-        StoreError::Conflict(..) => KubeError::Conflict { kind, key: key.clone() },
-        StoreError::Invalid(_, message) => KubeError::Invalid { kind, key: key.clone(), message },
+        StoreError::NotFound(..) => KubeError::NotFound {
+            kind,
+            key: key.clone(),
+        },
+        StoreError::AlreadyExists(..) => KubeError::AlreadyExists {
+            kind,
+            key: key.clone(),
+        },
+        StoreError::Conflict(..) => KubeError::Conflict {
+            kind,
+            key: key.clone(),
+        },
+        StoreError::Invalid(_, message) => KubeError::Invalid {
+            kind,
+            key: key.clone(),
+            message,
+        },
     }
 }
 
@@ -35,7 +48,10 @@ fn label_selector_matches(selector: &Value, labels: &Value) -> bool {
     let ok_exprs = selector["matchExpressions"].as_array().is_none_or(|exprs| {
         exprs.iter().all(|e| {
             let key = e["key"].as_str().unwrap_or_default();
-            let values: Vec<&str> = e["values"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            let values: Vec<&str> = e["values"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
             let actual = labels.get(key).and_then(Value::as_str);
             match e["operator"].as_str() {
                 Some("In") => actual.is_some_and(|a| values.contains(&a)),
@@ -64,14 +80,19 @@ fn scaled(v: &Value, total: i64) -> Option<i64> {
 fn pod_healthy(pod: &Value) -> bool {
     pod["metadata"]["deletionTimestamp"].is_null()
         && pod["status"]["phase"] == "Running"
-        && pod["status"]["conditions"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        && pod["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
 }
 
 impl FakeKube {
     pub fn new(store: Store, clock: Arc<dyn Clock>, latency: Duration) -> Self {
-        FakeKube { store: Arc::new(Mutex::new(store)), clock, latency }
+        FakeKube {
+            store: Arc::new(Mutex::new(store)),
+            clock,
+            latency,
+        }
     }
 
     /// Direct access for the simulated control plane (scheduler, kubelets, workload controllers).
@@ -89,13 +110,21 @@ impl FakeKube {
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
         let labels = &pod["metadata"]["labels"];
         for pdb in st.list("PodDisruptionBudget") {
-            if pdb["metadata"]["namespace"].as_str() != Some(ns) || !label_selector_matches(&pdb["spec"]["selector"], labels) {
+            if pdb["metadata"]["namespace"].as_str() != Some(ns)
+                || !label_selector_matches(&pdb["spec"]["selector"], labels)
+            {
                 continue;
             }
             let selected: Vec<Value> = st
                 .list("Pod")
                 .into_iter()
-                .filter(|p| p["metadata"]["namespace"].as_str() == Some(ns) && label_selector_matches(&pdb["spec"]["selector"], &p["metadata"]["labels"]))
+                .filter(|p| {
+                    p["metadata"]["namespace"].as_str() == Some(ns)
+                        && label_selector_matches(
+                            &pdb["spec"]["selector"],
+                            &p["metadata"]["labels"],
+                        )
+                })
                 .collect();
             let expected = selected.len() as i64;
             let healthy = selected.iter().filter(|p| pod_healthy(p)).count() as i64;
@@ -123,25 +152,34 @@ impl Kube for FakeKube {
     async fn list(&self, kind: Kind) -> Result<ObjectList, KubeError> {
         self.clock.sleep(self.latency).await;
         let st = self.store();
-        Ok(ObjectList { resource_version: st.resource_version().to_string(), items: st.list(kind.name()) })
+        Ok(ObjectList {
+            resource_version: st.resource_version().to_string(),
+            items: st.list(kind.name()),
+        })
     }
 
     fn watch(&self, kind: Kind, resource_version: &str) -> BoxStream<'static, WatchEvent> {
         let rv: u64 = resource_version.parse().unwrap_or(0);
         let rx = self.store().watch(kind.name(), rv);
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed()
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
+            .boxed()
     }
 
     async fn get(&self, kind: Kind, key: &ObjectKey) -> Result<Option<Value>, KubeError> {
         self.clock.sleep(self.latency).await;
-        Ok(self.store().get(kind.name(), &key.namespace, &key.name).cloned())
+        Ok(self
+            .store()
+            .get(kind.name(), &key.namespace, &key.name)
+            .cloned())
     }
 
     async fn create(&self, kind: Kind, object: Value) -> Result<Value, KubeError> {
         self.clock.sleep(self.latency).await;
         let key = ObjectKey::of(&object);
         let now = self.clock.now();
-        self.store().create(kind.name(), object, now).map_err(|e| to_kube_error(kind, &key, e))
+        self.store()
+            .create(kind.name(), object, now)
+            .map_err(|e| to_kube_error(kind, &key, e))
     }
 
     async fn patch(&self, kind: Kind, key: &ObjectKey, patch: Value) -> Result<Value, KubeError> {
@@ -151,7 +189,12 @@ impl Kube for FakeKube {
             .map_err(|e| to_kube_error(kind, key, e))
     }
 
-    async fn patch_status(&self, kind: Kind, key: &ObjectKey, patch: Value) -> Result<Value, KubeError> {
+    async fn patch_status(
+        &self,
+        kind: Kind,
+        key: &ObjectKey,
+        patch: Value,
+    ) -> Result<Value, KubeError> {
         self.clock.sleep(self.latency).await;
         self.store()
             .patch(kind.name(), &key.namespace, &key.name, &patch, true)
@@ -169,10 +212,16 @@ impl Kube for FakeKube {
     async fn evict(&self, key: &ObjectKey) -> Result<(), KubeError> {
         self.clock.sleep(self.latency).await;
         let Some(pod) = self.store().get("Pod", &key.namespace, &key.name).cloned() else {
-            return Err(KubeError::NotFound { kind: Kind::Pod, key: key.clone() });
+            return Err(KubeError::NotFound {
+                kind: Kind::Pod,
+                key: key.clone(),
+            });
         };
         if let Some(reason) = self.eviction_blocker(&pod) {
-            return Err(KubeError::EvictionRefused { key: key.clone(), reason });
+            return Err(KubeError::EvictionRefused {
+                key: key.clone(),
+                reason,
+            });
         }
         let now = self.clock.now();
         self.store()

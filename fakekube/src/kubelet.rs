@@ -55,7 +55,11 @@ fn add(ts: Timestamp, d: Duration) -> Timestamp {
 }
 
 impl Kubelets {
-    pub fn new(rng: ChaCha8Rng, boot_to_ready: (Duration, Duration), journal: Arc<dyn Journal>) -> Self {
+    pub fn new(
+        rng: ChaCha8Rng,
+        boot_to_ready: (Duration, Duration),
+        journal: Arc<dyn Journal>,
+    ) -> Self {
         Kubelets {
             rng,
             boot_to_ready,
@@ -91,18 +95,30 @@ impl Kubelets {
                     return; // its Node was deleted; a real kubelet would re-register, ours stays down
                 }
                 let delay = self.boot_delay();
-                let at = *self.booting.entry(m.instance_id.clone()).or_insert_with(|| add(now, delay));
+                let at = *self
+                    .booting
+                    .entry(m.instance_id.clone())
+                    .or_insert_with(|| add(now, delay));
                 if now >= at {
                     self.register(kube, m, now);
                 }
             }
             (true, Some(node)) => self.clear_startup_taints(kube, m, &node, now),
             (false, Some(node)) => {
-                let ready = node["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+                let ready = node["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
                 if ready {
                     let patch = json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status."}]}});
                     let _ = kube.store().patch("Node", "", &m.node_name, &patch, true);
-                    self.journal.record("cluster", format!("node {} not-ready (instance {} gone)", m.node_name, m.instance_id));
+                    self.journal.record(
+                        "cluster",
+                        format!(
+                            "node {} not-ready (instance {} gone)",
+                            m.node_name, m.instance_id
+                        ),
+                    );
                 }
             }
             (false, None) => {}
@@ -111,7 +127,9 @@ impl Kubelets {
 
     fn register(&mut self, kube: &FakeKube, m: &Machine, now: Timestamp) {
         let claim_name = m.tags.get("karpenter.sh/nodeclaim").cloned();
-        let claim = claim_name.as_ref().and_then(|n| kube.store().get("NodeClaim", "", n).cloned());
+        let claim = claim_name
+            .as_ref()
+            .and_then(|n| kube.store().get("NodeClaim", "", n).cloned());
         let mut labels = json!({
             "node.kubernetes.io/instance-type": m.instance_type,
             "topology.kubernetes.io/zone": m.zone,
@@ -146,37 +164,73 @@ impl Kubelets {
         if kube.store().create("Node", node, now).is_ok() {
             self.booting.remove(&m.instance_id);
             self.registered.insert(m.node_name.clone(), now);
-            let owner = claim_name.map(|n| format!(" (nodeclaim/{n})")).unwrap_or_default();
-            self.journal.record("cluster", format!("node {} ready {}{owner}", m.node_name, m.instance_type));
+            let owner = claim_name
+                .map(|n| format!(" (nodeclaim/{n})"))
+                .unwrap_or_default();
+            self.journal.record(
+                "cluster",
+                format!("node {} ready {}{owner}", m.node_name, m.instance_type),
+            );
         }
     }
 
     fn clear_startup_taints(&mut self, kube: &FakeKube, m: &Machine, node: &Value, now: Timestamp) {
-        let Some(since) = self.registered.get(&m.node_name) else { return };
+        let Some(since) = self.registered.get(&m.node_name) else {
+            return;
+        };
         if now < add(*since, self.startup_taint_delay) {
             return;
         }
-        let Some(claim) = m.tags.get("karpenter.sh/nodeclaim").and_then(|n| kube.store().get("NodeClaim", "", n).cloned()) else {
+        let Some(claim) = m
+            .tags
+            .get("karpenter.sh/nodeclaim")
+            .and_then(|n| kube.store().get("NodeClaim", "", n).cloned())
+        else {
             return;
         };
-        let startup: Vec<&Value> = claim["spec"]["startupTaints"].as_array().into_iter().flatten().collect();
+        let startup: Vec<&Value> = claim["spec"]["startupTaints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .collect();
         if startup.is_empty() {
             return;
         }
-        let taints: Vec<Value> = node["spec"]["taints"].as_array().into_iter().flatten().filter(|t| !startup.iter().any(|s| s["key"] == t["key"])).cloned().collect();
+        let taints: Vec<Value> = node["spec"]["taints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| !startup.iter().any(|s| s["key"] == t["key"]))
+            .cloned()
+            .collect();
         if taints.len() != node["spec"]["taints"].as_array().map_or(0, Vec::len) {
-            let _ = kube.store().patch("Node", "", &m.node_name, &json!({"spec": {"taints": taints}}), false);
+            let _ = kube.store().patch(
+                "Node",
+                "",
+                &m.node_name,
+                &json!({"spec": {"taints": taints}}),
+                false,
+            );
         }
     }
 
     fn start_pods(&mut self, kube: &FakeKube, now: Timestamp) {
         let pods = kube.store().list("Pod");
         for p in pods {
-            if p["spec"]["nodeName"].is_null() || p["status"]["phase"] == "Running" || !p["metadata"]["deletionTimestamp"].is_null() {
+            if p["spec"]["nodeName"].is_null()
+                || p["status"]["phase"] == "Running"
+                || !p["metadata"]["deletionTimestamp"].is_null()
+            {
                 continue;
             }
-            let ns = p["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
-            let name = p["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let ns = p["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let name = p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let key = format!("{ns}/{name}");
             let seen = *self.starting.entry(key.clone()).or_insert(now);
             if now >= add(seen, self.pod_start) {

@@ -24,7 +24,9 @@ pub fn milli(q: &str) -> Option<i128> {
         .find_map(|(s, m, d)| q.strip_suffix(s).map(|n| (n, *m, *d)))
         .unwrap_or((q, 1, 1));
     let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-    if int.is_empty() && frac.is_empty() || !int.chars().chain(frac.chars()).all(|c| c.is_ascii_digit()) {
+    if int.is_empty() && frac.is_empty()
+        || !int.chars().chain(frac.chars()).all(|c| c.is_ascii_digit())
+    {
         return None;
     }
     let scale = 10i128.checked_pow(frac.len() as u32)?;

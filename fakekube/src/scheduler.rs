@@ -47,7 +47,11 @@ fn requests(pod: &Value) -> Amounts {
             *sum.entry(k).or_default() += v;
         }
     }
-    for c in pod["spec"]["initContainers"].as_array().into_iter().flatten() {
+    for c in pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         for (k, v) in read(c) {
             let e = sum.entry(k).or_default();
             *e = (*e).max(v);
@@ -63,32 +67,53 @@ fn requests(pod: &Value) -> Amounts {
 }
 
 fn node_ready(node: &Value) -> bool {
-    node["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-}
-
-fn tolerates(pod: &Value, taint: &Value) -> bool {
-    pod["spec"]["tolerations"].as_array().into_iter().flatten().any(|t| {
-        let key_ok = match t["key"].as_str() {
-            None | Some("") => t["operator"] == "Exists",
-            Some(k) => Some(k) == taint["key"].as_str(),
-        };
-        let value_ok = t["operator"] == "Exists" || t["value"].as_str().unwrap_or("") == taint["value"].as_str().unwrap_or("");
-        let effect_ok = t["effect"].as_str().is_none_or(|e| e.is_empty() || Some(e) == taint["effect"].as_str());
-        key_ok && value_ok && effect_ok
+    node["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
     })
 }
 
+fn tolerates(pod: &Value, taint: &Value) -> bool {
+    pod["spec"]["tolerations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| {
+            let key_ok = match t["key"].as_str() {
+                None | Some("") => t["operator"] == "Exists",
+                Some(k) => Some(k) == taint["key"].as_str(),
+            };
+            let value_ok = t["operator"] == "Exists"
+                || t["value"].as_str().unwrap_or("") == taint["value"].as_str().unwrap_or("");
+            let effect_ok = t["effect"]
+                .as_str()
+                .is_none_or(|e| e.is_empty() || Some(e) == taint["effect"].as_str());
+            key_ok && value_ok && effect_ok
+        })
+}
+
 fn expression_holds(expr: &Value, labels: &Value) -> bool {
-    let actual = labels.get(expr["key"].as_str().unwrap_or_default()).and_then(Value::as_str);
-    let values: Vec<&str> = expr["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let actual = labels
+        .get(expr["key"].as_str().unwrap_or_default())
+        .and_then(Value::as_str);
+    let values: Vec<&str> = expr["values"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
     let number = |s: &str| s.parse::<i64>().ok();
     match expr["operator"].as_str().unwrap_or_default() {
         "In" => actual.is_some_and(|a| values.contains(&a)),
         "NotIn" => actual.is_none_or(|a| !values.contains(&a)),
         "Exists" => actual.is_some(),
         "DoesNotExist" => actual.is_none(),
-        "Gt" => matches!((actual.and_then(number), values.first().and_then(|v| number(v))), (Some(a), Some(b)) if a > b),
-        "Lt" => matches!((actual.and_then(number), values.first().and_then(|v| number(v))), (Some(a), Some(b)) if a < b),
+        "Gt" => {
+            matches!((actual.and_then(number), values.first().and_then(|v| number(v))), (Some(a), Some(b)) if a > b)
+        }
+        "Lt" => {
+            matches!((actual.and_then(number), values.first().and_then(|v| number(v))), (Some(a), Some(b)) if a < b)
+        }
         _ => false,
     }
 }
@@ -102,7 +127,10 @@ fn unfit_reason(pod: &Value, node: &Value, free: &Amounts) -> Option<String> {
         return Some("node(s) were unschedulable".into());
     }
     for taint in node["spec"]["taints"].as_array().into_iter().flatten() {
-        let hard = matches!(taint["effect"].as_str(), Some("NoSchedule") | Some("NoExecute"));
+        let hard = matches!(
+            taint["effect"].as_str(),
+            Some("NoSchedule") | Some("NoExecute")
+        );
         if hard && !tolerates(pod, taint) {
             return Some("node(s) had untolerated taint".into());
         }
@@ -113,9 +141,16 @@ fn unfit_reason(pod: &Value, node: &Value, free: &Amounts) -> Option<String> {
     {
         return Some("node(s) didn't match Pod's node affinity/selector".into());
     }
-    let terms = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"];
+    let terms = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
     if let Some(terms) = terms.as_array()
-        && !terms.iter().any(|t| t["matchExpressions"].as_array().into_iter().flatten().all(|e| expression_holds(e, labels)))
+        && !terms.iter().any(|t| {
+            t["matchExpressions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|e| expression_holds(e, labels))
+        })
     {
         return Some("node(s) didn't match Pod's node affinity/selector".into());
     }
@@ -128,12 +163,19 @@ fn unfit_reason(pod: &Value, node: &Value, free: &Amounts) -> Option<String> {
 }
 
 fn key(v: &Value) -> String {
-    format!("{}/{}", v["metadata"]["namespace"].as_str().unwrap_or_default(), v["metadata"]["name"].as_str().unwrap_or_default())
+    format!(
+        "{}/{}",
+        v["metadata"]["namespace"].as_str().unwrap_or_default(),
+        v["metadata"]["name"].as_str().unwrap_or_default()
+    )
 }
 
 impl Scheduler {
     pub fn new(journal: Arc<dyn Journal>) -> Self {
-        Scheduler { journal, bindings: Vec::new() }
+        Scheduler {
+            journal,
+            bindings: Vec::new(),
+        }
     }
 
     /// One scheduling pass over every pending pod, oldest first.
@@ -147,13 +189,20 @@ impl Scheduler {
             for (k, v) in n["status"]["allocatable"].as_object().into_iter().flatten() {
                 a.insert(k.clone(), v.as_str().and_then(milli).unwrap_or(0));
             }
-            free.insert(n["metadata"]["name"].as_str().unwrap_or_default().to_string(), a);
+            free.insert(
+                n["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                a,
+            );
         }
         let mut pending = Vec::new();
         for p in &pods {
             let phase = p["status"]["phase"].as_str().unwrap_or("Pending");
             if let Some(node) = p["spec"]["nodeName"].as_str() {
-                if phase != "Succeeded" && phase != "Failed"
+                if phase != "Succeeded"
+                    && phase != "Failed"
                     && let Some(f) = free.get_mut(node)
                 {
                     for (k, v) in requests(p) {
@@ -165,20 +214,34 @@ impl Scheduler {
             }
         }
         pending.sort_by(|a, b| {
-            let ts = |v: &Value| v["metadata"]["creationTimestamp"].as_str().unwrap_or_default().to_string();
+            let ts = |v: &Value| {
+                v["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            };
             ts(a).cmp(&ts(b)).then_with(|| key(a).cmp(&key(b)))
         });
         for pod in pending {
             let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
             let mut best: Option<(i128, String)> = None;
             for n in &nodes {
-                let name = n["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let name = n["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 let f = &free[&name];
                 match unfit_reason(&pod, n, f) {
                     Some(r) => *reasons.entry(r).or_default() += 1,
                     None => {
                         // LeastAllocated: prefer the node with the most free cpu + memory, in per-mille of allocatable.
-                        let alloc = |r: &str| n["status"]["allocatable"][r].as_str().and_then(milli).unwrap_or(1).max(1);
+                        let alloc = |r: &str| {
+                            n["status"]["allocatable"][r]
+                                .as_str()
+                                .and_then(milli)
+                                .unwrap_or(1)
+                                .max(1)
+                        };
                         let score = f.get("cpu").copied().unwrap_or(0) * 1000 / alloc("cpu")
                             + f.get("memory").copied().unwrap_or(0) * 1000 / alloc("memory");
                         if best.as_ref().is_none_or(|(s, _)| score > *s) {
@@ -187,8 +250,14 @@ impl Scheduler {
                     }
                 }
             }
-            let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
-            let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let ns = pod["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let pod_name = pod["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             match best {
                 Some((_, node)) => {
                     let patch = json!({"spec": {"nodeName": node}});
@@ -202,20 +271,43 @@ impl Scheduler {
                             *f.entry(k).or_default() -= v;
                         }
                     }
-                    let created: Timestamp = pod["metadata"]["creationTimestamp"].as_str().and_then(|s| s.parse().ok()).unwrap_or(now);
-                    let waited = Duration::try_from(now.duration_since(created)).unwrap_or(Duration::ZERO);
-                    self.journal.record("cluster", format!("bind pod/{ns}/{pod_name} node={node} waited={:.1}s", waited.as_secs_f64()));
-                    self.bindings.push(Binding { pod: format!("{ns}/{pod_name}"), node, waited });
+                    let created: Timestamp = pod["metadata"]["creationTimestamp"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(now);
+                    let waited =
+                        Duration::try_from(now.duration_since(created)).unwrap_or(Duration::ZERO);
+                    self.journal.record(
+                        "cluster",
+                        format!(
+                            "bind pod/{ns}/{pod_name} node={node} waited={:.1}s",
+                            waited.as_secs_f64()
+                        ),
+                    );
+                    self.bindings.push(Binding {
+                        pod: format!("{ns}/{pod_name}"),
+                        node,
+                        waited,
+                    });
                 }
                 None => {
-                    let detail: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+                    let detail: Vec<String> =
+                        reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
                     let message = if detail.is_empty() {
                         "0/0 nodes are available".to_string()
                     } else {
-                        format!("0/{} nodes are available: {}.", nodes.len(), detail.join(", "))
+                        format!(
+                            "0/{} nodes are available: {}.",
+                            nodes.len(),
+                            detail.join(", ")
+                        )
                     };
                     let already = pod["status"]["conditions"].as_array().is_some_and(|cs| {
-                        cs.iter().any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable" && c["message"] == message.as_str())
+                        cs.iter().any(|c| {
+                            c["type"] == "PodScheduled"
+                                && c["reason"] == "Unschedulable"
+                                && c["message"] == message.as_str()
+                        })
                     });
                     if !already {
                         let status = json!({"status": {"phase": "Pending", "conditions": [{

@@ -12,7 +12,16 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use crate::merge::merge_patch;
 
 /// Kinds that live in a namespace (everything else is cluster-scoped).
-const NAMESPACED: [&str; 8] = ["Pod", "DaemonSet", "PodDisruptionBudget", "Lease", "Event", "Deployment", "ReplicaSet", "Job"];
+const NAMESPACED: [&str; 8] = [
+    "Pod",
+    "DaemonSet",
+    "PodDisruptionBudget",
+    "Lease",
+    "Event",
+    "Deployment",
+    "ReplicaSet",
+    "Job",
+];
 
 /// How many watch events are kept for watches that resume from an older resourceVersion.
 const HISTORY: usize = 50_000;
@@ -50,7 +59,11 @@ pub struct Store {
 }
 
 fn display(ns: &str, name: &str) -> String {
-    if ns.is_empty() { name.to_string() } else { format!("{ns}/{name}") }
+    if ns.is_empty() {
+        name.to_string()
+    } else {
+        format!("{ns}/{name}")
+    }
 }
 
 fn meta_str<'a>(v: &'a Value, field: &str) -> &'a str {
@@ -59,7 +72,13 @@ fn meta_str<'a>(v: &'a Value, field: &str) -> &'a str {
 
 impl Store {
     pub fn new(rng: ChaCha8Rng) -> Store {
-        Store { rv: 0, rng, objects: BTreeMap::new(), history: VecDeque::new(), watchers: Vec::new() }
+        Store {
+            rv: 0,
+            rng,
+            objects: BTreeMap::new(),
+            history: VecDeque::new(),
+            watchers: Vec::new(),
+        }
     }
 
     pub fn resource_version(&self) -> u64 {
@@ -67,11 +86,16 @@ impl Store {
     }
 
     fn key_of(kind: &str, v: &Value) -> Key {
-        (kind.to_string(), meta_str(v, "namespace").to_string(), meta_str(v, "name").to_string())
+        (
+            kind.to_string(),
+            meta_str(v, "namespace").to_string(),
+            meta_str(v, "name").to_string(),
+        )
     }
 
     fn emit(&mut self, kind: &str, event: WatchEvent) {
-        self.watchers.retain(|w| w.kind != kind || w.tx.send(event.clone()).is_ok());
+        self.watchers
+            .retain(|w| w.kind != kind || w.tx.send(event.clone()).is_ok());
         self.history.push_back((self.rv, kind.to_string(), event));
         if self.history.len() > HISTORY {
             self.history.pop_front();
@@ -93,12 +117,15 @@ impl Store {
 
     fn generate_name(&mut self, prefix: &str) -> String {
         const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-        let suffix: String = (0..5).map(|_| ALPHABET[(self.rng.next_u32() as usize) % ALPHABET.len()] as char).collect();
+        let suffix: String = (0..5)
+            .map(|_| ALPHABET[(self.rng.next_u32() as usize) % ALPHABET.len()] as char)
+            .collect();
         format!("{prefix}{suffix}")
     }
 
     pub fn get(&self, kind: &str, ns: &str, name: &str) -> Option<&Value> {
-        self.objects.get(&(kind.to_string(), ns.to_string(), name.to_string()))
+        self.objects
+            .get(&(kind.to_string(), ns.to_string(), name.to_string()))
     }
 
     /// All objects of a kind, in (namespace, name) order.
@@ -110,28 +137,42 @@ impl Store {
             .collect()
     }
 
-    pub fn create(&mut self, kind: &str, mut obj: Value, now: Timestamp) -> Result<Value, StoreError> {
+    pub fn create(
+        &mut self,
+        kind: &str,
+        mut obj: Value,
+        now: Timestamp,
+    ) -> Result<Value, StoreError> {
         if !obj["metadata"].is_object() {
-            return Err(StoreError::Invalid(kind.to_string(), "metadata is required".into()));
+            return Err(StoreError::Invalid(
+                kind.to_string(),
+                "metadata is required".into(),
+            ));
         }
         if meta_str(&obj, "name").is_empty() {
             let prefix = meta_str(&obj, "generateName").to_string();
             if prefix.is_empty() {
-                return Err(StoreError::Invalid(kind.to_string(), "metadata.name or metadata.generateName is required".into()));
+                return Err(StoreError::Invalid(
+                    kind.to_string(),
+                    "metadata.name or metadata.generateName is required".into(),
+                ));
             }
             obj["metadata"]["name"] = json!(self.generate_name(&prefix));
         }
         if is_namespaced(kind) && meta_str(&obj, "namespace").is_empty() {
             obj["metadata"]["namespace"] = json!("default");
         }
-        if !is_namespaced(kind) {
-            if let Some(m) = obj["metadata"].as_object_mut() {
-                m.shift_remove("namespace");
-            }
+        if !is_namespaced(kind)
+            && let Some(m) = obj["metadata"].as_object_mut()
+        {
+            m.shift_remove("namespace");
         }
         let key = Store::key_of(kind, &obj);
         if self.objects.contains_key(&key) {
-            return Err(StoreError::AlreadyExists(kind.to_string(), display(&key.1, &key.2)));
+            return Err(StoreError::AlreadyExists(
+                kind.to_string(),
+                display(&key.1, &key.2),
+            ));
         }
         self.rv += 1;
         let uid = self.uid();
@@ -150,7 +191,14 @@ impl Store {
 
     /// Merge-patch an object. `status_only` patches the status subresource and ignores everything else;
     /// otherwise `status` is ignored, as the API server does for kinds with a status subresource.
-    pub fn patch(&mut self, kind: &str, ns: &str, name: &str, patch: &Value, status_only: bool) -> Result<Value, StoreError> {
+    pub fn patch(
+        &mut self,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        patch: &Value,
+        status_only: bool,
+    ) -> Result<Value, StoreError> {
         let key = (kind.to_string(), ns.to_string(), name.to_string());
         let Some(current) = self.objects.get(&key) else {
             return Err(StoreError::NotFound(kind.to_string(), display(ns, name)));
@@ -158,7 +206,11 @@ impl Store {
         if let Some(rv) = patch["metadata"]["resourceVersion"].as_str()
             && rv != meta_str(current, "resourceVersion")
         {
-            return Err(StoreError::Conflict(kind.to_string(), display(ns, name), rv.to_string()));
+            return Err(StoreError::Conflict(
+                kind.to_string(),
+                display(ns, name),
+                rv.to_string(),
+            ));
         }
         let mut patch = patch.clone();
         if let Some(p) = patch.as_object_mut() {
@@ -169,7 +221,15 @@ impl Store {
             }
         }
         if let Some(m) = patch.get_mut("metadata").and_then(Value::as_object_mut) {
-            for immutable in ["name", "namespace", "uid", "creationTimestamp", "resourceVersion", "generation", "deletionTimestamp"] {
+            for immutable in [
+                "name",
+                "namespace",
+                "uid",
+                "creationTimestamp",
+                "resourceVersion",
+                "generation",
+                "deletionTimestamp",
+            ] {
                 m.shift_remove(immutable);
             }
         }
@@ -185,7 +245,9 @@ impl Store {
         self.rv += 1;
         updated["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         let deleting = !updated["metadata"]["deletionTimestamp"].is_null();
-        let no_finalizers = updated["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
+        let no_finalizers = updated["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(|f| f.is_empty());
         if deleting && no_finalizers {
             self.objects.remove(&key);
             self.emit(kind, WatchEvent::Deleted(updated.clone()));
@@ -198,12 +260,20 @@ impl Store {
     }
 
     /// Request deletion: with finalizers the object stays, marked with a deletionTimestamp.
-    pub fn delete(&mut self, kind: &str, ns: &str, name: &str, now: Timestamp) -> Result<(), StoreError> {
+    pub fn delete(
+        &mut self,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         let key = (kind.to_string(), ns.to_string(), name.to_string());
         let Some(current) = self.objects.get(&key).cloned() else {
             return Err(StoreError::NotFound(kind.to_string(), display(ns, name)));
         };
-        let has_finalizers = current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        let has_finalizers = current["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
         self.rv += 1;
         let mut obj = current;
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
@@ -235,7 +305,9 @@ impl Store {
             .filter(|(_, v)| {
                 v["metadata"]["ownerReferences"]
                     .as_array()
-                    .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid.as_str())))
+                    .is_some_and(|refs| {
+                        refs.iter().any(|r| r["uid"].as_str() == Some(uid.as_str()))
+                    })
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -261,7 +333,10 @@ impl Store {
                 let _ = tx.send(e.clone());
             }
         }
-        self.watchers.push(Watcher { kind: kind.to_string(), tx });
+        self.watchers.push(Watcher {
+            kind: kind.to_string(),
+            tx,
+        });
         rx
     }
 }
@@ -279,19 +354,49 @@ mod tests {
     fn finalizers_hold_deletion_until_removed() {
         let mut s = store();
         let now = Timestamp::UNIX_EPOCH;
-        s.create("NodeClaim", json!({"metadata": {"name": "a", "finalizers": ["karpenter.sh/termination"]}}), now).unwrap();
+        s.create(
+            "NodeClaim",
+            json!({"metadata": {"name": "a", "finalizers": ["karpenter.sh/termination"]}}),
+            now,
+        )
+        .unwrap();
         s.delete("NodeClaim", "", "a", now).unwrap();
         assert!(s.get("NodeClaim", "", "a").unwrap()["metadata"]["deletionTimestamp"].is_string());
-        s.patch("NodeClaim", "", "a", &json!({"metadata": {"finalizers": []}}), false).unwrap();
+        s.patch(
+            "NodeClaim",
+            "",
+            "a",
+            &json!({"metadata": {"finalizers": []}}),
+            false,
+        )
+        .unwrap();
         assert!(s.get("NodeClaim", "", "a").is_none());
     }
 
     #[test]
     fn stale_resource_version_conflicts() {
         let mut s = store();
-        s.create("Node", json!({"metadata": {"name": "n"}}), Timestamp::UNIX_EPOCH).unwrap();
-        s.patch("Node", "", "n", &json!({"metadata": {"labels": {"a": "b"}}}), false).unwrap();
-        let err = s.patch("Node", "", "n", &json!({"metadata": {"resourceVersion": "1", "labels": {"a": "c"}}}), false);
+        s.create(
+            "Node",
+            json!({"metadata": {"name": "n"}}),
+            Timestamp::UNIX_EPOCH,
+        )
+        .unwrap();
+        s.patch(
+            "Node",
+            "",
+            "n",
+            &json!({"metadata": {"labels": {"a": "b"}}}),
+            false,
+        )
+        .unwrap();
+        let err = s.patch(
+            "Node",
+            "",
+            "n",
+            &json!({"metadata": {"resourceVersion": "1", "labels": {"a": "c"}}}),
+            false,
+        );
         assert!(matches!(err, Err(StoreError::Conflict(..))));
     }
 
@@ -299,10 +404,13 @@ mod tests {
     fn watches_replay_after_a_version_in_order() {
         let mut s = store();
         let now = Timestamp::UNIX_EPOCH;
-        s.create("Pod", json!({"metadata": {"name": "a"}}), now).unwrap();
+        s.create("Pod", json!({"metadata": {"name": "a"}}), now)
+            .unwrap();
         let rv = s.resource_version();
-        s.create("Pod", json!({"metadata": {"name": "b"}}), now).unwrap();
-        s.create("Node", json!({"metadata": {"name": "n"}}), now).unwrap();
+        s.create("Pod", json!({"metadata": {"name": "b"}}), now)
+            .unwrap();
+        s.create("Node", json!({"metadata": {"name": "n"}}), now)
+            .unwrap();
         let mut rx = s.watch("Pod", rv);
         s.delete("Pod", "default", "a", now).unwrap();
         let first = rx.try_recv().unwrap();
@@ -315,7 +423,9 @@ mod tests {
     fn owner_deletion_cascades() {
         let mut s = store();
         let now = Timestamp::UNIX_EPOCH;
-        let d = s.create("Deployment", json!({"metadata": {"name": "web"}}), now).unwrap();
+        let d = s
+            .create("Deployment", json!({"metadata": {"name": "web"}}), now)
+            .unwrap();
         let uid = d["metadata"]["uid"].clone();
         s.create("Pod", json!({"metadata": {"name": "web-1", "ownerReferences": [{"uid": uid, "kind": "Deployment", "name": "web"}]}}), now).unwrap();
         s.delete("Deployment", "default", "web", now).unwrap();

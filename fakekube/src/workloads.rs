@@ -16,7 +16,9 @@ fn template_hash(template: &Value) -> String {
         h = h.wrapping_mul(0x100000001b3);
     }
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    (0..10).map(|i| ALPHABET[((h >> (i * 6)) % ALPHABET.len() as u64) as usize] as char).collect()
+    (0..10)
+        .map(|i| ALPHABET[((h >> (i * 6)) % ALPHABET.len() as u64) as usize] as char)
+        .collect()
 }
 
 pub struct Workloads {
@@ -39,15 +41,28 @@ impl Workloads {
             if !d["metadata"]["deletionTimestamp"].is_null() {
                 continue;
             }
-            let uid = d["metadata"]["uid"].as_str().unwrap_or_default().to_string();
-            let ns = d["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
-            let name = d["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let uid = d["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let ns = d["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let name = d["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let want = d["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
             let mut owned: Vec<Value> = st
                 .list("Pod")
                 .into_iter()
                 .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-                .filter(|p| p["metadata"]["ownerReferences"].as_array().is_some_and(|r| r.iter().any(|o| o["uid"] == uid.as_str())))
+                .filter(|p| {
+                    p["metadata"]["ownerReferences"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|o| o["uid"] == uid.as_str()))
+                })
                 .collect();
             let template = &d["spec"]["template"];
             let hash = template_hash(template);
@@ -65,19 +80,39 @@ impl Workloads {
                     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template["spec"], "status": {"phase": "Pending"}});
                     let _ = st.create("Pod", pod, now);
                 }
-                self.journal.record("workload", format!("deployment/{ns}/{name} created {missing} pods ({want} desired)"));
+                self.journal.record(
+                    "workload",
+                    format!("deployment/{ns}/{name} created {missing} pods ({want} desired)"),
+                );
             } else if owned.len() > want {
                 // Like a ReplicaSet: remove unscheduled pods first, then the newest.
                 owned.sort_by(|a, b| {
                     let unbound = |v: &Value| v["spec"]["nodeName"].is_null();
-                    let ts = |v: &Value| v["metadata"]["creationTimestamp"].as_str().unwrap_or_default().to_string();
-                    unbound(b).cmp(&unbound(a)).then(ts(b).cmp(&ts(a))).then(b["metadata"]["name"].as_str().cmp(&a["metadata"]["name"].as_str()))
+                    let ts = |v: &Value| {
+                        v["metadata"]["creationTimestamp"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    unbound(b).cmp(&unbound(a)).then(ts(b).cmp(&ts(a))).then(
+                        b["metadata"]["name"]
+                            .as_str()
+                            .cmp(&a["metadata"]["name"].as_str()),
+                    )
                 });
                 let extra = owned.len() - want;
                 for p in owned.iter().take(extra) {
-                    let _ = st.delete("Pod", &ns, p["metadata"]["name"].as_str().unwrap_or_default(), now);
+                    let _ = st.delete(
+                        "Pod",
+                        &ns,
+                        p["metadata"]["name"].as_str().unwrap_or_default(),
+                        now,
+                    );
                 }
-                self.journal.record("workload", format!("deployment/{ns}/{name} deleted {extra} pods ({want} desired)"));
+                self.journal.record(
+                    "workload",
+                    format!("deployment/{ns}/{name} deleted {extra} pods ({want} desired)"),
+                );
             }
         }
     }
@@ -86,10 +121,18 @@ impl Workloads {
     fn collect_orphan_pods(&mut self, kube: &FakeKube, now: Timestamp) {
         let mut st = kube.store();
         for p in st.list("Pod") {
-            let Some(node) = p["spec"]["nodeName"].as_str() else { continue };
+            let Some(node) = p["spec"]["nodeName"].as_str() else {
+                continue;
+            };
             if st.get("Node", "", node).is_none() {
-                let ns = p["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
-                let name = p["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let ns = p["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let name = p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 let _ = st.delete("Pod", &ns, &name, now);
             }
         }
@@ -117,7 +160,11 @@ mod tests {
 
     #[test]
     fn a_deployment_keeps_its_replica_count() {
-        let kube = FakeKube::new(Store::new(ChaCha8Rng::seed_from_u64(1)), Arc::new(Fixed), Duration::ZERO);
+        let kube = FakeKube::new(
+            Store::new(ChaCha8Rng::seed_from_u64(1)),
+            Arc::new(Fixed),
+            Duration::ZERO,
+        );
         let now = Timestamp::UNIX_EPOCH;
         kube.store()
             .create("Deployment", json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"replicas": 3, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c"}]}}}}), now)
@@ -126,7 +173,15 @@ mod tests {
         w.step(&kube, now);
         w.step(&kube, now);
         assert_eq!(kube.store().list("Pod").len(), 3);
-        kube.store().patch("Deployment", "default", "web", &json!({"spec": {"replicas": 1}}), false).unwrap();
+        kube.store()
+            .patch(
+                "Deployment",
+                "default",
+                "web",
+                &json!({"spec": {"replicas": 1}}),
+                false,
+            )
+            .unwrap();
         w.step(&kube, now);
         assert_eq!(kube.store().list("Pod").len(), 1);
     }

@@ -16,7 +16,9 @@ pub struct SimClock {
 
 impl Default for SimClock {
     fn default() -> Self {
-        SimClock { epoch: Timestamp::from_second(EPOCH_SECONDS).unwrap_or(Timestamp::UNIX_EPOCH) }
+        SimClock {
+            epoch: Timestamp::from_second(EPOCH_SECONDS).unwrap_or(Timestamp::UNIX_EPOCH),
+        }
     }
 }
 

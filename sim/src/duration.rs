@@ -14,22 +14,38 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     let mut total = 0f64;
     let mut rest = s;
     while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let (num, tail) = rest.split_at(num_end);
         if num.is_empty() {
-            return Err(format!("`{s}` is not a duration: expected a number before `{tail}` (e.g. 90s, 10m, 1h30m)"));
+            return Err(format!(
+                "`{s}` is not a duration: expected a number before `{tail}` (e.g. 90s, 10m, 1h30m)"
+            ));
         }
-        let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_end);
-        let value: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration: bad number `{num}`"))?;
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration: bad number `{num}`"))?;
         let scale = match unit {
             "ms" => 0.001,
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
             "d" => 86400.0,
-            "" => return Err(format!("`{s}` needs a unit: ms, s, m, h or d (e.g. `{num}s`)")),
-            other => return Err(format!("`{s}`: unknown unit `{other}`; use ms, s, m, h or d")),
+            "" => {
+                return Err(format!(
+                    "`{s}` needs a unit: ms, s, m, h or d (e.g. `{num}s`)"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "`{s}`: unknown unit `{other}`; use ms, s, m, h or d"
+                ));
+            }
         };
         total += value * scale;
         rest = next;
@@ -55,7 +71,13 @@ pub fn parse_range(s: &str) -> Result<(Duration, Duration), String> {
 /// `+HH:MM:SS.mmm`, the trace's time column.
 pub fn stamp(d: Duration) -> String {
     let ms = d.as_millis();
-    format!("+{:02}:{:02}:{:02}.{:03}", ms / 3_600_000, (ms / 60_000) % 60, (ms / 1000) % 60, ms % 1000)
+    format!(
+        "+{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        (ms / 60_000) % 60,
+        (ms / 1000) % 60,
+        ms % 1000
+    )
 }
 
 /// A short human form for summaries: `1m05s`, `3.2s`.
@@ -65,7 +87,11 @@ pub fn human(d: Duration) -> String {
         format!("{secs:.1}s")
     } else {
         let s = d.as_secs();
-        if s < 3600 { format!("{}m{:02}s", s / 60, s % 60) } else { format!("{}h{:02}m{:02}s", s / 3600, (s / 60) % 60, s % 60) }
+        if s < 3600 {
+            format!("{}m{:02}s", s / 60, s % 60)
+        } else {
+            format!("{}h{:02}m{:02}s", s / 3600, (s / 60) % 60, s % 60)
+        }
     }
 }
 
@@ -81,7 +107,10 @@ mod tests {
         assert!(parse("10").is_err());
         assert!(parse("5x").is_err());
         assert!(parse("m").is_err());
-        assert_eq!(parse_range("3s..12s"), Ok((Duration::from_secs(3), Duration::from_secs(12))));
+        assert_eq!(
+            parse_range("3s..12s"),
+            Ok((Duration::from_secs(3), Duration::from_secs(12)))
+        );
         assert!(parse_range("12s..3s").is_err());
     }
 

@@ -3,7 +3,13 @@
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     #[error("{file}:{line}:{column}: {field}: {message}")]
-    Scenario { file: String, line: u32, column: u32, field: String, message: String },
+    Scenario {
+        file: String,
+        line: u32,
+        column: u32,
+        field: String,
+        message: String,
+    },
     #[error("cannot read {path}: {message}")]
     Io { path: String, message: String },
     #[error("simulation failed: {0}")]

@@ -3,6 +3,7 @@
 //! [`simulate`] is what `cargo xtask sim` and the tests call: it loads nothing itself, runs a parsed
 //! [`Scenario`], and returns the trace and the summary as text, byte-identical for one seed.
 
+pub mod cli;
 pub mod clock;
 pub mod duration;
 pub mod error;
@@ -46,5 +47,9 @@ pub fn simulate(scenario: &Scenario, options: &RunOptions) -> Result<Outcome, Si
     }
     let verdicts = report::verdicts(scenario, &run.observations);
     let summary = report::summary(scenario, seed, &run.observations, &verdicts);
-    Ok(Outcome { trace, summary, passed: verdicts.iter().all(|v| v.ok) })
+    Ok(Outcome {
+        trace,
+        summary,
+        passed: verdicts.iter().all(|v| v.ok),
+    })
 }

@@ -27,7 +27,12 @@ impl Sample {
         let billed: Vec<f64> = cloud
             .instances()
             .iter()
-            .filter(|r| matches!(r.instance.state, InstanceState::Pending | InstanceState::Running))
+            .filter(|r| {
+                matches!(
+                    r.instance.state,
+                    InstanceState::Pending | InstanceState::Running
+                )
+            })
             .map(|r| r.price)
             .collect();
         let st = kube.store();
@@ -37,7 +42,10 @@ impl Sample {
             instances: billed.len(),
             nodes: st.list("Node").len(),
             pods: pods.len(),
-            pods_pending: pods.iter().filter(|p| p["spec"]["nodeName"].is_null()).count(),
+            pods_pending: pods
+                .iter()
+                .filter(|p| p["spec"]["nodeName"].is_null())
+                .count(),
             cost_per_hour: billed.iter().fold(0.0, |a, b| a + b),
         }
     }
@@ -75,7 +83,13 @@ impl Observations {
         self.last = s;
     }
 
-    pub fn finish(&mut self, kube: &FakeKube, cloud: &FakeCloud, duration: Duration, epoch: jiff::Timestamp) {
+    pub fn finish(
+        &mut self,
+        kube: &FakeKube,
+        cloud: &FakeCloud,
+        duration: Duration,
+        epoch: jiff::Timestamp,
+    ) {
         self.duration = duration;
         self.launches = cloud.instances().len();
         let end = epoch.checked_add(duration).unwrap_or(epoch);
@@ -83,14 +97,23 @@ impl Observations {
             if !p["spec"]["nodeName"].is_null() {
                 continue;
             }
-            let created: jiff::Timestamp = p["metadata"]["creationTimestamp"].as_str().and_then(|s| s.parse().ok()).unwrap_or(end);
-            self.still_pending.push(Duration::try_from(end.duration_since(created)).unwrap_or(Duration::ZERO));
+            let created: jiff::Timestamp = p["metadata"]["creationTimestamp"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(end);
+            self.still_pending
+                .push(Duration::try_from(end.duration_since(created)).unwrap_or(Duration::ZERO));
         }
     }
 
     /// Waits of every pod that was pending at some point, bound or not.
     fn waits(&self) -> Vec<Duration> {
-        let mut w: Vec<Duration> = self.bindings.iter().map(|b| b.waited).chain(self.still_pending.iter().copied()).collect();
+        let mut w: Vec<Duration> = self
+            .bindings
+            .iter()
+            .map(|b| b.waited)
+            .chain(self.still_pending.iter().copied())
+            .collect();
         w.sort();
         w
     }
@@ -120,13 +143,25 @@ pub fn verdicts(scenario: &Scenario, o: &Observations) -> Vec<Verdict> {
     let mut out = Vec::new();
     if let Some(max) = scenario.expect.pods_pending_max {
         let got = o.pending_max();
-        out.push(Verdict { what: format!("pods_pending_max {} (got {})", human(max), human(got)), ok: got <= max });
+        out.push(Verdict {
+            what: format!("pods_pending_max {} (got {})", human(max), human(got)),
+            ok: got <= max,
+        });
     }
     if let Some(max) = scenario.expect.cost_per_hour_max {
-        out.push(Verdict { what: format!("cost_per_hour_max {max:.2} (got {:.4})", o.max_cost_per_hour), ok: o.max_cost_per_hour <= max });
+        out.push(Verdict {
+            what: format!(
+                "cost_per_hour_max {max:.2} (got {:.4})",
+                o.max_cost_per_hour
+            ),
+            ok: o.max_cost_per_hour <= max,
+        });
     }
     if let Some(max) = scenario.expect.cost_total_max {
-        out.push(Verdict { what: format!("cost_total_max {max:.2} (got {:.4})", o.cost_total), ok: o.cost_total <= max });
+        out.push(Verdict {
+            what: format!("cost_total_max {max:.2} (got {:.4})", o.cost_total),
+            ok: o.cost_total <= max,
+        });
     }
     out
 }
@@ -135,13 +170,32 @@ pub fn summary(scenario: &Scenario, seed: u64, o: &Observations, verdicts: &[Ver
     let waits = o.waits();
     let mut s = String::new();
     let _ = writeln!(s, "summary");
-    let _ = writeln!(s, "  scenario         {} (seed {seed}, {} simulated)", scenario.name, human(o.duration));
+    let _ = writeln!(
+        s,
+        "  scenario         {} (seed {seed}, {} simulated)",
+        scenario.name,
+        human(o.duration)
+    );
     let _ = writeln!(s, "  total cost       ${:.4}", o.cost_total);
-    let _ = writeln!(s, "  cost per hour    end {:.4}, max {:.4}", o.last.cost_per_hour, o.max_cost_per_hour);
+    let _ = writeln!(
+        s,
+        "  cost per hour    end {:.4}, max {:.4}",
+        o.last.cost_per_hour, o.max_cost_per_hour
+    );
     let _ = writeln!(s, "  node-hours       {:.2}", o.instance_seconds / 3600.0);
-    let _ = writeln!(s, "  nodes            end {}, max {}", o.last.nodes, o.max_instances);
+    let _ = writeln!(
+        s,
+        "  nodes            end {}, max {}",
+        o.last.nodes, o.max_instances
+    );
     let _ = writeln!(s, "  launches         {}", o.launches);
-    let _ = writeln!(s, "  pods             {} at end, {} pending at end, {} bindings", o.last.pods, o.still_pending.len(), o.bindings.len());
+    let _ = writeln!(
+        s,
+        "  pods             {} at end, {} pending at end, {} bindings",
+        o.last.pods,
+        o.still_pending.len(),
+        o.bindings.len()
+    );
     let _ = writeln!(
         s,
         "  pod pending      p50 {}  p99 {}  max {}",
@@ -150,10 +204,19 @@ pub fn summary(scenario: &Scenario, seed: u64, o: &Observations, verdicts: &[Ver
         human(waits.last().copied().unwrap_or(Duration::ZERO))
     );
     for v in verdicts {
-        let _ = writeln!(s, "  expect           {}: {}", v.what, if v.ok { "ok" } else { "FAILED" });
+        let _ = writeln!(
+            s,
+            "  expect           {}: {}",
+            v.what,
+            if v.ok { "ok" } else { "FAILED" }
+        );
     }
     let pass = verdicts.iter().all(|v| v.ok);
-    let _ = writeln!(s, "  verdict          {}", if pass { "PASS" } else { "FAIL" });
+    let _ = writeln!(
+        s,
+        "  verdict          {}",
+        if pass { "PASS" } else { "FAIL" }
+    );
     s
 }
 

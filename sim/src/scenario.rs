@@ -96,7 +96,11 @@ pub struct Manifest {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Scale { namespace: String, name: String, replicas: u32 },
+    Scale {
+        namespace: String,
+        name: String,
+        replicas: u32,
+    },
     Apply(Vec<Manifest>),
 }
 
@@ -144,7 +148,13 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn err(&self, at: Pos, field: &str, message: impl Into<String>) -> SimError {
-        SimError::Scenario { file: self.file.to_string(), line: at.line, column: at.column, field: field.to_string(), message: message.into() }
+        SimError::Scenario {
+            file: self.file.to_string(),
+            line: at.line,
+            column: at.column,
+            field: field.to_string(),
+            message: message.into(),
+        }
     }
 
     fn duration(&self, s: &Spanned<String>, field: &str) -> Result<Duration, SimError> {
@@ -167,7 +177,13 @@ impl Loader<'_> {
             "Deployment" | "DaemonSet" => "apps/v1",
             "Pod" => "v1",
             "PodDisruptionBudget" => "policy/v1",
-            "" => return Err(self.err(at(&[]), &format!("{field}.kind"), "every manifest needs `kind` and `apiVersion`")),
+            "" => {
+                return Err(self.err(
+                    at(&[]),
+                    &format!("{field}.kind"),
+                    "every manifest needs `kind` and `apiVersion`",
+                ));
+            }
             other => {
                 return Err(self.err(
                     at(&[Seg::Key("kind".into())]),
@@ -186,10 +202,16 @@ impl Loader<'_> {
         let understood = match kind.as_str() {
             "NodePool" => self.typed::<dovetail::crds::NodePool>(node, &json, field)?,
             "EC2NodeClass" => self.typed::<dovetail::crds::EC2NodeClass>(node, &json, field)?,
-            "Deployment" => self.typed::<k8s_openapi::api::apps::v1::Deployment>(node, &json, field)?,
-            "DaemonSet" => self.typed::<k8s_openapi::api::apps::v1::DaemonSet>(node, &json, field)?,
+            "Deployment" => {
+                self.typed::<k8s_openapi::api::apps::v1::Deployment>(node, &json, field)?
+            }
+            "DaemonSet" => {
+                self.typed::<k8s_openapi::api::apps::v1::DaemonSet>(node, &json, field)?
+            }
             "Pod" => self.typed::<k8s_openapi::api::core::v1::Pod>(node, &json, field)?,
-            _ => self.typed::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(node, &json, field)?,
+            _ => {
+                self.typed::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(node, &json, field)?
+            }
         };
         let mut unknown = Vec::new();
         unknown_fields(&json, &understood, &mut Vec::new(), &mut unknown);
@@ -205,13 +227,22 @@ impl Loader<'_> {
             ));
         }
         if json["metadata"]["name"].as_str().is_none_or(str::is_empty) {
-            return Err(self.err(at(&[Seg::Key("metadata".into())]), &format!("{field}.metadata.name"), "every manifest needs a name"));
+            return Err(self.err(
+                at(&[Seg::Key("metadata".into())]),
+                &format!("{field}.metadata.name"),
+                "every manifest needs a name",
+            ));
         }
         self.check_quantities(node, &json, field)?;
         Ok(Manifest { kind, object: json })
     }
 
-    fn typed<T: DeserializeOwned + serde::Serialize>(&self, node: &Spanned<Node>, json: &Value, field: &str) -> Result<Value, SimError> {
+    fn typed<T: DeserializeOwned + serde::Serialize>(
+        &self,
+        node: &Spanned<Node>,
+        json: &Value,
+        field: &str,
+    ) -> Result<Value, SimError> {
         let typed: T = serde_path_to_error::deserialize(json.clone()).map_err(|e| {
             let path: Vec<Seg> = e
                 .path()
@@ -219,17 +250,28 @@ impl Loader<'_> {
                 .filter_map(|s| match s {
                     serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
                     serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
-                    serde_path_to_error::Segment::Enum { variant } => Some(Seg::Key(variant.clone())),
+                    serde_path_to_error::Segment::Enum { variant } => {
+                        Some(Seg::Key(variant.clone()))
+                    }
                     serde_path_to_error::Segment::Unknown => None,
                 })
                 .collect();
-            self.err(locate(node, &path), &format!("{field}.{}", render_path(&path)), e.inner().to_string())
+            self.err(
+                locate(node, &path),
+                &format!("{field}.{}", render_path(&path)),
+                e.inner().to_string(),
+            )
         })?;
         serde_json::to_value(&typed).map_err(|e| self.err(pos(node), field, e.to_string()))
     }
 
     /// Every resource quantity in pod templates and NodePool limits must parse.
-    fn check_quantities(&self, node: &Spanned<Node>, json: &Value, field: &str) -> Result<(), SimError> {
+    fn check_quantities(
+        &self,
+        node: &Spanned<Node>,
+        json: &Value,
+        field: &str,
+    ) -> Result<(), SimError> {
         let mut lists: Vec<Vec<Seg>> = Vec::new();
         let k = |s: &str| Seg::Key(s.to_string());
         let pod_spec: Vec<Seg> = match json["kind"].as_str() {
@@ -269,7 +311,11 @@ impl Loader<'_> {
                 if let Err(e) = dovetail::quantity::parse(&text) {
                     let mut p = path.clone();
                     p.push(k(name));
-                    return Err(self.err(locate(node, &p), &format!("{field}.{}", render_path(&p)), e.to_string()));
+                    return Err(self.err(
+                        locate(node, &p),
+                        &format!("{field}.{}", render_path(&p)),
+                        e.to_string(),
+                    ));
                 }
             }
         }
@@ -278,7 +324,9 @@ impl Loader<'_> {
 }
 
 fn serde_error(file: &str, e: serde_saphyr::Error) -> SimError {
-    let (line, column) = e.location().map_or((0, 0), |l| (l.line() as u32, l.column() as u32));
+    let (line, column) = e
+        .location()
+        .map_or((0, 0), |l| (l.line() as u32, l.column() as u32));
     // serde's messages carry the field (`unknown field `x`, expected one of ...`); keep the first line.
     let message = e.to_string();
     let first = message.lines().next().unwrap_or_default().to_string();
@@ -288,13 +336,21 @@ fn serde_error(file: &str, e: serde_saphyr::Error) -> SimError {
         .filter(|_| first.contains("field"))
         .unwrap_or("")
         .to_string();
-    SimError::Scenario { file: file.to_string(), line, column, field, message: first }
+    SimError::Scenario {
+        file: file.to_string(),
+        line,
+        column,
+        field,
+        message: first,
+    }
 }
 
 impl Scenario {
     pub fn load(path: &Path) -> Result<Scenario, SimError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| SimError::Io { path: path.display().to_string(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| SimError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         Scenario::parse(&path.display().to_string(), &text)
     }
 
@@ -303,7 +359,11 @@ impl Scenario {
         let l = Loader { file };
         let duration = l.duration(&raw.duration, "duration")?;
         if duration.is_zero() {
-            return Err(l.err(pos(&raw.duration), "duration", "a scenario must last longer than 0s"));
+            return Err(l.err(
+                pos(&raw.duration),
+                "duration",
+                "a scenario must last longer than 0s",
+            ));
         }
         let tick = match &raw.tick {
             Some(t) => l.duration(t, "tick")?,
@@ -314,8 +374,18 @@ impl Scenario {
             return Err(l.err(at, "tick", "tick must be between 1ms and 1s"));
         }
         let cloud = CloudSpec {
-            region: raw.cloud.region.clone().unwrap_or_else(|| "us-east-1".into()),
-            zones: raw.cloud.zones.clone().unwrap_or_else(|| vec!["us-east-1a".into(), "us-east-1b".into(), "us-east-1c".into()]),
+            region: raw
+                .cloud
+                .region
+                .clone()
+                .unwrap_or_else(|| "us-east-1".into()),
+            zones: raw.cloud.zones.clone().unwrap_or_else(|| {
+                vec![
+                    "us-east-1a".into(),
+                    "us-east-1b".into(),
+                    "us-east-1c".into(),
+                ]
+            }),
             launch_latency: match &raw.cloud.launch_latency {
                 Some(s) => l.range(s, "cloud.launch_latency")?,
                 None => (Duration::from_secs(3), Duration::from_secs(12)),
@@ -330,7 +400,13 @@ impl Scenario {
             },
         };
         if cloud.zones.is_empty() {
-            return Err(SimError::Scenario { file: file.into(), line: 0, column: 0, field: "cloud.zones".into(), message: "at least one zone is needed".into() });
+            return Err(SimError::Scenario {
+                file: file.into(),
+                line: 0,
+                column: 0,
+                field: "cloud.zones".into(),
+                message: "at least one zone is needed".into(),
+            });
         }
         let api_latency = match &raw.cluster.api_latency {
             Some(s) => l.duration(s, "cluster.api_latency")?,
@@ -348,8 +424,17 @@ impl Scenario {
             .iter()
             .filter(|m| m.kind == "Deployment")
             .map(|m| {
-                let ns = m.object["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
-                (ns, m.object["metadata"]["name"].as_str().unwrap_or_default().to_string())
+                let ns = m.object["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("default")
+                    .to_string();
+                (
+                    ns,
+                    m.object["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
             })
             .collect();
         let mut timeline = Vec::new();
@@ -358,7 +443,11 @@ impl Scenario {
             let at = l.duration(&ev.value.at, &format!("{field}.at"))?;
             let action = match (&ev.value.scale, &ev.value.apply) {
                 (Some(s), None) => {
-                    let (ns, name) = s.deployment.value.split_once('/').unwrap_or(("default", &s.deployment.value));
+                    let (ns, name) = s
+                        .deployment
+                        .value
+                        .split_once('/')
+                        .unwrap_or(("default", &s.deployment.value));
                     if !known_deployments.iter().any(|(n, d)| n == ns && d == name) {
                         return Err(l.err(
                             pos(&s.deployment),
@@ -366,24 +455,50 @@ impl Scenario {
                             format!("no Deployment `{ns}/{name}` in the scenario's manifests (write namespace/name)"),
                         ));
                     }
-                    Action::Scale { namespace: ns.to_string(), name: name.to_string(), replicas: s.replicas }
+                    Action::Scale {
+                        namespace: ns.to_string(),
+                        name: name.to_string(),
+                        replicas: s.replicas,
+                    }
                 }
                 (None, Some(list)) => {
                     let mut out = Vec::new();
                     for (j, m) in list.iter().enumerate() {
                         let man = l.manifest(m, &format!("{field}.apply[{j}]"))?;
                         if man.kind == "Deployment" {
-                            let ns = man.object["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
-                            known_deployments.push((ns, man.object["metadata"]["name"].as_str().unwrap_or_default().to_string()));
+                            let ns = man.object["metadata"]["namespace"]
+                                .as_str()
+                                .unwrap_or("default")
+                                .to_string();
+                            known_deployments.push((
+                                ns,
+                                man.object["metadata"]["name"]
+                                    .as_str()
+                                    .unwrap_or_default()
+                                    .to_string(),
+                            ));
                         }
                         out.push(man);
                     }
                     Action::Apply(out)
                 }
-                _ => return Err(l.err(pos(ev), &field, "each timeline entry needs exactly one action: `scale` or `apply`")),
+                _ => {
+                    return Err(l.err(
+                        pos(ev),
+                        &field,
+                        "each timeline entry needs exactly one action: `scale` or `apply`",
+                    ));
+                }
             };
             if at > duration {
-                return Err(l.err(pos(&ev.value.at), &format!("{field}.at"), format!("{} is after the end of the scenario ({})", ev.value.at.value, raw.duration.value)));
+                return Err(l.err(
+                    pos(&ev.value.at),
+                    &format!("{field}.at"),
+                    format!(
+                        "{} is after the end of the scenario ({})",
+                        ev.value.at.value, raw.duration.value
+                    ),
+                ));
             }
             timeline.push(Event { at, action });
         }

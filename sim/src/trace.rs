@@ -32,24 +32,41 @@ pub struct Trace {
 
 impl Trace {
     pub fn new(clock: SimClock) -> Self {
-        Trace { clock, entries: Arc::default() }
+        Trace {
+            clock,
+            entries: Arc::default(),
+        }
     }
 
     pub fn push(&self, source: &'static str, text: String) {
         let at = self.clock.elapsed();
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let seq = e.len() as u64;
-        e.push(Entry { at, seq, source, text });
+        e.push(Entry {
+            at,
+            seq,
+            source,
+            text,
+        });
     }
 
     pub fn entries(&self) -> Vec<Entry> {
-        let mut v = self.entries.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut v = self
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         v.sort_by_key(|e| (e.at, e.seq));
         v
     }
 
     pub fn count(&self, source: &str, prefix: &str) -> usize {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|e| e.source == source && e.text.starts_with(prefix)).count()
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|e| e.source == source && e.text.starts_with(prefix))
+            .count()
     }
 }
 

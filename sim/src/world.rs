@@ -60,18 +60,49 @@ fn machines(cloud: &FakeCloud) -> Vec<Machine> {
 fn apply(kube: &FakeKube, trace: &Trace, manifests: &[Manifest], now: jiff::Timestamp) {
     for m in manifests {
         let kind = m.kind.clone();
-        let ns = m.object["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
-        let name = m.object["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        let exists = kube.store().get(&kind, if dovetail_fakekube::store::is_namespaced(&kind) { &ns } else { "" }, &name).is_some();
+        let ns = m.object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string();
+        let name = m.object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let exists = kube
+            .store()
+            .get(
+                &kind,
+                if dovetail_fakekube::store::is_namespaced(&kind) {
+                    &ns
+                } else {
+                    ""
+                },
+                &name,
+            )
+            .is_some();
         let result = if exists {
-            let key_ns = if dovetail_fakekube::store::is_namespaced(&kind) { ns.clone() } else { String::new() };
-            kube.store().patch(&kind, &key_ns, &name, &m.object, false).map(|_| ())
+            let key_ns = if dovetail_fakekube::store::is_namespaced(&kind) {
+                ns.clone()
+            } else {
+                String::new()
+            };
+            kube.store()
+                .patch(&kind, &key_ns, &name, &m.object, false)
+                .map(|_| ())
         } else {
-            kube.store().create(&kind, m.object.clone(), now).map(|_| ())
+            kube.store()
+                .create(&kind, m.object.clone(), now)
+                .map(|_| ())
         };
         match result {
-            Ok(()) => trace.push("workload", format!("apply {} {}", kind.to_lowercase(), name)),
-            Err(e) => trace.push("workload", format!("apply {} {} failed: {e}", kind.to_lowercase(), name)),
+            Ok(()) => trace.push(
+                "workload",
+                format!("apply {} {}", kind.to_lowercase(), name),
+            ),
+            Err(e) => trace.push(
+                "workload",
+                format!("apply {} {} failed: {e}", kind.to_lowercase(), name),
+            ),
         }
     }
 }
@@ -101,10 +132,16 @@ async fn controller_host(
             journal: Arc::new(trace.clone()),
             // A restarted controller must not replay its predecessor's names.
             rng: ChaCha8Rng::seed_from_u64(controller_seed.wrapping_add(generation)),
-            settings: dovetail::Settings { cluster_name: "sim".into(), ..Default::default() },
+            settings: dovetail::Settings {
+                cluster_name: "sim".into(),
+                ..Default::default()
+            },
         };
         if let Err(e) = dovetail::run(ctx).await {
-            trace.push("controller", format!("exited: {e}; restarting in {}s", RESTART_DELAY.as_secs()));
+            trace.push(
+                "controller",
+                format!("exited: {e}; restarting in {}s", RESTART_DELAY.as_secs()),
+            );
         }
         tokio::time::sleep(RESTART_DELAY).await;
     }
@@ -143,17 +180,44 @@ async fn cluster_host(p: ClusterParts) -> turmoil::Result {
     }
 }
 
-async fn workload_host(kube: FakeKube, trace: Trace, manifests: Vec<Manifest>, timeline: Vec<crate::scenario::Event>, clock: SimClock) -> turmoil::Result {
-    apply(&kube, &trace, &manifests, dovetail::clock::Clock::now(&clock));
+async fn workload_host(
+    kube: FakeKube,
+    trace: Trace,
+    manifests: Vec<Manifest>,
+    timeline: Vec<crate::scenario::Event>,
+    clock: SimClock,
+) -> turmoil::Result {
+    apply(
+        &kube,
+        &trace,
+        &manifests,
+        dovetail::clock::Clock::now(&clock),
+    );
     for ev in timeline {
         tokio::time::sleep(ev.at.saturating_sub(clock.elapsed())).await;
         let now = dovetail::clock::Clock::now(&clock);
         match ev.action {
-            Action::Scale { namespace, name, replicas } => {
-                let r = kube.store().patch("Deployment", &namespace, &name, &json!({"spec": {"replicas": replicas}}), false);
+            Action::Scale {
+                namespace,
+                name,
+                replicas,
+            } => {
+                let r = kube.store().patch(
+                    "Deployment",
+                    &namespace,
+                    &name,
+                    &json!({"spec": {"replicas": replicas}}),
+                    false,
+                );
                 match r {
-                    Ok(_) => trace.push("workload", format!("scale deployment/{namespace}/{name} replicas={replicas}")),
-                    Err(e) => trace.push("workload", format!("scale deployment/{namespace}/{name} failed: {e}")),
+                    Ok(_) => trace.push(
+                        "workload",
+                        format!("scale deployment/{namespace}/{name} replicas={replicas}"),
+                    ),
+                    Err(e) => trace.push(
+                        "workload",
+                        format!("scale deployment/{namespace}/{name} failed: {e}"),
+                    ),
                 }
             }
             Action::Apply(ms) => apply(&kube, &trace, &ms, now),
@@ -189,7 +253,11 @@ pub fn run(scenario: &Scenario, seed: u64, until: Option<Duration>) -> Result<Ru
         Arc::new(clock),
         Arc::new(trace.clone()),
     );
-    let kube = FakeKube::new(Store::new(ChaCha8Rng::seed_from_u64(store_seed)), Arc::new(clock), scenario.api_latency);
+    let kube = FakeKube::new(
+        Store::new(ChaCha8Rng::seed_from_u64(store_seed)),
+        Arc::new(clock),
+        scenario.api_latency,
+    );
     let observations = Arc::new(Mutex::new(Observations::default()));
 
     let mut sim = turmoil::Builder::new()
@@ -203,7 +271,14 @@ pub fn run(scenario: &Scenario, seed: u64, until: Option<Duration>) -> Result<Ru
         let (kube, cloud, trace) = (kube.clone(), cloud.clone(), trace.clone());
         let restarts = Arc::new(Mutex::new(0u64));
         sim.host("controller", move || {
-            controller_host(kube.clone(), cloud.clone(), trace.clone(), restarts.clone(), controller_seed, clock)
+            controller_host(
+                kube.clone(),
+                cloud.clone(),
+                trace.clone(),
+                restarts.clone(),
+                controller_seed,
+                clock,
+            )
         });
     }
     {
@@ -215,7 +290,11 @@ pub fn run(scenario: &Scenario, seed: u64, until: Option<Duration>) -> Result<Ru
         let interval = scenario.scheduler_interval;
         let boot = scenario.cloud.boot_to_ready;
         let scheduler = Arc::new(Mutex::new(Scheduler::new(Arc::new(trace.clone()))));
-        let kubelets = Arc::new(Mutex::new(Kubelets::new(ChaCha8Rng::seed_from_u64(kubelet_seed), boot, Arc::new(trace.clone()))));
+        let kubelets = Arc::new(Mutex::new(Kubelets::new(
+            ChaCha8Rng::seed_from_u64(kubelet_seed),
+            boot,
+            Arc::new(trace.clone()),
+        )));
         let workloads = Arc::new(Mutex::new(Workloads::new(Arc::new(trace.clone()))));
         let obs = observations.clone();
         sim.host("cluster", move || {
@@ -236,10 +315,23 @@ pub fn run(scenario: &Scenario, seed: u64, until: Option<Duration>) -> Result<Ru
         let (kube, trace) = (kube.clone(), trace.clone());
         let manifests = scenario.manifests.clone();
         let timeline = scenario.timeline.clone();
-        sim.host("workload", move || workload_host(kube.clone(), trace.clone(), manifests.clone(), timeline.clone(), clock));
+        sim.host("workload", move || {
+            workload_host(
+                kube.clone(),
+                trace.clone(),
+                manifests.clone(),
+                timeline.clone(),
+                clock,
+            )
+        });
     }
     {
-        let (kube, cloud, trace, obs) = (kube.clone(), cloud.clone(), trace.clone(), observations.clone());
+        let (kube, cloud, trace, obs) = (
+            kube.clone(),
+            cloud.clone(),
+            trace.clone(),
+            observations.clone(),
+        );
         sim.client("observer", async move {
             let mut next_report = Duration::ZERO;
             loop {
@@ -261,5 +353,8 @@ pub fn run(scenario: &Scenario, seed: u64, until: Option<Duration>) -> Result<Ru
     sim.run().map_err(|e| SimError::Run(e.to_string()))?;
     let mut observations = std::mem::take(&mut *lock(&observations));
     observations.finish(&kube, &cloud, duration, clock.epoch());
-    Ok(Run { trace, observations })
+    Ok(Run {
+        trace,
+        observations,
+    })
 }

@@ -42,7 +42,9 @@ impl<'de> Deserialize<'de> for Node {
                 Ok(Node::Int(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node, E> {
-                i64::try_from(v).map(Node::Int).map_err(|_| E::custom("integer too large"))
+                i64::try_from(v)
+                    .map(Node::Int)
+                    .map_err(|_| E::custom("integer too large"))
             }
             fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
                 Ok(Node::Float(v))
@@ -105,7 +107,10 @@ pub struct Pos {
 }
 
 pub fn pos<T>(s: &Spanned<T>) -> Pos {
-    Pos { line: s.referenced.line() as u32, column: s.referenced.column() as u32 }
+    Pos {
+        line: s.referenced.line() as u32,
+        column: s.referenced.column() as u32,
+    }
 }
 
 impl Node {
@@ -134,13 +139,15 @@ pub fn locate(root: &Spanned<Node>, path: &[Seg]) -> Pos {
     let mut at = pos(root);
     for seg in path {
         match (&here.value, seg) {
-            (Node::Map(entries), Seg::Key(k)) => match entries.iter().find(|(key, _)| &key.value == k) {
-                Some((key, v)) => {
-                    at = pos(key);
-                    here = v;
+            (Node::Map(entries), Seg::Key(k)) => {
+                match entries.iter().find(|(key, _)| &key.value == k) {
+                    Some((key, v)) => {
+                        at = pos(key);
+                        here = v;
+                    }
+                    None => break,
                 }
-                None => break,
-            },
+            }
             (Node::Seq(items), Seg::Index(i)) => match items.get(*i) {
                 Some(v) => {
                     at = pos(v);
@@ -156,7 +163,12 @@ pub fn locate(root: &Spanned<Node>, path: &[Seg]) -> Pos {
 
 /// Keys present in `written` but absent from `understood` (the typed round trip): fields the target type
 /// does not know, i.e. typos. Null values are skipped since dropping them changes nothing.
-pub fn unknown_fields(written: &Value, understood: &Value, path: &mut Vec<Seg>, out: &mut Vec<Vec<Seg>>) {
+pub fn unknown_fields(
+    written: &Value,
+    understood: &Value,
+    path: &mut Vec<Seg>,
+    out: &mut Vec<Vec<Seg>>,
+) {
     match (written, understood) {
         (Value::Object(w), Value::Object(u)) => {
             for (k, v) in w {
@@ -188,7 +200,15 @@ mod tests {
     fn every_node_knows_its_line() {
         let doc = "a:\n  b:\n    - x: 1\n    - y: two\n";
         let root: Spanned<Node> = serde_saphyr::from_str(doc).unwrap();
-        let p = locate(&root, &[Seg::Key("a".into()), Seg::Key("b".into()), Seg::Index(1), Seg::Key("y".into())]);
+        let p = locate(
+            &root,
+            &[
+                Seg::Key("a".into()),
+                Seg::Key("b".into()),
+                Seg::Index(1),
+                Seg::Key("y".into()),
+            ],
+        );
         assert_eq!(p.line, 4);
         assert_eq!(root.value.to_json()["a"]["b"][1]["y"], "two");
     }
@@ -199,6 +219,9 @@ mod tests {
         let understood = serde_json::json!({"spec": {"replicas": 2}});
         let mut out = Vec::new();
         unknown_fields(&written, &understood, &mut Vec::new(), &mut out);
-        assert_eq!(out, vec![vec![Seg::Key("spec".into()), Seg::Key("replica".into())]]);
+        assert_eq!(
+            out,
+            vec![vec![Seg::Key("spec".into()), Seg::Key("replica".into())]]
+        );
     }
 }

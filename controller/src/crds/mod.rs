@@ -106,7 +106,11 @@ pub struct TemplateMetadata {
 /// Sets condition `type_` on a list, keeping others; returns whether anything changed.
 pub fn set_condition(conditions: &mut Vec<Condition>, condition: Condition) -> bool {
     match conditions.iter_mut().find(|c| c.type_ == condition.type_) {
-        Some(existing) if existing.status == condition.status && existing.reason == condition.reason => false,
+        Some(existing)
+            if existing.status == condition.status && existing.reason == condition.reason =>
+        {
+            false
+        }
         Some(existing) => {
             *existing = condition;
             true

@@ -16,7 +16,13 @@ use super::{Condition, NodeClassReference, NodeSelectorRequirementWithMinValues,
     kind = "NodeClaim",
     plural = "nodeclaims",
     status = "NodeClaimStatus",
-    crates(kube_core = "::kube_core", k8s_openapi = "::k8s_openapi", schemars = "::schemars", serde = "::serde", serde_json = "::serde_json")
+    crates(
+        kube_core = "::kube_core",
+        k8s_openapi = "::k8s_openapi",
+        schemars = "::schemars",
+        serde = "::serde",
+        serde_json = "::serde_json"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NodeClaimSpec {
@@ -47,7 +53,11 @@ pub struct ResourceRequirements {
 pub struct NodeClaimStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
-    #[serde(default, rename = "providerID", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "providerID",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub provider_id: Option<String>,
     #[serde(default, rename = "imageID", skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
@@ -69,8 +79,10 @@ pub mod conditions {
 
 impl NodeClaim {
     pub fn condition_true(&self, type_: &str) -> bool {
-        self.status
-            .as_ref()
-            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == type_ && c.status == "True"))
+        self.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == type_ && c.status == "True")
+        })
     }
 }

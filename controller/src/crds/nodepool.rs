@@ -7,7 +7,9 @@ use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, NodeClassReference, NodeSelectorRequirementWithMinValues, Taint, TemplateMetadata};
+use super::{
+    Condition, NodeClassReference, NodeSelectorRequirementWithMinValues, Taint, TemplateMetadata,
+};
 
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
@@ -16,7 +18,13 @@ use super::{Condition, NodeClassReference, NodeSelectorRequirementWithMinValues,
     kind = "NodePool",
     plural = "nodepools",
     status = "NodePoolStatus",
-    crates(kube_core = "::kube_core", k8s_openapi = "::k8s_openapi", schemars = "::schemars", serde = "::serde", serde_json = "::serde_json")
+    crates(
+        kube_core = "::kube_core",
+        k8s_openapi = "::k8s_openapi",
+        schemars = "::schemars",
+        serde = "::serde",
+        serde_json = "::serde_json"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NodePoolSpec {

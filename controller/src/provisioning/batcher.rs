@@ -13,7 +13,12 @@ pub struct Batcher {
 
 impl Batcher {
     pub fn new(idle: Duration, max: Duration) -> Self {
-        Batcher { idle, max, opened_at: None, last_trigger: Duration::ZERO }
+        Batcher {
+            idle,
+            max,
+            opened_at: None,
+            last_trigger: Duration::ZERO,
+        }
     }
 
     /// A pod became pending (or changed while pending) at `now`.

@@ -72,7 +72,11 @@ struct OpenClaim<'p, 'a> {
     types: Vec<&'a InstanceType>,
 }
 
-fn selector_allows(selector: &BTreeMap<String, String>, pool: &PoolOptions, it: &InstanceType) -> bool {
+fn selector_allows(
+    selector: &BTreeMap<String, String>,
+    pool: &PoolOptions,
+    it: &InstanceType,
+) -> bool {
     selector.iter().all(|(k, v)| match k.as_str() {
         labels::ZONE => pool.zones.contains(v) && it.offerings.iter().any(|o| &o.zone == v),
         labels::CAPACITY_TYPE => pool.capacity_types.iter().any(|c| c.as_str() == v),
@@ -86,9 +90,9 @@ fn cheapest_price(pool: &PoolOptions, it: &InstanceType) -> f64 {
 }
 
 fn within_limits(pool: &PoolOptions, it: &InstanceType) -> bool {
-    pool.remaining_limits.as_ref().is_none_or(|rem| {
-        rem.0.iter().all(|(k, v)| it.capacity.get(k) <= *v)
-    })
+    pool.remaining_limits
+        .as_ref()
+        .is_none_or(|rem| rem.0.iter().all(|(k, v)| it.capacity.get(k) <= *v))
 }
 
 /// Pack `pods` onto `existing` capacity first, then onto as few new claims as the pools allow.
@@ -110,7 +114,10 @@ pub fn plan(pods: &[PendingPod], existing: &[ExistingCapacity], pools: &[PoolOpt
 
     'pods: for pod in order {
         for cap in existing.iter_mut() {
-            let selects = pod.node_selector.iter().all(|(k, v)| cap.labels.get(k) == Some(v));
+            let selects = pod
+                .node_selector
+                .iter()
+                .all(|(k, v)| cap.labels.get(k) == Some(v));
             if selects && cap.available.fits(&pod.requests) {
                 cap.available.sub(&pod.requests);
                 out.on_existing.push((pod.key.clone(), cap.name.clone()));
@@ -124,7 +131,10 @@ pub fn plan(pods: &[PendingPod], existing: &[ExistingCapacity], pools: &[PoolOpt
                 .types
                 .iter()
                 .copied()
-                .filter(|it| selector_allows(&pod.node_selector, claim.pool, it) && it.allocatable.fits(&total))
+                .filter(|it| {
+                    selector_allows(&pod.node_selector, claim.pool, it)
+                        && it.allocatable.fits(&total)
+                })
                 .collect();
             if !still.is_empty() {
                 claim.requests = total;
@@ -146,23 +156,35 @@ pub fn plan(pods: &[PendingPod], existing: &[ExistingCapacity], pools: &[PoolOpt
                 .filter(|it| within_limits(pool, it))
                 .collect();
             if types.is_empty() {
-                reasons.push(format!("nodepool/{}: no instance type fits {} and the pod's selector within limits", pool.name, pod.requests));
+                reasons.push(format!(
+                    "nodepool/{}: no instance type fits {} and the pod's selector within limits",
+                    pool.name, pod.requests
+                ));
                 continue;
             }
-            open.push(OpenClaim { pool, pods: vec![pod.key.clone()], requests: total, types });
+            open.push(OpenClaim {
+                pool,
+                pods: vec![pod.key.clone()],
+                requests: total,
+                types,
+            });
             continue 'pods;
         }
         if reasons.is_empty() {
             reasons.push("no NodePool is ready to launch".to_string());
         }
-        out.unschedulable.push((pod.key.clone(), reasons.join("; ")));
+        out.unschedulable
+            .push((pod.key.clone(), reasons.join("; ")));
     }
 
     out.claims = open
         .into_iter()
         .map(|c| {
-            let mut types: Vec<(f64, &str)> =
-                c.types.iter().map(|it| (cheapest_price(c.pool, it), it.name.as_str())).collect();
+            let mut types: Vec<(f64, &str)> = c
+                .types
+                .iter()
+                .map(|it| (cheapest_price(c.pool, it), it.name.as_str()))
+                .collect();
             types.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
             ClaimPlan {
                 pool: c.pool.name.clone(),
@@ -194,7 +216,12 @@ mod tests {
             labels: [(labels::INSTANCE_TYPE.to_string(), name.to_string())].into(),
             capacity: a.clone(),
             allocatable: a,
-            offerings: vec![Offering { zone: "z1".into(), capacity_type: CapacityType::OnDemand, price, available: true }],
+            offerings: vec![Offering {
+                zone: "z1".into(),
+                capacity_type: CapacityType::OnDemand,
+                price,
+                available: true,
+            }],
         }
     }
 
@@ -203,7 +230,11 @@ mod tests {
         r.set(CPU, Milli(cpu_m));
         r.set(MEMORY, parse(mem).unwrap());
         r.set(PODS, Milli::from_units(1));
-        PendingPod { key: ObjectKey::namespaced("default", name), requests: r, node_selector: BTreeMap::new() }
+        PendingPod {
+            key: ObjectKey::namespaced("default", name),
+            requests: r,
+            node_selector: BTreeMap::new(),
+        }
     }
 
     fn pool<'a>(types: Vec<&'a InstanceType>) -> PoolOptions<'a> {
@@ -228,7 +259,11 @@ mod tests {
         let p = plan(&pods, &[], &[pool(vec![&small, &large, &medium])]);
         assert_eq!(p.claims.len(), 1);
         assert_eq!(p.claims[0].pods.len(), 4);
-        assert_eq!(p.claims[0].instance_types, vec!["medium", "large"], "small cannot hold 2 cpu");
+        assert_eq!(
+            p.claims[0].instance_types,
+            vec!["medium", "large"],
+            "small cannot hold 2 cpu"
+        );
         assert!(p.unschedulable.is_empty());
     }
 
@@ -239,8 +274,16 @@ mod tests {
         avail.set(CPU, Milli(1000));
         avail.set(MEMORY, parse("2Gi").unwrap());
         avail.set(PODS, Milli::from_units(5));
-        let existing = vec![ExistingCapacity { name: "n1".into(), available: avail, labels: BTreeMap::new() }];
-        let pods = vec![pod("a", 500, "1Gi"), pod("b", 500, "1Gi"), pod("c", 500, "1Gi")];
+        let existing = vec![ExistingCapacity {
+            name: "n1".into(),
+            available: avail,
+            labels: BTreeMap::new(),
+        }];
+        let pods = vec![
+            pod("a", 500, "1Gi"),
+            pod("b", 500, "1Gi"),
+            pod("c", 500, "1Gi"),
+        ];
         let p = plan(&pods, &existing, &[pool(vec![&large])]);
         assert_eq!(p.on_existing.len(), 2);
         assert_eq!(p.claims.len(), 1);
@@ -254,11 +297,19 @@ mod tests {
         let mut rem = Resources::default();
         rem.set(CPU, Milli(7900));
         p.remaining_limits = Some(rem.clone());
-        assert_eq!(plan(&[pod("a", 500, "1Gi")], &[], &[p.clone()]).claims.len(), 1);
+        assert_eq!(
+            plan(&[pod("a", 500, "1Gi")], &[], &[p.clone()])
+                .claims
+                .len(),
+            1
+        );
         rem.set(CPU, Milli(4000));
         p.remaining_limits = Some(rem);
         let out = plan(&[pod("a", 500, "1Gi")], &[], &[p]);
-        assert!(out.claims.is_empty(), "a node of 7.9 cpu would break a 4 cpu limit");
+        assert!(
+            out.claims.is_empty(),
+            "a node of 7.9 cpu would break a 4 cpu limit"
+        );
         assert_eq!(out.unschedulable.len(), 1);
     }
 
@@ -274,7 +325,9 @@ mod tests {
     #[test]
     fn opens_a_second_claim_when_the_largest_type_is_full() {
         let small = it("small", 1900, "3Gi", 10, 0.05);
-        let pods: Vec<PendingPod> = (0..6).map(|i| pod(&format!("p{i}"), 500, "512Mi")).collect();
+        let pods: Vec<PendingPod> = (0..6)
+            .map(|i| pod(&format!("p{i}"), 500, "512Mi"))
+            .collect();
         let p = plan(&pods, &[], &[pool(vec![&small])]);
         assert_eq!(p.claims.len(), 2);
         assert_eq!(p.claims.iter().map(|c| c.pods.len()).sum::<usize>(), 6);

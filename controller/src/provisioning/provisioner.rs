@@ -8,7 +8,9 @@ use kube_core::ObjectMeta;
 
 use crate::cloud::CapacityType;
 use crate::crds::nodeclaim::ResourceRequirements;
-use crate::crds::{NodeClaim, NodeClaimSpec, NodePool, NodeSelectorRequirementWithMinValues, labels};
+use crate::crds::{
+    NodeClaim, NodeClaimSpec, NodePool, NodeSelectorRequirementWithMinValues, labels,
+};
 use crate::error::ControllerError;
 use crate::kube::{Kind, ObjectKey, encode};
 use crate::names;
@@ -35,7 +37,9 @@ fn pod_requests_or_log(c: &Controller, key: &ObjectKey, pod: &Pod) -> Option<Res
     match pod_requests(pod) {
         Ok(r) => Some(r),
         Err(e) => {
-            c.ctx.journal.record("provision", format!("skip pod/{key}: {e}"));
+            c.ctx
+                .journal
+                .record("provision", format!("skip pod/{key}: {e}"));
             None
         }
     }
@@ -58,13 +62,18 @@ impl Controller {
             .nodepools
             .values()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter(|p| self.state.nodeclasses.contains_key(&p.spec.template.spec.node_class_ref.name))
+            .filter(|p| {
+                self.state
+                    .nodeclasses
+                    .contains_key(&p.spec.template.spec.node_class_ref.name)
+            })
             .map(|pool| {
                 let reqs = &pool.spec.template.spec.requirements;
-                let capacity_types: Vec<CapacityType> = match requirement_values(pool, labels::CAPACITY_TYPE) {
-                    Some(v) => v.iter().filter_map(|s| CapacityType::parse(s)).collect(),
-                    None => vec![CapacityType::OnDemand],
-                };
+                let capacity_types: Vec<CapacityType> =
+                    match requirement_values(pool, labels::CAPACITY_TYPE) {
+                        Some(v) => v.iter().filter_map(|s| CapacityType::parse(s)).collect(),
+                        None => vec![CapacityType::OnDemand],
+                    };
                 let zones: Vec<String> = match requirement_values(pool, labels::ZONE) {
                     Some(v) => v,
                     None => zones_in_region.to_vec(),
@@ -82,17 +91,34 @@ impl Controller {
                     })
                     .filter(|it| {
                         it.offerings.iter().any(|o| {
-                            o.available && capacity_types.contains(&o.capacity_type) && zones.contains(&o.zone)
+                            o.available
+                                && capacity_types.contains(&o.capacity_type)
+                                && zones.contains(&o.zone)
                         })
                     })
                     .collect();
-                let mut pool_labels = pool.spec.template.metadata.clone().unwrap_or_default().labels;
-                pool_labels.insert(labels::NODEPOOL.to_string(), pool.metadata.name.clone().unwrap_or_default());
+                let mut pool_labels = pool
+                    .spec
+                    .template
+                    .metadata
+                    .clone()
+                    .unwrap_or_default()
+                    .labels;
+                pool_labels.insert(
+                    labels::NODEPOOL.to_string(),
+                    pool.metadata.name.clone().unwrap_or_default(),
+                );
                 let remaining_limits = pool.spec.limits.as_ref().and_then(|limits| {
                     let limits = Resources::parse(limits).ok()?;
                     let used = self.pool_usage(pool.metadata.name.as_deref().unwrap_or_default());
                     // Only the resources the pool limits count; the rest are unbounded.
-                    Some(Resources(limits.0.iter().map(|(k, v)| (k.clone(), *v - used.get(k))).collect()))
+                    Some(Resources(
+                        limits
+                            .0
+                            .iter()
+                            .map(|(k, v)| (k.clone(), *v - used.get(k)))
+                            .collect(),
+                    ))
                 });
                 PoolOptions {
                     name: pool.metadata.name.clone().unwrap_or_default(),
@@ -112,10 +138,21 @@ impl Controller {
     pub(crate) fn pool_usage(&self, pool: &str) -> Resources {
         let mut used = Resources::default();
         for claim in self.state.nodeclaims.values() {
-            if claim.metadata.labels.as_ref().and_then(|l| l.get(labels::NODEPOOL)).map(String::as_str) != Some(pool) {
+            if claim
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(labels::NODEPOOL))
+                .map(String::as_str)
+                != Some(pool)
+            {
                 continue;
             }
-            let capacity = claim.status.as_ref().map(|s| &s.capacity).filter(|c| !c.is_empty());
+            let capacity = claim
+                .status
+                .as_ref()
+                .map(|s| &s.capacity)
+                .filter(|c| !c.is_empty());
             let amounts = match capacity {
                 Some(c) => Resources::parse(c).unwrap_or_default(),
                 None => claim
@@ -152,7 +189,12 @@ impl Controller {
                 Resources::parse(&status.allocatable).unwrap_or_default()
             } else {
                 // Not launched yet: room for exactly what it was created for.
-                claim.spec.resources.as_ref().and_then(|r| Resources::parse(&r.requests).ok()).unwrap_or_default()
+                claim
+                    .spec
+                    .resources
+                    .as_ref()
+                    .and_then(|r| Resources::parse(&r.requests).ok())
+                    .unwrap_or_default()
             };
             if let Some(node) = &status.node_name {
                 claimed_nodes.push(node.clone());
@@ -160,21 +202,36 @@ impl Controller {
                     available.sub(u);
                 }
             }
-            out.push(ExistingCapacity { name: format!("nodeclaim/{name}"), available, labels: claim.metadata.labels.clone().unwrap_or_default() });
+            out.push(ExistingCapacity {
+                name: format!("nodeclaim/{name}"),
+                available,
+                labels: claim.metadata.labels.clone().unwrap_or_default(),
+            });
         }
         for (name, node) in &self.state.nodes {
             if claimed_nodes.contains(name) || !node_ready(node) {
                 continue;
             }
-            if node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false) {
+            if node
+                .spec
+                .as_ref()
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false)
+            {
                 continue;
             }
-            let Some(alloc) = node.status.as_ref().and_then(|s| s.allocatable.as_ref()) else { continue };
+            let Some(alloc) = node.status.as_ref().and_then(|s| s.allocatable.as_ref()) else {
+                continue;
+            };
             let mut available = Resources::parse(alloc).unwrap_or_default();
             if let Some(u) = used.get(name.as_str()) {
                 available.sub(u);
             }
-            out.push(ExistingCapacity { name: format!("node/{name}"), available, labels: node.metadata.labels.clone().unwrap_or_default() });
+            out.push(ExistingCapacity {
+                name: format!("node/{name}"),
+                available,
+                labels: node.metadata.labels.clone().unwrap_or_default(),
+            });
         }
         out
     }
@@ -187,8 +244,16 @@ impl Controller {
             .filter(|(_, p)| is_provisionable(p))
             .filter_map(|(key, pod)| {
                 let requests = pod_requests_or_log(self, key, pod)?;
-                let node_selector = pod.spec.as_ref().and_then(|s| s.node_selector.clone()).unwrap_or_default();
-                Some(PendingPod { key: key.clone(), requests, node_selector })
+                let node_selector = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_selector.clone())
+                    .unwrap_or_default();
+                Some(PendingPod {
+                    key: key.clone(),
+                    requests,
+                    node_selector,
+                })
             })
             .collect();
         if pending.is_empty() {
@@ -221,8 +286,19 @@ impl Controller {
             by_reason.entry(reason.as_str()).or_default().push(pod);
         }
         for (reason, pods) in by_reason {
-            let more = if pods.len() > 1 { format!(",+{}", pods.len() - 1) } else { String::new() };
-            self.ctx.journal.record("provision", format!("cannot place {} pods (pod/{}{more}): {reason}", pods.len(), pods[0]));
+            let more = if pods.len() > 1 {
+                format!(",+{}", pods.len() - 1)
+            } else {
+                String::new()
+            };
+            self.ctx.journal.record(
+                "provision",
+                format!(
+                    "cannot place {} pods (pod/{}{more}): {reason}",
+                    pods.len(),
+                    pods[0]
+                ),
+            );
         }
         for claim in plan.claims {
             self.create_nodeclaim(claim).await?;
@@ -230,8 +306,13 @@ impl Controller {
         Ok(())
     }
 
-    async fn create_nodeclaim(&mut self, plan: crate::provisioning::ClaimPlan) -> Result<(), ControllerError> {
-        let Some(pool) = self.state.nodepools.get(&plan.pool).cloned() else { return Ok(()) };
+    async fn create_nodeclaim(
+        &mut self,
+        plan: crate::provisioning::ClaimPlan,
+    ) -> Result<(), ControllerError> {
+        let Some(pool) = self.state.nodepools.get(&plan.pool).cloned() else {
+            return Ok(());
+        };
         let name = names::generate(&plan.pool, &mut self.ctx.rng);
         let mut types = plan.instance_types.clone();
         types.truncate(MAX_INSTANCE_TYPES);
@@ -250,9 +331,18 @@ impl Controller {
             values: types.clone(),
             min_values: None,
         });
-        let mut claim_labels = pool.spec.template.metadata.clone().unwrap_or_default().labels;
+        let mut claim_labels = pool
+            .spec
+            .template
+            .metadata
+            .clone()
+            .unwrap_or_default()
+            .labels;
         claim_labels.insert(labels::NODEPOOL.to_string(), plan.pool.clone());
-        claim_labels.insert(labels::NODECLASS.to_string(), pool.spec.template.spec.node_class_ref.name.clone());
+        claim_labels.insert(
+            labels::NODECLASS.to_string(),
+            pool.spec.template.spec.node_class_ref.name.clone(),
+        );
         let tmpl = &pool.spec.template.spec;
         let claim = NodeClaim {
             metadata: ObjectMeta {
@@ -264,7 +354,9 @@ impl Controller {
             spec: NodeClaimSpec {
                 node_class_ref: tmpl.node_class_ref.clone(),
                 requirements,
-                resources: Some(ResourceRequirements { requests: plan.requests.to_quantities() }),
+                resources: Some(ResourceRequirements {
+                    requests: plan.requests.to_quantities(),
+                }),
                 taints: tmpl.taints.clone(),
                 startup_taints: tmpl.startup_taints.clone(),
                 expire_after: tmpl.expire_after.clone(),
@@ -274,9 +366,14 @@ impl Controller {
         };
         let value = encode(Kind::NodeClaim, &claim)?;
         let created = self.ctx.kube.create(Kind::NodeClaim, value).await?;
-        self.state.apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Added(created))?;
+        self.state
+            .apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Added(created))?;
         let shown: Vec<&str> = types.iter().take(2).map(String::as_str).collect();
-        let more = if types.len() > 2 { format!(",+{}", types.len() - 2) } else { String::new() };
+        let more = if types.len() > 2 {
+            format!(",+{}", types.len() - 2)
+        } else {
+            String::new()
+        };
         self.ctx.journal.record(
             "provision",
             format!(

@@ -14,7 +14,10 @@ pub fn matches(req: &Requirement, labels: &BTreeMap<String, String>) -> bool {
         "Exists" => value.is_some(),
         "DoesNotExist" => value.is_none(),
         "Gt" | "Lt" | "Gte" | "Lte" => {
-            let (Some(v), Some(bound)) = (value.and_then(|v| v.parse::<i64>().ok()), req.values.first().and_then(|b| b.parse::<i64>().ok())) else {
+            let (Some(v), Some(bound)) = (
+                value.and_then(|v| v.parse::<i64>().ok()),
+                req.values.first().and_then(|b| b.parse::<i64>().ok()),
+            ) else {
                 return false;
             };
             match req.operator.as_str() {
@@ -37,13 +40,21 @@ mod tests {
     use super::*;
 
     fn req(key: &str, op: &str, values: &[&str]) -> Requirement {
-        Requirement { key: key.into(), operator: op.into(), values: values.iter().map(|s| s.to_string()).collect(), min_values: None }
+        Requirement {
+            key: key.into(),
+            operator: op.into(),
+            values: values.iter().map(|s| s.to_string()).collect(),
+            min_values: None,
+        }
     }
 
     #[test]
     fn operators() {
-        let labels: BTreeMap<String, String> =
-            [("cat".to_string(), "c".to_string()), ("cpu".to_string(), "8".to_string())].into();
+        let labels: BTreeMap<String, String> = [
+            ("cat".to_string(), "c".to_string()),
+            ("cpu".to_string(), "8".to_string()),
+        ]
+        .into();
         assert!(matches(&req("cat", "In", &["c", "m"]), &labels));
         assert!(!matches(&req("cat", "NotIn", &["c"]), &labels));
         assert!(matches(&req("missing", "NotIn", &["c"]), &labels));

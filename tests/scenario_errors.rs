@@ -1,0 +1,125 @@
+//! Bad scenario files fail with file:line:column, the field, exit code 2, and no panic.
+
+use std::path::{Path, PathBuf};
+
+use dovetail_sim::cli::sim_command;
+
+fn write(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dovetail-scenario-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn steady_web() -> String {
+    std::fs::read_to_string(dovetail_tests::root().join("scenarios/steady-web.yaml")).unwrap()
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .expect("needle present")
+        + 1
+}
+
+fn run(path: &Path) -> dovetail_sim::cli::CliOutput {
+    sim_command(&[path.display().to_string(), "--until".into(), "1s".into()])
+}
+
+#[test]
+fn a_misspelt_top_level_field_is_named_with_its_line() {
+    let text = steady_web().replace("duration: 1h", "duration: 1h\ndurration: 2h");
+    let p = write("top.yaml", &text);
+    let out = run(&p);
+    assert_eq!(out.code, 2, "{out:?}");
+    let line = line_of(&text, "durration");
+    assert!(
+        out.stderr.contains(&format!("top.yaml:{line}:")),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("durration"), "{}", out.stderr);
+}
+
+#[test]
+fn a_misspelt_manifest_field_is_named_with_its_path() {
+    let text = steady_web().replace("      replicas: 20", "      replica: 20");
+    let p = write("manifest.yaml", &text);
+    let out = run(&p);
+    assert_eq!(out.code, 2, "{out:?}");
+    let line = line_of(&text, "replica: 20");
+    assert!(
+        out.stderr.contains(&format!("manifest.yaml:{line}:")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("manifests[2].spec.replica"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_bad_quantity_is_named_with_its_line_and_field() {
+    let text = steady_web().replace("cpu: 500m", "cpu: 5OOm");
+    let p = write("quantity.yaml", &text);
+    let out = run(&p);
+    assert_eq!(out.code, 2, "{out:?}");
+    let line = line_of(&text, "5OOm");
+    assert!(
+        out.stderr.contains(&format!("quantity.yaml:{line}:")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("manifests[2].spec.template.spec.containers[0].resources.requests.cpu"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("5OOm"), "{}", out.stderr);
+}
+
+#[test]
+fn a_bad_duration_and_an_unknown_deployment_are_named() {
+    let text = steady_web().replace("- at: 10m", "- at: 10 minutes");
+    let out = run(&write("at.yaml", &text));
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("timeline[0].at"), "{}", out.stderr);
+
+    let text = steady_web().replace("deployment: default/web", "deployment: default/api");
+    let out = run(&write("deploy.yaml", &text));
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("timeline[0].scale.deployment") && out.stderr.contains("default/api"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn bad_arguments_and_missing_files_exit_2() {
+    assert_eq!(sim_command(&[]).code, 2);
+    assert_eq!(
+        sim_command(&["x.yaml".into(), "--seed".into(), "abc".into()]).code,
+        2
+    );
+    let out = sim_command(&["/nonexistent/scenario.yaml".into()]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("/nonexistent/scenario.yaml"));
+}
+
+#[test]
+fn a_failed_expectation_exits_1() {
+    let text = steady_web().replace("pods_pending_max: 3m", "pods_pending_max: 1s");
+    let out = sim_command(&[
+        write("expect.yaml", &text).display().to_string(),
+        "--until".into(),
+        "2m".into(),
+        "--quiet".into(),
+    ]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("FAILED"));
+}

@@ -1,0 +1,9 @@
+//! Snapshot tests of scenario traces: a behaviour change shows up as a readable diff in review.
+
+use dovetail_tests::run_scenario;
+
+#[test]
+fn steady_web_seed_7() {
+    let text = run_scenario("steady-web.yaml", 7);
+    insta::assert_snapshot!("steady-web.seed-7", text);
+}
