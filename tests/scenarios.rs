@@ -7,3 +7,9 @@ fn steady_web_seed_7() {
     let text = run_scenario("steady-web.yaml", 7);
     insta::assert_snapshot!("steady-web.seed-7", text);
 }
+
+#[test]
+fn ice_fallback_seed_3() {
+    let text = run_scenario("ice-fallback.yaml", 3);
+    insta::assert_snapshot!("ice-fallback.seed-3", text);
+}

@@ -134,14 +134,26 @@ impl InstanceState {
     }
 }
 
+/// Why an instance is in its state, e.g. `Client.InternalError` for a launch a KMS key broke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateReason {
+    pub code: String,
+    pub message: String,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Instance {
     pub id: String,
     pub instance_type: String,
     pub zone: String,
+    pub subnet_id: String,
     pub capacity_type: CapacityType,
     pub state: InstanceState,
+    pub state_reason: Option<StateReason>,
     pub private_ip: String,
+    pub private_dns_name: String,
+    pub image_id: String,
+    pub launch_time: jiff::Timestamp,
     pub tags: BTreeMap<String, String>,
 }
 
@@ -152,13 +164,135 @@ impl Instance {
     }
 }
 
-/// DescribeInstances filters (all given filters must match).
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn ec2_wildcards() {
+        assert!(glob("c6i.*", "c6i.2xlarge"));
+        assert!(glob("*", "anything"));
+        assert!(glob("al2023-*-x86_64", "al2023-1.2-x86_64"));
+        assert!(!glob("c6i.*", "c6in.large"));
+        assert!(glob("exact", "exact"));
+    }
+}
+
+/// DescribeInstances filters (all given filters must match) and paging.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DescribeInstancesRequest {
     pub instance_ids: Vec<String>,
     /// `tag:<key>` = value.
     pub tags: BTreeMap<String, String>,
+    /// `tag-key`: the tag is present, whatever its value.
+    pub tag_keys: Vec<String>,
     pub states: Vec<InstanceState>,
+    /// Page size (EC2 allows 5..1000); None for one page of everything.
+    pub max_results: Option<u32>,
+    pub next_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DescribeInstancesOutput {
+    pub instances: Vec<Instance>,
+    pub next_token: Option<String>,
+}
+
+/// A block device of a launch template (only what matters for launches: encryption and its key).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockDevice {
+    pub device_name: String,
+    pub volume_size_gib: u32,
+    pub encrypted: bool,
+    pub kms_key_id: Option<String>,
+}
+
+/// CreateLaunchTemplate's content.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LaunchTemplateData {
+    pub image_id: String,
+    pub security_group_ids: Vec<String>,
+    pub block_devices: Vec<BlockDevice>,
+    pub user_data: String,
+    pub instance_profile: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchTemplate {
+    pub id: String,
+    pub name: String,
+    pub data: LaunchTemplateData,
+}
+
+/// DescribeSecurityGroups entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityGroup {
+    pub id: String,
+    pub name: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// DescribeImages entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    pub id: String,
+    pub name: String,
+    pub arch: String,
+    pub creation_date: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Tag filters for Describe* calls: every `tags` pair must match and every `tag_keys` key be present.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TagFilter {
+    pub tags: BTreeMap<String, String>,
+    pub ids: Vec<String>,
+    pub names: Vec<String>,
+}
+
+impl TagFilter {
+    pub fn matches(&self, id: &str, name: &str, tags: &BTreeMap<String, String>) -> bool {
+        (self.ids.is_empty() || self.ids.iter().any(|i| i == id))
+            && (self.names.is_empty() || self.names.iter().any(|n| n == name || glob(n, name)))
+            && self
+                .tags
+                .iter()
+                .all(|(k, v)| tags.get(k).is_some_and(|t| v == "*" || t == v))
+    }
+}
+
+/// EC2 filter wildcards: `*` matches any run of characters.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let mut rest = text;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            let Some(r) = rest.strip_prefix(part) else {
+                return false;
+            };
+            rest = r;
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            let Some(at) = rest.find(part) else {
+                return false;
+            };
+            rest = &rest[at + part.len()..];
+        }
+    }
+    true
+}
+
+/// One SQS message as ReceiveMessage returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueMessage {
+    pub message_id: String,
+    pub receipt_handle: String,
+    pub body: String,
 }
 
 /// An EC2 error answer: the code is what the controller classifies.
@@ -189,6 +323,21 @@ pub trait Cloud: Send + Sync + 'static {
     /// On-demand prices (the AWS Pricing API's GetProducts, reduced to type -> USD/hour).
     async fn on_demand_prices(&self) -> Result<BTreeMap<String, f64>, CloudError>;
     async fn describe_subnets(&self) -> Result<Vec<Subnet>, CloudError>;
+    async fn describe_security_groups(
+        &self,
+        filter: TagFilter,
+    ) -> Result<Vec<SecurityGroup>, CloudError>;
+    async fn describe_images(&self, filter: TagFilter) -> Result<Vec<Image>, CloudError>;
+    async fn create_launch_template(
+        &self,
+        name: String,
+        data: LaunchTemplateData,
+    ) -> Result<LaunchTemplate, CloudError>;
+    async fn describe_launch_templates(
+        &self,
+        names: Vec<String>,
+    ) -> Result<Vec<LaunchTemplate>, CloudError>;
+    async fn delete_launch_template(&self, name: String) -> Result<(), CloudError>;
     async fn create_fleet(
         &self,
         request: CreateFleetRequest,
@@ -196,6 +345,21 @@ pub trait Cloud: Send + Sync + 'static {
     async fn describe_instances(
         &self,
         request: DescribeInstancesRequest,
-    ) -> Result<Vec<Instance>, CloudError>;
+    ) -> Result<DescribeInstancesOutput, CloudError>;
     async fn terminate_instances(&self, instance_ids: Vec<String>) -> Result<(), CloudError>;
+    async fn create_tags(
+        &self,
+        resource_ids: Vec<String>,
+        tags: BTreeMap<String, String>,
+    ) -> Result<(), CloudError>;
+    /// SQS ReceiveMessage: up to `max` (1..=10) messages, hidden for `visibility_timeout` after delivery.
+    async fn receive_messages(
+        &self,
+        queue_url: &str,
+        max: u32,
+        visibility_timeout: std::time::Duration,
+    ) -> Result<Vec<QueueMessage>, CloudError>;
+    /// SQS DeleteMessage.
+    async fn delete_message(&self, queue_url: &str, receipt_handle: &str)
+    -> Result<(), CloudError>;
 }

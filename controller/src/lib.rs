@@ -12,6 +12,7 @@ pub mod error;
 pub mod instancetype;
 pub mod journal;
 pub mod kube;
+pub mod launch;
 pub mod lifecycle;
 pub mod names;
 pub mod provisioning;

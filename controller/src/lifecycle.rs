@@ -1,17 +1,17 @@
 //! The NodeClaim lifecycle: launch through CreateFleet, then Registered, Initialized; and termination.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde_json::json;
 
-use crate::cloud::{
-    CapacityType, CreateFleetRequest, DescribeInstancesRequest, FleetOverride, Instance,
-};
+use crate::cloud::{CapacityType, CreateFleetRequest, FleetOverride, Instance};
 use crate::crds::nodeclaim::conditions;
-use crate::crds::{NodeClaim, labels};
+use crate::crds::{EC2NodeClass, NodeClaim, labels};
 use crate::error::ControllerError;
 use crate::instancetype::InstanceType;
 use crate::kube::{Kind, KubeError, ObjectKey};
+use crate::launch;
 use crate::names;
 use crate::run::Controller;
 use crate::state::node_ready;
@@ -132,10 +132,13 @@ impl Controller {
         Ok(())
     }
 
-    async fn subnets_by_zone(&self) -> Result<BTreeMap<String, String>, ControllerError> {
+    /// One subnet per zone among those the node class selects: the one with the most free addresses.
+    async fn subnets_by_zone(
+        &self,
+        class: &EC2NodeClass,
+    ) -> Result<BTreeMap<String, String>, ControllerError> {
         let mut best: BTreeMap<String, (u32, String)> = BTreeMap::new();
-        for s in self.ctx.cloud.describe_subnets().await? {
-            // One subnet per zone: the one with the most free addresses.
+        for s in launch::select_subnets(class, self.ctx.cloud.describe_subnets().await?) {
             let e = best.entry(s.zone.clone()).or_insert((0, String::new()));
             if e.1.is_empty() || s.available_ip_addresses > e.0 {
                 *e = (s.available_ip_addresses, s.id.clone());
@@ -144,20 +147,116 @@ impl Controller {
         Ok(best.into_iter().map(|(z, (_, id))| (z, id)).collect())
     }
 
+    /// The launch template for a node class and architecture, created once per distinct content.
+    async fn ensure_launch_template(
+        &mut self,
+        class: &EC2NodeClass,
+        arch: &str,
+    ) -> Result<Option<String>, ControllerError> {
+        let class_name = class.metadata.name.clone().unwrap_or_default();
+        let mut images = Vec::new();
+        for f in launch::image_filters(class, arch) {
+            images.extend(self.ctx.cloud.describe_images(f).await?);
+        }
+        let Some(image) = launch::newest_image(&images, arch) else {
+            self.ctx.journal.record(
+                "lifecycle",
+                format!("ec2nodeclass/{class_name}: no image matches amiSelectorTerms for {arch}"),
+            );
+            return Ok(None);
+        };
+        let mut groups = BTreeSet::new();
+        for f in launch::security_group_filters(class) {
+            groups.extend(
+                self.ctx
+                    .cloud
+                    .describe_security_groups(f)
+                    .await?
+                    .into_iter()
+                    .map(|g| g.id),
+            );
+        }
+        let groups: Vec<String> = groups.into_iter().collect();
+        let mut tags = class.spec.tags.clone();
+        tags.insert(
+            format!(
+                "{}{}",
+                labels::TAG_CLUSTER_PREFIX,
+                self.ctx.settings.cluster_name
+            ),
+            "owned".to_string(),
+        );
+        tags.insert(labels::NODECLASS.to_string(), class_name.clone());
+        let data = launch::template_data(class, &image.id, &groups, &tags);
+        let name = launch::template_name(&self.ctx.settings.cluster_name, &class_name, &data);
+        if self.known_templates.0.contains(&name) {
+            return Ok(Some(name));
+        }
+        match self
+            .ctx
+            .cloud
+            .describe_launch_templates(vec![name.clone()])
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.code == "InvalidLaunchTemplateName.NotFoundException" => {
+                match self
+                    .ctx
+                    .cloud
+                    .create_launch_template(name.clone(), data)
+                    .await
+                {
+                    Ok(_) => self.ctx.journal.record(
+                        "lifecycle",
+                        format!("created launch template {name} image={}", image.id),
+                    ),
+                    Err(e) if e.code == "InvalidLaunchTemplateName.AlreadyExistsException" => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.known_templates.0.insert(name.clone());
+        Ok(Some(name))
+    }
+
     async fn launch(&mut self, claim: &NodeClaim) -> Result<(), ControllerError> {
         let name = claim.metadata.name.clone().unwrap_or_default();
-        let subnets = self.subnets_by_zone().await?;
-        let Some((capacity_type, overrides)) =
+        let class_name = &claim.spec.node_class_ref.name;
+        let Some(class) = self.state.nodeclasses.get(class_name).cloned() else {
+            self.ctx.journal.record(
+                "lifecycle",
+                format!("nodeclaim/{name} waits: ec2nodeclass/{class_name} not found"),
+            );
+            return Ok(());
+        };
+        let now = self.now();
+        self.refresh_offering_availability(now);
+        let subnets = self.subnets_by_zone(&class).await?;
+        let Some((capacity_type, mut overrides)) =
             fleet_overrides(claim, &self.instance_types, &subnets)
         else {
             self.ctx.journal.record(
                 "lifecycle",
-                format!("nodeclaim/{name} has no offering left; deleting it"),
+                format!("nodeclaim/{name} has no available offering left; deleting it to re-plan"),
             );
             self.ctx
                 .kube
                 .delete(Kind::NodeClaim, &ObjectKey::cluster(&name))
                 .await?;
+            return Ok(());
+        };
+        // One launch template per architecture: launch the cheapest override's architecture.
+        let arch_of = |t: &str| {
+            self.instance_types
+                .iter()
+                .find(|it| it.name == t)
+                .and_then(|it| it.labels.get(labels::ARCH).cloned())
+                .unwrap_or_default()
+        };
+        let arch = arch_of(&overrides[0].instance_type);
+        overrides.retain(|o| arch_of(&o.instance_type) == arch);
+        let Some(template) = self.ensure_launch_template(&class, &arch).await? else {
             return Ok(());
         };
         let mut tags = BTreeMap::new();
@@ -174,6 +273,7 @@ impl Controller {
             labels::TAG_MANAGED_BY.to_string(),
             self.ctx.settings.cluster_name.clone(),
         );
+        tags.insert(labels::NODECLASS.to_string(), class_name.clone());
         if let Some(pool) = claim
             .metadata
             .labels
@@ -185,21 +285,50 @@ impl Controller {
         let request = CreateFleetRequest {
             client_token: names::token(&mut self.ctx.rng),
             capacity_type,
-            launch_template_name: format!("dovetail/{}", claim.spec.node_class_ref.name),
+            launch_template_name: template.clone(),
             overrides,
             target_capacity: 1,
             tags,
         };
-        let output = self.ctx.cloud.create_fleet(request).await?;
+        let output = match self.ctx.cloud.create_fleet(request).await {
+            Ok(o) => o,
+            Err(e) if e.code == "InvalidLaunchTemplateName.NotFoundException" => {
+                // Someone deleted it; create it again next time.
+                self.known_templates.0.remove(&template);
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // Pools that failed are remembered even when another pool delivered.
+        let marked = self.unavailable.record(capacity_type, &output.errors, now);
         let Some(instance) = output.instances.into_iter().next() else {
-            let codes: Vec<String> = output.errors.iter().map(|e| e.code.clone()).collect();
-            self.ctx.journal.record(
-                "lifecycle",
-                format!(
-                    "nodeclaim/{name} launch failed: {}; retrying",
-                    codes.join(",")
-                ),
-            );
+            let mut codes: Vec<String> = output.errors.iter().map(|e| e.code.clone()).collect();
+            codes.sort();
+            codes.dedup();
+            let all_capacity = output
+                .errors
+                .iter()
+                .all(|e| launch::is_capacity_error(&e.code));
+            if all_capacity {
+                // Karpenter's answer to insufficient capacity: forget this claim and plan again without the
+                // offerings that just failed.
+                self.ctx.journal.record(
+                    "lifecycle",
+                    format!("nodeclaim/{name} launch failed: {}; {marked} offerings unavailable for 3m; deleting the claim to re-plan", codes.join(",")),
+                );
+                self.ctx
+                    .kube
+                    .delete(Kind::NodeClaim, &ObjectKey::cluster(&name))
+                    .await?;
+            } else {
+                self.ctx.journal.record(
+                    "lifecycle",
+                    format!(
+                        "nodeclaim/{name} launch failed: {}; retrying",
+                        codes.join(",")
+                    ),
+                );
+            }
             return Ok(());
         };
         self.mark_launched(claim, &instance).await
@@ -411,25 +540,31 @@ impl Controller {
                 .next()
                 .filter(|s| s.starts_with("i-"))
         {
-            let live = self
+            // TerminateInstances is idempotent; a NotFound soon after launch is EC2's eventual consistency,
+            // later it means the instance is long gone.
+            match self
                 .ctx
                 .cloud
-                .describe_instances(DescribeInstancesRequest {
-                    instance_ids: vec![id.to_string()],
-                    ..Default::default()
-                })
-                .await?;
-            if live
-                .iter()
-                .any(|i| i.state != crate::cloud::InstanceState::Terminated)
+                .terminate_instances(vec![id.to_string()])
+                .await
             {
-                self.ctx
-                    .cloud
-                    .terminate_instances(vec![id.to_string()])
-                    .await?;
-                self.ctx
+                Ok(()) => self
+                    .ctx
                     .journal
-                    .record("lifecycle", format!("terminate {id} for nodeclaim/{name}"));
+                    .record("lifecycle", format!("terminate {id} for nodeclaim/{name}")),
+                Err(e) if e.code == "InvalidInstanceID.NotFound" => {
+                    let launched = claim
+                        .metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .map(|t| t.0)
+                        .unwrap_or(self.ctx.clock.now());
+                    if crate::clock::since(self.ctx.clock.now(), launched) < Duration::from_secs(60)
+                    {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         let finalizers: Vec<String> = claim

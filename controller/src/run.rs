@@ -13,6 +13,7 @@ use crate::error::ControllerError;
 use crate::instancetype::{self, InstanceType};
 use crate::journal::Journal;
 use crate::kube::{Kind, Kube, WatchEvent};
+use crate::launch::{KnownTemplates, UnavailableOfferings};
 use crate::provisioning::Batcher;
 use crate::state::{Change, ClusterState, is_provisionable};
 
@@ -57,6 +58,8 @@ pub(crate) struct Controller {
     pub(crate) state: ClusterState,
     pub(crate) instance_types: Vec<InstanceType>,
     pub(crate) batcher: Batcher,
+    pub(crate) unavailable: UnavailableOfferings,
+    pub(crate) known_templates: KnownTemplates,
     catalog_loaded_at: Option<Duration>,
     next_lifecycle: Duration,
 }
@@ -69,6 +72,8 @@ impl Controller {
             state: ClusterState::default(),
             instance_types: Vec::new(),
             batcher,
+            unavailable: UnavailableOfferings::default(),
+            known_templates: KnownTemplates::default(),
             catalog_loaded_at: None,
             next_lifecycle: Duration::ZERO,
         }
@@ -87,7 +92,21 @@ impl Controller {
         let spot = cloud.describe_spot_price_history().await?;
         self.instance_types = instancetype::build(&infos, &offerings, &on_demand, &spot);
         self.catalog_loaded_at = Some(self.now());
+        self.refresh_offering_availability(self.now());
         Ok(())
+    }
+
+    /// Mark offerings that recently failed as unavailable (and the rest as available again).
+    pub(crate) fn refresh_offering_availability(&mut self, now: Duration) {
+        self.unavailable.expire(now);
+        for it in &mut self.instance_types {
+            for o in &mut it.offerings {
+                o.available =
+                    !self
+                        .unavailable
+                        .is_unavailable(o.capacity_type, &it.name, &o.zone, now);
+            }
+        }
     }
 
     async fn open_watches(
@@ -137,8 +156,16 @@ impl Controller {
         if self
             .catalog_loaded_at
             .is_none_or(|t| now >= t + self.ctx.settings.catalog_refresh)
+            && let Err(e) = self.refresh_catalog().await
         {
-            self.refresh_catalog().await?;
+            // Keep the catalog we have; try again in 15 s.
+            self.ctx.journal.record(
+                "catalog",
+                format!("refresh failed: {e}; keeping the previous catalog"),
+            );
+            let retry =
+                (now + Duration::from_secs(15)).saturating_sub(self.ctx.settings.catalog_refresh);
+            self.catalog_loaded_at = Some(retry);
         }
         if let Some(window) = self.batcher.close_if_due(now) {
             self.provision(window).await?;
@@ -156,7 +183,13 @@ impl Controller {
 /// The same entry point runs in a cluster (real clock, kube-rs, aws-sdk) and in the simulator.
 pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     let mut c = Controller::new(ctx);
-    c.refresh_catalog().await?;
+    while let Err(e) = c.refresh_catalog().await {
+        c.ctx.journal.record(
+            "catalog",
+            format!("initial load failed: {e}; retrying in 5s"),
+        );
+        c.ctx.clock.sleep(Duration::from_secs(5)).await;
+    }
     let streams = c.open_watches().await?;
     // Fixed polling order (biased select below) keeps event handling deterministic.
     let mut streams: Vec<(Kind, BoxStream<'static, WatchEvent>)> = streams;

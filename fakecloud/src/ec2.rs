@@ -1,6 +1,7 @@
-//! The in-memory EC2: subnets, spot prices, CreateFleet, instances moving pending -> running -> terminated.
+//! The in-memory EC2: offerings and capacity pools, CreateFleet, instances on the simulated clock, launch
+//! templates, images, KMS-broken launches, spot interruptions, throttling and eventual consistency.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -8,8 +9,9 @@ use async_trait::async_trait;
 use dovetail::clock::Clock;
 use dovetail::cloud::{
     CapacityType, Cloud, CloudError, CreateFleetOutput, CreateFleetRequest,
-    DescribeInstancesRequest, FleetError, Instance, InstanceState, InstanceTypeInfo,
-    InstanceTypeOffering, SpotPrice, Subnet,
+    DescribeInstancesOutput, DescribeInstancesRequest, FleetError, FleetOverride, Image, Instance,
+    InstanceState, InstanceTypeInfo, InstanceTypeOffering, LaunchTemplate, LaunchTemplateData,
+    QueueMessage, SecurityGroup, SpotPrice, StateReason, Subnet, TagFilter,
 };
 use dovetail::journal::Journal;
 use jiff::Timestamp;
@@ -17,66 +19,70 @@ use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 
 use crate::catalog::{Catalog, CatalogEntry};
-
-/// How the fake cloud behaves; every range is sampled from the seeded RNG.
-#[derive(Debug, Clone)]
-pub struct CloudConfig {
-    pub region: String,
-    pub zones: Vec<String>,
-    /// Time from CreateFleet to `running`.
-    pub launch_latency: (Duration, Duration),
-    /// Time from TerminateInstances to `terminated`.
-    pub shutdown_latency: Duration,
-    /// Latency of every API call.
-    pub api_latency: Duration,
-    /// Free addresses per subnet (one subnet per zone).
-    pub subnet_size: u32,
-}
-
-impl Default for CloudConfig {
-    fn default() -> Self {
-        CloudConfig {
-            region: "us-east-1".to_string(),
-            zones: vec![
-                "us-east-1a".into(),
-                "us-east-1b".into(),
-                "us-east-1c".into(),
-            ],
-            launch_latency: (Duration::from_secs(3), Duration::from_secs(12)),
-            shutdown_latency: Duration::from_secs(30),
-            api_latency: Duration::from_millis(50),
-            subnet_size: 4091,
-        }
-    }
-}
+use crate::config::CloudConfig;
+use crate::sqs::{self, Queue};
 
 /// An instance with what the simulation needs beyond the EC2 view.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceRecord {
     pub instance: Instance,
     pub price: f64,
-    pub launched_at: Timestamp,
     /// When the instance reaches its next state (running, or terminated).
     pub transition_at: Timestamp,
-    pub private_dns_name: String,
+    /// DescribeInstances does not show it before this (eventual consistency).
+    pub visible_at: Timestamp,
+    /// Not ours: another cluster's or untagged. Terminating it is a violation.
+    pub foreign: bool,
+    /// Its launch template's KMS key was unusable: it dies before it ever runs.
+    pub kms_failure: bool,
+    /// A spot reclaim is scheduled at this time.
+    pub reclaim_at: Option<Timestamp>,
+}
+
+impl InstanceRecord {
+    pub fn private_dns_name(&self) -> &str {
+        &self.instance.private_dns_name
+    }
 }
 
 struct SubnetState {
-    id: String,
-    zone: String,
+    subnet: Subnet,
     cidr_base: [u8; 3],
     next_host: u32,
-    free: u32,
+}
+
+type PoolKey = (String, String, CapacityType);
+
+#[derive(Debug, Clone)]
+struct Pool {
+    depth: u32,
+    /// A scenario's shortage: the pool is empty until then, whatever its depth.
+    short_until: Option<Timestamp>,
 }
 
 struct State {
     rng: ChaCha8Rng,
-    instances: BTreeMap<String, InstanceRecord>,
-    subnets: Vec<SubnetState>,
+    offerings: BTreeSet<(String, String)>,
+    pools: BTreeMap<PoolKey, Pool>,
     spot_prices: BTreeMap<(String, String), f64>,
+    next_price_move: Timestamp,
+    subnets: Vec<SubnetState>,
+    security_groups: Vec<SecurityGroup>,
+    images: Vec<Image>,
+    launch_templates: BTreeMap<String, LaunchTemplate>,
+    disabled_keys: BTreeMap<String, Timestamp>,
+    instances: BTreeMap<String, InstanceRecord>,
+    queue: Queue,
+    throttle: Option<(f64, Timestamp)>,
+    outage_until: Option<Timestamp>,
+    vcpu_quota: BTreeMap<CapacityType, u32>,
+    violations: Vec<String>,
+    /// Statistics the simulator reports: launches and fleet errors by code.
+    launches: u64,
+    errors_by_code: BTreeMap<String, u64>,
 }
 
-/// The fake EC2. Cheap to clone; clones share one state.
+/// The fake EC2 (and its interruption queue). Clones share one state.
 #[derive(Clone)]
 pub struct FakeCloud {
     config: Arc<CloudConfig>,
@@ -90,12 +96,25 @@ fn sample(rng: &mut ChaCha8Rng, (lo, hi): (Duration, Duration)) -> Duration {
     if hi <= lo {
         return lo;
     }
-    let span = (hi - lo).as_millis() as u64;
-    lo + Duration::from_millis(rng.next_u64() % (span + 1))
+    lo + Duration::from_millis(rng.next_u64() % ((hi - lo).as_millis() as u64 + 1))
+}
+
+fn unit(rng: &mut ChaCha8Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn add(ts: Timestamp, d: Duration) -> Timestamp {
     ts.checked_add(d).unwrap_or(ts)
+}
+
+fn hex_id(prefix: &str, rng: &mut ChaCha8Rng) -> String {
+    format!("{prefix}-{:017x}", rng.next_u64() >> 4)
+}
+
+/// Spot trades 30-70% below on-demand.
+fn clamp_spot(od: f64, price: f64) -> f64 {
+    let p = price.clamp(od * 0.30, od * 0.70);
+    ((p * 10_000.0).round() / 10_000.0).max(0.0001)
 }
 
 impl FakeCloud {
@@ -107,39 +126,166 @@ impl FakeCloud {
         journal: Arc<dyn Journal>,
     ) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let now = clock.now();
+        let mut offerings = BTreeSet::new();
+        let mut pools = BTreeMap::new();
         let mut spot_prices = BTreeMap::new();
         for (name, entry) in &catalog.types {
-            for zone in &config.zones {
-                // Spot trades 30-70% below on-demand; one fixed price per pool for now.
-                let discount = 0.30 + (rng.next_u32() % 4001) as f64 / 10_000.0;
-                let price =
-                    (entry.on_demand_price * (1.0 - discount) * 10_000.0).round() / 10_000.0;
-                spot_prices.insert((name.clone(), zone.clone()), price.max(0.0001));
+            let mut zones: Vec<&String> = config
+                .zones
+                .iter()
+                .filter(|_| unit(&mut rng) < config.offering_probability)
+                .collect();
+            if zones.is_empty() {
+                zones.push(&config.zones[(rng.next_u32() as usize) % config.zones.len()]);
+            }
+            for zone in zones {
+                offerings.insert((name.clone(), zone.clone()));
+                let spot_depth = sample_u32(&mut rng, config.spot_depth);
+                pools.insert(
+                    (name.clone(), zone.clone(), CapacityType::Spot),
+                    Pool {
+                        depth: spot_depth,
+                        short_until: None,
+                    },
+                );
+                pools.insert(
+                    (name.clone(), zone.clone(), CapacityType::OnDemand),
+                    Pool {
+                        depth: config.on_demand_depth,
+                        short_until: None,
+                    },
+                );
+                let discount = 0.30 + 0.40 * unit(&mut rng);
+                spot_prices.insert(
+                    (name.clone(), zone.clone()),
+                    clamp_spot(
+                        entry.on_demand_price,
+                        entry.on_demand_price * (1.0 - discount),
+                    ),
+                );
             }
         }
+        let discovery: BTreeMap<String, String> = [(
+            "karpenter.sh/discovery".to_string(),
+            config.cluster_name.clone(),
+        )]
+        .into();
         let subnets = config
             .zones
             .iter()
             .enumerate()
             .map(|(i, zone)| SubnetState {
-                id: format!("subnet-{:017x}", rng.next_u64() >> 4),
-                zone: zone.clone(),
+                subnet: Subnet {
+                    id: hex_id("subnet", &mut rng),
+                    zone: zone.clone(),
+                    available_ip_addresses: config.subnet_size,
+                    tags: discovery.clone(),
+                },
                 cidr_base: [10, 0, (i as u8) * 16],
                 next_host: 4,
-                free: config.subnet_size,
             })
             .collect();
-        FakeCloud {
+        let security_groups = vec![
+            SecurityGroup {
+                id: hex_id("sg", &mut rng),
+                name: format!("{}-node", config.cluster_name),
+                tags: discovery.clone(),
+            },
+            SecurityGroup {
+                id: hex_id("sg", &mut rng),
+                name: "default".into(),
+                tags: BTreeMap::new(),
+            },
+        ];
+        let mut images = Vec::new();
+        for arch in ["x86_64", "arm64"] {
+            images.push(Image {
+                id: hex_id("ami", &mut rng),
+                name: format!("amazon-eks-node-al2023-{arch}-standard-1.33-v20251201"),
+                arch: arch.to_string(),
+                creation_date: "2025-12-01T00:00:00Z".into(),
+                tags: BTreeMap::new(),
+            });
+        }
+        let vcpu_quota = [
+            (CapacityType::OnDemand, config.on_demand_vcpu_quota),
+            (CapacityType::Spot, config.spot_vcpu_quota),
+        ]
+        .into();
+        let st = State {
+            rng,
+            offerings,
+            pools,
+            spot_prices,
+            next_price_move: add(now, config.spot_price_interval),
+            subnets,
+            security_groups,
+            images,
+            launch_templates: BTreeMap::new(),
+            disabled_keys: BTreeMap::new(),
+            instances: BTreeMap::new(),
+            queue: Queue::default(),
+            throttle: None,
+            outage_until: None,
+            vcpu_quota,
+            violations: Vec::new(),
+            launches: 0,
+            errors_by_code: BTreeMap::new(),
+        };
+        let cloud = FakeCloud {
             config: Arc::new(config),
             catalog: Arc::new(catalog),
             clock,
             journal,
-            state: Arc::new(Mutex::new(State {
-                rng,
-                instances: BTreeMap::new(),
-                subnets,
-                spot_prices,
-            })),
+            state: Arc::new(Mutex::new(st)),
+        };
+        {
+            let mut st = cloud.lock();
+            cloud.add_foreign_instances(&mut st, now);
+        }
+        cloud
+    }
+
+    fn add_foreign_instances(&self, st: &mut State, now: Timestamp) {
+        for i in 0..self.config.foreign_instances {
+            let Some((name, zone)) = st
+                .offerings
+                .iter()
+                .find(|(n, _)| n.starts_with("m5."))
+                .cloned()
+            else {
+                return;
+            };
+            let mut tags = BTreeMap::new();
+            if i % 2 == 1 {
+                tags.insert(
+                    "kubernetes.io/cluster/other".to_string(),
+                    "owned".to_string(),
+                );
+                tags.insert("karpenter.sh/nodepool".to_string(), "default".to_string());
+            }
+            let price = self
+                .catalog
+                .types
+                .get(&name)
+                .map_or(0.0, |e| e.on_demand_price);
+            if let Some(rec) = self.place(
+                st,
+                &name,
+                &zone,
+                CapacityType::OnDemand,
+                price,
+                tags,
+                None,
+                now,
+            ) {
+                let id = rec.instance.id.clone();
+                let r = st.instances.get_mut(&id).expect("just placed");
+                r.foreign = true;
+                r.instance.state = InstanceState::Running;
+                r.visible_at = now;
+            }
         }
     }
 
@@ -160,47 +306,318 @@ impl FakeCloud {
         self.catalog.types.get(instance_type)
     }
 
-    /// Every instance the cloud knows, by id (for the simulator's kubelets and observer).
+    /// Every instance the cloud knows, regardless of visibility (for kubelets and the observer).
     pub fn instances(&self) -> Vec<InstanceRecord> {
         self.lock().instances.values().cloned().collect()
     }
 
-    /// Move instances whose transition time has come: pending -> running, shutting-down -> terminated.
+    /// Invariant violations seen by the cloud (a foreign instance terminated).
+    pub fn violations(&self) -> Vec<String> {
+        self.lock().violations.clone()
+    }
+
+    /// (launches, fleet errors by code)
+    pub fn launch_stats(&self) -> (u64, BTreeMap<String, u64>) {
+        let st = self.lock();
+        (st.launches, st.errors_by_code.clone())
+    }
+
+    pub fn pool_depth(&self, instance_type: &str, zone: &str, ct: CapacityType) -> Option<u32> {
+        self.lock()
+            .pools
+            .get(&(instance_type.to_string(), zone.to_string(), ct))
+            .map(|p| p.depth)
+    }
+
+    pub fn set_pool_depth(&self, instance_type: &str, zone: &str, ct: CapacityType, depth: u32) {
+        if let Some(p) =
+            self.lock()
+                .pools
+                .get_mut(&(instance_type.to_string(), zone.to_string(), ct))
+        {
+            p.depth = depth;
+        }
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    // ---- scenario hooks -------------------------------------------------------------------------------
+
+    /// Empty every pool matching the type globs, zones and capacity type until `until`.
+    pub fn capacity_shortage(
+        &self,
+        type_globs: &[String],
+        zones: &[String],
+        ct: Option<CapacityType>,
+        until: Timestamp,
+    ) -> usize {
+        let mut st = self.lock();
+        let mut n = 0;
+        for ((t, z, c), pool) in st.pools.iter_mut() {
+            let type_ok =
+                type_globs.is_empty() || type_globs.iter().any(|g| dovetail::cloud::glob(g, t));
+            let zone_ok = zones.is_empty() || zones.contains(z);
+            if type_ok && zone_ok && ct.is_none_or(|x| x == *c) {
+                pool.short_until = Some(until);
+                n += 1;
+            }
+        }
+        drop(st);
+        self.journal.record(
+            "fault",
+            format!(
+                "capacity-shortage pools={n} types={} zones={} capacity-type={} until {until}",
+                or_all(&type_globs.join(",")),
+                or_all(&zones.join(",")),
+                ct.map_or("*", CapacityType::as_str),
+            ),
+        );
+        n
+    }
+
+    /// Reclaim `fraction` of the running spot instances in `zone` (all zones if None): an interruption
+    /// warning now, termination two minutes later.
+    pub fn spot_interruption(&self, zone: Option<&str>, fraction: f64) -> Vec<String> {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        let mut ids: Vec<String> = st
+            .instances
+            .values()
+            .filter(|r| {
+                r.instance.capacity_type == CapacityType::Spot
+                    && r.instance.state == InstanceState::Running
+                    && r.reclaim_at.is_none()
+            })
+            .filter(|r| zone.is_none_or(|z| r.instance.zone == z))
+            .map(|r| r.instance.id.clone())
+            .collect();
+        // Seeded Fisher-Yates, then take the first share.
+        for i in (1..ids.len()).rev() {
+            let j = (st.rng.next_u64() % (i as u64 + 1)) as usize;
+            ids.swap(i, j);
+        }
+        let n = ((ids.len() as f64) * fraction.clamp(0.0, 1.0)).ceil() as usize;
+        ids.truncate(n);
+        ids.sort();
+        let at = add(now, Duration::from_secs(120));
+        for id in &ids {
+            if let Some(r) = st.instances.get_mut(id) {
+                r.reclaim_at = Some(at);
+            }
+            let body = sqs::spot_interruption_warning(&self.config.region, id, now);
+            st.queue.send(body, now);
+        }
+        drop(st);
+        for id in &ids {
+            self.journal.record(
+                "fault",
+                format!("spot-interruption-warning {id} terminates at {at}"),
+            );
+        }
+        ids
+    }
+
+    /// Make launches whose block devices use `key` fail until `until`.
+    pub fn disable_kms_key(&self, key: &str, until: Timestamp) {
+        self.lock().disabled_keys.insert(key.to_string(), until);
+        self.journal
+            .record("fault", format!("kms-key-disabled {key} until {until}"));
+    }
+
+    /// Throttle a share of EC2 calls with RequestLimitExceeded until `until`.
+    pub fn throttle(&self, rate: f64, until: Timestamp) {
+        self.lock().throttle = Some((rate.clamp(0.0, 1.0), until));
+        self.journal
+            .record("fault", format!("api-throttle rate={rate} until {until}"));
+    }
+
+    /// Every EC2 call fails with `Unavailable` until `until`.
+    pub fn outage(&self, until: Timestamp) {
+        self.lock().outage_until = Some(until);
+        self.journal
+            .record("fault", format!("api-outage until {until}"));
+    }
+
+    pub fn set_vcpu_quota(&self, ct: CapacityType, vcpus: u32) {
+        self.lock().vcpu_quota.insert(ct, vcpus);
+        self.journal
+            .record("fault", format!("vcpu-quota {ct} {vcpus}"));
+    }
+
+    /// Publish a newer AMI for an architecture (`x86_64` or `arm64`).
+    pub fn release_ami(&self, arch: &str, version: &str) -> String {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        let id = hex_id("ami", &mut st.rng);
+        st.images.push(Image {
+            id: id.clone(),
+            name: format!("amazon-eks-node-al2023-{arch}-standard-1.33-{version}"),
+            arch: arch.to_string(),
+            creation_date: now.to_string(),
+            tags: BTreeMap::new(),
+        });
+        drop(st);
+        self.journal
+            .record("fault", format!("ami-release {id} {arch} {version}"));
+        id
+    }
+
+    /// Put any body on the interruption queue (malformed and unknown messages included).
+    pub fn inject_message(&self, body: String) {
+        let now = self.clock.now();
+        self.lock().queue.send(body, now);
+    }
+
+    /// A scheduled-maintenance AWS Health event for an instance.
+    pub fn health_event(&self, instance_id: &str) {
+        let now = self.clock.now();
+        let body = sqs::scheduled_change(&self.config.region, instance_id, now);
+        self.lock().queue.send(body, now);
+    }
+
+    /// A rebalance recommendation for an instance.
+    pub fn rebalance_recommendation(&self, instance_id: &str) {
+        let now = self.clock.now();
+        let body = sqs::rebalance_recommendation(&self.config.region, instance_id, now);
+        self.lock().queue.send(body, now);
+    }
+
+    // ---- the clock-driven life --------------------------------------------------------------------------
+
+    /// Move everything whose time has come: instance states, reclaims, shortages, spot prices.
     pub fn step(&self) {
         let now = self.clock.now();
         let mut lines = Vec::new();
-        {
-            let mut st = self.lock();
-            for rec in st.instances.values_mut() {
-                if rec.transition_at > now {
-                    continue;
+        let region = self.config.region.clone();
+        let mut st = self.lock();
+        let State {
+            instances,
+            pools,
+            queue,
+            ..
+        } = &mut *st;
+        for rec in instances.values_mut() {
+            if let Some(at) = rec.reclaim_at
+                && at <= now
+                && rec.instance.state == InstanceState::Running
+            {
+                rec.instance.state = InstanceState::ShuttingDown;
+                rec.instance.state_reason = Some(StateReason {
+                    code: "Server.SpotInstanceTermination".into(),
+                    message: "Server.SpotInstanceTermination: Spot instance termination".into(),
+                });
+                rec.transition_at = add(now, self.config.shutdown_latency);
+                queue.send(
+                    sqs::state_change(&region, &rec.instance.id, "shutting-down", now),
+                    now,
+                );
+                lines.push(format!("reclaimed {}", rec.instance.id));
+                continue;
+            }
+            if rec.transition_at > now {
+                continue;
+            }
+            match rec.instance.state {
+                InstanceState::Pending if rec.kms_failure => {
+                    rec.instance.state = InstanceState::Terminated;
+                    rec.instance.state_reason = Some(StateReason {
+                        code: "Client.InternalError".into(),
+                        message: "Client.InternalError: Client error on launch".into(),
+                    });
+                    release(pools, &rec.instance);
+                    queue.send(
+                        sqs::state_change(&region, &rec.instance.id, "terminated", now),
+                        now,
+                    );
+                    lines.push(format!(
+                        "terminated {} Client.InternalError: Client error on launch",
+                        rec.instance.id
+                    ));
                 }
-                match rec.instance.state {
-                    InstanceState::Pending => {
-                        rec.instance.state = InstanceState::Running;
-                        lines.push(format!(
-                            "running {} {}",
-                            rec.instance.id, rec.private_dns_name
-                        ));
-                    }
-                    InstanceState::ShuttingDown => {
-                        rec.instance.state = InstanceState::Terminated;
-                        lines.push(format!("terminated {}", rec.instance.id));
-                    }
-                    _ => {}
+                InstanceState::Pending => {
+                    rec.instance.state = InstanceState::Running;
+                    queue.send(
+                        sqs::state_change(&region, &rec.instance.id, "running", now),
+                        now,
+                    );
+                    lines.push(format!(
+                        "running {} {}",
+                        rec.instance.id, rec.instance.private_dns_name
+                    ));
                 }
+                InstanceState::ShuttingDown => {
+                    rec.instance.state = InstanceState::Terminated;
+                    release(pools, &rec.instance);
+                    queue.send(
+                        sqs::state_change(&region, &rec.instance.id, "terminated", now),
+                        now,
+                    );
+                    lines.push(format!("terminated {}", rec.instance.id));
+                }
+                _ => {}
             }
         }
+        for pool in pools.values_mut() {
+            if pool.short_until.is_some_and(|u| u <= now) {
+                pool.short_until = None;
+            }
+        }
+        if now >= st.next_price_move {
+            st.next_price_move = add(now, self.config.spot_price_interval);
+            let State {
+                rng, spot_prices, ..
+            } = &mut *st;
+            for ((t, _), price) in spot_prices.iter_mut() {
+                let od = self
+                    .catalog
+                    .types
+                    .get(t)
+                    .map_or(*price, |e| e.on_demand_price);
+                // A bounded random walk: +-5% of on-demand per step.
+                let step = (unit(rng) - 0.5) * 0.10 * od;
+                *price = clamp_spot(od, *price + step);
+            }
+        }
+        drop(st);
         for l in lines {
             self.journal.record("cloud", l);
         }
     }
 
-    async fn api_call(&self) {
-        self.clock.sleep(self.config.api_latency).await;
+    /// Every EC2 call: latency, then outage and throttling.
+    async fn api_call(&self, action: &str) -> Result<(), CloudError> {
+        let latency = sample(&mut self.lock().rng, self.config.api_latency);
+        self.clock.sleep(latency).await;
+        let now = self.clock.now();
+        let mut st = self.lock();
+        if st.outage_until.is_some_and(|u| now < u) {
+            return Err(CloudError::new(
+                "Unavailable",
+                format!("{action}: the service is unavailable; try again later"),
+            ));
+        }
+        if let Some((rate, until)) = st.throttle {
+            if now >= until {
+                st.throttle = None;
+            } else if unit(&mut st.rng) < rate {
+                return Err(CloudError::new(
+                    "RequestLimitExceeded",
+                    format!("{action}: Request limit exceeded."),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn price(&self, st: &State, instance_type: &str, zone: &str, ct: CapacityType) -> Option<f64> {
+        if !st
+            .offerings
+            .contains(&(instance_type.to_string(), zone.to_string()))
+        {
+            return None;
+        }
         match ct {
             CapacityType::OnDemand => self.entry(instance_type).map(|e| e.on_demand_price),
             CapacityType::Spot => st
@@ -209,12 +626,124 @@ impl FakeCloud {
                 .copied(),
         }
     }
+
+    fn vcpus_in_use(&self, st: &State, ct: CapacityType) -> u32 {
+        st.instances
+            .values()
+            .filter(|r| !r.foreign && r.instance.capacity_type == ct)
+            .filter(|r| {
+                matches!(
+                    r.instance.state,
+                    InstanceState::Pending | InstanceState::Running
+                )
+            })
+            .filter_map(|r| self.entry(&r.instance.instance_type).map(|e| e.vcpu))
+            .sum()
+    }
+
+    /// Create the instance record (consuming pool depth and a subnet address).
+    #[allow(clippy::too_many_arguments)]
+    fn place(
+        &self,
+        st: &mut State,
+        instance_type: &str,
+        zone: &str,
+        ct: CapacityType,
+        price: f64,
+        tags: BTreeMap<String, String>,
+        template: Option<&LaunchTemplate>,
+        now: Timestamp,
+    ) -> Option<InstanceRecord> {
+        let State {
+            rng,
+            subnets,
+            instances,
+            pools,
+            disabled_keys,
+            ..
+        } = st;
+        let subnet = subnets.iter_mut().find(|s| s.subnet.zone == zone)?;
+        subnet.subnet.available_ip_addresses =
+            subnet.subnet.available_ip_addresses.checked_sub(1)?;
+        let host = subnet.next_host;
+        subnet.next_host += 1;
+        let [a, b, c] = subnet.cidr_base;
+        let ip = format!("{a}.{b}.{}.{}", u32::from(c) + host / 256, host % 256);
+        if let Some(p) = pools.get_mut(&(instance_type.to_string(), zone.to_string(), ct)) {
+            p.depth = p.depth.saturating_sub(1);
+        }
+        let id = hex_id("i", rng);
+        let latency = sample(rng, self.config.launch_latency);
+        let lag = sample(rng, self.config.visibility_lag);
+        let kms_failure = template.is_some_and(|t| {
+            t.data.block_devices.iter().any(|d| {
+                d.kms_key_id
+                    .as_ref()
+                    .is_some_and(|k| disabled_keys.get(k).is_some_and(|u| now < *u))
+            })
+        });
+        let kms_latency = Duration::from_millis(2000 + rng.next_u64() % 3000);
+        let instance = Instance {
+            id: id.clone(),
+            instance_type: instance_type.to_string(),
+            zone: zone.to_string(),
+            subnet_id: subnet.subnet.id.clone(),
+            capacity_type: ct,
+            state: InstanceState::Pending,
+            state_reason: None,
+            private_ip: ip.clone(),
+            private_dns_name: format!("ip-{}.ec2.internal", ip.replace('.', "-")),
+            image_id: template
+                .map(|t| t.data.image_id.clone())
+                .unwrap_or_default(),
+            launch_time: now,
+            tags,
+        };
+        let rec = InstanceRecord {
+            instance,
+            price,
+            transition_at: add(now, if kms_failure { kms_latency } else { latency }),
+            visible_at: add(now, lag),
+            foreign: false,
+            kms_failure,
+            reclaim_at: None,
+        };
+        instances.insert(id, rec.clone());
+        Some(rec)
+    }
+}
+
+fn or_all(list: &str) -> &str {
+    if list.is_empty() { "*" } else { list }
+}
+
+fn sample_u32(rng: &mut ChaCha8Rng, (lo, hi): (u32, u32)) -> u32 {
+    if hi <= lo {
+        lo
+    } else {
+        lo + rng.next_u32() % (hi - lo + 1)
+    }
+}
+
+fn release(pools: &mut BTreeMap<PoolKey, Pool>, i: &Instance) {
+    if let Some(p) = pools.get_mut(&(i.instance_type.clone(), i.zone.clone(), i.capacity_type)) {
+        p.depth += 1;
+    }
+}
+
+fn fleet_error(code: &str, message: String, o: &FleetOverride) -> FleetError {
+    FleetError {
+        code: code.to_string(),
+        message,
+        instance_type: o.instance_type.clone(),
+        zone: o.zone.clone(),
+    }
 }
 
 #[async_trait]
 impl Cloud for FakeCloud {
     async fn describe_instance_types(&self) -> Result<Vec<InstanceTypeInfo>, CloudError> {
-        self.api_call().await;
+        self.api_call("DescribeInstanceTypes").await?;
         Ok(self
             .catalog
             .types
@@ -237,21 +766,20 @@ impl Cloud for FakeCloud {
     async fn describe_instance_type_offerings(
         &self,
     ) -> Result<Vec<InstanceTypeOffering>, CloudError> {
-        self.api_call().await;
-        let mut out = Vec::new();
-        for name in self.catalog.types.keys() {
-            for zone in &self.config.zones {
-                out.push(InstanceTypeOffering {
-                    instance_type: name.clone(),
-                    zone: zone.clone(),
-                });
-            }
-        }
-        Ok(out)
+        self.api_call("DescribeInstanceTypeOfferings").await?;
+        Ok(self
+            .lock()
+            .offerings
+            .iter()
+            .map(|(t, z)| InstanceTypeOffering {
+                instance_type: t.clone(),
+                zone: z.clone(),
+            })
+            .collect())
     }
 
     async fn describe_spot_price_history(&self) -> Result<Vec<SpotPrice>, CloudError> {
-        self.api_call().await;
+        self.api_call("DescribeSpotPriceHistory").await?;
         let st = self.lock();
         Ok(st
             .spot_prices
@@ -265,7 +793,7 @@ impl Cloud for FakeCloud {
     }
 
     async fn on_demand_prices(&self) -> Result<BTreeMap<String, f64>, CloudError> {
-        self.api_call().await;
+        self.api_call("GetProducts").await?;
         Ok(self
             .catalog
             .types
@@ -275,192 +803,469 @@ impl Cloud for FakeCloud {
     }
 
     async fn describe_subnets(&self) -> Result<Vec<Subnet>, CloudError> {
-        self.api_call().await;
-        let st = self.lock();
-        Ok(st
+        self.api_call("DescribeSubnets").await?;
+        Ok(self
+            .lock()
             .subnets
             .iter()
-            .map(|s| Subnet {
-                id: s.id.clone(),
-                zone: s.zone.clone(),
-                available_ip_addresses: s.free,
-                tags: BTreeMap::new(),
-            })
+            .map(|s| s.subnet.clone())
             .collect())
+    }
+
+    async fn describe_security_groups(
+        &self,
+        filter: TagFilter,
+    ) -> Result<Vec<SecurityGroup>, CloudError> {
+        self.api_call("DescribeSecurityGroups").await?;
+        Ok(self
+            .lock()
+            .security_groups
+            .iter()
+            .filter(|g| filter.matches(&g.id, &g.name, &g.tags))
+            .cloned()
+            .collect())
+    }
+
+    async fn describe_images(&self, filter: TagFilter) -> Result<Vec<Image>, CloudError> {
+        self.api_call("DescribeImages").await?;
+        Ok(self
+            .lock()
+            .images
+            .iter()
+            .filter(|i| filter.matches(&i.id, &i.name, &i.tags))
+            .cloned()
+            .collect())
+    }
+
+    async fn create_launch_template(
+        &self,
+        name: String,
+        data: LaunchTemplateData,
+    ) -> Result<LaunchTemplate, CloudError> {
+        self.api_call("CreateLaunchTemplate").await?;
+        let mut st = self.lock();
+        if st.launch_templates.contains_key(&name) {
+            return Err(CloudError::new(
+                "InvalidLaunchTemplateName.AlreadyExistsException",
+                format!("Launch template name already in use: {name}"),
+            ));
+        }
+        if st.launch_templates.len() as u32 >= self.config.launch_template_quota {
+            return Err(CloudError::new(
+                "MaxTemplateLimitExceeded",
+                format!(
+                    "You've reached the maximum number of launch templates ({}) for this account",
+                    self.config.launch_template_quota
+                ),
+            ));
+        }
+        let lt = LaunchTemplate {
+            id: hex_id("lt", &mut st.rng),
+            name: name.clone(),
+            data,
+        };
+        st.launch_templates.insert(name, lt.clone());
+        Ok(lt)
+    }
+
+    async fn describe_launch_templates(
+        &self,
+        names: Vec<String>,
+    ) -> Result<Vec<LaunchTemplate>, CloudError> {
+        self.api_call("DescribeLaunchTemplates").await?;
+        let st = self.lock();
+        if let Some(missing) = names.iter().find(|n| !st.launch_templates.contains_key(*n)) {
+            return Err(CloudError::new(
+                "InvalidLaunchTemplateName.NotFoundException",
+                format!(
+                    "At least one of the launch templates specified in the request does not exist: {missing}"
+                ),
+            ));
+        }
+        Ok(st
+            .launch_templates
+            .values()
+            .filter(|t| names.is_empty() || names.contains(&t.name))
+            .cloned()
+            .collect())
+    }
+
+    async fn delete_launch_template(&self, name: String) -> Result<(), CloudError> {
+        self.api_call("DeleteLaunchTemplate").await?;
+        match self.lock().launch_templates.remove(&name) {
+            Some(_) => Ok(()),
+            None => Err(CloudError::new(
+                "InvalidLaunchTemplateName.NotFoundException",
+                format!(
+                    "The specified launch template, with template name {name}, does not exist."
+                ),
+            )),
+        }
     }
 
     async fn create_fleet(
         &self,
         request: CreateFleetRequest,
     ) -> Result<CreateFleetOutput, CloudError> {
-        self.api_call().await;
+        self.api_call("CreateFleet").await?;
         if request.overrides.is_empty() {
             return Err(CloudError::new(
                 "InvalidParameterValue",
                 "CreateFleet needs at least one override",
             ));
         }
-        if request.target_capacity != 1 {
+        if request.target_capacity == 0 {
             return Err(CloudError::new(
-                "InvalidParameterValue",
-                "this fake supports TargetCapacity 1",
+                "InvalidTargetCapacitySpecification",
+                "TotalTargetCapacity must be at least 1",
             ));
         }
         let now = self.clock.now();
         let mut st = self.lock();
-        let mut errors = Vec::new();
-        // lowest-price (on-demand) and price-capacity-optimized (spot) both land on the cheapest pool with
-        // capacity while pools are unlimited; ties go to the override's priority, then its order.
-        let mut ranked: Vec<(f64, f64, usize)> = Vec::new();
-        for (i, o) in request.overrides.iter().enumerate() {
-            let known_subnet = st
-                .subnets
-                .iter()
-                .any(|s| s.id == o.subnet_id && s.zone == o.zone);
-            match self.price(&st, &o.instance_type, &o.zone, request.capacity_type) {
-                Some(p) if known_subnet => ranked.push((p, o.priority.unwrap_or(f64::MAX), i)),
-                Some(_) => errors.push(FleetError {
-                    code: "InvalidSubnetID.NotFound".into(),
-                    message: format!("subnet {} does not exist in {}", o.subnet_id, o.zone),
-                    instance_type: o.instance_type.clone(),
-                    zone: o.zone.clone(),
-                }),
-                None => errors.push(FleetError {
-                    code: "Unsupported".into(),
-                    message: format!("{} is not offered in {}", o.instance_type, o.zone),
-                    instance_type: o.instance_type.clone(),
-                    zone: o.zone.clone(),
-                }),
+        let Some(template) = st
+            .launch_templates
+            .get(&request.launch_template_name)
+            .cloned()
+        else {
+            return Err(CloudError::new(
+                "InvalidLaunchTemplateName.NotFoundException",
+                format!(
+                    "The specified launch template, with template name {}, does not exist.",
+                    request.launch_template_name
+                ),
+            ));
+        };
+        let ct = request.capacity_type;
+        let mut errors: Vec<FleetError> = Vec::new();
+        let mut instances = Vec::new();
+        for _ in 0..request.target_capacity {
+            // Filter the overrides the way EC2 does before choosing among them.
+            let mut usable: Vec<(f64, u32, f64, usize)> = Vec::new();
+            let quota = st.vcpu_quota.get(&ct).copied().unwrap_or(u32::MAX);
+            let in_use = self.vcpus_in_use(&st, ct);
+            for (i, o) in request.overrides.iter().enumerate() {
+                let Some(price) = self.price(&st, &o.instance_type, &o.zone, ct) else {
+                    errors.push(fleet_error(
+                        "Unsupported",
+                        format!("Your requested instance type ({}) is not supported in your requested Availability Zone ({}).", o.instance_type, o.zone),
+                        o,
+                    ));
+                    continue;
+                };
+                let Some(subnet) = st.subnets.iter().find(|s| s.subnet.id == o.subnet_id) else {
+                    errors.push(fleet_error(
+                        "InvalidSubnetID.NotFound",
+                        format!("The subnet ID '{}' does not exist", o.subnet_id),
+                        o,
+                    ));
+                    continue;
+                };
+                if subnet.subnet.zone != o.zone {
+                    errors.push(fleet_error(
+                        "InvalidParameterValue",
+                        format!("subnet {} is not in {}", o.subnet_id, o.zone),
+                        o,
+                    ));
+                    continue;
+                }
+                if subnet.subnet.available_ip_addresses == 0 {
+                    errors.push(fleet_error("InsufficientFreeAddressesInSubnet", format!("There are not enough free addresses in subnet '{}' to satisfy the requested number of instances.", o.subnet_id), o));
+                    continue;
+                }
+                let vcpu = self.entry(&o.instance_type).map_or(0, |e| e.vcpu);
+                if in_use + vcpu > quota {
+                    let (code, what) = match ct {
+                        CapacityType::Spot => (
+                            "MaxSpotInstanceCountExceeded",
+                            "Max spot instance count exceeded",
+                        ),
+                        CapacityType::OnDemand => (
+                            "VcpuLimitExceeded",
+                            "You have requested more vCPU capacity than your current vCPU limit",
+                        ),
+                    };
+                    errors.push(fleet_error(
+                        code,
+                        format!("{what} ({in_use} of {quota} vCPUs in use)"),
+                        o,
+                    ));
+                    continue;
+                }
+                let pool = st.pools.get(&(o.instance_type.clone(), o.zone.clone(), ct));
+                let depth = pool
+                    .filter(|p| p.short_until.is_none_or(|u| u <= now))
+                    .map_or(0, |p| p.depth);
+                if depth == 0 {
+                    errors.push(fleet_error(
+                        "InsufficientInstanceCapacity",
+                        format!("We currently do not have sufficient {} capacity in the Availability Zone you requested ({}).", o.instance_type, o.zone),
+                        o,
+                    ));
+                    continue;
+                }
+                usable.push((price, depth, o.priority.unwrap_or(f64::MAX), i));
+            }
+            let choice = match ct {
+                // lowest-price: the cheapest pool; ties by priority, then by the order given.
+                CapacityType::OnDemand => usable
+                    .iter()
+                    .min_by(|a, b| {
+                        a.0.total_cmp(&b.0)
+                            .then(a.2.total_cmp(&b.2))
+                            .then(a.3.cmp(&b.3))
+                    })
+                    .copied(),
+                // price-capacity-optimized: the pools with the most spare capacity first (here: at least half
+                // the deepest), then the cheapest of those.
+                CapacityType::Spot => {
+                    let deepest = usable.iter().map(|u| u.1).max().unwrap_or(0);
+                    usable
+                        .iter()
+                        .filter(|u| u.1 * 2 >= deepest)
+                        .min_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)).then(a.3.cmp(&b.3)))
+                        .copied()
+                }
+            };
+            let Some((price, _, _, idx)) = choice else {
+                break;
+            };
+            let o = &request.overrides[idx];
+            if let Some(rec) = self.place(
+                &mut st,
+                &o.instance_type,
+                &o.zone,
+                ct,
+                price,
+                request.tags.clone(),
+                Some(&template),
+                now,
+            ) {
+                st.launches += 1;
+                instances.push(rec.instance);
             }
         }
-        ranked.sort_by(|a, b| {
-            a.0.total_cmp(&b.0)
-                .then(a.1.total_cmp(&b.1))
-                .then(a.2.cmp(&b.2))
-        });
-        let Some(&(price, _, idx)) = ranked.first() else {
-            return Ok(CreateFleetOutput {
-                instances: Vec::new(),
-                errors,
-            });
-        };
-        let o = request.overrides[idx].clone();
-        let State {
-            rng,
-            subnets,
-            instances,
-            ..
-        } = &mut *st;
-        let Some(subnet) = subnets.iter_mut().find(|s| s.id == o.subnet_id) else {
-            return Ok(CreateFleetOutput {
-                instances: Vec::new(),
-                errors,
-            });
-        };
-        if subnet.free == 0 {
+        if !instances.is_empty() && (instances.len() as u32) < request.target_capacity {
             errors.push(FleetError {
-                code: "InsufficientFreeAddressesInSubnet".into(),
-                message: format!("subnet {} has no free addresses", subnet.id),
-                instance_type: o.instance_type.clone(),
-                zone: o.zone.clone(),
-            });
-            return Ok(CreateFleetOutput {
-                instances: Vec::new(),
-                errors,
+                code: "UnfulfillableCapacity".into(),
+                message: format!("Unable to fulfill capacity due to your request configuration: {} of {} launched", instances.len(), request.target_capacity),
+                instance_type: String::new(),
+                zone: String::new(),
             });
         }
-        subnet.free -= 1;
-        let host = subnet.next_host;
-        subnet.next_host += 1;
-        let [a, b, c] = subnet.cidr_base;
-        let ip = format!("{a}.{b}.{}.{}", u32::from(c) + host / 256, host % 256);
-        let id = format!("i-{:017x}", rng.next_u64() >> 4);
-        let latency = sample(rng, self.config.launch_latency);
-        let instance = Instance {
-            id: id.clone(),
-            instance_type: o.instance_type.clone(),
-            zone: o.zone.clone(),
-            capacity_type: request.capacity_type,
-            state: InstanceState::Pending,
-            private_ip: ip.clone(),
-            tags: request.tags.clone(),
-        };
-        let rec = InstanceRecord {
-            instance: instance.clone(),
-            price,
-            launched_at: now,
-            transition_at: add(now, latency),
-            private_dns_name: format!("ip-{}.ec2.internal", ip.replace('.', "-")),
-        };
-        instances.insert(id.clone(), rec);
+        // EC2 reports each failing pool once.
+        let mut seen = BTreeSet::new();
+        errors.retain(|e| seen.insert((e.code.clone(), e.instance_type.clone(), e.zone.clone())));
+        for e in &errors {
+            *st.errors_by_code.entry(e.code.clone()).or_default() += 1;
+        }
         drop(st);
-        let owner = request
-            .tags
-            .get("karpenter.sh/nodeclaim")
-            .map(|n| format!(" for nodeclaim/{n}"))
-            .unwrap_or_default();
-        self.journal.record(
-            "cloud",
-            format!(
-                "launch {id} {} {} {} {price:.4}/h{owner}",
-                o.instance_type, o.zone, request.capacity_type
-            ),
-        );
-        Ok(CreateFleetOutput {
-            instances: vec![instance],
-            errors,
-        })
+        for i in &instances {
+            let owner = request
+                .tags
+                .get("karpenter.sh/nodeclaim")
+                .map(|n| format!(" for nodeclaim/{n}"))
+                .unwrap_or_default();
+            let price = self
+                .instances()
+                .into_iter()
+                .find(|r| r.instance.id == i.id)
+                .map_or(0.0, |r| r.price);
+            self.journal.record(
+                "cloud",
+                format!(
+                    "launch {} {} {} {} {price:.4}/h{owner}",
+                    i.id, i.instance_type, i.zone, ct
+                ),
+            );
+        }
+        if instances.is_empty() && !errors.is_empty() {
+            let mut codes: Vec<&str> = errors.iter().map(|e| e.code.as_str()).collect();
+            codes.dedup();
+            self.journal.record(
+                "cloud",
+                format!(
+                    "create-fleet {} failed: {} overrides, errors {}",
+                    ct,
+                    request.overrides.len(),
+                    codes.join(",")
+                ),
+            );
+        }
+        Ok(CreateFleetOutput { instances, errors })
     }
 
     async fn describe_instances(
         &self,
         request: DescribeInstancesRequest,
-    ) -> Result<Vec<Instance>, CloudError> {
-        self.api_call().await;
-        let st = self.lock();
-        for id in &request.instance_ids {
-            if !st.instances.contains_key(id) {
-                return Err(CloudError::new(
-                    "InvalidInstanceID.NotFound",
-                    format!("The instance ID '{id}' does not exist"),
-                ));
-            }
+    ) -> Result<DescribeInstancesOutput, CloudError> {
+        self.api_call("DescribeInstances").await?;
+        if !request.instance_ids.is_empty() && request.max_results.is_some() {
+            return Err(CloudError::new(
+                "InvalidParameterCombination",
+                "The parameter instancesSet cannot be used with the parameter maxResults",
+            ));
         }
-        Ok(st
+        if let Some(m) = request.max_results
+            && !(5..=1000).contains(&m)
+        {
+            return Err(CloudError::new(
+                "InvalidParameterValue",
+                format!("MaxResults must be between 5 and 1000, got {m}"),
+            ));
+        }
+        let now = self.clock.now();
+        let st = self.lock();
+        let visible = |r: &&InstanceRecord| r.visible_at <= now;
+        let missing: Vec<&String> = request
+            .instance_ids
+            .iter()
+            .filter(|id| st.instances.get(*id).filter(visible).is_none())
+            .collect();
+        if !missing.is_empty() {
+            let ids: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+            return Err(CloudError::new(
+                "InvalidInstanceID.NotFound",
+                format!("The instance IDs '{}' do not exist", ids.join(", ")),
+            ));
+        }
+        let all: Vec<Instance> = st
             .instances
             .values()
+            .filter(visible)
             .map(|r| &r.instance)
             .filter(|i| request.instance_ids.is_empty() || request.instance_ids.contains(&i.id))
             .filter(|i| request.tags.iter().all(|(k, v)| i.tags.get(k) == Some(v)))
+            .filter(|i| request.tag_keys.iter().all(|k| i.tags.contains_key(k)))
             .filter(|i| request.states.is_empty() || request.states.contains(&i.state))
             .cloned()
-            .collect())
+            .collect();
+        let start = match &request.next_token {
+            None => 0,
+            Some(t) => t
+                .strip_prefix("page-")
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| *n <= all.len())
+                .ok_or_else(|| {
+                    CloudError::new("InvalidParameterValue", format!("Invalid NextToken: {t}"))
+                })?,
+        };
+        let size = request.max_results.map_or(all.len(), |m| m as usize);
+        let end = (start + size).min(all.len());
+        let next_token = (end < all.len()).then(|| format!("page-{end}"));
+        Ok(DescribeInstancesOutput {
+            instances: all[start..end].to_vec(),
+            next_token,
+        })
     }
 
     async fn terminate_instances(&self, instance_ids: Vec<String>) -> Result<(), CloudError> {
-        self.api_call().await;
+        self.api_call("TerminateInstances").await?;
         let now = self.clock.now();
+        let region = self.config.region.clone();
         let mut st = self.lock();
         if let Some(id) = instance_ids
             .iter()
-            .find(|id| !st.instances.contains_key(*id))
+            .find(|id| st.instances.get(*id).is_none_or(|r| r.visible_at > now))
         {
             return Err(CloudError::new(
                 "InvalidInstanceID.NotFound",
                 format!("The instance ID '{id}' does not exist"),
             ));
         }
+        let State {
+            instances,
+            queue,
+            violations,
+            ..
+        } = &mut *st;
+        let mut lines = Vec::new();
         for id in &instance_ids {
-            if let Some(rec) = st.instances.get_mut(id)
-                && matches!(
-                    rec.instance.state,
-                    InstanceState::Pending | InstanceState::Running
-                )
-            {
+            let Some(rec) = instances.get_mut(id) else {
+                continue;
+            };
+            if rec.foreign {
+                violations.push(format!(
+                    "terminated foreign instance {id} (tags: {:?})",
+                    rec.instance.tags
+                ));
+            }
+            if matches!(
+                rec.instance.state,
+                InstanceState::Pending | InstanceState::Running
+            ) {
                 rec.instance.state = InstanceState::ShuttingDown;
+                rec.instance.state_reason = Some(StateReason {
+                    code: "Client.UserInitiatedShutdown".into(),
+                    message: "Client.UserInitiatedShutdown: User initiated shutdown".into(),
+                });
                 rec.transition_at = add(now, self.config.shutdown_latency);
+                queue.send(sqs::state_change(&region, id, "shutting-down", now), now);
+                lines.push(format!("shutting-down {id}"));
+            }
+        }
+        drop(st);
+        for l in lines {
+            self.journal.record("cloud", l);
+        }
+        Ok(())
+    }
+
+    async fn create_tags(
+        &self,
+        resource_ids: Vec<String>,
+        tags: BTreeMap<String, String>,
+    ) -> Result<(), CloudError> {
+        self.api_call("CreateTags").await?;
+        let now = self.clock.now();
+        let mut st = self.lock();
+        if let Some(id) = resource_ids
+            .iter()
+            .find(|id| st.instances.get(*id).is_none_or(|r| r.visible_at > now))
+        {
+            return Err(CloudError::new(
+                "InvalidInstanceID.NotFound",
+                format!("The instance ID '{id}' does not exist"),
+            ));
+        }
+        for id in &resource_ids {
+            if let Some(rec) = st.instances.get_mut(id) {
+                rec.instance.tags.extend(tags.clone());
             }
         }
         Ok(())
+    }
+
+    async fn receive_messages(
+        &self,
+        queue_url: &str,
+        max: u32,
+        visibility_timeout: Duration,
+    ) -> Result<Vec<QueueMessage>, CloudError> {
+        let latency = sample(&mut self.lock().rng, self.config.api_latency);
+        self.clock.sleep(latency).await;
+        if queue_url != self.config.queue_url {
+            return Err(CloudError::new(
+                "AWS.SimpleQueueService.NonExistentQueue",
+                format!("The specified queue does not exist: {queue_url}"),
+            ));
+        }
+        let now = self.clock.now();
+        self.lock().queue.receive(max, visibility_timeout, now)
+    }
+
+    async fn delete_message(
+        &self,
+        queue_url: &str,
+        receipt_handle: &str,
+    ) -> Result<(), CloudError> {
+        let latency = sample(&mut self.lock().rng, self.config.api_latency);
+        self.clock.sleep(latency).await;
+        if queue_url != self.config.queue_url {
+            return Err(CloudError::new(
+                "AWS.SimpleQueueService.NonExistentQueue",
+                format!("The specified queue does not exist: {queue_url}"),
+            ));
+        }
+        self.lock().queue.delete(receipt_handle)
     }
 }

@@ -1,10 +1,42 @@
-//! fakecloud: an in-memory EC2 that behaves like the real one, driven by simulated time and a seeded RNG.
+//! fakecloud: an in-memory EC2 and SQS that behave like AWS, driven by simulated time and a seeded RNG.
 //!
 //! It implements dovetail's `Cloud` trait. The simulator's `cloud` host calls [`FakeCloud::step`] to move
-//! instances through their states; everything else happens inside API calls.
+//! time-driven state; everything else happens inside API calls. Same seed, same calls -> same answers.
+//!
+//! # What is modelled
+//! - The real catalog (114 types, us-east-1 on-demand prices); each type offered in a seeded subset of zones;
+//!   spot prices per (type, zone) 30-70% below on-demand, moving by a bounded seeded random walk each hour.
+//! - Capacity pools per (type, zone, capacity type) with finite depth; launches consume, terminations refill;
+//!   scenarios drain pools for a while (`capacity_shortage`).
+//! - CreateFleet `instant`: a launch template (must exist) x overrides; `lowest-price` for on-demand,
+//!   `price-capacity-optimized` for spot (deep pools first, then the cheapest); per-override errors
+//!   (`InsufficientInstanceCapacity`, `MaxSpotInstanceCountExceeded`, `VcpuLimitExceeded`, `Unsupported`,
+//!   `InsufficientFreeAddressesInSubnet`, `UnfulfillableCapacity`) beside partial success; vCPU quotas per
+//!   capacity type.
+//! - Instances pending -> running -> shutting-down -> terminated with state reasons and tags; private IPs from
+//!   per-zone subnets with finite addresses; DescribeInstances with id / tag / tag-key / state filters and
+//!   pagination, eventually consistent (a new instance is invisible for a few seconds, and calls naming it
+//!   answer `InvalidInstanceID.NotFound`); CreateTags; TerminateInstances.
+//! - Launch templates by name with a quota (`MaxTemplateLimitExceeded`), duplicates refused; subnets, security
+//!   groups and images found by tag / id / name filters; AMI releases for drift.
+//! - KMS: a launch template whose block device names a disabled key yields an instance that goes pending ->
+//!   terminated within seconds with `Client.InternalError: Client error on launch` and never runs.
+//! - The interruption queue (SQS): EventBridge-shaped spot interruption warnings (two minutes before the
+//!   reclaim), rebalance recommendations, AWS Health scheduled changes, state-change notifications, and any
+//!   injected body; ReceiveMessage (1..10, visibility timeout, redelivery until deleted), DeleteMessage.
+//! - API faults: throttling (`RequestLimitExceeded`) at a rate, latency ranges, outage windows (`Unavailable`).
+//! - Foreign instances (untagged, or another cluster's) in every account; terminating one is a violation.
+//!
+//! # What is not modelled (yet)
+//! Capacity reservations, EBS volumes as resources, ENIs and prefix delegation, placement groups, instance
+//! store, per-account API rate buckets (throttling is a flat rate), IMDS, spot price history older than the
+//! latest price, SQS long polling and FIFO queues, the Pricing API's shape (prices come as a map).
 
 pub mod catalog;
+pub mod config;
 pub mod ec2;
+pub mod sqs;
 
 pub use catalog::{Catalog, CatalogEntry};
-pub use ec2::{CloudConfig, FakeCloud, InstanceRecord};
+pub use config::CloudConfig;
+pub use ec2::{FakeCloud, InstanceRecord};

@@ -4,9 +4,9 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use dovetail::cloud::InstanceState;
-use dovetail_fakecloud::FakeCloud;
-use dovetail_fakekube::FakeKube;
-use dovetail_fakekube::scheduler::Binding;
+use fakecloud::FakeCloud;
+use fakekube::FakeKube;
+use fakekube::scheduler::Binding;
 
 use crate::duration::human;
 use crate::scenario::Scenario;
@@ -28,10 +28,11 @@ impl Sample {
             .instances()
             .iter()
             .filter(|r| {
-                matches!(
-                    r.instance.state,
-                    InstanceState::Pending | InstanceState::Running
-                )
+                !r.foreign
+                    && matches!(
+                        r.instance.state,
+                        InstanceState::Pending | InstanceState::Running
+                    )
             })
             .map(|r| r.price)
             .collect();
@@ -69,7 +70,9 @@ pub struct Observations {
     pub bindings: Vec<Binding>,
     /// Pods still unbound at the end, with how long they had waited.
     pub still_pending: Vec<Duration>,
-    pub launches: usize,
+    pub launches: u64,
+    pub fleet_errors: std::collections::BTreeMap<String, u64>,
+    pub violations: Vec<String>,
     pub duration: Duration,
 }
 
@@ -91,7 +94,10 @@ impl Observations {
         epoch: jiff::Timestamp,
     ) {
         self.duration = duration;
-        self.launches = cloud.instances().len();
+        let (launches, errors) = cloud.launch_stats();
+        self.launches = launches;
+        self.fleet_errors = errors;
+        self.violations = cloud.violations();
         let end = epoch.checked_add(duration).unwrap_or(epoch);
         for p in kube.store().list("Pod") {
             if !p["spec"]["nodeName"].is_null() {
@@ -141,6 +147,12 @@ pub struct Verdict {
 
 pub fn verdicts(scenario: &Scenario, o: &Observations) -> Vec<Verdict> {
     let mut out = Vec::new();
+    for v in &o.violations {
+        out.push(Verdict {
+            what: format!("invariant: {v}"),
+            ok: false,
+        });
+    }
     if let Some(max) = scenario.expect.pods_pending_max {
         let got = o.pending_max();
         out.push(Verdict {
@@ -188,7 +200,21 @@ pub fn summary(scenario: &Scenario, seed: u64, o: &Observations, verdicts: &[Ver
         "  nodes            end {}, max {}",
         o.last.nodes, o.max_instances
     );
-    let _ = writeln!(s, "  launches         {}", o.launches);
+    let errors: Vec<String> = o
+        .fleet_errors
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let errors = if errors.is_empty() {
+        "none".to_string()
+    } else {
+        errors.join(" ")
+    };
+    let _ = writeln!(
+        s,
+        "  launches         {} (fleet errors: {errors})",
+        o.launches
+    );
     let _ = writeln!(
         s,
         "  pods             {} at end, {} pending at end, {} bindings",
@@ -211,7 +237,10 @@ pub fn summary(scenario: &Scenario, seed: u64, o: &Observations, verdicts: &[Ver
             if v.ok { "ok" } else { "FAILED" }
         );
     }
-    let pass = verdicts.iter().all(|v| v.ok);
+    for v in &o.violations {
+        let _ = writeln!(s, "  VIOLATION        {v}");
+    }
+    let pass = verdicts.iter().all(|v| v.ok) && o.violations.is_empty();
     let _ = writeln!(
         s,
         "  verdict          {}",

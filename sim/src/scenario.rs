@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use dovetail::cloud::CapacityType;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -48,6 +49,14 @@ struct RawCloud {
     boot_to_ready: Option<Spanned<String>>,
     #[serde(default)]
     api_latency: Option<Spanned<String>>,
+    #[serde(default)]
+    foreign_instances: Option<u32>,
+    #[serde(default)]
+    spot_depth: Option<Spanned<String>>,
+    #[serde(default)]
+    on_demand_vcpu_quota: Option<u32>,
+    #[serde(default)]
+    spot_vcpu_quota: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +76,83 @@ struct RawEvent {
     scale: Option<RawScale>,
     #[serde(default)]
     apply: Option<Vec<Spanned<Node>>>,
+    #[serde(default)]
+    spot_interruption: Option<RawSpotInterruption>,
+    #[serde(default)]
+    capacity_shortage: Option<RawShortage>,
+    #[serde(default)]
+    kms_key_disabled: Option<RawKms>,
+    #[serde(default)]
+    api_throttle: Option<RawThrottle>,
+    #[serde(default)]
+    api_outage: Option<RawOutage>,
+    #[serde(default)]
+    vcpu_quota: Option<RawQuota>,
+    #[serde(default)]
+    ami_release: Option<RawAmi>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpotInterruption {
+    #[serde(default)]
+    zone: Option<String>,
+    fraction: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShortage {
+    #[serde(default)]
+    instance_types: Vec<String>,
+    #[serde(default)]
+    zones: Vec<String>,
+    #[serde(default)]
+    capacity_type: Option<Spanned<String>>,
+    #[serde(rename = "for")]
+    for_: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKms {
+    key: String,
+    #[serde(rename = "for")]
+    for_: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawThrottle {
+    rate: f64,
+    #[serde(rename = "for")]
+    for_: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutage {
+    #[serde(rename = "for")]
+    for_: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuota {
+    capacity_type: Spanned<String>,
+    vcpus: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAmi {
+    #[serde(default = "default_arch")]
+    arch: String,
+    version: String,
+}
+
+fn default_arch() -> String {
+    "x86_64".to_string()
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +188,35 @@ pub enum Action {
         replicas: u32,
     },
     Apply(Vec<Manifest>),
+    SpotInterruption {
+        zone: Option<String>,
+        fraction: f64,
+    },
+    CapacityShortage {
+        instance_types: Vec<String>,
+        zones: Vec<String>,
+        capacity_type: Option<CapacityType>,
+        for_: Duration,
+    },
+    KmsKeyDisabled {
+        key: String,
+        for_: Duration,
+    },
+    ApiThrottle {
+        rate: f64,
+        for_: Duration,
+    },
+    ApiOutage {
+        for_: Duration,
+    },
+    VcpuQuota {
+        capacity_type: CapacityType,
+        vcpus: u32,
+    },
+    AmiRelease {
+        arch: String,
+        version: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -116,7 +231,11 @@ pub struct CloudSpec {
     pub zones: Vec<String>,
     pub launch_latency: (Duration, Duration),
     pub boot_to_ready: (Duration, Duration),
-    pub api_latency: Duration,
+    pub api_latency: (Duration, Duration),
+    pub foreign_instances: u32,
+    pub spot_depth: (u32, u32),
+    pub on_demand_vcpu_quota: u32,
+    pub spot_vcpu_quota: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -159,6 +278,45 @@ impl Loader<'_> {
 
     fn duration(&self, s: &Spanned<String>, field: &str) -> Result<Duration, SimError> {
         duration::parse(&s.value).map_err(|m| self.err(pos(s), field, m))
+    }
+
+    fn count_range(&self, s: &Spanned<String>, field: &str) -> Result<(u32, u32), SimError> {
+        let parse = |t: &str| {
+            t.trim().parse::<u32>().map_err(|_| {
+                self.err(
+                    pos(s),
+                    field,
+                    format!("`{}` is not a count range such as 20..200", s.value),
+                )
+            })
+        };
+        match s.value.split_once("..") {
+            Some((lo, hi)) => {
+                let (lo, hi) = (parse(lo)?, parse(hi)?);
+                if hi < lo {
+                    return Err(self.err(
+                        pos(s),
+                        field,
+                        format!("`{}`: the range ends before it starts", s.value),
+                    ));
+                }
+                Ok((lo, hi))
+            }
+            None => parse(&s.value).map(|n| (n, n)),
+        }
+    }
+
+    fn capacity_type(&self, s: &Spanned<String>, field: &str) -> Result<CapacityType, SimError> {
+        CapacityType::parse(&s.value).ok_or_else(|| {
+            self.err(
+                pos(s),
+                field,
+                format!(
+                    "`{}` is not a capacity type; use spot or on-demand",
+                    s.value
+                ),
+            )
+        })
     }
 
     fn range(&self, s: &Spanned<String>, field: &str) -> Result<(Duration, Duration), SimError> {
@@ -395,9 +553,16 @@ impl Scenario {
                 None => (Duration::from_secs(40), Duration::from_secs(70)),
             },
             api_latency: match &raw.cloud.api_latency {
-                Some(s) => l.duration(s, "cloud.api_latency")?,
-                None => Duration::from_millis(50),
+                Some(s) => l.range(s, "cloud.api_latency")?,
+                None => (Duration::from_millis(30), Duration::from_millis(80)),
             },
+            foreign_instances: raw.cloud.foreign_instances.unwrap_or(3),
+            spot_depth: match &raw.cloud.spot_depth {
+                Some(s) => l.count_range(s, "cloud.spot_depth")?,
+                None => (20, 200),
+            },
+            on_demand_vcpu_quota: raw.cloud.on_demand_vcpu_quota.unwrap_or(20_000),
+            spot_vcpu_quota: raw.cloud.spot_vcpu_quota.unwrap_or(20_000),
         };
         if cloud.zones.is_empty() {
             return Err(SimError::Scenario {
@@ -441,54 +606,134 @@ impl Scenario {
         for (i, ev) in raw.timeline.iter().enumerate() {
             let field = format!("timeline[{i}]");
             let at = l.duration(&ev.value.at, &format!("{field}.at"))?;
-            let action = match (&ev.value.scale, &ev.value.apply) {
-                (Some(s), None) => {
-                    let (ns, name) = s
-                        .deployment
-                        .value
-                        .split_once('/')
-                        .unwrap_or(("default", &s.deployment.value));
-                    if !known_deployments.iter().any(|(n, d)| n == ns && d == name) {
-                        return Err(l.err(
-                            pos(&s.deployment),
-                            &format!("{field}.scale.deployment"),
-                            format!("no Deployment `{ns}/{name}` in the scenario's manifests (write namespace/name)"),
-                        ));
-                    }
-                    Action::Scale {
-                        namespace: ns.to_string(),
-                        name: name.to_string(),
-                        replicas: s.replicas,
-                    }
-                }
-                (None, Some(list)) => {
-                    let mut out = Vec::new();
-                    for (j, m) in list.iter().enumerate() {
-                        let man = l.manifest(m, &format!("{field}.apply[{j}]"))?;
-                        if man.kind == "Deployment" {
-                            let ns = man.object["metadata"]["namespace"]
-                                .as_str()
-                                .unwrap_or("default")
-                                .to_string();
-                            known_deployments.push((
-                                ns,
-                                man.object["metadata"]["name"]
-                                    .as_str()
-                                    .unwrap_or_default()
-                                    .to_string(),
-                            ));
-                        }
-                        out.push(man);
-                    }
-                    Action::Apply(out)
-                }
-                _ => {
+            let e = &ev.value;
+            let given = [
+                e.scale.is_some(),
+                e.apply.is_some(),
+                e.spot_interruption.is_some(),
+                e.capacity_shortage.is_some(),
+                e.kms_key_disabled.is_some(),
+                e.api_throttle.is_some(),
+                e.api_outage.is_some(),
+                e.vcpu_quota.is_some(),
+                e.ami_release.is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
+            if given != 1 {
+                return Err(l.err(
+                    pos(ev),
+                    &field,
+                    "each timeline entry needs exactly one action: scale, apply, spot_interruption, capacity_shortage, kms_key_disabled, api_throttle, api_outage, vcpu_quota or ami_release",
+                ));
+            }
+            let action = if let Some(s) = &e.scale {
+                let (ns, name) = s
+                    .deployment
+                    .value
+                    .split_once('/')
+                    .unwrap_or(("default", &s.deployment.value));
+                if !known_deployments.iter().any(|(n, d)| n == ns && d == name) {
                     return Err(l.err(
-                        pos(ev),
-                        &field,
-                        "each timeline entry needs exactly one action: `scale` or `apply`",
+                        pos(&s.deployment),
+                        &format!("{field}.scale.deployment"),
+                        format!("no Deployment `{ns}/{name}` in the scenario's manifests (write namespace/name)"),
                     ));
                 }
+                Action::Scale {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    replicas: s.replicas,
+                }
+            } else if let Some(list) = &e.apply {
+                let mut out = Vec::new();
+                for (j, m) in list.iter().enumerate() {
+                    let man = l.manifest(m, &format!("{field}.apply[{j}]"))?;
+                    if man.kind == "Deployment" {
+                        let ns = man.object["metadata"]["namespace"]
+                            .as_str()
+                            .unwrap_or("default")
+                            .to_string();
+                        known_deployments.push((
+                            ns,
+                            man.object["metadata"]["name"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_string(),
+                        ));
+                    }
+                    out.push(man);
+                }
+                Action::Apply(out)
+            } else if let Some(s) = &e.spot_interruption {
+                if !(0.0..=1.0).contains(&s.fraction) {
+                    return Err(l.err(
+                        pos(ev),
+                        &format!("{field}.spot_interruption.fraction"),
+                        "fraction must be between 0 and 1",
+                    ));
+                }
+                Action::SpotInterruption {
+                    zone: s.zone.clone(),
+                    fraction: s.fraction,
+                }
+            } else if let Some(s) = &e.capacity_shortage {
+                let capacity_type = match &s.capacity_type {
+                    Some(c) => Some(
+                        l.capacity_type(c, &format!("{field}.capacity_shortage.capacity_type"))?,
+                    ),
+                    None => None,
+                };
+                Action::CapacityShortage {
+                    instance_types: s.instance_types.clone(),
+                    zones: s.zones.clone(),
+                    capacity_type,
+                    for_: l.duration(&s.for_, &format!("{field}.capacity_shortage.for"))?,
+                }
+            } else if let Some(s) = &e.kms_key_disabled {
+                Action::KmsKeyDisabled {
+                    key: s.key.clone(),
+                    for_: l.duration(&s.for_, &format!("{field}.kms_key_disabled.for"))?,
+                }
+            } else if let Some(s) = &e.api_throttle {
+                if !(0.0..=1.0).contains(&s.rate) {
+                    return Err(l.err(
+                        pos(ev),
+                        &format!("{field}.api_throttle.rate"),
+                        "rate must be between 0 and 1",
+                    ));
+                }
+                Action::ApiThrottle {
+                    rate: s.rate,
+                    for_: l.duration(&s.for_, &format!("{field}.api_throttle.for"))?,
+                }
+            } else if let Some(s) = &e.api_outage {
+                Action::ApiOutage {
+                    for_: l.duration(&s.for_, &format!("{field}.api_outage.for"))?,
+                }
+            } else if let Some(s) = &e.vcpu_quota {
+                Action::VcpuQuota {
+                    capacity_type: l.capacity_type(
+                        &s.capacity_type,
+                        &format!("{field}.vcpu_quota.capacity_type"),
+                    )?,
+                    vcpus: s.vcpus,
+                }
+            } else if let Some(s) = &e.ami_release {
+                if s.arch != "x86_64" && s.arch != "arm64" {
+                    return Err(l.err(
+                        pos(ev),
+                        &format!("{field}.ami_release.arch"),
+                        "arch is x86_64 or arm64",
+                    ));
+                }
+                Action::AmiRelease {
+                    arch: s.arch.clone(),
+                    version: s.version.clone(),
+                }
+            } else {
+                unreachable!("exactly one action was counted above")
             };
             if at > duration {
                 return Err(l.err(

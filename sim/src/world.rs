@@ -5,10 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use dovetail::cloud::InstanceState;
-use dovetail_fakecloud::{Catalog, CloudConfig, FakeCloud, catalog::kubelet_resources};
-use dovetail_fakekube::scheduler::Scheduler;
-use dovetail_fakekube::workloads::Workloads;
-use dovetail_fakekube::{FakeKube, Kubelets, Machine, Store};
+use fakecloud::{Catalog, CloudConfig, FakeCloud, catalog::kubelet_resources};
+use fakekube::scheduler::Scheduler;
+use fakekube::workloads::Workloads;
+use fakekube::{FakeKube, Kubelets, Machine, Store};
+use jiff::Timestamp;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use serde_json::json;
@@ -36,13 +37,13 @@ fn machines(cloud: &FakeCloud) -> Vec<Machine> {
     cloud
         .instances()
         .into_iter()
-        .filter(|r| r.instance.state != InstanceState::Pending)
+        .filter(|r| r.instance.state != InstanceState::Pending && !r.foreign)
         .filter_map(|r| {
             let entry = cloud.entry(&r.instance.instance_type)?;
             let (capacity, allocatable) = kubelet_resources(entry);
             Some(Machine {
                 instance_id: r.instance.id.clone(),
-                node_name: r.private_dns_name.clone(),
+                node_name: r.instance.private_dns_name.clone(),
                 zone: r.instance.zone.clone(),
                 region: cloud.config().region.clone(),
                 instance_type: r.instance.instance_type.clone(),
@@ -72,7 +73,7 @@ fn apply(kube: &FakeKube, trace: &Trace, manifests: &[Manifest], now: jiff::Time
             .store()
             .get(
                 &kind,
-                if dovetail_fakekube::store::is_namespaced(&kind) {
+                if fakekube::store::is_namespaced(&kind) {
                     &ns
                 } else {
                     ""
@@ -81,7 +82,7 @@ fn apply(kube: &FakeKube, trace: &Trace, manifests: &[Manifest], now: jiff::Time
             )
             .is_some();
         let result = if exists {
-            let key_ns = if dovetail_fakekube::store::is_namespaced(&kind) {
+            let key_ns = if fakekube::store::is_namespaced(&kind) {
                 ns.clone()
             } else {
                 String::new()
@@ -180,8 +181,13 @@ async fn cluster_host(p: ClusterParts) -> turmoil::Result {
     }
 }
 
+fn later(now: Timestamp, d: Duration) -> Timestamp {
+    now.checked_add(d).unwrap_or(now)
+}
+
 async fn workload_host(
     kube: FakeKube,
+    cloud: FakeCloud,
     trace: Trace,
     manifests: Vec<Manifest>,
     timeline: Vec<crate::scenario::Event>,
@@ -221,6 +227,27 @@ async fn workload_host(
                 }
             }
             Action::Apply(ms) => apply(&kube, &trace, &ms, now),
+            Action::SpotInterruption { zone, fraction } => {
+                cloud.spot_interruption(zone.as_deref(), fraction);
+            }
+            Action::CapacityShortage {
+                instance_types,
+                zones,
+                capacity_type,
+                for_,
+            } => {
+                cloud.capacity_shortage(&instance_types, &zones, capacity_type, later(now, for_));
+            }
+            Action::KmsKeyDisabled { key, for_ } => cloud.disable_kms_key(&key, later(now, for_)),
+            Action::ApiThrottle { rate, for_ } => cloud.throttle(rate, later(now, for_)),
+            Action::ApiOutage { for_ } => cloud.outage(later(now, for_)),
+            Action::VcpuQuota {
+                capacity_type,
+                vcpus,
+            } => cloud.set_vcpu_quota(capacity_type, vcpus),
+            Action::AmiRelease { arch, version } => {
+                cloud.release_ami(&arch, &version);
+            }
         }
     }
     std::future::pending::<()>().await;
@@ -246,6 +273,10 @@ pub fn run(scenario: &Scenario, seed: u64, until: Option<Duration>) -> Result<Ru
             zones: scenario.cloud.zones.clone(),
             launch_latency: scenario.cloud.launch_latency,
             api_latency: scenario.cloud.api_latency,
+            foreign_instances: scenario.cloud.foreign_instances,
+            spot_depth: scenario.cloud.spot_depth,
+            on_demand_vcpu_quota: scenario.cloud.on_demand_vcpu_quota,
+            spot_vcpu_quota: scenario.cloud.spot_vcpu_quota,
             ..CloudConfig::default()
         },
         Catalog::builtin(),
@@ -312,12 +343,13 @@ pub fn run(scenario: &Scenario, seed: u64, until: Option<Duration>) -> Result<Ru
         });
     }
     {
-        let (kube, trace) = (kube.clone(), trace.clone());
+        let (kube, cloud, trace) = (kube.clone(), cloud.clone(), trace.clone());
         let manifests = scenario.manifests.clone();
         let timeline = scenario.timeline.clone();
         sim.host("workload", move || {
             workload_host(
                 kube.clone(),
+                cloud.clone(),
                 trace.clone(),
                 manifests.clone(),
                 timeline.clone(),

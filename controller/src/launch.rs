@@ -1,0 +1,278 @@
+//! The AWS launch path: resolve an EC2NodeClass (subnets, security groups, AMI, block devices), reuse launch
+//! templates by content, classify CreateFleet errors, and remember unavailable offerings for a while.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::cloud::{
+    BlockDevice, CapacityType, CloudError, FleetError, Image, LaunchTemplateData, Subnet, TagFilter,
+};
+use crate::crds::EC2NodeClass;
+use crate::crds::ec2nodeclass::SelectorTerm;
+
+/// How long an offering that answered with insufficient capacity is left out (Karpenter: 3 minutes).
+pub const UNAVAILABLE_TTL: Duration = Duration::from_secs(180);
+
+/// Fleet error codes that mean "this pool has no room now; try elsewhere" rather than "retry later".
+pub fn is_capacity_error(code: &str) -> bool {
+    matches!(
+        code,
+        "InsufficientInstanceCapacity"
+            | "MaxSpotInstanceCountExceeded"
+            | "VcpuLimitExceeded"
+            | "UnfulfillableCapacity"
+            | "Unsupported"
+            | "InsufficientFreeAddressesInSubnet"
+    )
+}
+
+/// Errors worth retrying soon without changing the request: throttling and transient service errors.
+pub fn is_transient(e: &CloudError) -> bool {
+    matches!(
+        e.code.as_str(),
+        "RequestLimitExceeded"
+            | "Throttling"
+            | "Unavailable"
+            | "ServiceUnavailable"
+            | "InternalError"
+    )
+}
+
+/// Offerings that recently failed, keyed capacity-type:type:zone, each with its expiry (clock time).
+#[derive(Debug, Clone, Default)]
+pub struct UnavailableOfferings {
+    until: BTreeMap<(CapacityType, String, String), Duration>,
+}
+
+impl UnavailableOfferings {
+    /// Record the capacity errors of one CreateFleet answer; returns how many offerings were marked.
+    pub fn record(&mut self, ct: CapacityType, errors: &[FleetError], now: Duration) -> usize {
+        let mut n = 0;
+        for e in errors
+            .iter()
+            .filter(|e| is_capacity_error(&e.code) && !e.instance_type.is_empty())
+        {
+            self.until.insert(
+                (ct, e.instance_type.clone(), e.zone.clone()),
+                now + UNAVAILABLE_TTL,
+            );
+            n += 1;
+        }
+        n
+    }
+
+    pub fn is_unavailable(
+        &self,
+        ct: CapacityType,
+        instance_type: &str,
+        zone: &str,
+        now: Duration,
+    ) -> bool {
+        self.until
+            .get(&(ct, instance_type.to_string(), zone.to_string()))
+            .is_some_and(|u| now < *u)
+    }
+
+    pub fn expire(&mut self, now: Duration) {
+        self.until.retain(|_, u| now < *u);
+    }
+}
+
+fn term_filter(term: &SelectorTerm) -> TagFilter {
+    TagFilter {
+        tags: term.tags.clone(),
+        ids: term.id.iter().cloned().collect(),
+        names: term.name.iter().cloned().collect(),
+    }
+}
+
+/// Selector terms are OR-ed: an item matches if any term matches it.
+pub fn select_subnets(class: &EC2NodeClass, subnets: Vec<Subnet>) -> Vec<Subnet> {
+    subnets
+        .into_iter()
+        .filter(|s| {
+            class
+                .spec
+                .subnet_selector_terms
+                .iter()
+                .any(|t| term_filter(t).matches(&s.id, "", &s.tags))
+        })
+        .collect()
+}
+
+pub fn security_group_filters(class: &EC2NodeClass) -> Vec<TagFilter> {
+    class
+        .spec
+        .security_group_selector_terms
+        .iter()
+        .map(term_filter)
+        .collect()
+}
+
+/// EC2 architecture name of a Kubernetes arch label.
+pub fn ec2_arch(arch: &str) -> &str {
+    if arch == "arm64" { "arm64" } else { "x86_64" }
+}
+
+/// Image filters for one architecture from `amiSelectorTerms`; an alias `family@latest` (or `@vX`) becomes
+/// the EKS-optimized image name pattern of that family.
+pub fn image_filters(class: &EC2NodeClass, arch: &str) -> Vec<TagFilter> {
+    class
+        .spec
+        .ami_selector_terms
+        .iter()
+        .map(|t| match &t.alias {
+            Some(alias) => {
+                let (family, version) = alias.split_once('@').unwrap_or((alias.as_str(), "latest"));
+                let version = if version == "latest" {
+                    "*".to_string()
+                } else {
+                    version.to_string()
+                };
+                TagFilter {
+                    names: vec![format!(
+                        "amazon-eks-node-{family}-{}-standard-*-{version}",
+                        ec2_arch(arch)
+                    )],
+                    ..Default::default()
+                }
+            }
+            None => TagFilter {
+                tags: t.tags.clone(),
+                ids: t.id.iter().cloned().collect(),
+                names: t.name.iter().cloned().collect(),
+            },
+        })
+        .collect()
+}
+
+/// The newest image of the architecture (EC2 names sort equal dates; creation date decides).
+pub fn newest_image(images: &[Image], arch: &str) -> Option<Image> {
+    images
+        .iter()
+        .filter(|i| i.arch == ec2_arch(arch))
+        .max_by(|a, b| a.creation_date.cmp(&b.creation_date).then(a.id.cmp(&b.id)))
+        .cloned()
+}
+
+fn gib(size: &str) -> u32 {
+    crate::quantity::parse(size)
+        .map(|m| (m.units() >> 30) as u32)
+        .unwrap_or(20)
+}
+
+/// The launch template content for a node class, an image and security groups.
+pub fn template_data(
+    class: &EC2NodeClass,
+    image_id: &str,
+    security_groups: &[String],
+    tags: &BTreeMap<String, String>,
+) -> LaunchTemplateData {
+    let block_devices = if class.spec.block_device_mappings.is_empty() {
+        vec![BlockDevice {
+            device_name: "/dev/xvda".into(),
+            volume_size_gib: 20,
+            encrypted: true,
+            kms_key_id: None,
+        }]
+    } else {
+        class
+            .spec
+            .block_device_mappings
+            .iter()
+            .map(|m| {
+                let ebs = m.ebs.clone().unwrap_or_default();
+                BlockDevice {
+                    device_name: m.device_name.clone().unwrap_or_else(|| "/dev/xvda".into()),
+                    volume_size_gib: ebs.volume_size.as_deref().map_or(20, gib),
+                    encrypted: ebs.encrypted.unwrap_or(false),
+                    kms_key_id: ebs.kms_key_id.clone(),
+                }
+            })
+            .collect()
+    };
+    let mut sgs: Vec<String> = security_groups.to_vec();
+    sgs.sort();
+    LaunchTemplateData {
+        image_id: image_id.to_string(),
+        security_group_ids: sgs,
+        block_devices,
+        user_data: class.spec.user_data.clone().unwrap_or_default(),
+        instance_profile: class
+            .spec
+            .instance_profile
+            .clone()
+            .or_else(|| class.spec.role.clone())
+            .unwrap_or_default(),
+        tags: tags.clone(),
+    }
+}
+
+/// A launch template name derived from its content, so equal content reuses one template instead of
+/// creating a new one per launch (Karpenter's launch-template churn).
+pub fn template_name(cluster: &str, class: &str, data: &LaunchTemplateData) -> String {
+    let text = format!("{data:?}");
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("dovetail/{cluster}/{class}/{h:016x}")
+}
+
+/// Names of templates the controller knows exist, so it asks EC2 only once per content.
+#[derive(Debug, Clone, Default)]
+pub struct KnownTemplates(pub BTreeSet<String>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(code: &str, t: &str, z: &str) -> FleetError {
+        FleetError {
+            code: code.into(),
+            message: String::new(),
+            instance_type: t.into(),
+            zone: z.into(),
+        }
+    }
+
+    #[test]
+    fn capacity_errors_are_cached_for_three_minutes() {
+        let mut c = UnavailableOfferings::default();
+        let now = Duration::from_secs(100);
+        let n = c.record(
+            CapacityType::Spot,
+            &[
+                err("InsufficientInstanceCapacity", "c5.large", "a"),
+                err("RequestLimitExceeded", "m5.large", "a"),
+            ],
+            now,
+        );
+        assert_eq!(n, 1);
+        assert!(c.is_unavailable(CapacityType::Spot, "c5.large", "a", now));
+        assert!(!c.is_unavailable(CapacityType::OnDemand, "c5.large", "a", now));
+        assert!(!c.is_unavailable(CapacityType::Spot, "m5.large", "a", now));
+        assert!(!c.is_unavailable(CapacityType::Spot, "c5.large", "a", now + UNAVAILABLE_TTL));
+    }
+
+    #[test]
+    fn equal_content_gets_one_name() {
+        let d = LaunchTemplateData {
+            image_id: "ami-1".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            template_name("c", "default", &d),
+            template_name("c", "default", &d.clone())
+        );
+        let e = LaunchTemplateData {
+            image_id: "ami-2".into(),
+            ..Default::default()
+        };
+        assert_ne!(
+            template_name("c", "default", &d),
+            template_name("c", "default", &e)
+        );
+    }
+}
