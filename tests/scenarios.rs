@@ -13,3 +13,9 @@ fn ice_fallback_seed_3() {
     let text = run_scenario("ice-fallback.yaml", 3);
     insta::assert_snapshot!("ice-fallback.seed-3", text);
 }
+
+#[test]
+fn api_blips_seed_5() {
+    let text = run_scenario("api-blips.yaml", 5);
+    insta::assert_snapshot!("api-blips.seed-5", text);
+}

@@ -146,3 +146,45 @@ fn the_rules_catch_what_they_claim_to() {
     assert!(BANNED.iter().any(|(p, _)| sample.contains(p)));
     assert!(files().len() > 20, "the tidy scan found too few files");
 }
+
+#[test]
+fn the_fake_scheduler_shares_no_code_with_the_controllers_planning() {
+    // fakekube is the oracle: if it reused dovetail's packing, quantities or instance types, a bug there
+    // would be invisible in simulation.
+    let root = dovetail_tests::root();
+    let mut paths = Vec::new();
+    rust_files(&root.join("fakekube/src"), &mut paths);
+    let forbidden = [
+        "dovetail::provisioning",
+        "dovetail::scheduling",
+        "dovetail::resources",
+        "dovetail::quantity",
+        "dovetail::instancetype",
+        "dovetail::state",
+    ];
+    let mut violations = Vec::new();
+    for p in &paths {
+        let text = std::fs::read_to_string(p).unwrap();
+        for f in forbidden {
+            if text.contains(f) {
+                violations.push(format!(
+                    "{}: uses `{f}`",
+                    p.strip_prefix(&root).unwrap().display()
+                ));
+            }
+        }
+    }
+    let scheduler = std::fs::read_to_string(root.join("fakekube/src/scheduler.rs")).unwrap();
+    for line in scheduler
+        .lines()
+        .filter(|l| l.trim_start().starts_with("use dovetail"))
+    {
+        if line.trim() != "use dovetail::journal::Journal;" {
+            violations.push(format!(
+                "fakekube/src/scheduler.rs imports `{}`",
+                line.trim()
+            ));
+        }
+    }
+    assert!(violations.is_empty(), "\n{}", violations.join("\n"));
+}

@@ -9,6 +9,4 @@ pub enum ControllerError {
     Kube(#[from] KubeError),
     #[error("cloud API: {0}")]
     Cloud(#[from] CloudError),
-    #[error("watch of {kind} ended; the controller restarts its watches from a fresh list")]
-    WatchEnded { kind: &'static str },
 }

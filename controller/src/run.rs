@@ -17,6 +17,9 @@ use crate::launch::{KnownTemplates, UnavailableOfferings};
 use crate::provisioning::Batcher;
 use crate::state::{Change, ClusterState, is_provisionable};
 
+/// How long after a failed batch the next one closes.
+const BATCH_RETRY: Duration = Duration::from_secs(5);
+
 /// Tunables, with Karpenter's defaults.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -151,7 +154,8 @@ impl Controller {
         wake
     }
 
-    async fn on_timer(&mut self) -> Result<(), ControllerError> {
+    /// Timers: catalog refresh, batch close, NodeClaim reconcile. Failures are logged and retried next time.
+    async fn on_timer(&mut self) {
         let now = self.now();
         if self
             .catalog_loaded_at
@@ -167,14 +171,24 @@ impl Controller {
                 (now + Duration::from_secs(15)).saturating_sub(self.ctx.settings.catalog_refresh);
             self.catalog_loaded_at = Some(retry);
         }
-        if let Some(window) = self.batcher.close_if_due(now) {
-            self.provision(window).await?;
+        if let Some(window) = self.batcher.close_if_due(now)
+            && let Err(e) = self.provision(window).await
+        {
+            // The pods stay pending; try again in 5 s rather than hammering a failing API every second.
+            self.ctx
+                .journal
+                .record("provision", format!("batch failed: {e}; retrying in 5s"));
+            self.batcher
+                .trigger(now + BATCH_RETRY.saturating_sub(self.ctx.settings.batch_idle));
         }
         if now >= self.next_lifecycle {
-            self.reconcile_nodeclaims().await?;
+            if let Err(e) = self.reconcile_nodeclaims().await {
+                self.ctx
+                    .journal
+                    .record("lifecycle", format!("reconcile failed: {e}"));
+            }
             self.next_lifecycle = self.now() + self.ctx.settings.lifecycle_interval;
         }
-        Ok(())
     }
 }
 
@@ -190,36 +204,61 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
         );
         c.ctx.clock.sleep(Duration::from_secs(5)).await;
     }
-    let streams = c.open_watches().await?;
-    // Fixed polling order (biased select below) keeps event handling deterministic.
-    let mut streams: Vec<(Kind, BoxStream<'static, WatchEvent>)> = streams;
-    let [pods, nodes, claims, pools, classes, daemonsets] = &mut streams[..] else {
-        unreachable!("ClusterState::WATCHED has six kinds")
-    };
     loop {
-        let now = c.now();
-        let sleep_for = c.next_wake().saturating_sub(now);
-        let clock = c.ctx.clock.clone();
-        let (kind, event) = tokio::select! {
-            biased;
-            e = pods.1.next() => (pods.0, e),
-            e = nodes.1.next() => (nodes.0, e),
-            e = claims.1.next() => (claims.0, e),
-            e = pools.1.next() => (pools.0, e),
-            e = classes.1.next() => (classes.0, e),
-            e = daemonsets.1.next() => (daemonsets.0, e),
-            _ = clock.sleep(sleep_for) => {
-                c.on_timer().await?;
+        let mut streams = match c.open_watches().await {
+            Ok(s) => s,
+            Err(e) => {
+                c.ctx
+                    .journal
+                    .record("watch", format!("list failed: {e}; retrying in 5s"));
+                c.ctx.clock.sleep(Duration::from_secs(5)).await;
                 continue;
             }
         };
-        let Some(event) = event else {
-            return Err(ControllerError::WatchEnded { kind: kind.name() });
+        let why = c.follow(&mut streams).await?;
+        // A closed or expired watch loses nothing: list again, then watch from the new version.
+        c.ctx
+            .journal
+            .record("watch", format!("{why}; listing again"));
+    }
+}
+
+impl Controller {
+    /// Handle watch events and timers until a watch ends or expires; returns why.
+    async fn follow(
+        &mut self,
+        streams: &mut [(Kind, BoxStream<'static, WatchEvent>)],
+    ) -> Result<String, ControllerError> {
+        // Fixed polling order (biased select below) keeps event handling deterministic.
+        let [pods, nodes, claims, pools, classes, daemonsets] = streams else {
+            unreachable!("ClusterState::WATCHED has six kinds")
         };
-        c.observe(kind, event)?;
-        // A busy watch must not starve the timers.
-        if c.now() >= c.next_wake() {
-            c.on_timer().await?;
+        loop {
+            let sleep_for = self.next_wake().saturating_sub(self.now());
+            let clock = self.ctx.clock.clone();
+            let (kind, event) = tokio::select! {
+                biased;
+                e = pods.1.next() => (pods.0, e),
+                e = nodes.1.next() => (nodes.0, e),
+                e = claims.1.next() => (claims.0, e),
+                e = pools.1.next() => (pools.0, e),
+                e = classes.1.next() => (classes.0, e),
+                e = daemonsets.1.next() => (daemonsets.0, e),
+                _ = clock.sleep(sleep_for) => {
+                    self.on_timer().await;
+                    continue;
+                }
+            };
+            let Some(event) = event else {
+                return Ok(format!("watch of {kind} closed"));
+            };
+            if !self.observe(kind, event)? {
+                return Ok(format!("watch of {kind} expired"));
+            }
+            // A busy watch must not starve the timers.
+            if self.now() >= self.next_wake() {
+                self.on_timer().await;
+            }
         }
     }
 }

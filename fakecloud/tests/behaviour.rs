@@ -1,11 +1,10 @@
 //! One test per AWS behaviour fakecloud models, driven by a manual clock.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use dovetail::clock::Clock;
+use dovetail::clock::{Clock, ManualClock};
 use dovetail::cloud::{
     BlockDevice, CapacityType, Cloud, CreateFleetRequest, DescribeInstancesRequest, FleetOverride,
     InstanceState, LaunchTemplateData, TagFilter,
@@ -15,30 +14,8 @@ use fakecloud::{Catalog, CloudConfig, FakeCloud};
 use futures::executor::block_on;
 use jiff::Timestamp;
 
-/// A clock that only moves when told to (sleeping moves it too).
-#[derive(Clone)]
-struct ManualClock(Arc<Mutex<Timestamp>>);
-
-impl ManualClock {
-    fn new() -> Self {
-        ManualClock(Arc::new(Mutex::new(
-            Timestamp::from_second(1_767_225_600).unwrap(),
-        )))
-    }
-    fn advance(&self, d: Duration) {
-        let mut t = self.0.lock().unwrap();
-        *t = t.checked_add(d).unwrap();
-    }
-}
-
-#[async_trait]
-impl Clock for ManualClock {
-    fn now(&self) -> Timestamp {
-        *self.0.lock().unwrap()
-    }
-    async fn sleep(&self, d: Duration) {
-        self.advance(d);
-    }
+fn manual_clock() -> ManualClock {
+    ManualClock::starting_at(Timestamp::from_second(1_767_225_600).unwrap())
 }
 
 struct Silent;
@@ -58,7 +35,7 @@ fn config() -> CloudConfig {
 }
 
 fn cloud_with(cfg: CloudConfig, seed: u64) -> (FakeCloud, ManualClock) {
-    let clock = ManualClock::new();
+    let clock = manual_clock();
     let cloud = FakeCloud::new(
         cfg,
         Catalog::builtin(),

@@ -8,6 +8,7 @@ use dovetail::clock::Clock;
 use dovetail::kube::{Kind, Kube, KubeError, ObjectKey, ObjectList, WatchEvent};
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use jiff::Timestamp;
 use serde_json::Value;
 
 use crate::store::{Store, StoreError};
@@ -18,6 +19,7 @@ pub struct FakeKube {
     store: Arc<Mutex<Store>>,
     clock: Arc<dyn Clock>,
     latency: Duration,
+    unavailable_until: Arc<Mutex<Option<Timestamp>>>,
 }
 
 fn to_kube_error(kind: Kind, key: &ObjectKey, e: StoreError) -> KubeError {
@@ -42,56 +44,13 @@ fn to_kube_error(kind: Kind, key: &ObjectKey, e: StoreError) -> KubeError {
     }
 }
 
-fn label_selector_matches(selector: &Value, labels: &Value) -> bool {
-    let match_labels = selector["matchLabels"].as_object();
-    let ok_labels = match_labels.is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
-    let ok_exprs = selector["matchExpressions"].as_array().is_none_or(|exprs| {
-        exprs.iter().all(|e| {
-            let key = e["key"].as_str().unwrap_or_default();
-            let values: Vec<&str> = e["values"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let actual = labels.get(key).and_then(Value::as_str);
-            match e["operator"].as_str() {
-                Some("In") => actual.is_some_and(|a| values.contains(&a)),
-                Some("NotIn") => actual.is_none_or(|a| !values.contains(&a)),
-                Some("Exists") => actual.is_some(),
-                Some("DoesNotExist") => actual.is_none(),
-                _ => false,
-            }
-        })
-    });
-    ok_labels && ok_exprs
-}
-
-/// `intOrString` against a total: integers as is, percentages rounded up (as the disruption controller does).
-fn scaled(v: &Value, total: i64) -> Option<i64> {
-    match v {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => {
-            let pct: i64 = s.strip_suffix('%')?.parse().ok()?;
-            Some((pct * total + 99) / 100)
-        }
-        _ => None,
-    }
-}
-
-fn pod_healthy(pod: &Value) -> bool {
-    pod["metadata"]["deletionTimestamp"].is_null()
-        && pod["status"]["phase"] == "Running"
-        && pod["status"]["conditions"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
-}
-
 impl FakeKube {
     pub fn new(store: Store, clock: Arc<dyn Clock>, latency: Duration) -> Self {
         FakeKube {
             store: Arc::new(Mutex::new(store)),
             clock,
             latency,
+            unavailable_until: Arc::default(),
         }
     }
 
@@ -106,51 +65,43 @@ impl FakeKube {
 
     /// Why evicting `pod` now would break a PodDisruptionBudget, if it would.
     pub fn eviction_blocker(&self, pod: &Value) -> Option<String> {
-        let st = self.store();
-        let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
-        let labels = &pod["metadata"]["labels"];
-        for pdb in st.list("PodDisruptionBudget") {
-            if pdb["metadata"]["namespace"].as_str() != Some(ns)
-                || !label_selector_matches(&pdb["spec"]["selector"], labels)
-            {
-                continue;
-            }
-            let selected: Vec<Value> = st
-                .list("Pod")
-                .into_iter()
-                .filter(|p| {
-                    p["metadata"]["namespace"].as_str() == Some(ns)
-                        && label_selector_matches(
-                            &pdb["spec"]["selector"],
-                            &p["metadata"]["labels"],
-                        )
-                })
-                .collect();
-            let expected = selected.len() as i64;
-            let healthy = selected.iter().filter(|p| pod_healthy(p)).count() as i64;
-            let allowed = if let Some(min) = scaled(&pdb["spec"]["minAvailable"], expected) {
-                healthy - min
-            } else if let Some(max) = scaled(&pdb["spec"]["maxUnavailable"], expected) {
-                max - (expected - healthy)
-            } else {
-                continue;
-            };
-            // Evicting a pod that is already unhealthy does not reduce availability.
-            if allowed <= 0 && pod_healthy(pod) {
-                let name = pdb["metadata"]["name"].as_str().unwrap_or_default();
-                return Some(format!(
-                    "Cannot evict pod as it would violate the pod's disruption budget {ns}/{name} ({healthy} healthy, {allowed} disruptions allowed)"
-                ));
-            }
+        crate::disruption::eviction_blocker(&self.store(), pod)
+    }
+
+    /// Every call fails with `Unavailable` until `until` (an API server outage).
+    pub fn set_unavailable(&self, until: Timestamp) {
+        *self
+            .unavailable_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(until);
+    }
+
+    /// Drop every open watch, as an API server restart or a load balancer timeout would.
+    pub fn disconnect_watches(&self) {
+        self.store().disconnect_watches();
+    }
+
+    async fn request(&self) -> Result<(), KubeError> {
+        self.clock.sleep(self.latency).await;
+        let now = self.clock.now();
+        let down = self
+            .unavailable_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|u| now < u);
+        if down {
+            return Err(KubeError::Unavailable(
+                "the API server is not answering (simulated outage)".into(),
+            ));
         }
-        None
+        Ok(())
     }
 }
 
 #[async_trait]
 impl Kube for FakeKube {
     async fn list(&self, kind: Kind) -> Result<ObjectList, KubeError> {
-        self.clock.sleep(self.latency).await;
+        self.request().await?;
         let st = self.store();
         Ok(ObjectList {
             resource_version: st.resource_version().to_string(),
@@ -166,7 +117,7 @@ impl Kube for FakeKube {
     }
 
     async fn get(&self, kind: Kind, key: &ObjectKey) -> Result<Option<Value>, KubeError> {
-        self.clock.sleep(self.latency).await;
+        self.request().await?;
         Ok(self
             .store()
             .get(kind.name(), &key.namespace, &key.name)
@@ -174,7 +125,7 @@ impl Kube for FakeKube {
     }
 
     async fn create(&self, kind: Kind, object: Value) -> Result<Value, KubeError> {
-        self.clock.sleep(self.latency).await;
+        self.request().await?;
         let key = ObjectKey::of(&object);
         let now = self.clock.now();
         self.store()
@@ -183,7 +134,7 @@ impl Kube for FakeKube {
     }
 
     async fn patch(&self, kind: Kind, key: &ObjectKey, patch: Value) -> Result<Value, KubeError> {
-        self.clock.sleep(self.latency).await;
+        self.request().await?;
         self.store()
             .patch(kind.name(), &key.namespace, &key.name, &patch, false)
             .map_err(|e| to_kube_error(kind, key, e))
@@ -195,14 +146,14 @@ impl Kube for FakeKube {
         key: &ObjectKey,
         patch: Value,
     ) -> Result<Value, KubeError> {
-        self.clock.sleep(self.latency).await;
+        self.request().await?;
         self.store()
             .patch(kind.name(), &key.namespace, &key.name, &patch, true)
             .map_err(|e| to_kube_error(kind, key, e))
     }
 
     async fn delete(&self, kind: Kind, key: &ObjectKey) -> Result<(), KubeError> {
-        self.clock.sleep(self.latency).await;
+        self.request().await?;
         let now = self.clock.now();
         self.store()
             .delete(kind.name(), &key.namespace, &key.name, now)
@@ -210,7 +161,7 @@ impl Kube for FakeKube {
     }
 
     async fn evict(&self, key: &ObjectKey) -> Result<(), KubeError> {
-        self.clock.sleep(self.latency).await;
+        self.request().await?;
         let Some(pod) = self.store().get("Pod", &key.namespace, &key.name).cloned() else {
             return Err(KubeError::NotFound {
                 kind: Kind::Pod,

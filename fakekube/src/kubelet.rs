@@ -48,6 +48,29 @@ pub struct Kubelets {
     registered: BTreeMap<String, Timestamp>,
     /// pod key -> when the kubelet first saw it bound.
     starting: BTreeMap<String, Timestamp>,
+    /// pod key -> when it started running (for pods with a run duration).
+    running: BTreeMap<String, Timestamp>,
+    /// node name -> when it became unreachable.
+    lost: BTreeMap<String, Timestamp>,
+}
+
+/// Pods carrying this annotation exit successfully after the duration (`90s`, `5m`, `1h`): a Job's work.
+pub const RUN_DURATION_ANNOTATION: &str = "sim.dovetail.dev/run-duration";
+
+/// How long pods stay on an unreachable node before taint-based eviction removes them (the default
+/// `tolerationSeconds` Kubernetes adds for `node.kubernetes.io/unreachable`).
+pub const UNREACHABLE_EVICTION: Duration = Duration::from_secs(300);
+
+fn run_duration(pod: &Value) -> Option<Duration> {
+    let s = pod["metadata"]["annotations"][RUN_DURATION_ANNOTATION].as_str()?;
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = num.parse().ok()?;
+    Some(Duration::from_secs(match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return None,
+    }))
 }
 
 fn add(ts: Timestamp, d: Duration) -> Timestamp {
@@ -69,6 +92,8 @@ impl Kubelets {
             booting: BTreeMap::new(),
             registered: BTreeMap::new(),
             starting: BTreeMap::new(),
+            running: BTreeMap::new(),
+            lost: BTreeMap::new(),
         }
     }
 
@@ -85,6 +110,7 @@ impl Kubelets {
             self.step_machine(kube, m, now);
         }
         self.start_pods(kube, now);
+        self.finish_pods(kube, now);
     }
 
     fn step_machine(&mut self, kube: &FakeKube, m: &Machine, now: Timestamp) {
@@ -110,8 +136,24 @@ impl Kubelets {
                         .any(|c| c["type"] == "Ready" && c["status"] == "True")
                 });
                 if ready {
-                    let patch = json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status."}]}});
-                    let _ = kube.store().patch("Node", "", &m.node_name, &patch, true);
+                    // The node lifecycle controller's view of a dead kubelet: Unknown, and the unreachable taint.
+                    let status = json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status."}]}});
+                    let mut taints: Vec<Value> = node["spec"]["taints"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    taints.push(json!({"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "timeAdded": now.to_string()}));
+                    let mut st = kube.store();
+                    let _ = st.patch("Node", "", &m.node_name, &status, true);
+                    let _ = st.patch(
+                        "Node",
+                        "",
+                        &m.node_name,
+                        &json!({"spec": {"taints": taints}}),
+                        false,
+                    );
+                    drop(st);
+                    self.lost.entry(m.node_name.clone()).or_insert(now);
                     self.journal.record(
                         "cluster",
                         format!(
@@ -120,6 +162,7 @@ impl Kubelets {
                         ),
                     );
                 }
+                self.evict_lost_pods(kube, &m.node_name, now);
             }
             (false, None) => {}
         }
@@ -214,12 +257,89 @@ impl Kubelets {
         }
     }
 
+    /// Taint-based eviction: pods on an unreachable node are deleted once their toleration runs out.
+    fn evict_lost_pods(&mut self, kube: &FakeKube, node: &str, now: Timestamp) {
+        let Some(since) = self.lost.get(node) else {
+            return;
+        };
+        if now < add(*since, UNREACHABLE_EVICTION) {
+            return;
+        }
+        let mut st = kube.store();
+        let doomed: Vec<(String, String)> = st
+            .list("Pod")
+            .into_iter()
+            .filter(|p| {
+                p["spec"]["nodeName"] == node && p["metadata"]["deletionTimestamp"].is_null()
+            })
+            .filter(|p| {
+                !p["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|o| o["kind"] == "DaemonSet"))
+            })
+            .map(|p| {
+                (
+                    p["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect();
+        for (ns, name) in &doomed {
+            let _ = st.delete("Pod", ns, name, now);
+        }
+        drop(st);
+        if !doomed.is_empty() {
+            self.journal.record(
+                "cluster",
+                format!("node {node} unreachable for 5m: {} pods lost", doomed.len()),
+            );
+        }
+    }
+
+    /// Pods with a run duration finish: phase Succeeded.
+    fn finish_pods(&mut self, kube: &FakeKube, now: Timestamp) {
+        let pods = kube.store().list("Pod");
+        for p in pods {
+            if p["status"]["phase"] != "Running" {
+                continue;
+            }
+            let Some(d) = run_duration(&p) else { continue };
+            let ns = p["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let name = p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let key = format!("{ns}/{name}");
+            let started = *self.running.entry(key.clone()).or_insert(now);
+            if now >= add(started, d) {
+                let patch = json!({"status": {"phase": "Succeeded", "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}]}});
+                let _ = kube.store().patch("Pod", &ns, &name, &patch, true);
+                self.running.remove(&key);
+            }
+        }
+    }
+
     fn start_pods(&mut self, kube: &FakeKube, now: Timestamp) {
         let pods = kube.store().list("Pod");
         for p in pods {
             if p["spec"]["nodeName"].is_null()
-                || p["status"]["phase"] == "Running"
+                || matches!(
+                    p["status"]["phase"].as_str(),
+                    Some("Running" | "Succeeded" | "Failed")
+                )
                 || !p["metadata"]["deletionTimestamp"].is_null()
+                || self
+                    .lost
+                    .contains_key(p["spec"]["nodeName"].as_str().unwrap_or_default())
             {
                 continue;
             }

@@ -4,10 +4,12 @@
 //! simulation can catch the controller's mistakes; the simulator's `cluster` host drives the control loops.
 
 pub mod api;
+pub mod disruption;
 pub mod kubelet;
 pub mod merge;
 pub mod quantity;
 pub mod scheduler;
+pub mod selectors;
 pub mod store;
 pub mod workloads;
 

@@ -135,23 +135,7 @@ fn unfit_reason(pod: &Value, node: &Value, free: &Amounts) -> Option<String> {
             return Some("node(s) had untolerated taint".into());
         }
     }
-    let labels = &node["metadata"]["labels"];
-    if let Some(sel) = pod["spec"]["nodeSelector"].as_object()
-        && !sel.iter().all(|(k, v)| labels.get(k) == Some(v))
-    {
-        return Some("node(s) didn't match Pod's node affinity/selector".into());
-    }
-    let terms = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-        ["nodeSelectorTerms"];
-    if let Some(terms) = terms.as_array()
-        && !terms.iter().any(|t| {
-            t["matchExpressions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .all(|e| expression_holds(e, labels))
-        })
-    {
+    if !node_affinity_admits(pod, node) {
         return Some("node(s) didn't match Pod's node affinity/selector".into());
     }
     for (res, amount) in requests(pod) {
@@ -160,6 +144,180 @@ fn unfit_reason(pod: &Value, node: &Value, free: &Amounts) -> Option<String> {
         }
     }
     None
+}
+
+/// A pod already placed (bound, or bound earlier in this pass), as inter-pod rules see it.
+struct Placed {
+    namespace: String,
+    labels: Value,
+    node: String,
+    anti_affinity: Vec<Value>,
+}
+
+fn node_labels<'a>(nodes: &'a [Value], name: &str) -> Option<&'a Value> {
+    nodes
+        .iter()
+        .find(|n| n["metadata"]["name"] == name)
+        .map(|n| &n["metadata"]["labels"])
+}
+
+fn domain<'a>(nodes: &'a [Value], node: &str, key: &str) -> Option<&'a str> {
+    node_labels(nodes, node).and_then(|l| l[key].as_str())
+}
+
+/// Does the pod's nodeSelector and required node affinity admit the node (nodeAffinityPolicy: Honor)?
+fn node_affinity_admits(pod: &Value, node: &Value) -> bool {
+    let labels = &node["metadata"]["labels"];
+    let selector_ok = pod["spec"]["nodeSelector"]
+        .as_object()
+        .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    let terms = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
+    let affinity_ok = terms.as_array().is_none_or(|terms| {
+        terms.iter().any(|t| {
+            t["matchExpressions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|e| expression_holds(e, labels))
+        })
+    });
+    selector_ok && affinity_ok
+}
+
+fn term_namespaces(term: &Value, pod_ns: &str) -> Vec<String> {
+    match term["namespaces"].as_array() {
+        Some(list) if !list.is_empty() => list
+            .iter()
+            .filter_map(Value::as_str)
+            .map(String::from)
+            .collect(),
+        _ => vec![pod_ns.to_string()],
+    }
+}
+
+/// Topology spread (DoNotSchedule) and required pod (anti-)affinity, both directions.
+fn inter_pod_reason(
+    pod: &Value,
+    node: &Value,
+    nodes: &[Value],
+    placed: &[Placed],
+) -> Option<String> {
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+    let node_name = node["metadata"]["name"].as_str().unwrap_or_default();
+    let pod_labels = &pod["metadata"]["labels"];
+    for c in pod["spec"]["topologySpreadConstraints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if c["whenUnsatisfiable"].as_str().unwrap_or("DoNotSchedule") != "DoNotSchedule" {
+            continue;
+        }
+        let key = c["topologyKey"].as_str().unwrap_or_default();
+        let Some(here) = node["metadata"]["labels"][key].as_str() else {
+            return Some(
+                "node(s) didn't match pod topology spread constraints (missing required label)"
+                    .into(),
+            );
+        };
+        let max_skew = c["maxSkew"].as_i64().unwrap_or(1);
+        let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+        for n in nodes.iter().filter(|n| node_affinity_admits(pod, n)) {
+            if let Some(d) = n["metadata"]["labels"][key].as_str() {
+                counts.entry(d).or_insert(0);
+            }
+        }
+        for p in placed.iter().filter(|p| {
+            p.namespace == ns && crate::selectors::matches(&c["labelSelector"], &p.labels)
+        }) {
+            if let Some(d) = domain(nodes, &p.node, key)
+                && let Some(n) = counts.get_mut(d)
+            {
+                *n += 1;
+            }
+        }
+        let min_domains = c["minDomains"].as_i64().unwrap_or(1);
+        let global_min = if (counts.len() as i64) < min_domains {
+            0
+        } else {
+            counts.values().copied().min().unwrap_or(0)
+        };
+        let self_match = i64::from(crate::selectors::matches(&c["labelSelector"], pod_labels));
+        if counts.get(here).copied().unwrap_or(0) + self_match - global_min > max_skew {
+            return Some("node(s) didn't match pod topology spread constraints".into());
+        }
+    }
+    let affinity = &pod["spec"]["affinity"];
+    for term in affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let key = term["topologyKey"].as_str().unwrap_or_default();
+        let namespaces = term_namespaces(term, ns);
+        let matching: Vec<&Placed> = placed
+            .iter()
+            .filter(|p| {
+                namespaces.contains(&p.namespace)
+                    && crate::selectors::matches(&term["labelSelector"], &p.labels)
+            })
+            .collect();
+        let here = node["metadata"]["labels"][key].as_str();
+        let satisfied =
+            here.is_some() && matching.iter().any(|p| domain(nodes, &p.node, key) == here);
+        // The first pod of a group that selects itself may go anywhere, as in kube-scheduler.
+        let first_of_its_group =
+            matching.is_empty() && crate::selectors::matches(&term["labelSelector"], pod_labels);
+        if !satisfied && !first_of_its_group {
+            return Some("node(s) didn't match pod affinity rules".into());
+        }
+    }
+    for term in affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let key = term["topologyKey"].as_str().unwrap_or_default();
+        let namespaces = term_namespaces(term, ns);
+        let Some(here) = node["metadata"]["labels"][key].as_str() else {
+            continue;
+        };
+        let clash = placed.iter().any(|p| {
+            namespaces.contains(&p.namespace)
+                && crate::selectors::matches(&term["labelSelector"], &p.labels)
+                && domain(nodes, &p.node, key) == Some(here)
+        });
+        if clash {
+            return Some("node(s) didn't match pod anti-affinity rules".into());
+        }
+    }
+    // Existing pods' anti-affinity applies to newcomers too.
+    for p in placed {
+        for term in &p.anti_affinity {
+            let key = term["topologyKey"].as_str().unwrap_or_default();
+            if term_namespaces(term, &p.namespace).iter().any(|n| n == ns)
+                && crate::selectors::matches(&term["labelSelector"], pod_labels)
+                && domain(nodes, &p.node, key).is_some()
+                && domain(nodes, &p.node, key) == domain(nodes, node_name, key)
+            {
+                return Some("node(s) didn't satisfy existing pods anti-affinity rules".into());
+            }
+        }
+    }
+    None
+}
+
+fn placed_of(p: &Value, node: &str) -> Placed {
+    Placed {
+        namespace: p["metadata"]["namespace"].as_str().unwrap_or_default().to_string(),
+        labels: p["metadata"]["labels"].clone(),
+        node: node.to_string(),
+        anti_affinity: p["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+    }
 }
 
 fn key(v: &Value) -> String {
@@ -198,6 +356,7 @@ impl Scheduler {
             );
         }
         let mut pending = Vec::new();
+        let mut placed: Vec<Placed> = Vec::new();
         for p in &pods {
             let phase = p["status"]["phase"].as_str().unwrap_or("Pending");
             if let Some(node) = p["spec"]["nodeName"].as_str() {
@@ -208,6 +367,12 @@ impl Scheduler {
                     for (k, v) in requests(p) {
                         *f.entry(k).or_default() -= v;
                     }
+                }
+                if phase != "Succeeded"
+                    && phase != "Failed"
+                    && p["metadata"]["deletionTimestamp"].is_null()
+                {
+                    placed.push(placed_of(p, node));
                 }
             } else if p["metadata"]["deletionTimestamp"].is_null() {
                 pending.push(p.clone());
@@ -231,7 +396,9 @@ impl Scheduler {
                     .unwrap_or_default()
                     .to_string();
                 let f = &free[&name];
-                match unfit_reason(&pod, n, f) {
+                match unfit_reason(&pod, n, f)
+                    .or_else(|| inter_pod_reason(&pod, n, &nodes, &placed))
+                {
                     Some(r) => *reasons.entry(r).or_default() += 1,
                     None => {
                         // LeastAllocated: prefer the node with the most free cpu + memory, in per-mille of allocatable.
@@ -271,6 +438,7 @@ impl Scheduler {
                             *f.entry(k).or_default() -= v;
                         }
                     }
+                    placed.push(placed_of(&pod, &node));
                     let created: Timestamp = pod["metadata"]["creationTimestamp"]
                         .as_str()
                         .and_then(|s| s.parse().ok())

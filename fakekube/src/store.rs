@@ -320,6 +320,18 @@ impl Store {
         }
     }
 
+    /// Close every watch stream.
+    pub fn disconnect_watches(&mut self) {
+        self.watchers.clear();
+    }
+
+    /// Forget watch history up to the newest `keep` events; older resume points then get `Expired`.
+    pub fn compact(&mut self, keep: usize) {
+        while self.history.len() > keep {
+            self.history.pop_front();
+        }
+    }
+
     /// Watch `kind` for changes after `resource_version`. Too old a version yields a single `Expired`.
     pub fn watch(&mut self, kind: &str, resource_version: u64) -> UnboundedReceiver<WatchEvent> {
         let (tx, rx) = unbounded_channel();

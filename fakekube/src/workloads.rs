@@ -21,6 +21,100 @@ fn template_hash(template: &Value) -> String {
         .collect()
 }
 
+/// A pod from a template, owned by its controller.
+fn pod_from_template(
+    template: &Value,
+    generate_name: &str,
+    ns: &str,
+    api_version: &str,
+    kind: &str,
+    owner: &str,
+    uid: &str,
+) -> Value {
+    let mut meta = template["metadata"].clone();
+    if !meta.is_object() {
+        meta = json!({});
+    }
+    meta["generateName"] = json!(generate_name);
+    meta["namespace"] = json!(ns);
+    if !meta["labels"].is_object() {
+        meta["labels"] = json!({});
+    }
+    meta["ownerReferences"] = json!([{"apiVersion": api_version, "kind": kind, "name": owner, "uid": uid, "controller": true}]);
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template["spec"], "status": {"phase": "Pending"}})
+}
+
+fn owned_pods(st: &crate::store::Store, uid: &str) -> Vec<Value> {
+    st.list("Pod")
+        .into_iter()
+        .filter(|p| {
+            p["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|o| o["uid"] == uid))
+        })
+        .collect()
+}
+
+/// Whether a DaemonSet's pod template may run on a node: nodeSelector, and NoSchedule/NoExecute taints
+/// tolerated (DaemonSet pods tolerate the node-lifecycle taints automatically).
+fn daemon_admitted(template: &Value, node: &Value) -> bool {
+    let labels = &node["metadata"]["labels"];
+    let selector_ok = template["spec"]["nodeSelector"]
+        .as_object()
+        .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    let automatic = [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+        "node.kubernetes.io/unschedulable",
+        "karpenter.sh/unregistered",
+    ];
+    let taints_ok = node["spec"]["taints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|t| {
+            let key = t["key"].as_str().unwrap_or_default();
+            !matches!(t["effect"].as_str(), Some("NoSchedule" | "NoExecute"))
+                || automatic.contains(&key)
+                || template["spec"]["tolerations"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|tol| {
+                        (tol["operator"] == "Exists" && (tol["key"].is_null() || tol["key"] == key))
+                            || (tol["key"] == key
+                                && tol["value"].as_str().unwrap_or("")
+                                    == t["value"].as_str().unwrap_or(""))
+                    })
+        });
+    selector_ok && taints_ok
+}
+
+/// The disruption controller: keep every PDB's status current.
+fn update_budgets(kube: &FakeKube) {
+    let mut st = kube.store();
+    for pdb in st.list("PodDisruptionBudget") {
+        let Some(status) = crate::disruption::status(&st, &pdb) else {
+            continue;
+        };
+        let ns = pdb["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let name = pdb["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let _ = st.patch(
+            "PodDisruptionBudget",
+            &ns,
+            &name,
+            &json!({"status": status.to_json()}),
+            true,
+        );
+    }
+}
+
 pub struct Workloads {
     journal: Arc<dyn Journal>,
 }
@@ -32,7 +126,127 @@ impl Workloads {
 
     pub fn step(&mut self, kube: &FakeKube, now: Timestamp) {
         self.reconcile_deployments(kube, now);
+        self.reconcile_jobs(kube, now);
+        self.reconcile_daemonsets(kube, now);
         self.collect_orphan_pods(kube, now);
+        update_budgets(kube);
+    }
+
+    /// Jobs: keep `parallelism` pods running until `completions` have succeeded, then mark it Complete.
+    fn reconcile_jobs(&mut self, kube: &FakeKube, now: Timestamp) {
+        let mut st = kube.store();
+        for job in st.list("Job") {
+            if !job["metadata"]["deletionTimestamp"].is_null()
+                || job["status"]["completionTime"].is_string()
+            {
+                continue;
+            }
+            let uid = job["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let ns = job["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let name = job["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let completions = job["spec"]["completions"].as_i64().unwrap_or(1).max(0);
+            let parallelism = job["spec"]["parallelism"].as_i64().unwrap_or(1).max(0);
+            let owned = owned_pods(&st, &uid);
+            let succeeded = owned
+                .iter()
+                .filter(|p| p["status"]["phase"] == "Succeeded")
+                .count() as i64;
+            let active = owned
+                .iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
+                .count() as i64;
+            if succeeded >= completions {
+                let status = json!({"status": {"succeeded": succeeded, "active": 0, "completionTime": now.to_string(),
+                    "conditions": [{"type": "Complete", "status": "True"}]}});
+                let _ = st.patch("Job", &ns, &name, &status, true);
+                self.journal.record(
+                    "workload",
+                    format!("job/{ns}/{name} complete ({succeeded} succeeded)"),
+                );
+                continue;
+            }
+            let want = (parallelism.min(completions - succeeded) - active).max(0);
+            for _ in 0..want {
+                let pod = pod_from_template(
+                    &job["spec"]["template"],
+                    &format!("{name}-"),
+                    &ns,
+                    "batch/v1",
+                    "Job",
+                    &name,
+                    &uid,
+                );
+                let _ = st.create("Pod", pod, now);
+            }
+            let status = json!({"status": {"succeeded": succeeded, "active": active + want}});
+            let _ = st.patch("Job", &ns, &name, &status, true);
+        }
+    }
+
+    /// DaemonSets: one pod on every node whose labels and taints admit it, bound directly to that node.
+    fn reconcile_daemonsets(&mut self, kube: &FakeKube, now: Timestamp) {
+        let mut st = kube.store();
+        let nodes = st.list("Node");
+        for ds in st.list("DaemonSet") {
+            if !ds["metadata"]["deletionTimestamp"].is_null() {
+                continue;
+            }
+            let uid = ds["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let ns = ds["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let name = ds["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let template = &ds["spec"]["template"];
+            let owned = owned_pods(&st, &uid);
+            let mut created = 0;
+            for node in &nodes {
+                let node_name = node["metadata"]["name"].as_str().unwrap_or_default();
+                if !node["metadata"]["deletionTimestamp"].is_null()
+                    || !daemon_admitted(template, node)
+                {
+                    continue;
+                }
+                if owned.iter().any(|p| p["spec"]["nodeName"] == node_name) {
+                    continue;
+                }
+                let mut pod = pod_from_template(
+                    template,
+                    &format!("{name}-"),
+                    &ns,
+                    "apps/v1",
+                    "DaemonSet",
+                    &name,
+                    &uid,
+                );
+                pod["spec"]["nodeName"] = json!(node_name);
+                if st.create("Pod", pod, now).is_ok() {
+                    created += 1;
+                }
+            }
+            if created > 0 {
+                self.journal.record(
+                    "workload",
+                    format!("daemonset/{ns}/{name} created {created} pods"),
+                );
+            }
+        }
     }
 
     fn reconcile_deployments(&mut self, kube: &FakeKube, now: Timestamp) {

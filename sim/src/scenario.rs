@@ -90,7 +90,15 @@ struct RawEvent {
     vcpu_quota: Option<RawQuota>,
     #[serde(default)]
     ami_release: Option<RawAmi>,
+    #[serde(default)]
+    kube_outage: Option<RawOutage>,
+    #[serde(default)]
+    watch_disconnect: Option<RawEmpty>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEmpty {}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -217,6 +225,10 @@ pub enum Action {
         arch: String,
         version: String,
     },
+    KubeOutage {
+        for_: Duration,
+    },
+    WatchDisconnect,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -333,6 +345,7 @@ impl Loader<'_> {
             "NodePool" => "karpenter.sh/v1",
             "EC2NodeClass" => "karpenter.k8s.aws/v1",
             "Deployment" | "DaemonSet" => "apps/v1",
+            "Job" => "batch/v1",
             "Pod" => "v1",
             "PodDisruptionBudget" => "policy/v1",
             "" => {
@@ -346,7 +359,7 @@ impl Loader<'_> {
                 return Err(self.err(
                     at(&[Seg::Key("kind".into())]),
                     &format!("{field}.kind"),
-                    format!("unsupported kind `{other}`; scenarios accept NodePool, EC2NodeClass, Deployment, DaemonSet, Pod, PodDisruptionBudget"),
+                    format!("unsupported kind `{other}`; scenarios accept NodePool, EC2NodeClass, Deployment, DaemonSet, Job, Pod, PodDisruptionBudget"),
                 ));
             }
         };
@@ -367,6 +380,7 @@ impl Loader<'_> {
                 self.typed::<k8s_openapi::api::apps::v1::DaemonSet>(node, &json, field)?
             }
             "Pod" => self.typed::<k8s_openapi::api::core::v1::Pod>(node, &json, field)?,
+            "Job" => self.typed::<k8s_openapi::api::batch::v1::Job>(node, &json, field)?,
             _ => {
                 self.typed::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(node, &json, field)?
             }
@@ -434,7 +448,7 @@ impl Loader<'_> {
         let k = |s: &str| Seg::Key(s.to_string());
         let pod_spec: Vec<Seg> = match json["kind"].as_str() {
             Some("Pod") => vec![k("spec")],
-            Some("Deployment" | "DaemonSet") => vec![k("spec"), k("template"), k("spec")],
+            Some("Deployment" | "DaemonSet" | "Job") => vec![k("spec"), k("template"), k("spec")],
             Some("NodePool") => {
                 lists.push(vec![k("spec"), k("limits")]);
                 Vec::new()
@@ -617,6 +631,8 @@ impl Scenario {
                 e.api_outage.is_some(),
                 e.vcpu_quota.is_some(),
                 e.ami_release.is_some(),
+                e.kube_outage.is_some(),
+                e.watch_disconnect.is_some(),
             ]
             .iter()
             .filter(|b| **b)
@@ -625,7 +641,7 @@ impl Scenario {
                 return Err(l.err(
                     pos(ev),
                     &field,
-                    "each timeline entry needs exactly one action: scale, apply, spot_interruption, capacity_shortage, kms_key_disabled, api_throttle, api_outage, vcpu_quota or ami_release",
+                    "each timeline entry needs exactly one action: scale, apply, spot_interruption, capacity_shortage, kms_key_disabled, api_throttle, api_outage, vcpu_quota, ami_release, kube_outage or watch_disconnect",
                 ));
             }
             let action = if let Some(s) = &e.scale {
@@ -732,6 +748,12 @@ impl Scenario {
                     arch: s.arch.clone(),
                     version: s.version.clone(),
                 }
+            } else if let Some(s) = &e.kube_outage {
+                Action::KubeOutage {
+                    for_: l.duration(&s.for_, &format!("{field}.kube_outage.for"))?,
+                }
+            } else if e.watch_disconnect.is_some() {
+                Action::WatchDisconnect
             } else {
                 unreachable!("exactly one action was counted above")
             };

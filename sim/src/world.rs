@@ -248,6 +248,17 @@ async fn workload_host(
             Action::AmiRelease { arch, version } => {
                 cloud.release_ami(&arch, &version);
             }
+            Action::KubeOutage { for_ } => {
+                kube.set_unavailable(later(now, for_));
+                trace.push(
+                    "fault",
+                    format!("kube-apiserver-outage until {}", later(now, for_)),
+                );
+            }
+            Action::WatchDisconnect => {
+                kube.disconnect_watches();
+                trace.push("fault", "watch-disconnect".to_string());
+            }
         }
     }
     std::future::pending::<()>().await;

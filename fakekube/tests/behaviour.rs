@@ -1,0 +1,657 @@
+//! One test per Kubernetes behaviour fakekube models, on a manual clock.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dovetail::clock::{Clock, ManualClock};
+use dovetail::journal::Journal;
+use dovetail::kube::{Kind, Kube, KubeError, ObjectKey, WatchEvent};
+use fakekube::scheduler::Scheduler;
+use fakekube::workloads::Workloads;
+use fakekube::{FakeKube, Kubelets, Machine, Store};
+use futures::StreamExt;
+use futures::executor::block_on;
+use jiff::Timestamp;
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::SeedableRng;
+use serde_json::{Value, json};
+
+struct Silent;
+impl Journal for Silent {
+    fn record(&self, _: &'static str, _: String) {}
+}
+
+struct World {
+    kube: FakeKube,
+    clock: ManualClock,
+    scheduler: Scheduler,
+    workloads: Workloads,
+}
+
+fn world() -> World {
+    let clock = ManualClock::starting_at(Timestamp::from_second(1_767_225_600).unwrap());
+    let kube = FakeKube::new(
+        Store::new(ChaCha8Rng::seed_from_u64(1)),
+        Arc::new(clock.clone()),
+        Duration::from_millis(5),
+    );
+    World {
+        kube,
+        clock,
+        scheduler: Scheduler::new(Arc::new(Silent)),
+        workloads: Workloads::new(Arc::new(Silent)),
+    }
+}
+
+impl World {
+    fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+    fn create(&self, kind: &str, v: Value) -> Value {
+        self.kube.store().create(kind, v, self.now()).unwrap()
+    }
+    fn node(&self, name: &str, labels: Value, cpu: &str, taints: Value) {
+        let mut l = json!({"kubernetes.io/hostname": name});
+        for (k, v) in labels.as_object().unwrap() {
+            l[k] = v.clone();
+        }
+        self.create(
+            "Node",
+            json!({"metadata": {"name": name, "labels": l}, "spec": {"taints": taints},
+                "status": {"allocatable": {"cpu": cpu, "memory": "16Gi", "pods": "110"},
+                "conditions": [{"type": "Ready", "status": "True"}]}}),
+        );
+    }
+    fn pod(&self, name: &str, labels: Value, spec_extra: Value) {
+        let mut spec =
+            json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "500m"}}}]});
+        for (k, v) in spec_extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        self.create("Pod", json!({"metadata": {"name": name, "namespace": "default", "labels": labels}, "spec": spec, "status": {"phase": "Pending"}}));
+    }
+    fn schedule(&mut self) {
+        let now = self.now();
+        self.scheduler.schedule(&self.kube, now);
+    }
+    fn node_of(&self, pod: &str) -> Option<String> {
+        self.kube
+            .store()
+            .get("Pod", "default", pod)
+            .and_then(|p| p["spec"]["nodeName"].as_str().map(String::from))
+    }
+    fn unschedulable_message(&self, pod: &str) -> String {
+        let p = self
+            .kube
+            .store()
+            .get("Pod", "default", pod)
+            .cloned()
+            .unwrap();
+        p["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "PodScheduled")
+            .unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+    fn run_pods(&self) {
+        let mut st = self.kube.store();
+        for p in st.list("Pod") {
+            if p["spec"]["nodeName"].is_string() && p["status"]["phase"] != "Running" {
+                let ns = p["metadata"]["namespace"].as_str().unwrap().to_string();
+                let name = p["metadata"]["name"].as_str().unwrap().to_string();
+                st.patch("Pod", &ns, &name, &json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}), true).unwrap();
+            }
+        }
+    }
+}
+
+// ---- store and API -------------------------------------------------------------------------------------
+
+#[test]
+fn watches_deliver_in_commit_order_and_resume_from_a_version() {
+    let w = world();
+    let list = block_on(w.kube.list(Kind::Pod)).unwrap();
+    w.pod("a", json!({}), json!({}));
+    let after_a = block_on(w.kube.list(Kind::Pod)).unwrap().resource_version;
+    w.pod("b", json!({}), json!({}));
+    w.kube
+        .store()
+        .patch(
+            "Pod",
+            "default",
+            "a",
+            &json!({"metadata": {"labels": {"x": "1"}}}),
+            false,
+        )
+        .unwrap();
+    block_on(
+        w.kube
+            .delete(Kind::Pod, &ObjectKey::namespaced("default", "b")),
+    )
+    .unwrap();
+    let names = |events: Vec<WatchEvent>| -> Vec<String> {
+        events
+            .into_iter()
+            .map(|e| match e {
+                WatchEvent::Added(v) => format!("+{}", v["metadata"]["name"].as_str().unwrap()),
+                WatchEvent::Modified(v) => format!("~{}", v["metadata"]["name"].as_str().unwrap()),
+                WatchEvent::Deleted(v) => format!("-{}", v["metadata"]["name"].as_str().unwrap()),
+                WatchEvent::Expired => "expired".into(),
+            })
+            .collect()
+    };
+    let all = block_on(
+        w.kube
+            .watch(Kind::Pod, &list.resource_version)
+            .take(4)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(names(all), ["+a", "+b", "~a", "-b"]);
+    let resumed = block_on(
+        w.kube
+            .watch(Kind::Pod, &after_a)
+            .take(3)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(names(resumed), ["+b", "~a", "-b"]);
+    w.kube.store().compact(1);
+    let expired = block_on(
+        w.kube
+            .watch(Kind::Pod, &list.resource_version)
+            .take(1)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(expired, vec![WatchEvent::Expired]);
+}
+
+#[test]
+fn a_stale_write_conflicts() {
+    let w = world();
+    let n = w.create("Node", json!({"metadata": {"name": "n"}}));
+    let stale = n["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    block_on(w.kube.patch(
+        Kind::Node,
+        &ObjectKey::cluster("n"),
+        json!({"metadata": {"labels": {"a": "1"}}}),
+    ))
+    .unwrap();
+    let err = block_on(w.kube.patch(
+        Kind::Node,
+        &ObjectKey::cluster("n"),
+        json!({"metadata": {"resourceVersion": stale, "labels": {"a": "2"}}}),
+    ));
+    assert!(matches!(err, Err(KubeError::Conflict { .. })), "{err:?}");
+}
+
+#[test]
+fn finalizers_hold_deletion() {
+    let w = world();
+    w.create(
+        "NodeClaim",
+        json!({"metadata": {"name": "c", "finalizers": ["karpenter.sh/termination"]}}),
+    );
+    block_on(w.kube.delete(Kind::NodeClaim, &ObjectKey::cluster("c"))).unwrap();
+    let held = block_on(w.kube.get(Kind::NodeClaim, &ObjectKey::cluster("c")))
+        .unwrap()
+        .unwrap();
+    assert!(held["metadata"]["deletionTimestamp"].is_string());
+    block_on(w.kube.patch(
+        Kind::NodeClaim,
+        &ObjectKey::cluster("c"),
+        json!({"metadata": {"finalizers": null}}),
+    ))
+    .unwrap();
+    assert!(
+        block_on(w.kube.get(Kind::NodeClaim, &ObjectKey::cluster("c")))
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn an_outage_fails_every_call_until_it_ends() {
+    let w = world();
+    w.kube
+        .set_unavailable(w.now().checked_add(Duration::from_secs(60)).unwrap());
+    assert!(matches!(
+        block_on(w.kube.list(Kind::Node)),
+        Err(KubeError::Unavailable(_))
+    ));
+    w.clock.advance(Duration::from_secs(60));
+    assert!(block_on(w.kube.list(Kind::Node)).is_ok());
+}
+
+#[test]
+fn a_watch_disconnect_ends_the_stream() {
+    let w = world();
+    let mut watch = w.kube.watch(Kind::Node, "0");
+    w.kube.disconnect_watches();
+    assert_eq!(block_on(watch.next()), None);
+}
+
+// ---- eviction and budgets ------------------------------------------------------------------------------
+
+#[test]
+fn eviction_is_refused_by_a_pdb_and_allowed_once_a_replacement_is_ready() {
+    let mut w = world();
+    w.node("n1", json!({}), "8", json!([]));
+    w.create("Deployment", json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"replicas": 2,
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c"}]}}}}));
+    w.create("PodDisruptionBudget", json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}}));
+    let now = w.now();
+    w.workloads.step(&w.kube, now);
+    w.schedule();
+    w.run_pods();
+    w.workloads.step(&w.kube, now);
+    let victim = w.kube.store().list("Pod")[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let err = block_on(w.kube.evict(&ObjectKey::namespaced("default", &victim)));
+    assert!(
+        matches!(&err, Err(KubeError::EvictionRefused { reason, .. }) if reason.contains("default/web")),
+        "{err:?}"
+    );
+    let pdb = w
+        .kube
+        .store()
+        .get("PodDisruptionBudget", "default", "web")
+        .cloned()
+        .unwrap();
+    assert_eq!(pdb["status"]["disruptionsAllowed"], 0);
+    // Scale up: once the third pod is Ready, one disruption is allowed.
+    w.kube
+        .store()
+        .patch(
+            "Deployment",
+            "default",
+            "web",
+            &json!({"spec": {"replicas": 3}}),
+            false,
+        )
+        .unwrap();
+    w.workloads.step(&w.kube, now);
+    w.schedule();
+    assert!(
+        block_on(w.kube.evict(&ObjectKey::namespaced("default", &victim))).is_err(),
+        "not yet Ready"
+    );
+    w.run_pods();
+    block_on(w.kube.evict(&ObjectKey::namespaced("default", &victim))).unwrap();
+}
+
+#[test]
+fn percentage_budgets_count_the_controllers_scale() {
+    let mut w = world();
+    w.node("n1", json!({}), "8", json!([]));
+    w.create("Deployment", json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"replicas": 4,
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c"}]}}}}));
+    w.create("PodDisruptionBudget", json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"maxUnavailable": "25%", "selector": {"matchLabels": {"app": "web"}}}}));
+    let now = w.now();
+    w.workloads.step(&w.kube, now);
+    w.schedule();
+    w.run_pods();
+    w.workloads.step(&w.kube, now);
+    let pdb = w
+        .kube
+        .store()
+        .get("PodDisruptionBudget", "default", "web")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (
+            pdb["status"]["expectedPods"].as_i64(),
+            pdb["status"]["disruptionsAllowed"].as_i64()
+        ),
+        (Some(4), Some(1))
+    );
+}
+
+// ---- workload controllers ------------------------------------------------------------------------------
+
+#[test]
+fn a_deployment_replaces_a_deleted_pod() {
+    let mut w = world();
+    w.create("Deployment", json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"replicas": 2,
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c"}]}}}}));
+    let now = w.now();
+    w.workloads.step(&w.kube, now);
+    let pods = w.kube.store().list("Pod");
+    assert_eq!(pods.len(), 2);
+    let gone = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+    w.kube.store().delete("Pod", "default", &gone, now).unwrap();
+    w.workloads.step(&w.kube, now);
+    let names: Vec<String> = w
+        .kube
+        .store()
+        .list("Pod")
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert!(!names.contains(&gone));
+    w.schedule();
+}
+
+#[test]
+fn a_job_runs_to_completion_with_its_parallelism() {
+    let mut w = world();
+    w.node("n1", json!({}), "8", json!([]));
+    let machine = Machine {
+        instance_id: "i-1".into(),
+        node_name: "n1".into(),
+        zone: "z".into(),
+        region: "r".into(),
+        instance_type: "m5.large".into(),
+        capacity_type: "on-demand".into(),
+        arch: "amd64".into(),
+        running: true,
+        capacity: BTreeMap::new(),
+        allocatable: BTreeMap::new(),
+        tags: BTreeMap::new(),
+    };
+    let mut kubelets = Kubelets::new(
+        ChaCha8Rng::seed_from_u64(1),
+        (Duration::ZERO, Duration::ZERO),
+        Arc::new(Silent),
+    );
+    w.create("Job", json!({"metadata": {"name": "batch", "namespace": "default"}, "spec": {"completions": 4, "parallelism": 2,
+        "template": {"metadata": {"annotations": {"sim.dovetail.dev/run-duration": "60s"}}, "spec": {"restartPolicy": "Never", "containers": [{"name": "c"}]}}}}));
+    let mut max_active = 0;
+    for _ in 0..600 {
+        let now = w.now();
+        w.workloads.step(&w.kube, now);
+        w.schedule();
+        kubelets.step(&w.kube, std::slice::from_ref(&machine), now);
+        let active = w
+            .kube
+            .store()
+            .list("Pod")
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .count();
+        max_active = max_active.max(active);
+        w.clock.advance(Duration::from_secs(1));
+    }
+    let job = w
+        .kube
+        .store()
+        .get("Job", "default", "batch")
+        .cloned()
+        .unwrap();
+    assert_eq!(job["status"]["succeeded"], 4);
+    assert_eq!(job["status"]["conditions"][0]["type"], "Complete");
+    assert_eq!(max_active, 2, "parallelism bounds the running pods");
+}
+
+#[test]
+fn a_daemonset_places_one_pod_per_admitting_node() {
+    let mut w = world();
+    w.node("n1", json!({"role": "web"}), "8", json!([]));
+    w.node(
+        "n2",
+        json!({"role": "web"}),
+        "8",
+        json!([{"key": "gpu", "value": "true", "effect": "NoSchedule"}]),
+    );
+    w.node("n3", json!({"role": "db"}), "8", json!([]));
+    w.create("DaemonSet", json!({"metadata": {"name": "agent", "namespace": "kube-system"}, "spec": {
+        "selector": {"matchLabels": {"app": "agent"}},
+        "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"nodeSelector": {"role": "web"}, "containers": [{"name": "c"}]}}}}));
+    let now = w.now();
+    w.workloads.step(&w.kube, now);
+    w.workloads.step(&w.kube, now);
+    let mut on: Vec<String> = w
+        .kube
+        .store()
+        .list("Pod")
+        .iter()
+        .map(|p| p["spec"]["nodeName"].as_str().unwrap().to_string())
+        .collect();
+    on.sort();
+    assert_eq!(
+        on,
+        ["n1"],
+        "n2's taint is not tolerated, n3 is not selected"
+    );
+    w.schedule();
+}
+
+// ---- the scheduler, one constraint at a time ----------------------------------------------------------
+
+#[test]
+fn scheduler_resources() {
+    let mut w = world();
+    w.node("small", json!({}), "1", json!([]));
+    w.pod("fits", json!({}), json!({}));
+    w.pod(
+        "big",
+        json!({}),
+        json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}]}),
+    );
+    w.schedule();
+    assert_eq!(w.node_of("fits").as_deref(), Some("small"));
+    assert_eq!(w.node_of("big"), None);
+    assert!(
+        w.unschedulable_message("big").contains("Insufficient cpu"),
+        "{}",
+        w.unschedulable_message("big")
+    );
+}
+
+#[test]
+fn scheduler_taints_and_tolerations() {
+    let mut w = world();
+    w.node(
+        "gpu",
+        json!({}),
+        "8",
+        json!([{"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}]),
+    );
+    w.pod("plain", json!({}), json!({}));
+    w.pod("tolerant", json!({}), json!({"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}));
+    w.schedule();
+    assert_eq!(w.node_of("plain"), None);
+    assert!(
+        w.unschedulable_message("plain")
+            .contains("untolerated taint")
+    );
+    assert_eq!(w.node_of("tolerant").as_deref(), Some("gpu"));
+}
+
+#[test]
+fn scheduler_node_selector_and_required_affinity() {
+    let mut w = world();
+    w.node("a", json!({"zone": "a", "size": "8"}), "8", json!([]));
+    w.node("b", json!({"zone": "b", "size": "2"}), "8", json!([]));
+    w.pod("sel", json!({}), json!({"nodeSelector": {"zone": "b"}}));
+    w.pod("aff", json!({}), json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "size", "operator": "Gt", "values": ["4"]}]}]}}}}));
+    w.pod("none", json!({}), json!({"nodeSelector": {"zone": "c"}}));
+    w.schedule();
+    assert_eq!(w.node_of("sel").as_deref(), Some("b"));
+    assert_eq!(w.node_of("aff").as_deref(), Some("a"));
+    assert_eq!(w.node_of("none"), None);
+}
+
+#[test]
+fn scheduler_topology_spread() {
+    let mut w = world();
+    w.node("a1", json!({"zone": "a"}), "8", json!([]));
+    w.node("a2", json!({"zone": "a"}), "8", json!([]));
+    w.node("b1", json!({"zone": "b"}), "8", json!([]));
+    let spread = json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "s"}}}]});
+    for i in 0..4 {
+        w.pod(&format!("s{i}"), json!({"app": "s"}), spread.clone());
+        w.schedule();
+    }
+    let zone = |n: Option<String>| {
+        if n.unwrap().starts_with('a') {
+            "a"
+        } else {
+            "b"
+        }
+    };
+    let in_a = (0..4)
+        .filter(|i| zone(w.node_of(&format!("s{i}"))) == "a")
+        .count();
+    assert_eq!(in_a, 2, "four pods over two zones with maxSkew 1 split 2/2");
+}
+
+#[test]
+fn scheduler_pod_affinity_and_anti_affinity() {
+    let mut w = world();
+    w.node("n1", json!({}), "8", json!([]));
+    w.node("n2", json!({}), "8", json!([]));
+    let anti = json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "kubernetes.io/hostname"}]}}});
+    for i in 0..3 {
+        w.pod(&format!("db{i}"), json!({"app": "db"}), anti.clone());
+        w.schedule();
+    }
+    let mut hosts: Vec<Option<String>> = (0..3).map(|i| w.node_of(&format!("db{i}"))).collect();
+    hosts.sort();
+    assert_eq!(
+        hosts,
+        [None, Some("n1".into()), Some("n2".into())],
+        "one db per host; the third waits"
+    );
+    assert!(w.unschedulable_message("db2").contains("anti-affinity"));
+    let with = json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "kubernetes.io/hostname"}]}}});
+    w.pod("cache", json!({"app": "cache"}), with);
+    w.schedule();
+    let cache_host = w.node_of("cache").unwrap();
+    assert!(
+        hosts.iter().flatten().any(|h| *h == cache_host),
+        "the cache lands next to a db"
+    );
+    // The existing db pods' anti-affinity keeps a newcomer labelled app=db away even without its own rule.
+    w.pod("db-plain", json!({"app": "db"}), json!({}));
+    w.schedule();
+    assert_eq!(w.node_of("db-plain"), None);
+}
+
+// ---- kubelets ------------------------------------------------------------------------------------------
+
+#[test]
+fn kubelets_register_after_boot_then_go_not_ready_and_lose_pods() {
+    let mut w = world();
+    w.create("NodeClaim", json!({"metadata": {"name": "c1"}, "spec": {"taints": [{"key": "team", "value": "a", "effect": "NoSchedule"}],
+        "startupTaints": [{"key": "cni", "effect": "NoSchedule"}]}}));
+    let mut m = Machine {
+        instance_id: "i-1".into(),
+        node_name: "ip-10-0-0-4.ec2.internal".into(),
+        zone: "us-east-1a".into(),
+        region: "us-east-1".into(),
+        instance_type: "m5.large".into(),
+        capacity_type: "spot".into(),
+        arch: "amd64".into(),
+        running: true,
+        capacity: [("cpu".to_string(), "2".to_string())].into(),
+        allocatable: [
+            ("cpu".to_string(), "1930m".to_string()),
+            ("pods".to_string(), "29".to_string()),
+            ("memory".to_string(), "6903Mi".to_string()),
+        ]
+        .into(),
+        tags: [
+            ("karpenter.sh/nodeclaim".to_string(), "c1".to_string()),
+            ("karpenter.sh/nodepool".to_string(), "default".to_string()),
+        ]
+        .into(),
+    };
+    let mut kubelets = Kubelets::new(
+        ChaCha8Rng::seed_from_u64(1),
+        (Duration::from_secs(40), Duration::from_secs(40)),
+        Arc::new(Silent),
+    );
+    let step = |k: &mut Kubelets, w: &World, m: &Machine| {
+        k.step(&w.kube, std::slice::from_ref(m), w.now())
+    };
+    step(&mut kubelets, &w, &m);
+    w.clock.advance(Duration::from_secs(39));
+    step(&mut kubelets, &w, &m);
+    assert!(
+        w.kube.store().get("Node", "", &m.node_name).is_none(),
+        "still booting"
+    );
+    w.clock.advance(Duration::from_secs(1));
+    step(&mut kubelets, &w, &m);
+    let node = w
+        .kube
+        .store()
+        .get("Node", "", &m.node_name)
+        .cloned()
+        .expect("registered at 40s");
+    assert_eq!(node["spec"]["providerID"], "aws:///us-east-1a/i-1");
+    assert_eq!(
+        node["metadata"]["labels"]["karpenter.sh/nodepool"],
+        "default"
+    );
+    assert_eq!(
+        node["metadata"]["labels"]["karpenter.sh/capacity-type"],
+        "spot"
+    );
+    let taints: Vec<&str> = node["spec"]["taints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(taints, ["karpenter.sh/unregistered", "team", "cni"]);
+    assert_eq!(node["status"]["allocatable"]["cpu"], "1930m");
+    w.clock.advance(Duration::from_secs(5));
+    step(&mut kubelets, &w, &m);
+    let taints: Vec<String> =
+        w.kube.store().get("Node", "", &m.node_name).unwrap()["spec"]["taints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["key"].as_str().unwrap().to_string())
+            .collect();
+    assert!(
+        !taints.contains(&"cni".to_string()),
+        "startup taints clear after a delay"
+    );
+
+    // A pod bound there; then the instance dies.
+    w.pod("p", json!({}), json!({"nodeName": m.node_name.clone()}));
+    step(&mut kubelets, &w, &m);
+    w.clock.advance(Duration::from_secs(2));
+    step(&mut kubelets, &w, &m);
+    assert_eq!(
+        w.kube.store().get("Pod", "default", "p").unwrap()["status"]["phase"],
+        "Running"
+    );
+    m.running = false;
+    step(&mut kubelets, &w, &m);
+    let node = w
+        .kube
+        .store()
+        .get("Node", "", &m.node_name)
+        .cloned()
+        .unwrap();
+    assert_eq!(node["status"]["conditions"][0]["status"], "Unknown");
+    w.clock.advance(Duration::from_secs(299));
+    step(&mut kubelets, &w, &m);
+    assert!(
+        w.kube.store().get("Pod", "default", "p").is_some(),
+        "pods stay while their toleration lasts"
+    );
+    w.clock.advance(Duration::from_secs(1));
+    step(&mut kubelets, &w, &m);
+    assert!(
+        w.kube.store().get("Pod", "default", "p").is_none(),
+        "lost after five minutes unreachable"
+    );
+    w.schedule();
+}
