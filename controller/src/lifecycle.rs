@@ -103,6 +103,46 @@ impl Controller {
         self.ctx.clock.now().to_string()
     }
 
+    /// Patch the claim's status: set `types` True (with their reasons), keep the other conditions, and merge
+    /// `extra` status fields; the cache takes the answer at once.
+    async fn set_true_conditions(
+        &mut self,
+        claim: &NodeClaim,
+        types: &[(&str, &str)],
+        extra: serde_json::Value,
+    ) -> Result<(), ControllerError> {
+        let now = self.now_rfc3339();
+        let name = claim.metadata.name.clone().unwrap_or_default();
+        let mut conds: Vec<serde_json::Value> = claim
+            .status
+            .as_ref()
+            .map(|s| {
+                s.conditions
+                    .iter()
+                    .filter(|c| !types.iter().any(|(t, _)| *t == c.type_))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| serde_json::to_value(c).unwrap_or_default())
+            .collect();
+        conds.extend(types.iter().map(|(t, reason)| condition(t, reason, &now)));
+        let mut status = extra;
+        status["conditions"] = serde_json::Value::Array(conds);
+        let updated = self
+            .ctx
+            .kube
+            .patch_status(
+                Kind::NodeClaim,
+                &ObjectKey::cluster(&name),
+                json!({ "status": status }),
+            )
+            .await?;
+        self.state
+            .apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Modified(updated))?;
+        Ok(())
+    }
+
     pub(crate) async fn reconcile_nodeclaims(&mut self) -> Result<(), ControllerError> {
         let names: Vec<String> = self.state.nodeclaims.keys().cloned().collect();
         for name in names {
@@ -439,28 +479,12 @@ impl Controller {
                 json!({"metadata": {"labels": node_labels, "finalizers": finalizers}, "spec": {"taints": taints}}),
             )
             .await?;
-        let now = self.now_rfc3339();
-        let mut conds = claim
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default();
-        conds.retain(|c| c.type_ != conditions::REGISTERED);
-        let mut conds = serde_json::to_value(conds).unwrap_or_default();
-        if let Some(list) = conds.as_array_mut() {
-            list.push(condition(conditions::REGISTERED, "Registered", &now));
-        }
-        let updated = self
-            .ctx
-            .kube
-            .patch_status(
-                Kind::NodeClaim,
-                &ObjectKey::cluster(&name),
-                json!({"status": {"nodeName": node_name, "conditions": conds}}),
-            )
-            .await?;
-        self.state
-            .apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Modified(updated))?;
+        self.set_true_conditions(
+            claim,
+            &[(conditions::REGISTERED, "Registered")],
+            json!({"nodeName": node_name}),
+        )
+        .await?;
         self.ctx.journal.record(
             "lifecycle",
             format!("registered nodeclaim/{name} node={node_name}"),
@@ -501,29 +525,15 @@ impl Controller {
                 json!({"metadata": {"labels": {labels::INITIALIZED: "true"}}}),
             )
             .await?;
-        let now = self.now_rfc3339();
-        let mut conds = claim
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default();
-        conds.retain(|c| c.type_ != conditions::INITIALIZED && c.type_ != conditions::READY);
-        let mut conds = serde_json::to_value(conds).unwrap_or_default();
-        if let Some(list) = conds.as_array_mut() {
-            list.push(condition(conditions::INITIALIZED, "Initialized", &now));
-            list.push(condition(conditions::READY, "Ready", &now));
-        }
-        let updated = self
-            .ctx
-            .kube
-            .patch_status(
-                Kind::NodeClaim,
-                &ObjectKey::cluster(&name),
-                json!({"status": {"conditions": conds}}),
-            )
-            .await?;
-        self.state
-            .apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Modified(updated))?;
+        self.set_true_conditions(
+            claim,
+            &[
+                (conditions::INITIALIZED, "Initialized"),
+                (conditions::READY, "Ready"),
+            ],
+            json!({}),
+        )
+        .await?;
         self.ctx.journal.record(
             "lifecycle",
             format!("initialized nodeclaim/{name} node={node_name}"),

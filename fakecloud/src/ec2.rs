@@ -713,6 +713,20 @@ impl FakeCloud {
     }
 }
 
+/// EC2's answer when a call names an instance it does not (yet) show: eventual consistency included.
+fn unknown_instance(st: &State, ids: &[String], now: Timestamp) -> Result<(), CloudError> {
+    match ids
+        .iter()
+        .find(|id| st.instances.get(*id).is_none_or(|r| r.visible_at > now))
+    {
+        Some(id) => Err(CloudError::new(
+            "InvalidInstanceID.NotFound",
+            format!("The instance ID '{id}' does not exist"),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn or_all(list: &str) -> &str {
     if list.is_empty() { "*" } else { list }
 }
@@ -1163,15 +1177,7 @@ impl Cloud for FakeCloud {
         let now = self.clock.now();
         let region = self.config.region.clone();
         let mut st = self.lock();
-        if let Some(id) = instance_ids
-            .iter()
-            .find(|id| st.instances.get(*id).is_none_or(|r| r.visible_at > now))
-        {
-            return Err(CloudError::new(
-                "InvalidInstanceID.NotFound",
-                format!("The instance ID '{id}' does not exist"),
-            ));
-        }
+        unknown_instance(&st, &instance_ids, now)?;
         let State {
             instances,
             queue,
@@ -1218,15 +1224,7 @@ impl Cloud for FakeCloud {
         self.api_call("CreateTags").await?;
         let now = self.clock.now();
         let mut st = self.lock();
-        if let Some(id) = resource_ids
-            .iter()
-            .find(|id| st.instances.get(*id).is_none_or(|r| r.visible_at > now))
-        {
-            return Err(CloudError::new(
-                "InvalidInstanceID.NotFound",
-                format!("The instance ID '{id}' does not exist"),
-            ));
-        }
+        unknown_instance(&st, &resource_ids, now)?;
         for id in &resource_ids {
             if let Some(rec) = st.instances.get_mut(id) {
                 rec.instance.tags.extend(tags.clone());

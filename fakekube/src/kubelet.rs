@@ -310,14 +310,7 @@ impl Kubelets {
                 continue;
             }
             let Some(d) = run_duration(&p) else { continue };
-            let ns = p["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let name = p["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let (ns, name) = crate::store::ns_name(&p);
             let key = format!("{ns}/{name}");
             let started = *self.running.entry(key.clone()).or_insert(now);
             if now >= add(started, d) {
@@ -343,14 +336,7 @@ impl Kubelets {
             {
                 continue;
             }
-            let ns = p["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let name = p["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let (ns, name) = crate::store::ns_name(&p);
             let key = format!("{ns}/{name}");
             let seen = *self.starting.entry(key.clone()).or_insert(now);
             if now >= add(seen, self.pod_start) {

@@ -26,6 +26,14 @@ const NAMESPACED: [&str; 8] = [
 /// How many watch events are kept for watches that resume from an older resourceVersion.
 const HISTORY: usize = 50_000;
 
+/// (namespace, name) of an object.
+pub fn ns_name(v: &Value) -> (String, String) {
+    (
+        meta_str(v, "namespace").to_string(),
+        meta_str(v, "name").to_string(),
+    )
+}
+
 pub fn is_namespaced(kind: &str) -> bool {
     NAMESPACED.contains(&kind)
 }

@@ -97,14 +97,7 @@ fn update_budgets(kube: &FakeKube) {
         let Some(status) = crate::disruption::status(&st, &pdb) else {
             continue;
         };
-        let ns = pdb["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let name = pdb["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let (ns, name) = crate::store::ns_name(&pdb);
         let _ = st.patch(
             "PodDisruptionBudget",
             &ns,
@@ -145,14 +138,7 @@ impl Workloads {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            let ns = job["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let name = job["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let (ns, name) = crate::store::ns_name(&job);
             let completions = job["spec"]["completions"].as_i64().unwrap_or(1).max(0);
             let parallelism = job["spec"]["parallelism"].as_i64().unwrap_or(1).max(0);
             let owned = owned_pods(&st, &uid);
@@ -205,14 +191,7 @@ impl Workloads {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            let ns = ds["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let name = ds["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let (ns, name) = crate::store::ns_name(&ds);
             let template = &ds["spec"]["template"];
             let owned = owned_pods(&st, &uid);
             let mut created = 0;
@@ -259,14 +238,7 @@ impl Workloads {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            let ns = d["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let name = d["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let (ns, name) = crate::store::ns_name(&d);
             let want = d["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
             let mut owned: Vec<Value> = st
                 .list("Pod")
@@ -339,14 +311,7 @@ impl Workloads {
                 continue;
             };
             if st.get("Node", "", node).is_none() {
-                let ns = p["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                let name = p["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
+                let (ns, name) = crate::store::ns_name(&p);
                 let _ = st.delete("Pod", &ns, &name, now);
             }
         }

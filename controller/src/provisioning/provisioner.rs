@@ -20,6 +20,15 @@ use crate::resources::{Resources, pod_requests};
 use crate::run::Controller;
 use crate::state::{is_provisionable, node_ready};
 
+/// `,+N` for the items of a list of `len` not shown when only `shown` are printed.
+fn more_suffix(len: usize, shown: usize) -> String {
+    if len > shown {
+        format!(",+{}", len - shown)
+    } else {
+        String::new()
+    }
+}
+
 /// How many instance types a NodeClaim carries (and a CreateFleet call may try), as in Karpenter.
 pub const MAX_INSTANCE_TYPES: usize = 60;
 
@@ -286,11 +295,7 @@ impl Controller {
             by_reason.entry(reason.as_str()).or_default().push(pod);
         }
         for (reason, pods) in by_reason {
-            let more = if pods.len() > 1 {
-                format!(",+{}", pods.len() - 1)
-            } else {
-                String::new()
-            };
+            let more = more_suffix(pods.len(), 1);
             self.ctx.journal.record(
                 "provision",
                 format!(
@@ -369,11 +374,7 @@ impl Controller {
         self.state
             .apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Added(created))?;
         let shown: Vec<&str> = types.iter().take(2).map(String::as_str).collect();
-        let more = if types.len() > 2 {
-            format!(",+{}", types.len() - 2)
-        } else {
-            String::new()
-        };
+        let more = more_suffix(types.len(), 2);
         self.ctx.journal.record(
             "provision",
             format!(
