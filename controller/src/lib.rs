@@ -19,6 +19,7 @@ pub mod provisioning;
 pub mod quantity;
 pub mod resources;
 pub mod run;
+pub mod scheduling;
 pub mod state;
 
 pub use error::ControllerError;

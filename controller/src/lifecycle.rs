@@ -14,20 +14,12 @@ use crate::kube::{Kind, KubeError, ObjectKey};
 use crate::launch;
 use crate::names;
 use crate::run::Controller;
+use crate::scheduling::Requirements;
+use crate::scheduling::planner::capacity_types;
 use crate::state::node_ready;
 
 fn condition(type_: &str, reason: &str, now: &str) -> serde_json::Value {
     json!({"type": type_, "status": "True", "reason": reason, "lastTransitionTime": now})
-}
-
-fn claim_values(claim: &NodeClaim, key: &str) -> Vec<String> {
-    claim
-        .spec
-        .requirements
-        .iter()
-        .filter(|r| r.key == key && r.operator == "In")
-        .flat_map(|r| r.values.iter().cloned())
-        .collect()
 }
 
 /// The fleet a claim may launch: one capacity type (spot when allowed and offered, as Karpenter prefers),
@@ -37,24 +29,15 @@ fn fleet_overrides(
     types: &[InstanceType],
     subnets: &BTreeMap<String, String>,
 ) -> Option<(CapacityType, Vec<FleetOverride>)> {
-    let type_names = claim_values(claim, labels::INSTANCE_TYPE);
-    let zones = claim_values(claim, labels::ZONE);
-    let capacity_types: Vec<CapacityType> = {
-        let v = claim_values(claim, labels::CAPACITY_TYPE);
-        if v.is_empty() {
-            vec![CapacityType::OnDemand]
-        } else {
-            v.iter().filter_map(|s| CapacityType::parse(s)).collect()
-        }
-    };
+    // A claim that does not parse was not written by us; launch nothing rather than guess.
+    let reqs = Requirements::from_node_selector(&claim.spec.requirements).ok()?;
+    let type_ok = |name: &str| reqs.get(labels::INSTANCE_TYPE).is_none_or(|r| r.has(name));
+    let zone_ok = |zone: &str| reqs.get(labels::ZONE).is_none_or(|r| r.has(zone));
     let candidates = |ct: CapacityType| -> Vec<(f64, FleetOverride)> {
         let mut out = Vec::new();
-        for it in types.iter().filter(|it| type_names.contains(&it.name)) {
+        for it in types.iter().filter(|it| type_ok(&it.name)) {
             for o in &it.offerings {
-                if o.capacity_type != ct
-                    || !o.available
-                    || (!zones.is_empty() && !zones.contains(&o.zone))
-                {
+                if o.capacity_type != ct || !o.available || !zone_ok(&o.zone) {
                     continue;
                 }
                 let Some(subnet) = subnets.get(&o.zone) else {
@@ -78,10 +61,7 @@ fn fleet_overrides(
         });
         out
     };
-    for ct in [CapacityType::Spot, CapacityType::OnDemand] {
-        if !capacity_types.contains(&ct) {
-            continue;
-        }
+    for ct in capacity_types(&reqs) {
         let c = candidates(ct);
         if !c.is_empty() {
             let overrides = c

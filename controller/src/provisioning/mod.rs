@@ -1,9 +1,6 @@
-//! Provisioning: batch pending pods, plan new NodeClaims for them, and create those claims.
+//! Provisioning: batch pending pods, plan new NodeClaims for them with the scheduling core, create them.
 
 pub mod batcher;
-pub mod planner;
 pub mod provisioner;
-pub mod requirements;
 
 pub use batcher::Batcher;
-pub use planner::{ClaimPlan, PendingPod, PoolOptions, plan};

@@ -6,18 +6,16 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube_core::ObjectMeta;
 
-use crate::cloud::CapacityType;
 use crate::crds::nodeclaim::ResourceRequirements;
-use crate::crds::{
-    NodeClaim, NodeClaimSpec, NodePool, NodeSelectorRequirementWithMinValues, labels,
-};
+use crate::crds::{NodeClaim, NodeClaimSpec, labels};
 use crate::error::ControllerError;
 use crate::kube::{Kind, ObjectKey, encode};
 use crate::names;
-use crate::provisioning::planner::{ExistingCapacity, PendingPod, PoolOptions, plan};
-use crate::provisioning::requirements::matches_all;
+
 use crate::resources::{Resources, pod_requests};
 use crate::run::Controller;
+use crate::scheduling::requirements::{Requirement, Requirements, normalize_key};
+use crate::scheduling::{ClaimPlan, ExistingCapacity, PendingPod, PoolOptions, plan};
 use crate::state::{is_provisionable, node_ready};
 
 /// `,+N` for the items of a list of `len` not shown when only `shown` are printed.
@@ -32,14 +30,83 @@ fn more_suffix(len: usize, shown: usize) -> String {
 /// How many instance types a NodeClaim carries (and a CreateFleet call may try), as in Karpenter.
 pub const MAX_INSTANCE_TYPES: usize = 60;
 
-fn requirement_values(pool: &NodePool, key: &str) -> Option<Vec<String>> {
-    pool.spec
-        .template
-        .spec
-        .requirements
+/// A pod's node requirement alternatives, strictest first: its nodeSelector with each required node
+/// affinity term (OR-ed terms, in order), each first with all preferred terms and then relaxing them one at
+/// a time from the lightest — Karpenter's documented relaxation order for node affinity.
+pub fn pod_requirements(pod: &Pod) -> Result<Vec<Requirements>, String> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let base = Requirements::from_labels(&spec.node_selector.unwrap_or_default());
+    let node_affinity = spec.affinity.and_then(|a| a.node_affinity);
+    let parse = |exprs: &[k8s_openapi::api::core::v1::NodeSelectorRequirement],
+                 field: &str|
+     -> Result<Requirements, String> {
+        let mut r = Requirements::default();
+        for e in exprs {
+            let req = Requirement::parse(
+                normalize_key(&e.key),
+                &e.operator,
+                e.values.as_deref().unwrap_or_default(),
+                None,
+            )
+            .map_err(|err| format!("{field}: {err}"))?;
+            r.add(req);
+        }
+        Ok(r)
+    };
+    let mut required = Vec::new();
+    if let Some(terms) = node_affinity.as_ref().and_then(|n| {
+        n.required_during_scheduling_ignored_during_execution
+            .as_ref()
+    }) {
+        for (i, t) in terms.node_selector_terms.iter().enumerate() {
+            let field = format!(
+                "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[{i}]"
+            );
+            required.push(base.merged(&parse(
+                t.match_expressions.as_deref().unwrap_or_default(),
+                &field,
+            )?));
+        }
+    }
+    if required.is_empty() {
+        required.push(base);
+    }
+    let mut preferred: Vec<(i32, Requirements)> = Vec::new();
+    for (i, t) in node_affinity
         .iter()
-        .find(|r| r.key == key && r.operator == "In")
-        .map(|r| r.values.clone())
+        .flat_map(|n| {
+            n.preferred_during_scheduling_ignored_during_execution
+                .iter()
+                .flatten()
+        })
+        .enumerate()
+    {
+        let field = format!(
+            "spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[{i}]"
+        );
+        preferred.push((
+            t.weight,
+            parse(
+                t.preference
+                    .match_expressions
+                    .as_deref()
+                    .unwrap_or_default(),
+                &field,
+            )?,
+        ));
+    }
+    preferred.sort_by_key(|p| std::cmp::Reverse(p.0));
+    let mut out = Vec::new();
+    for req in &required {
+        for keep in (0..=preferred.len()).rev() {
+            let mut r = req.clone();
+            for (_, p) in preferred.iter().take(keep) {
+                r = r.merged(p);
+            }
+            out.push(r);
+        }
+    }
+    Ok(out)
 }
 
 fn pod_requests_or_log(c: &Controller, key: &ObjectKey, pod: &Pod) -> Option<Resources> {
@@ -55,92 +122,100 @@ fn pod_requests_or_log(c: &Controller, key: &ObjectKey, pod: &Pod) -> Option<Res
 }
 
 impl Controller {
-    fn pool_options(&self, zones_in_region: &[String]) -> Vec<PoolOptions<'_>> {
-        let mut daemon_overhead = Resources::default();
+    /// What each ready NodePool may launch. A pool whose requirements do not parse is skipped, with a line.
+    fn pool_options(&self) -> Vec<PoolOptions<'_>> {
+        let mut out = Vec::new();
+        for pool in self.state.nodepools.values() {
+            let name = pool.metadata.name.clone().unwrap_or_default();
+            if pool.metadata.deletion_timestamp.is_some()
+                || !self
+                    .state
+                    .nodeclasses
+                    .contains_key(&pool.spec.template.spec.node_class_ref.name)
+            {
+                continue;
+            }
+            let mut requirements =
+                match Requirements::from_node_selector(&pool.spec.template.spec.requirements) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.ctx.journal.record(
+                            "provision",
+                            format!("skip nodepool/{name}: spec.template.spec.requirements: {e}"),
+                        );
+                        continue;
+                    }
+                };
+            // Karpenter launches on-demand unless a pool says otherwise.
+            if requirements.get(labels::CAPACITY_TYPE).is_none() {
+                requirements.add(Requirement::in_values(labels::CAPACITY_TYPE, ["on-demand"]));
+            }
+            let mut template_labels = pool
+                .spec
+                .template
+                .metadata
+                .clone()
+                .unwrap_or_default()
+                .labels;
+            template_labels.insert(labels::NODEPOOL.to_string(), name.clone());
+            requirements = requirements.merged(&Requirements::from_labels(&template_labels));
+            let daemon_overhead =
+                self.daemon_overhead(&requirements, &pool.spec.template.spec.taints);
+            let remaining_limits = pool.spec.limits.as_ref().and_then(|limits| {
+                let limits = Resources::parse(limits).ok()?;
+                let used = self.pool_usage(&name);
+                // Only the resources the pool limits count; the rest are unbounded.
+                Some(Resources(
+                    limits
+                        .0
+                        .iter()
+                        .map(|(k, v)| (k.clone(), *v - used.get(k)))
+                        .collect(),
+                ))
+            });
+            out.push(PoolOptions {
+                name,
+                weight: pool.spec.weight.unwrap_or(0),
+                requirements,
+                taints: pool.spec.template.spec.taints.clone(),
+                instance_types: self.instance_types.iter().collect(),
+                daemon_overhead,
+                remaining_limits,
+            });
+        }
+        out
+    }
+
+    /// Requests of the DaemonSet pods that would run on a node of this pool: those whose node selector
+    /// the pool can satisfy and whose tolerations cover the pool's taints.
+    fn daemon_overhead(
+        &self,
+        pool_requirements: &Requirements,
+        taints: &[crate::crds::Taint],
+    ) -> Resources {
+        let mut total = Resources::default();
         for ds in self.state.daemonsets.values() {
+            let Some(spec) = ds.spec.as_ref().and_then(|s| s.template.spec.clone()) else {
+                continue;
+            };
+            let selector =
+                Requirements::from_labels(&spec.node_selector.clone().unwrap_or_default());
+            let tolerations = spec.tolerations.clone().unwrap_or_default();
+            if pool_requirements.compatible(&selector).is_err()
+                || crate::scheduling::taints::untolerated(&tolerations, taints).is_some()
+            {
+                continue;
+            }
             let pod = Pod {
                 metadata: Default::default(),
-                spec: ds.spec.as_ref().and_then(|s| s.template.spec.clone()),
+                spec: Some(spec),
                 status: None,
             };
             if let Ok(r) = pod_requests(&pod) {
-                daemon_overhead.add(&r);
+                total.add(&r);
             }
         }
-        self.state
-            .nodepools
-            .values()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter(|p| {
-                self.state
-                    .nodeclasses
-                    .contains_key(&p.spec.template.spec.node_class_ref.name)
-            })
-            .map(|pool| {
-                let reqs = &pool.spec.template.spec.requirements;
-                let capacity_types: Vec<CapacityType> =
-                    match requirement_values(pool, labels::CAPACITY_TYPE) {
-                        Some(v) => v.iter().filter_map(|s| CapacityType::parse(s)).collect(),
-                        None => vec![CapacityType::OnDemand],
-                    };
-                let zones: Vec<String> = match requirement_values(pool, labels::ZONE) {
-                    Some(v) => v,
-                    None => zones_in_region.to_vec(),
-                };
-                let instance_types = self
-                    .instance_types
-                    .iter()
-                    .filter(|it| {
-                        let type_reqs: Vec<NodeSelectorRequirementWithMinValues> = reqs
-                            .iter()
-                            .filter(|r| r.key != labels::CAPACITY_TYPE && r.key != labels::ZONE)
-                            .cloned()
-                            .collect();
-                        matches_all(&type_reqs, &it.labels)
-                    })
-                    .filter(|it| {
-                        it.offerings.iter().any(|o| {
-                            o.available
-                                && capacity_types.contains(&o.capacity_type)
-                                && zones.contains(&o.zone)
-                        })
-                    })
-                    .collect();
-                let mut pool_labels = pool
-                    .spec
-                    .template
-                    .metadata
-                    .clone()
-                    .unwrap_or_default()
-                    .labels;
-                pool_labels.insert(
-                    labels::NODEPOOL.to_string(),
-                    pool.metadata.name.clone().unwrap_or_default(),
-                );
-                let remaining_limits = pool.spec.limits.as_ref().and_then(|limits| {
-                    let limits = Resources::parse(limits).ok()?;
-                    let used = self.pool_usage(pool.metadata.name.as_deref().unwrap_or_default());
-                    // Only the resources the pool limits count; the rest are unbounded.
-                    Some(Resources(
-                        limits
-                            .0
-                            .iter()
-                            .map(|(k, v)| (k.clone(), *v - used.get(k)))
-                            .collect(),
-                    ))
-                });
-                PoolOptions {
-                    name: pool.metadata.name.clone().unwrap_or_default(),
-                    weight: pool.spec.weight.unwrap_or(0),
-                    labels: pool_labels,
-                    instance_types,
-                    capacity_types,
-                    zones,
-                    daemon_overhead: daemon_overhead.clone(),
-                    remaining_limits,
-                }
-            })
-            .collect()
+        total
     }
 
     /// Capacity of the pool's live NodeClaims, as counted against `spec.limits`.
@@ -211,10 +286,22 @@ impl Controller {
                     available.sub(u);
                 }
             }
+            // Until the node exists, a claim's labels are what its requirements pin to one value.
+            let mut labels = claim.metadata.labels.clone().unwrap_or_default();
+            if let Ok(reqs) = Requirements::from_node_selector(&claim.spec.requirements) {
+                for r in reqs.to_node_selector() {
+                    if r.operator == "In" && r.values.len() == 1 {
+                        labels
+                            .entry(r.key.clone())
+                            .or_insert_with(|| r.values[0].clone());
+                    }
+                }
+            }
             out.push(ExistingCapacity {
                 name: format!("nodeclaim/{name}"),
                 available,
-                labels: claim.metadata.labels.clone().unwrap_or_default(),
+                labels,
+                taints: claim.spec.taints.clone(),
             });
         }
         for (name, node) in &self.state.nodes {
@@ -236,47 +323,62 @@ impl Controller {
             if let Some(u) = used.get(name.as_str()) {
                 available.sub(u);
             }
+            // The unregistered taint goes as soon as Dovetail syncs the node; it does not keep pods off.
+            let taints = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|t| t.key != labels::UNREGISTERED_TAINT)
+                .map(|t| crate::crds::Taint {
+                    key: t.key,
+                    value: t.value,
+                    effect: t.effect,
+                })
+                .collect();
             out.push(ExistingCapacity {
                 name: format!("node/{name}"),
                 available,
                 labels: node.metadata.labels.clone().unwrap_or_default(),
+                taints,
             });
         }
         out
     }
 
     pub(crate) async fn provision(&mut self, window: Duration) -> Result<(), ControllerError> {
-        let pending: Vec<PendingPod> = self
-            .state
-            .pods
-            .iter()
-            .filter(|(_, p)| is_provisionable(p))
-            .filter_map(|(key, pod)| {
-                let requests = pod_requests_or_log(self, key, pod)?;
-                let node_selector = pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.node_selector.clone())
-                    .unwrap_or_default();
-                Some(PendingPod {
-                    key: key.clone(),
-                    requests,
-                    node_selector,
-                })
-            })
-            .collect();
+        let mut pending: Vec<PendingPod> = Vec::new();
+        for (key, pod) in self.state.pods.iter().filter(|(_, p)| is_provisionable(p)) {
+            let Some(requests) = pod_requests_or_log(self, key, pod) else {
+                continue;
+            };
+            let requirements = match pod_requirements(pod) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.ctx
+                        .journal
+                        .record("provision", format!("skip pod/{key}: {e}"));
+                    continue;
+                }
+            };
+            let tolerations = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.tolerations.clone())
+                .unwrap_or_default();
+            pending.push(PendingPod {
+                key: key.clone(),
+                requests,
+                requirements,
+                tolerations,
+            });
+        }
         if pending.is_empty() {
             return Ok(());
         }
-        let mut zones: Vec<String> = self
-            .instance_types
-            .iter()
-            .flat_map(|it| it.offerings.iter().map(|o| o.zone.clone()))
-            .collect();
-        zones.sort();
-        zones.dedup();
         let existing = self.existing_capacity();
-        let pools = self.pool_options(&zones);
+        let pools = self.pool_options();
         let plan = plan(&pending, &existing, &pools);
         self.ctx.journal.record(
             "provision",
@@ -311,31 +413,18 @@ impl Controller {
         Ok(())
     }
 
-    async fn create_nodeclaim(
-        &mut self,
-        plan: crate::provisioning::ClaimPlan,
-    ) -> Result<(), ControllerError> {
+    async fn create_nodeclaim(&mut self, plan: ClaimPlan) -> Result<(), ControllerError> {
         let Some(pool) = self.state.nodepools.get(&plan.pool).cloned() else {
             return Ok(());
         };
         let name = names::generate(&plan.pool, &mut self.ctx.rng);
         let mut types = plan.instance_types.clone();
         types.truncate(MAX_INSTANCE_TYPES);
-        let mut requirements: Vec<NodeSelectorRequirementWithMinValues> = pool
-            .spec
-            .template
-            .spec
-            .requirements
-            .iter()
-            .filter(|r| r.key != labels::INSTANCE_TYPE)
-            .cloned()
-            .collect();
-        requirements.push(NodeSelectorRequirementWithMinValues {
-            key: labels::INSTANCE_TYPE.to_string(),
-            operator: "In".to_string(),
-            values: types.clone(),
-            min_values: None,
-        });
+        // The claim carries the pool's requirements narrowed by its pods, and the instance types that fit.
+        let mut reqs = plan.requirements.clone();
+        reqs.0.remove(labels::INSTANCE_TYPE);
+        reqs.add(Requirement::in_values(labels::INSTANCE_TYPE, types.clone()));
+        let requirements = reqs.to_node_selector();
         let mut claim_labels = pool
             .spec
             .template

@@ -1,0 +1,9 @@
+//! The scheduling core: pure code (no async, no I/O) that decides where pending pods can go and which new
+//! NodeClaims to create for the rest.
+
+pub mod planner;
+pub mod requirements;
+pub mod taints;
+
+pub use planner::{ClaimPlan, ExistingCapacity, PendingPod, Plan, PoolOptions, plan};
+pub use requirements::{Requirement, RequirementError, Requirements};

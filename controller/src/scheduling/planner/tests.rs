@@ -1,0 +1,471 @@
+//! Planner tests, written from Karpenter's documented scheduling behaviour.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::instancetype::Offering;
+use crate::quantity::{Milli, parse};
+use crate::resources::PODS;
+use crate::scheduling::requirements::Requirement;
+
+fn it(name: &str, cpu_m: i128, mem: &str, pods: i128, price: f64) -> InstanceType {
+    let mut a = Resources::default();
+    a.set(CPU, Milli(cpu_m));
+    a.set(MEMORY, parse(mem).unwrap());
+    a.set(PODS, Milli::from_units(pods));
+    let family = name.split('.').next().unwrap().to_string();
+    InstanceType {
+        name: name.into(),
+        labels: [
+            (labels::INSTANCE_TYPE.to_string(), name.to_string()),
+            (labels::INSTANCE_FAMILY.to_string(), family),
+        ]
+        .into(),
+        capacity: a.clone(),
+        allocatable: a,
+        offerings: ["z1", "z2"]
+            .iter()
+            .flat_map(|z| {
+                [
+                    Offering {
+                        zone: z.to_string(),
+                        capacity_type: CapacityType::OnDemand,
+                        price,
+                        available: true,
+                    },
+                    Offering {
+                        zone: z.to_string(),
+                        capacity_type: CapacityType::Spot,
+                        price: price * 0.4,
+                        available: true,
+                    },
+                ]
+            })
+            .collect(),
+    }
+}
+
+fn pod(name: &str, cpu_m: i128, mem: &str) -> PendingPod {
+    let mut r = Resources::default();
+    r.set(CPU, Milli(cpu_m));
+    r.set(MEMORY, parse(mem).unwrap());
+    r.set(PODS, Milli::from_units(1));
+    PendingPod::simple(ObjectKey::namespaced("default", name), r)
+}
+
+fn req(key: &str, op: &str, values: &[&str]) -> Requirement {
+    Requirement::parse(
+        key,
+        op,
+        &values.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        None,
+    )
+    .unwrap()
+}
+
+fn with_req(mut p: PendingPod, r: Requirement) -> PendingPod {
+    p.requirements[0].add(r);
+    p
+}
+
+fn pool<'a>(name: &str, types: Vec<&'a InstanceType>) -> PoolOptions<'a> {
+    let mut requirements = Requirements::default();
+    requirements.add(req(labels::CAPACITY_TYPE, "In", &["on-demand"]));
+    requirements.add(req(labels::NODEPOOL, "In", &[name]));
+    PoolOptions {
+        name: name.into(),
+        weight: 0,
+        requirements,
+        taints: Vec::new(),
+        instance_types: types,
+        daemon_overhead: Resources::default(),
+        remaining_limits: None,
+    }
+}
+
+#[test]
+fn packs_onto_one_claim_and_lists_fitting_types_cheapest_first() {
+    let small = it("small.large", 1900, "3Gi", 10, 0.05);
+    let large = it("large.large", 7900, "30Gi", 50, 0.20);
+    let medium = it("medium.large", 3900, "14Gi", 20, 0.10);
+    let pods: Vec<PendingPod> = (0..4).map(|i| pod(&format!("p{i}"), 500, "1Gi")).collect();
+    let p = plan(
+        &pods,
+        &[],
+        &[pool("default", vec![&small, &large, &medium])],
+    );
+    assert_eq!(p.claims.len(), 1);
+    assert_eq!(p.claims[0].pods.len(), 4);
+    assert_eq!(
+        p.claims[0].instance_types,
+        vec!["medium.large", "large.large"],
+        "small cannot hold 2 cpu"
+    );
+    assert!(p.unschedulable.is_empty());
+}
+
+#[test]
+fn uses_existing_capacity_before_opening_claims() {
+    let large = it("large.large", 7900, "30Gi", 50, 0.20);
+    let mut avail = Resources::default();
+    avail.set(CPU, Milli(1000));
+    avail.set(MEMORY, parse("2Gi").unwrap());
+    avail.set(PODS, Milli::from_units(5));
+    let existing = vec![ExistingCapacity {
+        name: "n1".into(),
+        available: avail,
+        labels: BTreeMap::new(),
+        taints: Vec::new(),
+    }];
+    let pods = vec![
+        pod("a", 500, "1Gi"),
+        pod("b", 500, "1Gi"),
+        pod("c", 500, "1Gi"),
+    ];
+    let p = plan(&pods, &existing, &[pool("default", vec![&large])]);
+    assert_eq!(p.on_existing.len(), 2);
+    assert_eq!(p.claims.len(), 1);
+    assert_eq!(p.claims[0].pods.len(), 1);
+}
+
+#[test]
+fn existing_capacity_honours_taints_and_labels() {
+    let large = it("large.large", 7900, "30Gi", 50, 0.20);
+    let mut avail = Resources::default();
+    avail.set(CPU, Milli(8000));
+    avail.set(MEMORY, parse("32Gi").unwrap());
+    avail.set(PODS, Milli::from_units(50));
+    let tainted = ExistingCapacity {
+        name: "gpu".into(),
+        available: avail.clone(),
+        labels: BTreeMap::new(),
+        taints: vec![Taint {
+            key: "nvidia.com/gpu".into(),
+            value: None,
+            effect: "NoSchedule".into(),
+        }],
+    };
+    let zoned = ExistingCapacity {
+        name: "z1".into(),
+        available: avail,
+        labels: [(labels::ZONE.to_string(), "z1".to_string())].into(),
+        taints: vec![],
+    };
+    let p = plan(
+        &[with_req(
+            pod("a", 500, "1Gi"),
+            req(labels::ZONE, "In", &["z2"]),
+        )],
+        &[tainted, zoned],
+        &[pool("default", vec![&large])],
+    );
+    assert!(
+        p.on_existing.is_empty(),
+        "tainted node and wrong zone are both out"
+    );
+    assert_eq!(p.claims.len(), 1);
+    assert!(
+        p.claims[0]
+            .requirements
+            .get(labels::ZONE)
+            .unwrap()
+            .has("z2")
+    );
+}
+
+#[test]
+fn limits_bound_only_the_resources_they_name() {
+    let large = it("large.large", 7900, "30Gi", 50, 0.20);
+    let mut p = pool("default", vec![&large]);
+    let mut rem = Resources::default();
+    rem.set(CPU, Milli(7900));
+    p.remaining_limits = Some(rem.clone());
+    assert_eq!(
+        plan(&[pod("a", 500, "1Gi")], &[], std::slice::from_ref(&p))
+            .claims
+            .len(),
+        1
+    );
+    rem.set(CPU, Milli(4000));
+    p.remaining_limits = Some(rem);
+    let out = plan(&[pod("a", 500, "1Gi")], &[], &[p]);
+    assert!(
+        out.claims.is_empty(),
+        "a node of 7.9 cpu would break a 4 cpu limit"
+    );
+    assert!(out.unschedulable[0].1.contains("limits"));
+}
+
+#[test]
+fn a_pod_too_big_for_every_type_is_explained() {
+    let small = it("small.large", 1900, "3Gi", 10, 0.05);
+    let p = plan(
+        &[pod("huge", 64_000, "1Gi")],
+        &[],
+        &[pool("default", vec![&small])],
+    );
+    assert!(p.claims.is_empty());
+    let reason = &p.unschedulable[0].1;
+    assert!(
+        reason.contains("nodepool \"default\": no instance type fits cpu=64"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("largest candidate small.large lacks cpu"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn opens_a_second_claim_when_the_largest_type_is_full() {
+    let small = it("small.large", 1900, "3Gi", 10, 0.05);
+    let pods: Vec<PendingPod> = (0..6)
+        .map(|i| pod(&format!("p{i}"), 500, "512Mi"))
+        .collect();
+    let p = plan(&pods, &[], &[pool("default", vec![&small])]);
+    assert_eq!(p.claims.len(), 2);
+    assert_eq!(p.claims.iter().map(|c| c.pods.len()).sum::<usize>(), 6);
+}
+
+#[test]
+fn weights_order_pools_and_names_break_ties() {
+    let t = it("m5.large", 1900, "7Gi", 29, 0.1);
+    let mut heavy = pool("zz-heavy", vec![&t]);
+    heavy.weight = 10;
+    let light = pool("aa-light", vec![&t]);
+    let p = plan(&[pod("a", 100, "100Mi")], &[], &[light.clone(), heavy]);
+    assert_eq!(p.claims[0].pool, "zz-heavy");
+    let p = plan(
+        &[pod("a", 100, "100Mi")],
+        &[],
+        &[pool("bb", vec![&t]), light],
+    );
+    assert_eq!(p.claims[0].pool, "aa-light");
+}
+
+#[test]
+fn taints_need_tolerations_and_say_so() {
+    let t = it("g5.xlarge", 3900, "15Gi", 58, 1.0);
+    let mut gpu = pool("gpu", vec![&t]);
+    gpu.taints = vec![Taint {
+        key: "nvidia.com/gpu".into(),
+        value: Some("true".into()),
+        effect: "NoSchedule".into(),
+    }];
+    let out = plan(
+        &[pod("plain", 100, "100Mi")],
+        &[],
+        std::slice::from_ref(&gpu),
+    );
+    assert_eq!(
+        out.unschedulable[0].1,
+        "nodepool \"gpu\": taint nvidia.com/gpu=true:NoSchedule not tolerated"
+    );
+    let mut tolerant = pod("tolerant", 100, "100Mi");
+    tolerant.tolerations = vec![Toleration {
+        key: Some("nvidia.com/gpu".into()),
+        operator: Some("Exists".into()),
+        ..Default::default()
+    }];
+    assert_eq!(plan(&[tolerant], &[], &[gpu]).claims.len(), 1);
+}
+
+#[test]
+fn custom_labels_must_be_defined_by_the_pool() {
+    let t = it("m5.large", 1900, "7Gi", 29, 0.1);
+    let plain = pool("default", vec![&t]);
+    let mut teams = pool("teams", vec![&t]);
+    teams.requirements.add(req("team", "In", &["a", "b"]));
+    let p = plan(
+        &[with_req(pod("a", 100, "100Mi"), req("team", "In", &["b"]))],
+        &[],
+        &[plain.clone(), teams],
+    );
+    assert_eq!(p.claims[0].pool, "teams");
+    assert!(p.claims[0].requirements.get("team").unwrap().has("b"));
+    let p = plan(
+        &[with_req(pod("a", 100, "100Mi"), req("team", "In", &["b"]))],
+        &[],
+        &[plain],
+    );
+    assert!(
+        p.unschedulable[0].1.contains("does not define"),
+        "{}",
+        p.unschedulable[0].1
+    );
+}
+
+#[test]
+fn zone_and_capacity_type_narrow_the_claim() {
+    let t = it("m5.large", 1900, "7Gi", 29, 0.1);
+    let mut both = pool("default", vec![&t]);
+    both.requirements
+        .add(req(labels::CAPACITY_TYPE, "Exists", &[]));
+    both.requirements = {
+        let mut r = Requirements::default();
+        r.add(req(labels::CAPACITY_TYPE, "In", &["spot", "on-demand"]));
+        r
+    };
+    let p = plan(
+        &[with_req(
+            with_req(pod("a", 100, "100Mi"), req(labels::ZONE, "In", &["z2"])),
+            req(labels::CAPACITY_TYPE, "In", &["spot"]),
+        )],
+        &[],
+        &[both],
+    );
+    let r = &p.claims[0].requirements;
+    assert!(r.get(labels::ZONE).unwrap().has("z2") && !r.get(labels::ZONE).unwrap().has("z1"));
+    assert_eq!(capacity_types(r), vec![CapacityType::Spot]);
+}
+
+#[test]
+fn incompatible_pods_do_not_share_a_claim() {
+    let t = it("m5.large", 1900, "7Gi", 29, 0.1);
+    let pods = vec![
+        with_req(pod("a", 100, "100Mi"), req(labels::ZONE, "In", &["z1"])),
+        with_req(pod("b", 100, "100Mi"), req(labels::ZONE, "In", &["z2"])),
+    ];
+    assert_eq!(
+        plan(&pods, &[], &[pool("default", vec![&t])]).claims.len(),
+        2
+    );
+}
+
+#[test]
+fn affinity_alternatives_are_tried_in_order() {
+    let t = it("m5.large", 1900, "7Gi", 29, 0.1);
+    let mut p = pod("a", 100, "100Mi");
+    let mut preferred = Requirements::default();
+    preferred.add(req(labels::ZONE, "In", &["z9"]));
+    let mut fallback = Requirements::default();
+    fallback.add(req(labels::ZONE, "In", &["z1"]));
+    p.requirements = vec![preferred, fallback];
+    let out = plan(&[p], &[], &[pool("default", vec![&t])]);
+    assert!(
+        out.claims[0]
+            .requirements
+            .get(labels::ZONE)
+            .unwrap()
+            .has("z1"),
+        "the impossible preference is relaxed"
+    );
+}
+
+#[test]
+fn daemonset_overhead_is_part_of_every_new_node() {
+    let t = it("m5.large", 1900, "7Gi", 29, 0.1);
+    let mut p = pool("default", vec![&t]);
+    p.daemon_overhead.set(CPU, Milli(1000));
+    let out = plan(&[pod("a", 1000, "100Mi")], &[], &[p]);
+    assert!(
+        out.claims.is_empty(),
+        "1 cpu pod + 1 cpu of daemons exceed 1.9 cpu"
+    );
+    assert!(
+        out.unschedulable[0]
+            .1
+            .contains("incl. daemonset overhead cpu=1"),
+        "{}",
+        out.unschedulable[0].1
+    );
+}
+
+#[test]
+fn min_values_keep_enough_diversity() {
+    let a = it("c5.large", 1900, "3Gi", 29, 0.08);
+    let b = it("m5.large", 1900, "7Gi", 29, 0.1);
+    let big = it("r5.large", 1900, "15Gi", 29, 0.12);
+    let mut p = pool("default", vec![&a, &b, &big]);
+    p.requirements
+        .add(Requirement::parse(labels::INSTANCE_FAMILY, "Exists", &[], Some(2)).unwrap());
+    // 8 GiB fits only r5: one family left, fewer than minValues 2.
+    let out = plan(&[pod("a", 100, "8Gi")], &[], std::slice::from_ref(&p));
+    assert!(out.claims.is_empty());
+    assert!(out.unschedulable[0].1.contains("minValues"));
+    let out = plan(&[pod("a", 100, "2Gi")], &[], &[p]);
+    assert_eq!(out.claims[0].instance_types.len(), 3);
+}
+
+type PodSpecs = Vec<(i128, i128, Option<&'static str>)>;
+type TypeSpecs = Vec<(i128, i128, f64)>;
+
+fn arb_world() -> impl Strategy<Value = (PodSpecs, TypeSpecs)> {
+    let pods = proptest::collection::vec(
+        (
+            50i128..4000,
+            64i128..8192,
+            prop_oneof![Just(None), Just(Some("z1")), Just(Some("z2"))],
+        ),
+        1..40,
+    );
+    let types = proptest::collection::vec((1000i128..16000, 1024i128..65536, 0.01f64..2.0), 1..8);
+    (pods, types)
+}
+
+fn build(
+    pods: &[(i128, i128, Option<&'static str>)],
+    types: &[(i128, i128, f64)],
+) -> (Vec<PendingPod>, Vec<InstanceType>) {
+    let ps = pods
+        .iter()
+        .enumerate()
+        .map(|(i, (c, m, z))| {
+            let p = pod(&format!("p{i:03}"), *c, &format!("{m}Mi"));
+            match z {
+                Some(z) => with_req(p, req(labels::ZONE, "In", &[z])),
+                None => p,
+            }
+        })
+        .collect();
+    let ts = types
+        .iter()
+        .enumerate()
+        .map(|(i, (c, m, price))| it(&format!("t{i}.x"), *c, &format!("{m}Mi"), 58, *price))
+        .collect();
+    (ps, ts)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Every claim's pods fit its cheapest listed type and agree with its requirements; every pod is
+    /// either placed or explained, exactly once; the same input gives the same plan.
+    #[test]
+    fn plans_respect_constraints_and_are_deterministic((pods, types) in arb_world()) {
+        let (ps, ts) = build(&pods, &types);
+        let p = pool("default", ts.iter().collect());
+        let out = plan(&ps, &[], std::slice::from_ref(&p));
+        prop_assert_eq!(&out, &plan(&ps, &[], std::slice::from_ref(&p)));
+        let placed: usize = out.claims.iter().map(|c| c.pods.len()).sum();
+        prop_assert_eq!(placed + out.unschedulable.len(), ps.len());
+        for c in &out.claims {
+            let first = ts.iter().find(|t| t.name == c.instance_types[0]).unwrap();
+            prop_assert!(first.allocatable.fits(&c.requests));
+            for key in &c.pods {
+                let pod = ps.iter().find(|p| &p.key == key).unwrap();
+                if let Some(z) = pod.requirements[0].get(labels::ZONE) {
+                    let claim_zone = c.requirements.get(labels::ZONE).unwrap();
+                    prop_assert!(["z1", "z2"].iter().all(|v| !claim_zone.has(v) || z.has(v)));
+                }
+            }
+        }
+    }
+
+    /// Offering one more instance type never strands a pod that could be placed before.
+    #[test]
+    fn more_instance_types_never_hurt((pods, types) in arb_world(), extra in (1000i128..32000, 1024i128..131072, 0.01f64..4.0)) {
+        let (ps, ts) = build(&pods, &types);
+        let before = plan(&ps, &[], &[pool("default", ts.iter().collect())]);
+        let (_, more) = build(&[], &[extra]);
+        let mut all: Vec<InstanceType> = ts.clone();
+        all.push(InstanceType { name: "extra.x".into(), ..more[0].clone() });
+        let after = plan(&ps, &[], &[pool("default", all.iter().collect())]);
+        let stuck_before: BTreeSet<&ObjectKey> = before.unschedulable.iter().map(|(k, _)| k).collect();
+        for (k, _) in &after.unschedulable {
+            prop_assert!(stuck_before.contains(k), "{k} became unschedulable");
+        }
+    }
+}
