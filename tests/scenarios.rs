@@ -19,3 +19,9 @@ fn api_blips_seed_5() {
     let text = run_scenario("api-blips.yaml", 5);
     insta::assert_snapshot!("api-blips.seed-5", text);
 }
+
+#[test]
+fn multi_nodepool_gpu_seed_11() {
+    let text = run_scenario("multi-nodepool-gpu.yaml", 11);
+    insta::assert_snapshot!("multi-nodepool-gpu.seed-11", text);
+}

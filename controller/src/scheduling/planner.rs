@@ -233,8 +233,45 @@ fn open_on<'p, 'a>(
     Err(last_err)
 }
 
-/// Try to add `pod` to an open claim, narrowing its requirements and instance types.
-fn add_to(claim: &mut OpenClaim, pod: &PendingPod) -> bool {
+/// A pod gets a node of its own only when, on the claim's cheapest type, a pod like it would cost more than
+/// this many times what it costs on the cheapest type that holds it alone. Every extra node also costs
+/// daemonsets, kube-reserved, an address and a launch that can fail, and spot prices wobble by type, so
+/// near-ties pack as Karpenter does; big steps (a 4-GPU node for 1-GPU pods) do not.
+pub const SPLIT_THRESHOLD: f64 = 1.25;
+
+/// The claim's cheapest type and its price.
+fn cheapest_type<'a>(
+    types: &[&'a InstanceType],
+    reqs: &Requirements,
+) -> Option<(&'a InstanceType, f64)> {
+    types
+        .iter()
+        .map(|it| (*it, cheapest_price(it, reqs)))
+        .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.name.cmp(&b.0.name)))
+}
+
+/// Price per pod-sized slot: the type's price over how many whole times `request` fits in it (by the
+/// scarcest requested resource).
+fn cost_per_fit(it: &InstanceType, price: f64, request: &Resources) -> f64 {
+    let fits = request
+        .0
+        .iter()
+        .filter(|(k, v)| v.0 > 0 && k.as_str() != crate::resources::PODS)
+        .map(|(k, v)| (it.allocatable.get(k).0 / v.0) as f64)
+        .fold(f64::INFINITY, f64::min);
+    // Whole pods only: a type that holds 1.9 pods holds one.
+    if fits.is_finite() && fits >= 1.0 {
+        price / fits
+    } else {
+        price
+    }
+}
+
+/// Try to add `pod` to an open claim, narrowing its requirements and instance types. Beyond Karpenter: the
+/// pod joins unless, per pod-sized slot, the grown claim's cheapest type costs clearly more
+/// ([`SPLIT_THRESHOLD`]) than `alone` (the same on the cheapest type that holds the pod by itself), so three
+/// one-GPU pods get three small GPU nodes, not one four-GPU node at 1.4 times the price per GPU.
+fn add_to(claim: &mut OpenClaim, pod: &PendingPod, alone: f64) -> bool {
     if untolerated(&pod.tolerations, &claim.pool.taints).is_some() {
         return false;
     }
@@ -251,7 +288,10 @@ fn add_to(claim: &mut OpenClaim, pod: &PendingPod) -> bool {
             .copied()
             .filter(|it| type_allowed(it, &reqs) && it.allocatable.fits(&total))
             .collect();
-        if !still.is_empty() && min_values_hold(&still, &reqs) {
+        let together = cheapest_type(&still, &reqs)
+            .map_or(f64::INFINITY, |(it, p)| cost_per_fit(it, p, &pod.requests));
+        let cheaper_together = together <= alone * SPLIT_THRESHOLD + 1e-12;
+        if !still.is_empty() && min_values_hold(&still, &reqs) && cheaper_together {
             claim.requirements = reqs;
             claim.requests = total;
             claim.types = still;
@@ -296,8 +336,23 @@ pub fn plan(pods: &[PendingPod], existing: &[ExistingCapacity], pools: &[PoolOpt
                 continue 'pods;
             }
         }
+        // What this pod would cost on a node of its own, per pool, to judge whether sharing pays.
+        let alone: BTreeMap<&str, f64> = pools_by_preference
+            .iter()
+            .map(|p| {
+                let own = open_on(p, pod).ok().and_then(|c| {
+                    cheapest_type(&c.types, &c.requirements)
+                        .map(|(it, price)| cost_per_fit(it, price, &pod.requests))
+                });
+                (p.name.as_str(), own.unwrap_or(f64::INFINITY))
+            })
+            .collect();
         for claim in open.iter_mut() {
-            if add_to(claim, pod) {
+            let own = alone
+                .get(claim.pool.name.as_str())
+                .copied()
+                .unwrap_or(f64::INFINITY);
+            if add_to(claim, pod, own) {
                 continue 'pods;
             }
         }

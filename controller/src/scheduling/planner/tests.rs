@@ -230,6 +230,42 @@ fn opens_a_second_claim_when_the_largest_type_is_full() {
 }
 
 #[test]
+fn pods_share_a_node_only_when_that_is_not_dearer() {
+    // Three one-GPU pods: one 4-GPU node costs 5.67/h, three 1-GPU nodes 3 x 1.006/h.
+    let mut small = it("g5.xlarge", 3900, "15Gi", 58, 1.006);
+    small
+        .allocatable
+        .set("nvidia.com/gpu", Milli::from_units(1));
+    let mut big = it("g5.12xlarge", 47000, "180Gi", 234, 5.672);
+    big.allocatable.set("nvidia.com/gpu", Milli::from_units(4));
+    let gpu_pod = |n: &str| {
+        let mut p = pod(n, 2000, "8Gi");
+        p.requests.set("nvidia.com/gpu", Milli::from_units(1));
+        p
+    };
+    let out = plan(
+        &[gpu_pod("a"), gpu_pod("b"), gpu_pod("c")],
+        &[],
+        &[pool("gpu", vec![&small, &big])],
+    );
+    assert_eq!(out.claims.len(), 3);
+    assert!(
+        out.claims
+            .iter()
+            .all(|c| c.instance_types[0] == "g5.xlarge")
+    );
+    // Linear prices: sharing is never dearer, so pods still pack.
+    let m = it("m5.large", 1900, "7Gi", 29, 0.096);
+    let m2 = it("m5.xlarge", 3900, "15Gi", 58, 0.192);
+    let out = plan(
+        &[pod("a", 900, "1Gi"), pod("b", 900, "1Gi")],
+        &[],
+        &[pool("default", vec![&m, &m2])],
+    );
+    assert_eq!(out.claims.len(), 1);
+}
+
+#[test]
 fn weights_order_pools_and_names_break_ties() {
     let t = it("m5.large", 1900, "7Gi", 29, 0.1);
     let mut heavy = pool("zz-heavy", vec![&t]);
