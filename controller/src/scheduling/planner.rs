@@ -233,11 +233,35 @@ fn open_on<'p, 'a>(
     Err(last_err)
 }
 
-/// A pod gets a node of its own only when, on the claim's cheapest type, a pod like it would cost more than
-/// this many times what it costs on the cheapest type that holds it alone. Every extra node also costs
-/// daemonsets, kube-reserved, an address and a launch that can fail, and spot prices wobble by type, so
-/// near-ties pack as Karpenter does; big steps (a 4-GPU node for 1-GPU pods) do not.
+/// A pod asking for an accelerator gets a node of its own only when joining a claim would both raise the claim's price by more than
+/// this many times the price of a node of its own, and leave it on a type that is this many times dearer per
+/// pod-sized slot. Every extra node also costs daemonsets, kube-reserved, an address and a launch that can
+/// fail, and spot prices wobble by type, so near-ties pack as Karpenter does; big steps (a 4-GPU node for
+/// 1-GPU pods) do not.
 pub const SPLIT_THRESHOLD: f64 = 1.25;
+
+/// Whether a pod asks for an accelerator-like resource (anything beyond cpu, memory, pods and storage),
+/// where instance sizes jump in large, unevenly priced steps. Only such pods are kept off bigger nodes;
+/// cpu and memory pack greedily, as in Karpenter, and consolidation tidies up later.
+fn scarce_request(pod: &PendingPod) -> bool {
+    pod.requests.0.iter().any(|(k, v)| {
+        v.0 > 0
+            && ![
+                CPU,
+                MEMORY,
+                crate::resources::PODS,
+                crate::resources::EPHEMERAL_STORAGE,
+            ]
+            .contains(&k.as_str())
+    })
+}
+
+/// What a pod would cost on a node of its own: that node's price, and its price per pod-sized slot.
+#[derive(Debug, Clone, Copy)]
+struct Alone {
+    price: f64,
+    per_slot: f64,
+}
 
 /// The claim's cheapest type and its price.
 fn cheapest_type<'a>(
@@ -268,10 +292,9 @@ fn cost_per_fit(it: &InstanceType, price: f64, request: &Resources) -> f64 {
 }
 
 /// Try to add `pod` to an open claim, narrowing its requirements and instance types. Beyond Karpenter: the
-/// pod joins unless, per pod-sized slot, the grown claim's cheapest type costs clearly more
-/// ([`SPLIT_THRESHOLD`]) than `alone` (the same on the cheapest type that holds the pod by itself), so three
+/// pod stays out when joining is clearly dearer than a node of its own ([`SPLIT_THRESHOLD`]), so three
 /// one-GPU pods get three small GPU nodes, not one four-GPU node at 1.4 times the price per GPU.
-fn add_to(claim: &mut OpenClaim, pod: &PendingPod, alone: f64) -> bool {
+fn add_to(claim: &mut OpenClaim, pod: &PendingPod, alone: Option<Alone>) -> bool {
     if untolerated(&pod.tolerations, &claim.pool.taints).is_some() {
         return false;
     }
@@ -288,9 +311,21 @@ fn add_to(claim: &mut OpenClaim, pod: &PendingPod, alone: f64) -> bool {
             .copied()
             .filter(|it| type_allowed(it, &reqs) && it.allocatable.fits(&total))
             .collect();
-        let together = cheapest_type(&still, &reqs)
-            .map_or(f64::INFINITY, |(it, p)| cost_per_fit(it, p, &pod.requests));
-        let cheaper_together = together <= alone * SPLIT_THRESHOLD + 1e-12;
+        let cheaper_together = match (
+            alone,
+            cheapest_type(&still, &reqs),
+            cheapest_type(&claim.types, &claim.requirements),
+        ) {
+            (Some(alone), Some((after, after_price)), Some((_, before_price)))
+                if scarce_request(pod) =>
+            {
+                let marginal = after_price - before_price;
+                let per_slot = cost_per_fit(after, after_price, &pod.requests);
+                !(marginal > alone.price * SPLIT_THRESHOLD
+                    && per_slot > alone.per_slot * SPLIT_THRESHOLD)
+            }
+            _ => true,
+        };
         if !still.is_empty() && min_values_hold(&still, &reqs) && cheaper_together {
             claim.requirements = reqs;
             claim.requests = total;
@@ -337,21 +372,22 @@ pub fn plan(pods: &[PendingPod], existing: &[ExistingCapacity], pools: &[PoolOpt
             }
         }
         // What this pod would cost on a node of its own, per pool, to judge whether sharing pays.
-        let alone: BTreeMap<&str, f64> = pools_by_preference
+        // Only accelerator pods weigh a node of their own (see `add_to`); skip the work for the rest.
+        let alone: BTreeMap<&str, Option<Alone>> = pools_by_preference
             .iter()
+            .filter(|_| scarce_request(pod))
             .map(|p| {
                 let own = open_on(p, pod).ok().and_then(|c| {
-                    cheapest_type(&c.types, &c.requirements)
-                        .map(|(it, price)| cost_per_fit(it, price, &pod.requests))
+                    cheapest_type(&c.types, &c.requirements).map(|(it, price)| Alone {
+                        price,
+                        per_slot: cost_per_fit(it, price, &pod.requests),
+                    })
                 });
-                (p.name.as_str(), own.unwrap_or(f64::INFINITY))
+                (p.name.as_str(), own)
             })
             .collect();
         for claim in open.iter_mut() {
-            let own = alone
-                .get(claim.pool.name.as_str())
-                .copied()
-                .unwrap_or(f64::INFINITY);
+            let own = alone.get(claim.pool.name.as_str()).copied().flatten();
             if add_to(claim, pod, own) {
                 continue 'pods;
             }
