@@ -63,6 +63,8 @@ pub(crate) struct Controller {
     pub(crate) batcher: Batcher,
     pub(crate) unavailable: UnavailableOfferings,
     pub(crate) known_templates: KnownTemplates,
+    /// Pods already given an explanation Event, with the reason it gave.
+    pub(crate) explained: std::collections::BTreeMap<crate::kube::ObjectKey, String>,
     catalog_loaded_at: Option<Duration>,
     next_lifecycle: Duration,
 }
@@ -77,6 +79,7 @@ impl Controller {
             batcher,
             unavailable: UnavailableOfferings::default(),
             known_templates: KnownTemplates::default(),
+            explained: Default::default(),
             catalog_loaded_at: None,
             next_lifecycle: Duration::ZERO,
         }

@@ -70,6 +70,8 @@ pub struct Observations {
     pub bindings: Vec<Binding>,
     /// Pods still unbound at the end, with how long they had waited.
     pub still_pending: Vec<Duration>,
+    /// How many of those carry a FailedScheduling Event from the controller explaining why.
+    pub explained_pending: usize,
     pub launches: u64,
     pub fleet_errors: std::collections::BTreeMap<String, u64>,
     pub violations: Vec<String>,
@@ -99,9 +101,17 @@ impl Observations {
         self.fleet_errors = errors;
         self.violations = cloud.violations();
         let end = epoch.checked_add(duration).unwrap_or(epoch);
+        let events = kube.store().list("Event");
         for p in kube.store().list("Pod") {
             if !p["spec"]["nodeName"].is_null() {
                 continue;
+            }
+            let name = &p["metadata"]["name"];
+            if events
+                .iter()
+                .any(|e| e["involvedObject"]["name"] == *name && e["reason"] == "FailedScheduling")
+            {
+                self.explained_pending += 1;
             }
             let created: jiff::Timestamp = p["metadata"]["creationTimestamp"]
                 .as_str()
@@ -217,9 +227,10 @@ pub fn summary(scenario: &Scenario, seed: u64, o: &Observations, verdicts: &[Ver
     );
     let _ = writeln!(
         s,
-        "  pods             {} at end, {} pending at end, {} bindings",
+        "  pods             {} at end, {} pending at end ({} explained), {} bindings",
         o.last.pods,
         o.still_pending.len(),
+        o.explained_pending,
         o.bindings.len()
     );
     let _ = writeln!(

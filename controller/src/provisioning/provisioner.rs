@@ -407,10 +407,54 @@ impl Controller {
                 ),
             );
         }
+        self.explain_unschedulable(&plan.unschedulable).await;
         for claim in plan.claims {
             self.create_nodeclaim(claim).await?;
         }
         Ok(())
+    }
+
+    /// A Warning Event on each pod no NodePool can host, saying why — once per distinct reason, so users see
+    /// the explanation in `kubectl describe pod` instead of a silent Pending.
+    async fn explain_unschedulable(&mut self, unschedulable: &[(ObjectKey, String)]) {
+        let now = self.ctx.clock.now().to_string();
+        for (key, reason) in unschedulable {
+            if self.explained.get(key) == Some(reason) {
+                continue;
+            }
+            let uid = self
+                .state
+                .pods
+                .get(key)
+                .and_then(|p| p.metadata.uid.clone())
+                .unwrap_or_default();
+            let event = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"generateName": format!("{}.", key.name), "namespace": key.namespace},
+                "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": key.namespace, "name": key.name, "uid": uid},
+                "type": "Warning",
+                "reason": "FailedScheduling",
+                "message": format!("Dovetail cannot launch a node for this pod: {reason}"),
+                "source": {"component": "dovetail"},
+                "reportingComponent": "dovetail",
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "count": 1,
+            });
+            match self.ctx.kube.create(Kind::Event, event).await {
+                Ok(_) => {
+                    self.explained.insert(key.clone(), reason.clone());
+                }
+                Err(e) => self
+                    .ctx
+                    .journal
+                    .record("provision", format!("event for pod/{key} not written: {e}")),
+            }
+        }
+        // Forget pods that were placed or are gone, so a later failure is explained again.
+        let still: Vec<&ObjectKey> = unschedulable.iter().map(|(k, _)| k).collect();
+        self.explained.retain(|k, _| still.contains(&k));
     }
 
     async fn create_nodeclaim(&mut self, plan: ClaimPlan) -> Result<(), ControllerError> {
