@@ -107,6 +107,28 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// The catalog as DescribeInstanceTypes answers it.
+    pub fn describe_instance_types(&self) -> Vec<dovetail::cloud::InstanceTypeInfo> {
+        use dovetail::cloud::CapacityType;
+        self.types
+            .values()
+            .map(|e| dovetail::cloud::InstanceTypeInfo {
+                name: e.name.clone(),
+                arch: e.arch.clone(),
+                vcpu: e.vcpu,
+                memory_mib: e.memory_mib,
+                hypervisor: e.hypervisor.clone(),
+                max_enis: e.max_enis,
+                ipv4_per_eni: e.ipv4_per_eni,
+                gpu_count: e.gpu_count,
+                gpu_name: e.gpu_name.clone(),
+                supported_usage_classes: vec![CapacityType::OnDemand, CapacityType::Spot],
+            })
+            .collect()
+    }
+}
+
 /// What the kubelet of a node of this type reports: (capacity, allocatable) as Kubernetes quantities.
 ///
 /// Written from the kubelet's point of view and independently of the controller's estimate, so that a

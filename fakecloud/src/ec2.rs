@@ -758,23 +758,7 @@ fn fleet_error(code: &str, message: String, o: &FleetOverride) -> FleetError {
 impl Cloud for FakeCloud {
     async fn describe_instance_types(&self) -> Result<Vec<InstanceTypeInfo>, CloudError> {
         self.api_call("DescribeInstanceTypes").await?;
-        Ok(self
-            .catalog
-            .types
-            .values()
-            .map(|e| InstanceTypeInfo {
-                name: e.name.clone(),
-                arch: e.arch.clone(),
-                vcpu: e.vcpu,
-                memory_mib: e.memory_mib,
-                hypervisor: e.hypervisor.clone(),
-                max_enis: e.max_enis,
-                ipv4_per_eni: e.ipv4_per_eni,
-                gpu_count: e.gpu_count,
-                gpu_name: e.gpu_name.clone(),
-                supported_usage_classes: vec![CapacityType::OnDemand, CapacityType::Spot],
-            })
-            .collect())
+        Ok(self.catalog.describe_instance_types())
     }
 
     async fn describe_instance_type_offerings(

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use dovetail::cloud::{CapacityType, InstanceTypeInfo, InstanceTypeOffering, SpotPrice};
+use dovetail::cloud::{InstanceTypeOffering, SpotPrice};
 use dovetail::crds::labels;
 use dovetail::instancetype::{InstanceType, build};
 use dovetail::kube::ObjectKey;
@@ -15,22 +15,7 @@ use fakecloud::Catalog;
 fn catalog() -> Vec<InstanceType> {
     let cat = Catalog::builtin();
     let zones = ["us-east-1a", "us-east-1b", "us-east-1c"];
-    let infos: Vec<InstanceTypeInfo> = cat
-        .types
-        .values()
-        .map(|e| InstanceTypeInfo {
-            name: e.name.clone(),
-            arch: e.arch.clone(),
-            vcpu: e.vcpu,
-            memory_mib: e.memory_mib,
-            hypervisor: e.hypervisor.clone(),
-            max_enis: e.max_enis,
-            ipv4_per_eni: e.ipv4_per_eni,
-            gpu_count: e.gpu_count,
-            gpu_name: e.gpu_name.clone(),
-            supported_usage_classes: vec![CapacityType::OnDemand, CapacityType::Spot],
-        })
-        .collect();
+    let infos = cat.describe_instance_types();
     let offerings: Vec<InstanceTypeOffering> = cat
         .types
         .keys()
