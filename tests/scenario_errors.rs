@@ -123,3 +123,37 @@ fn a_failed_expectation_exits_1() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stdout.contains("FAILED"));
 }
+
+#[test]
+fn queue_messages_are_checked_and_injected() {
+    let text = steady_web().replace(
+        "timeline:\n",
+        "timeline:\n  - at: 1m\n    queue_message: {kind: raw, body: \"not json\"}\n  - at: 2m\n    queue_message: {kind: rebalance_recommendation}\n",
+    );
+    let p = write("queue.yaml", &text);
+    let out = sim_command(&[p.display().to_string(), "--until".into(), "3m".into()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains("fault      queue-message raw"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("fault      queue-message rebalance-recommendation i-"),
+        "{}",
+        out.stdout
+    );
+
+    let bad = steady_web().replace(
+        "timeline:\n",
+        "timeline:\n  - at: 1m\n    queue_message: {kind: gossip}\n",
+    );
+    let out = run(&write("queue-bad.yaml", &bad));
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("timeline[0].queue_message.kind") && out.stderr.contains("gossip"),
+        "{}",
+        out.stderr
+    );
+}

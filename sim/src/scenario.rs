@@ -94,6 +94,19 @@ struct RawEvent {
     kube_outage: Option<RawOutage>,
     #[serde(default)]
     watch_disconnect: Option<RawEmpty>,
+    #[serde(default)]
+    queue_message: Option<RawQueueMessage>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueueMessage {
+    /// `rebalance_recommendation`, `scheduled_change` or `raw`.
+    kind: Spanned<String>,
+    #[serde(default)]
+    zone: Option<String>,
+    #[serde(default)]
+    body: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,6 +242,19 @@ pub enum Action {
         for_: Duration,
     },
     WatchDisconnect,
+    /// An EventBridge message on the interruption queue about the first running instance (in `zone` if
+    /// given), or a raw body.
+    QueueMessage {
+        kind: QueueMessageKind,
+        zone: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueueMessageKind {
+    RebalanceRecommendation,
+    ScheduledChange,
+    Raw(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -633,6 +659,7 @@ impl Scenario {
                 e.ami_release.is_some(),
                 e.kube_outage.is_some(),
                 e.watch_disconnect.is_some(),
+                e.queue_message.is_some(),
             ]
             .iter()
             .filter(|b| **b)
@@ -641,7 +668,7 @@ impl Scenario {
                 return Err(l.err(
                     pos(ev),
                     &field,
-                    "each timeline entry needs exactly one action: scale, apply, spot_interruption, capacity_shortage, kms_key_disabled, api_throttle, api_outage, vcpu_quota, ami_release, kube_outage or watch_disconnect",
+                    "each timeline entry needs exactly one action: scale, apply, spot_interruption, capacity_shortage, kms_key_disabled, api_throttle, api_outage, vcpu_quota, ami_release, kube_outage, watch_disconnect or queue_message",
                 ));
             }
             let action = if let Some(s) = &e.scale {
@@ -754,6 +781,37 @@ impl Scenario {
                 }
             } else if e.watch_disconnect.is_some() {
                 Action::WatchDisconnect
+            } else if let Some(q) = &e.queue_message {
+                let kind = match (q.kind.value.as_str(), &q.body) {
+                    ("rebalance_recommendation", None) => QueueMessageKind::RebalanceRecommendation,
+                    ("scheduled_change", None) => QueueMessageKind::ScheduledChange,
+                    ("raw", Some(body)) => QueueMessageKind::Raw(body.clone()),
+                    ("raw", None) => {
+                        return Err(l.err(
+                            pos(&q.kind),
+                            &format!("{field}.queue_message.body"),
+                            "a raw message needs `body`",
+                        ));
+                    }
+                    (_, Some(_)) => {
+                        return Err(l.err(
+                            pos(&q.kind),
+                            &format!("{field}.queue_message.body"),
+                            "only `kind: raw` takes a body",
+                        ));
+                    }
+                    (other, None) => {
+                        return Err(l.err(
+                            pos(&q.kind),
+                            &format!("{field}.queue_message.kind"),
+                            format!("unknown message kind `{other}`; use rebalance_recommendation, scheduled_change or raw"),
+                        ));
+                    }
+                };
+                Action::QueueMessage {
+                    kind,
+                    zone: q.zone.clone(),
+                }
             } else {
                 unreachable!("exactly one action was counted above")
             };

@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::clock::{EPOCH_SECONDS, SimClock};
 use crate::error::SimError;
 use crate::report::{Observations, Sample};
-use crate::scenario::{Action, Manifest, Scenario};
+use crate::scenario::{Action, Manifest, QueueMessageKind, Scenario};
 use crate::trace::Trace;
 
 /// How often the observer samples the world (cost is integrated at this step).
@@ -258,6 +258,35 @@ async fn workload_host(
             Action::WatchDisconnect => {
                 kube.disconnect_watches();
                 trace.push("fault", "watch-disconnect".to_string());
+            }
+            Action::QueueMessage { kind, zone } => {
+                let target = cloud
+                    .instances()
+                    .into_iter()
+                    .filter(|r| !r.foreign && r.instance.state == InstanceState::Running)
+                    .find(|r| zone.as_ref().is_none_or(|z| &r.instance.zone == z))
+                    .map(|r| r.instance.id);
+                match (kind, target) {
+                    (QueueMessageKind::Raw(body), _) => {
+                        cloud.inject_message(body);
+                        trace.push("fault", "queue-message raw".to_string());
+                    }
+                    (QueueMessageKind::RebalanceRecommendation, Some(id)) => {
+                        cloud.rebalance_recommendation(&id);
+                        trace.push(
+                            "fault",
+                            format!("queue-message rebalance-recommendation {id}"),
+                        );
+                    }
+                    (QueueMessageKind::ScheduledChange, Some(id)) => {
+                        cloud.health_event(&id);
+                        trace.push("fault", format!("queue-message scheduled-change {id}"));
+                    }
+                    (_, None) => trace.push(
+                        "fault",
+                        "queue-message skipped: no running instance".to_string(),
+                    ),
+                }
             }
         }
     }
