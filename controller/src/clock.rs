@@ -23,6 +23,7 @@ pub struct SystemClock;
 #[async_trait]
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
+        // allow-nondeterminism: the real clock adapter; the simulator passes its own Clock instead.
         Timestamp::try_from(std::time::SystemTime::now()).unwrap_or(Timestamp::UNIX_EPOCH)
     }
 
