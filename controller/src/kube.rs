@@ -26,18 +26,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
-        Kind::Pod,
-        Kind::Node,
-        Kind::DaemonSet,
-        Kind::PodDisruptionBudget,
-        Kind::Lease,
-        Kind::Event,
-        Kind::NodePool,
-        Kind::NodeClaim,
-        Kind::EC2NodeClass,
-    ];
-
     pub fn name(self) -> &'static str {
         match self {
             Kind::Pod => "Pod",
@@ -68,10 +56,6 @@ impl Kind {
             self,
             Kind::Node | Kind::NodePool | Kind::NodeClaim | Kind::EC2NodeClass
         )
-    }
-
-    pub fn from_name(name: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name() == name)
     }
 }
 

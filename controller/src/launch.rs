@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::cloud::{
-    BlockDevice, CapacityType, CloudError, FleetError, Image, LaunchTemplateData, Subnet, TagFilter,
+    BlockDevice, CapacityType, FleetError, Image, LaunchTemplateData, Subnet, TagFilter,
 };
 use crate::crds::EC2NodeClass;
 use crate::crds::ec2nodeclass::SelectorTerm;
@@ -23,18 +23,6 @@ pub fn is_capacity_error(code: &str) -> bool {
             | "UnfulfillableCapacity"
             | "Unsupported"
             | "InsufficientFreeAddressesInSubnet"
-    )
-}
-
-/// Errors worth retrying soon without changing the request: throttling and transient service errors.
-pub fn is_transient(e: &CloudError) -> bool {
-    matches!(
-        e.code.as_str(),
-        "RequestLimitExceeded"
-            | "Throttling"
-            | "Unavailable"
-            | "ServiceUnavailable"
-            | "InternalError"
     )
 }
 

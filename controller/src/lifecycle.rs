@@ -79,6 +79,18 @@ fn fleet_overrides(
 }
 
 impl Controller {
+    /// The tag that marks what this controller owns: `kubernetes.io/cluster/<name>: owned`.
+    fn cluster_tag(&self) -> (String, String) {
+        (
+            format!(
+                "{}{}",
+                labels::TAG_CLUSTER_PREFIX,
+                self.ctx.settings.cluster_name
+            ),
+            "owned".to_string(),
+        )
+    }
+
     fn now_rfc3339(&self) -> String {
         self.ctx.clock.now().to_string()
     }
@@ -198,14 +210,8 @@ impl Controller {
         }
         let groups: Vec<String> = groups.into_iter().collect();
         let mut tags = class.spec.tags.clone();
-        tags.insert(
-            format!(
-                "{}{}",
-                labels::TAG_CLUSTER_PREFIX,
-                self.ctx.settings.cluster_name
-            ),
-            "owned".to_string(),
-        );
+        let (key, value) = self.cluster_tag();
+        tags.insert(key, value);
         tags.insert(labels::NODECLASS.to_string(), class_name.clone());
         let data = launch::template_data(class, &image.id, &groups, &tags);
         let name = launch::template_name(&self.ctx.settings.cluster_name, &class_name, &data);
@@ -280,14 +286,8 @@ impl Controller {
             return Ok(());
         };
         let mut tags = BTreeMap::new();
-        tags.insert(
-            format!(
-                "{}{}",
-                labels::TAG_CLUSTER_PREFIX,
-                self.ctx.settings.cluster_name
-            ),
-            "owned".to_string(),
-        );
+        let (key, value) = self.cluster_tag();
+        tags.insert(key, value);
         tags.insert(labels::TAG_NODECLAIM.to_string(), name.clone());
         tags.insert(
             labels::TAG_MANAGED_BY.to_string(),

@@ -39,12 +39,6 @@ pub struct InstanceRecord {
     pub reclaim_at: Option<Timestamp>,
 }
 
-impl InstanceRecord {
-    pub fn private_dns_name(&self) -> &str {
-        &self.instance.private_dns_name
-    }
-}
-
 struct SubnetState {
     subnet: Subnet,
     cidr_base: [u8; 3],
@@ -337,10 +331,6 @@ impl FakeCloud {
         {
             p.depth = depth;
         }
-    }
-
-    pub fn queue_len(&self) -> usize {
-        self.lock().queue.len()
     }
 
     // ---- scenario hooks -------------------------------------------------------------------------------

@@ -37,14 +37,6 @@ impl Queue {
         });
     }
 
-    pub fn len(&self) -> usize {
-        self.messages.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
-    }
-
     pub fn receive(
         &mut self,
         max: u32,

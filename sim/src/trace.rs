@@ -59,15 +59,6 @@ impl Trace {
         v.sort_by_key(|e| (e.at, e.seq));
         v
     }
-
-    pub fn count(&self, source: &str, prefix: &str) -> usize {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|e| e.source == source && e.text.starts_with(prefix))
-            .count()
-    }
 }
 
 impl Journal for Trace {

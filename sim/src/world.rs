@@ -69,26 +69,16 @@ fn apply(kube: &FakeKube, trace: &Trace, manifests: &[Manifest], now: jiff::Time
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let exists = kube
-            .store()
-            .get(
-                &kind,
-                if fakekube::store::is_namespaced(&kind) {
-                    &ns
-                } else {
-                    ""
-                },
-                &name,
-            )
-            .is_some();
+        // Cluster-scoped objects are keyed without a namespace.
+        let key_ns = if fakekube::store::is_namespaced(&kind) {
+            ns.as_str()
+        } else {
+            ""
+        };
+        let exists = kube.store().get(&kind, key_ns, &name).is_some();
         let result = if exists {
-            let key_ns = if fakekube::store::is_namespaced(&kind) {
-                ns.clone()
-            } else {
-                String::new()
-            };
             kube.store()
-                .patch(&kind, &key_ns, &name, &m.object, false)
+                .patch(&kind, key_ns, &name, &m.object, false)
                 .map(|_| ())
         } else {
             kube.store()

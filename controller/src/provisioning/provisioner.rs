@@ -18,6 +18,22 @@ use crate::scheduling::requirements::{Requirement, Requirements, normalize_key};
 use crate::scheduling::{ClaimPlan, ExistingCapacity, PendingPod, PoolOptions, plan};
 use crate::state::{is_provisionable, node_ready};
 
+/// The labels every node of a pool carries: its template labels and `karpenter.sh/nodepool`.
+fn node_labels(pool: &crate::crds::NodePool) -> BTreeMap<String, String> {
+    let mut out = pool
+        .spec
+        .template
+        .metadata
+        .clone()
+        .unwrap_or_default()
+        .labels;
+    out.insert(
+        labels::NODEPOOL.to_string(),
+        pool.metadata.name.clone().unwrap_or_default(),
+    );
+    out
+}
+
 /// `,+N` for the items of a list of `len` not shown when only `shown` are printed.
 fn more_suffix(len: usize, shown: usize) -> String {
     if len > shown {
@@ -150,15 +166,7 @@ impl Controller {
             if requirements.get(labels::CAPACITY_TYPE).is_none() {
                 requirements.add(Requirement::in_values(labels::CAPACITY_TYPE, ["on-demand"]));
             }
-            let mut template_labels = pool
-                .spec
-                .template
-                .metadata
-                .clone()
-                .unwrap_or_default()
-                .labels;
-            template_labels.insert(labels::NODEPOOL.to_string(), name.clone());
-            requirements = requirements.merged(&Requirements::from_labels(&template_labels));
+            requirements = requirements.merged(&Requirements::from_labels(&node_labels(pool)));
             let daemon_overhead =
                 self.daemon_overhead(&requirements, &pool.spec.template.spec.taints);
             let remaining_limits = pool.spec.limits.as_ref().and_then(|limits| {
@@ -469,14 +477,7 @@ impl Controller {
         reqs.0.remove(labels::INSTANCE_TYPE);
         reqs.add(Requirement::in_values(labels::INSTANCE_TYPE, types.clone()));
         let requirements = reqs.to_node_selector();
-        let mut claim_labels = pool
-            .spec
-            .template
-            .metadata
-            .clone()
-            .unwrap_or_default()
-            .labels;
-        claim_labels.insert(labels::NODEPOOL.to_string(), plan.pool.clone());
+        let mut claim_labels = node_labels(&pool);
         claim_labels.insert(
             labels::NODECLASS.to_string(),
             pool.spec.template.spec.node_class_ref.name.clone(),
