@@ -12,9 +12,11 @@ pub const CPU: &str = "cpu";
 pub const MEMORY: &str = "memory";
 pub const PODS: &str = "pods";
 pub const EPHEMERAL_STORAGE: &str = "ephemeral-storage";
+/// Not a node resource: the node count a NodePool's `spec.limits` may cap.
+pub const NODES: &str = "nodes";
 
 /// A resource name -> amount map, ordered so that iteration (and therefore output) is deterministic.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Resources(pub BTreeMap<String, Milli>);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,25 +36,43 @@ impl Resources {
         self.0.insert(name.to_string(), value);
     }
 
-    pub fn add(&mut self, other: &Resources) {
+    /// Apply `f(mine, theirs)` for every resource `other` names (a missing one of mine starts at zero);
+    /// keys are cloned only when new, since this runs in the planner's inner loop.
+    fn combine(&mut self, other: &Resources, f: impl Fn(Milli, Milli) -> Milli) {
         for (k, v) in &other.0 {
-            *self.0.entry(k.clone()).or_default() += *v;
+            match self.0.get_mut(k) {
+                Some(e) => *e = f(*e, *v),
+                None => {
+                    self.0.insert(k.clone(), f(Milli::ZERO, *v));
+                }
+            }
         }
     }
 
+    pub fn add(&mut self, other: &Resources) {
+        self.combine(other, |a, b| a + b);
+    }
+
     pub fn sub(&mut self, other: &Resources) {
-        for (k, v) in &other.0 {
-            let e = self.0.entry(k.clone()).or_default();
-            *e = *e - *v;
-        }
+        self.combine(other, |a, b| a - b);
     }
 
     /// Element-wise maximum.
     pub fn max_with(&mut self, other: &Resources) {
-        for (k, v) in &other.0 {
-            let e = self.0.entry(k.clone()).or_default();
-            *e = (*e).max(*v);
+        self.combine(other, Milli::max);
+    }
+
+    /// Element-wise minimum over the resources both name (a resource only one names counts as zero).
+    pub fn min_with(&mut self, other: &Resources) {
+        for (k, v) in self.0.iter_mut() {
+            *v = (*v).min(other.get(k));
         }
+    }
+
+    /// Whether adding `extra` to `used` still fits in `self`, for the resources `extra` names (what `used`
+    /// holds already is taken to fit), without building the sum.
+    pub fn fits_sum(&self, used: &Resources, extra: &Resources) -> bool {
+        extra.0.iter().all(|(k, v)| *v + used.get(k) <= self.get(k))
     }
 
     /// Whether every requested amount fits in `self` (a resource `self` lacks counts as zero).

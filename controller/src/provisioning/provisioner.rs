@@ -15,7 +15,8 @@ use crate::names;
 use crate::resources::{Resources, pod_requests};
 use crate::run::Controller;
 use crate::scheduling::requirements::{Requirement, Requirements, normalize_key};
-use crate::scheduling::{ClaimPlan, ExistingCapacity, PendingPod, PoolOptions, plan};
+use crate::scheduling::topology::{Strength, TermKind, host_ports, pod_terms};
+use crate::scheduling::{ClaimPlan, ExistingCapacity, ExistingPod, PendingPod, PoolOptions, plan};
 use crate::state::{is_provisionable, node_ready};
 
 /// The labels every node of a pool carries: its template labels and `karpenter.sh/nodepool`.
@@ -255,6 +256,10 @@ impl Controller {
                     .unwrap_or_default(),
             };
             used.add(&amounts);
+            *used
+                .0
+                .entry(crate::resources::NODES.to_string())
+                .or_default() += crate::quantity::Milli::from_units(1);
         }
         used
     }
@@ -262,12 +267,33 @@ impl Controller {
     /// Room on nodes and on NodeClaims still coming up, so pods are not provisioned for twice.
     fn existing_capacity(&self) -> Vec<ExistingCapacity> {
         let mut used: BTreeMap<&str, Resources> = BTreeMap::new();
+        let mut bound: BTreeMap<&str, Vec<ExistingPod>> = BTreeMap::new();
         for (key, pod) in &self.state.pods {
-            if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
-                && let Some(r) = pod_requests_or_log(self, key, pod)
-            {
+            let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+                continue;
+            };
+            // Finished pods hold nothing and count for no topology.
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            if matches!(phase, Some("Succeeded") | Some("Failed")) {
+                continue;
+            }
+            if let Some(r) = pod_requests_or_log(self, key, pod) {
                 used.entry(node).or_default().add(&r);
             }
+            let anti_affinity = pod_terms(pod)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|t| {
+                    t.strength == Strength::Required && t.term.kind == TermKind::AntiAffinity
+                })
+                .map(|t| t.term)
+                .collect();
+            bound.entry(node).or_default().push(ExistingPod {
+                namespace: key.namespace.clone(),
+                labels: pod.metadata.labels.clone().unwrap_or_default(),
+                anti_affinity,
+                host_ports: host_ports(pod),
+            });
         }
         let mut out = Vec::new();
         let mut claimed_nodes = Vec::new();
@@ -288,11 +314,13 @@ impl Controller {
                     .and_then(|r| Resources::parse(&r.requests).ok())
                     .unwrap_or_default()
             };
+            let mut pods = Vec::new();
             if let Some(node) = &status.node_name {
                 claimed_nodes.push(node.clone());
                 if let Some(u) = used.get(node.as_str()) {
                     available.sub(u);
                 }
+                pods = bound.remove(node.as_str()).unwrap_or_default();
             }
             // Until the node exists, a claim's labels are what its requirements pin to one value.
             let mut labels = claim.metadata.labels.clone().unwrap_or_default();
@@ -310,6 +338,7 @@ impl Controller {
                 available,
                 labels,
                 taints: claim.spec.taints.clone(),
+                pods,
             });
         }
         for (name, node) in &self.state.nodes {
@@ -350,6 +379,7 @@ impl Controller {
                 available,
                 labels: node.metadata.labels.clone().unwrap_or_default(),
                 taints,
+                pods: bound.remove(name.as_str()).unwrap_or_default(),
             });
         }
         out
@@ -370,6 +400,15 @@ impl Controller {
                     continue;
                 }
             };
+            let topology = match pod_terms(pod) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.ctx
+                        .journal
+                        .record("provision", format!("skip pod/{key}: {e}"));
+                    continue;
+                }
+            };
             let tolerations = pod
                 .spec
                 .as_ref()
@@ -380,6 +419,9 @@ impl Controller {
                 requests,
                 requirements,
                 tolerations,
+                labels: pod.metadata.labels.clone().unwrap_or_default(),
+                topology,
+                host_ports: host_ports(pod),
             });
         }
         if pending.is_empty() {

@@ -4,6 +4,7 @@
 pub mod planner;
 pub mod requirements;
 pub mod taints;
+pub mod topology;
 
-pub use planner::{ClaimPlan, ExistingCapacity, PendingPod, Plan, PoolOptions, plan};
+pub use planner::{ClaimPlan, ExistingCapacity, ExistingPod, PendingPod, Plan, PoolOptions, plan};
 pub use requirements::{Requirement, RequirementError, Requirements};

@@ -1,11 +1,14 @@
 //! Pure bin packing: pending pods onto existing capacity first, then onto as few new NodeClaims as the
 //! NodePools allow, each claim keeping every instance type that still fits all its pods, cheapest first.
 //!
-//! Plain data in, plain data out: no async, no I/O. Pods are packed largest first; a pod's node affinity
-//! alternatives are tried in order (preferences first, relaxed one at a time, then the required OR-terms);
-//! every pod left over carries one reason per NodePool.
+//! Plain data in, plain data out: no async, no I/O. Pods are packed largest first. For each pod the planner
+//! tries relaxation levels in Karpenter's order (all preferences held; then without preferred pod affinity,
+//! preferred anti-affinity, `ScheduleAnyway` spreads); within a level, node affinity alternatives in order
+//! (preferences first, relaxed one at a time, then the required OR-terms). Every pod left over carries one
+//! reason per NodePool.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use k8s_openapi::api::core::v1::Toleration;
 
@@ -13,9 +16,10 @@ use crate::cloud::CapacityType;
 use crate::crds::{Taint, labels};
 use crate::instancetype::{InstanceType, Offering};
 use crate::kube::ObjectKey;
-use crate::resources::{CPU, MEMORY, Resources};
-use crate::scheduling::requirements::Requirements;
+use crate::resources::{CPU, MEMORY, NODES, PODS, Resources};
+use crate::scheduling::requirements::{Requirement, Requirements};
 use crate::scheduling::taints::untolerated;
+use crate::scheduling::topology::{HostPort, PodTerm, Strength, TermKind, TopologyTerm};
 
 /// A pod waiting for capacity.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +30,10 @@ pub struct PendingPod {
     /// wherever the first satisfiable alternative allows.
     pub requirements: Vec<Requirements>,
     pub tolerations: Vec<Toleration>,
+    pub labels: BTreeMap<String, String>,
+    /// Topology spread and pod (anti-)affinity terms, hard and soft.
+    pub topology: Vec<PodTerm>,
+    pub host_ports: Vec<HostPort>,
 }
 
 impl PendingPod {
@@ -36,8 +44,21 @@ impl PendingPod {
             requests,
             requirements: vec![Requirements::default()],
             tolerations: Vec::new(),
+            labels: BTreeMap::new(),
+            topology: Vec::new(),
+            host_ports: Vec::new(),
         }
     }
+}
+
+/// A pod already bound to (or headed for) existing capacity: counted by topology terms, and its required
+/// anti-affinity and host ports keep others away.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ExistingPod {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub anti_affinity: Vec<TopologyTerm>,
+    pub host_ports: Vec<HostPort>,
 }
 
 /// Capacity that exists or is on its way: a node, or a NodeClaim not yet carrying pods.
@@ -47,6 +68,7 @@ pub struct ExistingCapacity {
     pub available: Resources,
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<Taint>,
+    pub pods: Vec<ExistingPod>,
 }
 
 /// What one NodePool can launch.
@@ -60,7 +82,7 @@ pub struct PoolOptions<'a> {
     pub instance_types: Vec<&'a InstanceType>,
     /// Requests of the DaemonSet pods every new node of this pool will run.
     pub daemon_overhead: Resources,
-    /// What the pool may still add before hitting `spec.limits` (None: unlimited).
+    /// What the pool may still add before hitting `spec.limits` (None: unlimited); `nodes` counts claims.
     pub remaining_limits: Option<Resources>,
 }
 
@@ -85,12 +107,66 @@ pub struct Plan {
     pub unschedulable: Vec<(ObjectKey, String)>,
 }
 
-struct OpenClaim<'p, 'a> {
-    pool: &'p PoolOptions<'a>,
+/// Why a candidate turned a pod away: `Settled` reasons hold for every later pod of the same shape (the
+/// candidate only fills up and narrows), so the scan may skip it from then on.
+enum Reject {
+    Settled,
+    ForNow,
+}
+
+/// Hostname-keyed topology on one candidate: pods each group counts here, and required anti-affinity
+/// terms held by pods here.
+#[derive(Default)]
+struct HostCounts {
+    counts: BTreeMap<usize, u32>,
+    owners: BTreeMap<usize, u32>,
+}
+
+struct OpenClaim<'a> {
+    pool: usize,
+    hc: HostCounts,
     pods: Vec<ObjectKey>,
     requests: Resources,
     requirements: Requirements,
     types: Vec<&'a InstanceType>,
+    /// Element-wise max / min allocatable over `types`: a quick no, and a quick "all still fit".
+    max_alloc: Resources,
+    min_alloc: Resources,
+    ports: Vec<HostPort>,
+    /// Pods counted by a group whose domain this claim has not chosen yet (group -> pods).
+    unrecorded: BTreeMap<usize, u32>,
+}
+
+impl<'a> OpenClaim<'a> {
+    fn set_types(&mut self, types: Vec<&'a InstanceType>) {
+        // Types only ever narrow: the same count means the same set, and the bounds still hold.
+        if types.len() == self.types.len() && !self.max_alloc.0.is_empty() {
+            return;
+        }
+        let (max, min) = alloc_bounds(&types);
+        self.max_alloc = max;
+        self.min_alloc = min;
+        self.types = types;
+    }
+}
+
+fn alloc_bounds(types: &[&InstanceType]) -> (Resources, Resources) {
+    let mut max = Resources::default();
+    let mut min = types
+        .first()
+        .map(|t| t.allocatable.clone())
+        .unwrap_or_default();
+    for t in types {
+        max.max_with(&t.allocatable);
+        min.min_with(&t.allocatable);
+    }
+    (max, min)
+}
+
+struct Slot {
+    cap: ExistingCapacity,
+    ports: Vec<HostPort>,
+    hc: HostCounts,
 }
 
 /// Offerings of an instance type that the requirements allow (zone and capacity type live on offerings).
@@ -98,12 +174,12 @@ fn allowed_offerings<'a>(
     it: &'a InstanceType,
     reqs: &'a Requirements,
 ) -> impl Iterator<Item = &'a Offering> + 'a {
+    let zone = reqs.get(labels::ZONE);
+    let ct = reqs.get(labels::CAPACITY_TYPE);
     it.offerings.iter().filter(move |o| {
         o.available
-            && reqs.get(labels::ZONE).is_none_or(|r| r.has(&o.zone))
-            && reqs
-                .get(labels::CAPACITY_TYPE)
-                .is_none_or(|r| r.has(o.capacity_type.as_str()))
+            && zone.is_none_or(|r| r.has(&o.zone))
+            && ct.is_none_or(|r| r.has(o.capacity_type.as_str()))
     })
 }
 
@@ -129,10 +205,17 @@ fn cheapest_price(it: &InstanceType, reqs: &Requirements) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-fn within_limits(pool: &PoolOptions, it: &InstanceType) -> bool {
-    pool.remaining_limits
-        .as_ref()
-        .is_none_or(|rem| rem.0.iter().all(|(k, v)| it.capacity.get(k) <= *v))
+/// Whether a node of this type stays within what the pool may still add (`nodes` counts one).
+fn within_limits(remaining: Option<&Resources>, it: &InstanceType) -> bool {
+    remaining.is_none_or(|rem| {
+        rem.0.iter().all(|(k, v)| {
+            if k == NODES {
+                v.units() >= 1
+            } else {
+                it.capacity.get(k) <= *v
+            }
+        })
+    })
 }
 
 /// minValues: each such requirement must still see that many distinct values among the claim's types.
@@ -149,95 +232,11 @@ fn min_values_hold(types: &[&InstanceType], reqs: &Requirements) -> bool {
         })
 }
 
-/// Try to place `pod` on a new claim of `pool`; the reason it cannot, if it cannot.
-fn open_on<'p, 'a>(
-    pool: &'p PoolOptions<'a>,
-    pod: &PendingPod,
-) -> Result<OpenClaim<'p, 'a>, String> {
-    if let Some(t) = untolerated(&pod.tolerations, &pool.taints) {
-        return Err(format!(
-            "taint {}={}:{} not tolerated",
-            t.key,
-            t.value.as_deref().unwrap_or(""),
-            t.effect
-        ));
-    }
-    let mut last_err = String::from("no requirement alternative");
-    for alt in &pod.requirements {
-        if let Err(e) = pool.requirements.compatible(alt) {
-            last_err = e;
-            continue;
-        }
-        let reqs = pool.requirements.merged(alt);
-        let mut total = pool.daemon_overhead.clone();
-        total.add(&pod.requests);
-        let allowed: Vec<&InstanceType> = pool
-            .instance_types
-            .iter()
-            .copied()
-            .filter(|it| type_allowed(it, &reqs))
-            .collect();
-        if allowed.is_empty() {
-            last_err = "no instance type offered in the allowed zones and capacity types matches the requirements".into();
-            continue;
-        }
-        let fitting: Vec<&InstanceType> = allowed
-            .iter()
-            .copied()
-            .filter(|it| it.allocatable.fits(&total))
-            .collect();
-        if fitting.is_empty() {
-            let largest = allowed
-                .iter()
-                .max_by_key(|it| (it.allocatable.get(CPU), it.allocatable.get(MEMORY)))
-                .map_or("none", |it| it.name.as_str());
-            let short: Vec<&str> = total
-                .0
-                .iter()
-                .filter(|(k, v)| allowed.iter().all(|it| it.allocatable.get(k) < **v))
-                .map(|(k, _)| k.as_str())
-                .collect();
-            last_err = format!(
-                "no instance type fits {} pods={} (incl. daemonset overhead {}); largest candidate {largest}{}",
-                total,
-                total.get(crate::resources::PODS).units(),
-                pool.daemon_overhead,
-                if short.is_empty() {
-                    String::new()
-                } else {
-                    format!(" lacks {}", short.join(","))
-                }
-            );
-            continue;
-        }
-        let types: Vec<&InstanceType> = fitting
-            .into_iter()
-            .filter(|it| within_limits(pool, it))
-            .collect();
-        if types.is_empty() {
-            last_err = "every fitting instance type would exceed the NodePool's limits".into();
-            continue;
-        }
-        if !min_values_hold(&types, &reqs) {
-            last_err = "too few instance types left to satisfy minValues".into();
-            continue;
-        }
-        return Ok(OpenClaim {
-            pool,
-            pods: vec![pod.key.clone()],
-            requests: total,
-            requirements: reqs,
-            types,
-        });
-    }
-    Err(last_err)
-}
-
-/// A pod asking for an accelerator gets a node of its own only when joining a claim would both raise the claim's price by more than
-/// this many times the price of a node of its own, and leave it on a type that is this many times dearer per
-/// pod-sized slot. Every extra node also costs daemonsets, kube-reserved, an address and a launch that can
-/// fail, and spot prices wobble by type, so near-ties pack as Karpenter does; big steps (a 4-GPU node for
-/// 1-GPU pods) do not.
+/// A pod asking for an accelerator gets a node of its own only when joining a claim would both raise the
+/// claim's price by more than this many times the price of a node of its own, and leave it on a type that is
+/// this many times dearer per pod-sized slot. Every extra node also costs daemonsets, kube-reserved, an
+/// address and a launch that can fail, and spot prices wobble by type, so near-ties pack as Karpenter does;
+/// big steps (a 4-GPU node for 1-GPU pods) do not.
 pub const SPLIT_THRESHOLD: f64 = 1.25;
 
 /// Whether a pod asks for an accelerator-like resource (anything beyond cpu, memory, pods and storage),
@@ -245,14 +244,7 @@ pub const SPLIT_THRESHOLD: f64 = 1.25;
 /// cpu and memory pack greedily, as in Karpenter, and consolidation tidies up later.
 fn scarce_request(pod: &PendingPod) -> bool {
     pod.requests.0.iter().any(|(k, v)| {
-        v.0 > 0
-            && ![
-                CPU,
-                MEMORY,
-                crate::resources::PODS,
-                crate::resources::EPHEMERAL_STORAGE,
-            ]
-            .contains(&k.as_str())
+        v.0 > 0 && ![CPU, MEMORY, PODS, crate::resources::EPHEMERAL_STORAGE].contains(&k.as_str())
     })
 }
 
@@ -263,7 +255,7 @@ struct Alone {
     per_slot: f64,
 }
 
-/// The claim's cheapest type and its price.
+/// The cheapest of `types` and its price.
 fn cheapest_type<'a>(
     types: &[&'a InstanceType],
     reqs: &Requirements,
@@ -280,7 +272,7 @@ fn cost_per_fit(it: &InstanceType, price: f64, request: &Resources) -> f64 {
     let fits = request
         .0
         .iter()
-        .filter(|(k, v)| v.0 > 0 && k.as_str() != crate::resources::PODS)
+        .filter(|(k, v)| v.0 > 0 && k.as_str() != PODS)
         .map(|(k, v)| (it.allocatable.get(k).0 / v.0) as f64)
         .fold(f64::INFINITY, f64::min);
     // Whole pods only: a type that holds 1.9 pods holds one.
@@ -291,59 +283,879 @@ fn cost_per_fit(it: &InstanceType, price: f64, request: &Resources) -> f64 {
     }
 }
 
-/// Try to add `pod` to an open claim, narrowing its requirements and instance types. Beyond Karpenter: the
-/// pod stays out when joining is clearly dearer than a node of its own ([`SPLIT_THRESHOLD`]), so three
-/// one-GPU pods get three small GPU nodes, not one four-GPU node at 1.4 times the price per GPU.
-fn add_to(claim: &mut OpenClaim, pod: &PendingPod, alone: Option<Alone>) -> bool {
-    if untolerated(&pod.tolerations, &claim.pool.taints).is_some() {
-        return false;
+fn ports_conflict(have: &[HostPort], want: &[HostPort]) -> bool {
+    want.iter().any(|w| have.iter().any(|h| h.conflicts(w)))
+}
+
+fn taint_reason(t: &Taint) -> String {
+    format!(
+        "taint {}={}:{} not tolerated",
+        t.key,
+        t.value.as_deref().unwrap_or(""),
+        t.effect
+    )
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Topology: counted groups and the domains a candidate could be in.
+
+/// Pods matching one term's selector, per domain of its key (hostname counts live on each candidate).
+struct Group {
+    term: TopologyTerm,
+    counts: BTreeMap<String, u32>,
+    /// For anti-affinity: domains holding a pod that carries the term (they keep matching pods away).
+    owners: BTreeMap<String, u32>,
+    total: u32,
+}
+
+/// Quick noes for one pod, level and alternative (see [`Topology::open_domains`]).
+#[derive(Default, Clone)]
+struct Quick<'t> {
+    /// Per key, the domains a claim settled on one domain may be in.
+    settled: Vec<(&'t str, BTreeSet<&'t str>)>,
+    /// Per spread group, how many unsettled matching pods a claim may already hold.
+    slack: Vec<(usize, i64)>,
+}
+
+/// Where a pod is being tried: a concrete node (labels known) or a claim (requirements, maybe many
+/// domains per key).
+enum At<'x> {
+    Node {
+        labels: &'x BTreeMap<String, String>,
+    },
+    Claim {
+        reqs: &'x Requirements,
+        unrecorded: Option<&'x BTreeMap<usize, u32>>,
+    },
+}
+
+/// Per pending pod, worked out once.
+struct PodInfo<'p> {
+    pod: &'p PendingPod,
+    shape: usize,
+    owned: Vec<(usize, Strength)>,
+    /// Groups that count this pod.
+    matched_by: Vec<usize>,
+    /// Anti-affinity groups whose selector matches this pod: their owners' domains are closed to it.
+    blocked_by: Vec<usize>,
+    levels: Vec<u8>,
+}
+
+fn active(strength: Strength, level: u8) -> bool {
+    strength == Strength::Required || strength as u8 > level
+}
+
+struct Topology {
+    groups: Vec<Group>,
+    /// Every domain of each non-hostname key: the pools' offerings and requirements, and existing nodes.
+    universe: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Topology {
+    fn group_of(
+        &mut self,
+        index: &mut BTreeMap<TopologyTerm, usize>,
+        term: &TopologyTerm,
+    ) -> usize {
+        *index.entry(term.clone()).or_insert_with(|| {
+            self.groups.push(Group {
+                term: term.clone(),
+                counts: BTreeMap::new(),
+                owners: BTreeMap::new(),
+                total: 0,
+            });
+            self.groups.len() - 1
+        })
     }
-    for alt in &pod.requirements {
+
+    /// The domains of `key` a candidate may be in, narrowed by `pins` already chosen for this pod.
+    fn domains(&self, at: &At, key: &str, pins: &Requirements) -> Vec<String> {
+        let mut out: Vec<String> = match at {
+            At::Node { labels, .. } => labels.get(key).cloned().into_iter().collect(),
+            At::Claim { reqs, .. } => match reqs.get(key).and_then(|r| r.finite_values()) {
+                Some(vals) => vals.iter().cloned().collect(),
+                None => self
+                    .universe
+                    .get(key)
+                    .into_iter()
+                    .flatten()
+                    .filter(|v| reqs.get(key).is_none_or(|r| r.has(v)))
+                    .cloned()
+                    .collect(),
+            },
+        };
+        if let Some(p) = pins.get(key) {
+            out.retain(|d| p.has(d));
+        }
+        out
+    }
+
+    fn count(&self, gid: usize, at: &At, domain: &str) -> u32 {
+        let extra = match at {
+            At::Claim {
+                unrecorded: Some(u),
+                ..
+            } => u.get(&gid).copied().unwrap_or(0),
+            _ => 0,
+        };
+        self.groups[gid].counts.get(domain).copied().unwrap_or(0) + extra
+    }
+
+    /// The extra requirements (domain pins) under which `info`'s pod may go `at`, or why it may not.
+    fn fit(
+        &self,
+        info: &PodInfo,
+        level: u8,
+        alt: &Requirements,
+        at: &At,
+        hc: &HostCounts,
+    ) -> Result<Requirements, (Reject, String)> {
+        let mut pins = Requirements::default();
+        let pod = info.pod;
+        for &(gid, strength) in &info.owned {
+            if !active(strength, level) {
+                continue;
+            }
+            let g = &self.groups[gid];
+            let term = &g.term;
+            let self_sel = term.selects(&pod.key.namespace, &pod.labels) as u32;
+            // Hard hostname spread and anti-affinity only get harder on a candidate as it fills.
+            let settles = strength == Strength::Required
+                && !matches!(term.kind, TermKind::Affinity)
+                && term.is_hostname();
+            let no = |why: &str| {
+                Err((
+                    if settles {
+                        Reject::Settled
+                    } else {
+                        Reject::ForNow
+                    },
+                    format!("{term}: {why}"),
+                ))
+            };
+            if term.is_hostname() {
+                let c = hc.counts.get(&gid).copied().unwrap_or(0);
+                let ok = match term.kind {
+                    // A new node can always be made, so the global minimum on hostname is zero.
+                    TermKind::Spread { max_skew, .. } => c + self_sel <= max_skew,
+                    TermKind::Affinity => c > 0 || (self_sel == 1 && g.total == 0),
+                    TermKind::AntiAffinity => c == 0,
+                };
+                if !ok {
+                    return no("not on this node");
+                }
+                continue;
+            }
+            let doms = self.domains(at, &term.key, &pins);
+            if doms.is_empty() {
+                return no("the node has no such topology label");
+            }
+            let chosen = match term.kind {
+                TermKind::Spread {
+                    max_skew,
+                    min_domains,
+                    honor_node_affinity,
+                } => {
+                    let eligible: Vec<&String> = self
+                        .universe
+                        .get(&term.key)
+                        .into_iter()
+                        .flatten()
+                        .filter(|d| {
+                            !honor_node_affinity || alt.get(&term.key).is_none_or(|r| r.has(d))
+                        })
+                        .collect();
+                    let min = if (eligible.len() as u32) < min_domains {
+                        0
+                    } else {
+                        eligible
+                            .iter()
+                            .map(|d| g.counts.get(*d).copied().unwrap_or(0))
+                            .min()
+                            .unwrap_or(0)
+                    };
+                    doms.iter()
+                        .map(|d| (self.count(gid, at, d), d))
+                        .filter(|(c, _)| c + self_sel <= min + max_skew)
+                        .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(b.1)))
+                        .map(|(_, d)| d.clone())
+                }
+                TermKind::Affinity => doms
+                    .iter()
+                    .map(|d| (self.count(gid, at, d), d))
+                    .filter(|(c, _)| *c > 0)
+                    .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(a.1)))
+                    .map(|(_, d)| d.clone())
+                    // The first of a self-affine group may go anywhere; the rest follow it.
+                    .or_else(|| (self_sel == 1 && g.total == 0).then(|| doms[0].clone())),
+                TermKind::AntiAffinity => {
+                    doms.iter().find(|d| self.count(gid, at, d) == 0).cloned()
+                }
+            };
+            match chosen {
+                Some(d) => pins.add(Requirement::in_values(&term.key, [d])),
+                None => return no("no domain left"),
+            }
+        }
+        for &gid in &info.blocked_by {
+            let g = &self.groups[gid];
+            if g.owners.is_empty() && hc.owners.is_empty() {
+                continue;
+            }
+            let why = || format!("{} of a pod already placed", g.term);
+            if g.term.is_hostname() {
+                if hc.owners.contains_key(&gid) {
+                    return Err((Reject::Settled, why()));
+                }
+                continue;
+            }
+            let doms = self.domains(at, &g.term.key, &pins);
+            let open: Vec<String> = doms
+                .iter()
+                .filter(|d| !g.owners.contains_key(*d))
+                .cloned()
+                .collect();
+            if open.is_empty() {
+                return Err((Reject::ForNow, why()));
+            }
+            if open.len() < doms.len() {
+                pins.add(Requirement::in_values(&g.term.key, open));
+            }
+        }
+        Ok(pins)
+    }
+
+    /// Per label key, the domains each of the pod's active terms accepts for a claim already settled on
+    /// one domain of that key (such a claim has no unsettled counts there, so this is exactly what `fit`
+    /// decides): a quick no without building domain lists. Counts do not change while one pod is being
+    /// placed, so this is worked out once per pod, level and node affinity alternative.
+    fn open_domains(&self, info: &PodInfo, level: u8, alt: &Requirements) -> Quick<'_> {
+        let mut out = Quick::default();
+        for &(gid, strength) in &info.owned {
+            let g = &self.groups[gid];
+            if !active(strength, level) || g.term.is_hostname() {
+                continue;
+            }
+            let Some(all) = self.universe.get(&g.term.key) else {
+                continue;
+            };
+            let self_sel = g.term.selects(&info.pod.key.namespace, &info.pod.labels) as u32;
+            let count = |d: &String| g.counts.get(d).copied().unwrap_or(0);
+            let open: BTreeSet<&str> = match g.term.kind {
+                TermKind::Spread {
+                    max_skew,
+                    min_domains,
+                    honor_node_affinity,
+                } => {
+                    let eligible: Vec<&String> = all
+                        .iter()
+                        .filter(|d| {
+                            !honor_node_affinity || alt.get(&g.term.key).is_none_or(|r| r.has(d))
+                        })
+                        .collect();
+                    let min = if (eligible.len() as u32) < min_domains {
+                        0
+                    } else {
+                        eligible.iter().map(|d| count(d)).min().unwrap_or(0)
+                    };
+                    // An unsettled claim whose own matching pods exceed this slack everywhere cannot
+                    // take the pod: settling it would break the skew.
+                    let slack = all
+                        .iter()
+                        .map(|d| (min + max_skew) as i64 - (count(d) + self_sel) as i64)
+                        .max()
+                        .unwrap_or(0);
+                    out.slack.push((gid, slack));
+                    all.iter()
+                        .filter(|d| count(d) + self_sel <= min + max_skew)
+                        .map(String::as_str)
+                        .collect()
+                }
+                TermKind::Affinity if self_sel == 1 && g.total == 0 => {
+                    all.iter().map(String::as_str).collect()
+                }
+                TermKind::Affinity => all
+                    .iter()
+                    .filter(|d| count(d) > 0)
+                    .map(String::as_str)
+                    .collect(),
+                TermKind::AntiAffinity => all
+                    .iter()
+                    .filter(|d| count(d) == 0)
+                    .map(String::as_str)
+                    .collect(),
+            };
+            out.settled.push((g.term.key.as_str(), open));
+        }
+        out
+    }
+
+    /// Count a placed pod in every group that cares, and its anti-affinity in the domains it closes.
+    fn record(&mut self, info: &PodInfo, at: &At, hc: &mut HostCounts) -> BTreeMap<usize, u32> {
+        let mut unrecorded = BTreeMap::new();
+        let none = Requirements::default();
+        for &gid in &info.matched_by {
+            if self.groups[gid].term.is_hostname() {
+                self.groups[gid].total += 1;
+                *hc.counts.entry(gid).or_default() += 1;
+                continue;
+            }
+            let doms = self.domains(at, &self.groups[gid].term.key, &none);
+            let anti = self.groups[gid].term.kind == TermKind::AntiAffinity;
+            let g = &mut self.groups[gid];
+            g.total += 1;
+            match doms.len() {
+                0 => {}
+                1 => *g.counts.entry(doms[0].clone()).or_default() += 1,
+                // Anti-affinity counts pessimistically in every domain the pod may land in; spread and
+                // affinity wait until the claim settles on one (see `settle`).
+                _ if anti => {
+                    for d in doms {
+                        *g.counts.entry(d).or_default() += 1;
+                    }
+                }
+                _ => *unrecorded.entry(gid).or_default() += 1,
+            }
+        }
+        // Only required anti-affinity keeps other pods away (the scheduler's symmetry rule).
+        for &(gid, strength) in &info.owned {
+            if strength != Strength::Required
+                || self.groups[gid].term.kind != TermKind::AntiAffinity
+            {
+                continue;
+            }
+            if self.groups[gid].term.is_hostname() {
+                *hc.owners.entry(gid).or_default() += 1;
+                continue;
+            }
+            for d in self.domains(at, &self.groups[gid].term.key, &none) {
+                *self.groups[gid].owners.entry(d).or_default() += 1;
+            }
+        }
+        unrecorded
+    }
+
+    /// Move a claim's pending counts into the domain it has settled on, key by key.
+    fn settle(&mut self, claim: &mut OpenClaim) {
+        let none = Requirements::default();
+        let mut done = Vec::new();
+        for (&gid, &n) in &claim.unrecorded {
+            let at = At::Claim {
+                reqs: &claim.requirements,
+                unrecorded: None,
+            };
+            let doms = self.domains(&at, &self.groups[gid].term.key, &none);
+            if doms.len() == 1 {
+                *self.groups[gid].counts.entry(doms[0].clone()).or_default() += n;
+                done.push(gid);
+            }
+        }
+        for gid in done {
+            claim.unrecorded.remove(&gid);
+        }
+    }
+}
+
+/// The groups counting a pod, and the anti-affinity groups among them.
+type MatchLists = (Vec<usize>, Vec<usize>);
+
+fn build_topology<'p>(
+    order: &[&'p PendingPod],
+    existing: &[ExistingCapacity],
+    pools: &[&PoolOptions],
+) -> (Topology, Vec<PodInfo<'p>>, Vec<HostCounts>) {
+    let mut topo = Topology {
+        groups: Vec::new(),
+        universe: BTreeMap::new(),
+    };
+    let mut index: BTreeMap<TopologyTerm, usize> = BTreeMap::new();
+    for p in order {
+        for t in &p.topology {
+            topo.group_of(&mut index, &t.term);
+        }
+    }
+    for cap in existing {
+        for ep in &cap.pods {
+            for t in &ep.anti_affinity {
+                topo.group_of(&mut index, t);
+            }
+        }
+    }
+    let keys: BTreeSet<String> = topo
+        .groups
+        .iter()
+        .filter(|g| !g.term.is_hostname())
+        .map(|g| g.term.key.clone())
+        .collect();
+    for key in &keys {
+        let mut doms: BTreeSet<String> = BTreeSet::new();
+        for pool in pools {
+            if key == labels::ZONE || key == labels::CAPACITY_TYPE {
+                for it in &pool.instance_types {
+                    for o in allowed_offerings(it, &pool.requirements) {
+                        doms.insert(if key == labels::ZONE {
+                            o.zone.clone()
+                        } else {
+                            o.capacity_type.as_str().to_string()
+                        });
+                    }
+                }
+            } else if let Some(vals) = pool.requirements.get(key).and_then(|r| r.finite_values()) {
+                doms.extend(vals.iter().cloned());
+            }
+        }
+        for cap in existing {
+            if let Some(v) = cap.labels.get(key) {
+                doms.insert(v.clone());
+            }
+        }
+        topo.universe.insert(key.clone(), doms);
+    }
+    // Existing pods count where they run, and their anti-affinity closes their domains.
+    let mut host_counts = Vec::with_capacity(existing.len());
+    for cap in existing {
+        let mut hc = HostCounts::default();
+        for ep in &cap.pods {
+            for (gid, g) in topo.groups.iter_mut().enumerate() {
+                if !g.term.selects(&ep.namespace, &ep.labels) {
+                    continue;
+                }
+                g.total += 1;
+                if g.term.is_hostname() {
+                    *hc.counts.entry(gid).or_default() += 1;
+                } else if let Some(d) = cap.labels.get(&g.term.key) {
+                    *g.counts.entry(d.clone()).or_default() += 1;
+                }
+            }
+            for t in &ep.anti_affinity {
+                let gid = index[t];
+                if t.is_hostname() {
+                    *hc.owners.entry(gid).or_default() += 1;
+                } else if let Some(d) = cap.labels.get(&t.key) {
+                    *topo.groups[gid].owners.entry(d.clone()).or_default() += 1;
+                }
+            }
+        }
+        host_counts.push(hc);
+    }
+    // Shapes: pods alike in everything the planner looks at share scan cursors.
+    let mut shapes: BTreeMap<u64, Vec<(usize, &PendingPod)>> = BTreeMap::new();
+    let mut next_shape = 0;
+    let mut infos = Vec::with_capacity(order.len());
+    // Which groups count a pod depends only on its namespace and labels: match each label set once.
+    let mut matches: BTreeMap<(&str, &BTreeMap<String, String>), MatchLists> = BTreeMap::new();
+    for p in order {
+        let mut h = DefaultHasher::new();
+        p.requests.hash(&mut h);
+        p.requirements.hash(&mut h);
+        p.labels.hash(&mut h);
+        p.topology.hash(&mut h);
+        p.host_ports.hash(&mut h);
+        p.key.namespace.hash(&mut h);
+        for t in &p.tolerations {
+            (
+                &t.key,
+                &t.operator,
+                &t.value,
+                &t.effect,
+                &t.toleration_seconds,
+            )
+                .hash(&mut h);
+        }
+        let bucket = shapes.entry(h.finish()).or_default();
+        let same = |q: &PendingPod| {
+            q.requests == p.requests
+                && q.requirements == p.requirements
+                && q.labels == p.labels
+                && q.topology == p.topology
+                && q.host_ports == p.host_ports
+                && q.tolerations == p.tolerations
+                && q.key.namespace == p.key.namespace
+        };
+        let shape = match bucket.iter().find(|(_, q)| same(q)) {
+            Some((s, _)) => *s,
+            None => {
+                bucket.push((next_shape, p));
+                next_shape += 1;
+                next_shape - 1
+            }
+        };
+        let (matched_by, blocked_by) = matches
+            .entry((p.key.namespace.as_str(), &p.labels))
+            .or_insert_with(|| {
+                let m: Vec<usize> = (0..topo.groups.len())
+                    .filter(|&g| topo.groups[g].term.selects(&p.key.namespace, &p.labels))
+                    .collect();
+                let b = m
+                    .iter()
+                    .copied()
+                    .filter(|&g| topo.groups[g].term.kind == TermKind::AntiAffinity)
+                    .collect();
+                (m, b)
+            })
+            .clone();
+        let owned: Vec<(usize, Strength)> = p
+            .topology
+            .iter()
+            .map(|t| (index[&t.term], t.strength))
+            .collect();
+        let mut levels = vec![0u8];
+        for s in [
+            Strength::PreferredAffinity,
+            Strength::PreferredAntiAffinity,
+            Strength::ScheduleAnyway,
+        ] {
+            if owned.iter().any(|(_, st)| *st == s) {
+                levels.push(s as u8);
+            }
+        }
+        infos.push(PodInfo {
+            pod: p,
+            shape,
+            owned,
+            matched_by,
+            blocked_by,
+            levels,
+        });
+    }
+    (topo, infos, host_counts)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Candidates.
+
+fn try_existing(
+    topo: &Topology,
+    slot: &Slot,
+    info: &PodInfo,
+    level: u8,
+) -> Result<(), (Reject, String)> {
+    let pod = info.pod;
+    let cap = &slot.cap;
+    if !cap.available.fits(&pod.requests)
+        || untolerated(&pod.tolerations, &cap.taints).is_some()
+        || ports_conflict(&slot.ports, &pod.host_ports)
+    {
+        return Err((Reject::Settled, String::new()));
+    }
+    let Some(alt) = pod
+        .requirements
+        .iter()
+        .find(|r| r.matches_labels(&cap.labels))
+    else {
+        return Err((Reject::Settled, String::new()));
+    };
+    let at = At::Node {
+        labels: &cap.labels,
+    };
+    topo.fit(info, level, alt, &at, &slot.hc).map(|_| ())
+}
+
+/// How a claim changes when a pod joins: new requirements and types, where they change.
+struct Join<'a> {
+    requirements: Option<Requirements>,
+    types: Option<Vec<&'a InstanceType>>,
+}
+
+/// Try to add a pod to an open claim, narrowing its requirements and instance types. Beyond Karpenter: an
+/// accelerator pod stays out when joining is clearly dearer than a node of its own ([`SPLIT_THRESHOLD`]),
+/// so three one-GPU pods get three small GPU nodes, not one four-GPU node at 1.4 times the price per GPU.
+#[allow(clippy::too_many_arguments)]
+fn try_claim<'a>(
+    topo: &Topology,
+    claim: &OpenClaim<'a>,
+    taints: &[Taint],
+    info: &PodInfo,
+    level: u8,
+    alone: Option<Alone>,
+    quick: &[Quick],
+) -> Result<Join<'a>, Reject> {
+    let pod = info.pod;
+    if !claim.max_alloc.fits_sum(&claim.requests, &pod.requests)
+        || untolerated(&pod.tolerations, taints).is_some()
+        || ports_conflict(&claim.ports, &pod.host_ports)
+    {
+        return Err(Reject::Settled);
+    }
+    let mut why = Reject::Settled;
+    for (ai, alt) in pod.requirements.iter().enumerate() {
         if claim.requirements.compatible(alt).is_err() {
             continue;
         }
-        let reqs = claim.requirements.merged(alt);
-        let mut total = claim.requests.clone();
-        total.add(&pod.requests);
-        let still: Vec<&InstanceType> = claim
-            .types
-            .iter()
-            .copied()
-            .filter(|it| type_allowed(it, &reqs) && it.allocatable.fits(&total))
-            .collect();
-        let cheaper_together = match (
-            alone,
-            cheapest_type(&still, &reqs),
-            cheapest_type(&claim.types, &claim.requirements),
-        ) {
-            (Some(alone), Some((after, after_price)), Some((_, before_price)))
-                if scarce_request(pod) =>
-            {
+        let settled_elsewhere = quick[ai].settled.iter().any(|(key, open)| {
+            claim
+                .requirements
+                .get(key)
+                .and_then(|r| r.finite_values())
+                .filter(|v| v.len() == 1)
+                .is_some_and(|v| v.iter().all(|d| !open.contains(d.as_str())))
+        });
+        let too_many = quick[ai].slack.iter().any(|(gid, slack)| {
+            claim
+                .unrecorded
+                .get(gid)
+                .is_some_and(|n| *n as i64 > *slack)
+        });
+        if settled_elsewhere || too_many {
+            why = Reject::ForNow;
+            continue;
+        }
+        let merged = (!alt.0.is_empty()).then(|| claim.requirements.merged(alt));
+        let base = merged.as_ref().unwrap_or(&claim.requirements);
+        let at = At::Claim {
+            reqs: base,
+            unrecorded: Some(&claim.unrecorded),
+        };
+        let pins = match topo.fit(info, level, alt, &at, &claim.hc) {
+            Ok(p) => p,
+            Err((r, _)) => {
+                if matches!(r, Reject::ForNow) {
+                    why = Reject::ForNow;
+                }
+                continue;
+            }
+        };
+        let narrowed = if pins.0.is_empty() {
+            merged
+        } else {
+            Some(base.merged(&pins))
+        };
+        let types = match &narrowed {
+            None if claim.min_alloc.fits_sum(&claim.requests, &pod.requests) => None,
+            _ => {
+                let mut total = claim.requests.clone();
+                total.add(&pod.requests);
+                let still: Vec<&InstanceType> = claim
+                    .types
+                    .iter()
+                    .copied()
+                    .filter(|it| {
+                        it.allocatable.fits(&total)
+                            && narrowed.as_ref().is_none_or(|r| type_allowed(it, r))
+                    })
+                    .collect();
+                let reqs = narrowed.as_ref().unwrap_or(&claim.requirements);
+                if still.is_empty() || !min_values_hold(&still, reqs) {
+                    // A domain pin is chosen afresh for each pod; another pin may leave types that fit.
+                    if !pins.0.is_empty() {
+                        why = Reject::ForNow;
+                    }
+                    continue;
+                }
+                Some(still)
+            }
+        };
+        if let Some(alone) = alone.filter(|_| scarce_request(pod)) {
+            let reqs = narrowed.as_ref().unwrap_or(&claim.requirements);
+            let still = types.as_deref().unwrap_or(&claim.types);
+            if let (Some((after, after_price)), Some((_, before_price))) = (
+                cheapest_type(still, reqs),
+                cheapest_type(&claim.types, &claim.requirements),
+            ) {
                 let marginal = after_price - before_price;
                 let per_slot = cost_per_fit(after, after_price, &pod.requests);
-                !(marginal > alone.price * SPLIT_THRESHOLD
-                    && per_slot > alone.per_slot * SPLIT_THRESHOLD)
+                if marginal > alone.price * SPLIT_THRESHOLD
+                    && per_slot > alone.per_slot * SPLIT_THRESHOLD
+                {
+                    why = Reject::ForNow;
+                    continue;
+                }
             }
-            _ => true,
-        };
-        if !still.is_empty() && min_values_hold(&still, &reqs) && cheaper_together {
-            claim.requirements = reqs;
-            claim.requests = total;
-            claim.types = still;
-            claim.pods.push(pod.key.clone());
-            return true;
         }
+        return Ok(Join {
+            requirements: narrowed,
+            types,
+        });
     }
-    false
+    Err(why)
 }
 
-fn fits_existing(cap: &ExistingCapacity, pod: &PendingPod) -> bool {
-    untolerated(&pod.tolerations, &cap.taints).is_none()
-        && pod
-            .requirements
+/// Fitting types of a pool with their allocatable bounds, or why none fit.
+type Fitting<'a> = Result<(Vec<&'a InstanceType>, Resources, Resources), String>;
+
+/// Instance types of a pool that could carry `total` under `reqs`, or why none can. Memoised: pods of one
+/// Deployment ask the same question again and again.
+type TypeMemo<'a> = BTreeMap<u64, Vec<(usize, Requirements, Resources, Fitting<'a>)>>;
+
+fn pool_types<'a>(
+    memo: &mut TypeMemo<'a>,
+    pool_ix: usize,
+    pool: &PoolOptions<'a>,
+    reqs: &Requirements,
+    total: &Resources,
+) -> Fitting<'a> {
+    let mut h = DefaultHasher::new();
+    pool_ix.hash(&mut h);
+    reqs.hash(&mut h);
+    total.hash(&mut h);
+    let bucket = memo.entry(h.finish()).or_default();
+    if let Some((_, _, _, r)) = bucket
+        .iter()
+        .find(|(p, r, t, _)| *p == pool_ix && r == reqs && t == total)
+    {
+        return r.clone();
+    }
+    let allowed: Vec<&InstanceType> = pool
+        .instance_types
+        .iter()
+        .copied()
+        .filter(|it| type_allowed(it, reqs))
+        .collect();
+    let result = if allowed.is_empty() {
+        Err("no instance type offered in the allowed zones and capacity types matches the requirements".into())
+    } else {
+        let fitting: Vec<&InstanceType> = allowed
             .iter()
-            .any(|r| r.matches_labels(&cap.labels))
-        && cap.available.fits(&pod.requests)
+            .copied()
+            .filter(|it| it.allocatable.fits(total))
+            .collect();
+        if fitting.is_empty() {
+            let largest = allowed
+                .iter()
+                .max_by_key(|it| (it.allocatable.get(CPU), it.allocatable.get(MEMORY)))
+                .map_or("none", |it| it.name.as_str());
+            let short: Vec<&str> = total
+                .0
+                .iter()
+                .filter(|(k, v)| allowed.iter().all(|it| it.allocatable.get(k) < **v))
+                .map(|(k, _)| k.as_str())
+                .collect();
+            Err(format!(
+                "no instance type fits {} pods={} (incl. daemonset overhead {}); largest candidate {largest}{}",
+                total,
+                total.get(PODS).units(),
+                pool.daemon_overhead,
+                if short.is_empty() {
+                    String::new()
+                } else {
+                    format!(" lacks {}", short.join(","))
+                }
+            ))
+        } else {
+            let (max, min) = alloc_bounds(&fitting);
+            Ok((fitting, max, min))
+        }
+    };
+    bucket.push((pool_ix, reqs.clone(), total.clone(), result.clone()));
+    result
+}
+
+/// A new claim's requirements, types and their allocatable bounds.
+type NewClaim<'a> = (Requirements, Vec<&'a InstanceType>, Resources, Resources);
+
+/// Try to place a pod on a new claim of a pool; the claim's requirements and types, or why not.
+#[allow(clippy::too_many_arguments)]
+fn open_on<'a>(
+    topo: &Topology,
+    memo: &mut TypeMemo<'a>,
+    pool_ix: usize,
+    pool: &PoolOptions<'a>,
+    remaining: Option<&Resources>,
+    info: &PodInfo,
+    level: u8,
+) -> Result<NewClaim<'a>, String> {
+    let pod = info.pod;
+    if let Some(t) = untolerated(&pod.tolerations, &pool.taints) {
+        return Err(taint_reason(t));
+    }
+    if remaining.is_some_and(|r| r.0.get(NODES).is_some_and(|n| n.units() < 1)) {
+        return Err("the NodePool's `nodes` limit is reached".into());
+    }
+    let mut last_err = String::from("no requirement alternative");
+    let mut total = pool.daemon_overhead.clone();
+    total.add(&pod.requests);
+    let empty = HostCounts::default();
+    for alt in &pod.requirements {
+        if let Err(e) = pool.requirements.compatible(alt) {
+            last_err = e;
+            continue;
+        }
+        let mut reqs = pool.requirements.merged(alt);
+        let at = At::Claim {
+            reqs: &reqs,
+            unrecorded: None,
+        };
+        match topo.fit(info, level, alt, &at, &empty) {
+            Ok(pins) if !pins.0.is_empty() => reqs = reqs.merged(&pins),
+            Ok(_) => {}
+            Err((_, why)) => {
+                last_err = why;
+                continue;
+            }
+        }
+        let (fitting, mut max, mut min) = match pool_types(memo, pool_ix, pool, &reqs, &total) {
+            Ok(f) => f,
+            Err(e) => {
+                last_err = e;
+                continue;
+            }
+        };
+        let n = fitting.len();
+        let types: Vec<&InstanceType> = fitting
+            .into_iter()
+            .filter(|it| within_limits(remaining, it))
+            .collect();
+        if types.is_empty() {
+            last_err = "every fitting instance type would exceed the NodePool's limits".into();
+            continue;
+        }
+        if !min_values_hold(&types, &reqs) {
+            last_err = "too few instance types left to satisfy minValues".into();
+            continue;
+        }
+        if types.len() != n {
+            (max, min) = alloc_bounds(&types);
+        }
+        return Ok((reqs, types, max, min));
+    }
+    Err(last_err)
+}
+
+/// Where the scan of each candidate list may start for a pod shape: everything before was turned away for
+/// reasons that only harden.
+#[derive(Default, Clone, Copy)]
+struct Cursor {
+    existing: usize,
+    claims: usize,
+}
+
+/// A pool's instance types sorted by price under one pair of zone and capacity-type requirements, memoised
+/// per pool and pair: claims share a handful of such pairs, and sorting each claim's list anew dominated.
+type PriceMemo = BTreeMap<(usize, String), Vec<usize>>;
+
+/// The claim's types, cheapest allowed offering first (name breaks ties).
+fn claim_types_by_price(
+    memo: &mut PriceMemo,
+    pool_ix: usize,
+    pool: &PoolOptions,
+    position: &BTreeMap<usize, usize>,
+    c: &OpenClaim,
+) -> Vec<String> {
+    let key = format!(
+        "{:?}|{:?}",
+        c.requirements.get(labels::ZONE),
+        c.requirements.get(labels::CAPACITY_TYPE)
+    );
+    let sorted = memo.entry((pool_ix, key)).or_insert_with(|| {
+        let mut v: Vec<(f64, &str, usize)> = pool
+            .instance_types
+            .iter()
+            .enumerate()
+            .map(|(i, it)| (cheapest_price(it, &c.requirements), it.name.as_str(), i))
+            .collect();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
+        v.into_iter().map(|(_, _, i)| i).collect()
+    });
+    let mut member = vec![false; pool.instance_types.len()];
+    for it in &c.types {
+        // Addresses are only looked up here, never iterated: the output order does not depend on them.
+        member[position[&(*it as *const InstanceType as usize)]] = true;
+    }
+    sorted
+        .iter()
+        .filter(|&&i| member[i])
+        .map(|&i| pool.instance_types[i].name.clone())
+        .collect()
 }
 
 /// Pack `pods` onto `existing` capacity first, then onto as few new claims as the pools allow.
@@ -356,50 +1168,166 @@ pub fn plan(pods: &[PendingPod], existing: &[ExistingCapacity], pools: &[PoolOpt
             .then(b.requests.get(MEMORY).cmp(&a.requests.get(MEMORY)))
             .then(a.key.cmp(&b.key))
     });
-    let mut pools_by_preference: Vec<&PoolOptions> = pools.iter().collect();
-    pools_by_preference.sort_by(|a, b| b.weight.cmp(&a.weight).then(a.name.cmp(&b.name)));
+    let mut by_pref: Vec<&PoolOptions> = pools.iter().collect();
+    by_pref.sort_by(|a, b| b.weight.cmp(&a.weight).then(a.name.cmp(&b.name)));
 
-    let mut existing: Vec<ExistingCapacity> = existing.to_vec();
+    let (mut topo, infos, host_counts) = build_topology(&order, existing, &by_pref);
+    let mut slots: Vec<Slot> = existing
+        .iter()
+        .zip(host_counts)
+        .map(|(c, hc)| Slot {
+            ports: c.pods.iter().flat_map(|p| p.host_ports.clone()).collect(),
+            cap: c.clone(),
+            hc,
+        })
+        .collect();
+    let mut remaining: Vec<Option<Resources>> =
+        by_pref.iter().map(|p| p.remaining_limits.clone()).collect();
     let mut open: Vec<OpenClaim> = Vec::new();
+    let mut memo: TypeMemo = BTreeMap::new();
+    let mut cursors: Vec<Cursor> = Vec::new();
     let mut out = Plan::default();
 
-    'pods: for pod in order {
-        for cap in existing.iter_mut() {
-            if fits_existing(cap, pod) {
-                cap.available.sub(&pod.requests);
-                out.on_existing.push((pod.key.clone(), cap.name.clone()));
-                continue 'pods;
-            }
+    'pods: for info in &infos {
+        let pod = info.pod;
+        if cursors.len() <= info.shape {
+            cursors.resize(info.shape + 1, Cursor::default());
         }
-        // What this pod would cost on a node of its own, per pool, to judge whether sharing pays.
-        // Only accelerator pods weigh a node of their own (see `add_to`); skip the work for the rest.
-        let alone: BTreeMap<&str, Option<Alone>> = pools_by_preference
-            .iter()
-            .filter(|_| scarce_request(pod))
-            .map(|p| {
-                let own = open_on(p, pod).ok().and_then(|c| {
-                    cheapest_type(&c.types, &c.requirements).map(|(it, price)| Alone {
+        let mut reasons = Vec::new();
+        for &level in &info.levels {
+            // Existing capacity first.
+            let mut cur = cursors[info.shape];
+            let mut contiguous = true;
+            for (i, slot) in slots.iter_mut().enumerate().skip(cur.existing) {
+                match try_existing(&topo, slot, info, level) {
+                    Ok(()) => {
+                        slot.cap.available.sub(&pod.requests);
+                        slot.ports.extend(pod.host_ports.iter().cloned());
+                        let at = At::Node {
+                            labels: &slot.cap.labels,
+                        };
+                        topo.record(info, &at, &mut slot.hc);
+                        out.on_existing
+                            .push((pod.key.clone(), slot.cap.name.clone()));
+                        cursors[info.shape] = cur;
+                        continue 'pods;
+                    }
+                    Err((Reject::Settled, _)) if contiguous => cur.existing = i + 1,
+                    Err(_) => contiguous = false,
+                }
+            }
+            // What this pod would cost on a node of its own, per pool, to judge whether sharing pays.
+            // Only accelerator pods weigh a node of their own; skip the work for the rest.
+            let alone: Vec<Option<Alone>> = by_pref
+                .iter()
+                .enumerate()
+                .map(|(pi, p)| {
+                    if !scarce_request(pod) {
+                        return None;
+                    }
+                    let (reqs, types, _, _) =
+                        open_on(&topo, &mut memo, pi, p, remaining[pi].as_ref(), info, level)
+                            .ok()?;
+                    cheapest_type(&types, &reqs).map(|(it, price)| Alone {
                         price,
                         per_slot: cost_per_fit(it, price, &pod.requests),
                     })
-                });
-                (p.name.as_str(), own)
-            })
-            .collect();
-        for claim in open.iter_mut() {
-            let own = alone.get(claim.pool.name.as_str()).copied().flatten();
-            if add_to(claim, pod, own) {
-                continue 'pods;
-            }
-        }
-        let mut reasons = Vec::new();
-        for pool in &pools_by_preference {
-            match open_on(pool, pod) {
-                Ok(claim) => {
-                    open.push(claim);
-                    continue 'pods;
+                })
+                .collect();
+            contiguous = true;
+            let quick: Vec<Quick> = if info.owned.is_empty() {
+                vec![Quick::default(); pod.requirements.len()]
+            } else {
+                pod.requirements
+                    .iter()
+                    .map(|alt| topo.open_domains(info, level, alt))
+                    .collect()
+            };
+            for (i, claim) in open.iter_mut().enumerate().skip(cur.claims) {
+                let pool_ix = claim.pool;
+                match try_claim(
+                    &topo,
+                    claim,
+                    &by_pref[pool_ix].taints,
+                    info,
+                    level,
+                    alone[pool_ix],
+                    &quick,
+                ) {
+                    Ok(join) => {
+                        if let Some(r) = join.requirements {
+                            claim.requirements = r;
+                        }
+                        if let Some(t) = join.types {
+                            claim.set_types(t);
+                        }
+                        claim.requests.add(&pod.requests);
+                        claim.pods.push(pod.key.clone());
+                        claim.ports.extend(pod.host_ports.iter().cloned());
+                        let at = At::Claim {
+                            reqs: &claim.requirements,
+                            unrecorded: None,
+                        };
+                        for (g, n) in topo.record(info, &at, &mut claim.hc) {
+                            *claim.unrecorded.entry(g).or_default() += n;
+                        }
+                        topo.settle(claim);
+                        cursors[info.shape] = cur;
+                        continue 'pods;
+                    }
+                    Err(Reject::Settled) if contiguous => cur.claims = i + 1,
+                    Err(_) => contiguous = false,
                 }
-                Err(why) => reasons.push(format!("nodepool \"{}\": {why}", pool.name)),
+            }
+            cursors[info.shape] = cur;
+            reasons.clear();
+            for (pi, pool) in by_pref.iter().enumerate() {
+                match open_on(
+                    &topo,
+                    &mut memo,
+                    pi,
+                    pool,
+                    remaining[pi].as_ref(),
+                    info,
+                    level,
+                ) {
+                    Ok((reqs, types, max_alloc, min_alloc)) => {
+                        // Limits are enforced pessimistically: the claim may become its largest type.
+                        if let Some(rem) = remaining[pi].as_mut() {
+                            let mut most = Resources::default();
+                            for t in &types {
+                                most.max_with(&t.capacity);
+                            }
+                            most.set(NODES, crate::quantity::Milli::from_units(1));
+                            for (k, v) in rem.0.iter_mut() {
+                                *v = *v - most.get(k);
+                            }
+                        }
+                        let mut requests = pool.daemon_overhead.clone();
+                        requests.add(&pod.requests);
+                        let mut claim = OpenClaim {
+                            pool: pi,
+                            hc: HostCounts::default(),
+                            pods: vec![pod.key.clone()],
+                            requests,
+                            requirements: reqs,
+                            types,
+                            max_alloc,
+                            min_alloc,
+                            ports: pod.host_ports.clone(),
+                            unrecorded: BTreeMap::new(),
+                        };
+                        let at = At::Claim {
+                            reqs: &claim.requirements,
+                            unrecorded: None,
+                        };
+                        claim.unrecorded = topo.record(info, &at, &mut claim.hc);
+                        topo.settle(&mut claim);
+                        open.push(claim);
+                        continue 'pods;
+                    }
+                    Err(why) => reasons.push(format!("nodepool \"{}\": {why}", pool.name)),
+                }
             }
         }
         if reasons.is_empty() {
@@ -409,22 +1337,31 @@ pub fn plan(pods: &[PendingPod], existing: &[ExistingCapacity], pools: &[PoolOpt
             .push((pod.key.clone(), reasons.join("; ")));
     }
 
+    let mut prices = PriceMemo::new();
+    let positions: Vec<BTreeMap<usize, usize>> = by_pref
+        .iter()
+        .map(|p| {
+            p.instance_types
+                .iter()
+                .enumerate()
+                .map(|(i, it)| (*it as *const InstanceType as usize, i))
+                .collect()
+        })
+        .collect();
     out.claims = open
         .into_iter()
-        .map(|c| {
-            let mut types: Vec<(f64, &str)> = c
-                .types
-                .iter()
-                .map(|it| (cheapest_price(it, &c.requirements), it.name.as_str()))
-                .collect();
-            types.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
-            ClaimPlan {
-                pool: c.pool.name.clone(),
-                pods: c.pods,
-                requests: c.requests,
-                requirements: c.requirements,
-                instance_types: types.into_iter().map(|(_, n)| n.to_string()).collect(),
-            }
+        .map(|c| ClaimPlan {
+            pool: by_pref[c.pool].name.clone(),
+            instance_types: claim_types_by_price(
+                &mut prices,
+                c.pool,
+                by_pref[c.pool],
+                &positions[c.pool],
+                &c,
+            ),
+            pods: c.pods,
+            requests: c.requests,
+            requirements: c.requirements,
         })
         .collect();
     out

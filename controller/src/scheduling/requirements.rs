@@ -43,7 +43,7 @@ pub fn normalize_key(key: &str) -> &str {
 
 /// The set of values a requirement admits: `In` lists them, `NotIn` lists the exceptions (so `NotIn {}` is
 /// Exists); `does_not_exist` is the empty set that is satisfied by an absent label.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Requirement {
     pub key: String,
     complement: bool,
@@ -168,6 +168,11 @@ impl Requirement {
     /// Whether a label value satisfies the requirement.
     pub fn has(&self, value: &str) -> bool {
         self.within_bounds(value) && (self.values.contains(value) != self.complement)
+    }
+
+    /// The values it admits when that is a finite list (`In`), else None.
+    pub fn finite_values(&self) -> Option<&BTreeSet<String>> {
+        (!self.complement).then_some(&self.values)
     }
 
     /// Whether an absent label satisfies it (NotIn and DoesNotExist do).
@@ -298,7 +303,7 @@ impl fmt::Display for Requirement {
 }
 
 /// Requirements by key; adding a requirement on a key already present intersects them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Requirements(pub BTreeMap<String, Requirement>);
 
 impl Requirements {

@@ -118,6 +118,7 @@ fn uses_existing_capacity_before_opening_claims() {
         available: avail,
         labels: BTreeMap::new(),
         taints: Vec::new(),
+        pods: vec![],
     }];
     let pods = vec![
         pod("a", 500, "1Gi"),
@@ -146,12 +147,14 @@ fn existing_capacity_honours_taints_and_labels() {
             value: None,
             effect: "NoSchedule".into(),
         }],
+        pods: vec![],
     };
     let zoned = ExistingCapacity {
         name: "z1".into(),
         available: avail,
         labels: [(labels::ZONE.to_string(), "z1".to_string())].into(),
         taints: vec![],
+        pods: vec![],
     };
     let p = plan(
         &[with_req(
@@ -423,6 +426,357 @@ fn min_values_keep_enough_diversity() {
     assert!(out.unschedulable[0].1.contains("minValues"));
     let out = plan(&[pod("a", 100, "2Gi")], &[], &[p]);
     assert_eq!(out.claims[0].instance_types.len(), 3);
+}
+
+// ---- topology -------------------------------------------------------------------------------------------
+
+use crate::scheduling::topology::{
+    HostPort, LabelSelector, Namespaces, PodTerm, Strength, TermKind, TopologyTerm,
+};
+
+fn term(kind: TermKind, key: &str, app: &str) -> TopologyTerm {
+    TopologyTerm {
+        kind,
+        key: key.into(),
+        namespaces: Namespaces::Listed(["default".to_string()].into()),
+        selector: LabelSelector::from_labels([("app", app)]),
+    }
+}
+
+fn spread(skew: u32, min_domains: u32) -> TermKind {
+    TermKind::Spread {
+        max_skew: skew,
+        min_domains,
+        honor_node_affinity: true,
+    }
+}
+
+/// A pod labelled `app=<app>` holding `kind` on `key` against its own app, at `strength`.
+fn topo_pod(name: &str, app: &str, kind: TermKind, key: &str, strength: Strength) -> PendingPod {
+    let mut p = pod(name, 500, "512Mi");
+    p.labels.insert("app".into(), app.into());
+    p.topology.push(PodTerm {
+        term: term(kind, key, app),
+        strength,
+    });
+    p
+}
+
+fn zone_of(c: &ClaimPlan) -> Option<String> {
+    c.requirements
+        .get(labels::ZONE)
+        .and_then(|r| r.finite_values())
+        .filter(|v| v.len() == 1)
+        .and_then(|v| v.iter().next().cloned())
+}
+
+fn zone_counts(out: &Plan) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for c in &out.claims {
+        *m.entry(zone_of(c).expect("spread pods pin their claim to one zone"))
+            .or_default() += c.pods.len();
+    }
+    m
+}
+
+#[test]
+fn zonal_spread_balances_and_pins_claims() {
+    let t = it("m.large", 8000, "32Gi", 58, 0.1);
+    let pods: Vec<PendingPod> = (0..6)
+        .map(|i| {
+            topo_pod(
+                &format!("p{i}"),
+                "web",
+                spread(1, 1),
+                labels::ZONE,
+                Strength::Required,
+            )
+        })
+        .collect();
+    let out = plan(&pods, &[], &[pool("default", vec![&t])]);
+    assert!(out.unschedulable.is_empty(), "{:?}", out.unschedulable);
+    assert_eq!(
+        zone_counts(&out),
+        [("z1".to_string(), 3), ("z2".to_string(), 3)].into()
+    );
+}
+
+#[test]
+fn spread_counts_existing_pods() {
+    let t = it("m.large", 8000, "32Gi", 58, 0.1);
+    let mut avail = Resources::default();
+    avail.set(CPU, Milli(0));
+    let node = ExistingCapacity {
+        name: "node/a".into(),
+        available: avail,
+        labels: [(labels::ZONE.to_string(), "z1".to_string())].into(),
+        taints: vec![],
+        pods: (0..2)
+            .map(|_| ExistingPod {
+                namespace: "default".into(),
+                labels: [("app".to_string(), "web".to_string())].into(),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let pods: Vec<PendingPod> = (0..2)
+        .map(|i| {
+            topo_pod(
+                &format!("p{i}"),
+                "web",
+                spread(1, 1),
+                labels::ZONE,
+                Strength::Required,
+            )
+        })
+        .collect();
+    let out = plan(&pods, &[node], &[pool("default", vec![&t])]);
+    assert_eq!(
+        zone_counts(&out),
+        [("z2".to_string(), 2)].into(),
+        "z1 already has two"
+    );
+}
+
+#[test]
+fn min_domains_holds_the_global_minimum_at_zero() {
+    // Two zones but minDomains 3: the minimum counts as 0, so each zone takes at most maxSkew pods.
+    let t = it("m.large", 8000, "32Gi", 58, 0.1);
+    let pods: Vec<PendingPod> = (0..4)
+        .map(|i| {
+            topo_pod(
+                &format!("p{i}"),
+                "web",
+                spread(1, 3),
+                labels::ZONE,
+                Strength::Required,
+            )
+        })
+        .collect();
+    let out = plan(&pods, &[], &[pool("default", vec![&t])]);
+    assert_eq!(
+        zone_counts(&out),
+        [("z1".to_string(), 1), ("z2".to_string(), 1)].into()
+    );
+    assert_eq!(out.unschedulable.len(), 2);
+    assert!(
+        out.unschedulable[0]
+            .1
+            .contains("topology spread on topology.kubernetes.io/zone (maxSkew 1)"),
+        "{}",
+        out.unschedulable[0].1
+    );
+}
+
+#[test]
+fn hostname_spread_and_anti_affinity_split_nodes() {
+    let t = it("m.large", 8000, "32Gi", 58, 0.1);
+    let mut pods: Vec<PendingPod> = (0..4)
+        .map(|i| {
+            topo_pod(
+                &format!("s{i}"),
+                "spread",
+                spread(2, 1),
+                labels::HOSTNAME,
+                Strength::Required,
+            )
+        })
+        .collect();
+    pods.extend((0..3).map(|i| {
+        topo_pod(
+            &format!("a{i}"),
+            "anti",
+            TermKind::AntiAffinity,
+            labels::HOSTNAME,
+            Strength::Required,
+        )
+    }));
+    let out = plan(&pods, &[], &[pool("default", vec![&t])]);
+    assert!(out.unschedulable.is_empty());
+    for c in &out.claims {
+        let n = |prefix: &str| c.pods.iter().filter(|k| k.name.starts_with(prefix)).count();
+        assert!(n("s") <= 2, "maxSkew 2 per node: {:?}", c.pods);
+        assert!(n("a") <= 1, "anti-affinity: {:?}", c.pods);
+    }
+    assert_eq!(
+        out.claims.len(),
+        3,
+        "three anti-affine pods need three nodes; spread pods fit among them"
+    );
+}
+
+#[test]
+fn anti_affinity_of_a_running_pod_keeps_matching_pods_away() {
+    let t = it("m.large", 8000, "32Gi", 58, 0.1);
+    let mut avail = Resources::default();
+    avail.set(CPU, Milli(8000));
+    avail.set(MEMORY, parse("32Gi").unwrap());
+    avail.set(PODS, Milli::from_units(50));
+    let node = ExistingCapacity {
+        name: "node/a".into(),
+        available: avail,
+        labels: [(labels::ZONE.to_string(), "z1".to_string())].into(),
+        taints: vec![],
+        pods: vec![ExistingPod {
+            namespace: "default".into(),
+            labels: [("app".to_string(), "db".to_string())].into(),
+            anti_affinity: vec![term(TermKind::AntiAffinity, labels::ZONE, "web")],
+            ..Default::default()
+        }],
+    };
+    let mut web = pod("web", 500, "512Mi");
+    web.labels.insert("app".into(), "web".into());
+    let out = plan(&[web], &[node], &[pool("default", vec![&t])]);
+    assert!(
+        out.on_existing.is_empty(),
+        "the db pod's anti-affinity closes z1"
+    );
+    assert_eq!(zone_of(&out.claims[0]).as_deref(), Some("z2"));
+}
+
+#[test]
+fn zonal_anti_affinity_across_undecided_claims() {
+    // Three mutually anti-affine pods, two zones: two claims in distinct zones, the third explained.
+    let t = it("m.large", 8000, "32Gi", 58, 0.1);
+    let pods: Vec<PendingPod> = (0..3)
+        .map(|i| {
+            topo_pod(
+                &format!("p{i}"),
+                "db",
+                TermKind::AntiAffinity,
+                labels::ZONE,
+                Strength::Required,
+            )
+        })
+        .collect();
+    let out = plan(&pods, &[], &[pool("default", vec![&t])]);
+    assert_eq!(
+        zone_counts(&out),
+        [("z1".to_string(), 1), ("z2".to_string(), 1)].into()
+    );
+    assert_eq!(out.unschedulable.len(), 1);
+    assert!(
+        out.unschedulable[0]
+            .1
+            .contains("pod anti-affinity on topology.kubernetes.io/zone")
+    );
+}
+
+#[test]
+fn zonal_self_affinity_gathers_in_one_zone() {
+    let t = it("m.small", 1000, "4Gi", 58, 0.02);
+    let pods: Vec<PendingPod> = (0..5)
+        .map(|i| {
+            topo_pod(
+                &format!("p{i}"),
+                "cache",
+                TermKind::Affinity,
+                labels::ZONE,
+                Strength::Required,
+            )
+        })
+        .collect();
+    let out = plan(&pods, &[], &[pool("default", vec![&t])]);
+    assert!(out.unschedulable.is_empty());
+    assert!(out.claims.len() > 1, "the pods need several small nodes");
+    assert_eq!(zone_counts(&out).len(), 1, "all in one zone");
+}
+
+#[test]
+fn preferences_are_relaxed_when_they_cannot_hold() {
+    // A node limit of one: preferred anti-affinity and a ScheduleAnyway spread give way; required would not.
+    let t = it("m.large", 8000, "32Gi", 58, 0.1);
+    let mut p = pool("default", vec![&t]);
+    let mut rem = Resources::default();
+    rem.set(NODES, Milli::from_units(1));
+    p.remaining_limits = Some(rem);
+    let soft: Vec<PendingPod> = (0..2)
+        .map(|i| {
+            topo_pod(
+                &format!("p{i}"),
+                "web",
+                TermKind::AntiAffinity,
+                labels::HOSTNAME,
+                Strength::PreferredAntiAffinity,
+            )
+        })
+        .collect();
+    let out = plan(&soft, &[], std::slice::from_ref(&p));
+    assert_eq!((out.claims.len(), out.unschedulable.len()), (1, 0));
+    let hard: Vec<PendingPod> = (0..2)
+        .map(|i| {
+            topo_pod(
+                &format!("p{i}"),
+                "web",
+                TermKind::AntiAffinity,
+                labels::HOSTNAME,
+                Strength::Required,
+            )
+        })
+        .collect();
+    let out = plan(&hard, &[], std::slice::from_ref(&p));
+    assert_eq!((out.claims.len(), out.unschedulable.len()), (1, 1));
+    assert!(
+        out.unschedulable[0].1.contains("`nodes` limit"),
+        "{}",
+        out.unschedulable[0].1
+    );
+    let anyway: Vec<PendingPod> = (0..4)
+        .map(|i| {
+            topo_pod(
+                &format!("p{i}"),
+                "web",
+                spread(1, 1),
+                labels::ZONE,
+                Strength::ScheduleAnyway,
+            )
+        })
+        .collect();
+    let out = plan(&anyway, &[], &[p]);
+    assert_eq!((out.claims.len(), out.unschedulable.len()), (1, 0));
+}
+
+#[test]
+fn host_ports_keep_pods_apart() {
+    let t = it("m.large", 8000, "32Gi", 58, 0.1);
+    let pods: Vec<PendingPod> = (0..2)
+        .map(|i| {
+            let mut p = pod(&format!("p{i}"), 100, "64Mi");
+            p.host_ports.push(HostPort {
+                protocol: "TCP".into(),
+                port: 9100,
+                ip: String::new(),
+            });
+            p
+        })
+        .collect();
+    let out = plan(&pods, &[], &[pool("default", vec![&t])]);
+    assert_eq!(out.claims.len(), 2);
+}
+
+#[test]
+fn node_limits_are_pessimistic() {
+    // cpu limit 10: the first claim may become an 8-cpu node, leaving room only for types of 2 cpu.
+    let big = it("m.2xlarge", 8000, "32Gi", 58, 0.3);
+    let small = it("m.large", 2000, "8Gi", 58, 0.1);
+    let mut p = pool("default", vec![&big, &small]);
+    let mut rem = Resources::default();
+    rem.set(CPU, Milli(10_000));
+    p.remaining_limits = Some(rem);
+    let pods: Vec<PendingPod> = (0..2)
+        .map(|i| {
+            topo_pod(
+                &format!("p{i}"),
+                "web",
+                TermKind::AntiAffinity,
+                labels::HOSTNAME,
+                Strength::Required,
+            )
+        })
+        .collect();
+    let out = plan(&pods, &[], &[p]);
+    assert_eq!(out.claims.len(), 2);
+    assert_eq!(out.claims[1].instance_types, vec!["m.large".to_string()]);
 }
 
 type PodSpecs = Vec<(i128, i128, Option<&'static str>)>;
