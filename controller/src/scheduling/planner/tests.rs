@@ -859,3 +859,92 @@ proptest! {
         }
     }
 }
+
+/// A random mix over the five kinds of the reference benchmark: (kind, label value, cpu milli).
+fn arb_topology_pods() -> impl Strategy<Value = Vec<(u8, u8, i128)>> {
+    proptest::collection::vec((0u8..5, 0u8..3, 100i128..2000), 1..40)
+}
+
+fn topology_world(spec: &[(u8, u8, i128)]) -> Vec<PendingPod> {
+    spec.iter()
+        .enumerate()
+        .map(|(i, (kind, v, cpu))| {
+            let name = format!("k{kind}-v{v}-{i:03}");
+            let value = format!("v{v}");
+            let (label, term) = match kind {
+                0 => ("generic", None),
+                1 => ("zspread", Some((spread(1, 1), labels::ZONE))),
+                2 => ("hspread", Some((spread(2, 1), labels::HOSTNAME))),
+                3 => ("zaff", Some((TermKind::Affinity, labels::ZONE))),
+                _ => ("hanti", Some((TermKind::AntiAffinity, labels::HOSTNAME))),
+            };
+            let mut p = pod(&name, *cpu, "256Mi");
+            p.labels.insert(label.into(), value.clone());
+            if let Some((kind, key)) = term {
+                p.topology.push(PodTerm {
+                    term: TopologyTerm {
+                        kind,
+                        key: key.into(),
+                        namespaces: Namespaces::Listed(["default".to_string()].into()),
+                        selector: LabelSelector::from_labels([(label, value.as_str())]),
+                    },
+                    strength: Strength::Required,
+                });
+            }
+            p
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Topology terms hold in every plan: at most one anti-affine pod and `maxSkew` hostname-spread pods of
+    /// a group per claim; zonal spread pods sit on claims settled on one zone, within the skew; a zonal
+    /// affinity group shares one zone; every pod is placed or explained once; the plan is deterministic.
+    #[test]
+    fn topology_constraints_hold(spec in arb_topology_pods()) {
+        let small = it("m.large", 2000, "8Gi", 58, 0.1);
+        let big = it("m.2xlarge", 8000, "32Gi", 58, 0.38);
+        let pods = topology_world(&spec);
+        let p = pool("default", vec![&small, &big]);
+        let out = plan(&pods, &[], std::slice::from_ref(&p));
+        prop_assert_eq!(&out, &plan(&pods, &[], std::slice::from_ref(&p)));
+        let placed: usize = out.claims.iter().map(|c| c.pods.len()).sum();
+        prop_assert_eq!(placed + out.unschedulable.len(), pods.len());
+        let mut zspread: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+        let mut zaff: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for c in &out.claims {
+            let mut per_claim: BTreeMap<String, usize> = BTreeMap::new();
+            for k in &c.pods {
+                let group = k.name.split('-').take(2).collect::<Vec<_>>().join("-");
+                *per_claim.entry(group.clone()).or_default() += 1;
+                if k.name.starts_with("k1") {
+                    let z = zone_of(c);
+                    prop_assert!(z.is_some(), "zonal spread pod on an unsettled claim");
+                    *zspread.entry(group.clone()).or_default().entry(z.unwrap()).or_default() += 1;
+                }
+                if k.name.starts_with("k3") {
+                    let z = zone_of(c);
+                    prop_assert!(z.is_some(), "zonal affinity pod on an unsettled claim");
+                    zaff.entry(group).or_default().insert(z.unwrap());
+                }
+            }
+            for (g, n) in &per_claim {
+                if g.starts_with("k4") {
+                    prop_assert!(*n <= 1, "anti-affinity group {} has {} pods on one claim", g, n);
+                }
+                if g.starts_with("k2") {
+                    prop_assert!(*n <= 2, "hostname spread group {} has {} pods on one claim", g, n);
+                }
+            }
+        }
+        for (g, zones) in &zspread {
+            let counts: Vec<usize> = ["z1", "z2"].iter().map(|z| zones.get(*z).copied().unwrap_or(0)).collect();
+            prop_assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1, "{} skewed: {:?}", g, counts);
+        }
+        for (g, zones) in &zaff {
+            prop_assert_eq!(zones.len(), 1, "affinity group {} split over {:?}", g, zones);
+        }
+    }
+}
