@@ -25,3 +25,9 @@ fn multi_nodepool_gpu_seed_11() {
     let text = run_scenario("multi-nodepool-gpu.yaml", 11);
     insta::assert_snapshot!("multi-nodepool-gpu.seed-11", text);
 }
+
+#[test]
+fn topology_spread_zones_seed_7() {
+    let text = run_scenario("topology-spread-zones.yaml", 7);
+    insta::assert_snapshot!("topology-spread-zones.seed-7", text);
+}
