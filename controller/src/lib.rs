@@ -9,6 +9,7 @@ pub mod clock;
 pub mod cloud;
 pub mod crds;
 pub mod error;
+pub mod gc;
 pub mod instancetype;
 pub mod journal;
 pub mod kube;

@@ -80,7 +80,7 @@ fn fleet_overrides(
 
 impl Controller {
     /// The tag that marks what this controller owns: `kubernetes.io/cluster/<name>: owned`.
-    fn cluster_tag(&self) -> (String, String) {
+    pub(crate) fn cluster_tag(&self) -> (String, String) {
         (
             format!(
                 "{}{}",
@@ -257,6 +257,9 @@ impl Controller {
             return Ok(());
         };
         let now = self.now();
+        if self.launch_health.paused_until(class_name, now).is_some() {
+            return Ok(());
+        }
         self.refresh_offering_availability(now);
         let subnets = self.subnets_by_zone(&class).await?;
         let Some((capacity_type, mut overrides)) =
@@ -469,6 +472,20 @@ impl Controller {
             "lifecycle",
             format!("registered nodeclaim/{name} node={node_name}"),
         );
+        let class = claim.spec.node_class_ref.name.clone();
+        if self.launch_health.healed(&class) {
+            self.ctx.journal.record(
+                "lifecycle",
+                format!("ec2nodeclass/{class} launches healthy again: nodeclaim/{name} registered"),
+            );
+            self.set_class_condition(
+                &class,
+                "True",
+                "NodeRegistered",
+                &format!("nodeclaim/{name} registered its node"),
+            )
+            .await;
+        }
         Ok(())
     }
 
@@ -524,6 +541,22 @@ impl Controller {
     /// A deleted claim: terminate its instance, then release the finalizer so the claim goes.
     async fn finalize(&mut self, claim: &NodeClaim) -> Result<(), ControllerError> {
         let name = claim.metadata.name.clone().unwrap_or_default();
+        // The node goes with its claim: mark it deleted first so nothing new is scheduled there.
+        let node_name = claim.status.as_ref().and_then(|s| s.node_name.clone());
+        if let Some(node_name) = &node_name
+            && let Some(node) = self.state.nodes.get(node_name)
+            && node.metadata.deletion_timestamp.is_none()
+        {
+            match self
+                .ctx
+                .kube
+                .delete(Kind::Node, &ObjectKey::cluster(node_name))
+                .await
+            {
+                Ok(()) | Err(KubeError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         if let Some(provider_id) = claim.status.as_ref().and_then(|s| s.provider_id.clone())
             && let Some(id) = provider_id
                 .rsplit('/')
@@ -554,6 +587,32 @@ impl Controller {
                         return Ok(());
                     }
                 }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // The instance is on its way out: release the node object, then the claim.
+        if let Some(node_name) = &node_name
+            && let Some(node) = self.state.nodes.get(node_name)
+        {
+            let kept: Vec<String> = node
+                .metadata
+                .finalizers
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|f| f != labels::TERMINATION_FINALIZER)
+                .collect();
+            match self
+                .ctx
+                .kube
+                .patch(
+                    Kind::Node,
+                    &ObjectKey::cluster(node_name),
+                    json!({"metadata": {"finalizers": kept}}),
+                )
+                .await
+            {
+                Ok(_) | Err(KubeError::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }

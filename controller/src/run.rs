@@ -65,8 +65,10 @@ pub(crate) struct Controller {
     pub(crate) known_templates: KnownTemplates,
     /// Pods already given an explanation Event, with the reason it gave.
     pub(crate) explained: std::collections::BTreeMap<crate::kube::ObjectKey, String>,
+    pub(crate) launch_health: crate::gc::LaunchHealth,
     catalog_loaded_at: Option<Duration>,
     next_lifecycle: Duration,
+    next_gc: Duration,
 }
 
 impl Controller {
@@ -80,8 +82,11 @@ impl Controller {
             unavailable: UnavailableOfferings::default(),
             known_templates: KnownTemplates::default(),
             explained: Default::default(),
+            launch_health: Default::default(),
             catalog_loaded_at: None,
             next_lifecycle: Duration::ZERO,
+            // The first pass waits a period: a restarted controller needs its cache filled first.
+            next_gc: Duration::ZERO,
         }
     }
 
@@ -150,7 +155,7 @@ impl Controller {
     }
 
     fn next_wake(&self) -> Duration {
-        let mut wake = self.next_lifecycle;
+        let mut wake = self.next_lifecycle.min(self.next_gc);
         if let Some(d) = self.batcher.deadline() {
             wake = wake.min(d);
         }
@@ -191,6 +196,16 @@ impl Controller {
                     .record("lifecycle", format!("reconcile failed: {e}"));
             }
             self.next_lifecycle = self.now() + self.ctx.settings.lifecycle_interval;
+        }
+        if now >= self.next_gc {
+            if self.next_gc > Duration::ZERO
+                && let Err(e) = self.collect_garbage().await
+            {
+                self.ctx
+                    .journal
+                    .record("gc", format!("pass failed: {e}; retrying next period"));
+            }
+            self.next_gc = self.now() + crate::gc::GC_INTERVAL;
         }
     }
 }

@@ -78,6 +78,19 @@ pub mod conditions {
 }
 
 impl NodeClaim {
+    /// When a condition last changed, if it is set and its time parses.
+    pub fn condition_time(&self, type_: &str) -> Option<jiff::Timestamp> {
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)?
+            .last_transition_time
+            .as_deref()?
+            .parse()
+            .ok()
+    }
+
     pub fn condition_true(&self, type_: &str) -> bool {
         self.status.as_ref().is_some_and(|s| {
             s.conditions
