@@ -594,32 +594,25 @@ impl Controller {
         if let Some(node_name) = &node_name
             && let Some(node) = self.state.nodes.get(node_name)
         {
-            let kept: Vec<String> = node
-                .metadata
-                .finalizers
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|f| f != labels::TERMINATION_FINALIZER)
-                .collect();
-            match self
-                .ctx
-                .kube
-                .patch(
-                    Kind::Node,
-                    &ObjectKey::cluster(node_name),
-                    json!({"metadata": {"finalizers": kept}}),
-                )
-                .await
-            {
-                Ok(_) | Err(KubeError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
+            let finalizers = node.metadata.finalizers.clone();
+            match self.release(Kind::Node, node_name, finalizers).await {
+                Ok(()) | Err(ControllerError::Kube(KubeError::NotFound { .. })) => {}
+                Err(e) => return Err(e),
             }
         }
-        let finalizers: Vec<String> = claim
-            .metadata
-            .finalizers
-            .clone()
+        self.release(Kind::NodeClaim, &name, claim.metadata.finalizers.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Drop Dovetail's termination finalizer from a cluster-scoped object, keeping any others.
+    async fn release(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        finalizers: Option<Vec<String>>,
+    ) -> Result<(), ControllerError> {
+        let kept: Vec<String> = finalizers
             .unwrap_or_default()
             .into_iter()
             .filter(|f| f != labels::TERMINATION_FINALIZER)
@@ -627,9 +620,9 @@ impl Controller {
         self.ctx
             .kube
             .patch(
-                Kind::NodeClaim,
-                &ObjectKey::cluster(&name),
-                json!({"metadata": {"finalizers": finalizers}}),
+                kind,
+                &ObjectKey::cluster(name),
+                json!({"metadata": {"finalizers": kept}}),
             )
             .await?;
         Ok(())
