@@ -61,8 +61,19 @@ fn fleet_overrides(
         });
         out
     };
+    // Karpenter's rule: when on-demand is allowed too, spot is only worth it where it is cheaper than the
+    // cheapest on-demand offering.
+    let od_floor = capacity_types(&reqs)
+        .contains(&CapacityType::OnDemand)
+        .then(|| candidates(CapacityType::OnDemand).first().map(|(p, _)| *p))
+        .flatten();
     for ct in capacity_types(&reqs) {
-        let c = candidates(ct);
+        let mut c = candidates(ct);
+        if ct == CapacityType::Spot
+            && let Some(floor) = od_floor
+        {
+            c.retain(|(p, _)| *p < floor);
+        }
         if !c.is_empty() {
             let overrides = c
                 .into_iter()
@@ -626,5 +637,161 @@ impl Controller {
             )
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crds::{NodeClaimSpec, NodeClassReference, NodeSelectorRequirementWithMinValues};
+    use crate::instancetype::Offering;
+    use crate::resources::Resources;
+
+    fn it(name: &str, offers: &[(&str, CapacityType, f64, bool)]) -> InstanceType {
+        InstanceType {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            capacity: Resources::default(),
+            allocatable: Resources::default(),
+            offerings: offers
+                .iter()
+                .map(|(z, ct, price, available)| Offering {
+                    zone: z.to_string(),
+                    capacity_type: *ct,
+                    price: *price,
+                    available: *available,
+                })
+                .collect(),
+        }
+    }
+
+    fn claim(reqs: &[(&str, &[&str])]) -> NodeClaim {
+        NodeClaim::new(
+            "c",
+            NodeClaimSpec {
+                node_class_ref: NodeClassReference {
+                    group: "karpenter.k8s.aws".into(),
+                    kind: "EC2NodeClass".into(),
+                    name: "default".into(),
+                },
+                requirements: reqs
+                    .iter()
+                    .map(|(k, v)| NodeSelectorRequirementWithMinValues {
+                        key: k.to_string(),
+                        operator: "In".into(),
+                        values: v.iter().map(|s| s.to_string()).collect(),
+                        min_values: None,
+                    })
+                    .collect(),
+                resources: None,
+                taints: vec![],
+                startup_taints: vec![],
+                expire_after: None,
+                termination_grace_period: None,
+            },
+        )
+    }
+
+    fn subnets(zones: &[&str]) -> BTreeMap<String, String> {
+        zones
+            .iter()
+            .map(|z| (z.to_string(), format!("subnet-{z}")))
+            .collect()
+    }
+
+    use CapacityType::{OnDemand, Spot};
+
+    #[test]
+    fn spot_first_cheapest_first_with_priorities() {
+        let types = [
+            it(
+                "m5.large",
+                &[
+                    ("a", Spot, 0.04, true),
+                    ("b", Spot, 0.03, true),
+                    ("a", OnDemand, 0.096, true),
+                ],
+            ),
+            it(
+                "c5.large",
+                &[("a", Spot, 0.035, true), ("c", Spot, 0.02, true)],
+            ),
+        ];
+        let both = claim(&[(labels::CAPACITY_TYPE, &["spot", "on-demand"])]);
+        let (ct, o) = fleet_overrides(&both, &types, &subnets(&["a", "b"])).unwrap();
+        assert_eq!(ct, Spot);
+        let got: Vec<(&str, &str, f64)> = o
+            .iter()
+            .map(|o| {
+                (
+                    o.instance_type.as_str(),
+                    o.zone.as_str(),
+                    o.priority.unwrap(),
+                )
+            })
+            .collect();
+        // Zone c has no subnet, so c5.large is offered in a only.
+        assert_eq!(
+            got,
+            vec![
+                ("m5.large", "b", 0.0),
+                ("c5.large", "a", 1.0),
+                ("m5.large", "a", 2.0)
+            ]
+        );
+        assert!(
+            o.iter()
+                .all(|o| o.subnet_id == format!("subnet-{}", o.zone))
+        );
+    }
+
+    #[test]
+    fn spot_dearer_than_on_demand_is_left_out() {
+        let types = [
+            it(
+                "m5.large",
+                &[("a", Spot, 0.05, true), ("a", OnDemand, 0.096, true)],
+            ),
+            it("r5.large", &[("a", Spot, 0.11, true)]),
+        ];
+        let both = claim(&[(labels::CAPACITY_TYPE, &["spot", "on-demand"])]);
+        let (_, o) = fleet_overrides(&both, &types, &subnets(&["a"])).unwrap();
+        assert_eq!(
+            o.len(),
+            1,
+            "r5 spot at 0.11 costs more than m5 on-demand at 0.096"
+        );
+        let spot_only = claim(&[(labels::CAPACITY_TYPE, &["spot"])]);
+        let (_, o) = fleet_overrides(&spot_only, &types, &subnets(&["a"])).unwrap();
+        assert_eq!(o.len(), 2, "with spot only there is no on-demand floor");
+    }
+
+    #[test]
+    fn unavailable_spot_falls_back_to_on_demand_and_requirements_filter() {
+        let types = [
+            it(
+                "m5.large",
+                &[
+                    ("a", Spot, 0.04, false),
+                    ("a", OnDemand, 0.096, true),
+                    ("b", OnDemand, 0.096, true),
+                ],
+            ),
+            it("m5.xlarge", &[("a", OnDemand, 0.192, true)]),
+        ];
+        let c = claim(&[
+            (labels::CAPACITY_TYPE, &["spot", "on-demand"]),
+            (labels::INSTANCE_TYPE, &["m5.large"]),
+            (labels::ZONE, &["b"]),
+        ]);
+        let (ct, o) = fleet_overrides(&c, &types, &subnets(&["a", "b"])).unwrap();
+        assert_eq!(ct, OnDemand);
+        assert_eq!(o.len(), 1);
+        assert_eq!(
+            (o[0].instance_type.as_str(), o[0].zone.as_str()),
+            ("m5.large", "b")
+        );
+        let nowhere = claim(&[(labels::ZONE, &["z"])]);
+        assert!(fleet_overrides(&nowhere, &types, &subnets(&["a", "b"])).is_none());
     }
 }
