@@ -23,8 +23,8 @@ pub struct SystemClock;
 #[async_trait]
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        // allow-nondeterminism: the real clock adapter; the simulator passes its own Clock instead.
-        Timestamp::try_from(std::time::SystemTime::now()).unwrap_or(Timestamp::UNIX_EPOCH)
+        let now = std::time::SystemTime::now(); // allow-nondeterminism: the real clock adapter; the simulator passes its own Clock
+        Timestamp::try_from(now).unwrap_or(Timestamp::UNIX_EPOCH)
     }
 
     async fn sleep(&self, duration: Duration) {

@@ -72,7 +72,8 @@ impl LaunchHealth {
     }
 }
 
-fn instance_id(claim: &NodeClaim) -> Option<String> {
+/// The EC2 instance id in a claim's providerID (`aws:///<zone>/i-...`).
+pub(crate) fn instance_id(claim: &NodeClaim) -> Option<String> {
     claim
         .status
         .as_ref()

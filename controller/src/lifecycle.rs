@@ -568,12 +568,7 @@ impl Controller {
                 Err(e) => return Err(e.into()),
             }
         }
-        if let Some(provider_id) = claim.status.as_ref().and_then(|s| s.provider_id.clone())
-            && let Some(id) = provider_id
-                .rsplit('/')
-                .next()
-                .filter(|s| s.starts_with("i-"))
-        {
+        if let Some(id) = crate::gc::instance_id(claim) {
             // TerminateInstances is idempotent; a NotFound soon after launch is EC2's eventual consistency,
             // later it means the instance is long gone.
             match self

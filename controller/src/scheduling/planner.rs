@@ -390,6 +390,34 @@ impl Topology {
         out
     }
 
+    /// The global minimum a spread compares against: the lowest count over the domains the pod could
+    /// reach (its node affinity limits them unless the policy says Ignore), or zero when fewer than
+    /// minDomains domains are eligible.
+    fn spread_min(
+        &self,
+        gid: usize,
+        min_domains: u32,
+        honor_node_affinity: bool,
+        alt: &Requirements,
+    ) -> u32 {
+        let g = &self.groups[gid];
+        let eligible: Vec<&String> = self
+            .universe
+            .get(&g.term.key)
+            .into_iter()
+            .flatten()
+            .filter(|d| !honor_node_affinity || alt.get(&g.term.key).is_none_or(|r| r.has(d)))
+            .collect();
+        if (eligible.len() as u32) < min_domains {
+            return 0;
+        }
+        eligible
+            .iter()
+            .map(|d| g.counts.get(*d).copied().unwrap_or(0))
+            .min()
+            .unwrap_or(0)
+    }
+
     fn count(&self, gid: usize, at: &At, domain: &str) -> u32 {
         let extra = match at {
             At::Claim {
@@ -456,24 +484,7 @@ impl Topology {
                     min_domains,
                     honor_node_affinity,
                 } => {
-                    let eligible: Vec<&String> = self
-                        .universe
-                        .get(&term.key)
-                        .into_iter()
-                        .flatten()
-                        .filter(|d| {
-                            !honor_node_affinity || alt.get(&term.key).is_none_or(|r| r.has(d))
-                        })
-                        .collect();
-                    let min = if (eligible.len() as u32) < min_domains {
-                        0
-                    } else {
-                        eligible
-                            .iter()
-                            .map(|d| g.counts.get(*d).copied().unwrap_or(0))
-                            .min()
-                            .unwrap_or(0)
-                    };
+                    let min = self.spread_min(gid, min_domains, honor_node_affinity, alt);
                     doms.iter()
                         .map(|d| (self.count(gid, at, d), d))
                         .filter(|(c, _)| c + self_sel <= min + max_skew)
@@ -547,17 +558,7 @@ impl Topology {
                     min_domains,
                     honor_node_affinity,
                 } => {
-                    let eligible: Vec<&String> = all
-                        .iter()
-                        .filter(|d| {
-                            !honor_node_affinity || alt.get(&g.term.key).is_none_or(|r| r.has(d))
-                        })
-                        .collect();
-                    let min = if (eligible.len() as u32) < min_domains {
-                        0
-                    } else {
-                        eligible.iter().map(|d| count(d)).min().unwrap_or(0)
-                    };
+                    let min = self.spread_min(gid, min_domains, honor_node_affinity, alt);
                     // An unsettled claim whose own matching pods exceed this slack everywhere cannot
                     // take the pod: settling it would break the skew.
                     let slack = all
