@@ -159,6 +159,7 @@ impl Controller {
                         if !registered {
                             self.launch_died(claim, &id, &reason, now).await;
                         }
+                        self.instance_gone.insert(name.clone());
                         Some(format!("instance {id} is {} ({reason})", i.state.as_str()))
                     }
                     // Just launched instances may not be listed yet (eventual consistency).
@@ -166,6 +167,7 @@ impl Controller {
                         .condition_time(conditions::LAUNCHED)
                         .is_none_or(|t| crate::clock::since(wall, t) >= ORPHAN_GRACE) =>
                     {
+                        self.instance_gone.insert(name.clone());
                         Some(format!("instance {id} no longer exists"))
                     }
                     _ => None,
@@ -191,22 +193,25 @@ impl Controller {
                 continue;
             }
             let owner = i.tags.get(labels::TAG_NODECLAIM);
-            let claimed = owner.is_some_and(|n| self.state.nodeclaims.contains_key(n))
-                || self
-                    .state
-                    .nodeclaims
-                    .values()
-                    .any(|c| instance_id(c).as_deref() == Some(id.as_str()));
-            if !claimed && crate::clock::since(wall, i.launch_time) >= ORPHAN_GRACE {
+            let recorded = self
+                .state
+                .nodeclaims
+                .values()
+                .any(|c| instance_id(c).as_deref() == Some(id.as_str()));
+            // A claim without a provider id may still be recording this launch (or adopt it after a
+            // restart); a claim that recorded another instance does not own this one: it leaked.
+            let owner_claim = owner.and_then(|n| self.state.nodeclaims.get(n));
+            let in_flight = owner_claim.is_some_and(|c| instance_id(c).is_none());
+            if !recorded && !in_flight && crate::clock::since(wall, i.launch_time) >= ORPHAN_GRACE {
                 orphans.push(id.clone());
+                let why = match (owner, owner_claim.and_then(instance_id)) {
+                    (None, _) => "no nodeclaim tag".to_string(),
+                    (Some(n), Some(other)) => format!("nodeclaim/{n} runs on {other}"),
+                    (Some(n), None) => format!("nodeclaim/{n} not found"),
+                };
                 self.ctx.journal.record(
                     "gc",
-                    format!(
-                        "terminate orphan {id} ({}): no NodeClaim owns it",
-                        owner.map_or("untagged claim".to_string(), |n| format!(
-                            "nodeclaim/{n} not found"
-                        ))
-                    ),
+                    format!("terminate orphan {id} ({why}): no NodeClaim owns it"),
                 );
             }
         }

@@ -8,7 +8,9 @@
 pub mod clock;
 pub mod cloud;
 pub mod crds;
+pub mod duration;
 pub mod error;
+pub mod events;
 pub mod gc;
 pub mod instancetype;
 pub mod journal;
@@ -22,6 +24,7 @@ pub mod resources;
 pub mod run;
 pub mod scheduling;
 pub mod state;
+pub mod termination;
 
 pub use error::ControllerError;
 pub use run::{Context, Settings, run};

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::cloud::{CapacityType, CreateFleetRequest, FleetOverride, Instance};
+use crate::cloud::{
+    CapacityType, CreateFleetRequest, DescribeInstancesRequest, FleetOverride, Instance,
+    InstanceState,
+};
 use crate::crds::nodeclaim::conditions;
 use crate::crds::{EC2NodeClass, NodeClaim, labels};
 use crate::error::ControllerError;
@@ -271,6 +274,16 @@ impl Controller {
         if self.launch_health.paused_until(class_name, now).is_some() {
             return Ok(());
         }
+        if let Some(instance) = self.predecessor_instance(claim).await? {
+            self.ctx.journal.record(
+                "lifecycle",
+                format!(
+                    "nodeclaim/{name} adopts {}: launched before a restart, not yet recorded",
+                    instance.id
+                ),
+            );
+            return self.mark_launched(claim, &instance).await;
+        }
         self.refresh_offering_availability(now);
         let subnets = self.subnets_by_zone(&class).await?;
         let Some((capacity_type, mut overrides)) =
@@ -366,6 +379,43 @@ impl Controller {
             return Ok(());
         };
         self.mark_launched(claim, &instance).await
+    }
+
+    /// An instance a previous controller process launched for this claim but never recorded (it stopped
+    /// between CreateFleet and the status update). Asked once per claim older than this process, so a
+    /// steady controller pays no extra API call per launch.
+    async fn predecessor_instance(
+        &mut self,
+        claim: &NodeClaim,
+    ) -> Result<Option<Instance>, ControllerError> {
+        let name = claim.metadata.name.clone().unwrap_or_default();
+        let older = claim
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .is_some_and(|t| t.0 < self.started_at);
+        if !older || !self.adoption_checked.insert(name.clone()) {
+            return Ok(None);
+        }
+        let (key, value) = self.cluster_tag();
+        let found = self
+            .ctx
+            .cloud
+            .describe_instances(DescribeInstancesRequest {
+                tags: [(key, value), (labels::TAG_NODECLAIM.to_string(), name)].into(),
+                states: vec![InstanceState::Pending, InstanceState::Running],
+                ..Default::default()
+            })
+            .await;
+        match found {
+            Ok(out) => Ok(out.instances.into_iter().min_by(|a, b| a.id.cmp(&b.id))),
+            Err(e) => {
+                // Look again on the next attempt rather than risk a second instance.
+                self.adoption_checked
+                    .remove(&claim.metadata.name.clone().unwrap_or_default());
+                Err(e.into())
+            }
+        }
     }
 
     async fn mark_launched(
@@ -549,26 +599,52 @@ impl Controller {
         Ok(())
     }
 
-    /// A deleted claim: terminate its instance, then release the finalizer so the claim goes.
+    /// A deleted claim: its node is deleted and drained first (see `termination`), then the instance is
+    /// terminated and the finalizer released so the claim goes.
     async fn finalize(&mut self, claim: &NodeClaim) -> Result<(), ControllerError> {
         let name = claim.metadata.name.clone().unwrap_or_default();
-        // The node goes with its claim: mark it deleted first so nothing new is scheduled there.
-        let node_name = claim.status.as_ref().and_then(|s| s.node_name.clone());
-        if let Some(node_name) = &node_name
-            && let Some(node) = self.state.nodes.get(node_name)
-            && node.metadata.deletion_timestamp.is_none()
-        {
-            match self
-                .ctx
-                .kube
-                .delete(Kind::Node, &ObjectKey::cluster(node_name))
-                .await
-            {
-                Ok(()) | Err(KubeError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
+        let node = claim
+            .status
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .and_then(|n| self.state.nodes.get(&n).cloned())
+            .or_else(|| {
+                let provider = claim.status.as_ref()?.provider_id.clone()?;
+                self.state
+                    .nodes
+                    .values()
+                    .find(|n| {
+                        n.spec.as_ref().and_then(|s| s.provider_id.as_ref()) == Some(&provider)
+                    })
+                    .cloned()
+            });
+        if let Some(node) = node {
+            let node_name = node.metadata.name.clone().unwrap_or_default();
+            if node.metadata.deletion_timestamp.is_none() {
+                match self
+                    .ctx
+                    .kube
+                    .delete(Kind::Node, &ObjectKey::cluster(&node_name))
+                    .await
+                {
+                    Ok(()) | Err(KubeError::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                return Ok(());
+            }
+            let ours = node
+                .metadata
+                .finalizers
+                .iter()
+                .flatten()
+                .any(|f| f == labels::TERMINATION_FINALIZER);
+            if ours {
+                // The node's drain decides when the instance may go.
+                return Ok(());
             }
         }
-        if let Some(id) = crate::gc::instance_id(claim) {
+        let already_gone = self.instance_gone.contains(&name);
+        if let Some(id) = crate::gc::instance_id(claim).filter(|_| !already_gone) {
             // TerminateInstances is idempotent; a NotFound soon after launch is EC2's eventual consistency,
             // later it means the instance is long gone.
             match self
@@ -596,23 +672,14 @@ impl Controller {
                 Err(e) => return Err(e.into()),
             }
         }
-        // The instance is on its way out: release the node object, then the claim.
-        if let Some(node_name) = &node_name
-            && let Some(node) = self.state.nodes.get(node_name)
-        {
-            let finalizers = node.metadata.finalizers.clone();
-            match self.release(Kind::Node, node_name, finalizers).await {
-                Ok(()) | Err(ControllerError::Kube(KubeError::NotFound { .. })) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        self.instance_gone.remove(&name);
         self.release(Kind::NodeClaim, &name, claim.metadata.finalizers.clone())
             .await?;
         Ok(())
     }
 
     /// Drop Dovetail's termination finalizer from a cluster-scoped object, keeping any others.
-    async fn release(
+    pub(crate) async fn release(
         &mut self,
         kind: Kind,
         name: &str,

@@ -66,6 +66,13 @@ pub(crate) struct Controller {
     /// Pods already given an explanation Event, with the reason it gave.
     pub(crate) explained: std::collections::BTreeMap<crate::kube::ObjectKey, String>,
     pub(crate) launch_health: crate::gc::LaunchHealth,
+    pub(crate) eviction_retries: crate::termination::EvictionRetries,
+    /// Claims deleted because their instance is gone: their nodes have nothing left to drain.
+    pub(crate) instance_gone: std::collections::BTreeSet<String>,
+    /// Claims older than this process that it has already looked for a predecessor's instance for.
+    pub(crate) adoption_checked: std::collections::BTreeSet<String>,
+    /// When this process started: claims created before it may have been launched by a predecessor.
+    pub(crate) started_at: jiff::Timestamp,
     catalog_loaded_at: Option<Duration>,
     next_lifecycle: Duration,
     next_gc: Duration,
@@ -74,6 +81,7 @@ pub(crate) struct Controller {
 impl Controller {
     fn new(ctx: Context) -> Self {
         let batcher = Batcher::new(ctx.settings.batch_idle, ctx.settings.batch_max);
+        let started_at = ctx.clock.now();
         Controller {
             ctx,
             state: ClusterState::default(),
@@ -83,6 +91,10 @@ impl Controller {
             known_templates: KnownTemplates::default(),
             explained: Default::default(),
             launch_health: Default::default(),
+            eviction_retries: Default::default(),
+            instance_gone: Default::default(),
+            adoption_checked: Default::default(),
+            started_at,
             catalog_loaded_at: None,
             next_lifecycle: Duration::ZERO,
             // The first pass waits a period: a restarted controller needs its cache filled first.
@@ -146,6 +158,17 @@ impl Controller {
             (Kind::NodeClaim | Kind::Node, Change::Delete) => {
                 self.state.pods.values().any(is_provisionable)
             }
+            // A node starting to leave: plan for its pods before they are evicted.
+            (Kind::Node, Change::Upsert) => self
+                .state
+                .nodes
+                .get(&key.name)
+                .is_some_and(|n| n.metadata.deletion_timestamp.is_some()),
+            (Kind::NodeClaim, Change::Upsert) => self
+                .state
+                .nodeclaims
+                .get(&key.name)
+                .is_some_and(|c| c.metadata.deletion_timestamp.is_some()),
             _ => false,
         };
         if provisionable_changed {
@@ -194,6 +217,11 @@ impl Controller {
                 self.ctx
                     .journal
                     .record("lifecycle", format!("reconcile failed: {e}"));
+            }
+            if let Err(e) = self.reconcile_node_terminations().await {
+                self.ctx
+                    .journal
+                    .record("termination", format!("pass failed: {e}"));
             }
             self.next_lifecycle = self.now() + self.ctx.settings.lifecycle_interval;
         }

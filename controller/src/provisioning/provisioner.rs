@@ -1,6 +1,6 @@
 //! Turns a closed batch into NodeClaims: gather pending pods and capacity, plan, create the claims.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -9,15 +9,16 @@ use kube_core::ObjectMeta;
 use crate::crds::nodeclaim::ResourceRequirements;
 use crate::crds::{NodeClaim, NodeClaimSpec, labels};
 use crate::error::ControllerError;
+use crate::events::EventType;
 use crate::kube::{Kind, ObjectKey, encode};
 use crate::names;
-
 use crate::resources::{Resources, pod_requests};
 use crate::run::Controller;
 use crate::scheduling::requirements::{Requirement, Requirements, normalize_key};
 use crate::scheduling::topology::{Strength, TermKind, host_ports, pod_terms};
 use crate::scheduling::{ClaimPlan, ExistingCapacity, ExistingPod, PendingPod, PoolOptions, plan};
 use crate::state::{is_provisionable, node_ready};
+use crate::termination::{Disposition, DrainGroup, disposition};
 
 /// The labels every node of a pool carries: its template labels and `karpenter.sh/nodepool`.
 fn node_labels(pool: &crate::crds::NodePool) -> BTreeMap<String, String> {
@@ -138,7 +139,77 @@ fn pod_requests_or_log(c: &Controller, key: &ObjectKey, pod: &Pod) -> Option<Res
     }
 }
 
+/// A pod a drain will move: on a node that is leaving, not a DaemonSet's, not already going.
+fn displaced(pod: &Pod, leaving: &BTreeSet<String>) -> bool {
+    let on_leaving = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_ref())
+        .is_some_and(|n| leaving.contains(n));
+    on_leaving
+        && pod.metadata.deletion_timestamp.is_none()
+        && matches!(
+            disposition(pod),
+            Disposition::Drain(DrainGroup::Workload | DrainGroup::CriticalWorkload)
+        )
+}
+
 impl Controller {
+    /// Nodes on their way out — deleted, tainted for disruption, or owned by a deleted claim. Their pods
+    /// are planned for before they are evicted, as Karpenter does, so replacements are already coming.
+    pub(crate) fn leaving_nodes(&self) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = self
+            .state
+            .nodes
+            .iter()
+            .filter(|(_, n)| {
+                n.metadata.deletion_timestamp.is_some()
+                    || n.spec
+                        .as_ref()
+                        .and_then(|s| s.taints.as_ref())
+                        .is_some_and(|ts| ts.iter().any(|t| t.key == labels::DISRUPTED_TAINT))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        out.extend(
+            self.state
+                .nodeclaims
+                .values()
+                .filter(|c| c.metadata.deletion_timestamp.is_some())
+                .filter_map(|c| c.status.as_ref().and_then(|s| s.node_name.clone())),
+        );
+        out
+    }
+
+    /// A pod as the planner sees it; None (with a trace line) when it cannot be read.
+    fn pending_pod(&self, key: &ObjectKey, pod: &Pod) -> Option<PendingPod> {
+        let requests = pod_requests_or_log(self, key, pod)?;
+        let parsed = pod_requirements(pod).and_then(|r| pod_terms(pod).map(|t| (r, t)));
+        let (requirements, topology) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                self.ctx
+                    .journal
+                    .record("provision", format!("skip pod/{key}: {e}"));
+                return None;
+            }
+        };
+        let tolerations = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.tolerations.clone())
+            .unwrap_or_default();
+        Some(PendingPod {
+            key: key.clone(),
+            requests,
+            requirements,
+            tolerations,
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            topology,
+            host_ports: host_ports(pod),
+        })
+    }
+
     /// What each ready NodePool may launch. A pool whose requirements do not parse is skipped, with a line.
     fn pool_options(&self) -> Vec<PoolOptions<'_>> {
         let mut out = Vec::new();
@@ -265,13 +336,17 @@ impl Controller {
     }
 
     /// Room on nodes and on NodeClaims still coming up, so pods are not provisioned for twice.
-    fn existing_capacity(&self) -> Vec<ExistingCapacity> {
+    fn existing_capacity(&self, leaving: &BTreeSet<String>) -> Vec<ExistingCapacity> {
         let mut used: BTreeMap<&str, Resources> = BTreeMap::new();
         let mut bound: BTreeMap<&str, Vec<ExistingPod>> = BTreeMap::new();
         for (key, pod) in &self.state.pods {
             let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
                 continue;
             };
+            // Pods on a leaving node are planned as pending; they count for no topology where they are.
+            if leaving.contains(node) {
+                continue;
+            }
             // Finished pods hold nothing and count for no topology.
             let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
             if matches!(phase, Some("Succeeded") | Some("Failed")) {
@@ -317,6 +392,9 @@ impl Controller {
             let mut pods = Vec::new();
             if let Some(node) = &status.node_name {
                 claimed_nodes.push(node.clone());
+                if leaving.contains(node) {
+                    continue;
+                }
                 if let Some(u) = used.get(node.as_str()) {
                     available.sub(u);
                 }
@@ -342,7 +420,7 @@ impl Controller {
             });
         }
         for (name, node) in &self.state.nodes {
-            if claimed_nodes.contains(name) || !node_ready(node) {
+            if claimed_nodes.contains(name) || !node_ready(node) || leaving.contains(name) {
                 continue;
             }
             if node
@@ -386,48 +464,18 @@ impl Controller {
     }
 
     pub(crate) async fn provision(&mut self, window: Duration) -> Result<(), ControllerError> {
-        let mut pending: Vec<PendingPod> = Vec::new();
-        for (key, pod) in self.state.pods.iter().filter(|(_, p)| is_provisionable(p)) {
-            let Some(requests) = pod_requests_or_log(self, key, pod) else {
-                continue;
-            };
-            let requirements = match pod_requirements(pod) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.ctx
-                        .journal
-                        .record("provision", format!("skip pod/{key}: {e}"));
-                    continue;
-                }
-            };
-            let topology = match pod_terms(pod) {
-                Ok(t) => t,
-                Err(e) => {
-                    self.ctx
-                        .journal
-                        .record("provision", format!("skip pod/{key}: {e}"));
-                    continue;
-                }
-            };
-            let tolerations = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.tolerations.clone())
-                .unwrap_or_default();
-            pending.push(PendingPod {
-                key: key.clone(),
-                requests,
-                requirements,
-                tolerations,
-                labels: pod.metadata.labels.clone().unwrap_or_default(),
-                topology,
-                host_ports: host_ports(pod),
-            });
-        }
+        let leaving = self.leaving_nodes();
+        let pending: Vec<PendingPod> = self
+            .state
+            .pods
+            .iter()
+            .filter(|(_, p)| is_provisionable(p) || displaced(p, &leaving))
+            .filter_map(|(key, pod)| self.pending_pod(key, pod))
+            .collect();
         if pending.is_empty() {
             return Ok(());
         }
-        let existing = self.existing_capacity();
+        let existing = self.existing_capacity(&leaving);
         let pools = self.pool_options();
         let plan = plan(&pending, &existing, &pools);
         self.ctx.journal.record(
@@ -467,7 +515,6 @@ impl Controller {
     /// A Warning Event on each pod no NodePool can host, saying why — once per distinct reason, so users see
     /// the explanation in `kubectl describe pod` instead of a silent Pending.
     async fn explain_unschedulable(&mut self, unschedulable: &[(ObjectKey, String)]) {
-        let now = self.ctx.clock.now().to_string();
         for (key, reason) in unschedulable {
             if self.explained.get(key) == Some(reason) {
                 continue;
@@ -476,30 +523,20 @@ impl Controller {
                 .state
                 .pods
                 .get(key)
-                .and_then(|p| p.metadata.uid.clone())
-                .unwrap_or_default();
-            let event = serde_json::json!({
-                "apiVersion": "v1",
-                "kind": "Event",
-                "metadata": {"generateName": format!("{}.", key.name), "namespace": key.namespace},
-                "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": key.namespace, "name": key.name, "uid": uid},
-                "type": "Warning",
-                "reason": "FailedScheduling",
-                "message": format!("Dovetail cannot launch a node for this pod: {reason}"),
-                "source": {"component": "dovetail"},
-                "reportingComponent": "dovetail",
-                "firstTimestamp": now,
-                "lastTimestamp": now,
-                "count": 1,
-            });
-            match self.ctx.kube.create(Kind::Event, event).await {
-                Ok(_) => {
-                    self.explained.insert(key.clone(), reason.clone());
-                }
-                Err(e) => self
-                    .ctx
-                    .journal
-                    .record("provision", format!("event for pod/{key} not written: {e}")),
+                .and_then(|p| p.metadata.uid.clone());
+            let message = format!("Dovetail cannot launch a node for this pod: {reason}");
+            if self
+                .emit_event(
+                    Kind::Pod,
+                    key,
+                    uid,
+                    EventType::Warning,
+                    "FailedScheduling",
+                    &message,
+                )
+                .await
+            {
+                self.explained.insert(key.clone(), reason.clone());
             }
         }
         // Forget pods that were placed or are gone, so a later failure is explained again.
