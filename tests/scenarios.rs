@@ -1,6 +1,6 @@
 //! Snapshot tests of scenario traces: a behaviour change shows up as a readable diff in review.
 
-use dovetail_tests::run_scenario;
+use dovetail_tests::{at, first, run_scenario};
 
 #[test]
 fn steady_web_seed_7() {
@@ -44,14 +44,7 @@ fn kms_broken_key_seed_5() {
     let launches: Vec<u64> = text
         .lines()
         .filter(|l| l.contains(" cloud      launch "))
-        .filter_map(|l| {
-            let t = l.get(1..13)?;
-            let mut parts = t.split(':');
-            let h: u64 = parts.next()?.parse().ok()?;
-            let m: u64 = parts.next()?.parse().ok()?;
-            let s: f64 = parts.next()?.parse().ok()?;
-            Some(h * 3600 + m * 60 + s as u64)
-        })
+        .filter_map(|l| at(l).map(|t| t as u64))
         .collect();
     for (i, start) in launches.iter().enumerate() {
         let in_window = launches[i..]
@@ -69,4 +62,85 @@ fn kms_broken_key_seed_5() {
         "pods still pending at the end"
     );
     insta::assert_snapshot!("kms-broken-key.seed-5", text);
+}
+
+#[test]
+fn pdb_drain_seed_42() {
+    let text = run_scenario("pdb-drain.yaml", 42);
+    let (deleted, _) = first(&text, "(kubectl delete node)").expect("a node is deleted");
+    let (tainted, _) = first(&text, "tainted karpenter.sh/disrupted").expect("the node is tainted");
+    assert!(tainted >= deleted);
+    // Replacement capacity is asked for before the budget lets the web pods go.
+    let replacement = text
+        .lines()
+        .filter(|l| l.contains("create nodeclaim/default-"))
+        .filter_map(at)
+        .find(|t| *t > deleted)
+        .expect("a replacement claim");
+    let (refused, _) = first(&text, "eviction refused for 5 pods").expect("the budget refuses");
+    assert!(replacement > deleted && replacement < refused + 60.0);
+    // After the refusal, web pods leave one per eviction, and the DaemonSet pod goes last.
+    let evictions: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("ip-") && l.contains(" evicted "))
+        .filter(|l| at(l).is_some_and(|t| t > refused && t < 600.0))
+        .collect();
+    assert!(evictions.len() >= 5, "{evictions:?}");
+    assert!(evictions.iter().all(|l| l.contains("evicted 1 pods")));
+    assert!(
+        evictions
+            .last()
+            .is_some_and(|l| l.contains("pod/kube-system/logs-"))
+    );
+    let (drained, _) = first(&text, "drained after").expect("the first node drains");
+    let (ready, _) = text
+        .lines()
+        .filter(|l| l.contains(" ready m") && at(l).is_some_and(|t| t > deleted))
+        .find_map(|l| Some((at(l)?, l)))
+        .expect("a replacement node comes up");
+    assert!(drained > ready, "drained before the replacement was Ready");
+    // do-not-disrupt holds the batch pod until 30 s before the 3 minute terminationGracePeriod ends.
+    let (second, _) = first(&text, "delete node ip-10-0-0-7").expect("the batch node is deleted");
+    let (forced, _) = first(
+        &text,
+        "terminationGracePeriod: deleted 1 pods (pod/default/report-",
+    )
+    .expect("the held pod is deleted at the deadline");
+    assert!(
+        forced >= second + 149.0 && forced <= second + 152.0,
+        "{forced}"
+    );
+    assert!(!text.contains("VIOLATION"));
+    assert!(text.contains("evictions        11 "));
+    insta::assert_snapshot!("pdb-drain.seed-42", text);
+}
+
+#[test]
+fn orphans_seed_42() {
+    let text = run_scenario("orphans.yaml", 42);
+    // First crash: EC2 lists the instance too late, the claim launches again, GC ends the leak.
+    let (crash, _) = first(&text, "controller crashed; restarting in 10s").expect("a crash");
+    let leaked = text
+        .lines()
+        .rfind(|l| l.contains(" cloud      launch ") && at(l).is_some_and(|t| t <= crash))
+        .and_then(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .expect("an instance launched just before the crash");
+    let (orphaned, line) = first(&text, "terminate orphan").expect("the leak is terminated");
+    assert!(line.contains(&leaked), "{line}");
+    let (launched_at, _) = first(&text, &format!("launch {leaked}")).expect("leak launched");
+    assert!(
+        orphaned - launched_at <= 60.0 + 30.0 + 2.0,
+        "took {}s",
+        orphaned - launched_at
+    );
+    assert!(text.contains(&format!(
+        "instance {leaked} is gone and no NodeClaim owns the node"
+    )));
+    // Second crash: a minute down, the instance is listed by then and adopted, not launched again.
+    assert!(text.contains("adopts"), "no adoption");
+    assert!(text.contains("launches         4 "));
+    // Foreign instances untouched (an invariant), nothing pending.
+    assert!(!text.contains("VIOLATION"));
+    assert!(text.contains("verdict          PASS"));
+    insta::assert_snapshot!("orphans.seed-42", text);
 }

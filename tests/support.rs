@@ -21,3 +21,20 @@ pub fn run_scenario(name: &str, seed: u64) -> String {
     let out = dovetail_sim::simulate(&scenario, &options).unwrap_or_else(|e| panic!("{e}"));
     format!("{}{}", out.trace, out.summary)
 }
+
+/// The sim time of a trace line (`+HH:MM:SS.mmm source text`) in seconds.
+pub fn at(line: &str) -> Option<f64> {
+    let t = line.get(1..13)?;
+    let mut parts = t.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// The first trace line containing `needle`, with its time.
+pub fn first(text: &str, needle: &str) -> Option<(f64, String)> {
+    text.lines()
+        .find(|l| l.contains(needle))
+        .and_then(|l| Some((at(l)?, l.to_string())))
+}

@@ -218,6 +218,68 @@ impl Controller {
         if !orphans.is_empty() {
             self.ctx.cloud.terminate_instances(orphans).await?;
         }
+        self.collect_lost_nodes(&instances).await
+    }
+
+    /// Nodes of a NodePool whose instance is gone and that no NodeClaim owns (a leaked launch's node after
+    /// its instance was terminated): delete them so their pods are rescheduled and the count is honest.
+    async fn collect_lost_nodes(
+        &mut self,
+        instances: &BTreeMap<String, Instance>,
+    ) -> Result<(), ControllerError> {
+        let wall = self.ctx.clock.now();
+        let mut lost = Vec::new();
+        for (name, node) in &self.state.nodes {
+            let managed = node
+                .metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(labels::NODEPOOL));
+            if !managed
+                || node.metadata.deletion_timestamp.is_some()
+                || self.claim_of_node(node).is_some()
+            {
+                continue;
+            }
+            let Some(id) = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.provider_id.as_deref())
+                .and_then(|p| p.rsplit('/').next())
+            else {
+                continue;
+            };
+            let gone = match instances.get(id) {
+                Some(i) => matches!(
+                    i.state,
+                    InstanceState::Terminated | InstanceState::ShuttingDown
+                ),
+                // Not listed: gone, unless the node is too young for the listing to have caught up.
+                None => node
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .is_some_and(|t| crate::clock::since(wall, t.0) >= ORPHAN_GRACE),
+            };
+            if gone {
+                lost.push((name.clone(), id.to_string()));
+            }
+        }
+        for (name, id) in lost {
+            self.ctx.journal.record(
+                "gc",
+                format!("delete node/{name}: instance {id} is gone and no NodeClaim owns the node"),
+            );
+            match self
+                .ctx
+                .kube
+                .delete(Kind::Node, &ObjectKey::cluster(&name))
+                .await
+            {
+                Ok(()) | Err(crate::kube::KubeError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(())
     }
 

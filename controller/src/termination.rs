@@ -415,7 +415,8 @@ impl Controller {
         let name = node.metadata.name.clone().unwrap_or_default();
         let now = self.now();
         let mut evicted: Vec<String> = Vec::new();
-        let mut refused: Vec<String> = Vec::new();
+        // Refusals grouped by reason: one budget usually refuses many pods for the same reason.
+        let mut refused: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut deleted: Vec<String> = Vec::new();
         for action in &step.actions {
             match action {
@@ -427,7 +428,7 @@ impl Controller {
                         Ok(()) | Err(KubeError::NotFound { .. }) => evicted.push(key.to_string()),
                         Err(KubeError::EvictionRefused { reason, .. }) => {
                             if self.eviction_retries.refused(key, now) == 1 {
-                                refused.push(format!("pod/{key} ({reason})"));
+                                refused.entry(reason).or_default().push(key.to_string());
                             }
                         }
                         Err(e) => return Err(e.into()),
@@ -464,8 +465,12 @@ impl Controller {
                 ),
             );
         }
-        if !refused.is_empty() {
-            let message = format!("eviction refused for {}; retrying", refused.join(", "));
+        for (reason, pods) in &refused {
+            let message = format!(
+                "eviction refused for {} pods ({}): {reason}; retrying",
+                pods.len(),
+                list(pods)
+            );
             self.ctx
                 .journal
                 .record("termination", format!("node/{name} {message}"));

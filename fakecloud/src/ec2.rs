@@ -74,6 +74,9 @@ struct State {
     /// Statistics the simulator reports: launches and fleet errors by code.
     launches: u64,
     errors_by_code: BTreeMap<String, u64>,
+    /// The caller of the next successful CreateFleet dies once EC2 has launched (a simulated crash).
+    crash_after_fleet: bool,
+    crash_signalled: bool,
 }
 
 /// The fake EC2 (and its interruption queue). Clones share one state.
@@ -226,6 +229,8 @@ impl FakeCloud {
             violations: Vec::new(),
             launches: 0,
             errors_by_code: BTreeMap::new(),
+            crash_after_fleet: false,
+            crash_signalled: false,
         };
         let cloud = FakeCloud {
             config: Arc::new(config),
@@ -311,6 +316,213 @@ impl FakeCloud {
     }
 
     /// (launches, fleet errors by code)
+    /// Make the caller of the next CreateFleet that launches something never get its answer.
+    pub fn arm_crash_after_create_fleet(&self) {
+        self.lock().crash_after_fleet = true;
+    }
+
+    /// CreateFleet itself.
+    async fn fleet(&self, request: CreateFleetRequest) -> Result<CreateFleetOutput, CloudError> {
+        self.api_call("CreateFleet").await?;
+        if request.overrides.is_empty() {
+            return Err(CloudError::new(
+                "InvalidParameterValue",
+                "CreateFleet needs at least one override",
+            ));
+        }
+        if request.target_capacity == 0 {
+            return Err(CloudError::new(
+                "InvalidTargetCapacitySpecification",
+                "TotalTargetCapacity must be at least 1",
+            ));
+        }
+        let now = self.clock.now();
+        let mut st = self.lock();
+        let Some(template) = st
+            .launch_templates
+            .get(&request.launch_template_name)
+            .cloned()
+        else {
+            return Err(CloudError::new(
+                "InvalidLaunchTemplateName.NotFoundException",
+                format!(
+                    "The specified launch template, with template name {}, does not exist.",
+                    request.launch_template_name
+                ),
+            ));
+        };
+        let ct = request.capacity_type;
+        let mut errors: Vec<FleetError> = Vec::new();
+        let mut instances = Vec::new();
+        for _ in 0..request.target_capacity {
+            // Filter the overrides the way EC2 does before choosing among them.
+            let mut usable: Vec<(f64, u32, f64, usize)> = Vec::new();
+            let quota = st.vcpu_quota.get(&ct).copied().unwrap_or(u32::MAX);
+            let in_use = self.vcpus_in_use(&st, ct);
+            for (i, o) in request.overrides.iter().enumerate() {
+                let Some(price) = self.price(&st, &o.instance_type, &o.zone, ct) else {
+                    errors.push(fleet_error(
+                        "Unsupported",
+                        format!("Your requested instance type ({}) is not supported in your requested Availability Zone ({}).", o.instance_type, o.zone),
+                        o,
+                    ));
+                    continue;
+                };
+                let Some(subnet) = st.subnets.iter().find(|s| s.subnet.id == o.subnet_id) else {
+                    errors.push(fleet_error(
+                        "InvalidSubnetID.NotFound",
+                        format!("The subnet ID '{}' does not exist", o.subnet_id),
+                        o,
+                    ));
+                    continue;
+                };
+                if subnet.subnet.zone != o.zone {
+                    errors.push(fleet_error(
+                        "InvalidParameterValue",
+                        format!("subnet {} is not in {}", o.subnet_id, o.zone),
+                        o,
+                    ));
+                    continue;
+                }
+                if subnet.subnet.available_ip_addresses == 0 {
+                    errors.push(fleet_error("InsufficientFreeAddressesInSubnet", format!("There are not enough free addresses in subnet '{}' to satisfy the requested number of instances.", o.subnet_id), o));
+                    continue;
+                }
+                let vcpu = self.entry(&o.instance_type).map_or(0, |e| e.vcpu);
+                if in_use + vcpu > quota {
+                    let (code, what) = match ct {
+                        CapacityType::Spot => (
+                            "MaxSpotInstanceCountExceeded",
+                            "Max spot instance count exceeded",
+                        ),
+                        CapacityType::OnDemand => (
+                            "VcpuLimitExceeded",
+                            "You have requested more vCPU capacity than your current vCPU limit",
+                        ),
+                    };
+                    errors.push(fleet_error(
+                        code,
+                        format!("{what} ({in_use} of {quota} vCPUs in use)"),
+                        o,
+                    ));
+                    continue;
+                }
+                let pool = st.pools.get(&(o.instance_type.clone(), o.zone.clone(), ct));
+                let depth = pool
+                    .filter(|p| p.short_until.is_none_or(|u| u <= now))
+                    .map_or(0, |p| p.depth);
+                if depth == 0 {
+                    errors.push(fleet_error(
+                        "InsufficientInstanceCapacity",
+                        format!("We currently do not have sufficient {} capacity in the Availability Zone you requested ({}).", o.instance_type, o.zone),
+                        o,
+                    ));
+                    continue;
+                }
+                usable.push((price, depth, o.priority.unwrap_or(f64::MAX), i));
+            }
+            let choice = match ct {
+                // lowest-price: the cheapest pool; ties by priority, then by the order given.
+                CapacityType::OnDemand => usable
+                    .iter()
+                    .min_by(|a, b| {
+                        a.0.total_cmp(&b.0)
+                            .then(a.2.total_cmp(&b.2))
+                            .then(a.3.cmp(&b.3))
+                    })
+                    .copied(),
+                // price-capacity-optimized: the pools with the most spare capacity first (here: at least half
+                // the deepest), then the cheapest of those.
+                CapacityType::Spot => {
+                    let deepest = usable.iter().map(|u| u.1).max().unwrap_or(0);
+                    usable
+                        .iter()
+                        .filter(|u| u.1 * 2 >= deepest)
+                        .min_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)).then(a.3.cmp(&b.3)))
+                        .copied()
+                }
+            };
+            let Some((price, _, _, idx)) = choice else {
+                break;
+            };
+            let o = &request.overrides[idx];
+            if let Some(rec) = self.place(
+                &mut st,
+                &o.instance_type,
+                &o.zone,
+                ct,
+                price,
+                request.tags.clone(),
+                Some(&template),
+                now,
+            ) {
+                st.launches += 1;
+                instances.push(rec.instance);
+            }
+        }
+        if !instances.is_empty() && (instances.len() as u32) < request.target_capacity {
+            errors.push(FleetError {
+                code: "UnfulfillableCapacity".into(),
+                message: format!("Unable to fulfill capacity due to your request configuration: {} of {} launched", instances.len(), request.target_capacity),
+                instance_type: String::new(),
+                zone: String::new(),
+            });
+        }
+        // EC2 reports each failing pool once.
+        let mut seen = BTreeSet::new();
+        errors.retain(|e| seen.insert((e.code.clone(), e.instance_type.clone(), e.zone.clone())));
+        for e in &errors {
+            *st.errors_by_code.entry(e.code.clone()).or_default() += 1;
+        }
+        drop(st);
+        for i in &instances {
+            let owner = request
+                .tags
+                .get("karpenter.sh/nodeclaim")
+                .map(|n| format!(" for nodeclaim/{n}"))
+                .unwrap_or_default();
+            let price = self
+                .instances()
+                .into_iter()
+                .find(|r| r.instance.id == i.id)
+                .map_or(0.0, |r| r.price);
+            self.journal.record(
+                "cloud",
+                format!(
+                    "launch {} {} {} {} {price:.4}/h{owner}",
+                    i.id, i.instance_type, i.zone, ct
+                ),
+            );
+        }
+        if instances.is_empty() && !errors.is_empty() {
+            let mut codes: Vec<&str> = errors.iter().map(|e| e.code.as_str()).collect();
+            codes.dedup();
+            self.journal.record(
+                "cloud",
+                format!(
+                    "create-fleet {} failed: {} overrides, errors {}",
+                    ct,
+                    request.overrides.len(),
+                    codes.join(",")
+                ),
+            );
+        }
+        Ok(CreateFleetOutput { instances, errors })
+    }
+
+    /// Consume an armed crash, signalling it to the simulator.
+    fn fleet_caller_dies(&self) -> bool {
+        let mut st = self.lock();
+        let armed = std::mem::take(&mut st.crash_after_fleet);
+        st.crash_signalled |= armed;
+        armed
+    }
+
+    /// Whether a caller has died in CreateFleet since the last call (the simulator then crashes it).
+    pub fn take_crash_signal(&self) -> bool {
+        std::mem::take(&mut self.lock().crash_signalled)
+    }
+
     pub fn launch_stats(&self) -> (u64, BTreeMap<String, u64>) {
         let st = self.lock();
         (st.launches, st.errors_by_code.clone())
@@ -895,191 +1107,13 @@ impl Cloud for FakeCloud {
         &self,
         request: CreateFleetRequest,
     ) -> Result<CreateFleetOutput, CloudError> {
-        self.api_call("CreateFleet").await?;
-        if request.overrides.is_empty() {
-            return Err(CloudError::new(
-                "InvalidParameterValue",
-                "CreateFleet needs at least one override",
-            ));
+        let out = self.fleet(request).await?;
+        if !out.instances.is_empty() && self.fleet_caller_dies() {
+            // EC2 has launched; the caller's process dies before it hears back. The simulator crashes the
+            // host on this signal, dropping this future.
+            std::future::pending::<()>().await;
         }
-        if request.target_capacity == 0 {
-            return Err(CloudError::new(
-                "InvalidTargetCapacitySpecification",
-                "TotalTargetCapacity must be at least 1",
-            ));
-        }
-        let now = self.clock.now();
-        let mut st = self.lock();
-        let Some(template) = st
-            .launch_templates
-            .get(&request.launch_template_name)
-            .cloned()
-        else {
-            return Err(CloudError::new(
-                "InvalidLaunchTemplateName.NotFoundException",
-                format!(
-                    "The specified launch template, with template name {}, does not exist.",
-                    request.launch_template_name
-                ),
-            ));
-        };
-        let ct = request.capacity_type;
-        let mut errors: Vec<FleetError> = Vec::new();
-        let mut instances = Vec::new();
-        for _ in 0..request.target_capacity {
-            // Filter the overrides the way EC2 does before choosing among them.
-            let mut usable: Vec<(f64, u32, f64, usize)> = Vec::new();
-            let quota = st.vcpu_quota.get(&ct).copied().unwrap_or(u32::MAX);
-            let in_use = self.vcpus_in_use(&st, ct);
-            for (i, o) in request.overrides.iter().enumerate() {
-                let Some(price) = self.price(&st, &o.instance_type, &o.zone, ct) else {
-                    errors.push(fleet_error(
-                        "Unsupported",
-                        format!("Your requested instance type ({}) is not supported in your requested Availability Zone ({}).", o.instance_type, o.zone),
-                        o,
-                    ));
-                    continue;
-                };
-                let Some(subnet) = st.subnets.iter().find(|s| s.subnet.id == o.subnet_id) else {
-                    errors.push(fleet_error(
-                        "InvalidSubnetID.NotFound",
-                        format!("The subnet ID '{}' does not exist", o.subnet_id),
-                        o,
-                    ));
-                    continue;
-                };
-                if subnet.subnet.zone != o.zone {
-                    errors.push(fleet_error(
-                        "InvalidParameterValue",
-                        format!("subnet {} is not in {}", o.subnet_id, o.zone),
-                        o,
-                    ));
-                    continue;
-                }
-                if subnet.subnet.available_ip_addresses == 0 {
-                    errors.push(fleet_error("InsufficientFreeAddressesInSubnet", format!("There are not enough free addresses in subnet '{}' to satisfy the requested number of instances.", o.subnet_id), o));
-                    continue;
-                }
-                let vcpu = self.entry(&o.instance_type).map_or(0, |e| e.vcpu);
-                if in_use + vcpu > quota {
-                    let (code, what) = match ct {
-                        CapacityType::Spot => (
-                            "MaxSpotInstanceCountExceeded",
-                            "Max spot instance count exceeded",
-                        ),
-                        CapacityType::OnDemand => (
-                            "VcpuLimitExceeded",
-                            "You have requested more vCPU capacity than your current vCPU limit",
-                        ),
-                    };
-                    errors.push(fleet_error(
-                        code,
-                        format!("{what} ({in_use} of {quota} vCPUs in use)"),
-                        o,
-                    ));
-                    continue;
-                }
-                let pool = st.pools.get(&(o.instance_type.clone(), o.zone.clone(), ct));
-                let depth = pool
-                    .filter(|p| p.short_until.is_none_or(|u| u <= now))
-                    .map_or(0, |p| p.depth);
-                if depth == 0 {
-                    errors.push(fleet_error(
-                        "InsufficientInstanceCapacity",
-                        format!("We currently do not have sufficient {} capacity in the Availability Zone you requested ({}).", o.instance_type, o.zone),
-                        o,
-                    ));
-                    continue;
-                }
-                usable.push((price, depth, o.priority.unwrap_or(f64::MAX), i));
-            }
-            let choice = match ct {
-                // lowest-price: the cheapest pool; ties by priority, then by the order given.
-                CapacityType::OnDemand => usable
-                    .iter()
-                    .min_by(|a, b| {
-                        a.0.total_cmp(&b.0)
-                            .then(a.2.total_cmp(&b.2))
-                            .then(a.3.cmp(&b.3))
-                    })
-                    .copied(),
-                // price-capacity-optimized: the pools with the most spare capacity first (here: at least half
-                // the deepest), then the cheapest of those.
-                CapacityType::Spot => {
-                    let deepest = usable.iter().map(|u| u.1).max().unwrap_or(0);
-                    usable
-                        .iter()
-                        .filter(|u| u.1 * 2 >= deepest)
-                        .min_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)).then(a.3.cmp(&b.3)))
-                        .copied()
-                }
-            };
-            let Some((price, _, _, idx)) = choice else {
-                break;
-            };
-            let o = &request.overrides[idx];
-            if let Some(rec) = self.place(
-                &mut st,
-                &o.instance_type,
-                &o.zone,
-                ct,
-                price,
-                request.tags.clone(),
-                Some(&template),
-                now,
-            ) {
-                st.launches += 1;
-                instances.push(rec.instance);
-            }
-        }
-        if !instances.is_empty() && (instances.len() as u32) < request.target_capacity {
-            errors.push(FleetError {
-                code: "UnfulfillableCapacity".into(),
-                message: format!("Unable to fulfill capacity due to your request configuration: {} of {} launched", instances.len(), request.target_capacity),
-                instance_type: String::new(),
-                zone: String::new(),
-            });
-        }
-        // EC2 reports each failing pool once.
-        let mut seen = BTreeSet::new();
-        errors.retain(|e| seen.insert((e.code.clone(), e.instance_type.clone(), e.zone.clone())));
-        for e in &errors {
-            *st.errors_by_code.entry(e.code.clone()).or_default() += 1;
-        }
-        drop(st);
-        for i in &instances {
-            let owner = request
-                .tags
-                .get("karpenter.sh/nodeclaim")
-                .map(|n| format!(" for nodeclaim/{n}"))
-                .unwrap_or_default();
-            let price = self
-                .instances()
-                .into_iter()
-                .find(|r| r.instance.id == i.id)
-                .map_or(0.0, |r| r.price);
-            self.journal.record(
-                "cloud",
-                format!(
-                    "launch {} {} {} {} {price:.4}/h{owner}",
-                    i.id, i.instance_type, i.zone, ct
-                ),
-            );
-        }
-        if instances.is_empty() && !errors.is_empty() {
-            let mut codes: Vec<&str> = errors.iter().map(|e| e.code.as_str()).collect();
-            codes.dedup();
-            self.journal.record(
-                "cloud",
-                format!(
-                    "create-fleet {} failed: {} overrides, errors {}",
-                    ct,
-                    request.overrides.len(),
-                    codes.join(",")
-                ),
-            );
-        }
-        Ok(CreateFleetOutput { instances, errors })
+        Ok(out)
     }
 
     async fn describe_instances(

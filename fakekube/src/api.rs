@@ -20,6 +20,18 @@ pub struct FakeKube {
     clock: Arc<dyn Clock>,
     latency: Duration,
     unavailable_until: Arc<Mutex<Option<Timestamp>>>,
+    audit: Arc<Mutex<DisruptionAudit>>,
+}
+
+/// What happened to pods through the API: evictions granted and refused, and deletions that went around
+/// a PodDisruptionBudget without the node's terminationGracePeriod allowing it (an invariant violation).
+#[derive(Debug, Default, Clone)]
+pub struct DisruptionAudit {
+    pub evictions: u64,
+    pub refused: u64,
+    /// Budget overrides a terminationGracePeriod allowed.
+    pub forced: u64,
+    pub violations: Vec<String>,
 }
 
 fn to_kube_error(kind: Kind, key: &ObjectKey, e: StoreError) -> KubeError {
@@ -51,6 +63,7 @@ impl FakeKube {
             clock,
             latency,
             unavailable_until: Arc::default(),
+            audit: Arc::default(),
         }
     }
 
@@ -66,6 +79,15 @@ impl FakeKube {
     /// Why evicting `pod` now would break a PodDisruptionBudget, if it would.
     pub fn eviction_blocker(&self, pod: &Value) -> Option<String> {
         crate::disruption::eviction_blocker(&self.store(), pod)
+    }
+
+    /// Evictions and budget overrides so far.
+    pub fn audit(&self) -> DisruptionAudit {
+        self.audit.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn audit_mut(&self) -> MutexGuard<'_, DisruptionAudit> {
+        self.audit.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Every call fails with `Unavailable` until `until` (an API server outage).
@@ -155,6 +177,9 @@ impl Kube for FakeKube {
     async fn delete(&self, kind: Kind, key: &ObjectKey) -> Result<(), KubeError> {
         self.request().await?;
         let now = self.clock.now();
+        if kind == Kind::Pod {
+            self.audit_pod_delete(key);
+        }
         self.store()
             .delete(kind.name(), &key.namespace, &key.name, now)
             .map_err(|e| to_kube_error(kind, key, e))
@@ -169,6 +194,7 @@ impl Kube for FakeKube {
             });
         };
         if let Some(reason) = self.eviction_blocker(&pod) {
+            self.audit_mut().refused += 1;
             return Err(KubeError::EvictionRefused {
                 key: key.clone(),
                 reason,
@@ -177,6 +203,38 @@ impl Kube for FakeKube {
         let now = self.clock.now();
         self.store()
             .delete("Pod", &key.namespace, &key.name, now)
-            .map_err(|e| to_kube_error(Kind::Pod, key, e))
+            .map_err(|e| to_kube_error(Kind::Pod, key, e))?;
+        self.audit_mut().evictions += 1;
+        Ok(())
+    }
+}
+
+impl FakeKube {
+    /// A plain DELETE of a pod a budget protects is allowed only as Karpenter documents it: the pod's
+    /// node is being deleted and its NodeClaim sets a terminationGracePeriod. Anything else is recorded.
+    fn audit_pod_delete(&self, key: &ObjectKey) {
+        let st = self.store();
+        let Some(pod) = st.get("Pod", &key.namespace, &key.name).cloned() else {
+            return;
+        };
+        let Some(blocker) = crate::disruption::eviction_blocker(&st, &pod) else {
+            return;
+        };
+        let node_name = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+        let node_deleting = st
+            .get("Node", "", node_name)
+            .is_some_and(|n| !n["metadata"]["deletionTimestamp"].is_null());
+        let grace_set = st.list("NodeClaim").iter().any(|c| {
+            c["status"]["nodeName"] == node_name && c["spec"]["terminationGracePeriod"].is_string()
+        });
+        drop(st);
+        let mut audit = self.audit_mut();
+        if node_deleting && grace_set {
+            audit.forced += 1;
+        } else {
+            audit
+                .violations
+                .push(format!("pod {key} deleted around its budget: {blocker}"));
+        }
     }
 }

@@ -75,6 +75,11 @@ pub struct Observations {
     pub launches: u64,
     pub fleet_errors: std::collections::BTreeMap<String, u64>,
     pub violations: Vec<String>,
+    /// Pods evicted through the eviction API, evictions a budget refused, and budget overrides a
+    /// terminationGracePeriod allowed.
+    pub evictions: u64,
+    pub evictions_refused: u64,
+    pub forced_deletions: u64,
     pub duration: Duration,
 }
 
@@ -100,6 +105,11 @@ impl Observations {
         self.launches = launches;
         self.fleet_errors = errors;
         self.violations = cloud.violations();
+        let audit = kube.audit();
+        self.evictions = audit.evictions;
+        self.evictions_refused = audit.refused;
+        self.forced_deletions = audit.forced;
+        self.violations.extend(audit.violations);
         let end = epoch.checked_add(duration).unwrap_or(epoch);
         let events = kube.store().list("Event");
         for p in kube.store().list("Pod") {
@@ -239,6 +249,11 @@ pub fn summary(scenario: &Scenario, seed: u64, o: &Observations, verdicts: &[Ver
         human(percentile(&waits, 50.0)),
         human(percentile(&waits, 99.0)),
         human(waits.last().copied().unwrap_or(Duration::ZERO))
+    );
+    let _ = writeln!(
+        s,
+        "  evictions        {} (refused by budgets {}, forced at terminationGracePeriod {})",
+        o.evictions, o.evictions_refused, o.forced_deletions
     );
     for v in verdicts {
         let _ = writeln!(

@@ -57,6 +57,8 @@ struct RawCloud {
     on_demand_vcpu_quota: Option<u32>,
     #[serde(default)]
     spot_vcpu_quota: Option<u32>,
+    #[serde(default)]
+    visibility_lag: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,6 +98,50 @@ struct RawEvent {
     watch_disconnect: Option<RawEmpty>,
     #[serde(default)]
     queue_message: Option<RawQueueMessage>,
+    #[serde(default)]
+    delete: Option<RawDelete>,
+    #[serde(default)]
+    delete_nodes: Option<RawDeleteNodes>,
+    #[serde(default)]
+    controller_restart: Option<RawRestart>,
+    #[serde(default)]
+    controller_down: Option<RawOutage>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelete {
+    kind: Spanned<String>,
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeleteNodes {
+    #[serde(default = "one")]
+    count: u32,
+    #[serde(default)]
+    nodepool: Option<String>,
+    /// `oldest` (default) or `newest`.
+    #[serde(default)]
+    pick: Option<Spanned<String>>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRestart {
+    /// `create_fleet`: crash right after the next CreateFleet returns, before the claim records it.
+    #[serde(default)]
+    after: Option<Spanned<String>>,
+    /// How long the process stays down (default 10s, a pod restart).
+    #[serde(default)]
+    down_for: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,7 +294,42 @@ pub enum Action {
         kind: QueueMessageKind,
         zone: Option<String>,
     },
+    /// `kubectl delete` of one object.
+    Delete {
+        kind: String,
+        namespace: String,
+        name: String,
+    },
+    /// `kubectl delete node` of `count` nodes (of a NodePool if given), oldest or newest first.
+    DeleteNodes {
+        count: u32,
+        nodepool: Option<String>,
+        newest_first: bool,
+    },
+    /// The controller process dies and comes back `down_for` later (now, or right after the next
+    /// CreateFleet).
+    ControllerRestart {
+        after_create_fleet: bool,
+        down_for: Duration,
+    },
+    /// The controller is down for a while (a crash loop, a bad rollout).
+    ControllerDown {
+        for_: Duration,
+    },
 }
+
+/// Kinds a `delete` action may name.
+const DELETABLE: [&str; 9] = [
+    "NodePool",
+    "EC2NodeClass",
+    "Deployment",
+    "DaemonSet",
+    "Job",
+    "Pod",
+    "PodDisruptionBudget",
+    "Node",
+    "NodeClaim",
+];
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum QueueMessageKind {
@@ -274,6 +355,7 @@ pub struct CloudSpec {
     pub spot_depth: (u32, u32),
     pub on_demand_vcpu_quota: u32,
     pub spot_vcpu_quota: u32,
+    pub visibility_lag: (Duration, Duration),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -603,6 +685,10 @@ impl Scenario {
             },
             on_demand_vcpu_quota: raw.cloud.on_demand_vcpu_quota.unwrap_or(20_000),
             spot_vcpu_quota: raw.cloud.spot_vcpu_quota.unwrap_or(20_000),
+            visibility_lag: match &raw.cloud.visibility_lag {
+                Some(s) => l.range(s, "cloud.visibility_lag")?,
+                None => (Duration::ZERO, Duration::from_secs(3)),
+            },
         };
         if cloud.zones.is_empty() {
             return Err(SimError::Scenario {
@@ -660,6 +746,10 @@ impl Scenario {
                 e.kube_outage.is_some(),
                 e.watch_disconnect.is_some(),
                 e.queue_message.is_some(),
+                e.delete.is_some(),
+                e.delete_nodes.is_some(),
+                e.controller_restart.is_some(),
+                e.controller_down.is_some(),
             ]
             .iter()
             .filter(|b| **b)
@@ -668,7 +758,7 @@ impl Scenario {
                 return Err(l.err(
                     pos(ev),
                     &field,
-                    "each timeline entry needs exactly one action: scale, apply, spot_interruption, capacity_shortage, kms_key_disabled, api_throttle, api_outage, vcpu_quota, ami_release, kube_outage, watch_disconnect or queue_message",
+                    "each timeline entry needs exactly one action: scale, apply, spot_interruption, capacity_shortage, kms_key_disabled, api_throttle, api_outage, vcpu_quota, ami_release, kube_outage, watch_disconnect, queue_message, delete, delete_nodes, controller_restart or controller_down",
                 ));
             }
             let action = if let Some(s) = &e.scale {
@@ -811,6 +901,76 @@ impl Scenario {
                 Action::QueueMessage {
                     kind,
                     zone: q.zone.clone(),
+                }
+            } else if let Some(d) = &e.delete {
+                if !DELETABLE.contains(&d.kind.value.as_str()) {
+                    return Err(l.err(
+                        pos(&d.kind),
+                        &format!("{field}.delete.kind"),
+                        format!(
+                            "cannot delete kind `{}`; use one of {}",
+                            d.kind.value,
+                            DELETABLE.join(", ")
+                        ),
+                    ));
+                }
+                let namespaced = fakekube::store::is_namespaced(&d.kind.value);
+                Action::Delete {
+                    kind: d.kind.value.clone(),
+                    namespace: if namespaced {
+                        d.namespace.clone().unwrap_or_else(|| "default".into())
+                    } else {
+                        String::new()
+                    },
+                    name: d.name.clone(),
+                }
+            } else if let Some(d) = &e.delete_nodes {
+                let newest_first = match d.pick.as_ref().map(|p| p.value.as_str()) {
+                    None | Some("oldest") => false,
+                    Some("newest") => true,
+                    Some(other) => {
+                        return Err(l.err(
+                            d.pick.as_ref().map_or(pos(ev), pos),
+                            &format!("{field}.delete_nodes.pick"),
+                            format!("unknown pick `{other}`; use oldest or newest"),
+                        ));
+                    }
+                };
+                if d.count == 0 {
+                    return Err(l.err(
+                        pos(ev),
+                        &format!("{field}.delete_nodes.count"),
+                        "count must be at least 1",
+                    ));
+                }
+                Action::DeleteNodes {
+                    count: d.count,
+                    nodepool: d.nodepool.clone(),
+                    newest_first,
+                }
+            } else if let Some(r) = &e.controller_restart {
+                let after_create_fleet = match &r.after {
+                    None => false,
+                    Some(a) if a.value == "create_fleet" => true,
+                    Some(a) => {
+                        return Err(l.err(
+                            pos(a),
+                            &format!("{field}.controller_restart.after"),
+                            format!("unknown crash point `{}`; the only one is create_fleet (or leave `after` out to restart at once)", a.value),
+                        ));
+                    }
+                };
+                let down_for = match &r.down_for {
+                    Some(d) => l.duration(d, &format!("{field}.controller_restart.down_for"))?,
+                    None => Duration::from_secs(10),
+                };
+                Action::ControllerRestart {
+                    after_create_fleet,
+                    down_for,
+                }
+            } else if let Some(d) = &e.controller_down {
+                Action::ControllerDown {
+                    for_: l.duration(&d.for_, &format!("{field}.controller_down.for"))?,
                 }
             } else {
                 unreachable!("exactly one action was counted above")

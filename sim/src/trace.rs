@@ -39,7 +39,11 @@ impl Trace {
     }
 
     pub fn push(&self, source: &'static str, text: String) {
-        let at = self.clock.elapsed();
+        self.push_at(self.clock.elapsed(), source, text);
+    }
+
+    /// An entry stamped with an explicit sim time, for code running outside a simulated host.
+    pub fn push_at(&self, at: Duration, source: &'static str, text: String) {
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let seq = e.len() as u64;
         e.push(Entry {

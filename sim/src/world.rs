@@ -98,6 +98,68 @@ fn apply(kube: &FakeKube, trace: &Trace, manifests: &[Manifest], now: jiff::Time
     }
 }
 
+/// Requests from the timeline to the loop that drives the simulation, which alone can crash and restart
+/// the controller host.
+#[derive(Debug, Default)]
+struct ControllerFaults {
+    /// Crash now and stay down this long.
+    crash_for: Option<Duration>,
+    /// Down time for the crash armed inside the next successful CreateFleet.
+    crash_after_fleet: Option<Duration>,
+}
+
+/// `kubectl delete node` of the oldest (or newest) nodes, optionally of one NodePool.
+fn delete_nodes(
+    kube: &FakeKube,
+    trace: &Trace,
+    count: u32,
+    nodepool: Option<&str>,
+    newest_first: bool,
+    now: Timestamp,
+) {
+    let mut st = kube.store();
+    let mut nodes: Vec<(String, String)> = st
+        .list("Node")
+        .into_iter()
+        .filter(|n| n["metadata"]["deletionTimestamp"].is_null())
+        .filter(|n| nodepool.is_none_or(|p| n["metadata"]["labels"]["karpenter.sh/nodepool"] == p))
+        .map(|n| {
+            (
+                n["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                n["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    nodes.sort();
+    if newest_first {
+        nodes.reverse();
+    }
+    let picked: Vec<String> = nodes
+        .into_iter()
+        .take(count as usize)
+        .map(|(_, n)| n)
+        .collect();
+    if picked.is_empty() {
+        drop(st);
+        trace.push("workload", "delete nodes: no node matches".to_string());
+        return;
+    }
+    for name in &picked {
+        let _ = st.delete("Node", "", name, now);
+    }
+    drop(st);
+    trace.push(
+        "workload",
+        format!("delete node {} (kubectl delete node)", picked.join(" ")),
+    );
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -175,14 +237,26 @@ fn later(now: Timestamp, d: Duration) -> Timestamp {
     now.checked_add(d).unwrap_or(now)
 }
 
-async fn workload_host(
+struct WorkloadParts {
     kube: FakeKube,
     cloud: FakeCloud,
     trace: Trace,
     manifests: Vec<Manifest>,
     timeline: Vec<crate::scenario::Event>,
     clock: SimClock,
-) -> turmoil::Result {
+    faults: Arc<Mutex<ControllerFaults>>,
+}
+
+async fn workload_host(p: WorkloadParts) -> turmoil::Result {
+    let WorkloadParts {
+        kube,
+        cloud,
+        trace,
+        manifests,
+        timeline,
+        clock,
+        faults,
+    } = p;
     apply(
         &kube,
         &trace,
@@ -278,10 +352,83 @@ async fn workload_host(
                     ),
                 }
             }
+            Action::Delete {
+                kind,
+                namespace,
+                name,
+            } => {
+                let r = kube.store().delete(&kind, &namespace, &name, now);
+                let what = format!("{} {}", kind.to_lowercase(), name);
+                match r {
+                    Ok(()) => trace.push("workload", format!("delete {what}")),
+                    Err(e) => trace.push("workload", format!("delete {what} failed: {e}")),
+                }
+            }
+            Action::DeleteNodes {
+                count,
+                nodepool,
+                newest_first,
+            } => delete_nodes(&kube, &trace, count, nodepool.as_deref(), newest_first, now),
+            Action::ControllerRestart {
+                after_create_fleet,
+                down_for,
+            } => {
+                let mut f = lock(&faults);
+                if after_create_fleet {
+                    f.crash_after_fleet = Some(down_for);
+                    cloud.arm_crash_after_create_fleet();
+                    trace.push(
+                        "fault",
+                        "controller-restart armed: after the next CreateFleet".to_string(),
+                    );
+                } else {
+                    f.crash_for = Some(down_for);
+                }
+            }
+            Action::ControllerDown { for_ } => lock(&faults).crash_for = Some(for_),
         }
     }
     std::future::pending::<()>().await;
     Ok(())
+}
+
+/// Step the simulation to its end, crashing and restarting the controller host when the timeline asks.
+/// Crashes happen between steps, so they land at the same point of every run with the same seed.
+fn drive(
+    sim: &mut turmoil::Sim<'_>,
+    faults: &Mutex<ControllerFaults>,
+    cloud: &FakeCloud,
+    trace: &Trace,
+) -> Result<(), SimError> {
+    let mut back_at: Option<Duration> = None;
+    loop {
+        if sim.step().map_err(|e| SimError::Run(e.to_string()))? {
+            return Ok(());
+        }
+        let now = sim.elapsed();
+        let crash_for = {
+            let mut f = lock(faults);
+            if cloud.take_crash_signal() {
+                f.crash_after_fleet.take()
+            } else {
+                f.crash_for.take()
+            }
+        };
+        if let Some(down) = crash_for {
+            sim.crash("controller");
+            trace.push_at(
+                now,
+                "fault",
+                format!("controller crashed; restarting in {}s", down.as_secs()),
+            );
+            back_at = Some(now + down);
+        }
+        if back_at.is_some_and(|t| now >= t) {
+            back_at = None;
+            sim.bounce("controller");
+            trace.push_at(now, "fault", "controller restarted".to_string());
+        }
+    }
 }
 
 /// Run a scenario to its end (or `until`), with `seed` overriding the scenario's own.
@@ -307,6 +454,7 @@ pub fn run(scenario: &Scenario, seed: u64, until: Option<Duration>) -> Result<Ru
             spot_depth: scenario.cloud.spot_depth,
             on_demand_vcpu_quota: scenario.cloud.on_demand_vcpu_quota,
             spot_vcpu_quota: scenario.cloud.spot_vcpu_quota,
+            visibility_lag: scenario.cloud.visibility_lag,
             ..CloudConfig::default()
         },
         Catalog::builtin(),
@@ -320,6 +468,7 @@ pub fn run(scenario: &Scenario, seed: u64, until: Option<Duration>) -> Result<Ru
         scenario.api_latency,
     );
     let observations = Arc::new(Mutex::new(Observations::default()));
+    let faults = Arc::new(Mutex::new(ControllerFaults::default()));
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(turmoil_seed)
@@ -376,15 +525,17 @@ pub fn run(scenario: &Scenario, seed: u64, until: Option<Duration>) -> Result<Ru
         let (kube, cloud, trace) = (kube.clone(), cloud.clone(), trace.clone());
         let manifests = scenario.manifests.clone();
         let timeline = scenario.timeline.clone();
+        let faults = faults.clone();
         sim.host("workload", move || {
-            workload_host(
-                kube.clone(),
-                cloud.clone(),
-                trace.clone(),
-                manifests.clone(),
-                timeline.clone(),
+            workload_host(WorkloadParts {
+                kube: kube.clone(),
+                cloud: cloud.clone(),
+                trace: trace.clone(),
+                manifests: manifests.clone(),
+                timeline: timeline.clone(),
                 clock,
-            )
+                faults: faults.clone(),
+            })
         });
     }
     {
@@ -412,7 +563,7 @@ pub fn run(scenario: &Scenario, seed: u64, until: Option<Duration>) -> Result<Ru
             Ok(())
         });
     }
-    sim.run().map_err(|e| SimError::Run(e.to_string()))?;
+    drive(&mut sim, &faults, &cloud, &trace)?;
     let mut observations = std::mem::take(&mut *lock(&observations));
     observations.finish(&kube, &cloud, duration, clock.epoch());
     Ok(Run {
