@@ -157,3 +157,65 @@ fn queue_messages_are_checked_and_injected() {
         out.stderr
     );
 }
+
+#[test]
+fn new_actions_are_checked() {
+    let cases = [
+        (
+            "    delete: {kind: Secret, name: x}\n",
+            "timeline[0].delete.kind",
+            "Secret",
+        ),
+        (
+            "    delete_nodes: {count: 2, pick: random}\n",
+            "timeline[0].delete_nodes.pick",
+            "random",
+        ),
+        (
+            "    controller_restart: {after: describe_instances}\n",
+            "timeline[0].controller_restart.after",
+            "create_fleet",
+        ),
+        (
+            "    controller_down: {for: 5}\n",
+            "timeline[0].controller_down.for",
+            "unit",
+        ),
+    ];
+    for (i, (action, field, hint)) in cases.iter().enumerate() {
+        let text = steady_web().replace("timeline:\n", &format!("timeline:\n  - at: 1m\n{action}"));
+        let out = run(&write(&format!("action-{i}.yaml"), &text));
+        assert_eq!(out.code, 2, "{action}: {out:?}");
+        assert!(
+            out.stderr.contains(field) && out.stderr.contains(hint),
+            "{action}: {}",
+            out.stderr
+        );
+        let line = line_of(&text, action.trim());
+        assert!(
+            out.stderr.contains(&format!(":{line}:")),
+            "{action}: line {line} not named in {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn a_controller_restart_and_a_delete_run() {
+    let text = steady_web().replace(
+        "timeline:\n",
+        "timeline:\n  - at: 2m\n    controller_restart: {}\n  - at: 3m\n    delete: {kind: Deployment, name: web}\n",
+    );
+    let out = sim_command(&[
+        write("restart.yaml", &text).display().to_string(),
+        "--until".into(),
+        "4m".into(),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("fault      controller crashed; restarting in 10s")
+    );
+    assert!(out.stdout.contains("fault      controller restarted"));
+    assert!(out.stdout.contains("workload   delete deployment web"));
+}
