@@ -219,3 +219,33 @@ fn a_controller_restart_and_a_delete_run() {
     assert!(out.stdout.contains("fault      controller restarted"));
     assert!(out.stdout.contains("workload   delete deployment web"));
 }
+
+#[test]
+fn a_node_class_selecting_no_subnet_is_reported_and_launches_nothing() {
+    let text = steady_web().replace(
+        "karpenter.sh/discovery: sim\n      securityGroupSelectorTerms",
+        "karpenter.sh/discovery: elsewhere\n      securityGroupSelectorTerms",
+    );
+    assert!(text.contains("discovery: elsewhere"));
+    let out = sim_command(&[
+        write("no-subnets.yaml", &text).display().to_string(),
+        "--until".into(),
+        "2m".into(),
+    ]);
+    assert!(
+        out.stdout.contains(
+            "ec2nodeclass/default not ready: spec.subnetSelectorTerms did not match any subnet"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("skip nodepool/default: ec2nodeclass/default not ready")
+    );
+    assert!(
+        !out.stdout.contains(" cloud      launch "),
+        "{}",
+        out.stdout
+    );
+}

@@ -18,6 +18,7 @@ pub mod kube;
 pub mod launch;
 pub mod lifecycle;
 pub mod names;
+pub mod nodeclass;
 pub mod provisioning;
 pub mod quantity;
 pub mod resources;

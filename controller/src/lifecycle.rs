@@ -1,6 +1,6 @@
 //! The NodeClaim lifecycle: launch through CreateFleet, then Registered, Initialized; and termination.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::json;
@@ -180,11 +180,11 @@ impl Controller {
 
     /// One subnet per zone among those the node class selects: the one with the most free addresses.
     async fn subnets_by_zone(
-        &self,
+        &mut self,
         class: &EC2NodeClass,
     ) -> Result<BTreeMap<String, String>, ControllerError> {
         let mut best: BTreeMap<String, (u32, String)> = BTreeMap::new();
-        for s in launch::select_subnets(class, self.ctx.cloud.describe_subnets().await?) {
+        for s in self.resolve_class(class).await?.subnets {
             let e = best.entry(s.zone.clone()).or_insert((0, String::new()));
             if e.1.is_empty() || s.available_ip_addresses > e.0 {
                 *e = (s.available_ip_addresses, s.id.clone());
@@ -200,29 +200,19 @@ impl Controller {
         arch: &str,
     ) -> Result<Option<String>, ControllerError> {
         let class_name = class.metadata.name.clone().unwrap_or_default();
-        let mut images = Vec::new();
-        for f in launch::image_filters(class, arch) {
-            images.extend(self.ctx.cloud.describe_images(f).await?);
-        }
-        let Some(image) = launch::newest_image(&images, arch) else {
+        let resolved = self.resolve_class(class).await?;
+        let Some(image) = resolved.images.get(arch).cloned() else {
             self.ctx.journal.record(
                 "lifecycle",
                 format!("ec2nodeclass/{class_name}: no image matches amiSelectorTerms for {arch}"),
             );
             return Ok(None);
         };
-        let mut groups = BTreeSet::new();
-        for f in launch::security_group_filters(class) {
-            groups.extend(
-                self.ctx
-                    .cloud
-                    .describe_security_groups(f)
-                    .await?
-                    .into_iter()
-                    .map(|g| g.id),
-            );
-        }
-        let groups: Vec<String> = groups.into_iter().collect();
+        let groups: Vec<String> = resolved
+            .security_groups
+            .iter()
+            .map(|g| g.id.clone())
+            .collect();
         let mut tags = class.spec.tags.clone();
         let (key, value) = self.cluster_tag();
         tags.insert(key, value);

@@ -71,6 +71,8 @@ pub(crate) struct Controller {
     pub(crate) instance_gone: std::collections::BTreeSet<String>,
     /// Claims older than this process that it has already looked for a predecessor's instance for.
     pub(crate) adoption_checked: std::collections::BTreeSet<String>,
+    pub(crate) class_cache: crate::nodeclass::ClassCache,
+    next_nodeclass: Duration,
     /// When this process started: claims created before it may have been launched by a predecessor.
     pub(crate) started_at: jiff::Timestamp,
     catalog_loaded_at: Option<Duration>,
@@ -95,6 +97,8 @@ impl Controller {
             instance_gone: Default::default(),
             adoption_checked: Default::default(),
             started_at,
+            class_cache: Default::default(),
+            next_nodeclass: Duration::ZERO,
             catalog_loaded_at: None,
             next_lifecycle: Duration::ZERO,
             // The first pass waits a period: a restarted controller needs its cache filled first.
@@ -164,6 +168,11 @@ impl Controller {
                 .nodes
                 .get(&key.name)
                 .is_some_and(|n| n.metadata.deletion_timestamp.is_some()),
+            // A changed node class is resolved again at once (its spec fingerprint invalidates the cache).
+            (Kind::EC2NodeClass, Change::Upsert) => {
+                self.next_nodeclass = now;
+                false
+            }
             (Kind::NodeClaim, Change::Upsert) => self
                 .state
                 .nodeclaims
@@ -178,7 +187,10 @@ impl Controller {
     }
 
     fn next_wake(&self) -> Duration {
-        let mut wake = self.next_lifecycle.min(self.next_gc);
+        let mut wake = self
+            .next_lifecycle
+            .min(self.next_gc)
+            .min(self.next_nodeclass);
         if let Some(d) = self.batcher.deadline() {
             wake = wake.min(d);
         }
@@ -201,6 +213,10 @@ impl Controller {
             let retry =
                 (now + Duration::from_secs(15)).saturating_sub(self.ctx.settings.catalog_refresh);
             self.catalog_loaded_at = Some(retry);
+        }
+        if now >= self.next_nodeclass {
+            self.reconcile_nodeclasses().await;
+            self.next_nodeclass = self.now() + crate::nodeclass::RESOLVE_TTL;
         }
         if let Some(window) = self.batcher.close_if_due(now)
             && let Err(e) = self.provision(window).await

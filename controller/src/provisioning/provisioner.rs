@@ -234,6 +234,20 @@ impl Controller {
                         continue;
                     }
                 };
+            // A class that resolves to nothing launches nothing; a class launches only where it has subnets.
+            let class_name = &pool.spec.template.spec.node_class_ref.name;
+            if let Some(resolved) = self.class_cache.get(class_name) {
+                if let Some(problem) = resolved.not_ready() {
+                    self.ctx.journal.record(
+                        "provision",
+                        format!(
+                            "skip nodepool/{name}: ec2nodeclass/{class_name} not ready: {problem}"
+                        ),
+                    );
+                    continue;
+                }
+                requirements.add(Requirement::in_values(labels::ZONE, resolved.zones()));
+            }
             // Karpenter launches on-demand unless a pool says otherwise.
             if requirements.get(labels::CAPACITY_TYPE).is_none() {
                 requirements.add(Requirement::in_values(labels::CAPACITY_TYPE, ["on-demand"]));
