@@ -144,3 +144,49 @@ fn orphans_seed_42() {
     assert!(text.contains("verdict          PASS"));
     insta::assert_snapshot!("orphans.seed-42", text);
 }
+
+#[test]
+fn spot_storm_seed_42() {
+    let text = run_scenario("spot-storm.yaml", 42);
+    let warnings: Vec<(f64, String, f64)> = text
+        .lines()
+        .filter(|l| l.contains("spot-interruption-warning i-"))
+        .filter_map(|l| {
+            let id = l.split_whitespace().nth(3)?.to_string();
+            // `terminates at 2026-01-01T00:MM:SSZ`: the reclaim time since the epoch's midnight.
+            let t = l.rsplit('T').next()?.trim_end_matches('Z');
+            let mut p = t.split(':');
+            let reclaim = p.next()?.parse::<f64>().ok()? * 3600.0
+                + p.next()?.parse::<f64>().ok()? * 60.0
+                + p.next()?.parse::<f64>().ok()?;
+            Some((at(l)?, id, reclaim))
+        })
+        .collect();
+    assert!(!warnings.is_empty(), "no interruption happened");
+    for (warned, id, reclaim) in &warnings {
+        let node = first(&text, &format!("running {id} "))
+            .and_then(|(_, l)| l.split_whitespace().nth(4).map(str::to_string))
+            .expect("the interrupted instance ran");
+        let (drained, _) = first(&text, &format!("node/{node} drained after"))
+            .unwrap_or_else(|| panic!("node {node} of {id} never drained"));
+        assert!(
+            drained > *warned && drained < *reclaim,
+            "{node} drained at {drained}, reclaimed at {reclaim}"
+        );
+        // Replacements launched in the next three minutes avoid the interrupted spot pool.
+        let (_, launch) = first(&text, &format!("launch {id} ")).expect("launch line");
+        let pool: Vec<&str> = launch.split_whitespace().skip(4).take(3).collect();
+        let reused = text
+            .lines()
+            .filter(|l| l.contains(" cloud      launch "))
+            .filter(|l| at(l).is_some_and(|t| t > *warned && t < warned + 180.0))
+            .any(|l| l.split_whitespace().skip(4).take(3).collect::<Vec<_>>() == pool);
+        assert!(!reused, "a replacement used the reclaimed pool {pool:?}");
+    }
+    assert!(
+        text.contains("rebalance-recommendation for i-") && text.contains("recorded, no action")
+    );
+    assert!(text.contains("deleted: not JSON") && text.contains("malformed so far: 1"));
+    assert!(text.contains("verdict          PASS"));
+    insta::assert_snapshot!("spot-storm.seed-42", text);
+}

@@ -285,7 +285,13 @@ impl Controller {
 
     /// A launch died before its node registered: count it against the node class; at the threshold,
     /// pause that class's launches and say why on the EC2NodeClass.
-    async fn launch_died(&mut self, claim: &NodeClaim, id: &str, reason: &str, now: Duration) {
+    pub(crate) async fn launch_died(
+        &mut self,
+        claim: &NodeClaim,
+        id: &str,
+        reason: &str,
+        now: Duration,
+    ) {
         let class = claim.spec.node_class_ref.name.clone();
         let Some((_, length)) = self.launch_health.record_death(&class, reason, now) else {
             return;

@@ -49,6 +49,14 @@ impl UnavailableOfferings {
         n
     }
 
+    /// Mark one offering unavailable (a spot interruption reclaims its pool).
+    pub fn mark(&mut self, ct: CapacityType, instance_type: &str, zone: &str, now: Duration) {
+        self.until.insert(
+            (ct, instance_type.to_string(), zone.to_string()),
+            now + UNAVAILABLE_TTL,
+        );
+    }
+
     pub fn is_unavailable(
         &self,
         ct: CapacityType,

@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod gc;
 pub mod instancetype;
+pub mod interruption;
 pub mod journal;
 pub mod kube;
 pub mod launch;

@@ -32,6 +32,9 @@ pub struct Settings {
     pub lifecycle_interval: Duration,
     /// How often instance types, offerings and prices are read again.
     pub catalog_refresh: Duration,
+    /// The SQS queue (URL) EventBridge sends interruption events to (Karpenter: INTERRUPTION_QUEUE);
+    /// None turns interruption handling off.
+    pub interruption_queue: Option<String>,
 }
 
 impl Default for Settings {
@@ -42,6 +45,7 @@ impl Default for Settings {
             batch_max: Duration::from_secs(10),
             lifecycle_interval: Duration::from_secs(1),
             catalog_refresh: Duration::from_secs(300),
+            interruption_queue: None,
         }
     }
 }
@@ -72,6 +76,8 @@ pub(crate) struct Controller {
     /// Claims older than this process that it has already looked for a predecessor's instance for.
     pub(crate) adoption_checked: std::collections::BTreeSet<String>,
     pub(crate) class_cache: crate::nodeclass::ClassCache,
+    pub(crate) queue_stats: crate::interruption::QueueStats,
+    next_interruption: Duration,
     next_nodeclass: Duration,
     /// When this process started: claims created before it may have been launched by a predecessor.
     pub(crate) started_at: jiff::Timestamp,
@@ -98,6 +104,8 @@ impl Controller {
             adoption_checked: Default::default(),
             started_at,
             class_cache: Default::default(),
+            queue_stats: Default::default(),
+            next_interruption: Duration::ZERO,
             next_nodeclass: Duration::ZERO,
             catalog_loaded_at: None,
             next_lifecycle: Duration::ZERO,
@@ -191,6 +199,9 @@ impl Controller {
             .next_lifecycle
             .min(self.next_gc)
             .min(self.next_nodeclass);
+        if self.ctx.settings.interruption_queue.is_some() {
+            wake = wake.min(self.next_interruption);
+        }
         if let Some(d) = self.batcher.deadline() {
             wake = wake.min(d);
         }
@@ -213,6 +224,14 @@ impl Controller {
             let retry =
                 (now + Duration::from_secs(15)).saturating_sub(self.ctx.settings.catalog_refresh);
             self.catalog_loaded_at = Some(retry);
+        }
+        if self.ctx.settings.interruption_queue.is_some() && now >= self.next_interruption {
+            if let Err(e) = self.poll_interruptions().await {
+                self.ctx
+                    .journal
+                    .record("interruption", format!("queue poll failed: {e}; retrying"));
+            }
+            self.next_interruption = self.now() + crate::interruption::POLL_INTERVAL;
         }
         if now >= self.next_nodeclass {
             self.reconcile_nodeclasses().await;

@@ -187,6 +187,7 @@ async fn controller_host(
             rng: ChaCha8Rng::seed_from_u64(controller_seed.wrapping_add(generation)),
             settings: dovetail::Settings {
                 cluster_name: "sim".into(),
+                interruption_queue: Some(cloud.config().queue_url.clone()),
                 ..Default::default()
             },
         };
