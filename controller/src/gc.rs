@@ -179,6 +179,16 @@ impl Controller {
                 self.ctx
                     .journal
                     .record("gc", format!("delete nodeclaim/{name}: {why}"));
+                // `kubectl describe nodeclaim` shows why it went.
+                self.emit_event(
+                    Kind::NodeClaim,
+                    &ObjectKey::cluster(&name),
+                    claim.metadata.uid.clone(),
+                    crate::events::EventType::Warning,
+                    "GarbageCollected",
+                    &format!("Deleting this NodeClaim: {why}"),
+                )
+                .await;
                 self.ctx
                     .kube
                     .delete(Kind::NodeClaim, &ObjectKey::cluster(&name))

@@ -253,6 +253,27 @@ mod tests {
     }
 
     #[test]
+    fn capacity_errors_are_told_from_the_rest() {
+        for code in [
+            "InsufficientInstanceCapacity",
+            "MaxSpotInstanceCountExceeded",
+            "VcpuLimitExceeded",
+            "UnfulfillableCapacity",
+            "InsufficientFreeAddressesInSubnet",
+        ] {
+            assert!(is_capacity_error(code), "{code}");
+        }
+        for code in [
+            "RequestLimitExceeded",
+            "InvalidLaunchTemplateName.NotFoundException",
+            "Unavailable",
+            "InvalidParameterValue",
+        ] {
+            assert!(!is_capacity_error(code), "{code}");
+        }
+    }
+
+    #[test]
     fn equal_content_gets_one_name() {
         let d = LaunchTemplateData {
             image_id: "ami-1".into(),
