@@ -190,3 +190,110 @@ fn spot_storm_seed_42() {
     assert!(text.contains("verdict          PASS"));
     insta::assert_snapshot!("spot-storm.seed-42", text);
 }
+
+/// Times of the trace lines containing `needle`.
+fn times(text: &str, needle: &str) -> Vec<f64> {
+    text.lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(at)
+        .collect()
+}
+
+#[test]
+fn diurnal_consolidation_seed_42() {
+    let text = run_scenario("diurnal-consolidation.yaml", 42);
+    let executed = times(&text, "disruption executed:");
+    // After every fall of the load, capacity is given back within 15 minutes.
+    for fall in [13.0, 17.0, 19.0, 21.0] {
+        let at = fall * 3600.0;
+        assert!(
+            executed.iter().any(|t| *t > at && *t < at + 900.0),
+            "nothing consolidated after the fall at {fall}h"
+        );
+    }
+    let nodes = |t: &str| {
+        first(&text, &format!("+{t}.000 observe"))
+            .and_then(|(_, l)| {
+                l.split("nodes=")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .expect("an observation")
+    };
+    assert!(
+        nodes("23:55:00") < nodes("12:00:00"),
+        "the fleet did not shrink at night"
+    );
+    assert!(text.contains("verdict          PASS"));
+    assert!(!text.contains("VIOLATION"));
+    insta::assert_snapshot!("diurnal-consolidation.seed-42", text);
+}
+
+#[test]
+fn drift_ami_rollout_seed_42() {
+    let text = run_scenario("drift-ami-rollout.yaml", 42);
+    let drifted = text
+        .lines()
+        .filter(|l| l.contains("drifted: image ami-"))
+        .count();
+    assert_eq!(drifted, 6, "every node is replaced once");
+    // Never more than the budget (one node) going at once: each node drains before the next is tainted
+    // for drift, and each replacement is launched before its node drains.
+    let mut going: Vec<String> = Vec::new();
+    let mut most = 0;
+    for l in text.lines() {
+        if let Some(rest) = l.split("node/").nth(1) {
+            let node = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            if l.contains("launching 1 replacement(s) for Drifted")
+                || l.contains(" tainted karpenter.sh/disrupted")
+            {
+                if !going.contains(&node) {
+                    going.push(node);
+                }
+            } else if l.contains(" drained after ") {
+                going.retain(|n| *n != node);
+            }
+        }
+        if l.contains("decided: Drifted") {
+            let node = l
+                .split("node/")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap_or_default();
+            going.push(node.to_string());
+            going.dedup();
+        }
+        most = most.max(going.len());
+    }
+    assert!(
+        most <= 1,
+        "{most} nodes disrupted at once with a budget of 1"
+    );
+    assert!(text.contains("verdict          PASS"));
+    insta::assert_snapshot!("drift-ami-rollout.seed-42", text);
+}
+
+#[test]
+fn budgets_schedule_seed_42() {
+    let text = run_scenario("budgets-schedule.yaml", 42);
+    let decided = times(&text, "disruption decided:");
+    assert!(
+        !decided.is_empty(),
+        "nothing was consolidated in the window"
+    );
+    for t in &decided {
+        assert!(
+            (2.0 * 3600.0..6.0 * 3600.0).contains(t),
+            "a voluntary disruption at +{t}s, outside the 02:00-06:00 window"
+        );
+    }
+    assert!(text.contains("verdict          PASS"));
+    insta::assert_snapshot!("budgets-schedule.seed-42", text);
+}

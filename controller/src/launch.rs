@@ -207,12 +207,7 @@ pub fn template_data(
 /// A launch template name derived from its content, so equal content reuses one template instead of
 /// creating a new one per launch (Karpenter's launch-template churn).
 pub fn template_name(cluster: &str, class: &str, data: &LaunchTemplateData) -> String {
-    let text = format!("{data:?}");
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
+    let h = crate::names::fnv1a(&format!("{data:?}"));
     format!("dovetail/{cluster}/{class}/{h:016x}")
 }
 

@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod cloud;
 pub mod crds;
+pub mod disruption;
 pub mod duration;
 pub mod error;
 pub mod events;

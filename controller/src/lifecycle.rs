@@ -36,11 +36,23 @@ fn fleet_overrides(
     let reqs = Requirements::from_node_selector(&claim.spec.requirements).ok()?;
     let type_ok = |name: &str| reqs.get(labels::INSTANCE_TYPE).is_none_or(|r| r.has(name));
     let zone_ok = |zone: &str| reqs.get(labels::ZONE).is_none_or(|r| r.has(zone));
+    // A consolidation replacement must come out cheaper than what it replaces, whatever pool answers.
+    let max_price = claim
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::disruption::MAX_PRICE))
+        .and_then(|p| p.parse::<f64>().ok())
+        .unwrap_or(f64::INFINITY);
     let candidates = |ct: CapacityType| -> Vec<(f64, FleetOverride)> {
         let mut out = Vec::new();
         for it in types.iter().filter(|it| type_ok(&it.name)) {
             for o in &it.offerings {
-                if o.capacity_type != ct || !o.available || !zone_ok(&o.zone) {
+                if o.capacity_type != ct
+                    || !o.available
+                    || !zone_ok(&o.zone)
+                    || o.price >= max_price
+                {
                     continue;
                 }
                 let Some(subnet) = subnets.get(&o.zone) else {
@@ -450,6 +462,7 @@ impl Controller {
                 &key,
                 json!({"status": {
                     "providerID": instance.provider_id(),
+                    "imageID": instance.image_id,
                     "capacity": capacity,
                     "allocatable": allocatable,
                     "conditions": [condition(conditions::LAUNCHED, "Launched", &now)],

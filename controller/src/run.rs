@@ -35,6 +35,9 @@ pub struct Settings {
     /// The SQS queue (URL) EventBridge sends interruption events to (Karpenter: INTERRUPTION_QUEUE);
     /// None turns interruption handling off.
     pub interruption_queue: Option<String>,
+    /// Dovetail's anti-churn rule for consolidation that moves pods: the share of the pool's cost saved
+    /// divided by the share of its pods moved must reach this (None: off, Karpenter's behaviour).
+    pub consolidation_balance: Option<f64>,
 }
 
 impl Default for Settings {
@@ -46,6 +49,7 @@ impl Default for Settings {
             lifecycle_interval: Duration::from_secs(1),
             catalog_refresh: Duration::from_secs(300),
             interruption_queue: None,
+            consolidation_balance: Some(0.25),
         }
     }
 }
@@ -77,6 +81,13 @@ pub(crate) struct Controller {
     pub(crate) adoption_checked: std::collections::BTreeSet<String>,
     pub(crate) class_cache: crate::nodeclass::ClassCache,
     pub(crate) queue_stats: crate::interruption::QueueStats,
+    pub(crate) disruption: Option<crate::disruption::Command>,
+    next_disruption: Duration,
+    /// When a pod last arrived on or left each node (consolidateAfter counts from then).
+    pub(crate) pod_changes: std::collections::BTreeMap<String, Duration>,
+    pub(crate) disruptions_done: u64,
+    /// Consolidations already reported as not worth their churn.
+    pub(crate) churn_noted: std::collections::BTreeSet<String>,
     next_interruption: Duration,
     next_nodeclass: Duration,
     /// When this process started: claims created before it may have been launched by a predecessor.
@@ -90,6 +101,7 @@ impl Controller {
     fn new(ctx: Context) -> Self {
         let batcher = Batcher::new(ctx.settings.batch_idle, ctx.settings.batch_max);
         let started_at = ctx.clock.now();
+        let started = Duration::try_from(started_at.as_duration()).unwrap_or(Duration::ZERO);
         Controller {
             ctx,
             state: ClusterState::default(),
@@ -105,6 +117,12 @@ impl Controller {
             started_at,
             class_cache: Default::default(),
             queue_stats: Default::default(),
+            disruption: None,
+            // The first pass waits for the catalog and the node classes to be read.
+            next_disruption: started + crate::disruption::DISRUPTION_INTERVAL * 3,
+            pod_changes: Default::default(),
+            disruptions_done: 0,
+            churn_noted: Default::default(),
             next_interruption: Duration::ZERO,
             next_nodeclass: Duration::ZERO,
             catalog_loaded_at: None,
@@ -160,10 +178,34 @@ impl Controller {
         if event == WatchEvent::Expired {
             return Ok(false);
         }
+        let before = match (&event, kind) {
+            (
+                WatchEvent::Added(v) | WatchEvent::Modified(v) | WatchEvent::Deleted(v),
+                Kind::Pod,
+            ) => self
+                .state
+                .pods
+                .get(&crate::kube::ObjectKey::of(v))
+                .and_then(|p| p.spec.as_ref().and_then(|s| s.node_name.clone())),
+            _ => None,
+        };
         let Some((change, key)) = self.state.apply_event(kind, event)? else {
             return Ok(true);
         };
         let now = self.now();
+        if kind == Kind::Pod {
+            // A pod arriving on or leaving a node restarts that node's consolidateAfter clock.
+            let after = self
+                .state
+                .pods
+                .get(&key)
+                .and_then(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()));
+            if before != after || change == Change::Delete {
+                for node in [before, after].into_iter().flatten() {
+                    self.pod_changes.insert(node, now);
+                }
+            }
+        }
         let provisionable_changed = match (kind, change) {
             (Kind::Pod, Change::Upsert) => self.state.pods.get(&key).is_some_and(is_provisionable),
             // Capacity went away: pods counted against it must be planned again.
@@ -198,7 +240,8 @@ impl Controller {
         let mut wake = self
             .next_lifecycle
             .min(self.next_gc)
-            .min(self.next_nodeclass);
+            .min(self.next_nodeclass)
+            .min(self.next_disruption);
         if self.ctx.settings.interruption_queue.is_some() {
             wake = wake.min(self.next_interruption);
         }
@@ -232,6 +275,14 @@ impl Controller {
                     .record("interruption", format!("queue poll failed: {e}; retrying"));
             }
             self.next_interruption = self.now() + crate::interruption::POLL_INTERVAL;
+        }
+        if now >= self.next_disruption {
+            if let Err(e) = self.reconcile_disruption().await {
+                self.ctx
+                    .journal
+                    .record("disruption", format!("pass failed: {e}; retrying"));
+            }
+            self.next_disruption = self.now() + crate::disruption::DISRUPTION_INTERVAL;
         }
         if now >= self.next_nodeclass {
             self.reconcile_nodeclasses().await;

@@ -51,10 +51,10 @@ fn scaled(v: &Value, total: i64) -> Option<i64> {
 pub fn selected(store: &Store, pdb: &Value) -> Vec<Value> {
     let ns = pdb["metadata"]["namespace"].as_str().unwrap_or_default();
     store
-        .list("Pod")
-        .into_iter()
+        .iter("Pod")
         .filter(|p| p["metadata"]["namespace"].as_str() == Some(ns))
         .filter(|p| crate::selectors::matches(&pdb["spec"]["selector"], &p["metadata"]["labels"]))
+        .cloned()
         .collect()
 }
 

@@ -267,8 +267,7 @@ impl Kubelets {
         }
         let mut st = kube.store();
         let doomed: Vec<(String, String)> = st
-            .list("Pod")
-            .into_iter()
+            .iter("Pod")
             .filter(|p| {
                 p["spec"]["nodeName"] == node && p["metadata"]["deletionTimestamp"].is_null()
             })
@@ -304,11 +303,13 @@ impl Kubelets {
 
     /// Pods with a run duration finish: phase Succeeded.
     fn finish_pods(&mut self, kube: &FakeKube, now: Timestamp) {
-        let pods = kube.store().list("Pod");
+        let pods: Vec<Value> = kube
+            .store()
+            .iter("Pod")
+            .filter(|p| p["status"]["phase"] == "Running" && run_duration(p).is_some())
+            .cloned()
+            .collect();
         for p in pods {
-            if p["status"]["phase"] != "Running" {
-                continue;
-            }
             let Some(d) = run_duration(&p) else { continue };
             let (ns, name) = crate::store::ns_name(&p);
             let key = format!("{ns}/{name}");
@@ -322,7 +323,12 @@ impl Kubelets {
     }
 
     fn start_pods(&mut self, kube: &FakeKube, now: Timestamp) {
-        let pods = kube.store().list("Pod");
+        let pods: Vec<Value> = kube
+            .store()
+            .iter("Pod")
+            .filter(|p| !p["spec"]["nodeName"].is_null() && p["status"]["phase"] != "Running")
+            .cloned()
+            .collect();
         for p in pods {
             if p["spec"]["nodeName"].is_null()
                 || matches!(

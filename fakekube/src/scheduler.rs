@@ -339,6 +339,13 @@ impl Scheduler {
     /// One scheduling pass over every pending pod, oldest first.
     pub fn schedule(&mut self, kube: &FakeKube, now: Timestamp) {
         let mut st = kube.store();
+        // Most passes have nothing to place: skip copying the world then.
+        let any_pending = st.iter("Pod").any(|p| {
+            p["spec"]["nodeName"].is_null() && p["metadata"]["deletionTimestamp"].is_null()
+        });
+        if !any_pending {
+            return;
+        }
         let nodes = st.list("Node");
         let pods = st.list("Pod");
         let mut free: BTreeMap<String, Amounts> = BTreeMap::new();

@@ -137,6 +137,14 @@ impl Store {
     }
 
     /// All objects of a kind, in (namespace, name) order.
+    /// Every object of a kind, borrowed (the control loops scan far more than they keep).
+    pub fn iter<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.objects
+            .range((kind.to_string(), String::new(), String::new())..)
+            .take_while(move |((k, _, _), _)| k == kind)
+            .map(|(_, v)| v)
+    }
+
     pub fn list(&self, kind: &str) -> Vec<Value> {
         self.objects
             .range((kind.to_string(), String::new(), String::new())..)

@@ -45,13 +45,13 @@ fn pod_from_template(
 }
 
 fn owned_pods(st: &crate::store::Store, uid: &str) -> Vec<Value> {
-    st.list("Pod")
-        .into_iter()
+    st.iter("Pod")
         .filter(|p| {
             p["metadata"]["ownerReferences"]
                 .as_array()
                 .is_some_and(|r| r.iter().any(|o| o["uid"] == uid))
         })
+        .cloned()
         .collect()
 }
 
@@ -240,14 +240,22 @@ impl Workloads {
                 .to_string();
             let (ns, name) = crate::store::ns_name(&d);
             let want = d["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
-            let mut owned: Vec<Value> = st
-                .list("Pod")
-                .into_iter()
+            // (unbound, creationTimestamp, name) of each live pod it owns: all a ReplicaSet needs to choose.
+            let mut owned: Vec<(bool, String, String)> = st
+                .iter("Pod")
                 .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
                 .filter(|p| {
                     p["metadata"]["ownerReferences"]
                         .as_array()
                         .is_some_and(|r| r.iter().any(|o| o["uid"] == uid.as_str()))
+                })
+                .map(|p| {
+                    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                    (
+                        p["spec"]["nodeName"].is_null(),
+                        text(&p["metadata"]["creationTimestamp"]),
+                        text(&p["metadata"]["name"]),
+                    )
                 })
                 .collect();
             let template = &d["spec"]["template"];
@@ -272,28 +280,10 @@ impl Workloads {
                 );
             } else if owned.len() > want {
                 // Like a ReplicaSet: remove unscheduled pods first, then the newest.
-                owned.sort_by(|a, b| {
-                    let unbound = |v: &Value| v["spec"]["nodeName"].is_null();
-                    let ts = |v: &Value| {
-                        v["metadata"]["creationTimestamp"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string()
-                    };
-                    unbound(b).cmp(&unbound(a)).then(ts(b).cmp(&ts(a))).then(
-                        b["metadata"]["name"]
-                            .as_str()
-                            .cmp(&a["metadata"]["name"].as_str()),
-                    )
-                });
+                owned.sort_by(|a, b| b.cmp(a));
                 let extra = owned.len() - want;
-                for p in owned.iter().take(extra) {
-                    let _ = st.delete(
-                        "Pod",
-                        &ns,
-                        p["metadata"]["name"].as_str().unwrap_or_default(),
-                        now,
-                    );
+                for (_, _, pod) in owned.iter().take(extra) {
+                    let _ = st.delete("Pod", &ns, pod, now);
                 }
                 self.journal.record(
                     "workload",
@@ -306,14 +296,17 @@ impl Workloads {
     /// The pod garbage collector: pods bound to a node that no longer exists are deleted.
     fn collect_orphan_pods(&mut self, kube: &FakeKube, now: Timestamp) {
         let mut st = kube.store();
-        for p in st.list("Pod") {
-            let Some(node) = p["spec"]["nodeName"].as_str() else {
-                continue;
-            };
-            if st.get("Node", "", node).is_none() {
-                let (ns, name) = crate::store::ns_name(&p);
-                let _ = st.delete("Pod", &ns, &name, now);
-            }
+        let orphans: Vec<(String, String)> = st
+            .iter("Pod")
+            .filter(|p| {
+                p["spec"]["nodeName"]
+                    .as_str()
+                    .is_some_and(|node| st.get("Node", "", node).is_none())
+            })
+            .map(crate::store::ns_name)
+            .collect();
+        for (ns, name) in orphans {
+            let _ = st.delete("Pod", &ns, &name, now);
         }
     }
 }

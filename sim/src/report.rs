@@ -37,14 +37,13 @@ impl Sample {
             .map(|r| r.price)
             .collect();
         let st = kube.store();
-        let pods = st.list("Pod");
         Sample {
             at,
             instances: billed.len(),
-            nodes: st.list("Node").len(),
-            pods: pods.len(),
-            pods_pending: pods
-                .iter()
+            nodes: st.iter("Node").count(),
+            pods: st.iter("Pod").count(),
+            pods_pending: st
+                .iter("Pod")
                 .filter(|p| p["spec"]["nodeName"].is_null())
                 .count(),
             cost_per_hour: billed.iter().fold(0.0, |a, b| a + b),

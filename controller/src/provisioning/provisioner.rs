@@ -155,20 +155,16 @@ fn displaced(pod: &Pod, leaving: &BTreeSet<String>) -> bool {
 }
 
 impl Controller {
-    /// Nodes on their way out — deleted, tainted for disruption, or owned by a deleted claim. Their pods
-    /// are planned for before they are evicted, as Karpenter does, so replacements are already coming.
+    /// Nodes on their way out — deleted, or owned by a deleted claim. Their pods are planned for before
+    /// they are evicted, as Karpenter does, so replacements are already coming. (A node only tainted by a
+    /// disruption command in progress is not leaving yet: its replacements are already planned, and if
+    /// they fail the taint is rolled back.)
     pub(crate) fn leaving_nodes(&self) -> BTreeSet<String> {
         let mut out: BTreeSet<String> = self
             .state
             .nodes
             .iter()
-            .filter(|(_, n)| {
-                n.metadata.deletion_timestamp.is_some()
-                    || n.spec
-                        .as_ref()
-                        .and_then(|s| s.taints.as_ref())
-                        .is_some_and(|ts| ts.iter().any(|t| t.key == labels::DISRUPTED_TAINT))
-            })
+            .filter(|(_, n)| n.metadata.deletion_timestamp.is_some())
             .map(|(name, _)| name.clone())
             .collect();
         out.extend(
@@ -182,7 +178,7 @@ impl Controller {
     }
 
     /// A pod as the planner sees it; None (with a trace line) when it cannot be read.
-    fn pending_pod(&self, key: &ObjectKey, pod: &Pod) -> Option<PendingPod> {
+    pub(crate) fn pending_pod(&self, key: &ObjectKey, pod: &Pod) -> Option<PendingPod> {
         let requests = pod_requests_or_log(self, key, pod)?;
         let parsed = pod_requirements(pod).and_then(|r| pod_terms(pod).map(|t| (r, t)));
         let (requirements, topology) = match parsed {
@@ -211,7 +207,7 @@ impl Controller {
     }
 
     /// What each ready NodePool may launch. A pool whose requirements do not parse is skipped, with a line.
-    fn pool_options(&self) -> Vec<PoolOptions<'_>> {
+    pub(crate) fn pool_options(&self) -> Vec<PoolOptions<'_>> {
         let mut out = Vec::new();
         for pool in self.state.nodepools.values() {
             let name = pool.metadata.name.clone().unwrap_or_default();
@@ -350,7 +346,7 @@ impl Controller {
     }
 
     /// Room on nodes and on NodeClaims still coming up, so pods are not provisioned for twice.
-    fn existing_capacity(&self, leaving: &BTreeSet<String>) -> Vec<ExistingCapacity> {
+    pub(crate) fn existing_capacity(&self, leaving: &BTreeSet<String>) -> Vec<ExistingCapacity> {
         let mut used: BTreeMap<&str, Resources> = BTreeMap::new();
         let mut bound: BTreeMap<&str, Vec<ExistingPod>> = BTreeMap::new();
         for (key, pod) in &self.state.pods {
@@ -521,7 +517,7 @@ impl Controller {
         }
         self.explain_unschedulable(&plan.unschedulable).await;
         for claim in plan.claims {
-            self.create_nodeclaim(claim).await?;
+            self.create_nodeclaim(claim, BTreeMap::new()).await?;
         }
         Ok(())
     }
@@ -558,9 +554,14 @@ impl Controller {
         self.explained.retain(|k, _| still.contains(&k));
     }
 
-    async fn create_nodeclaim(&mut self, plan: ClaimPlan) -> Result<(), ControllerError> {
+    /// Create a NodeClaim for a planned claim; returns its name (None when the pool is gone).
+    pub(crate) async fn create_nodeclaim(
+        &mut self,
+        plan: ClaimPlan,
+        mut annotations: BTreeMap<String, String>,
+    ) -> Result<Option<String>, ControllerError> {
         let Some(pool) = self.state.nodepools.get(&plan.pool).cloned() else {
-            return Ok(());
+            return Ok(None);
         };
         let name = names::generate(&plan.pool, &mut self.ctx.rng);
         let mut types = plan.instance_types.clone();
@@ -580,6 +581,14 @@ impl Controller {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
                 labels: Some(claim_labels),
+                // What the pool's template looked like, so a later change shows as drift.
+                annotations: Some({
+                    annotations.insert(
+                        crate::disruption::POOL_HASH.to_string(),
+                        crate::disruption::pool_hash(&pool),
+                    );
+                    annotations
+                }),
                 finalizers: Some(vec![labels::TERMINATION_FINALIZER.to_string()]),
                 ..Default::default()
             },
@@ -612,6 +621,6 @@ impl Controller {
                 shown.join(","),
             ),
         );
-        Ok(())
+        Ok(Some(name))
     }
 }

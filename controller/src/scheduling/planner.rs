@@ -199,7 +199,8 @@ fn type_allowed(it: &InstanceType, reqs: &Requirements) -> bool {
     label_ok && allowed_offerings(it, reqs).next().is_some()
 }
 
-fn cheapest_price(it: &InstanceType, reqs: &Requirements) -> f64 {
+/// The cheapest available offering of a type that the requirements allow (infinity when none).
+pub fn cheapest_price(it: &InstanceType, reqs: &Requirements) -> f64 {
     allowed_offerings(it, reqs)
         .map(|o| o.price)
         .fold(f64::INFINITY, f64::min)

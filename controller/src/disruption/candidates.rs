@@ -1,0 +1,294 @@
+//! Which nodes disruption may touch: initialized, not already going, nothing on them that refuses to move
+//! (`karpenter.sh/do-not-disrupt`, a budget with no disruption left), with their price, pods and drift.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+
+use crate::cloud::CapacityType;
+use crate::crds::nodeclaim::conditions;
+use crate::crds::{NodeClaim, labels};
+use crate::error::ControllerError;
+use crate::kube::{Kind, ObjectKey, decode};
+use crate::run::Controller;
+use crate::scheduling::topology::LabelSelector;
+use crate::state::node_ready;
+use crate::termination::{Disposition, DrainGroup, disposition, do_not_disrupt};
+
+use super::budgets::{self, PoolCounts, Reason};
+
+/// A node disruption could act on.
+#[derive(Debug, Clone)]
+pub(crate) struct Candidate {
+    pub node: String,
+    pub claim: String,
+    pub pool: String,
+    pub instance_type: String,
+    pub capacity_type: CapacityType,
+    pub price: f64,
+    /// Pods that would have to move (DaemonSet pods and pods that stay are not counted).
+    pub pods: Vec<ObjectKey>,
+    /// Why the node no longer matches its NodePool or EC2NodeClass, if it does not.
+    pub drifted: Option<String>,
+    /// The pool allows consolidation and the node has been stable for `consolidateAfter`.
+    pub consolidatable: bool,
+    /// The pool's policy is `WhenEmpty`.
+    pub only_when_empty: bool,
+}
+
+impl Controller {
+    /// Pods no eviction may touch now: selected by a PodDisruptionBudget that allows no disruption.
+    pub(crate) async fn budget_blocked_pods(&self) -> Result<BTreeSet<ObjectKey>, ControllerError> {
+        let list = self.ctx.kube.list(Kind::PodDisruptionBudget).await?;
+        let mut out = BTreeSet::new();
+        for item in list.items {
+            let Ok(pdb) = decode::<PodDisruptionBudget>(Kind::PodDisruptionBudget, item) else {
+                continue;
+            };
+            let allowed = pdb.status.as_ref().map_or(0, |s| s.disruptions_allowed);
+            if allowed > 0 {
+                continue;
+            }
+            let ns = pdb.metadata.namespace.clone().unwrap_or_default();
+            let Ok(selector) = LabelSelector::parse(
+                pdb.spec.as_ref().and_then(|s| s.selector.as_ref()),
+                "spec.selector",
+            ) else {
+                continue;
+            };
+            for (key, pod) in &self.state.pods {
+                if key.namespace == ns
+                    && selector.matches(&pod.metadata.labels.clone().unwrap_or_default())
+                {
+                    out.insert(key.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn price_of(&self, instance_type: &str, zone: &str, ct: CapacityType) -> f64 {
+        self.instance_types
+            .iter()
+            .find(|t| t.name == instance_type)
+            .and_then(|t| {
+                t.offerings
+                    .iter()
+                    .find(|o| o.zone == zone && o.capacity_type == ct)
+            })
+            .map_or(0.0, |o| o.price)
+    }
+
+    /// Why a claim no longer matches its pool or node class, if it does not.
+    fn drift(&self, claim: &NodeClaim, pool: &crate::crds::NodePool) -> Option<String> {
+        let recorded = claim
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(super::POOL_HASH));
+        if recorded.is_some_and(|h| *h != super::pool_hash(pool)) {
+            return Some("NodePool template changed".into());
+        }
+        let claim_labels = claim.metadata.labels.clone().unwrap_or_default();
+        if let Ok(reqs) = crate::scheduling::Requirements::from_node_selector(
+            &pool.spec.template.spec.requirements,
+        ) {
+            for key in [labels::INSTANCE_TYPE, labels::ZONE, labels::CAPACITY_TYPE] {
+                if let (Some(r), Some(v)) = (reqs.get(key), claim_labels.get(key))
+                    && !r.has(v)
+                {
+                    return Some(format!("{key}={v} no longer allowed by the NodePool"));
+                }
+            }
+        }
+        let image = claim.status.as_ref().and_then(|s| s.image_id.clone())?;
+        let arch = self
+            .instance_types
+            .iter()
+            .find(|t| Some(&t.name) == claim_labels.get(labels::INSTANCE_TYPE))
+            .and_then(|t| t.labels.get(labels::ARCH).cloned())?;
+        let resolved = self
+            .class_cache
+            .get(&claim.spec.node_class_ref.name)?
+            .images
+            .get(&arch)?;
+        (resolved.id != image).then(|| format!("image {image} replaced by {}", resolved.id))
+    }
+
+    /// Every node disruption may act on now, cheapest to disrupt first (fewest pods, then dearest).
+    pub(crate) fn candidates(&self, blocked: &BTreeSet<ObjectKey>) -> Vec<Candidate> {
+        let now = self.now();
+        let mut by_node: BTreeMap<&str, Vec<(&ObjectKey, &k8s_openapi::api::core::v1::Pod)>> =
+            BTreeMap::new();
+        for (key, pod) in &self.state.pods {
+            if let Some(n) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+                by_node.entry(n).or_default().push((key, pod));
+            }
+        }
+        let mut out = Vec::new();
+        'claims: for claim in self.state.nodeclaims.values() {
+            if claim.metadata.deletion_timestamp.is_some()
+                || !claim.condition_true(conditions::INITIALIZED)
+            {
+                continue;
+            }
+            let Some(node_name) = claim.status.as_ref().and_then(|s| s.node_name.clone()) else {
+                continue;
+            };
+            let Some(node) = self.state.nodes.get(&node_name) else {
+                continue;
+            };
+            let tainted = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|ts| ts.iter().any(|t| t.key == labels::DISRUPTED_TAINT));
+            let node_says_no = node
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(labels::DO_NOT_DISRUPT))
+                .is_some_and(|v| v == "true");
+            if node.metadata.deletion_timestamp.is_some()
+                || tainted
+                || node_says_no
+                || !node_ready(node)
+            {
+                continue;
+            }
+            let claim_labels = claim.metadata.labels.clone().unwrap_or_default();
+            let Some(pool) = claim_labels
+                .get(labels::NODEPOOL)
+                .and_then(|p| self.state.nodepools.get(p))
+            else {
+                continue;
+            };
+            let mut pods = Vec::new();
+            for (key, pod) in by_node.get(node_name.as_str()).into_iter().flatten() {
+                match disposition(pod) {
+                    Disposition::Ignored
+                    | Disposition::Drain(DrainGroup::Daemon | DrainGroup::CriticalDaemon) => {}
+                    Disposition::Drain(_) => {
+                        if pod.metadata.deletion_timestamp.is_some() {
+                            continue;
+                        }
+                        if do_not_disrupt(pod) || blocked.contains(*key) {
+                            continue 'claims;
+                        }
+                        pods.push((*key).clone());
+                    }
+                }
+            }
+            let disruption = pool.spec.disruption.as_ref();
+            let after = disruption
+                .and_then(|d| d.consolidate_after.as_deref())
+                .map_or(
+                    Ok(Some(std::time::Duration::ZERO)),
+                    crate::duration::parse_or_never,
+                );
+            let stable_since = self
+                .pod_changes
+                .get(&node_name)
+                .copied()
+                .unwrap_or_default()
+                .max(
+                    claim
+                        .condition_time(conditions::INITIALIZED)
+                        .map(|t| std::time::Duration::try_from(t.as_duration()).unwrap_or_default())
+                        .unwrap_or_default(),
+                );
+            let consolidatable = match after {
+                Ok(Some(d)) => now >= stable_since + d,
+                _ => false,
+            };
+            let instance_type = claim_labels
+                .get(labels::INSTANCE_TYPE)
+                .cloned()
+                .unwrap_or_default();
+            let zone = claim_labels.get(labels::ZONE).cloned().unwrap_or_default();
+            let capacity_type = claim_labels
+                .get(labels::CAPACITY_TYPE)
+                .and_then(|c| CapacityType::parse(c))
+                .unwrap_or(CapacityType::OnDemand);
+            out.push(Candidate {
+                price: self.price_of(&instance_type, &zone, capacity_type),
+                node: node_name.clone(),
+                claim: claim.metadata.name.clone().unwrap_or_default(),
+                pool: pool.metadata.name.clone().unwrap_or_default(),
+                instance_type,
+                capacity_type,
+                pods,
+                drifted: self.drift(claim, pool),
+                consolidatable,
+                only_when_empty: disruption.and_then(|d| d.consolidation_policy.as_deref())
+                    == Some("WhenEmpty"),
+            });
+        }
+        out.sort_by(|a, b| {
+            a.pods
+                .len()
+                .cmp(&b.pods.len())
+                .then(b.price.total_cmp(&a.price))
+                .then(a.node.cmp(&b.node))
+        });
+        out
+    }
+
+    /// How many more nodes of each pool may be disrupted for `reason` now. A pool whose budgets are
+    /// invalid allows none, and says why.
+    pub(crate) fn budget_left(&self, reason: Reason) -> BTreeMap<String, u32> {
+        let mut counts: BTreeMap<String, PoolCounts> = BTreeMap::new();
+        for claim in self.state.nodeclaims.values() {
+            let Some(pool) = claim
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(labels::NODEPOOL))
+            else {
+                continue;
+            };
+            let c = counts.entry(pool.clone()).or_default();
+            c.total += 1;
+            let node = claim
+                .status
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .and_then(|n| self.state.nodes.get(n));
+            let going = claim.metadata.deletion_timestamp.is_some()
+                || node.is_some_and(|n| {
+                    n.metadata.deletion_timestamp.is_some()
+                        || !node_ready(n)
+                        || n.spec
+                            .as_ref()
+                            .and_then(|s| s.taints.as_ref())
+                            .is_some_and(|ts| ts.iter().any(|t| t.key == labels::DISRUPTED_TAINT))
+                });
+            if going {
+                c.disrupting += 1;
+            }
+        }
+        let now = self.ctx.clock.now();
+        let mut out = BTreeMap::new();
+        for (name, pool) in &self.state.nodepools {
+            let budgets_spec = pool
+                .spec
+                .disruption
+                .as_ref()
+                .map(|d| d.budgets.clone())
+                .unwrap_or_default();
+            let c = counts.get(name).copied().unwrap_or_default();
+            let left = match budgets::allowed(&budgets_spec, reason, c, now) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.ctx.journal.record(
+                        "disruption",
+                        format!("nodepool/{name}: {e}; disrupting nothing"),
+                    );
+                    0
+                }
+            };
+            out.insert(name.clone(), left);
+        }
+        out
+    }
+}

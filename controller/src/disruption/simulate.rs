@@ -1,0 +1,331 @@
+//! The scheduling simulations behind each disruption method: could these nodes' pods run elsewhere, on
+//! what, and what would it save. Methods are tried in Karpenter's order: drift, emptiness, multi-node
+//! consolidation, single-node consolidation.
+
+use std::collections::BTreeMap;
+
+use crate::cloud::CapacityType;
+use crate::crds::labels;
+use crate::error::ControllerError;
+use crate::run::Controller;
+use crate::scheduling::planner::cheapest_price;
+use crate::scheduling::{PendingPod, Plan, plan};
+
+use super::{Action, Candidate, Command, Reason, Stage};
+
+/// Multi-node consolidation looks at no more than this many candidates at once (Karpenter: 100).
+const MULTI_NODE_MAX: usize = 100;
+
+impl Controller {
+    /// Where the pods of `cands` would go if those nodes left.
+    fn simulate(&self, cands: &[&Candidate]) -> Plan {
+        let mut leaving = self.leaving_nodes();
+        leaving.extend(cands.iter().map(|c| c.node.clone()));
+        let pending: Vec<PendingPod> = cands
+            .iter()
+            .flat_map(|c| c.pods.iter())
+            .filter_map(|k| self.state.pods.get(k).and_then(|p| self.pending_pod(k, p)))
+            .collect();
+        let existing = self.existing_capacity(&leaving);
+        let pools = self.pool_options();
+        plan(&pending, &existing, &pools)
+    }
+
+    /// The cheapest price of a planned claim's types under its requirements.
+    fn plan_price(&self, plan: &crate::scheduling::ClaimPlan) -> f64 {
+        plan.instance_types
+            .iter()
+            .filter_map(|n| self.instance_types.iter().find(|t| &t.name == n))
+            .map(|t| cheapest_price(t, &plan.requirements))
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    /// Consolidation's verdict on a simulation: delete when every pod fits elsewhere; replace with one
+    /// strictly cheaper node otherwise (not for spot nodes: Karpenter's spot-to-spot replacement is off by
+    /// default); anything else is no action. Returns the action and the saving per hour.
+    fn consolidation_action(&self, cands: &[&Candidate], plan: Plan) -> Option<(Action, f64)> {
+        if !plan.unschedulable.is_empty() {
+            return None;
+        }
+        let total: f64 = cands.iter().map(|c| c.price).sum();
+        match plan.claims.len() {
+            0 => Some((Action::Delete, total)),
+            1 => {
+                if cands.iter().any(|c| c.capacity_type == CapacityType::Spot) {
+                    return None;
+                }
+                let mut claim = plan.claims.into_iter().next()?;
+                let reqs = claim.requirements.clone();
+                let price = |n: &String| {
+                    self.instance_types
+                        .iter()
+                        .find(|t| &t.name == n)
+                        .map_or(f64::INFINITY, |t| cheapest_price(t, &reqs))
+                };
+                // Only types that make it cheaper may be launched.
+                claim.instance_types.retain(|t| price(t) < total);
+                if claim.instance_types.is_empty() {
+                    return None;
+                }
+                let cheapest = self.plan_price(&claim);
+                Some((Action::Replace(vec![claim], Some(total)), total - cheapest))
+            }
+            _ => None,
+        }
+    }
+
+    /// Dovetail's anti-churn rule: the share of the pool's cost saved, divided by the share of the pool's
+    /// pods moved, must reach `Settings::consolidation_balance` (moving no pod always passes).
+    fn worth_it(&self, cands: &[&Candidate], savings: f64) -> Result<(), String> {
+        let Some(threshold) = self.ctx.settings.consolidation_balance else {
+            return Ok(());
+        };
+        let moved: usize = cands.iter().map(|c| c.pods.len()).sum();
+        if moved == 0 {
+            return Ok(());
+        }
+        let pool = &cands[0].pool;
+        let mut cost = 0.0;
+        let mut pods = 0usize;
+        for claim in self.state.nodeclaims.values() {
+            let l = claim.metadata.labels.clone().unwrap_or_default();
+            if l.get(labels::NODEPOOL) != Some(pool) {
+                continue;
+            }
+            let ct = l
+                .get(labels::CAPACITY_TYPE)
+                .and_then(|c| CapacityType::parse(c))
+                .unwrap_or(CapacityType::OnDemand);
+            cost += self.price_of_labels(&l, ct);
+            if let Some(node) = claim.status.as_ref().and_then(|s| s.node_name.as_ref()) {
+                pods += self
+                    .state
+                    .pods
+                    .values()
+                    .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()) == Some(node))
+                    .count();
+            }
+        }
+        if cost <= 0.0 || pods == 0 {
+            return Ok(());
+        }
+        let score = (savings / cost) / (moved as f64 / pods as f64);
+        if score >= threshold {
+            Ok(())
+        } else {
+            Err(format!(
+                "saves {:.1}% of nodepool/{pool}'s cost for {:.1}% of its pods (score {score:.2} < {threshold})",
+                100.0 * savings / cost,
+                100.0 * moved as f64 / pods as f64
+            ))
+        }
+    }
+
+    fn price_of_labels(&self, l: &BTreeMap<String, String>, ct: CapacityType) -> f64 {
+        let (Some(t), Some(z)) = (l.get(labels::INSTANCE_TYPE), l.get(labels::ZONE)) else {
+            return 0.0;
+        };
+        self.instance_types
+            .iter()
+            .find(|it| &it.name == t)
+            .and_then(|it| {
+                it.offerings
+                    .iter()
+                    .find(|o| &o.zone == z && o.capacity_type == ct)
+            })
+            .map_or(0.0, |o| o.price)
+    }
+
+    fn command(
+        &self,
+        reason: Reason,
+        cands: &[&Candidate],
+        action: Action,
+        savings: f64,
+    ) -> Command {
+        Command {
+            reason,
+            candidates: cands.iter().map(|c| (*c).clone()).collect(),
+            action,
+            savings,
+            stage: Stage::Validating(self.now()),
+        }
+    }
+
+    /// Evaluate one method on a fixed set of nodes (used to decide, and again to validate).
+    fn evaluate(&self, reason: Reason, cands: &[&Candidate]) -> Option<Command> {
+        match reason {
+            Reason::Drifted => {
+                let plan = self.simulate(cands);
+                if !plan.unschedulable.is_empty() {
+                    return None;
+                }
+                let added: f64 = plan.claims.iter().map(|c| self.plan_price(c)).sum();
+                let total: f64 = cands.iter().map(|c| c.price).sum();
+                let action = if plan.claims.is_empty() {
+                    Action::Delete
+                } else {
+                    Action::Replace(plan.claims, None)
+                };
+                Some(self.command(reason, cands, action, total - added))
+            }
+            Reason::Empty => {
+                let total: f64 = cands.iter().map(|c| c.price).sum();
+                cands
+                    .iter()
+                    .all(|c| c.pods.is_empty())
+                    .then(|| self.command(reason, cands, Action::Delete, total))
+            }
+            Reason::Underutilized => {
+                let (action, savings) = self.consolidation_action(cands, self.simulate(cands))?;
+                Some(self.command(reason, cands, action, savings))
+            }
+        }
+    }
+
+    /// Find the next command, methods in Karpenter's order, within each pool's budget.
+    pub(super) async fn decide(&mut self) -> Result<Option<Command>, ControllerError> {
+        if self.instance_types.is_empty() {
+            return Ok(None);
+        }
+        // Like Karpenter, voluntary disruption waits while the cluster is still settling: pods waiting for
+        // capacity, or capacity still on its way (it could not be counted on yet).
+        if self.state.pods.values().any(crate::state::is_provisionable) {
+            return Ok(None);
+        }
+        let settling = self.state.nodeclaims.values().any(|c| {
+            c.metadata.deletion_timestamp.is_none()
+                && !c.condition_true(crate::crds::nodeclaim::conditions::INITIALIZED)
+        });
+        if settling {
+            return Ok(None);
+        }
+        let blocked = self.budget_blocked_pods().await?;
+        let cands = self.candidates(&blocked);
+        if cands.is_empty() {
+            return Ok(None);
+        }
+        // Drift: one node at a time; replacements may cost more (the point is to move off the old spec).
+        let left = self.budget_left(Reason::Drifted);
+        for c in cands.iter().filter(|c| c.drifted.is_some()) {
+            if left.get(&c.pool).copied().unwrap_or(0) == 0 {
+                continue;
+            }
+            if let Some(cmd) = self.evaluate(Reason::Drifted, &[c]) {
+                self.ctx.journal.record(
+                    "disruption",
+                    format!(
+                        "node/{} drifted: {}",
+                        c.node,
+                        c.drifted.clone().unwrap_or_default()
+                    ),
+                );
+                return Ok(Some(cmd));
+            }
+        }
+        // Emptiness: every empty node the budgets allow, at once.
+        let mut left = self.budget_left(Reason::Empty);
+        let empty: Vec<&Candidate> = cands
+            .iter()
+            .filter(|c| c.pods.is_empty() && c.consolidatable)
+            .filter(|c| match left.get_mut(&c.pool) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            })
+            .collect();
+        if !empty.is_empty() {
+            return Ok(self.evaluate(Reason::Empty, &empty));
+        }
+        // Underutilized: the longest prefix (up to 100) that can go together, then one node at a time.
+        let mut left = self.budget_left(Reason::Underutilized);
+        let eligible: Vec<&Candidate> = cands
+            .iter()
+            .filter(|c| c.consolidatable && !c.only_when_empty && !c.pods.is_empty())
+            .filter(|c| match left.get_mut(&c.pool) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            })
+            .take(MULTI_NODE_MAX)
+            .collect();
+        if eligible.len() >= 2 {
+            let (mut lo, mut hi) = (2, eligible.len());
+            let mut best = None;
+            while lo <= hi {
+                let mid = (lo + hi) / 2;
+                match self.evaluate(Reason::Underutilized, &eligible[..mid]) {
+                    Some(cmd) => {
+                        best = Some(cmd);
+                        lo = mid + 1;
+                    }
+                    None => hi = mid - 1,
+                }
+            }
+            if let Some(cmd) = best
+                && cmd
+                    .candidates
+                    .iter()
+                    .all(|c| c.pool == cmd.candidates[0].pool)
+            {
+                let refs: Vec<&Candidate> = cmd.candidates.iter().collect();
+                match self.worth_it(&refs, cmd.savings) {
+                    Ok(()) => return Ok(Some(cmd)),
+                    Err(why) => self.note_not_worth_it(&cmd, &why),
+                }
+            }
+        }
+        for c in eligible {
+            if let Some(cmd) = self.evaluate(Reason::Underutilized, &[c]) {
+                match self.worth_it(&[c], cmd.savings) {
+                    Ok(()) => return Ok(Some(cmd)),
+                    Err(why) => self.note_not_worth_it(&cmd, &why),
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn note_not_worth_it(&mut self, cmd: &Command, why: &str) {
+        let key = cmd
+            .candidates
+            .iter()
+            .map(|c| c.node.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        // Once per node set and reason, not every pass.
+        if self.churn_noted.insert(format!("{key}:{why}")) {
+            self.ctx.journal.record(
+                "disruption",
+                format!("skipped (not worth the churn): {} — {why}", cmd.describe()),
+            );
+        }
+    }
+
+    /// The command's nodes are still candidates and the same decision still holds: the fresh command.
+    pub(super) async fn revalidate(
+        &mut self,
+        command: &Command,
+    ) -> Result<Option<Command>, ControllerError> {
+        let blocked = self.budget_blocked_pods().await?;
+        let cands = self.candidates(&blocked);
+        let mut same = Vec::new();
+        for old in &command.candidates {
+            match cands.iter().find(|c| c.claim == old.claim) {
+                Some(c) => same.push(c),
+                None => return Ok(None),
+            }
+        }
+        let fresh = self.evaluate(command.reason, &same);
+        Ok(fresh.filter(|f| {
+            matches!(
+                (&f.action, &command.action),
+                (Action::Delete, Action::Delete) | (Action::Replace(..), Action::Replace(..))
+            )
+        }))
+    }
+}
