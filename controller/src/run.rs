@@ -98,7 +98,7 @@ pub(crate) struct Controller {
 }
 
 impl Controller {
-    fn new(ctx: Context) -> Self {
+    pub(crate) fn new(ctx: Context) -> Self {
         let batcher = Batcher::new(ctx.settings.batch_idle, ctx.settings.batch_max);
         let started_at = ctx.clock.now();
         let started = Duration::try_from(started_at.as_duration()).unwrap_or(Duration::ZERO);

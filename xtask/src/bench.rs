@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 
 /// The built-in catalog in three zones, spot at 40% of on-demand.
-fn catalog() -> Vec<InstanceType> {
+pub(crate) fn catalog() -> Vec<InstanceType> {
     let cat = Catalog::builtin();
     let zones = ["us-east-1a", "us-east-1b", "us-east-1c"];
     let infos = cat.describe_instance_types();

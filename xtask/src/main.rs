@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's commands — `sim` runs a scenario, `bench` measures, `ci` runs what CI runs.
 
 mod bench;
+mod consolidation;
 
 use std::io::Write;
 use std::process::{Command, ExitCode};
@@ -11,7 +12,9 @@ usage: cargo xtask <command>
 commands:
   sim FILE [--seed N] [--until T] [--trace PATH] [--quiet]
         run a scenario; print its trace and summary (exit 0 pass, 1 expectation failed, 2 bad input)
-  bench print speed figures (scheduling pods/s at 1k / 5k / 20k pods)
+  bench [scheduling|consolidation]
+        print speed figures: scheduling pods/s at 1k / 5k / 20k pods; consolidation evaluation time on a
+        1000-node, 20k-pod cluster
   ci    run what CI runs: fmt check, clippy -D warnings, the test suite";
 
 fn main() -> ExitCode {
@@ -25,14 +28,24 @@ fn main() -> ExitCode {
         }
         Some("ci") => ci(),
         Some("bench") => {
-            if args.get(1).is_some_and(|a| a != "scheduling") {
-                eprintln!("error: unknown bench `{}` (known: scheduling)", args[1]);
+            let which = args.get(1).map(String::as_str);
+            if which.is_some_and(|a| a != "scheduling" && a != "consolidation") {
+                eprintln!(
+                    "error: unknown bench `{}` (known: scheduling, consolidation)",
+                    args[1]
+                );
                 return ExitCode::from(2);
             }
-            println!(
-                "scheduling (reference mix, seed 42; 400 instance types in 3 zones, spot and on-demand; one NodePool):\n"
-            );
-            print!("{}", bench::run());
+            if which != Some("consolidation") {
+                println!(
+                    "scheduling (reference mix, seed 42; 400 instance types in 3 zones, spot and on-demand; one NodePool):\n"
+                );
+                print!("{}", bench::run());
+            }
+            if which != Some("scheduling") {
+                println!();
+                print!("{}", consolidation::run());
+            }
             ExitCode::SUCCESS
         }
         Some("-h" | "--help" | "help") => {

@@ -349,3 +349,45 @@ impl Controller {
         }
     }
 }
+
+/// Consolidation evaluated over a prepared cluster state with no API calls: what
+/// `cargo xtask bench consolidation` times. The same code paths as the controller's disruption pass.
+pub struct Evaluator(Controller);
+
+impl Evaluator {
+    pub fn new(
+        ctx: crate::Context,
+        state: crate::state::ClusterState,
+        instance_types: Vec<crate::instancetype::InstanceType>,
+    ) -> Self {
+        let mut c = Controller::new(ctx);
+        c.state = state;
+        c.instance_types = instance_types;
+        Evaluator(c)
+    }
+
+    /// Gather the candidates and evaluate each on its own: (candidates, how many could go alone).
+    pub fn single_node_pass(&self) -> (usize, usize) {
+        let cands = self.0.candidates(&Default::default());
+        let snap = self.0.snapshot(&cands);
+        let valid = cands
+            .iter()
+            .filter(|c| {
+                self.0
+                    .evaluate(&snap, Reason::Underutilized, &[c])
+                    .is_some()
+            })
+            .count();
+        (cands.len(), valid)
+    }
+
+    /// One decision pass as the controller makes it (multi-node first): how many nodes the command covers.
+    pub fn decision_pass(&self) -> usize {
+        let cands = self.0.candidates(&Default::default());
+        let snap = self.0.snapshot(&cands);
+        self.0
+            .choose(&snap, &cands)
+            .0
+            .map_or(0, |c| c.candidates.len())
+    }
+}

@@ -9,26 +9,59 @@ use crate::crds::labels;
 use crate::error::ControllerError;
 use crate::run::Controller;
 use crate::scheduling::planner::cheapest_price;
-use crate::scheduling::{PendingPod, Plan, plan};
+use crate::scheduling::{ExistingCapacity, PendingPod, Plan, PoolOptions, plan_on};
 
 use super::{Action, Candidate, Command, Reason, Stage};
 
 /// Multi-node consolidation looks at no more than this many candidates at once (Karpenter: 100).
 const MULTI_NODE_MAX: usize = 100;
 
+/// What every simulation of one pass shares, read from the cache once: capacity as it stands (less nodes
+/// already leaving), the pools, and each candidate's pods as the planner sees them. A simulation then only
+/// leaves its candidates out — the incremental part that keeps a 1000-node pass cheap.
+pub(crate) struct Snapshot<'a> {
+    existing: Vec<ExistingCapacity>,
+    pools: Vec<PoolOptions<'a>>,
+    pods: BTreeMap<String, Vec<PendingPod>>,
+}
+
 impl Controller {
+    pub(crate) fn snapshot(&self, cands: &[Candidate]) -> Snapshot<'_> {
+        let leaving = self.leaving_nodes();
+        let pods = cands
+            .iter()
+            .map(|c| {
+                let pending = c
+                    .pods
+                    .iter()
+                    .filter_map(|k| self.state.pods.get(k).and_then(|p| self.pending_pod(k, p)))
+                    .collect();
+                (c.node.clone(), pending)
+            })
+            .collect();
+        Snapshot {
+            existing: self.existing_capacity(&leaving),
+            pools: self.pool_options(),
+            pods,
+        }
+    }
+
     /// Where the pods of `cands` would go if those nodes left.
-    fn simulate(&self, cands: &[&Candidate]) -> Plan {
-        let mut leaving = self.leaving_nodes();
-        leaving.extend(cands.iter().map(|c| c.node.clone()));
+    fn simulate(&self, snap: &Snapshot<'_>, cands: &[&Candidate]) -> Plan {
+        let gone: Vec<String> = cands
+            .iter()
+            .flat_map(|c| [format!("node/{}", c.node), format!("nodeclaim/{}", c.claim)])
+            .collect();
+        let existing: Vec<&ExistingCapacity> = snap
+            .existing
+            .iter()
+            .filter(|e| !gone.contains(&e.name))
+            .collect();
         let pending: Vec<PendingPod> = cands
             .iter()
-            .flat_map(|c| c.pods.iter())
-            .filter_map(|k| self.state.pods.get(k).and_then(|p| self.pending_pod(k, p)))
+            .flat_map(|c| snap.pods.get(&c.node).into_iter().flatten().cloned())
             .collect();
-        let existing = self.existing_capacity(&leaving);
-        let pools = self.pool_options();
-        plan(&pending, &existing, &pools)
+        plan_on(&pending, &existing, &snap.pools)
     }
 
     /// The cheapest price of a planned claim's types under its requirements.
@@ -85,6 +118,12 @@ impl Controller {
             return Ok(());
         }
         let pool = &cands[0].pool;
+        let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+        for p in self.state.pods.values() {
+            if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+                *per_node.entry(n).or_default() += 1;
+            }
+        }
         let mut cost = 0.0;
         let mut pods = 0usize;
         for claim in self.state.nodeclaims.values() {
@@ -97,13 +136,8 @@ impl Controller {
                 .and_then(|c| CapacityType::parse(c))
                 .unwrap_or(CapacityType::OnDemand);
             cost += self.price_of_labels(&l, ct);
-            if let Some(node) = claim.status.as_ref().and_then(|s| s.node_name.as_ref()) {
-                pods += self
-                    .state
-                    .pods
-                    .values()
-                    .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()) == Some(node))
-                    .count();
+            if let Some(node) = claim.status.as_ref().and_then(|s| s.node_name.as_deref()) {
+                pods += per_node.get(node).copied().unwrap_or(0);
             }
         }
         if cost <= 0.0 || pods == 0 {
@@ -153,10 +187,15 @@ impl Controller {
     }
 
     /// Evaluate one method on a fixed set of nodes (used to decide, and again to validate).
-    fn evaluate(&self, reason: Reason, cands: &[&Candidate]) -> Option<Command> {
+    pub(super) fn evaluate(
+        &self,
+        snap: &Snapshot<'_>,
+        reason: Reason,
+        cands: &[&Candidate],
+    ) -> Option<Command> {
         match reason {
             Reason::Drifted => {
-                let plan = self.simulate(cands);
+                let plan = self.simulate(snap, cands);
                 if !plan.unschedulable.is_empty() {
                     return None;
                 }
@@ -177,7 +216,8 @@ impl Controller {
                     .then(|| self.command(reason, cands, Action::Delete, total))
             }
             Reason::Underutilized => {
-                let (action, savings) = self.consolidation_action(cands, self.simulate(cands))?;
+                let (action, savings) =
+                    self.consolidation_action(cands, self.simulate(snap, cands))?;
                 Some(self.command(reason, cands, action, savings))
             }
         }
@@ -205,13 +245,31 @@ impl Controller {
         if cands.is_empty() {
             return Ok(None);
         }
+        let (chosen, skipped) = {
+            let snap = self.snapshot(&cands);
+            self.choose(&snap, &cands)
+        };
+        for (cmd, why) in skipped {
+            self.note_not_worth_it(&cmd, &why);
+        }
+        Ok(chosen)
+    }
+
+    /// The methods in order over one snapshot: the first command found, and the consolidations skipped as
+    /// not worth their churn on the way.
+    pub(crate) fn choose(
+        &self,
+        snap: &Snapshot<'_>,
+        cands: &[Candidate],
+    ) -> (Option<Command>, Vec<(Command, String)>) {
+        let mut skipped = Vec::new();
         // Drift: one node at a time; replacements may cost more (the point is to move off the old spec).
         let left = self.budget_left(Reason::Drifted);
         for c in cands.iter().filter(|c| c.drifted.is_some()) {
             if left.get(&c.pool).copied().unwrap_or(0) == 0 {
                 continue;
             }
-            if let Some(cmd) = self.evaluate(Reason::Drifted, &[c]) {
+            if let Some(cmd) = self.evaluate(snap, Reason::Drifted, &[c]) {
                 self.ctx.journal.record(
                     "disruption",
                     format!(
@@ -220,7 +278,7 @@ impl Controller {
                         c.drifted.clone().unwrap_or_default()
                     ),
                 );
-                return Ok(Some(cmd));
+                return (Some(cmd), skipped);
             }
         }
         // Emptiness: every empty node the budgets allow, at once.
@@ -237,7 +295,7 @@ impl Controller {
             })
             .collect();
         if !empty.is_empty() {
-            return Ok(self.evaluate(Reason::Empty, &empty));
+            return (self.evaluate(snap, Reason::Empty, &empty), skipped);
         }
         // Underutilized: the longest prefix (up to 100) that can go together, then one node at a time.
         let mut left = self.budget_left(Reason::Underutilized);
@@ -258,7 +316,7 @@ impl Controller {
             let mut best = None;
             while lo <= hi {
                 let mid = (lo + hi) / 2;
-                match self.evaluate(Reason::Underutilized, &eligible[..mid]) {
+                match self.evaluate(snap, Reason::Underutilized, &eligible[..mid]) {
                     Some(cmd) => {
                         best = Some(cmd);
                         lo = mid + 1;
@@ -274,20 +332,20 @@ impl Controller {
             {
                 let refs: Vec<&Candidate> = cmd.candidates.iter().collect();
                 match self.worth_it(&refs, cmd.savings) {
-                    Ok(()) => return Ok(Some(cmd)),
-                    Err(why) => self.note_not_worth_it(&cmd, &why),
+                    Ok(()) => return (Some(cmd), skipped),
+                    Err(why) => skipped.push((cmd, why)),
                 }
             }
         }
         for c in eligible {
-            if let Some(cmd) = self.evaluate(Reason::Underutilized, &[c]) {
+            if let Some(cmd) = self.evaluate(snap, Reason::Underutilized, &[c]) {
                 match self.worth_it(&[c], cmd.savings) {
-                    Ok(()) => return Ok(Some(cmd)),
-                    Err(why) => self.note_not_worth_it(&cmd, &why),
+                    Ok(()) => return (Some(cmd), skipped),
+                    Err(why) => skipped.push((cmd, why)),
                 }
             }
         }
-        Ok(None)
+        (None, skipped)
     }
 
     fn note_not_worth_it(&mut self, cmd: &Command, why: &str) {
@@ -320,7 +378,8 @@ impl Controller {
                 None => return Ok(None),
             }
         }
-        let fresh = self.evaluate(command.reason, &same);
+        let snap = self.snapshot(&cands);
+        let fresh = self.evaluate(&snap, command.reason, &same);
         Ok(fresh.filter(|f| {
             matches!(
                 (&f.action, &command.action),

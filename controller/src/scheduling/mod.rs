@@ -6,5 +6,7 @@ pub mod requirements;
 pub mod taints;
 pub mod topology;
 
-pub use planner::{ClaimPlan, ExistingCapacity, ExistingPod, PendingPod, Plan, PoolOptions, plan};
+pub use planner::{
+    ClaimPlan, ExistingCapacity, ExistingPod, PendingPod, Plan, PoolOptions, plan, plan_on,
+};
 pub use requirements::{Requirement, RequirementError, Requirements};

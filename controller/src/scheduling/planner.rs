@@ -163,8 +163,13 @@ fn alloc_bounds(types: &[&InstanceType]) -> (Resources, Resources) {
     (max, min)
 }
 
-struct Slot {
-    cap: ExistingCapacity,
+/// Existing capacity during one plan: borrowed, with only what placing pods changes owned (so a plan over
+/// a large cluster copies no labels or pod lists).
+struct Slot<'a> {
+    cap: &'a ExistingCapacity,
+    /// Copied on the first placement only.
+    available: std::borrow::Cow<'a, Resources>,
+    /// Host ports of pods placed here in this plan (those of pods already there are on `cap.pods`).
     ports: Vec<HostPort>,
     hc: HostCounts,
 }
@@ -663,7 +668,7 @@ type MatchLists = (Vec<usize>, Vec<usize>);
 
 fn build_topology<'p>(
     order: &[&'p PendingPod],
-    existing: &[ExistingCapacity],
+    existing: &[&ExistingCapacity],
     pools: &[&PoolOptions],
 ) -> (Topology, Vec<PodInfo<'p>>, Vec<HostCounts>) {
     let mut topo = Topology {
@@ -833,10 +838,15 @@ fn try_existing(
     level: u8,
 ) -> Result<(), (Reject, String)> {
     let pod = info.pod;
-    let cap = &slot.cap;
-    if !cap.available.fits(&pod.requests)
+    let cap = slot.cap;
+    if !slot.available.fits(&pod.requests)
         || untolerated(&pod.tolerations, &cap.taints).is_some()
         || ports_conflict(&slot.ports, &pod.host_ports)
+        || (!pod.host_ports.is_empty()
+            && cap
+                .pods
+                .iter()
+                .any(|p| ports_conflict(&p.host_ports, &pod.host_ports)))
     {
         return Err((Reject::Settled, String::new()));
     }
@@ -1162,6 +1172,13 @@ fn claim_types_by_price(
 
 /// Pack `pods` onto `existing` capacity first, then onto as few new claims as the pools allow.
 pub fn plan(pods: &[PendingPod], existing: &[ExistingCapacity], pools: &[PoolOptions]) -> Plan {
+    let existing: Vec<&ExistingCapacity> = existing.iter().collect();
+    plan_on(pods, &existing, pools)
+}
+
+/// [`plan`] over borrowed capacity: what consolidation uses to leave candidates out of one shared list
+/// without copying it for every simulation.
+pub fn plan_on(pods: &[PendingPod], existing: &[&ExistingCapacity], pools: &[PoolOptions]) -> Plan {
     let mut order: Vec<&PendingPod> = pods.iter().collect();
     order.sort_by(|a, b| {
         b.requests
@@ -1176,10 +1193,12 @@ pub fn plan(pods: &[PendingPod], existing: &[ExistingCapacity], pools: &[PoolOpt
     let (mut topo, infos, host_counts) = build_topology(&order, existing, &by_pref);
     let mut slots: Vec<Slot> = existing
         .iter()
+        .copied()
         .zip(host_counts)
         .map(|(c, hc)| Slot {
-            ports: c.pods.iter().flat_map(|p| p.host_ports.clone()).collect(),
-            cap: c.clone(),
+            ports: Vec::new(),
+            cap: c,
+            available: std::borrow::Cow::Borrowed(&c.available),
             hc,
         })
         .collect();
@@ -1203,7 +1222,7 @@ pub fn plan(pods: &[PendingPod], existing: &[ExistingCapacity], pools: &[PoolOpt
             for (i, slot) in slots.iter_mut().enumerate().skip(cur.existing) {
                 match try_existing(&topo, slot, info, level) {
                     Ok(()) => {
-                        slot.cap.available.sub(&pod.requests);
+                        slot.available.to_mut().sub(&pod.requests);
                         slot.ports.extend(pod.host_ports.iter().cloned());
                         let at = At::Node {
                             labels: &slot.cap.labels,
