@@ -280,15 +280,8 @@ impl Controller {
                 "gc",
                 format!("delete node/{name}: instance {id} is gone and no NodeClaim owns the node"),
             );
-            match self
-                .ctx
-                .kube
-                .delete(Kind::Node, &ObjectKey::cluster(&name))
-                .await
-            {
-                Ok(()) | Err(crate::kube::KubeError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.delete_if_present(Kind::Node, &ObjectKey::cluster(&name))
+                .await?;
         }
         Ok(())
     }
@@ -369,27 +362,8 @@ impl Controller {
             "message": message,
             "lastTransitionTime": self.ctx.clock.now().to_string(),
         }));
-        match self
-            .ctx
-            .kube
-            .patch_status(
-                Kind::EC2NodeClass,
-                &ObjectKey::cluster(class),
-                json!({"status": {"conditions": conds}}),
-            )
-            .await
-        {
-            Ok(updated) => {
-                let _ = self.state.apply_event(
-                    Kind::EC2NodeClass,
-                    crate::kube::WatchEvent::Modified(updated),
-                );
-            }
-            Err(e) => self.ctx.journal.record(
-                "lifecycle",
-                format!("ec2nodeclass/{class}: status update failed: {e}"),
-            ),
-        }
+        self.patch_class_status(class, json!({ "conditions": conds }), "lifecycle")
+            .await;
     }
 }
 

@@ -624,15 +624,8 @@ impl Controller {
         if let Some(node) = node {
             let node_name = node.metadata.name.clone().unwrap_or_default();
             if node.metadata.deletion_timestamp.is_none() {
-                match self
-                    .ctx
-                    .kube
-                    .delete(Kind::Node, &ObjectKey::cluster(&node_name))
-                    .await
-                {
-                    Ok(()) | Err(KubeError::NotFound { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                self.delete_if_present(Kind::Node, &ObjectKey::cluster(&node_name))
+                    .await?;
                 return Ok(());
             }
             let ours = node

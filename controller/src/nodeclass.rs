@@ -225,13 +225,24 @@ impl Controller {
                 format!("ec2nodeclass/{name} not ready: {problem}"),
             );
         }
+        self.patch_class_status(&name, desired, "nodeclass").await;
+    }
+
+    /// Merge-patch an EC2NodeClass's status and keep the cache in step. Best effort: a failure is
+    /// journalled under `source`, and the next pass writes it again.
+    pub(crate) async fn patch_class_status(
+        &mut self,
+        class: &str,
+        status: Value,
+        source: &'static str,
+    ) {
         match self
             .ctx
             .kube
             .patch_status(
                 Kind::EC2NodeClass,
-                &ObjectKey::cluster(&name),
-                json!({ "status": desired }),
+                &ObjectKey::cluster(class),
+                json!({ "status": status }),
             )
             .await
         {
@@ -242,8 +253,8 @@ impl Controller {
                 );
             }
             Err(e) => self.ctx.journal.record(
-                "nodeclass",
-                format!("ec2nodeclass/{name}: status not written: {e}"),
+                source,
+                format!("ec2nodeclass/{class}: status not written: {e}"),
             ),
         }
     }

@@ -132,6 +132,18 @@ impl Controller {
         }
     }
 
+    /// Delete an object; one already gone counts as deleted.
+    pub(crate) async fn delete_if_present(
+        &self,
+        kind: Kind,
+        key: &crate::kube::ObjectKey,
+    ) -> Result<(), ControllerError> {
+        match self.ctx.kube.delete(kind, key).await {
+            Ok(()) | Err(crate::kube::KubeError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Monotonic time for timers: the clock's time since the Unix epoch.
     pub(crate) fn now(&self) -> Duration {
         Duration::try_from(self.ctx.clock.now().as_duration()).unwrap_or(Duration::ZERO)

@@ -336,15 +336,8 @@ impl Controller {
             ),
         );
         if claim.metadata.deletion_timestamp.is_none() {
-            match self
-                .ctx
-                .kube
-                .delete(Kind::NodeClaim, &ObjectKey::cluster(&claim_name))
-                .await
-            {
-                Ok(()) | Err(KubeError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.delete_if_present(Kind::NodeClaim, &ObjectKey::cluster(&claim_name))
+                .await?;
         }
         if let Some(id) = crate::gc::instance_id(&claim) {
             match self.ctx.cloud.terminate_instances(vec![id.clone()]).await {

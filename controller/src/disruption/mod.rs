@@ -149,15 +149,8 @@ impl Controller {
                 "disruption",
                 format!("Expired nodeclaim/{name}: older than expireAfter {after}; deleting"),
             );
-            match self
-                .ctx
-                .kube
-                .delete(Kind::NodeClaim, &ObjectKey::cluster(&name))
-                .await
-            {
-                Ok(()) | Err(KubeError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.delete_if_present(Kind::NodeClaim, &ObjectKey::cluster(&name))
+                .await?;
         }
         Ok(())
     }
@@ -263,15 +256,8 @@ impl Controller {
                 &message,
             )
             .await;
-            match self
-                .ctx
-                .kube
-                .delete(Kind::NodeClaim, &ObjectKey::cluster(&c.claim))
-                .await
-            {
-                Ok(()) | Err(KubeError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.delete_if_present(Kind::NodeClaim, &ObjectKey::cluster(&c.claim))
+                .await?;
         }
         self.disruptions_done += command.candidates.len() as u64;
         self.ctx
@@ -288,15 +274,8 @@ impl Controller {
     ) -> Result<(), ControllerError> {
         for name in claims {
             if self.state.nodeclaims.contains_key(name) {
-                match self
-                    .ctx
-                    .kube
-                    .delete(Kind::NodeClaim, &ObjectKey::cluster(name))
-                    .await
-                {
-                    Ok(()) | Err(KubeError::NotFound { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                self.delete_if_present(Kind::NodeClaim, &ObjectKey::cluster(name))
+                    .await?;
             }
         }
         for c in &command.candidates {
