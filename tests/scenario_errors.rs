@@ -249,3 +249,28 @@ fn a_node_class_selecting_no_subnet_is_reported_and_launches_nothing() {
         out.stdout
     );
 }
+
+#[test]
+fn a_seed_sweep_prints_each_seed_and_the_worst() {
+    let p = dovetail_tests::root().join("scenarios/steady-web.yaml");
+    let out = sim_command(&[
+        p.display().to_string(),
+        "--seeds".into(),
+        "3..5".into(),
+        "--until".into(),
+        "3m".into(),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("seed     3  cost $") && out.stdout.contains("seed     4  cost $"));
+    assert!(!out.stdout.contains("seed     5"));
+    assert!(
+        out.stdout.contains("worst of 2 seeds") && out.stdout.contains("failed           0 of 2")
+    );
+    let bad = sim_command(&[p.display().to_string(), "--seeds".into(), "5..5".into()]);
+    assert_eq!(bad.code, 2);
+    assert!(
+        bad.stderr.contains("--seeds needs a range"),
+        "{}",
+        bad.stderr
+    );
+}

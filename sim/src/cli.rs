@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use crate::{RunOptions, Scenario, duration, simulate};
 
 pub const USAGE: &str = "\
-usage: cargo xtask sim FILE [--seed N] [--until T] [--trace PATH] [--quiet]
-  run a scenario and print its trace and summary
-  exit codes: 0 all expectations held, 1 an expectation failed or the run broke, 2 bad input";
+usage: cargo xtask sim FILE [--seed N | --seeds A..B] [--until T] [--trace PATH] [--quiet]
+  run a scenario and print its trace and summary; with --seeds, run seeds A to B-1 and print one line
+  per seed and the worst seed per metric
+  exit codes: 0 all expectations and invariants held, 1 one failed or the run broke, 2 bad input";
 
 /// What the command prints and how it exits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,7 @@ pub fn sim_command(args: &[String]) -> CliOutput {
     let mut options = RunOptions::default();
     let mut trace_path: Option<PathBuf> = None;
     let mut quiet = false;
+    let mut seeds: Option<(u64, u64)> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -41,6 +43,20 @@ pub fn sim_command(args: &[String]) -> CliOutput {
                 Some(Ok(n)) => options.seed = Some(n),
                 _ => return usage_error("--seed needs a whole number"),
             },
+            "--seeds" => {
+                let range = it.next().and_then(|s| {
+                    let (a, b) = s.split_once("..")?;
+                    Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))
+                });
+                match range {
+                    Some((a, b)) if a < b => seeds = Some((a, b)),
+                    _ => {
+                        return usage_error(
+                            "--seeds needs a range such as 0..200 (the end is left out)",
+                        );
+                    }
+                }
+            }
             "--until" => match it.next().map(|s| duration::parse(s)) {
                 Some(Ok(d)) => options.until = Some(d),
                 Some(Err(e)) => return usage_error(&format!("--until: {e}")),
@@ -70,6 +86,9 @@ pub fn sim_command(args: &[String]) -> CliOutput {
         Ok(s) => s,
         Err(e) => return fail(e.exit_code(), format!("error: {e}\n")),
     };
+    if let Some((a, b)) = seeds {
+        return sweep(&scenario, &options, a, b);
+    }
     let outcome = match simulate(&scenario, &options) {
         Ok(o) => o,
         Err(e) => return fail(e.exit_code(), format!("error: {e}\n")),
@@ -87,6 +106,78 @@ pub fn sim_command(args: &[String]) -> CliOutput {
     stdout.push_str(&outcome.summary);
     CliOutput {
         code: if outcome.passed { 0 } else { 1 },
+        stdout,
+        stderr: String::new(),
+    }
+}
+
+/// Run seeds `a..b` of one scenario; one line each, then the worst seed per metric.
+fn sweep(scenario: &Scenario, options: &RunOptions, a: u64, b: u64) -> CliOutput {
+    let mut stdout = String::new();
+    let mut results = Vec::new();
+    for seed in a..b {
+        let opts = RunOptions {
+            seed: Some(seed),
+            ..options.clone()
+        };
+        let m = match simulate(scenario, &opts) {
+            Ok(o) => o.metrics,
+            Err(e) => return fail(e.exit_code(), format!("error: seed {seed}: {e}\n")),
+        };
+        stdout.push_str(&format!(
+            "seed {seed:>5}  cost ${:.4}  pending p99 {}  max {}  evictions {}  launches {}  {}\n",
+            m.cost_total,
+            duration::human(m.pending_p99),
+            duration::human(m.pending_max),
+            m.evictions,
+            m.launches,
+            if m.passed { "PASS" } else { "FAIL" }
+        ));
+        results.push((seed, m));
+    }
+    let worst = |name: &str,
+                 key: &dyn Fn(&crate::report::Metrics) -> f64,
+                 show: &dyn Fn(&crate::report::Metrics) -> String| {
+        let (seed, m) = results
+            .iter()
+            .max_by(|x, y| key(&x.1).total_cmp(&key(&y.1)).then(y.0.cmp(&x.0)))
+            .expect("at least one seed");
+        format!("  {name:<16} seed {seed} ({})\n", show(m))
+    };
+    stdout.push_str(&format!("worst of {} seeds\n", results.len()));
+    stdout.push_str(&worst("total cost", &|m| m.cost_total, &|m| {
+        format!("${:.4}", m.cost_total)
+    }));
+    stdout.push_str(&worst(
+        "pending p99",
+        &|m| m.pending_p99.as_secs_f64(),
+        &|m| duration::human(m.pending_p99),
+    ));
+    stdout.push_str(&worst(
+        "pending max",
+        &|m| m.pending_max.as_secs_f64(),
+        &|m| duration::human(m.pending_max),
+    ));
+    stdout.push_str(&worst("evictions", &|m| m.evictions as f64, &|m| {
+        m.evictions.to_string()
+    }));
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|(_, m)| !m.passed)
+        .map(|(s, _)| s.to_string())
+        .collect();
+    stdout.push_str(&format!(
+        "  failed           {} of {}{}\n",
+        failed.len(),
+        results.len(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" (seeds {}; rerun one with --seed N)", failed.join(" "))
+        }
+    ));
+    CliOutput {
+        code: if failed.is_empty() { 0 } else { 1 },
         stdout,
         stderr: String::new(),
     }

@@ -24,8 +24,9 @@ pub struct Outcome {
     /// One line per event, sim time first.
     pub trace: String,
     pub summary: String,
-    /// Whether every `expect:` assertion held.
+    /// Whether every `expect:` assertion and every invariant held.
     pub passed: bool,
+    pub metrics: report::Metrics,
 }
 
 /// Options of one run.
@@ -46,10 +47,26 @@ pub fn simulate(scenario: &Scenario, options: &RunOptions) -> Result<Outcome, Si
         trace.push('\n');
     }
     let verdicts = report::verdicts(scenario, &run.observations);
-    let summary = report::summary(scenario, seed, &run.observations, &verdicts);
+    let mut summary = report::summary(scenario, seed, &run.observations, &verdicts);
+    if let Some((at, why)) = &run.stopped {
+        // Where it broke and what led there, without scrolling the whole trace.
+        summary.push_str(&format!(
+            "  STOPPED          at {} by an invariant: {why}\n  last trace lines:\n",
+            duration::stamp(*at)
+        ));
+        let lines: Vec<&str> = trace.lines().collect();
+        for l in &lines[lines.len().saturating_sub(20)..] {
+            summary.push_str(&format!("    {l}\n"));
+        }
+    }
+    let metrics = report::Metrics::of(
+        &run.observations,
+        run.stopped.is_none() && verdicts.iter().all(|v| v.ok),
+    );
     Ok(Outcome {
         trace,
         summary,
-        passed: verdicts.iter().all(|v| v.ok),
+        passed: metrics.passed,
+        metrics,
     })
 }

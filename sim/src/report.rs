@@ -157,6 +157,33 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.min(sorted.len()) - 1]
 }
 
+/// The figures a seed sweep compares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metrics {
+    pub cost_total: f64,
+    pub pending_p99: Duration,
+    pub pending_max: Duration,
+    pub evictions: u64,
+    pub launches: u64,
+    pub violations: usize,
+    pub passed: bool,
+}
+
+impl Metrics {
+    pub fn of(o: &Observations, passed: bool) -> Metrics {
+        let waits = o.waits();
+        Metrics {
+            cost_total: o.cost_total,
+            pending_p99: percentile(&waits, 99.0),
+            pending_max: o.pending_max(),
+            evictions: o.evictions,
+            launches: o.launches,
+            violations: o.violations.len(),
+            passed,
+        }
+    }
+}
+
 /// A checked expectation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {

@@ -31,6 +31,8 @@ const RESTART_DELAY: Duration = Duration::from_secs(10);
 pub struct Run {
     pub trace: Trace,
     pub observations: Observations,
+    /// When and why an invariant stopped the run early.
+    pub stopped: Option<(Duration, String)>,
 }
 
 fn machines(cloud: &FakeCloud) -> Vec<Machine> {
@@ -395,18 +397,29 @@ async fn workload_host(p: WorkloadParts) -> turmoil::Result {
 
 /// Step the simulation to its end, crashing and restarting the controller host when the timeline asks.
 /// Crashes happen between steps, so they land at the same point of every run with the same seed.
+/// Stops at the first step after which an invariant is violated, returning when and which.
 fn drive(
     sim: &mut turmoil::Sim<'_>,
     faults: &Mutex<ControllerFaults>,
     cloud: &FakeCloud,
+    kube: &FakeKube,
     trace: &Trace,
-) -> Result<(), SimError> {
+) -> Result<Option<(Duration, String)>, SimError> {
     let mut back_at: Option<Duration> = None;
     loop {
         if sim.step().map_err(|e| SimError::Run(e.to_string()))? {
-            return Ok(());
+            return Ok(None);
         }
         let now = sim.elapsed();
+        if let Some(v) = cloud
+            .violations()
+            .into_iter()
+            .chain(kube.audit().violations)
+            .next()
+        {
+            trace.push_at(now, "invariant", format!("VIOLATED: {v}"));
+            return Ok(Some((now, v)));
+        }
         let crash_for = {
             let mut f = lock(faults);
             if cloud.take_crash_signal() {
@@ -564,11 +577,13 @@ pub fn run(scenario: &Scenario, seed: u64, until: Option<Duration>) -> Result<Ru
             Ok(())
         });
     }
-    drive(&mut sim, &faults, &cloud, &trace)?;
+    let stopped = drive(&mut sim, &faults, &cloud, &kube, &trace)?;
     let mut observations = std::mem::take(&mut *lock(&observations));
-    observations.finish(&kube, &cloud, duration, clock.epoch());
+    let end = stopped.as_ref().map_or(duration, |(at, _)| *at);
+    observations.finish(&kube, &cloud, end, clock.epoch());
     Ok(Run {
         trace,
         observations,
+        stopped,
     })
 }
