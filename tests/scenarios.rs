@@ -297,3 +297,88 @@ fn budgets_schedule_seed_42() {
     assert!(text.contains("verdict          PASS"));
     insta::assert_snapshot!("budgets-schedule.seed-42", text);
 }
+
+/// The number after `label` in the summary, e.g. `launches` -> 4.
+fn figure(text: &str, label: &str) -> u64 {
+    text.lines()
+        .find(|l| l.trim_start().starts_with(label))
+        .and_then(|l| {
+            l.trim_start()[label.len()..]
+                .split_whitespace()
+                .next()?
+                .trim_end_matches(',')
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no `{label}` in the summary"))
+}
+
+#[test]
+fn burst_scale_up_seed_42() {
+    let text = run_scenario("burst-scale-up.yaml", 42);
+    // The burst's claims are launched together, within seconds, not one per batch over minutes.
+    let launches: Vec<f64> = times(&text, " cloud      launch ")
+        .into_iter()
+        .filter(|t| (300.0..600.0).contains(t))
+        .collect();
+    assert!(launches.len() >= 2, "{launches:?}");
+    assert!(
+        launches.last().unwrap() - launches[0] < 15.0,
+        "{launches:?}"
+    );
+    assert!(text.contains("verdict          PASS"));
+    assert!(
+        figure(&text, "nodes            end") < 2,
+        "capacity not given back after the burst"
+    );
+    insta::assert_snapshot!("burst-scale-up.seed-42", text);
+}
+
+#[test]
+fn limits_hit_seed_42() {
+    let text = run_scenario("limits-hit.yaml", 42);
+    assert!(text.contains("every fitting instance type would exceed the NodePool's limits"));
+    // Every pod left pending is told why.
+    let line = text
+        .lines()
+        .find(|l| l.contains("pending at end ("))
+        .expect("summary line");
+    let pending: u64 = line
+        .split(", ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(
+        pending > 0 && line.contains(&format!("({pending} explained)")),
+        "{line}"
+    );
+    insta::assert_snapshot!("limits-hit.seed-42", text);
+}
+
+#[test]
+fn controller_crash_loop_seed_42() {
+    let text = run_scenario("controller-crash-loop.yaml", 42);
+    assert_eq!(text.matches("controller crashed").count(), 6);
+    assert!(
+        text.contains("adopts"),
+        "the launch cut short by a crash was not adopted"
+    );
+    // One launch per claim: nothing doubled by the restarts.
+    let claims = text.matches("provision  create nodeclaim/").count() as u64;
+    assert_eq!(figure(&text, "launches"), claims);
+    assert!(!text.contains("VIOLATION") && text.contains("verdict          PASS"));
+    insta::assert_snapshot!("controller-crash-loop.seed-42", text);
+}
+
+#[test]
+fn throttled_api_seed_42() {
+    let text = run_scenario("throttled-api.yaml", 42);
+    assert!(
+        !text.contains("controller   exited"),
+        "the controller gave up"
+    );
+    let claims = text.matches("provision  create nodeclaim/").count() as u64;
+    assert_eq!(figure(&text, "launches"), claims, "a claim launched twice");
+    assert!(text.contains("verdict          PASS"));
+    insta::assert_snapshot!("throttled-api.seed-42", text);
+}
