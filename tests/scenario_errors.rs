@@ -274,3 +274,46 @@ fn a_seed_sweep_prints_each_seed_and_the_worst() {
         bad.stderr
     );
 }
+
+#[test]
+fn a_report_is_a_self_contained_page_with_four_charts() {
+    let p = dovetail_tests::root().join("scenarios/spot-storm.yaml");
+    let out_path =
+        std::env::temp_dir().join(format!("dovetail-report-{}.html", std::process::id()));
+    let out = sim_command(&[
+        p.display().to_string(),
+        "--until".into(),
+        "15m".into(),
+        "--quiet".into(),
+        "--report".into(),
+        out_path.display().to_string(),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let html = std::fs::read_to_string(&out_path).expect("the report is written");
+    assert!(html.starts_with("<!DOCTYPE html>") && html.contains("<h1>spot-storm</h1>"));
+    assert_eq!(html.matches("<svg").count(), 4);
+    for caption in [
+        "Nodes by capacity type",
+        "Pending pods",
+        "Cost per hour (USD)",
+        "Evictions (cumulative)",
+    ] {
+        assert!(html.contains(caption), "{caption}");
+    }
+    // Every line has a point per 30 s sample (15 minutes: about 30), and something was drawn above zero.
+    for line in html.split("<polyline").skip(1) {
+        let points = line
+            .split("points=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("");
+        assert!(
+            points.split(' ').count() >= 25,
+            "a chart line with too few points"
+        );
+    }
+    assert!(html.contains("stroke=\"#2ca02c\""));
+    // Nothing is fetched: no script, no external stylesheet, image or font.
+    assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("<link"));
+    let _ = std::fs::remove_file(&out_path);
+}

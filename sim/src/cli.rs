@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::{RunOptions, Scenario, duration, simulate};
 
 pub const USAGE: &str = "\
-usage: cargo xtask sim FILE [--seed N | --seeds A..B] [--until T] [--trace PATH] [--quiet]
+usage: cargo xtask sim FILE [--seed N | --seeds A..B] [--until T] [--trace PATH] [--report PATH.html] [--quiet]
   run a scenario and print its trace and summary; with --seeds, run seeds A to B-1 and print one line
   per seed and the worst seed per metric
   exit codes: 0 all expectations and invariants held, 1 one failed or the run broke, 2 bad input";
@@ -36,6 +36,7 @@ pub fn sim_command(args: &[String]) -> CliOutput {
     let mut trace_path: Option<PathBuf> = None;
     let mut quiet = false;
     let mut seeds: Option<(u64, u64)> = None;
+    let mut report_path: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -67,6 +68,10 @@ pub fn sim_command(args: &[String]) -> CliOutput {
                 None => return usage_error("--trace needs a path"),
             },
             "--quiet" => quiet = true,
+            "--report" => match it.next() {
+                Some(p) => report_path = Some(PathBuf::from(p)),
+                None => return usage_error("--report needs a path such as report.html"),
+            },
             "-h" | "--help" => {
                 return CliOutput {
                     code: 0,
@@ -93,6 +98,11 @@ pub fn sim_command(args: &[String]) -> CliOutput {
         Ok(o) => o,
         Err(e) => return fail(e.exit_code(), format!("error: {e}\n")),
     };
+    if let Some(p) = &report_path
+        && let Err(e) = std::fs::write(p, crate::html::render(&scenario, &outcome))
+    {
+        return fail(2, format!("error: cannot write {}: {e}\n", p.display()));
+    }
     let mut stdout = String::new();
     match &trace_path {
         Some(p) => {

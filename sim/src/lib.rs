@@ -7,6 +7,7 @@ pub mod cli;
 pub mod clock;
 pub mod duration;
 pub mod error;
+pub mod html;
 pub mod report;
 pub mod scenario;
 pub mod trace;
@@ -27,6 +28,8 @@ pub struct Outcome {
     /// Whether every `expect:` assertion and every invariant held.
     pub passed: bool,
     pub metrics: report::Metrics,
+    /// Samples for charts (one per 30 s of sim time).
+    pub series: Vec<report::Sample>,
 }
 
 /// Options of one run.
@@ -68,5 +71,6 @@ pub fn simulate(scenario: &Scenario, options: &RunOptions) -> Result<Outcome, Si
         summary,
         passed: metrics.passed,
         metrics,
+        series: run.observations.series.clone(),
     })
 }

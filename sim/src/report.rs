@@ -20,11 +20,16 @@ pub struct Sample {
     pub pods: usize,
     pub pods_pending: usize,
     pub cost_per_hour: f64,
+    /// Billed instances by capacity type.
+    pub spot: usize,
+    pub on_demand: usize,
+    /// Evictions so far.
+    pub evictions: u64,
 }
 
 impl Sample {
     pub fn take(kube: &FakeKube, cloud: &FakeCloud, at: Duration) -> Sample {
-        let billed: Vec<f64> = cloud
+        let billed: Vec<(f64, bool)> = cloud
             .instances()
             .iter()
             .filter(|r| {
@@ -34,11 +39,21 @@ impl Sample {
                         InstanceState::Pending | InstanceState::Running
                     )
             })
-            .map(|r| r.price)
+            .map(|r| {
+                (
+                    r.price,
+                    r.instance.capacity_type == dovetail::cloud::CapacityType::Spot,
+                )
+            })
             .collect();
+        let spot = billed.iter().filter(|b| b.1).count();
+        let evictions = kube.audit().evictions;
         let st = kube.store();
         Sample {
             at,
+            spot,
+            on_demand: billed.len() - spot,
+            evictions,
             instances: billed.len(),
             nodes: st.iter("Node").count(),
             pods: st.iter("Pod").count(),
@@ -46,7 +61,7 @@ impl Sample {
                 .iter("Pod")
                 .filter(|p| p["spec"]["nodeName"].is_null())
                 .count(),
-            cost_per_hour: billed.iter().fold(0.0, |a, b| a + b),
+            cost_per_hour: billed.iter().fold(0.0, |a, b| a + b.0),
         }
     }
 
@@ -80,11 +95,23 @@ pub struct Observations {
     pub evictions_refused: u64,
     pub forced_deletions: u64,
     pub duration: Duration,
+    /// Samples kept for charts: one per [`SERIES_STEP`].
+    pub series: Vec<Sample>,
 }
+
+/// Chart resolution: one kept sample per this much sim time.
+pub const SERIES_STEP: Duration = Duration::from_secs(30);
 
 impl Observations {
     pub fn add(&mut self, s: Sample, dt: Duration) {
         self.samples += 1;
+        if self
+            .series
+            .last()
+            .is_none_or(|l| s.at >= l.at + SERIES_STEP)
+        {
+            self.series.push(s.clone());
+        }
         self.cost_total += s.cost_per_hour * dt.as_secs_f64() / 3600.0;
         self.instance_seconds += s.instances as f64 * dt.as_secs_f64();
         self.max_instances = self.max_instances.max(s.instances);
