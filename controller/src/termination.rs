@@ -358,27 +358,7 @@ impl Controller {
     /// Keep new pods off a node that is going: `karpenter.sh/disrupted:NoSchedule`.
     async fn taint_disrupted(&mut self, node: &Node) -> Result<(), ControllerError> {
         let name = node.metadata.name.clone().unwrap_or_default();
-        let mut taints: Vec<serde_json::Value> = node
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|t| serde_json::to_value(t).unwrap_or_default())
-            .collect();
-        taints.push(serde_json::to_value(disrupted_taint()).unwrap_or_default());
-        // The resourceVersion makes the list replacement safe against a concurrent taint change.
-        let updated = self
-            .ctx
-            .kube
-            .patch(
-                Kind::Node,
-                &ObjectKey::cluster(&name),
-                json!({"metadata": {"resourceVersion": node.metadata.resource_version}, "spec": {"taints": taints}}),
-            )
-            .await?;
-        self.state
-            .apply_event(Kind::Node, crate::kube::WatchEvent::Modified(updated))?;
+        self.write_disrupted_taint(node, true).await?;
         self.ctx.journal.record(
             "termination",
             format!(
@@ -396,6 +376,40 @@ impl Controller {
             "Draining the node through the eviction API before its instance is terminated",
         )
         .await;
+        Ok(())
+    }
+
+    /// Add or remove `karpenter.sh/disrupted:NoSchedule`, keeping the node's other taints, and update the
+    /// cache. The resourceVersion makes the list replacement safe against a concurrent taint change.
+    pub(crate) async fn write_disrupted_taint(
+        &mut self,
+        node: &Node,
+        on: bool,
+    ) -> Result<(), ControllerError> {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let mut taints: Vec<serde_json::Value> = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t| t.key != labels::DISRUPTED_TAINT)
+            .map(|t| serde_json::to_value(t).unwrap_or_default())
+            .collect();
+        if on {
+            taints.push(serde_json::to_value(disrupted_taint()).unwrap_or_default());
+        }
+        let updated = self
+            .ctx
+            .kube
+            .patch(
+                Kind::Node,
+                &ObjectKey::cluster(&name),
+                json!({"metadata": {"resourceVersion": node.metadata.resource_version}, "spec": {"taints": taints}}),
+            )
+            .await?;
+        self.state
+            .apply_event(Kind::Node, crate::kube::WatchEvent::Modified(updated))?;
         Ok(())
     }
 

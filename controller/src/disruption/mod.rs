@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::crds::{NodePool, labels};
+use crate::crds::NodePool;
 use crate::error::ControllerError;
 use crate::events::EventType;
 use crate::kube::{Kind, KubeError, ObjectKey};
@@ -296,35 +296,9 @@ impl Controller {
         if n.metadata.deletion_timestamp.is_some() {
             return Ok(());
         }
-        let mut taints: Vec<serde_json::Value> = n
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|t| t.key != labels::DISRUPTED_TAINT)
-            .map(|t| serde_json::to_value(t).unwrap_or_default())
-            .collect();
-        if on {
-            taints.push(json!({"key": labels::DISRUPTED_TAINT, "effect": "NoSchedule"}));
-        }
-        match self
-            .ctx
-            .kube
-            .patch(
-                Kind::Node,
-                &ObjectKey::cluster(node),
-                json!({"metadata": {"resourceVersion": n.metadata.resource_version}, "spec": {"taints": taints}}),
-            )
-            .await
-        {
-            Ok(updated) => {
-                self.state
-                    .apply_event(Kind::Node, crate::kube::WatchEvent::Modified(updated))?;
-                Ok(())
-            }
-            Err(KubeError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
+        match self.write_disrupted_taint(&n, on).await {
+            Err(ControllerError::Kube(KubeError::NotFound { .. })) => Ok(()),
+            other => other,
         }
     }
 }
