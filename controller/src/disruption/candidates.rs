@@ -36,6 +36,33 @@ pub(crate) struct Candidate {
     pub only_when_empty: bool,
 }
 
+/// Whether a pod's `karpenter.sh/do-not-disrupt` keeps its node from voluntary disruption now: `"true"`
+/// always, a duration (`"30m"`) until that long after the pod started (Karpenter's timed form).
+pub(crate) fn protected(pod: &k8s_openapi::api::core::v1::Pod, now: jiff::Timestamp) -> bool {
+    if do_not_disrupt(pod) {
+        return true;
+    }
+    let Some(value) = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(labels::DO_NOT_DISRUPT))
+    else {
+        return false;
+    };
+    let Ok(d) = crate::duration::parse(value) else {
+        // Anything else is not a value Karpenter gives meaning to; it protects nothing.
+        return false;
+    };
+    let started = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .or(pod.metadata.creation_timestamp.as_ref())
+        .map(|t| t.0);
+    started.is_none_or(|s| crate::clock::since(now, s) < d)
+}
+
 impl Controller {
     /// Pods no eviction may touch now: selected by a PodDisruptionBudget that allows no disruption.
     pub(crate) async fn budget_blocked_pods(&self) -> Result<BTreeSet<ObjectKey>, ControllerError> {
@@ -172,7 +199,7 @@ impl Controller {
                         if pod.metadata.deletion_timestamp.is_some() {
                             continue;
                         }
-                        if do_not_disrupt(pod) || blocked.contains(*key) {
+                        if protected(pod, self.ctx.clock.now()) || blocked.contains(*key) {
                             continue 'claims;
                         }
                         pods.push((*key).clone());
@@ -290,5 +317,38 @@ impl Controller {
             out.insert(name.clone(), left);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Pod, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    fn pod(value: Option<&str>, started: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                annotations: value
+                    .map(|v| [(labels::DO_NOT_DISRUPT.to_string(), v.to_string())].into()),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                start_time: Some(Time(started.parse().unwrap())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn do_not_disrupt_true_or_for_a_while() {
+        let now: jiff::Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
+        assert!(protected(&pod(Some("true"), "2026-01-01T00:00:00Z"), now));
+        assert!(!protected(&pod(None, "2026-01-01T00:00:00Z"), now));
+        // Started 60 minutes ago: a 2h window still holds, a 30m one has run out.
+        assert!(protected(&pod(Some("2h"), "2026-01-01T00:00:00Z"), now));
+        assert!(!protected(&pod(Some("30m"), "2026-01-01T00:00:00Z"), now));
+        assert!(!protected(&pod(Some("false"), "2026-01-01T00:00:00Z"), now));
     }
 }
