@@ -30,6 +30,14 @@ pub struct InstanceType {
 }
 
 impl InstanceType {
+    /// The listed price of one offering (available or not): what a running node of it costs.
+    pub fn price(&self, zone: &str, ct: crate::cloud::CapacityType) -> Option<f64> {
+        self.offerings
+            .iter()
+            .find(|o| o.zone == zone && o.capacity_type == ct)
+            .map(|o| o.price)
+    }
+
     /// The cheapest available offering matching `allowed`.
     pub fn cheapest(&self, allowed: impl Fn(&Offering) -> bool) -> Option<&Offering> {
         self.offerings

@@ -435,12 +435,8 @@ impl Controller {
             .map(|t| (t.capacity.to_quantities(), t.allocatable.to_quantities()))
             .unwrap_or_default();
         let price = it
-            .and_then(|t| {
-                t.offerings
-                    .iter()
-                    .find(|o| o.zone == instance.zone && o.capacity_type == instance.capacity_type)
-            })
-            .map_or(0.0, |o| o.price);
+            .and_then(|t| t.price(&instance.zone, instance.capacity_type))
+            .unwrap_or(0.0);
         self.ctx
             .kube
             .patch(

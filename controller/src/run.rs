@@ -85,7 +85,6 @@ pub(crate) struct Controller {
     next_disruption: Duration,
     /// When a pod last arrived on or left each node (consolidateAfter counts from then).
     pub(crate) pod_changes: std::collections::BTreeMap<String, Duration>,
-    pub(crate) disruptions_done: u64,
     /// Consolidations already reported as not worth their churn.
     pub(crate) churn_noted: std::collections::BTreeSet<String>,
     next_interruption: Duration,
@@ -121,7 +120,6 @@ impl Controller {
             // The first pass waits for the catalog and the node classes to be read.
             next_disruption: started + crate::disruption::DISRUPTION_INTERVAL * 3,
             pod_changes: Default::default(),
-            disruptions_done: 0,
             churn_noted: Default::default(),
             next_interruption: Duration::ZERO,
             next_nodeclass: Duration::ZERO,

@@ -36,6 +36,14 @@ pub(crate) struct Candidate {
     pub only_when_empty: bool,
 }
 
+/// The capacity type on a claim's labels; on-demand when absent, as Karpenter defaults.
+fn capacity_type_of(claim_labels: &BTreeMap<String, String>) -> CapacityType {
+    claim_labels
+        .get(labels::CAPACITY_TYPE)
+        .and_then(|c| CapacityType::parse(c))
+        .unwrap_or(CapacityType::OnDemand)
+}
+
 /// Whether a pod's `karpenter.sh/do-not-disrupt` keeps its node from voluntary disruption now: `"true"`
 /// always, a duration (`"30m"`) until that long after the pod started (Karpenter's timed form).
 pub(crate) fn protected(pod: &k8s_openapi::api::core::v1::Pod, now: jiff::Timestamp) -> bool {
@@ -94,16 +102,20 @@ impl Controller {
         Ok(out)
     }
 
-    fn price_of(&self, instance_type: &str, zone: &str, ct: CapacityType) -> f64 {
+    /// What a claim's node costs per hour, from the type, zone and capacity type on its labels (0 when
+    /// it has not launched yet).
+    pub(crate) fn claim_price(&self, claim_labels: &BTreeMap<String, String>) -> f64 {
+        let (Some(t), Some(z)) = (
+            claim_labels.get(labels::INSTANCE_TYPE),
+            claim_labels.get(labels::ZONE),
+        ) else {
+            return 0.0;
+        };
         self.instance_types
             .iter()
-            .find(|t| t.name == instance_type)
-            .and_then(|t| {
-                t.offerings
-                    .iter()
-                    .find(|o| o.zone == zone && o.capacity_type == ct)
-            })
-            .map_or(0.0, |o| o.price)
+            .find(|it| &it.name == t)
+            .and_then(|it| it.price(z, capacity_type_of(claim_labels)))
+            .unwrap_or(0.0)
     }
 
     /// Why a claim no longer matches its pool or node class, if it does not.
@@ -232,18 +244,13 @@ impl Controller {
                 .get(labels::INSTANCE_TYPE)
                 .cloned()
                 .unwrap_or_default();
-            let zone = claim_labels.get(labels::ZONE).cloned().unwrap_or_default();
-            let capacity_type = claim_labels
-                .get(labels::CAPACITY_TYPE)
-                .and_then(|c| CapacityType::parse(c))
-                .unwrap_or(CapacityType::OnDemand);
             out.push(Candidate {
-                price: self.price_of(&instance_type, &zone, capacity_type),
+                price: self.claim_price(&claim_labels),
                 node: node_name.clone(),
                 claim: claim.metadata.name.clone().unwrap_or_default(),
                 pool: pool.metadata.name.clone().unwrap_or_default(),
                 instance_type,
-                capacity_type,
+                capacity_type: capacity_type_of(&claim_labels),
                 pods,
                 drifted: self.drift(claim, pool),
                 consolidatable,

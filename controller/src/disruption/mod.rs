@@ -259,7 +259,6 @@ impl Controller {
             self.delete_if_present(Kind::NodeClaim, &ObjectKey::cluster(&c.claim))
                 .await?;
         }
-        self.disruptions_done += command.candidates.len() as u64;
         self.ctx
             .journal
             .record("disruption", format!("executed: {}", command.describe()));

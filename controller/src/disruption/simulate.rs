@@ -23,6 +23,8 @@ pub(crate) struct Snapshot<'a> {
     existing: Vec<ExistingCapacity>,
     pools: Vec<PoolOptions<'a>>,
     pods: BTreeMap<String, Vec<PendingPod>>,
+    /// Each pool's cost per hour and pod count, for the anti-churn score.
+    pool_totals: BTreeMap<String, (f64, usize)>,
 }
 
 impl Controller {
@@ -43,7 +45,31 @@ impl Controller {
             existing: self.existing_capacity(&leaving),
             pools: self.pool_options(),
             pods,
+            pool_totals: self.pool_totals(),
         }
+    }
+
+    /// Cost per hour and pods of every pool's nodes.
+    fn pool_totals(&self) -> BTreeMap<String, (f64, usize)> {
+        let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+        for p in self.state.pods.values() {
+            if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+                *per_node.entry(n).or_default() += 1;
+            }
+        }
+        let mut out: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+        for claim in self.state.nodeclaims.values() {
+            let l = claim.metadata.labels.clone().unwrap_or_default();
+            let Some(pool) = l.get(labels::NODEPOOL) else {
+                continue;
+            };
+            let entry = out.entry(pool.clone()).or_default();
+            entry.0 += self.claim_price(&l);
+            if let Some(node) = claim.status.as_ref().and_then(|s| s.node_name.as_deref()) {
+                entry.1 += per_node.get(node).copied().unwrap_or(0);
+            }
+        }
+        out
     }
 
     /// Where the pods of `cands` would go if those nodes left.
@@ -64,12 +90,19 @@ impl Controller {
         plan_on(&pending, &existing, &snap.pools)
     }
 
+    /// The cheapest allowed price of one type by name (infinity when unknown or not offered).
+    fn type_price(&self, name: &str, reqs: &crate::scheduling::Requirements) -> f64 {
+        self.instance_types
+            .iter()
+            .find(|t| t.name == name)
+            .map_or(f64::INFINITY, |t| cheapest_price(t, reqs))
+    }
+
     /// The cheapest price of a planned claim's types under its requirements.
     fn plan_price(&self, plan: &crate::scheduling::ClaimPlan) -> f64 {
         plan.instance_types
             .iter()
-            .filter_map(|n| self.instance_types.iter().find(|t| &t.name == n))
-            .map(|t| cheapest_price(t, &plan.requirements))
+            .map(|n| self.type_price(n, &plan.requirements))
             .fold(f64::INFINITY, f64::min)
     }
 
@@ -89,14 +122,10 @@ impl Controller {
                 }
                 let mut claim = plan.claims.into_iter().next()?;
                 let reqs = claim.requirements.clone();
-                let price = |n: &String| {
-                    self.instance_types
-                        .iter()
-                        .find(|t| &t.name == n)
-                        .map_or(f64::INFINITY, |t| cheapest_price(t, &reqs))
-                };
                 // Only types that make it cheaper may be launched.
-                claim.instance_types.retain(|t| price(t) < total);
+                claim
+                    .instance_types
+                    .retain(|t| self.type_price(t, &reqs) < total);
                 if claim.instance_types.is_empty() {
                     return None;
                 }
@@ -109,7 +138,12 @@ impl Controller {
 
     /// Dovetail's anti-churn rule: the share of the pool's cost saved, divided by the share of the pool's
     /// pods moved, must reach `Settings::consolidation_balance` (moving no pod always passes).
-    fn worth_it(&self, cands: &[&Candidate], savings: f64) -> Result<(), String> {
+    fn worth_it(
+        &self,
+        snap: &Snapshot<'_>,
+        cands: &[&Candidate],
+        savings: f64,
+    ) -> Result<(), String> {
         let Some(threshold) = self.ctx.settings.consolidation_balance else {
             return Ok(());
         };
@@ -118,28 +152,7 @@ impl Controller {
             return Ok(());
         }
         let pool = &cands[0].pool;
-        let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
-        for p in self.state.pods.values() {
-            if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
-                *per_node.entry(n).or_default() += 1;
-            }
-        }
-        let mut cost = 0.0;
-        let mut pods = 0usize;
-        for claim in self.state.nodeclaims.values() {
-            let l = claim.metadata.labels.clone().unwrap_or_default();
-            if l.get(labels::NODEPOOL) != Some(pool) {
-                continue;
-            }
-            let ct = l
-                .get(labels::CAPACITY_TYPE)
-                .and_then(|c| CapacityType::parse(c))
-                .unwrap_or(CapacityType::OnDemand);
-            cost += self.price_of_labels(&l, ct);
-            if let Some(node) = claim.status.as_ref().and_then(|s| s.node_name.as_deref()) {
-                pods += per_node.get(node).copied().unwrap_or(0);
-            }
-        }
+        let (cost, pods) = snap.pool_totals.get(pool).copied().unwrap_or_default();
         if cost <= 0.0 || pods == 0 {
             return Ok(());
         }
@@ -153,21 +166,6 @@ impl Controller {
                 100.0 * moved as f64 / pods as f64
             ))
         }
-    }
-
-    fn price_of_labels(&self, l: &BTreeMap<String, String>, ct: CapacityType) -> f64 {
-        let (Some(t), Some(z)) = (l.get(labels::INSTANCE_TYPE), l.get(labels::ZONE)) else {
-            return 0.0;
-        };
-        self.instance_types
-            .iter()
-            .find(|it| &it.name == t)
-            .and_then(|it| {
-                it.offerings
-                    .iter()
-                    .find(|o| &o.zone == z && o.capacity_type == ct)
-            })
-            .map_or(0.0, |o| o.price)
     }
 
     fn command(
@@ -331,7 +329,7 @@ impl Controller {
                     .all(|c| c.pool == cmd.candidates[0].pool)
             {
                 let refs: Vec<&Candidate> = cmd.candidates.iter().collect();
-                match self.worth_it(&refs, cmd.savings) {
+                match self.worth_it(snap, &refs, cmd.savings) {
                     Ok(()) => return (Some(cmd), skipped),
                     Err(why) => skipped.push((cmd, why)),
                 }
@@ -339,7 +337,7 @@ impl Controller {
         }
         for c in eligible {
             if let Some(cmd) = self.evaluate(snap, Reason::Underutilized, &[c]) {
-                match self.worth_it(&[c], cmd.savings) {
+                match self.worth_it(snap, &[c], cmd.savings) {
                     Ok(()) => return (Some(cmd), skipped),
                     Err(why) => skipped.push((cmd, why)),
                 }
