@@ -462,6 +462,20 @@ fn topo_pod(name: &str, app: &str, kind: TermKind, key: &str, strength: Strength
     p
 }
 
+/// `n` pods named `{prefix}0..`, all with the same topology term.
+fn topo_pods(
+    prefix: &str,
+    n: usize,
+    app: &str,
+    kind: TermKind,
+    key: &str,
+    strength: Strength,
+) -> Vec<PendingPod> {
+    (0..n)
+        .map(|i| topo_pod(&format!("{prefix}{i}"), app, kind, key, strength))
+        .collect()
+}
+
 fn zone_of(c: &ClaimPlan) -> Option<String> {
     c.requirements
         .get(labels::ZONE)
@@ -482,17 +496,14 @@ fn zone_counts(out: &Plan) -> BTreeMap<String, usize> {
 #[test]
 fn zonal_spread_balances_and_pins_claims() {
     let t = it("m.large", 8000, "32Gi", 58, 0.1);
-    let pods: Vec<PendingPod> = (0..6)
-        .map(|i| {
-            topo_pod(
-                &format!("p{i}"),
-                "web",
-                spread(1, 1),
-                labels::ZONE,
-                Strength::Required,
-            )
-        })
-        .collect();
+    let pods: Vec<PendingPod> = topo_pods(
+        "p",
+        6,
+        "web",
+        spread(1, 1),
+        labels::ZONE,
+        Strength::Required,
+    );
     let out = plan(&pods, &[], &[pool("default", vec![&t])]);
     assert!(out.unschedulable.is_empty(), "{:?}", out.unschedulable);
     assert_eq!(
@@ -519,17 +530,14 @@ fn spread_counts_existing_pods() {
             })
             .collect(),
     };
-    let pods: Vec<PendingPod> = (0..2)
-        .map(|i| {
-            topo_pod(
-                &format!("p{i}"),
-                "web",
-                spread(1, 1),
-                labels::ZONE,
-                Strength::Required,
-            )
-        })
-        .collect();
+    let pods: Vec<PendingPod> = topo_pods(
+        "p",
+        2,
+        "web",
+        spread(1, 1),
+        labels::ZONE,
+        Strength::Required,
+    );
     let out = plan(&pods, &[node], &[pool("default", vec![&t])]);
     assert_eq!(
         zone_counts(&out),
@@ -542,17 +550,14 @@ fn spread_counts_existing_pods() {
 fn min_domains_holds_the_global_minimum_at_zero() {
     // Two zones but minDomains 3: the minimum counts as 0, so each zone takes at most maxSkew pods.
     let t = it("m.large", 8000, "32Gi", 58, 0.1);
-    let pods: Vec<PendingPod> = (0..4)
-        .map(|i| {
-            topo_pod(
-                &format!("p{i}"),
-                "web",
-                spread(1, 3),
-                labels::ZONE,
-                Strength::Required,
-            )
-        })
-        .collect();
+    let pods: Vec<PendingPod> = topo_pods(
+        "p",
+        4,
+        "web",
+        spread(1, 3),
+        labels::ZONE,
+        Strength::Required,
+    );
     let out = plan(&pods, &[], &[pool("default", vec![&t])]);
     assert_eq!(
         zone_counts(&out),
@@ -571,26 +576,22 @@ fn min_domains_holds_the_global_minimum_at_zero() {
 #[test]
 fn hostname_spread_and_anti_affinity_split_nodes() {
     let t = it("m.large", 8000, "32Gi", 58, 0.1);
-    let mut pods: Vec<PendingPod> = (0..4)
-        .map(|i| {
-            topo_pod(
-                &format!("s{i}"),
-                "spread",
-                spread(2, 1),
-                labels::HOSTNAME,
-                Strength::Required,
-            )
-        })
-        .collect();
-    pods.extend((0..3).map(|i| {
-        topo_pod(
-            &format!("a{i}"),
-            "anti",
-            TermKind::AntiAffinity,
-            labels::HOSTNAME,
-            Strength::Required,
-        )
-    }));
+    let mut pods: Vec<PendingPod> = topo_pods(
+        "s",
+        4,
+        "spread",
+        spread(2, 1),
+        labels::HOSTNAME,
+        Strength::Required,
+    );
+    pods.extend(topo_pods(
+        "a",
+        3,
+        "anti",
+        TermKind::AntiAffinity,
+        labels::HOSTNAME,
+        Strength::Required,
+    ));
     let out = plan(&pods, &[], &[pool("default", vec![&t])]);
     assert!(out.unschedulable.is_empty());
     for c in &out.claims {
@@ -638,17 +639,14 @@ fn anti_affinity_of_a_running_pod_keeps_matching_pods_away() {
 fn zonal_anti_affinity_across_undecided_claims() {
     // Three mutually anti-affine pods, two zones: two claims in distinct zones, the third explained.
     let t = it("m.large", 8000, "32Gi", 58, 0.1);
-    let pods: Vec<PendingPod> = (0..3)
-        .map(|i| {
-            topo_pod(
-                &format!("p{i}"),
-                "db",
-                TermKind::AntiAffinity,
-                labels::ZONE,
-                Strength::Required,
-            )
-        })
-        .collect();
+    let pods: Vec<PendingPod> = topo_pods(
+        "p",
+        3,
+        "db",
+        TermKind::AntiAffinity,
+        labels::ZONE,
+        Strength::Required,
+    );
     let out = plan(&pods, &[], &[pool("default", vec![&t])]);
     assert_eq!(
         zone_counts(&out),
@@ -665,17 +663,14 @@ fn zonal_anti_affinity_across_undecided_claims() {
 #[test]
 fn zonal_self_affinity_gathers_in_one_zone() {
     let t = it("m.small", 1000, "4Gi", 58, 0.02);
-    let pods: Vec<PendingPod> = (0..5)
-        .map(|i| {
-            topo_pod(
-                &format!("p{i}"),
-                "cache",
-                TermKind::Affinity,
-                labels::ZONE,
-                Strength::Required,
-            )
-        })
-        .collect();
+    let pods: Vec<PendingPod> = topo_pods(
+        "p",
+        5,
+        "cache",
+        TermKind::Affinity,
+        labels::ZONE,
+        Strength::Required,
+    );
     let out = plan(&pods, &[], &[pool("default", vec![&t])]);
     assert!(out.unschedulable.is_empty());
     assert!(out.claims.len() > 1, "the pods need several small nodes");
@@ -690,30 +685,24 @@ fn preferences_are_relaxed_when_they_cannot_hold() {
     let mut rem = Resources::default();
     rem.set(NODES, Milli::from_units(1));
     p.remaining_limits = Some(rem);
-    let soft: Vec<PendingPod> = (0..2)
-        .map(|i| {
-            topo_pod(
-                &format!("p{i}"),
-                "web",
-                TermKind::AntiAffinity,
-                labels::HOSTNAME,
-                Strength::PreferredAntiAffinity,
-            )
-        })
-        .collect();
+    let soft: Vec<PendingPod> = topo_pods(
+        "p",
+        2,
+        "web",
+        TermKind::AntiAffinity,
+        labels::HOSTNAME,
+        Strength::PreferredAntiAffinity,
+    );
     let out = plan(&soft, &[], std::slice::from_ref(&p));
     assert_eq!((out.claims.len(), out.unschedulable.len()), (1, 0));
-    let hard: Vec<PendingPod> = (0..2)
-        .map(|i| {
-            topo_pod(
-                &format!("p{i}"),
-                "web",
-                TermKind::AntiAffinity,
-                labels::HOSTNAME,
-                Strength::Required,
-            )
-        })
-        .collect();
+    let hard: Vec<PendingPod> = topo_pods(
+        "p",
+        2,
+        "web",
+        TermKind::AntiAffinity,
+        labels::HOSTNAME,
+        Strength::Required,
+    );
     let out = plan(&hard, &[], std::slice::from_ref(&p));
     assert_eq!((out.claims.len(), out.unschedulable.len()), (1, 1));
     assert!(
@@ -721,17 +710,14 @@ fn preferences_are_relaxed_when_they_cannot_hold() {
         "{}",
         out.unschedulable[0].1
     );
-    let anyway: Vec<PendingPod> = (0..4)
-        .map(|i| {
-            topo_pod(
-                &format!("p{i}"),
-                "web",
-                spread(1, 1),
-                labels::ZONE,
-                Strength::ScheduleAnyway,
-            )
-        })
-        .collect();
+    let anyway: Vec<PendingPod> = topo_pods(
+        "p",
+        4,
+        "web",
+        spread(1, 1),
+        labels::ZONE,
+        Strength::ScheduleAnyway,
+    );
     let out = plan(&anyway, &[], &[p]);
     assert_eq!((out.claims.len(), out.unschedulable.len()), (1, 0));
 }
@@ -763,17 +749,14 @@ fn node_limits_are_pessimistic() {
     let mut rem = Resources::default();
     rem.set(CPU, Milli(10_000));
     p.remaining_limits = Some(rem);
-    let pods: Vec<PendingPod> = (0..2)
-        .map(|i| {
-            topo_pod(
-                &format!("p{i}"),
-                "web",
-                TermKind::AntiAffinity,
-                labels::HOSTNAME,
-                Strength::Required,
-            )
-        })
-        .collect();
+    let pods: Vec<PendingPod> = topo_pods(
+        "p",
+        2,
+        "web",
+        TermKind::AntiAffinity,
+        labels::HOSTNAME,
+        Strength::Required,
+    );
     let out = plan(&pods, &[], &[p]);
     assert_eq!(out.claims.len(), 2);
     assert_eq!(out.claims[1].instance_types, vec!["m.large".to_string()]);
