@@ -224,7 +224,7 @@ impl FakeKube {
         let node_deleting = st
             .get("Node", "", node_name)
             .is_some_and(|n| !n["metadata"]["deletionTimestamp"].is_null());
-        let grace_set = st.list("NodeClaim").iter().any(|c| {
+        let grace_set = st.iter("NodeClaim").any(|c| {
             c["status"]["nodeName"] == node_name && c["spec"]["terminationGracePeriod"].is_string()
         });
         drop(st);
