@@ -1,6 +1,6 @@
 //! Snapshot tests of scenario traces: a behaviour change shows up as a readable diff in review.
 
-use dovetail_tests::{at, first, run_scenario};
+use dovetail_tests::{at, first, run_scenario, run_scenario_with};
 
 #[test]
 fn steady_web_seed_7() {
@@ -331,6 +331,14 @@ fn burst_scale_up_seed_42() {
         figure(&text, "nodes            end") < 2,
         "capacity not given back after the burst"
     );
+    // The burst left 10 pods on a 96-vCPU spot node; spot-to-spot consolidation swaps it for a small one.
+    let end_cost: f64 = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("cost per hour    end "))
+        .and_then(|r| r.split(',').next()?.parse().ok())
+        .expect("cost per hour in the summary");
+    assert!(end_cost < 0.5, "still paying {end_cost}/h for 10 pods");
+    assert!(text.contains("Underutilized replace with 1"));
     insta::assert_snapshot!("burst-scale-up.seed-42", text);
 }
 
@@ -381,4 +389,37 @@ fn throttled_api_seed_42() {
     assert_eq!(figure(&text, "launches"), claims, "a claim launched twice");
     assert!(text.contains("verdict          PASS"));
     insta::assert_snapshot!("throttled-api.seed-42", text);
+}
+
+#[test]
+fn ca_baseline_burst_scale_up() {
+    let text = run_scenario_with(
+        "burst-scale-up.yaml",
+        42,
+        dovetail_sim::Autoscaler::CaBaseline,
+    );
+    // Only the fixed node groups launch, on-demand, in all three zones, and no NodeClaim is made.
+    let launches: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" cloud      launch "))
+        .collect();
+    assert!(launches.len() > 10, "{}", launches.len());
+    for l in &launches {
+        assert!(
+            (l.contains(" m5.large ") || l.contains(" m5.2xlarge ")) && l.contains(" on-demand "),
+            "{l}"
+        );
+    }
+    for z in ["us-east-1a", "us-east-1b", "us-east-1c"] {
+        assert!(launches.iter().any(|l| l.contains(z)), "no node in {z}");
+    }
+    assert!(!text.contains("nodeclaim/"));
+    // One scale-up for the burst (least waste picks the large type for 500 pods), then empty nodes go
+    // in bulk, no earlier than 10 minutes after the burst ended at 30m.
+    assert!(text.contains("x m5.2xlarge (least waste"));
+    let down = first(&text, " ca         scale-down empty").expect("no scale-down");
+    assert!(down.0 >= 40.0 * 60.0, "{down:?}");
+    assert!(text.contains("autoscaler ca-baseline"));
+    assert!(text.contains("verdict          PASS"));
+    assert!(figure(&text, "nodes            end") <= 5);
 }

@@ -12,11 +12,17 @@ pub fn root() -> PathBuf {
 
 /// Run a scenario file of `scenarios/` with a seed; returns trace + summary as one text.
 pub fn run_scenario(name: &str, seed: u64) -> String {
+    run_scenario_with(name, seed, dovetail_sim::Autoscaler::Dovetail)
+}
+
+/// [`run_scenario`] with another autoscaler in the controller's place.
+pub fn run_scenario_with(name: &str, seed: u64, autoscaler: dovetail_sim::Autoscaler) -> String {
     let path = root().join("scenarios").join(name);
     let scenario = dovetail_sim::Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let options = dovetail_sim::RunOptions {
         seed: Some(seed),
-        until: None,
+        autoscaler,
+        ..Default::default()
     };
     let out = dovetail_sim::simulate(&scenario, &options).unwrap_or_else(|e| panic!("{e}"));
     format!("{}{}", out.trace, out.summary)

@@ -38,6 +38,11 @@ pub struct Settings {
     /// Dovetail's anti-churn rule for consolidation that moves pods: the share of the pool's cost saved
     /// divided by the share of its pods moved must reach this (None: off, Karpenter's behaviour).
     pub consolidation_balance: Option<f64>,
+    /// Replace a spot node with a cheaper spot node (Karpenter's `SpotToSpotConsolidation` feature gate,
+    /// off there by default, on here): a single node only when at least 15 cheaper types can take its
+    /// pods, and the replacement may launch only the 15 cheapest, so it does not race to the most
+    /// interrupted type.
+    pub spot_to_spot: bool,
 }
 
 impl Default for Settings {
@@ -50,6 +55,7 @@ impl Default for Settings {
             catalog_refresh: Duration::from_secs(300),
             interruption_queue: None,
             consolidation_balance: Some(0.25),
+            spot_to_spot: true,
         }
     }
 }

@@ -523,6 +523,42 @@ impl FakeCloud {
         std::mem::take(&mut self.lock().crash_signalled)
     }
 
+    /// What DescribeInstanceTypeOfferings, the price list and DescribeSpotPriceHistory would answer now,
+    /// without an API call's latency or faults (for the simulator's cost lower bound).
+    pub fn market(
+        &self,
+    ) -> (
+        Vec<InstanceTypeOffering>,
+        BTreeMap<String, f64>,
+        Vec<SpotPrice>,
+    ) {
+        let st = self.lock();
+        let offerings = st
+            .offerings
+            .iter()
+            .map(|(t, z)| InstanceTypeOffering {
+                instance_type: t.clone(),
+                zone: z.clone(),
+            })
+            .collect();
+        let spot = st
+            .spot_prices
+            .iter()
+            .map(|((t, z), p)| SpotPrice {
+                instance_type: t.clone(),
+                zone: z.clone(),
+                price: *p,
+            })
+            .collect();
+        let od = self
+            .catalog
+            .types
+            .iter()
+            .map(|(n, e)| (n.clone(), e.on_demand_price))
+            .collect();
+        (offerings, od, spot)
+    }
+
     pub fn launch_stats(&self) -> (u64, BTreeMap<String, u64>) {
         let st = self.lock();
         (st.launches, st.errors_by_code.clone())
@@ -967,39 +1003,17 @@ impl Cloud for FakeCloud {
         &self,
     ) -> Result<Vec<InstanceTypeOffering>, CloudError> {
         self.api_call("DescribeInstanceTypeOfferings").await?;
-        Ok(self
-            .lock()
-            .offerings
-            .iter()
-            .map(|(t, z)| InstanceTypeOffering {
-                instance_type: t.clone(),
-                zone: z.clone(),
-            })
-            .collect())
+        Ok(self.market().0)
     }
 
     async fn describe_spot_price_history(&self) -> Result<Vec<SpotPrice>, CloudError> {
         self.api_call("DescribeSpotPriceHistory").await?;
-        let st = self.lock();
-        Ok(st
-            .spot_prices
-            .iter()
-            .map(|((t, z), p)| SpotPrice {
-                instance_type: t.clone(),
-                zone: z.clone(),
-                price: *p,
-            })
-            .collect())
+        Ok(self.market().2)
     }
 
     async fn on_demand_prices(&self) -> Result<BTreeMap<String, f64>, CloudError> {
         self.api_call("GetProducts").await?;
-        Ok(self
-            .catalog
-            .types
-            .iter()
-            .map(|(n, e)| (n.clone(), e.on_demand_price))
-            .collect())
+        Ok(self.market().1)
     }
 
     async fn describe_subnets(&self) -> Result<Vec<Subnet>, CloudError> {

@@ -54,6 +54,11 @@ pub struct Kubelets {
     lost: BTreeMap<String, Timestamp>,
 }
 
+/// EC2 tag prefixes by which a node group states its nodes' labels and taints (`value:Effect`); the
+/// Cluster Autoscaler reads the same tags to build node templates.
+pub const NODE_TEMPLATE_LABEL: &str = "k8s.io/cluster-autoscaler/node-template/label/";
+pub const NODE_TEMPLATE_TAINT: &str = "k8s.io/cluster-autoscaler/node-template/taint/";
+
 /// Pods carrying this annotation exit successfully after the duration (`90s`, `5m`, `1h`): a Job's work.
 pub const RUN_DURATION_ANNOTATION: &str = "sim.dovetail.dev/run-duration";
 
@@ -186,8 +191,21 @@ impl Kubelets {
             labels["karpenter.sh/nodepool"] = json!(pool);
         }
         // Karpenter's user data registers the node with its claim's taints, startup taints, and the
-        // unregistered taint that the controller removes once it has synced the node.
-        let mut taints = vec![json!({"key": "karpenter.sh/unregistered", "effect": "NoExecute"})];
+        // unregistered taint that the controller removes once it has synced the node. A node group's
+        // instance (no claim) registers with the labels and taints its group configures, which the
+        // Cluster Autoscaler's node-template tags mirror.
+        let mut taints = Vec::new();
+        if claim_name.is_some() {
+            taints.push(json!({"key": "karpenter.sh/unregistered", "effect": "NoExecute"}));
+        }
+        for (k, v) in &m.tags {
+            if let Some(label) = k.strip_prefix(NODE_TEMPLATE_LABEL) {
+                labels[label] = json!(v);
+            } else if let Some(key) = k.strip_prefix(NODE_TEMPLATE_TAINT) {
+                let (value, effect) = v.rsplit_once(':').unwrap_or(("", v.as_str()));
+                taints.push(json!({"key": key, "value": value, "effect": effect}));
+            }
+        }
         if let Some(c) = &claim {
             for field in ["taints", "startupTaints"] {
                 taints.extend(c["spec"][field].as_array().into_iter().flatten().cloned());

@@ -6,6 +6,7 @@ use crate::{RunOptions, Scenario, duration, simulate};
 
 pub const USAGE: &str = "\
 usage: cargo xtask sim FILE [--seed N | --seeds A..B] [--until T] [--trace PATH] [--report PATH.html] [--quiet]
+                            [--autoscaler dovetail|ca-baseline]
   run a scenario and print its trace and summary; with --seeds, run seeds A to B-1 and print one line
   per seed and the worst seed per metric
   exit codes: 0 all expectations and invariants held, 1 one failed or the run broke, 2 bad input";
@@ -68,6 +69,14 @@ pub fn sim_command(args: &[String]) -> CliOutput {
                 None => return usage_error("--trace needs a path"),
             },
             "--quiet" => quiet = true,
+            "--autoscaler" => match it.next().map(|s| crate::Autoscaler::parse(s)) {
+                Some(Some(a)) => options.autoscaler = a,
+                _ => {
+                    return usage_error(
+                        "--autoscaler is `dovetail` (the default) or `ca-baseline`",
+                    );
+                }
+            },
             "--report" => match it.next() {
                 Some(p) => report_path = Some(PathBuf::from(p)),
                 None => return usage_error("--report needs a path such as report.html"),

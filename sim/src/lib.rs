@@ -3,6 +3,8 @@
 //! [`simulate`] is what `cargo xtask sim` and the tests call: it loads nothing itself, runs a parsed
 //! [`Scenario`], and returns the trace and the summary as text, byte-identical for one seed.
 
+pub mod baseline;
+pub mod bound;
 pub mod cli;
 pub mod clock;
 pub mod duration;
@@ -39,18 +41,52 @@ pub struct RunOptions {
     pub seed: Option<u64>,
     /// Stop early at this simulated time.
     pub until: Option<Duration>,
+    /// What scales the cluster.
+    pub autoscaler: Autoscaler,
+}
+
+/// What scales the simulated cluster: Dovetail's controller, or the comparison baseline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Autoscaler {
+    #[default]
+    Dovetail,
+    /// A Cluster-Autoscaler-style strategy with fixed node groups ([`baseline`]).
+    CaBaseline,
+}
+
+impl Autoscaler {
+    pub fn parse(s: &str) -> Option<Autoscaler> {
+        match s {
+            "dovetail" => Some(Autoscaler::Dovetail),
+            "ca-baseline" => Some(Autoscaler::CaBaseline),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Autoscaler::Dovetail => "dovetail",
+            Autoscaler::CaBaseline => "ca-baseline",
+        }
+    }
 }
 
 pub fn simulate(scenario: &Scenario, options: &RunOptions) -> Result<Outcome, SimError> {
     let seed = options.seed.unwrap_or(scenario.seed);
-    let run = world::run(scenario, seed, options.until)?;
+    let run = world::run(scenario, seed, options.until, options.autoscaler)?;
     let mut trace = String::new();
     for e in run.trace.entries() {
         trace.push_str(&e.render());
         trace.push('\n');
     }
     let verdicts = report::verdicts(scenario, &run.observations);
-    let mut summary = report::summary(scenario, seed, &run.observations, &verdicts);
+    let mut summary = report::summary(
+        scenario,
+        seed,
+        options.autoscaler,
+        &run.observations,
+        &verdicts,
+    );
     if let Some((at, why)) = &run.stopped {
         // Where it broke and what led there, without scrolling the whole trace.
         summary.push_str(&format!(

@@ -25,6 +25,8 @@ pub struct Sample {
     pub on_demand: usize,
     /// Evictions so far.
     pub evictions: u64,
+    /// The fluid lower bound on cost per hour at this moment ([`crate::bound`]).
+    pub lower_bound_per_hour: f64,
 }
 
 impl Sample {
@@ -62,6 +64,7 @@ impl Sample {
                 .filter(|p| p["spec"]["nodeName"].is_null())
                 .count(),
             cost_per_hour: billed.iter().fold(0.0, |a, b| a + b.0),
+            lower_bound_per_hour: 0.0,
         }
     }
 
@@ -77,6 +80,8 @@ impl Sample {
 pub struct Observations {
     pub samples: usize,
     pub cost_total: f64,
+    /// The lower bound integrated over the run.
+    pub lower_bound_total: f64,
     pub instance_seconds: f64,
     pub max_instances: usize,
     pub max_cost_per_hour: f64,
@@ -113,6 +118,7 @@ impl Observations {
             self.series.push(s.clone());
         }
         self.cost_total += s.cost_per_hour * dt.as_secs_f64() / 3600.0;
+        self.lower_bound_total += s.lower_bound_per_hour * dt.as_secs_f64() / 3600.0;
         self.instance_seconds += s.instances as f64 * dt.as_secs_f64();
         self.max_instances = self.max_instances.max(s.instances);
         self.max_cost_per_hour = self.max_cost_per_hour.max(s.cost_per_hour);
@@ -188,6 +194,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metrics {
     pub cost_total: f64,
+    pub lower_bound_total: f64,
+    pub pending_p50: Duration,
     pub pending_p99: Duration,
     pub pending_max: Duration,
     pub evictions: u64,
@@ -201,6 +209,8 @@ impl Metrics {
         let waits = o.waits();
         Metrics {
             cost_total: o.cost_total,
+            lower_bound_total: o.lower_bound_total,
+            pending_p50: percentile(&waits, 50.0),
             pending_p99: percentile(&waits, 99.0),
             pending_max: o.pending_max(),
             evictions: o.evictions,
@@ -251,17 +261,37 @@ pub fn verdicts(scenario: &Scenario, o: &Observations) -> Vec<Verdict> {
     out
 }
 
-pub fn summary(scenario: &Scenario, seed: u64, o: &Observations, verdicts: &[Verdict]) -> String {
+pub fn summary(
+    scenario: &Scenario,
+    seed: u64,
+    autoscaler: crate::Autoscaler,
+    o: &Observations,
+    verdicts: &[Verdict],
+) -> String {
     let waits = o.waits();
     let mut s = String::new();
     let _ = writeln!(s, "summary");
     let _ = writeln!(
         s,
-        "  scenario         {} (seed {seed}, {} simulated)",
+        "  scenario         {} (seed {seed}, {} simulated{})",
         scenario.name,
-        human(o.duration)
+        human(o.duration),
+        match autoscaler {
+            crate::Autoscaler::Dovetail => String::new(),
+            other => format!(", autoscaler {}", other.name()),
+        }
     );
     let _ = writeln!(s, "  total cost       ${:.4}", o.cost_total);
+    let ratio = if o.lower_bound_total > 0.0 {
+        format!("cost / bound {:.2}", o.cost_total / o.lower_bound_total)
+    } else {
+        "nothing to place".to_string()
+    };
+    let _ = writeln!(
+        s,
+        "  lower bound      ${:.4} ({ratio}; fluid LP over the NodePools' offerings)",
+        o.lower_bound_total
+    );
     let _ = writeln!(
         s,
         "  cost per hour    end {:.4}, max {:.4}",

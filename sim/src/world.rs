@@ -14,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use serde_json::json;
 
+use crate::Autoscaler;
 use crate::clock::{EPOCH_SECONDS, SimClock};
 use crate::error::SimError;
 use crate::report::{Observations, Sample};
@@ -173,7 +174,18 @@ async fn controller_host(
     restarts: Arc<Mutex<u64>>,
     controller_seed: u64,
     clock: SimClock,
+    autoscaler: Autoscaler,
 ) -> turmoil::Result {
+    if autoscaler == Autoscaler::CaBaseline {
+        crate::baseline::run(
+            Arc::new(clock),
+            Arc::new(kube),
+            Arc::new(cloud),
+            Arc::new(trace),
+        )
+        .await;
+        return Ok(());
+    }
     loop {
         let generation = {
             let mut r = lock(&restarts);
@@ -446,7 +458,12 @@ fn drive(
 }
 
 /// Run a scenario to its end (or `until`), with `seed` overriding the scenario's own.
-pub fn run(scenario: &Scenario, seed: u64, until: Option<Duration>) -> Result<Run, SimError> {
+pub fn run(
+    scenario: &Scenario,
+    seed: u64,
+    until: Option<Duration>,
+    autoscaler: Autoscaler,
+) -> Result<Run, SimError> {
     let duration = until.map_or(scenario.duration, |u| u.min(scenario.duration));
     let clock = SimClock::default();
     let trace = Trace::new(clock);
@@ -502,6 +519,7 @@ pub fn run(scenario: &Scenario, seed: u64, until: Option<Duration>) -> Result<Ru
                 restarts.clone(),
                 controller_seed,
                 clock,
+                autoscaler,
             )
         });
     }
@@ -561,9 +579,11 @@ pub fn run(scenario: &Scenario, seed: u64, until: Option<Duration>) -> Result<Ru
         );
         sim.client("observer", async move {
             let mut next_report = Duration::ZERO;
+            let mut bounder = crate::bound::Bounder::default();
             loop {
                 let elapsed = clock.elapsed();
-                let sample = Sample::take(&kube, &cloud, elapsed);
+                let mut sample = Sample::take(&kube, &cloud, elapsed);
+                sample.lower_bound_per_hour = bounder.sample(&kube, &cloud, elapsed);
                 if elapsed >= next_report {
                     trace.push("observe", sample.line());
                     next_report += REPORT_EVERY;

@@ -9,12 +9,16 @@ use crate::crds::labels;
 use crate::error::ControllerError;
 use crate::run::Controller;
 use crate::scheduling::planner::cheapest_price;
+use crate::scheduling::requirements::Requirement;
 use crate::scheduling::{ExistingCapacity, PendingPod, Plan, PoolOptions, plan_on};
 
 use super::{Action, Candidate, Command, Reason, Stage};
 
 /// Multi-node consolidation looks at no more than this many candidates at once (Karpenter: 100).
 const MULTI_NODE_MAX: usize = 100;
+/// Spot-to-spot replacement of a single node needs this many cheaper types and launches only the
+/// cheapest this many (Karpenter's figure).
+pub const SPOT_TO_SPOT_TYPES: usize = 15;
 
 /// What every simulation of one pass shares, read from the cache once: capacity as it stands (less nodes
 /// already leaving), the pools, and each candidate's pods as the planner sees them. A simulation then only
@@ -107,8 +111,9 @@ impl Controller {
     }
 
     /// Consolidation's verdict on a simulation: delete when every pod fits elsewhere; replace with one
-    /// strictly cheaper node otherwise (not for spot nodes: Karpenter's spot-to-spot replacement is off by
-    /// default); anything else is no action. Returns the action and the saving per hour.
+    /// strictly cheaper node otherwise (spot nodes only by spot, under [`SPOT_TO_SPOT_TYPES`]'s rule, and
+    /// not at all with `Settings::spot_to_spot` off, Karpenter's default); anything else is no action.
+    /// Returns the action and the saving per hour.
     fn consolidation_action(&self, cands: &[&Candidate], plan: Plan) -> Option<(Action, f64)> {
         if !plan.unschedulable.is_empty() {
             return None;
@@ -117,15 +122,42 @@ impl Controller {
         match plan.claims.len() {
             0 => Some((Action::Delete, total)),
             1 => {
-                if cands.iter().any(|c| c.capacity_type == CapacityType::Spot) {
-                    return None;
-                }
+                let spot = cands
+                    .iter()
+                    .filter(|c| c.capacity_type == CapacityType::Spot)
+                    .count();
                 let mut claim = plan.claims.into_iter().next()?;
+                if spot > 0 {
+                    let allows_spot = claim
+                        .requirements
+                        .get(labels::CAPACITY_TYPE)
+                        .is_none_or(|r| r.has(CapacityType::Spot.as_str()));
+                    if spot < cands.len() || !self.ctx.settings.spot_to_spot || !allows_spot {
+                        return None;
+                    }
+                    claim.requirements.add(Requirement::in_values(
+                        labels::CAPACITY_TYPE,
+                        [CapacityType::Spot.as_str()],
+                    ));
+                }
                 let reqs = claim.requirements.clone();
                 // Only types that make it cheaper may be launched.
                 claim
                     .instance_types
                     .retain(|t| self.type_price(t, &reqs) < total);
+                if spot > 0 {
+                    if cands.len() == 1 && claim.instance_types.len() < SPOT_TO_SPOT_TYPES {
+                        return None;
+                    }
+                    let mut by_price: Vec<(f64, String)> = claim
+                        .instance_types
+                        .iter()
+                        .map(|t| (self.type_price(t, &reqs), t.clone()))
+                        .collect();
+                    by_price.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                    by_price.truncate(SPOT_TO_SPOT_TYPES);
+                    claim.instance_types = by_price.into_iter().map(|(_, t)| t).collect();
+                }
                 if claim.instance_types.is_empty() {
                     return None;
                 }
