@@ -162,7 +162,17 @@ impl Controller {
     }
 
     pub(crate) async fn reconcile_nodeclaims(&mut self) -> Result<(), ControllerError> {
-        let names: Vec<String> = self.state.nodeclaims.keys().cloned().collect();
+        // Settled claims (initialized, not deleting) are most of a large cluster and need nothing here.
+        let names: Vec<String> = self
+            .state
+            .nodeclaims
+            .iter()
+            .filter(|(_, c)| {
+                c.metadata.deletion_timestamp.is_some()
+                    || !c.condition_true(conditions::INITIALIZED)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
         for name in names {
             let Some(claim) = self.state.nodeclaims.get(&name).cloned() else {
                 continue;

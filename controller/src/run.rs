@@ -97,7 +97,9 @@ pub(crate) struct Controller {
     next_nodeclass: Duration,
     /// When this process started: claims created before it may have been launched by a predecessor.
     pub(crate) started_at: jiff::Timestamp,
-    catalog_loaded_at: Option<Duration>,
+    pub(crate) catalog_loaded_at: Option<Duration>,
+    /// The inputs of the last disruption decision that found nothing to do (a fingerprint).
+    pub(crate) nothing_to_disrupt: Option<u64>,
     next_lifecycle: Duration,
     next_gc: Duration,
 }
@@ -130,6 +132,7 @@ impl Controller {
             next_interruption: Duration::ZERO,
             next_nodeclass: Duration::ZERO,
             catalog_loaded_at: None,
+            nothing_to_disrupt: None,
             next_lifecycle: Duration::ZERO,
             // The first pass waits a period: a restarted controller needs its cache filled first.
             next_gc: Duration::ZERO,

@@ -17,6 +17,8 @@ pub struct ClusterState {
     pub nodepools: BTreeMap<String, NodePool>,
     pub nodeclasses: BTreeMap<String, EC2NodeClass>,
     pub daemonsets: BTreeMap<ObjectKey, DaemonSet>,
+    /// Counts every change applied, so a decision can tell it is looking at the same cluster again.
+    pub revision: u64,
 }
 
 /// What changed, so the controller can decide what to wake up.
@@ -48,6 +50,7 @@ impl ClusterState {
             Kind::DaemonSet => self.daemonsets.clear(),
             _ => {}
         }
+        self.revision += 1;
         for item in items {
             self.apply(kind, Change::Upsert, item)?;
         }
@@ -71,6 +74,7 @@ impl ClusterState {
 
     fn apply(&mut self, kind: Kind, change: Change, value: Value) -> Result<(), KubeError> {
         let key = ObjectKey::of(&value);
+        self.revision += 1;
         macro_rules! upsert {
             ($map:expr, $k:expr) => {
                 match change {

@@ -307,7 +307,15 @@ impl FakeCloud {
 
     /// Every instance the cloud knows, regardless of visibility (for kubelets and the observer).
     pub fn instances(&self) -> Vec<InstanceRecord> {
-        self.lock().instances.values().cloned().collect()
+        self.with_instances(|i| i.cloned().collect())
+    }
+
+    /// Read every instance in id order without copying them (the observer looks every simulated second).
+    pub fn with_instances<R>(
+        &self,
+        f: impl FnOnce(&mut dyn Iterator<Item = &InstanceRecord>) -> R,
+    ) -> R {
+        f(&mut self.lock().instances.values())
     }
 
     /// Invariant violations seen by the cloud (a foreign instance terminated).

@@ -52,6 +52,8 @@ pub struct Kubelets {
     running: BTreeMap<String, Timestamp>,
     /// node name -> when it became unreachable.
     lost: BTreeMap<String, Timestamp>,
+    /// Nodes whose startup taints are cleared (or that had none).
+    startup_done: std::collections::BTreeSet<String>,
 }
 
 /// EC2 tag prefixes by which a node group states its nodes' labels and taints (`value:Effect`); the
@@ -78,6 +80,13 @@ fn run_duration(pod: &Value) -> Option<Duration> {
     }))
 }
 
+fn is_ready(node: &Value) -> bool {
+    node["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
 fn add(ts: Timestamp, d: Duration) -> Timestamp {
     ts.checked_add(d).unwrap_or(ts)
 }
@@ -99,6 +108,7 @@ impl Kubelets {
             starting: BTreeMap::new(),
             running: BTreeMap::new(),
             lost: BTreeMap::new(),
+            startup_done: std::collections::BTreeSet::new(),
         }
     }
 
@@ -119,8 +129,23 @@ impl Kubelets {
     }
 
     fn step_machine(&mut self, kube: &FakeKube, m: &Machine, now: Timestamp) {
-        let node = kube.store().get("Node", "", &m.node_name).cloned();
+        // Copy the Node only when there is something to do with it: most steps of a running node have none.
+        let (exists, ready) = match kube.store().get("Node", "", &m.node_name) {
+            Some(n) => (true, is_ready(n)),
+            None => (false, false),
+        };
+        let wanted = match (m.running, exists) {
+            (true, true) => !self.startup_done.contains(&m.node_name),
+            (false, true) => ready || self.lost.contains_key(&m.node_name),
+            _ => false,
+        };
+        let node = if wanted {
+            kube.store().get("Node", "", &m.node_name).cloned()
+        } else {
+            None
+        };
         match (m.running, node) {
+            (_, None) if exists => {}
             (true, None) => {
                 if self.registered.contains_key(&m.node_name) {
                     return; // its Node was deleted; a real kubelet would re-register, ours stays down
@@ -136,11 +161,7 @@ impl Kubelets {
             }
             (true, Some(node)) => self.clear_startup_taints(kube, m, &node, now),
             (false, Some(node)) => {
-                let ready = node["status"]["conditions"].as_array().is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                });
-                if ready {
+                if is_ready(&node) {
                     // The node lifecycle controller's view of a dead kubelet: Unknown, and the unreachable taint.
                     let status = json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status."}]}});
                     let mut taints: Vec<Value> = node["spec"]["taints"]
@@ -242,18 +263,20 @@ impl Kubelets {
         if now < add(*since, self.startup_taint_delay) {
             return;
         }
-        let Some(claim) = m
+        let startup: Vec<Value> = m
             .tags
             .get("karpenter.sh/nodeclaim")
-            .and_then(|n| kube.store().get("NodeClaim", "", n).cloned())
-        else {
-            return;
-        };
-        let startup: Vec<&Value> = claim["spec"]["startupTaints"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .collect();
+            .and_then(|n| {
+                kube.store().get("NodeClaim", "", n).map(|c| {
+                    c["spec"]["startupTaints"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
+            })
+            .unwrap_or_default();
+        // Done once the taints are off (or there were none): nothing here changes afterwards.
+        self.startup_done.insert(m.node_name.clone());
         if startup.is_empty() {
             return;
         }
@@ -344,7 +367,13 @@ impl Kubelets {
         let pods: Vec<Value> = kube
             .store()
             .iter("Pod")
-            .filter(|p| !p["spec"]["nodeName"].is_null() && p["status"]["phase"] != "Running")
+            .filter(|p| {
+                !p["spec"]["nodeName"].is_null()
+                    && !matches!(
+                        p["status"]["phase"].as_str(),
+                        Some("Running" | "Succeeded" | "Failed")
+                    )
+            })
             .cloned()
             .collect();
         for p in pods {

@@ -25,6 +25,9 @@ pub struct Binding {
 pub struct Scheduler {
     journal: Arc<dyn Journal>,
     pub bindings: Vec<Binding>,
+    /// The store's resourceVersion after the last pass: with nothing written since, a pass would decide
+    /// exactly the same, so it is skipped.
+    seen_rv: Option<u64>,
 }
 
 type Amounts = BTreeMap<String, i128>;
@@ -333,12 +336,21 @@ impl Scheduler {
         Scheduler {
             journal,
             bindings: Vec::new(),
+            seen_rv: None,
         }
     }
 
     /// One scheduling pass over every pending pod, oldest first.
     pub fn schedule(&mut self, kube: &FakeKube, now: Timestamp) {
         let mut st = kube.store();
+        if self.seen_rv == Some(st.resource_version()) {
+            return;
+        }
+        self.pass(&mut st, now);
+        self.seen_rv = Some(st.resource_version());
+    }
+
+    fn pass(&mut self, st: &mut crate::store::Store, now: Timestamp) {
         // Most passes have nothing to place: skip copying the world then.
         let any_pending = st.iter("Pod").any(|p| {
             p["spec"]["nodeName"].is_null() && p["metadata"]["deletionTimestamp"].is_null()

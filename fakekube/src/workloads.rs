@@ -110,19 +110,30 @@ fn update_budgets(kube: &FakeKube) {
 
 pub struct Workloads {
     journal: Arc<dyn Journal>,
+    /// The store's resourceVersion after the last step: the controllers here act on state alone, so with
+    /// nothing written since there is nothing to do.
+    seen_rv: Option<u64>,
 }
 
 impl Workloads {
     pub fn new(journal: Arc<dyn Journal>) -> Self {
-        Workloads { journal }
+        Workloads {
+            journal,
+            seen_rv: None,
+        }
     }
 
     pub fn step(&mut self, kube: &FakeKube, now: Timestamp) {
+        let rv = kube.store().resource_version();
+        if self.seen_rv == Some(rv) {
+            return;
+        }
         self.reconcile_deployments(kube, now);
         self.reconcile_jobs(kube, now);
         self.reconcile_daemonsets(kube, now);
         self.collect_orphan_pods(kube, now);
         update_budgets(kube);
+        self.seen_rv = Some(kube.store().resource_version());
     }
 
     /// Jobs: keep `parallelism` pods running until `completions` have succeeded, then mark it Complete.

@@ -31,10 +31,8 @@ pub struct Sample {
 
 impl Sample {
     pub fn take(kube: &FakeKube, cloud: &FakeCloud, at: Duration) -> Sample {
-        let billed: Vec<(f64, bool)> = cloud
-            .instances()
-            .iter()
-            .filter(|r| {
+        let billed: Vec<(f64, bool)> = cloud.with_instances(|all| {
+            all.filter(|r| {
                 !r.foreign
                     && matches!(
                         r.instance.state,
@@ -47,7 +45,8 @@ impl Sample {
                     r.instance.capacity_type == dovetail::cloud::CapacityType::Spot,
                 )
             })
-            .collect();
+            .collect()
+        });
         let spot = billed.iter().filter(|b| b.1).count();
         let evictions = kube.audit().evictions;
         let st = kube.store();

@@ -36,29 +36,52 @@ pub struct Run {
     pub stopped: Option<(Duration, String)>,
 }
 
-fn machines(cloud: &FakeCloud) -> Vec<Machine> {
-    cloud
-        .instances()
-        .into_iter()
-        .filter(|r| r.instance.state != InstanceState::Pending && !r.foreign)
-        .filter_map(|r| {
-            let entry = cloud.entry(&r.instance.instance_type)?;
-            let (capacity, allocatable) = kubelet_resources(entry);
-            Some(Machine {
-                instance_id: r.instance.id.clone(),
-                node_name: r.instance.private_dns_name.clone(),
-                zone: r.instance.zone.clone(),
-                region: cloud.config().region.clone(),
-                instance_type: r.instance.instance_type.clone(),
-                capacity_type: r.instance.capacity_type.as_str().to_string(),
-                arch: entry.arch.clone(),
-                running: r.instance.state == InstanceState::Running,
-                capacity,
-                allocatable,
-                tags: r.instance.tags.clone(),
+/// What the kubelets see of the cloud, rebuilt only when an instance appears, changes state or gains tags
+/// (most steps of a large cluster change none).
+#[derive(Default)]
+struct MachineCache {
+    fingerprint: u64,
+    machines: Vec<Machine>,
+}
+
+impl MachineCache {
+    fn get(&mut self, cloud: &FakeCloud) -> &[Machine] {
+        let fingerprint = cloud.with_instances(|all| {
+            all.fold(0xcbf29ce484222325u64, |h, r| {
+                let x = (r.instance.state as u64) << 32 | r.instance.tags.len() as u64;
+                (h ^ x).wrapping_mul(0x100000001b3).rotate_left(5)
             })
-        })
-        .collect()
+        });
+        if fingerprint != self.fingerprint || self.machines.is_empty() {
+            self.machines = machines(cloud);
+            self.fingerprint = fingerprint;
+        }
+        &self.machines
+    }
+}
+
+fn machines(cloud: &FakeCloud) -> Vec<Machine> {
+    cloud.with_instances(|all| {
+        all.filter(|r| r.instance.state != InstanceState::Pending && !r.foreign)
+            .filter_map(|r| {
+                let entry = cloud.entry(&r.instance.instance_type)?;
+                let (capacity, allocatable) = kubelet_resources(entry);
+                Some(Machine {
+                    instance_id: r.instance.id.clone(),
+                    node_name: r.instance.private_dns_name.clone(),
+                    zone: r.instance.zone.clone(),
+                    region: cloud.config().region.clone(),
+                    instance_type: r.instance.instance_type.clone(),
+                    capacity_type: r.instance.capacity_type.as_str().to_string(),
+                    arch: entry.arch.clone(),
+                    running: r.instance.state == InstanceState::Running,
+                    capacity,
+                    allocatable,
+                    tags: r.instance.tags.clone(),
+                })
+            })
+            .collect()
+    })
 }
 
 fn apply(kube: &FakeKube, trace: &Trace, manifests: &[Manifest], now: jiff::Timestamp) {
@@ -229,6 +252,7 @@ struct ClusterParts {
     kubelets: Arc<Mutex<Kubelets>>,
     workloads: Arc<Mutex<Workloads>>,
     observations: Arc<Mutex<Observations>>,
+    machines: Arc<Mutex<MachineCache>>,
     interval: Duration,
     clock: SimClock,
 }
@@ -243,7 +267,7 @@ async fn cluster_host(p: ClusterParts) -> turmoil::Result {
             std::mem::take(&mut s.bindings)
         };
         lock(&p.observations).bindings.extend(bound);
-        lock(&p.kubelets).step(&p.kube, &machines(&p.cloud), now);
+        lock(&p.kubelets).step(&p.kube, lock(&p.machines).get(&p.cloud), now);
         tokio::time::sleep(p.interval).await;
     }
 }
@@ -539,6 +563,7 @@ pub fn run(
         )));
         let workloads = Arc::new(Mutex::new(Workloads::new(Arc::new(trace.clone()))));
         let obs = observations.clone();
+        let machines = Arc::new(Mutex::new(MachineCache::default()));
         sim.host("cluster", move || {
             let parts = ClusterParts {
                 kube: kube.clone(),
@@ -547,6 +572,7 @@ pub fn run(
                 kubelets: kubelets.clone(),
                 workloads: workloads.clone(),
                 observations: obs.clone(),
+                machines: machines.clone(),
                 interval,
                 clock,
             };

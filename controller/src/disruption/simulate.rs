@@ -275,6 +275,12 @@ impl Controller {
         if cands.is_empty() {
             return Ok(None);
         }
+        // Like Karpenter's consolidation state: the same inputs as a pass that found nothing find nothing
+        // again, so a settled cluster is not simulated every 10 seconds.
+        let inputs = self.decision_inputs(&cands);
+        if self.nothing_to_disrupt == Some(inputs) {
+            return Ok(None);
+        }
         let (chosen, skipped) = {
             let snap = self.snapshot(&cands);
             self.choose(&snap, &cands)
@@ -282,7 +288,22 @@ impl Controller {
         for (cmd, why) in skipped {
             self.note_not_worth_it(&cmd, &why);
         }
+        self.nothing_to_disrupt = chosen.is_none().then_some(inputs);
         Ok(chosen)
+    }
+
+    /// A fingerprint of everything [`Self::choose`] reads: the cluster, the candidates, the budgets left
+    /// now (cron windows move them), the catalog and prices, unavailable offerings and node class
+    /// resolutions.
+    fn decision_inputs(&self, cands: &[Candidate]) -> u64 {
+        let budgets: Vec<_> = [Reason::Empty, Reason::Drifted, Reason::Underutilized]
+            .into_iter()
+            .map(|r| self.budget_left(r))
+            .collect();
+        crate::names::fnv1a(&format!(
+            "{}|{:?}|{cands:?}|{budgets:?}|{:?}|{:?}",
+            self.state.revision, self.catalog_loaded_at, self.unavailable, self.class_cache
+        ))
     }
 
     /// The methods in order over one snapshot: the first command found, and the consolidations skipped as
