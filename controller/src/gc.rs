@@ -239,7 +239,17 @@ impl Controller {
     ) -> Result<(), ControllerError> {
         let wall = self.ctx.clock.now();
         let mut lost = Vec::new();
+        // Node names and provider ids some claim records, to ask once per node instead of scanning claims.
+        let owned: std::collections::BTreeSet<&str> = self
+            .state
+            .nodeclaims
+            .values()
+            .filter_map(|c| c.status.as_ref())
+            .flat_map(|s| [s.node_name.as_deref(), s.provider_id.as_deref()])
+            .flatten()
+            .collect();
         for (name, node) in &self.state.nodes {
+            let provider = node.spec.as_ref().and_then(|s| s.provider_id.as_deref());
             let managed = node
                 .metadata
                 .labels
@@ -247,7 +257,8 @@ impl Controller {
                 .is_some_and(|l| l.contains_key(labels::NODEPOOL));
             if !managed
                 || node.metadata.deletion_timestamp.is_some()
-                || self.claim_of_node(node).is_some()
+                || owned.contains(name.as_str())
+                || provider.is_some_and(|p| owned.contains(p))
             {
                 continue;
             }

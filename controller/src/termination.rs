@@ -225,18 +225,14 @@ fn has_finalizer(node: &Node) -> bool {
 
 impl Controller {
     /// The claim a node belongs to: by the node name it recorded, or by provider id.
-    pub(crate) fn claim_of_node(&self, node: &Node) -> Option<NodeClaim> {
+    pub(crate) fn claim_of_node(&self, node: &Node) -> Option<&NodeClaim> {
         let name = node.metadata.name.as_deref()?;
         let provider = node.spec.as_ref().and_then(|s| s.provider_id.as_deref());
-        self.state
-            .nodeclaims
-            .values()
-            .find(|c| {
-                let st = c.status.as_ref();
-                st.and_then(|s| s.node_name.as_deref()) == Some(name)
-                    || (provider.is_some() && st.and_then(|s| s.provider_id.as_deref()) == provider)
-            })
-            .cloned()
+        self.state.nodeclaims.values().find(|c| {
+            let st = c.status.as_ref();
+            st.and_then(|s| s.node_name.as_deref()) == Some(name)
+                || (provider.is_some() && st.and_then(|s| s.provider_id.as_deref()) == provider)
+        })
     }
 
     /// Nodes being deleted that carry Dovetail's finalizer: taint, drain, terminate, release.
@@ -266,7 +262,7 @@ impl Controller {
         let Some(node) = self.state.nodes.get(name).cloned() else {
             return Ok(());
         };
-        let Some(claim) = self.claim_of_node(&node) else {
+        let Some(claim) = self.claim_of_node(&node).cloned() else {
             // Karpenter's rule: with the claim gone there is nothing left to drain for; GC handles the
             // instance if one is still running.
             self.ctx.journal.record(

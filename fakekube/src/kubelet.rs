@@ -54,6 +54,10 @@ pub struct Kubelets {
     lost: BTreeMap<String, Timestamp>,
     /// Nodes whose startup taints are cleared (or that had none).
     startup_done: std::collections::BTreeSet<String>,
+    /// Instances that stopped running and have no Node.
+    finished: std::collections::BTreeSet<String>,
+    /// The store's resourceVersion after the last pod scan.
+    pods_rv: Option<u64>,
 }
 
 /// EC2 tag prefixes by which a node group states its nodes' labels and taints (`value:Effect`); the
@@ -109,6 +113,8 @@ impl Kubelets {
             running: BTreeMap::new(),
             lost: BTreeMap::new(),
             startup_done: std::collections::BTreeSet::new(),
+            finished: std::collections::BTreeSet::new(),
+            pods_rv: None,
         }
     }
 
@@ -124,11 +130,26 @@ impl Kubelets {
         for m in machines {
             self.step_machine(kube, m, now);
         }
-        self.start_pods(kube, now);
-        self.finish_pods(kube, now);
+        // Pods start and finish on timers set when the kubelet sees them; with nothing written since the
+        // last look and no timer running, there is nothing to scan for.
+        if self.pods_rv != Some(kube.store().resource_version()) || !self.starting.is_empty() {
+            self.start_pods(kube, now);
+        }
+        // Again: pods started just now must be seen running in this same step.
+        if self.pods_rv != Some(kube.store().resource_version()) || !self.running.is_empty() {
+            self.finish_pods(kube, now);
+        }
+        self.pods_rv = Some(kube.store().resource_version());
     }
 
     fn step_machine(&mut self, kube: &FakeKube, m: &Machine, now: Timestamp) {
+        // A running node past its startup taints has nothing left to do here, and a dead machine whose
+        // Node is gone never comes back: neither needs a look at the store.
+        if (m.running && self.startup_done.contains(&m.node_name))
+            || self.finished.contains(&m.instance_id)
+        {
+            return;
+        }
         // Copy the Node only when there is something to do with it: most steps of a running node have none.
         let (exists, ready) = match kube.store().get("Node", "", &m.node_name) {
             Some(n) => (true, is_ready(n)),
@@ -190,7 +211,11 @@ impl Kubelets {
                 }
                 self.evict_lost_pods(kube, &m.node_name, now);
             }
-            (false, None) => {}
+            (false, None) => {
+                if !self.lost.contains_key(&m.node_name) {
+                    self.finished.insert(m.instance_id.clone());
+                }
+            }
         }
     }
 

@@ -25,6 +25,8 @@ pub struct Binding {
 pub struct Scheduler {
     journal: Arc<dyn Journal>,
     pub bindings: Vec<Binding>,
+    /// Requests by pod uid: a pod's requests never change, and a pass adds up every bound pod's.
+    requests: BTreeMap<String, Amounts>,
     /// The store's resourceVersion after the last pass: with nothing written since, a pass would decide
     /// exactly the same, so it is skipped.
     seen_rv: Option<u64>,
@@ -337,6 +339,7 @@ impl Scheduler {
             journal,
             bindings: Vec::new(),
             seen_rv: None,
+            requests: BTreeMap::new(),
         }
     }
 
@@ -359,7 +362,6 @@ impl Scheduler {
             return;
         }
         let nodes = st.list("Node");
-        let pods = st.list("Pod");
         let mut free: BTreeMap<String, Amounts> = BTreeMap::new();
         for n in &nodes {
             let mut a = Amounts::new();
@@ -376,15 +378,20 @@ impl Scheduler {
         }
         let mut pending = Vec::new();
         let mut placed: Vec<Placed> = Vec::new();
-        for p in &pods {
+        // Bound pods are read in place; only the pending ones are copied out to be placed.
+        for p in st.iter("Pod") {
             let phase = p["status"]["phase"].as_str().unwrap_or("Pending");
             if let Some(node) = p["spec"]["nodeName"].as_str() {
                 if phase != "Succeeded"
                     && phase != "Failed"
                     && let Some(f) = free.get_mut(node)
                 {
-                    for (k, v) in requests(p) {
-                        *f.entry(k).or_default() -= v;
+                    let uid = p["metadata"]["uid"].as_str().unwrap_or_default();
+                    if !self.requests.contains_key(uid) {
+                        self.requests.insert(uid.to_string(), requests(p));
+                    }
+                    for (k, v) in &self.requests[uid] {
+                        *f.entry(k.clone()).or_default() -= v;
                     }
                 }
                 if phase != "Succeeded"

@@ -29,8 +29,34 @@ pub struct Sample {
     pub lower_bound_per_hour: f64,
 }
 
+/// The store's counts at a resourceVersion: the observer looks every simulated second, the store changes
+/// far less often.
+#[derive(Debug, Default)]
+pub struct Counts {
+    at_rv: Option<u64>,
+    nodes: usize,
+    pods: usize,
+    pending: usize,
+}
+
+impl Counts {
+    fn read(&mut self, kube: &FakeKube) -> (usize, usize, usize) {
+        let st = kube.store();
+        if self.at_rv != Some(st.resource_version()) {
+            self.nodes = st.iter("Node").count();
+            self.pods = st.iter("Pod").count();
+            self.pending = st
+                .iter("Pod")
+                .filter(|p| p["spec"]["nodeName"].is_null())
+                .count();
+            self.at_rv = Some(st.resource_version());
+        }
+        (self.nodes, self.pods, self.pending)
+    }
+}
+
 impl Sample {
-    pub fn take(kube: &FakeKube, cloud: &FakeCloud, at: Duration) -> Sample {
+    pub fn take(kube: &FakeKube, cloud: &FakeCloud, at: Duration, counts: &mut Counts) -> Sample {
         let billed: Vec<(f64, bool)> = cloud.with_instances(|all| {
             all.filter(|r| {
                 !r.foreign
@@ -49,19 +75,16 @@ impl Sample {
         });
         let spot = billed.iter().filter(|b| b.1).count();
         let evictions = kube.audit().evictions;
-        let st = kube.store();
+        let (nodes, pods, pods_pending) = counts.read(kube);
         Sample {
             at,
             spot,
             on_demand: billed.len() - spot,
             evictions,
             instances: billed.len(),
-            nodes: st.iter("Node").count(),
-            pods: st.iter("Pod").count(),
-            pods_pending: st
-                .iter("Pod")
-                .filter(|p| p["spec"]["nodeName"].is_null())
-                .count(),
+            nodes,
+            pods,
+            pods_pending,
             cost_per_hour: billed.iter().fold(0.0, |a, b| a + b.0),
             lower_bound_per_hour: 0.0,
         }

@@ -606,9 +606,10 @@ pub fn run(
         sim.client("observer", async move {
             let mut next_report = Duration::ZERO;
             let mut bounder = crate::bound::Bounder::default();
+            let mut counts = crate::report::Counts::default();
             loop {
                 let elapsed = clock.elapsed();
-                let mut sample = Sample::take(&kube, &cloud, elapsed);
+                let mut sample = Sample::take(&kube, &cloud, elapsed, &mut counts);
                 sample.lower_bound_per_hour = bounder.sample(&kube, &cloud, elapsed);
                 if elapsed >= next_report {
                     trace.push("observe", sample.line());

@@ -2,6 +2,7 @@
 
 mod bench;
 mod consolidation;
+mod table;
 
 use std::io::Write;
 use std::process::{Command, ExitCode};
@@ -10,11 +11,14 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  sim FILE [--seed N] [--until T] [--trace PATH] [--quiet]
+  sim FILE [--seed N | --seeds A..B] [--until T] [--trace PATH] [--report PATH.html] [--quiet]
+           [--autoscaler dovetail|ca-baseline]
         run a scenario; print its trace and summary (exit 0 pass, 1 expectation failed, 2 bad input)
   bench [scheduling|consolidation]
-        print speed figures: scheduling pods/s at 1k / 5k / 20k pods; consolidation evaluation time on a
-        1000-node, 20k-pod cluster
+        measure (release build) and write bench/results.md: Dovetail vs a Cluster-Autoscaler-style
+        baseline vs the cost lower bound on four scenarios, scheduling pods/s at 1k / 5k / 20k pods,
+        consolidation evaluation on 1000 nodes, simulator speed and memory on a 24 h 500-node day;
+        `scheduling` or `consolidation` runs only that part
   ci    run what CI runs: fmt check, clippy -D warnings, the test suite";
 
 fn main() -> ExitCode {
@@ -31,20 +35,45 @@ fn main() -> ExitCode {
             let which = args.get(1).map(String::as_str);
             if which.is_some_and(|a| a != "scheduling" && a != "consolidation") {
                 eprintln!(
-                    "error: unknown bench `{}` (known: scheduling, consolidation)",
+                    "error: unknown bench `{}` (known: scheduling, consolidation; none: everything)",
                     args[1]
                 );
                 return ExitCode::from(2);
             }
-            if which != Some("consolidation") {
-                println!(
-                    "scheduling (reference mix, seed 42; 400 instance types in 3 zones, spot and on-demand; one NodePool):\n"
-                );
-                print!("{}", bench::run());
+            // Figures from a debug build would mislead: measure with the release build.
+            if cfg!(debug_assertions) && std::env::var_os("DOVETAIL_BENCH_DEBUG").is_none() {
+                eprintln!("building and running the release build of xtask for measuring...");
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let ok = Command::new(cargo)
+                    .args(["run", "--release", "--quiet", "--package", "xtask", "--"])
+                    .args(&args)
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
+                return if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                };
             }
-            if which != Some("scheduling") {
-                println!();
-                print!("{}", consolidation::run());
+            match which {
+                Some("scheduling") => {
+                    println!(
+                        "scheduling (reference mix, seed 42; 400 instance types in 3 zones, spot and on-demand; one NodePool):\n"
+                    );
+                    print!("{}", bench::run());
+                }
+                Some(_) => print!("{}", consolidation::run()),
+                None => match table::run() {
+                    Ok(report) => {
+                        print!("{report}");
+                        eprintln!("written to bench/results.md");
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
             }
             ExitCode::SUCCESS
         }

@@ -36,6 +36,12 @@ pub(crate) struct Candidate {
     pub only_when_empty: bool,
 }
 
+/// What drift compares a claim with, per pool: its template hash and parsed requirements.
+struct PoolFacts {
+    hash: String,
+    requirements: Option<crate::scheduling::Requirements>,
+}
+
 /// The capacity type on a claim's labels; on-demand when absent, as Karpenter defaults.
 fn capacity_type_of(claim_labels: &BTreeMap<String, String>) -> CapacityType {
     claim_labels
@@ -119,19 +125,20 @@ impl Controller {
     }
 
     /// Why a claim no longer matches its pool or node class, if it does not.
-    fn drift(&self, claim: &NodeClaim, pool: &crate::crds::NodePool) -> Option<String> {
+    /// Why a claim has drifted from its pool (whose template hash and requirements are given, computed
+    /// once per pass) or node class, if it has.
+    fn drift(&self, claim: &NodeClaim, pool: &PoolFacts) -> Option<String> {
         let recorded = claim
             .metadata
             .annotations
             .as_ref()
             .and_then(|a| a.get(super::POOL_HASH));
-        if recorded.is_some_and(|h| *h != super::pool_hash(pool)) {
+        if recorded.is_some_and(|h| *h != pool.hash) {
             return Some("NodePool template changed".into());
         }
-        let claim_labels = claim.metadata.labels.clone().unwrap_or_default();
-        if let Ok(reqs) = crate::scheduling::Requirements::from_node_selector(
-            &pool.spec.template.spec.requirements,
-        ) {
+        let no_labels = BTreeMap::new();
+        let claim_labels = claim.metadata.labels.as_ref().unwrap_or(&no_labels);
+        if let Some(reqs) = &pool.requirements {
             for key in [labels::INSTANCE_TYPE, labels::ZONE, labels::CAPACITY_TYPE] {
                 if let (Some(r), Some(v)) = (reqs.get(key), claim_labels.get(key))
                     && !r.has(v)
@@ -141,11 +148,13 @@ impl Controller {
             }
         }
         let image = claim.status.as_ref().and_then(|s| s.image_id.clone())?;
+        let type_name = claim_labels.get(labels::INSTANCE_TYPE)?;
+        // The catalog is sorted by name.
         let arch = self
             .instance_types
-            .iter()
-            .find(|t| Some(&t.name) == claim_labels.get(labels::INSTANCE_TYPE))
-            .and_then(|t| t.labels.get(labels::ARCH).cloned())?;
+            .binary_search_by(|t| t.name.as_str().cmp(type_name))
+            .ok()
+            .and_then(|i| self.instance_types[i].labels.get(labels::ARCH).cloned())?;
         let resolved = self
             .class_cache
             .get(&claim.spec.node_class_ref.name)?
@@ -164,6 +173,22 @@ impl Controller {
                 by_node.entry(n).or_default().push((key, pod));
             }
         }
+        let pools: BTreeMap<&str, PoolFacts> = self
+            .state
+            .nodepools
+            .iter()
+            .map(|(name, p)| {
+                let facts = PoolFacts {
+                    hash: super::pool_hash(p),
+                    requirements: crate::scheduling::Requirements::from_node_selector(
+                        &p.spec.template.spec.requirements,
+                    )
+                    .ok(),
+                };
+                (name.as_str(), facts)
+            })
+            .collect();
+        let no_labels = BTreeMap::new();
         let mut out = Vec::new();
         'claims: for claim in self.state.nodeclaims.values() {
             if claim.metadata.deletion_timestamp.is_some()
@@ -195,10 +220,10 @@ impl Controller {
             {
                 continue;
             }
-            let claim_labels = claim.metadata.labels.clone().unwrap_or_default();
-            let Some(pool) = claim_labels
+            let claim_labels = claim.metadata.labels.as_ref().unwrap_or(&no_labels);
+            let Some((pool, facts)) = claim_labels
                 .get(labels::NODEPOOL)
-                .and_then(|p| self.state.nodepools.get(p))
+                .and_then(|p| Some((self.state.nodepools.get(p)?, pools.get(p.as_str())?)))
             else {
                 continue;
             };
@@ -245,14 +270,14 @@ impl Controller {
                 .cloned()
                 .unwrap_or_default();
             out.push(Candidate {
-                price: self.claim_price(&claim_labels),
+                price: self.claim_price(claim_labels),
                 node: node_name.clone(),
                 claim: claim.metadata.name.clone().unwrap_or_default(),
                 pool: pool.metadata.name.clone().unwrap_or_default(),
                 instance_type,
-                capacity_type: capacity_type_of(&claim_labels),
+                capacity_type: capacity_type_of(claim_labels),
                 pods,
-                drifted: self.drift(claim, pool),
+                drifted: self.drift(claim, facts),
                 consolidatable,
                 only_when_empty: disruption.and_then(|d| d.consolidation_policy.as_deref())
                     == Some("WhenEmpty"),
