@@ -102,6 +102,16 @@ impl ClassCache {
     pub fn get(&self, class: &str) -> Option<&Resolved> {
         self.0.get(class).map(|(_, _, r)| r)
     }
+
+    /// The resolutions without when they were made: what decisions depend on.
+    pub fn contents(&self) -> String {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(class, (_, _, r))| format!("{class}={r:?}"))
+            .collect();
+        parts.join(";")
+    }
 }
 
 fn fingerprint(class: &EC2NodeClass) -> String {

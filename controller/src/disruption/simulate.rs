@@ -302,7 +302,10 @@ impl Controller {
             .collect();
         crate::names::fnv1a(&format!(
             "{}|{:?}|{cands:?}|{budgets:?}|{:?}|{:?}",
-            self.state.revision, self.catalog_loaded_at, self.unavailable, self.class_cache
+            self.state.revision,
+            self.catalog_loaded_at,
+            self.unavailable,
+            self.class_cache.contents()
         ))
     }
 
