@@ -23,8 +23,9 @@ const NAMESPACED: [&str; 8] = [
     "Job",
 ];
 
-/// How many watch events are kept for watches that resume from an older resourceVersion.
-const HISTORY: usize = 50_000;
+/// How many watch events are kept for watches that resume from an older resourceVersion (the API server's
+/// watch cache: minutes of changes, not the whole day; each event holds a full object).
+const HISTORY: usize = 10_000;
 
 /// (namespace, name) of an object.
 pub fn ns_name(v: &Value) -> (String, String) {

@@ -229,7 +229,7 @@ pub fn run() -> Result<String, String> {
         crate::bench::run()
     );
     eprintln!("consolidation...");
-    let _ = writeln!(out, "## {}", crate::consolidation::run());
+    let _ = writeln!(out, "## Consolidation\n\n{}", crate::consolidation::run());
     eprintln!("simulator speed (24 h, 500 nodes)...");
     sim_speed(&mut out)?;
     let _ = writeln!(
