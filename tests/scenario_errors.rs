@@ -276,6 +276,49 @@ fn a_seed_sweep_prints_each_seed_and_the_worst() {
 }
 
 #[test]
+fn a_sweep_reads_the_same_whatever_order_its_seeds_run_in() {
+    use dovetail_sim::cli::{sequential, sim_command_with};
+    let p = dovetail_tests::root().join("scenarios/steady-web.yaml");
+    let args = [
+        p.display().to_string(),
+        "--seeds".into(),
+        "0..3".into(),
+        "--until".into(),
+        "3m".into(),
+    ];
+    // A runner that computes the seeds backwards (as threads might finish them) but answers in order.
+    let backwards = |s: &dovetail_sim::Scenario, o: &dovetail_sim::RunOptions, seeds: &[u64]| {
+        let rev: Vec<u64> = seeds.iter().rev().copied().collect();
+        let mut out = sequential(s, o, &rev);
+        out.reverse();
+        out
+    };
+    let a = sim_command_with(&args, &backwards, None);
+    let b = sim_command(&args);
+    assert_eq!(a, b);
+    assert_eq!(a.code, 0, "{a:?}");
+}
+
+#[test]
+fn progress_is_reported_and_changes_nothing() {
+    use std::sync::{Arc, Mutex};
+    let p = dovetail_tests::root().join("scenarios/steady-web.yaml");
+    let args = [p.display().to_string(), "--until".into(), "5m".into()];
+    let seen: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+    let log = seen.clone();
+    let progress = dovetail_sim::Progress(Arc::new(move |at, total| {
+        log.lock().unwrap().push((at.as_secs(), total.as_secs()));
+    }));
+    let with =
+        dovetail_sim::cli::sim_command_with(&args, &dovetail_sim::cli::sequential, Some(progress));
+    assert_eq!(with, sim_command(&args));
+    let seen = seen.lock().unwrap();
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "not monotonic");
+    assert!(seen.iter().all(|(at, total)| *total == 300 && at <= total));
+}
+
+#[test]
 fn a_report_is_a_self_contained_page_with_four_charts() {
     let p = dovetail_tests::root().join("scenarios/spot-storm.yaml");
     let out_path =

@@ -7,8 +7,8 @@ use crate::{RunOptions, Scenario, duration, simulate};
 pub const USAGE: &str = "\
 usage: cargo xtask sim FILE [--seed N | --seeds A..B] [--until T] [--trace PATH] [--report PATH.html] [--quiet]
                             [--autoscaler dovetail|ca-baseline]
-  run a scenario and print its trace and summary; with --seeds, run seeds A to B-1 and print one line
-  per seed and the worst seed per metric
+  run a scenario and print its trace and summary (a progress bar on a terminal); with --seeds, run seeds
+  A to B-1 (on every core) and print one line per seed and the worst seed per metric
   exit codes: 0 all expectations and invariants held, 1 one failed or the run broke, 2 bad input";
 
 /// What the command prints and how it exits.
@@ -31,7 +31,42 @@ fn usage_error(message: &str) -> CliOutput {
     fail(2, format!("error: {message}\n\n{USAGE}\n"))
 }
 
+/// Runs a sweep's seeds and returns each seed's figures in the given order. The simulator runs them one
+/// after another; `cargo xtask` hands in one that uses every core.
+pub type SeedRunner<'a> = &'a dyn Fn(
+    &Scenario,
+    &RunOptions,
+    &[u64],
+) -> Vec<Result<crate::report::Metrics, crate::SimError>>;
+
+/// The seeds of a sweep one after another.
+pub fn sequential(
+    scenario: &Scenario,
+    options: &RunOptions,
+    seeds: &[u64],
+) -> Vec<Result<crate::report::Metrics, crate::SimError>> {
+    seeds
+        .iter()
+        .map(|seed| {
+            let opts = RunOptions {
+                seed: Some(*seed),
+                ..options.clone()
+            };
+            simulate(scenario, &opts).map(|o| o.metrics)
+        })
+        .collect()
+}
+
 pub fn sim_command(args: &[String]) -> CliOutput {
+    sim_command_with(args, &sequential, None)
+}
+
+/// [`sim_command`] with a runner for sweeps and a progress callback for single runs.
+pub fn sim_command_with(
+    args: &[String],
+    runner: SeedRunner<'_>,
+    progress: Option<crate::Progress>,
+) -> CliOutput {
     let mut file: Option<PathBuf> = None;
     let mut options = RunOptions::default();
     let mut trace_path: Option<PathBuf> = None;
@@ -101,8 +136,9 @@ pub fn sim_command(args: &[String]) -> CliOutput {
         Err(e) => return fail(e.exit_code(), format!("error: {e}\n")),
     };
     if let Some((a, b)) = seeds {
-        return sweep(&scenario, &options, a, b);
+        return sweep(&scenario, &options, a, b, runner);
     }
+    options.progress = progress;
     let outcome = match simulate(&scenario, &options) {
         Ok(o) => o,
         Err(e) => return fail(e.exit_code(), format!("error: {e}\n")),
@@ -131,16 +167,19 @@ pub fn sim_command(args: &[String]) -> CliOutput {
 }
 
 /// Run seeds `a..b` of one scenario; one line each, then the worst seed per metric.
-fn sweep(scenario: &Scenario, options: &RunOptions, a: u64, b: u64) -> CliOutput {
+fn sweep(
+    scenario: &Scenario,
+    options: &RunOptions,
+    a: u64,
+    b: u64,
+    runner: SeedRunner<'_>,
+) -> CliOutput {
     let mut stdout = String::new();
     let mut results = Vec::new();
-    for seed in a..b {
-        let opts = RunOptions {
-            seed: Some(seed),
-            ..options.clone()
-        };
-        let m = match simulate(scenario, &opts) {
-            Ok(o) => o.metrics,
+    let seeds: Vec<u64> = (a..b).collect();
+    for (seed, r) in seeds.iter().copied().zip(runner(scenario, options, &seeds)) {
+        let m = match r {
+            Ok(m) => m,
             Err(e) => return fail(e.exit_code(), format!("error: seed {seed}: {e}\n")),
         };
         stdout.push_str(&format!(

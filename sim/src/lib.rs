@@ -43,6 +43,19 @@ pub struct RunOptions {
     pub until: Option<Duration>,
     /// What scales the cluster.
     pub autoscaler: Autoscaler,
+    /// Told now and then how far the run has got (simulated time so far, of the total).
+    pub progress: Option<Progress>,
+}
+
+/// A progress callback: (simulated so far, simulated in all). It only observes; runs are the same with or
+/// without one.
+#[derive(Clone)]
+pub struct Progress(pub std::sync::Arc<dyn Fn(Duration, Duration) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
 }
 
 /// What scales the simulated cluster: Dovetail's controller, or the comparison baseline.
@@ -73,7 +86,13 @@ impl Autoscaler {
 
 pub fn simulate(scenario: &Scenario, options: &RunOptions) -> Result<Outcome, SimError> {
     let seed = options.seed.unwrap_or(scenario.seed);
-    let run = world::run(scenario, seed, options.until, options.autoscaler)?;
+    let run = world::run(
+        scenario,
+        seed,
+        options.until,
+        options.autoscaler,
+        options.progress.as_ref(),
+    )?;
     let mut trace = String::new();
     for e in run.trace.entries() {
         trace.push_str(&e.render());

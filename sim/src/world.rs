@@ -25,6 +25,8 @@ use crate::trace::Trace;
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// How often the observer writes a line to the trace.
 const REPORT_EVERY: Duration = Duration::from_secs(300);
+/// How many simulation steps pass between progress reports.
+const PROGRESS_EVERY: u64 = 2_000;
 /// How long a crashed controller stays down before it is started again (as a pod restart would).
 const RESTART_DELAY: Duration = Duration::from_secs(10);
 
@@ -440,13 +442,21 @@ fn drive(
     cloud: &FakeCloud,
     kube: &FakeKube,
     trace: &Trace,
+    progress: Option<(&crate::Progress, Duration)>,
 ) -> Result<Option<(Duration, String)>, SimError> {
     let mut back_at: Option<Duration> = None;
+    let mut steps: u64 = 0;
     loop {
         if sim.step().map_err(|e| SimError::Run(e.to_string()))? {
             return Ok(None);
         }
         let now = sim.elapsed();
+        steps += 1;
+        if let Some((p, total)) = progress
+            && steps.is_multiple_of(PROGRESS_EVERY)
+        {
+            (p.0)(now.min(total), total);
+        }
         if let Some(v) = cloud
             .violations()
             .into_iter()
@@ -487,6 +497,7 @@ pub fn run(
     seed: u64,
     until: Option<Duration>,
     autoscaler: Autoscaler,
+    progress: Option<&crate::Progress>,
 ) -> Result<Run, SimError> {
     let duration = until.map_or(scenario.duration, |u| u.min(scenario.duration));
     let clock = SimClock::default();
@@ -624,9 +635,19 @@ pub fn run(
             Ok(())
         });
     }
-    let stopped = drive(&mut sim, &faults, &cloud, &kube, &trace)?;
+    let stopped = drive(
+        &mut sim,
+        &faults,
+        &cloud,
+        &kube,
+        &trace,
+        progress.map(|p| (p, duration)),
+    )?;
     let mut observations = std::mem::take(&mut *lock(&observations));
     let end = stopped.as_ref().map_or(duration, |(at, _)| *at);
+    if let Some(p) = progress {
+        (p.0)(duration, duration);
+    }
     observations.finish(&kube, &cloud, end, clock.epoch());
     Ok(Run {
         trace,

@@ -2,6 +2,7 @@
 
 mod bench;
 mod consolidation;
+mod parallel;
 mod table;
 
 use std::io::Write;
@@ -25,7 +26,11 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("sim") => {
-            let out = dovetail_sim::cli::sim_command(&args[1..]);
+            let out = dovetail_sim::cli::sim_command_with(
+                &args[1..],
+                &parallel::seeds,
+                parallel::progress_line(),
+            );
             let _ = std::io::stdout().write_all(out.stdout.as_bytes());
             let _ = std::io::stderr().write_all(out.stderr.as_bytes());
             ExitCode::from(out.code)

@@ -29,46 +29,24 @@ fn load(path: &Path) -> Result<Scenario, String> {
     Scenario::load(path).map_err(|e| e.to_string())
 }
 
-/// Runs the jobs on two threads (each simulation is single-threaded and seeded, so results do not depend
-/// on which thread runs it), keeping the input order.
-fn run_all(jobs: Vec<(String, Scenario, Autoscaler)>) -> Vec<Result<Metrics, String>> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<Result<Metrics, String>>>> =
-        jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    std::thread::scope(|s| {
-        for _ in 0..2 {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let Some((name, scenario, autoscaler)) = jobs.get(i) else {
-                        break;
-                    };
-                    let t = Instant::now();
-                    let options = RunOptions {
-                        autoscaler: *autoscaler,
-                        ..Default::default()
-                    };
-                    let r = simulate(scenario, &options)
-                        .map(|o| o.metrics)
-                        .map_err(|e| e.to_string());
-                    eprintln!(
-                        "  {name} ({}) in {:.1}s",
-                        autoscaler.name(),
-                        t.elapsed().as_secs_f64()
-                    );
-                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-                }
-            });
-        }
-    });
-    results
-        .into_iter()
-        .map(|m| {
-            m.into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .unwrap_or_else(|| Err("not run".into()))
-        })
-        .collect()
+/// Runs the jobs on every core, keeping the input order.
+fn run_all(jobs: &[(String, Scenario, Autoscaler)]) -> Vec<Result<Metrics, String>> {
+    crate::parallel::map(jobs, |(name, scenario, autoscaler)| {
+        let t = Instant::now();
+        let options = RunOptions {
+            autoscaler: *autoscaler,
+            ..Default::default()
+        };
+        let r = simulate(scenario, &options)
+            .map(|o| o.metrics)
+            .map_err(|e| e.to_string());
+        eprintln!(
+            "  {name} ({}) in {:.1}s",
+            autoscaler.name(),
+            t.elapsed().as_secs_f64()
+        );
+        r
+    })
 }
 
 fn secs(d: Duration) -> String {
@@ -83,7 +61,7 @@ fn comparison(out: &mut String) -> Result<(), String> {
             jobs.push((name.to_string(), s.clone(), a));
         }
     }
-    let results = run_all(jobs.clone());
+    let results = run_all(&jobs);
     let _ = writeln!(
         out,
         "## Dovetail vs a Cluster-Autoscaler-style baseline vs the lower bound\n\n\

@@ -1,0 +1,104 @@
+//! Simulations on every core (each run is single-threaded and seeded, so a result does not depend on the
+//! thread that computed it) and the progress line shown on a terminal.
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dovetail_sim::report::Metrics;
+use dovetail_sim::{Progress, RunOptions, Scenario, SimError, simulate};
+
+/// `f` over `items` on as many threads as there are cores, results in input order.
+pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len().max(1));
+    let next = AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .expect("every item is run")
+        })
+        .collect()
+}
+
+/// A sweep's seeds on every core, counting finished seeds on a terminal.
+pub fn seeds(
+    scenario: &Scenario,
+    options: &RunOptions,
+    seeds: &[u64],
+) -> Vec<Result<Metrics, SimError>> {
+    let done = AtomicUsize::new(0);
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let out = map(seeds, |seed| {
+        let opts = RunOptions {
+            seed: Some(*seed),
+            ..options.clone()
+        };
+        let r = simulate(scenario, &opts).map(|o| o.metrics);
+        let n = done.fetch_add(1, Ordering::SeqCst) + 1;
+        if tty {
+            eprint!(
+                "\r  {n}/{} seeds, {:.0}s ",
+                seeds.len(),
+                started.elapsed().as_secs_f64()
+            );
+            let _ = std::io::stderr().flush();
+        }
+        r
+    });
+    if tty {
+        eprintln!();
+    }
+    out
+}
+
+/// A progress line for one run on a terminal: simulated time, share done and speed; None elsewhere (a
+/// pipe or CI log gets no carriage returns).
+pub fn progress_line() -> Option<Progress> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let started = Instant::now();
+    let last = Mutex::new(Instant::now() - Duration::from_secs(1));
+    Some(Progress(Arc::new(move |at: Duration, total: Duration| {
+        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.elapsed() < Duration::from_millis(200) && at < total {
+            return;
+        }
+        *last = Instant::now();
+        let wall = started.elapsed().as_secs_f64().max(1e-3);
+        let share = at.as_secs_f64() / total.as_secs_f64().max(1e-9);
+        let width = 30;
+        let filled = ((share * width as f64) as usize).min(width);
+        eprint!(
+            "\r  [{}{}] {} / {}  {:.0}x ",
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            dovetail_sim::duration::human(at),
+            dovetail_sim::duration::human(total),
+            at.as_secs_f64() / wall
+        );
+        if at >= total {
+            eprint!("\r{}\r", " ".repeat(80));
+        }
+        let _ = std::io::stderr().flush();
+    })))
+}
