@@ -2,6 +2,7 @@
 
 mod bench;
 mod consolidation;
+mod crds;
 mod parallel;
 mod table;
 
@@ -20,6 +21,7 @@ commands:
         baseline vs the cost lower bound on four scenarios, scheduling pods/s at 1k / 5k / 20k pods,
         consolidation evaluation on 1000 nodes, simulator speed and memory on a 24 h 500-node day;
         `scheduling` or `consolidation` runs only that part
+  crds  write the CRDs generated from the Rust types to deploy/crds/ (a test fails when they are stale)
   ci    run what CI runs: fmt check, clippy -D warnings, the test suite";
 
 fn main() -> ExitCode {
@@ -36,6 +38,18 @@ fn main() -> ExitCode {
             ExitCode::from(out.code)
         }
         Some("ci") => ci(),
+        Some("crds") => match crds::write(&table::root()) {
+            Ok(files) => {
+                for f in files {
+                    println!("wrote {f}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("bench") => {
             let which = args.get(1).map(String::as_str);
             if which.is_some_and(|a| a != "scheduling" && a != "consolidation") {

@@ -34,6 +34,7 @@ pub struct NodePoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<BTreeMap<String, Quantity>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
     pub weight: Option<i32>,
 }
 
@@ -57,6 +58,7 @@ pub struct NodeClaimTemplateSpec {
     pub startup_taints: Vec<Taint>,
     /// A duration such as `720h`, or `Never`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+|Never)$"))]
     pub expire_after: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub termination_grace_period: Option<String>,
@@ -67,9 +69,11 @@ pub struct NodeClaimTemplateSpec {
 pub struct Disruption {
     /// `WhenEmptyOrUnderutilized` (default) or `WhenEmpty`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["WhenEmpty", "WhenEmptyOrUnderutilized"]))]
     pub consolidation_policy: Option<String>,
     /// A duration such as `30s`, or `Never`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(([0-9]+(s|m|h))+|Never)$"))]
     pub consolidate_after: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub budgets: Vec<Budget>,
@@ -79,6 +83,7 @@ pub struct Disruption {
 #[serde(rename_all = "camelCase")]
 pub struct Budget {
     /// An integer or a percentage, e.g. `10%`.
+    #[schemars(regex(pattern = r"^((100|[0-9]{1,2})%|[0-9]+)$"))]
     pub nodes: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
