@@ -423,3 +423,46 @@ fn ca_baseline_burst_scale_up() {
     assert!(text.contains("verdict          PASS"));
     assert!(figure(&text, "nodes            end") <= 5);
 }
+
+#[test]
+fn leader_failover_seed_42() {
+    let text = run_scenario("leader-failover.yaml", 42);
+    // One replica leads from the start; the other waits.
+    let (t0, _) = first(&text, "leader     dovetail-0 acquired").expect("dovetail-0 leads");
+    assert!(t0 < 1.0);
+    assert!(text.contains(
+        "dovetail-1 waits: lease/kube-system/dovetail-leader-election is held by dovetail-0"
+    ));
+    // The leader dies at 6m; the follower takes the Lease once it has gone 15 s without renewal, not before.
+    let (crash, _) = first(&text, "fault      controller crashed").expect("the leader crashed");
+    let (took, _) = first(&text, "leader     dovetail-1 acquired").expect("dovetail-1 took over");
+    assert!(
+        (crash + 12.0..crash + 20.0).contains(&took),
+        "crash {crash} takeover {took}"
+    );
+    // Nobody acts in between: no decision lines from any controller while the Lease is orphaned.
+    for l in text.lines() {
+        let Some(t) = at(l) else { continue };
+        if t > crash && t < took {
+            assert!(
+                !(l.contains(" provision ")
+                    || l.contains(" lifecycle ")
+                    || l.contains(" disruption ")),
+                "acted without the lease: {l}"
+            );
+        }
+    }
+    // The new leader provisions for the pods created after the crash, and the old one stays a follower.
+    let (grow, _) = first(&text, "scale deployment/default/web replicas=80").expect("second scale");
+    let (claim, _) = text
+        .lines()
+        .filter_map(|l| Some((at(l)?, l)))
+        .find(|(t, l)| *t > grow && l.contains("provision  create nodeclaim/"))
+        .expect("the new leader provisions");
+    assert!(claim - grow < 5.0, "{claim} {grow}");
+    assert!(text.contains(
+        "dovetail-0 waits: lease/kube-system/dovetail-leader-election is held by dovetail-1"
+    ));
+    assert!(text.contains("verdict          PASS"));
+    insta::assert_snapshot!("leader-failover.seed-42", text);
+}

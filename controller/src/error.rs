@@ -9,4 +9,8 @@ pub enum ControllerError {
     Kube(#[from] KubeError),
     #[error("cloud API: {0}")]
     Cloud(#[from] CloudError),
+    #[error(
+        "lost the leader lease: could not renew it within the renew deadline; stopping so a follower can lead"
+    )]
+    LostLeadership,
 }

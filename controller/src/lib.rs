@@ -18,6 +18,7 @@ pub mod interruption;
 pub mod journal;
 pub mod kube;
 pub mod launch;
+pub mod leader;
 pub mod lifecycle;
 pub mod names;
 pub mod nodeclass;

@@ -43,6 +43,8 @@ pub struct Settings {
     /// pods, and the replacement may launch only the 15 cheapest, so it does not race to the most
     /// interrupted type.
     pub spot_to_spot: bool,
+    /// Act only while holding this Lease (None: a single replica acts alone).
+    pub leader_election: Option<crate::leader::LeaderElection>,
 }
 
 impl Default for Settings {
@@ -56,6 +58,7 @@ impl Default for Settings {
             interruption_queue: None,
             consolidation_balance: Some(0.25),
             spot_to_spot: true,
+            leader_election: None,
         }
     }
 }
@@ -98,6 +101,9 @@ pub(crate) struct Controller {
     /// When this process started: claims created before it may have been launched by a predecessor.
     pub(crate) started_at: jiff::Timestamp,
     pub(crate) catalog_loaded_at: Option<Duration>,
+    pub(crate) elector: crate::leader::Elector,
+    next_lease: Duration,
+    lost_lease: bool,
     /// The inputs of the last disruption decision that found nothing to do (a fingerprint).
     pub(crate) nothing_to_disrupt: Option<u64>,
     next_lifecycle: Duration,
@@ -133,6 +139,9 @@ impl Controller {
             next_nodeclass: Duration::ZERO,
             catalog_loaded_at: None,
             nothing_to_disrupt: None,
+            elector: crate::leader::Elector::default(),
+            next_lease: started,
+            lost_lease: false,
             next_lifecycle: Duration::ZERO,
             // The first pass waits a period: a restarted controller needs its cache filled first.
             next_gc: Duration::ZERO,
@@ -267,12 +276,28 @@ impl Controller {
         if let Some(d) = self.batcher.deadline() {
             wake = wake.min(d);
         }
+        if self.ctx.settings.leader_election.is_some() {
+            wake = wake.min(self.next_lease);
+        }
         wake
     }
 
     /// Timers: catalog refresh, batch close, NodeClaim reconcile. Failures are logged and retried next time.
     async fn on_timer(&mut self) {
         let now = self.now();
+        if let Some(le) = self.ctx.settings.leader_election.clone()
+            && now >= self.next_lease
+        {
+            // Renew before acting: a leader that cannot must not act on what it no longer owns.
+            let mut elector = std::mem::take(&mut self.elector);
+            let held = elector.keep(&self.ctx, &le).await;
+            self.elector = elector;
+            self.next_lease = now + le.retry_period;
+            if !held {
+                self.lost_lease = true;
+                return;
+            }
+        }
         if self
             .catalog_loaded_at
             .is_none_or(|t| now >= t + self.ctx.settings.catalog_refresh)
@@ -347,7 +372,12 @@ impl Controller {
 ///
 /// The same entry point runs in a cluster (real clock, kube-rs, aws-sdk) and in the simulator.
 pub async fn run(ctx: Context) -> Result<(), ControllerError> {
+    let mut elector = crate::leader::Elector::default();
+    if let Some(le) = &ctx.settings.leader_election {
+        elector.acquire(&ctx, le).await;
+    }
     let mut c = Controller::new(ctx);
+    c.elector = elector;
     while let Err(e) = c.refresh_catalog().await {
         c.ctx.journal.record(
             "catalog",
@@ -397,6 +427,9 @@ impl Controller {
                 e = daemonsets.1.next() => (daemonsets.0, e),
                 _ = clock.sleep(sleep_for) => {
                     self.on_timer().await;
+                    if self.lost_lease {
+                        return Err(ControllerError::LostLeadership);
+                    }
                     continue;
                 }
             };
@@ -409,6 +442,9 @@ impl Controller {
             // A busy watch must not starve the timers.
             if self.now() >= self.next_wake() {
                 self.on_timer().await;
+                if self.lost_lease {
+                    return Err(ControllerError::LostLeadership);
+                }
             }
         }
     }

@@ -68,6 +68,8 @@ struct RawCluster {
     api_latency: Option<Spanned<String>>,
     #[serde(default)]
     scheduler_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    controller_replicas: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -376,6 +378,8 @@ pub struct Scenario {
     pub cloud: CloudSpec,
     pub api_latency: Duration,
     pub scheduler_interval: Duration,
+    /// Controller replicas; with two or more they elect a leader over a Lease.
+    pub controller_replicas: u32,
     pub manifests: Vec<Manifest>,
     pub timeline: Vec<Event>,
     pub expect: Expectations,
@@ -707,6 +711,17 @@ impl Scenario {
             Some(s) => l.duration(s, "cluster.scheduler_interval")?,
             None => Duration::from_millis(500),
         };
+        let controller_replicas = match &raw.cluster.controller_replicas {
+            Some(r) if !(1..=3).contains(&r.value) => {
+                return Err(l.err(
+                    pos(r),
+                    "cluster.controller_replicas",
+                    format!("{} replicas: between 1 and 3", r.value),
+                ));
+            }
+            Some(r) => r.value,
+            None => 1,
+        };
         let mut manifests = Vec::new();
         for (i, m) in raw.manifests.iter().enumerate() {
             manifests.push(l.manifest(m, &format!("manifests[{i}]"))?);
@@ -1005,6 +1020,7 @@ impl Scenario {
             cloud,
             api_latency,
             scheduler_interval,
+            controller_replicas,
             manifests,
             timeline,
             expect,

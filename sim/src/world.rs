@@ -192,15 +192,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn controller_host(
+/// What one controller replica's host runs with.
+#[derive(Clone)]
+struct ControllerParts {
     kube: FakeKube,
     cloud: FakeCloud,
     trace: Trace,
+    /// How many times this replica has started (shared across host restarts).
     restarts: Arc<Mutex<u64>>,
-    controller_seed: u64,
+    seed: u64,
     clock: SimClock,
     autoscaler: Autoscaler,
-) -> turmoil::Result {
+    /// The replica's Lease identity when replicas elect a leader.
+    identity: Option<String>,
+}
+
+async fn controller_host(p: ControllerParts) -> turmoil::Result {
+    let ControllerParts {
+        kube,
+        cloud,
+        trace,
+        restarts,
+        seed: controller_seed,
+        clock,
+        autoscaler,
+        identity,
+    } = p;
     if autoscaler == Autoscaler::CaBaseline {
         crate::baseline::run(
             Arc::new(clock),
@@ -227,6 +244,9 @@ async fn controller_host(
             settings: dovetail::Settings {
                 cluster_name: "sim".into(),
                 interruption_queue: Some(cloud.config().queue_url.clone()),
+                leader_election: identity
+                    .as_deref()
+                    .map(|id| dovetail::leader::LeaderElection::new("kube-system", id)),
                 ..Default::default()
             },
         };
@@ -543,20 +563,30 @@ pub fn run(
         .tick_duration(scenario.tick)
         .build();
 
-    {
-        let (kube, cloud, trace) = (kube.clone(), cloud.clone(), trace.clone());
-        let restarts = Arc::new(Mutex::new(0u64));
-        sim.host("controller", move || {
-            controller_host(
-                kube.clone(),
-                cloud.clone(),
-                trace.clone(),
-                restarts.clone(),
-                controller_seed,
-                clock,
-                autoscaler,
-            )
-        });
+    // Replica 0 is the host the timeline crashes; with more than one, every replica elects over a Lease.
+    let replicas = if autoscaler == Autoscaler::Dovetail {
+        scenario.controller_replicas.max(1)
+    } else {
+        1
+    };
+    for i in 0..replicas {
+        let host = if i == 0 {
+            "controller".to_string()
+        } else {
+            format!("controller-{i}")
+        };
+        let parts = ControllerParts {
+            kube: kube.clone(),
+            cloud: cloud.clone(),
+            trace: trace.clone(),
+            restarts: Arc::new(Mutex::new(0u64)),
+            // Each replica draws its own names.
+            seed: controller_seed.wrapping_add(u64::from(i) << 32),
+            clock,
+            autoscaler,
+            identity: (replicas > 1).then(|| format!("dovetail-{i}")),
+        };
+        sim.host(host, move || controller_host(parts.clone()));
     }
     {
         let cloud = cloud.clone();
