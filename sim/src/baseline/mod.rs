@@ -105,38 +105,28 @@ impl Baseline {
         self.journal.record("ca", line);
     }
 
+    /// The object of `kind` whose name sorts first.
+    async fn first_by_name(&self, kind: Kind) -> Result<Option<Value>, String> {
+        let list = self.kube.list(kind).await.map_err(|e| e.to_string())?;
+        Ok(list.items.into_iter().min_by(|a, b| {
+            a["metadata"]["name"]
+                .as_str()
+                .cmp(&b["metadata"]["name"].as_str())
+        }))
+    }
+
     /// The node groups and their launch template, from the first EC2NodeClass and NodePool (by name): the
     /// same AMI, subnets, security groups, labels and taints Dovetail would use.
     async fn set_up(&mut self) -> Result<(), String> {
-        let classes = self
-            .kube
-            .list(Kind::EC2NodeClass)
-            .await
-            .map_err(|e| e.to_string())?;
-        let class_value = classes
-            .items
-            .into_iter()
-            .min_by(|a, b| {
-                a["metadata"]["name"]
-                    .as_str()
-                    .cmp(&b["metadata"]["name"].as_str())
-            })
+        let class_value = self
+            .first_by_name(Kind::EC2NodeClass)
+            .await?
             .ok_or("no EC2NodeClass to take subnets, AMI and security groups from")?;
         let class: EC2NodeClass =
             serde_json::from_value(class_value).map_err(|e| format!("EC2NodeClass: {e}"))?;
-        let pools = self
-            .kube
-            .list(Kind::NodePool)
-            .await
-            .map_err(|e| e.to_string())?;
-        let pool = pools
-            .items
-            .into_iter()
-            .min_by(|a, b| {
-                a["metadata"]["name"]
-                    .as_str()
-                    .cmp(&b["metadata"]["name"].as_str())
-            })
+        let pool = self
+            .first_by_name(Kind::NodePool)
+            .await?
             .unwrap_or(Value::Null);
         self.max_cores = pool["spec"]["limits"]["cpu"]
             .as_str()
