@@ -10,6 +10,7 @@ pub mod clock;
 pub mod duration;
 pub mod error;
 pub mod html;
+pub mod random;
 pub mod report;
 pub mod scenario;
 pub mod trace;
