@@ -289,9 +289,7 @@ impl Controller {
             && now >= self.next_lease
         {
             // Renew before acting: a leader that cannot must not act on what it no longer owns.
-            let mut elector = std::mem::take(&mut self.elector);
-            let held = elector.keep(&self.ctx, &le).await;
-            self.elector = elector;
+            let held = self.elector.keep(&self.ctx, &le).await;
             self.next_lease = now + le.retry_period;
             if !held {
                 self.lost_lease = true;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dovetail_sim::report::Metrics;
-use dovetail_sim::{Progress, RunOptions, Scenario, SimError, simulate};
+use dovetail_sim::{Progress, RunOptions, Scenario, SimError};
 
 /// `f` over `items` on as many threads as there are cores, results in input order.
 pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
@@ -48,11 +48,9 @@ pub fn seeds(
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let out = map(seeds, |seed| {
-        let opts = RunOptions {
-            seed: Some(*seed),
-            ..options.clone()
-        };
-        let r = simulate(scenario, &opts).map(|o| o.metrics);
+        let r = dovetail_sim::cli::sequential(scenario, options, std::slice::from_ref(seed))
+            .pop()
+            .expect("one seed, one result");
         let n = done.fetch_add(1, Ordering::SeqCst) + 1;
         if tty {
             eprint!(

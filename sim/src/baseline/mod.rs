@@ -210,8 +210,11 @@ impl Baseline {
                 l.insert("karpenter.sh/capacity-type".into(), "on-demand".into());
                 l.insert("kubernetes.io/arch".into(), "amd64".into());
                 l.insert("kubernetes.io/os".into(), "linux".into());
+                let name = format!("{t}-{zone}");
+                // The group's own label, which its node-template tags give its nodes.
+                l.insert(GROUP_TAG.into(), name.clone());
                 self.groups.push(Group {
-                    name: format!("{t}-{zone}"),
+                    name,
                     instance_type: t.into(),
                     zone: zone.clone(),
                     subnet_id: subnet_id.clone(),
@@ -232,10 +235,6 @@ impl Baseline {
         }
         let names: Vec<&str> = self.groups.iter().map(|g| g.name.as_str()).collect();
         self.say(format!("node groups {}", names.join(",")));
-        // The labels and taints tags a node group's instances carry (see fakekube's kubelet).
-        for g in &mut self.groups {
-            g.labels.insert(GROUP_TAG.into(), g.name.clone());
-        }
         self.group_taint_values = taints
             .iter()
             .map(|(k, v, e)| (k.clone(), format!("{v}:{e}")))
