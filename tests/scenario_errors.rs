@@ -360,3 +360,85 @@ fn a_report_is_a_self_contained_page_with_four_charts() {
     assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("<link"));
     let _ = std::fs::remove_file(&out_path);
 }
+
+/// steady-web with its inline manifests moved to a multi-document file beside it, referenced by `file:`.
+fn steady_web_with_file(dir: &Path) -> PathBuf {
+    let text = steady_web();
+    let (head, rest) = text.split_once("manifests:\n").unwrap();
+    let (block, tail) = rest.split_once("timeline:\n").unwrap();
+    let mut docs = String::new();
+    for line in block.lines() {
+        match line.strip_prefix("  - ") {
+            Some(first) => docs.push_str(&format!("---\n{first}\n")),
+            None => docs.push_str(&format!("{}\n", line.get(4..).unwrap_or(""))),
+        }
+    }
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    std::fs::write(dir.join("manifests/web.yaml"), docs).unwrap();
+    let scenario = dir.join("scenario.yaml");
+    std::fs::write(
+        &scenario,
+        format!("{head}manifests:\n  - file: manifests/web.yaml\ntimeline:\n{tail}"),
+    )
+    .unwrap();
+    scenario
+}
+
+#[test]
+fn file_manifests_run_exactly_like_inline_ones() {
+    let dir = std::env::temp_dir().join(format!("dovetail-file-manifests-{}", std::process::id()));
+    let with_file = steady_web_with_file(&dir);
+    let inline = dovetail_tests::root().join("scenarios/steady-web.yaml");
+    let args = |p: &Path| vec![p.display().to_string(), "--until".into(), "12m".into()];
+    let a = sim_command(&args(&with_file));
+    let b = sim_command(&args(&inline));
+    assert_eq!(a.code, 0, "{a:?}");
+    assert!(a.stdout.contains("nodeclaim"), "the run launched capacity");
+    assert_eq!(a.stdout, b.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_missing_manifest_file_names_the_scenario_line_and_the_path() {
+    let text = steady_web().replace(
+        "manifests:\n",
+        "manifests:\n  - file: manifests/nowhere.yaml\n",
+    );
+    let p = write("missing-file.yaml", &text);
+    let out = run(&p);
+    assert_eq!(out.code, 2, "{out:?}");
+    let line = line_of(&text, "nowhere.yaml");
+    assert!(
+        out.stderr.contains(&format!("missing-file.yaml:{line}:")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("manifests[0].file") && out.stderr.contains("nowhere.yaml"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn an_error_inside_a_manifest_file_names_that_file_and_line() {
+    let dir = std::env::temp_dir().join(format!("dovetail-file-error-{}", std::process::id()));
+    let scenario = steady_web_with_file(&dir);
+    let docs = std::fs::read_to_string(dir.join("manifests/web.yaml")).unwrap();
+    let broken = docs.replace("  replicas: 20", "  replica: 20");
+    std::fs::write(dir.join("manifests/web.yaml"), &broken).unwrap();
+    let out = run(&scenario);
+    assert_eq!(out.code, 2, "{out:?}");
+    let line = line_of(&broken, "replica: 20");
+    assert!(
+        out.stderr.contains(&format!("web.yaml:{line}:")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("document[2].spec.replica"),
+        "{}",
+        out.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -387,6 +387,11 @@ pub struct Scenario {
 
 struct Loader<'a> {
     file: &'a str,
+    /// The scenario's directory, which `file:` manifests are read relative to (None for text not read
+    /// from disk).
+    dir: Option<&'a Path>,
+    /// Reading a file a scenario included: includes do not nest.
+    included: bool,
 }
 
 impl Loader<'_> {
@@ -445,6 +450,57 @@ impl Loader<'_> {
 
     fn range(&self, s: &Spanned<String>, field: &str) -> Result<(Duration, Duration), SimError> {
         duration::parse_range(&s.value).map_err(|m| self.err(pos(s), field, m))
+    }
+
+    /// One entry of a manifest list: an inline manifest, or `file: PATH` naming a YAML file (relative to
+    /// the scenario) of one or more `---`-separated manifests.
+    fn manifests(&self, node: &Spanned<Node>, field: &str) -> Result<Vec<Manifest>, SimError> {
+        let Some((path, at)) = file_reference(node) else {
+            return Ok(vec![self.manifest(node, field)?]);
+        };
+        let field = format!("{field}.file");
+        if self.included {
+            return Err(self.err(
+                at,
+                &field,
+                "a file included with `file:` cannot include another; list every file in the scenario",
+            ));
+        }
+        let Some(dir) = self.dir else {
+            return Err(self.err(
+                at,
+                &field,
+                "`file:` manifests are read relative to the scenario's file; load the scenario from a file",
+            ));
+        };
+        let full = dir.join(path);
+        let shown = full.display().to_string();
+        let text = std::fs::read_to_string(&full).map_err(|e| {
+            self.err(
+                at,
+                &field,
+                format!(
+                    "cannot read `{shown}` ({e}); the path is relative to the scenario's directory"
+                ),
+            )
+        })?;
+        let docs: Vec<Spanned<Node>> =
+            serde_saphyr::from_multiple(&text).map_err(|e| serde_error(&shown, e))?;
+        let inner = Loader {
+            file: &shown,
+            dir: Some(dir),
+            included: true,
+        };
+        let found: Vec<Manifest> = docs
+            .iter()
+            .filter(|d| d.value != Node::Null)
+            .enumerate()
+            .map(|(i, d)| inner.manifest(d, &format!("document[{i}]")))
+            .collect::<Result<_, _>>()?;
+        if found.is_empty() {
+            return Err(self.err(at, &field, format!("`{shown}` holds no manifest")));
+        }
+        Ok(found)
     }
 
     /// Decode a manifest into its type, reject fields the type does not have, and check quantities.
@@ -607,6 +663,19 @@ impl Loader<'_> {
     }
 }
 
+/// `file: PATH` as a whole manifest entry: the path and where it was written.
+fn file_reference(node: &Spanned<Node>) -> Option<(&str, Pos)> {
+    match &node.value {
+        Node::Map(entries) if entries.len() == 1 && entries[0].0.value == "file" => {
+            match &entries[0].1.value {
+                Node::Str(path) => Some((path.as_str(), pos(&entries[0].1))),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 fn serde_error(file: &str, e: serde_saphyr::Error) -> SimError {
     let (line, column) = e
         .location()
@@ -635,12 +704,21 @@ impl Scenario {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        Scenario::parse(&path.display().to_string(), &text)
+        Scenario::parse_in(&path.display().to_string(), &text, path.parent())
     }
 
+    /// A scenario from text; `file:` manifests are refused (there is no directory to read them from).
     pub fn parse(file: &str, text: &str) -> Result<Scenario, SimError> {
+        Scenario::parse_in(file, text, None)
+    }
+
+    fn parse_in(file: &str, text: &str, dir: Option<&Path>) -> Result<Scenario, SimError> {
         let raw: RawScenario = serde_saphyr::from_str(text).map_err(|e| serde_error(file, e))?;
-        let l = Loader { file };
+        let l = Loader {
+            file,
+            dir,
+            included: false,
+        };
         let duration = l.duration(&raw.duration, "duration")?;
         if duration.is_zero() {
             return Err(l.err(
@@ -724,7 +802,7 @@ impl Scenario {
         };
         let mut manifests = Vec::new();
         for (i, m) in raw.manifests.iter().enumerate() {
-            manifests.push(l.manifest(m, &format!("manifests[{i}]"))?);
+            manifests.extend(l.manifests(m, &format!("manifests[{i}]"))?);
         }
         let mut known_deployments: Vec<(String, String)> = manifests
             .iter()
@@ -797,21 +875,22 @@ impl Scenario {
             } else if let Some(list) = &e.apply {
                 let mut out = Vec::new();
                 for (j, m) in list.iter().enumerate() {
-                    let man = l.manifest(m, &format!("{field}.apply[{j}]"))?;
-                    if man.kind == "Deployment" {
-                        let ns = man.object["metadata"]["namespace"]
-                            .as_str()
-                            .unwrap_or("default")
-                            .to_string();
-                        known_deployments.push((
-                            ns,
-                            man.object["metadata"]["name"]
+                    for man in l.manifests(m, &format!("{field}.apply[{j}]"))? {
+                        if man.kind == "Deployment" {
+                            let ns = man.object["metadata"]["namespace"]
                                 .as_str()
-                                .unwrap_or_default()
-                                .to_string(),
-                        ));
+                                .unwrap_or("default")
+                                .to_string();
+                            known_deployments.push((
+                                ns,
+                                man.object["metadata"]["name"]
+                                    .as_str()
+                                    .unwrap_or_default()
+                                    .to_string(),
+                            ));
+                        }
+                        out.push(man);
                     }
-                    out.push(man);
                 }
                 Action::Apply(out)
             } else if let Some(s) = &e.spot_interruption {
