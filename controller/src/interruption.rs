@@ -42,6 +42,16 @@ impl Notice {
             Notice::RebalanceRecommendation => "rebalance-recommendation".into(),
         }
     }
+
+    /// The `message_type` label Karpenter's interruption metrics use.
+    fn metric_label(&self) -> &'static str {
+        match self {
+            Notice::SpotInterruption => "spot_interrupted",
+            Notice::ScheduledChange => "scheduled_change",
+            Notice::Stopping(_) => "instance_stopped",
+            Notice::RebalanceRecommendation => "rebalance_recommendation",
+        }
+    }
 }
 
 /// The outcome of reading one message body.
@@ -137,7 +147,17 @@ impl Controller {
             let full = messages.len() == 10;
             for m in messages {
                 self.queue_stats.received += 1;
-                match parse(&m.body) {
+                let parsed = parse(&m.body);
+                let message_type = match &parsed {
+                    Ok(Parsed::Notice(notice, _)) => notice.metric_label(),
+                    Ok(Parsed::Ignored(_)) => "unknown",
+                    Err(_) => "malformed",
+                };
+                self.ctx.metrics.inc(
+                    crate::metrics::INTERRUPTION_RECEIVED,
+                    &[("message_type", message_type)],
+                );
+                match parsed {
                     Ok(Parsed::Notice(notice, ids)) => {
                         for id in ids {
                             self.handle_notice(&notice, &id).await?;
@@ -161,7 +181,10 @@ impl Controller {
                     .delete_message(&queue, &m.receipt_handle)
                     .await
                 {
-                    Ok(()) => {}
+                    Ok(()) => self
+                        .ctx
+                        .metrics
+                        .inc(crate::metrics::INTERRUPTION_DELETED, &[]),
                     // Redelivered after its visibility timeout ran out: handled twice, which is harmless.
                     Err(e) if e.code == "ReceiptHandleIsInvalid" => {}
                     Err(e) => return Err(e.into()),
@@ -250,6 +273,11 @@ impl Controller {
                 self.refresh_offering_availability(now);
             }
         }
+        self.count_with(
+            crate::metrics::NODECLAIMS_DISRUPTED,
+            &claim,
+            &[("reason", "interruption")],
+        );
         let drain = node
             .as_deref()
             .map_or(String::new(), |n| format!("draining node/{n} and "));

@@ -170,3 +170,31 @@ impl Elector {
         since < le.renew_deadline
     }
 }
+
+/// Give the Lease up on shutdown, as client-go's `ReleaseOnCancel` does: the holder is emptied and the
+/// duration cut to 1 s, so another replica takes over at its next attempt instead of waiting out the
+/// lease. Returns whether this replica held it.
+pub async fn release(
+    kube: &dyn crate::kube::Kube,
+    clock: &dyn crate::clock::Clock,
+    le: &LeaderElection,
+) -> Result<bool, KubeError> {
+    let key = ObjectKey::namespaced(&le.namespace, &le.name);
+    let Some(lease) = kube.get(Kind::Lease, &key).await? else {
+        return Ok(false);
+    };
+    if lease["spec"]["holderIdentity"].as_str() != Some(le.identity.as_str()) {
+        return Ok(false);
+    }
+    let now = micro_time(clock.now());
+    kube.patch(
+        Kind::Lease,
+        &key,
+        json!({
+            "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
+            "spec": {"holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": now, "acquireTime": now},
+        }),
+    )
+    .await?;
+    Ok(true)
+}

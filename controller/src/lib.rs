@@ -20,6 +20,7 @@ pub mod kube;
 pub mod launch;
 pub mod leader;
 pub mod lifecycle;
+pub mod metrics;
 pub mod names;
 pub mod nodeclass;
 pub mod provisioning;

@@ -15,6 +15,7 @@ use crate::error::ControllerError;
 use crate::instancetype::InstanceType;
 use crate::kube::{Kind, KubeError, ObjectKey};
 use crate::launch;
+use crate::metrics;
 use crate::names;
 use crate::run::Controller;
 use crate::scheduling::Requirements;
@@ -477,6 +478,7 @@ impl Controller {
             .await?;
         self.state
             .apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Modified(updated))?;
+        self.count(metrics::NODECLAIMS_LAUNCHED, claim);
         self.ctx.journal.record(
             "lifecycle",
             format!(
@@ -538,6 +540,7 @@ impl Controller {
             json!({"nodeName": node_name}),
         )
         .await?;
+        self.count(metrics::NODECLAIMS_REGISTERED, claim);
         self.ctx.journal.record(
             "lifecycle",
             format!("registered nodeclaim/{name} node={node_name}"),
@@ -601,6 +604,7 @@ impl Controller {
             json!({}),
         )
         .await?;
+        self.count(metrics::NODECLAIMS_INITIALIZED, claim);
         self.ctx.journal.record(
             "lifecycle",
             format!("initialized nodeclaim/{name} node={node_name}"),
@@ -655,10 +659,12 @@ impl Controller {
                 .terminate_instances(vec![id.to_string()])
                 .await
             {
-                Ok(()) => self
-                    .ctx
-                    .journal
-                    .record("lifecycle", format!("terminate {id} for nodeclaim/{name}")),
+                Ok(()) => {
+                    self.count(metrics::NODECLAIMS_TERMINATED, claim);
+                    self.ctx
+                        .journal
+                        .record("lifecycle", format!("terminate {id} for nodeclaim/{name}"))
+                }
                 Err(e) if e.code == "InvalidInstanceID.NotFound" => {
                     let launched = claim
                         .metadata
@@ -857,5 +863,30 @@ mod tests {
         );
         let nowhere = claim(&[(labels::ZONE, &["z"])]);
         assert!(fleet_overrides(&nowhere, &types, &subnets(&["a", "b"])).is_none());
+    }
+}
+
+impl Controller {
+    /// Count a NodeClaim event under its NodePool.
+    pub(crate) fn count(&self, def: metrics::MetricDef, claim: &NodeClaim) {
+        self.count_with(def, claim, &[]);
+    }
+
+    /// Count a NodeClaim event under its NodePool, with more labels.
+    pub(crate) fn count_with(
+        &self,
+        def: metrics::MetricDef,
+        claim: &NodeClaim,
+        more: &[(&'static str, &str)],
+    ) {
+        let pool = claim
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(crate::crds::labels::NODEPOOL))
+            .map_or("", String::as_str);
+        let mut labels = vec![("nodepool", pool)];
+        labels.extend_from_slice(more);
+        self.ctx.metrics.inc(def, &labels);
     }
 }

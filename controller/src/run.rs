@@ -69,6 +69,8 @@ pub struct Context {
     pub kube: Arc<dyn Kube>,
     pub cloud: Arc<dyn Cloud>,
     pub journal: Arc<dyn Journal>,
+    /// Counters and gauges about the controller's work (served on /metrics in a cluster).
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub rng: ChaCha8Rng,
     pub settings: Settings,
 }
@@ -106,6 +108,8 @@ pub(crate) struct Controller {
     lost_lease: bool,
     /// The inputs of the last disruption decision that found nothing to do (a fingerprint).
     pub(crate) nothing_to_disrupt: Option<u64>,
+    /// When the cluster-state gauges are next published (they ride on other timers, never wake alone).
+    next_metrics: Duration,
     next_lifecycle: Duration,
     next_gc: Duration,
 }
@@ -139,6 +143,7 @@ impl Controller {
             next_nodeclass: Duration::ZERO,
             catalog_loaded_at: None,
             nothing_to_disrupt: None,
+            next_metrics: Duration::ZERO,
             elector: crate::leader::Elector::default(),
             next_lease: started,
             lost_lease: false,
@@ -291,10 +296,19 @@ impl Controller {
             // Renew before acting: a leader that cannot must not act on what it no longer owns.
             let held = self.elector.keep(&self.ctx, &le).await;
             self.next_lease = now + le.retry_period;
+            self.ctx.metrics.set(
+                crate::metrics::LEADER,
+                &[("name", &le.name)],
+                if held { 1.0 } else { 0.0 },
+            );
             if !held {
                 self.lost_lease = true;
                 return;
             }
+        }
+        if now >= self.next_metrics {
+            self.publish_state_metrics();
+            self.next_metrics = now + crate::metrics::STATE_INTERVAL;
         }
         if self
             .catalog_loaded_at
@@ -385,7 +399,10 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     }
     loop {
         let mut streams = match c.open_watches().await {
-            Ok(s) => s,
+            Ok(s) => {
+                c.ctx.metrics.set(crate::metrics::CLUSTER_SYNCED, &[], 1.0);
+                s
+            }
             Err(e) => {
                 c.ctx
                     .journal
@@ -394,7 +411,9 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
                 continue;
             }
         };
-        let why = c.follow(&mut streams).await?;
+        let followed = c.follow(&mut streams).await;
+        c.ctx.metrics.set(crate::metrics::CLUSTER_SYNCED, &[], 0.0);
+        let why = followed?;
         // A closed or expired watch loses nothing: list again, then watch from the new version.
         c.ctx
             .journal

@@ -337,10 +337,12 @@ impl Controller {
         }
         if let Some(id) = crate::gc::instance_id(&claim) {
             match self.ctx.cloud.terminate_instances(vec![id.clone()]).await {
-                Ok(()) => self
-                    .ctx
-                    .journal
-                    .record("termination", format!("terminate {id} for node/{name}")),
+                Ok(()) => {
+                    self.count(crate::metrics::NODECLAIMS_TERMINATED, &claim);
+                    self.ctx
+                        .journal
+                        .record("termination", format!("terminate {id} for node/{name}"))
+                }
                 Err(e) if e.code == "InvalidInstanceID.NotFound" => {}
                 Err(e) => return Err(e.into()),
             }

@@ -33,6 +33,8 @@ pub struct Outcome {
     pub metrics: report::Metrics,
     /// Samples for charts (one per 30 s of sim time).
     pub series: Vec<report::Sample>,
+    /// What the controllers counted (the in-cluster `/metrics`).
+    pub controller_metrics: std::sync::Arc<dovetail::metrics::Metrics>,
 }
 
 /// Options of one run.
@@ -128,5 +130,6 @@ pub fn simulate(scenario: &Scenario, options: &RunOptions) -> Result<Outcome, Si
         passed: metrics.passed,
         metrics,
         series: run.observations.series.clone(),
+        controller_metrics: run.controller_metrics.clone(),
     })
 }

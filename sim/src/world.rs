@@ -36,6 +36,9 @@ pub struct Run {
     pub observations: Observations,
     /// When and why an invariant stopped the run early.
     pub stopped: Option<(Duration, String)>,
+    /// The controllers' metrics: one registry for all replicas and restarts, as a dashboard summing
+    /// `increase()` over pods would show them.
+    pub controller_metrics: Arc<dovetail::metrics::Metrics>,
 }
 
 /// What the kubelets see of the cloud, rebuilt only when an instance appears, changes state or gains tags
@@ -205,6 +208,7 @@ struct ControllerParts {
     autoscaler: Autoscaler,
     /// The replica's Lease identity when replicas elect a leader.
     identity: Option<String>,
+    metrics: Arc<dovetail::metrics::Metrics>,
 }
 
 async fn controller_host(p: ControllerParts) -> turmoil::Result {
@@ -217,6 +221,7 @@ async fn controller_host(p: ControllerParts) -> turmoil::Result {
         clock,
         autoscaler,
         identity,
+        metrics,
     } = p;
     if autoscaler == Autoscaler::CaBaseline {
         crate::baseline::run(
@@ -239,6 +244,7 @@ async fn controller_host(p: ControllerParts) -> turmoil::Result {
             kube: Arc::new(kube.clone()),
             cloud: Arc::new(cloud.clone()),
             journal: Arc::new(trace.clone()),
+            metrics: metrics.clone(),
             // A restarted controller must not replay its predecessor's names.
             rng: ChaCha8Rng::seed_from_u64(controller_seed.wrapping_add(generation)),
             settings: dovetail::Settings {
@@ -569,6 +575,7 @@ pub fn run(
     } else {
         1
     };
+    let controller_metrics = Arc::new(dovetail::metrics::Metrics::default());
     for i in 0..replicas {
         let host = if i == 0 {
             "controller".to_string()
@@ -585,6 +592,7 @@ pub fn run(
             clock,
             autoscaler,
             identity: (replicas > 1).then(|| format!("dovetail-{i}")),
+            metrics: controller_metrics.clone(),
         };
         sim.host(host, move || controller_host(parts.clone()));
     }
@@ -680,6 +688,7 @@ pub fn run(
     }
     observations.finish(&kube, &cloud, end, clock.epoch());
     Ok(Run {
+        controller_metrics,
         trace,
         observations,
         stopped,

@@ -96,6 +96,7 @@ fn context() -> dovetail::Context {
     let clock: Arc<dyn dovetail::clock::Clock> = Arc::new(clock);
     let journal = Arc::new(LogJournal);
     dovetail::Context {
+        metrics: Default::default(),
         clock: clock.clone(),
         kube: Arc::new(FakeKube::new(
             Store::new(ChaCha8Rng::seed_from_u64(1)),

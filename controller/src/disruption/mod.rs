@@ -259,6 +259,21 @@ impl Controller {
             self.delete_if_present(Kind::NodeClaim, &ObjectKey::cluster(&c.claim))
                 .await?;
         }
+        let decision = match command.action {
+            Action::Delete => "delete",
+            Action::Replace(..) => "replace",
+        };
+        let reason = command.reason.as_str().to_lowercase();
+        self.ctx.metrics.inc(
+            crate::metrics::DISRUPTION_DECISIONS,
+            &[("decision", decision), ("reason", &reason)],
+        );
+        for c in &command.candidates {
+            self.ctx.metrics.inc(
+                crate::metrics::NODECLAIMS_DISRUPTED,
+                &[("nodepool", &c.pool), ("reason", &reason)],
+            );
+        }
         self.ctx
             .journal
             .record("disruption", format!("executed: {}", command.describe()));

@@ -11,6 +11,7 @@ use crate::crds::{NodeClaim, NodeClaimSpec, labels};
 use crate::error::ControllerError;
 use crate::events::EventType;
 use crate::kube::{Kind, ObjectKey, encode};
+use crate::metrics;
 use crate::names;
 use crate::resources::{Resources, pod_requests};
 use crate::run::Controller;
@@ -564,6 +565,12 @@ impl Controller {
             return Ok(None);
         };
         let name = names::generate(&plan.pool, &mut self.ctx.rng);
+        // Replacements carry the disruption's annotations; plain provisioning none.
+        let reason = if annotations.is_empty() {
+            "provisioning"
+        } else {
+            "disruption"
+        };
         let mut types = plan.instance_types.clone();
         types.truncate(MAX_INSTANCE_TYPES);
         // The claim carries the pool's requirements narrowed by its pods, and the instance types that fit.
@@ -609,6 +616,10 @@ impl Controller {
         let created = self.ctx.kube.create(Kind::NodeClaim, value).await?;
         self.state
             .apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Added(created))?;
+        self.ctx.metrics.inc(
+            metrics::NODECLAIMS_CREATED,
+            &[("nodepool", &plan.pool), ("reason", reason)],
+        );
         let shown: Vec<&str> = types.iter().take(2).map(String::as_str).collect();
         let more = more_suffix(types.len(), 2);
         self.ctx.journal.record(

@@ -1,0 +1,303 @@
+//! Counters and gauges about the controller's work, under Karpenter's metric names where the meaning is
+//! the same; the in-cluster binary serves them on `/metrics`, the simulator may read them.
+//!
+//! Plain data behind a mutex, in sorted maps: recording never reaches a decision, and a snapshot is
+//! ordered, so nothing here can make a run differ.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// Counter or gauge, as Prometheus types them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+}
+
+/// One metric the controller may report.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    /// The full name; counters end in `_total` as OpenMetrics requires.
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: MetricKind,
+}
+
+const fn counter(name: &'static str, help: &'static str) -> MetricDef {
+    MetricDef {
+        name,
+        help,
+        kind: MetricKind::Counter,
+    }
+}
+
+const fn gauge(name: &'static str, help: &'static str) -> MetricDef {
+    MetricDef {
+        name,
+        help,
+        kind: MetricKind::Gauge,
+    }
+}
+
+pub const NODECLAIMS_CREATED: MetricDef = counter(
+    "karpenter_nodeclaims_created_total",
+    "NodeClaims created, by reason (provisioning, disruption, interruption) and nodepool.",
+);
+pub const NODECLAIMS_LAUNCHED: MetricDef = counter(
+    "karpenter_nodeclaims_launched_total",
+    "NodeClaims whose instance was launched, by nodepool.",
+);
+pub const NODECLAIMS_REGISTERED: MetricDef = counter(
+    "karpenter_nodeclaims_registered_total",
+    "NodeClaims whose Node registered, by nodepool.",
+);
+pub const NODECLAIMS_INITIALIZED: MetricDef = counter(
+    "karpenter_nodeclaims_initialized_total",
+    "NodeClaims whose Node became ready and initialized, by nodepool.",
+);
+pub const NODECLAIMS_TERMINATED: MetricDef = counter(
+    "karpenter_nodeclaims_terminated_total",
+    "NodeClaims whose instance was terminated, by nodepool.",
+);
+pub const NODECLAIMS_DISRUPTED: MetricDef = counter(
+    "karpenter_nodeclaims_disrupted_total",
+    "NodeClaims disrupted, by reason (underutilized, empty, drifted, expired, interruption) and nodepool.",
+);
+pub const DISRUPTION_DECISIONS: MetricDef = counter(
+    "karpenter_voluntary_disruption_decisions_total",
+    "Voluntary disruption decisions executed, by decision (delete, replace) and reason.",
+);
+pub const INTERRUPTION_RECEIVED: MetricDef = counter(
+    "karpenter_interruption_received_messages_total",
+    "Messages read from the interruption queue, by message_type.",
+);
+pub const INTERRUPTION_DELETED: MetricDef = counter(
+    "karpenter_interruption_deleted_messages_total",
+    "Messages deleted from the interruption queue.",
+);
+pub const PODS_STATE: MetricDef = gauge(
+    "karpenter_pods_state",
+    "1 per pod, labelled by name, namespace, node and phase (Pending when unbound).",
+);
+pub const NODEPOOLS_USAGE: MetricDef = gauge(
+    "karpenter_nodepools_usage",
+    "Resources the NodePool's NodeClaims hold, by nodepool and resource_type.",
+);
+pub const NODEPOOLS_LIMIT: MetricDef = gauge(
+    "karpenter_nodepools_limit",
+    "The NodePool's spec.limits, by nodepool and resource_type.",
+);
+pub const CLUSTER_NODES: MetricDef = gauge(
+    "karpenter_cluster_state_node_count",
+    "Nodes the controller's cluster state holds.",
+);
+pub const CLUSTER_SYNCED: MetricDef = gauge(
+    "karpenter_cluster_state_synced",
+    "1 once the cluster state has been listed and is followed by watches.",
+);
+pub const CLOUDPROVIDER_ERRORS: MetricDef = counter(
+    "karpenter_cloudprovider_errors_total",
+    "Failed calls to AWS, by method and error code.",
+);
+pub const LEADER: MetricDef = gauge(
+    "leader_election_master_status",
+    "1 while this replica holds the leader Lease, by name.",
+);
+
+/// Every metric the controller reports, in exposition order.
+pub const DEFINITIONS: &[MetricDef] = &[
+    NODECLAIMS_CREATED,
+    NODECLAIMS_LAUNCHED,
+    NODECLAIMS_REGISTERED,
+    NODECLAIMS_INITIALIZED,
+    NODECLAIMS_TERMINATED,
+    NODECLAIMS_DISRUPTED,
+    DISRUPTION_DECISIONS,
+    INTERRUPTION_RECEIVED,
+    INTERRUPTION_DELETED,
+    PODS_STATE,
+    NODEPOOLS_USAGE,
+    NODEPOOLS_LIMIT,
+    CLUSTER_NODES,
+    CLUSTER_SYNCED,
+    CLOUDPROVIDER_ERRORS,
+    LEADER,
+];
+
+/// Label pairs, sorted by name.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// The controller's metric values.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    values: Mutex<BTreeMap<&'static str, BTreeMap<Labels, f64>>>,
+}
+
+fn labels(pairs: &[(&'static str, &str)]) -> Labels {
+    let mut out: Labels = pairs.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    out.sort();
+    out
+}
+
+impl Metrics {
+    fn with<R>(
+        &self,
+        f: impl FnOnce(&mut BTreeMap<&'static str, BTreeMap<Labels, f64>>) -> R,
+    ) -> R {
+        let mut guard = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
+
+    /// Add one to a counter.
+    pub fn inc(&self, def: MetricDef, pairs: &[(&'static str, &str)]) {
+        debug_assert_eq!(def.kind, MetricKind::Counter, "{}", def.name);
+        self.with(|v| {
+            *v.entry(def.name)
+                .or_default()
+                .entry(labels(pairs))
+                .or_default() += 1.0
+        });
+    }
+
+    /// Set one series of a gauge.
+    pub fn set(&self, def: MetricDef, pairs: &[(&'static str, &str)], value: f64) {
+        self.with(|v| {
+            v.entry(def.name).or_default().insert(labels(pairs), value);
+        });
+    }
+
+    /// Replace every series of a gauge (series not given are gone, as for pods that left).
+    pub fn replace(&self, def: MetricDef, series: BTreeMap<Labels, f64>) {
+        self.with(|v| {
+            v.insert(def.name, series);
+        });
+    }
+
+    /// The value of one series, if recorded.
+    pub fn get(&self, def: MetricDef, pairs: &[(&'static str, &str)]) -> Option<f64> {
+        self.with(|v| v.get(def.name).and_then(|s| s.get(&labels(pairs))).copied())
+    }
+
+    /// Every series of one metric, sorted by labels.
+    pub fn series(&self, def: MetricDef) -> Vec<(Labels, f64)> {
+        self.with(|v| {
+            v.get(def.name)
+                .map(|s| s.iter().map(|(l, x)| (l.clone(), *x)).collect())
+                .unwrap_or_default()
+        })
+    }
+}
+
+/// Equal when every series has the same value (runs compare their outcomes).
+impl PartialEq for Metrics {
+    fn eq(&self, other: &Metrics) -> bool {
+        if std::ptr::eq(self, other) {
+            return true;
+        }
+        let mine = self.with(|v| v.clone());
+        other.with(|v| *v == mine)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_add_per_label_set_and_gauges_replace() {
+        let m = Metrics::default();
+        m.inc(
+            NODECLAIMS_CREATED,
+            &[("nodepool", "a"), ("reason", "provisioning")],
+        );
+        m.inc(
+            NODECLAIMS_CREATED,
+            &[("reason", "provisioning"), ("nodepool", "a")],
+        );
+        m.inc(
+            NODECLAIMS_CREATED,
+            &[("nodepool", "b"), ("reason", "provisioning")],
+        );
+        assert_eq!(
+            m.get(
+                NODECLAIMS_CREATED,
+                &[("nodepool", "a"), ("reason", "provisioning")]
+            ),
+            Some(2.0)
+        );
+        assert_eq!(m.series(NODECLAIMS_CREATED).len(), 2);
+        m.set(PODS_STATE, &[("name", "p1")], 1.0);
+        let mut only = BTreeMap::new();
+        only.insert(labels(&[("name", "p2")]), 1.0);
+        m.replace(PODS_STATE, only);
+        assert_eq!(m.get(PODS_STATE, &[("name", "p1")]), None);
+        assert_eq!(m.get(PODS_STATE, &[("name", "p2")]), Some(1.0));
+    }
+
+    #[test]
+    fn counter_names_follow_openmetrics() {
+        for d in DEFINITIONS {
+            assert_eq!(
+                d.kind == MetricKind::Counter,
+                d.name.ends_with("_total"),
+                "{}",
+                d.name
+            );
+        }
+    }
+}
+
+/// How often the cluster-state gauges (pods, node count, pool usage) are rebuilt.
+pub const STATE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+
+impl crate::run::Controller {
+    /// Rebuild the gauges that describe the cluster state: one series per pod, node count, pool usage and
+    /// limits.
+    pub(crate) fn publish_state_metrics(&self) {
+        let m = &self.ctx.metrics;
+        let mut pods = BTreeMap::new();
+        for (key, pod) in &self.state.pods {
+            let spec_node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+            let phase = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .unwrap_or("Pending");
+            pods.insert(
+                labels(&[
+                    ("name", &key.name),
+                    ("namespace", &key.namespace),
+                    ("node", spec_node.unwrap_or("")),
+                    ("phase", phase),
+                ]),
+                1.0,
+            );
+        }
+        m.replace(PODS_STATE, pods);
+        m.set(CLUSTER_NODES, &[], self.state.nodes.len() as f64);
+        let mut usage = BTreeMap::new();
+        let mut limits = BTreeMap::new();
+        for (name, pool) in &self.state.nodepools {
+            for (resource, amount) in &self.pool_usage(name).0 {
+                usage.insert(
+                    labels(&[("nodepool", name), ("resource_type", resource)]),
+                    amount.0 as f64 / 1000.0,
+                );
+            }
+            let parsed = pool
+                .spec
+                .limits
+                .as_ref()
+                .and_then(|l| crate::resources::Resources::parse(l).ok())
+                .unwrap_or_default();
+            for (resource, amount) in &parsed.0 {
+                limits.insert(
+                    labels(&[("nodepool", name), ("resource_type", resource)]),
+                    amount.0 as f64 / 1000.0,
+                );
+            }
+        }
+        m.replace(NODEPOOLS_USAGE, usage);
+        m.replace(NODEPOOLS_LIMIT, limits);
+    }
+}

@@ -1,0 +1,200 @@
+//! Flags and environment variables, under Karpenter's names where Karpenter has the setting.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (what log pipelines parse).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// The in-cluster controller. Every flag can also be set by the environment variable shown.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "dovetail", version, about)]
+pub struct Config {
+    /// The EKS cluster's name; instances and launch templates are tagged with it (Karpenter: CLUSTER_NAME).
+    #[arg(long, env = "CLUSTER_NAME")]
+    pub cluster_name: String,
+
+    /// The API server endpoint nodes join (Karpenter: CLUSTER_ENDPOINT); read from EKS when empty.
+    #[arg(long, env = "CLUSTER_ENDPOINT", default_value = "")]
+    pub cluster_endpoint: String,
+
+    /// The SQS queue EventBridge sends interruption events to: its name or URL (Karpenter:
+    /// INTERRUPTION_QUEUE). Empty turns interruption handling off.
+    #[arg(long, env = "INTERRUPTION_QUEUE", default_value = "")]
+    pub interruption_queue: String,
+
+    /// The AWS region; otherwise the SDK's default chain (AWS_REGION, the instance metadata).
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+
+    /// Close a provisioning batch this long after the last pending pod arrived (Karpenter: BATCH_IDLE_DURATION).
+    #[arg(long, env = "BATCH_IDLE_DURATION", default_value = "1s", value_parser = duration)]
+    pub batch_idle_duration: Duration,
+
+    /// ... or this long after it opened (Karpenter: BATCH_MAX_DURATION).
+    #[arg(long, env = "BATCH_MAX_DURATION", default_value = "10s", value_parser = duration)]
+    pub batch_max_duration: Duration,
+
+    /// error, warn, info, debug or trace; or a tracing filter such as `info,dovetail=debug` (Karpenter: LOG_LEVEL).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// json or text.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+
+    /// Port of `/metrics` (Karpenter: METRICS_PORT).
+    #[arg(long, env = "METRICS_PORT", default_value_t = 8080)]
+    pub metrics_port: u16,
+
+    /// Port of `/healthz` and `/readyz` (Karpenter: HEALTH_PROBE_PORT).
+    #[arg(long, env = "HEALTH_PROBE_PORT", default_value_t = 8081)]
+    pub health_probe_port: u16,
+
+    /// Act without a leader Lease; only for a single replica (Karpenter: DISABLE_LEADER_ELECTION).
+    #[arg(long, env = "DISABLE_LEADER_ELECTION", default_value_t = false)]
+    pub disable_leader_election: bool,
+
+    /// The Lease replicas elect a leader over.
+    #[arg(long, env = "LEADER_ELECTION_NAME", default_value = "dovetail-leader-election")]
+    pub leader_election_name: String,
+
+    /// The namespace the controller runs in (and its Lease lives in) (Karpenter: SYSTEM_NAMESPACE).
+    #[arg(long, env = "SYSTEM_NAMESPACE", default_value = "kube-system")]
+    pub system_namespace: String,
+
+    /// This replica's identity in the Lease; the pod name from the downward API.
+    #[arg(long, env = "POD_NAME", default_value = "dovetail")]
+    pub pod_name: String,
+
+    /// Feature gates, Karpenter's syntax: `SpotToSpotConsolidation=true`.
+    #[arg(long, env = "FEATURE_GATES", default_value = "SpotToSpotConsolidation=true", value_parser = feature_gates)]
+    pub feature_gates: FeatureGates,
+
+    /// Dovetail's anti-churn rule: a consolidation that moves pods must save this share of the pool's cost
+    /// per share of its pods moved; 0 turns it off (Karpenter's behaviour).
+    #[arg(long, env = "CONSOLIDATION_BALANCE", default_value_t = 0.25)]
+    pub consolidation_balance: f64,
+}
+
+/// Karpenter's feature gates that Dovetail reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureGates {
+    pub spot_to_spot_consolidation: bool,
+}
+
+fn feature_gates(s: &str) -> Result<FeatureGates, String> {
+    let mut gates = FeatureGates {
+        spot_to_spot_consolidation: true,
+    };
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("`{part}`: write Name=true or Name=false"))?;
+        let value: bool = value
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{part}`: the value must be true or false"))?;
+        match name.trim() {
+            "SpotToSpotConsolidation" => gates.spot_to_spot_consolidation = value,
+            // Karpenter's other gates: accepted so a Karpenter values file works, without effect here.
+            "NodeRepair" | "ReservedCapacity" | "StaticCapacity" | "NodeOverlay" => {}
+            other => return Err(format!("unknown feature gate `{other}`")),
+        }
+    }
+    Ok(gates)
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    dovetail::duration::parse(s)
+}
+
+impl Config {
+    pub fn metrics_addr(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), self.metrics_port)
+    }
+
+    pub fn health_addr(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), self.health_probe_port)
+    }
+
+    /// The controller's settings; `queue_url` is the interruption queue resolved to its URL.
+    pub fn settings(&self, queue_url: Option<String>) -> dovetail::Settings {
+        dovetail::Settings {
+            cluster_name: self.cluster_name.clone(),
+            batch_idle: self.batch_idle_duration,
+            batch_max: self.batch_max_duration,
+            interruption_queue: queue_url,
+            consolidation_balance: (self.consolidation_balance > 0.0)
+                .then_some(self.consolidation_balance),
+            spot_to_spot: self.feature_gates.spot_to_spot_consolidation,
+            leader_election: (!self.disable_leader_election).then(|| {
+                let mut le =
+                    dovetail::leader::LeaderElection::new(&self.system_namespace, &self.pod_name);
+                le.name = self.leader_election_name.clone();
+                le
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("dovetail").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn karpenter_defaults() {
+        let c = parse(&["--cluster-name", "prod"]).unwrap();
+        assert_eq!(c.batch_idle_duration, Duration::from_secs(1));
+        assert_eq!(c.batch_max_duration, Duration::from_secs(10));
+        assert_eq!((c.metrics_port, c.health_probe_port), (8080, 8081));
+        assert_eq!(c.log_format, LogFormat::Json);
+        let s = c.settings(None);
+        assert_eq!(s.cluster_name, "prod");
+        assert!(s.spot_to_spot);
+        let le = s.leader_election.expect("leader election is on by default");
+        assert_eq!(
+            (le.namespace.as_str(), le.name.as_str()),
+            ("kube-system", "dovetail-leader-election")
+        );
+    }
+
+    #[test]
+    fn flags_override_and_bad_values_are_named() {
+        let c = parse(&[
+            "--cluster-name",
+            "prod",
+            "--batch-max-duration",
+            "30s",
+            "--feature-gates",
+            "SpotToSpotConsolidation=false",
+            "--disable-leader-election",
+            "--consolidation-balance",
+            "0",
+        ])
+        .unwrap();
+        let s = c.settings(Some("https://sqs/q".into()));
+        assert_eq!(s.batch_max, Duration::from_secs(30));
+        assert!(!s.spot_to_spot && s.leader_election.is_none());
+        assert_eq!(s.consolidation_balance, None);
+        let e = parse(&["--cluster-name", "x", "--batch-idle-duration", "soon"]).unwrap_err();
+        assert!(e.to_string().contains("--batch-idle-duration"), "{e}");
+        let e = parse(&["--cluster-name", "x", "--feature-gates", "Warp=true"]).unwrap_err();
+        assert!(e.to_string().contains("unknown feature gate `Warp`"), "{e}");
+        let e = parse(&[]).unwrap_err();
+        assert!(e.to_string().contains("--cluster-name"), "{e}");
+    }
+}
