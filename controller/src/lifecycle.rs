@@ -710,6 +710,31 @@ impl Controller {
     }
 }
 
+impl Controller {
+    /// Count a NodeClaim event under its NodePool.
+    pub(crate) fn count(&self, def: metrics::MetricDef, claim: &NodeClaim) {
+        self.count_with(def, claim, &[]);
+    }
+
+    /// Count a NodeClaim event under its NodePool, with more labels.
+    pub(crate) fn count_with(
+        &self,
+        def: metrics::MetricDef,
+        claim: &NodeClaim,
+        more: &[(&'static str, &str)],
+    ) {
+        let pool = claim
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(crate::crds::labels::NODEPOOL))
+            .map_or("", String::as_str);
+        let mut labels = vec![("nodepool", pool)];
+        labels.extend_from_slice(more);
+        self.ctx.metrics.inc(def, &labels);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -863,30 +888,5 @@ mod tests {
         );
         let nowhere = claim(&[(labels::ZONE, &["z"])]);
         assert!(fleet_overrides(&nowhere, &types, &subnets(&["a", "b"])).is_none());
-    }
-}
-
-impl Controller {
-    /// Count a NodeClaim event under its NodePool.
-    pub(crate) fn count(&self, def: metrics::MetricDef, claim: &NodeClaim) {
-        self.count_with(def, claim, &[]);
-    }
-
-    /// Count a NodeClaim event under its NodePool, with more labels.
-    pub(crate) fn count_with(
-        &self,
-        def: metrics::MetricDef,
-        claim: &NodeClaim,
-        more: &[(&'static str, &str)],
-    ) {
-        let pool = claim
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(crate::crds::labels::NODEPOOL))
-            .map_or("", String::as_str);
-        let mut labels = vec![("nodepool", pool)];
-        labels.extend_from_slice(more);
-        self.ctx.metrics.inc(def, &labels);
     }
 }

@@ -199,54 +199,6 @@ impl PartialEq for Metrics {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_add_per_label_set_and_gauges_replace() {
-        let m = Metrics::default();
-        m.inc(
-            NODECLAIMS_CREATED,
-            &[("nodepool", "a"), ("reason", "provisioning")],
-        );
-        m.inc(
-            NODECLAIMS_CREATED,
-            &[("reason", "provisioning"), ("nodepool", "a")],
-        );
-        m.inc(
-            NODECLAIMS_CREATED,
-            &[("nodepool", "b"), ("reason", "provisioning")],
-        );
-        assert_eq!(
-            m.get(
-                NODECLAIMS_CREATED,
-                &[("nodepool", "a"), ("reason", "provisioning")]
-            ),
-            Some(2.0)
-        );
-        assert_eq!(m.series(NODECLAIMS_CREATED).len(), 2);
-        m.set(PODS_STATE, &[("name", "p1")], 1.0);
-        let mut only = BTreeMap::new();
-        only.insert(labels(&[("name", "p2")]), 1.0);
-        m.replace(PODS_STATE, only);
-        assert_eq!(m.get(PODS_STATE, &[("name", "p1")]), None);
-        assert_eq!(m.get(PODS_STATE, &[("name", "p2")]), Some(1.0));
-    }
-
-    #[test]
-    fn counter_names_follow_openmetrics() {
-        for d in DEFINITIONS {
-            assert_eq!(
-                d.kind == MetricKind::Counter,
-                d.name.ends_with("_total"),
-                "{}",
-                d.name
-            );
-        }
-    }
-}
-
 /// How often the cluster-state gauges (pods, node count, pool usage) are rebuilt.
 pub const STATE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -299,5 +251,53 @@ impl crate::run::Controller {
         }
         m.replace(NODEPOOLS_USAGE, usage);
         m.replace(NODEPOOLS_LIMIT, limits);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_add_per_label_set_and_gauges_replace() {
+        let m = Metrics::default();
+        m.inc(
+            NODECLAIMS_CREATED,
+            &[("nodepool", "a"), ("reason", "provisioning")],
+        );
+        m.inc(
+            NODECLAIMS_CREATED,
+            &[("reason", "provisioning"), ("nodepool", "a")],
+        );
+        m.inc(
+            NODECLAIMS_CREATED,
+            &[("nodepool", "b"), ("reason", "provisioning")],
+        );
+        assert_eq!(
+            m.get(
+                NODECLAIMS_CREATED,
+                &[("nodepool", "a"), ("reason", "provisioning")]
+            ),
+            Some(2.0)
+        );
+        assert_eq!(m.series(NODECLAIMS_CREATED).len(), 2);
+        m.set(PODS_STATE, &[("name", "p1")], 1.0);
+        let mut only = BTreeMap::new();
+        only.insert(labels(&[("name", "p2")]), 1.0);
+        m.replace(PODS_STATE, only);
+        assert_eq!(m.get(PODS_STATE, &[("name", "p1")]), None);
+        assert_eq!(m.get(PODS_STATE, &[("name", "p2")]), Some(1.0));
+    }
+
+    #[test]
+    fn counter_names_follow_openmetrics() {
+        for d in DEFINITIONS {
+            assert_eq!(
+                d.kind == MetricKind::Counter,
+                d.name.ends_with("_total"),
+                "{}",
+                d.name
+            );
+        }
     }
 }
