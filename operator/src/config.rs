@@ -64,7 +64,11 @@ pub struct Config {
     pub disable_leader_election: bool,
 
     /// The Lease replicas elect a leader over.
-    #[arg(long, env = "LEADER_ELECTION_NAME", default_value = "dovetail-leader-election")]
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_NAME",
+        default_value = "dovetail-leader-election"
+    )]
     pub leader_election_name: String,
 
     /// The namespace the controller runs in (and its Lease lives in) (Karpenter: SYSTEM_NAMESPACE).

@@ -10,7 +10,9 @@ pub enum OperatorError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot reach the Kubernetes API: {0} (in a pod, check the ServiceAccount; outside, KUBECONFIG)")]
+    #[error(
+        "cannot reach the Kubernetes API: {0} (in a pod, check the ServiceAccount; outside, KUBECONFIG)"
+    )]
     Kube(String),
     #[error("AWS: {0} (check the IAM role, AWS_REGION and the credentials chain)")]
     Aws(String),

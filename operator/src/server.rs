@@ -152,7 +152,10 @@ mod tests {
     #[test]
     fn a_leader_without_its_watches_is_not_ready() {
         let metrics = Metrics::default();
-        assert!(ready(&metrics), "a replica that has not started leading is ready");
+        assert!(
+            ready(&metrics),
+            "a replica that has not started leading is ready"
+        );
         metrics.set(m::LEADER, &[("name", "l")], 1.0);
         assert!(!ready(&metrics));
         metrics.set(m::CLUSTER_SYNCED, &[], 1.0);

@@ -1,0 +1,793 @@
+//! The Cloud seam on aws-sdk-ec2 and aws-sdk-sqs: field-by-field mappings, paging, and EC2's error codes
+//! passed through as the seam's (the controller classifies them).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_ec2::types as ec2;
+use dovetail::cloud::{
+    CapacityType, Cloud, CloudError, CreateFleetOutput, CreateFleetRequest,
+    DescribeInstancesOutput, DescribeInstancesRequest, FleetError, Image, Instance, InstanceState,
+    InstanceTypeInfo, InstanceTypeOffering, LaunchTemplate, LaunchTemplateData, QueueMessage,
+    SecurityGroup, SpotPrice, StateReason, Subnet, TagFilter,
+};
+use dovetail::metrics::{CLOUDPROVIDER_ERRORS, Metrics};
+
+/// On-demand prices (us-east-1, USD/hour) from the bundled catalog; the Pricing API is not queried.
+const CATALOG: &str = include_str!("../../data/ec2-instance-types.csv");
+
+/// Attempts at reading a just-launched instance back (EC2 is eventually consistent).
+const DESCRIBE_AFTER_LAUNCH: u32 = 3;
+
+/// EC2 and SQS, as the controller needs them.
+#[derive(Clone)]
+pub struct AwsCloud {
+    ec2: aws_sdk_ec2::Client,
+    sqs: aws_sdk_sqs::Client,
+    metrics: Arc<Metrics>,
+}
+
+/// Any SDK error as the seam's: the service's code when it answered, else what went wrong on the way.
+fn seam_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    metrics: &Metrics,
+    method: &'static str,
+    e: aws_sdk_ec2::error::SdkError<E>,
+) -> CloudError {
+    let error = match e.code() {
+        Some(code) => CloudError::new(code, e.message().unwrap_or_default()),
+        None => CloudError::new("RequestError", DisplayErrorContext(&e).to_string()),
+    };
+    metrics.inc(
+        CLOUDPROVIDER_ERRORS,
+        &[("method", method), ("error", &error.code)],
+    );
+    error
+}
+
+fn sqs_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    metrics: &Metrics,
+    method: &'static str,
+    e: aws_sdk_sqs::error::SdkError<E>,
+) -> CloudError {
+    let error = match e.code() {
+        Some(code) => CloudError::new(code, e.message().unwrap_or_default()),
+        None => CloudError::new(
+            "RequestError",
+            aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
+        ),
+    };
+    metrics.inc(
+        CLOUDPROVIDER_ERRORS,
+        &[("method", method), ("error", &error.code)],
+    );
+    error
+}
+
+fn tags_of(tags: &[ec2::Tag]) -> BTreeMap<String, String> {
+    tags.iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn sdk_tags(tags: &BTreeMap<String, String>) -> Vec<ec2::Tag> {
+    tags.iter()
+        .map(|(k, v)| ec2::Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+fn filter(name: &str, values: Vec<String>) -> ec2::Filter {
+    ec2::Filter::builder()
+        .name(name)
+        .set_values(Some(values))
+        .build()
+}
+
+/// EC2 filters for a Describe* call: ids and names by the given filter names, tags as `tag:<key>`
+/// (`*` meaning any value, as `tag-key`).
+fn tag_filters(f: &TagFilter, id_filter: &str, name_filter: &str) -> Vec<ec2::Filter> {
+    let mut out = Vec::new();
+    if !f.ids.is_empty() {
+        out.push(filter(id_filter, f.ids.clone()));
+    }
+    if !f.names.is_empty() {
+        out.push(filter(name_filter, f.names.clone()));
+    }
+    for (k, v) in &f.tags {
+        if v == "*" {
+            out.push(filter("tag-key", vec![k.clone()]));
+        } else {
+            out.push(filter(&format!("tag:{k}"), vec![v.clone()]));
+        }
+    }
+    out
+}
+
+fn state_of(name: Option<&ec2::InstanceStateName>) -> InstanceState {
+    match name {
+        Some(ec2::InstanceStateName::Pending) => InstanceState::Pending,
+        Some(ec2::InstanceStateName::Running) => InstanceState::Running,
+        Some(ec2::InstanceStateName::Terminated) => InstanceState::Terminated,
+        // Stopping, stopped and shutting down: on its way out, not a node.
+        _ => InstanceState::ShuttingDown,
+    }
+}
+
+fn timestamp(t: Option<&aws_smithy_types::DateTime>) -> jiff::Timestamp {
+    t.and_then(|t| jiff::Timestamp::new(t.secs(), t.subsec_nanos() as i32).ok())
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+fn instance_of(i: &ec2::Instance) -> Instance {
+    Instance {
+        id: i.instance_id().unwrap_or_default().to_string(),
+        instance_type: i
+            .instance_type()
+            .map(|t| t.as_str().to_string())
+            .unwrap_or_default(),
+        zone: i
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .unwrap_or_default()
+            .to_string(),
+        subnet_id: i.subnet_id().unwrap_or_default().to_string(),
+        capacity_type: match i.instance_lifecycle() {
+            Some(ec2::InstanceLifecycleType::Spot) => CapacityType::Spot,
+            _ => CapacityType::OnDemand,
+        },
+        state: state_of(i.state().and_then(|s| s.name())),
+        state_reason: i.state_reason().map(|r| StateReason {
+            code: r.code().unwrap_or_default().to_string(),
+            message: r.message().unwrap_or_default().to_string(),
+        }),
+        private_ip: i.private_ip_address().unwrap_or_default().to_string(),
+        private_dns_name: i.private_dns_name().unwrap_or_default().to_string(),
+        image_id: i.image_id().unwrap_or_default().to_string(),
+        launch_time: timestamp(i.launch_time()),
+        tags: tags_of(i.tags()),
+    }
+}
+
+/// The bundled catalog's on-demand prices, by instance type.
+pub fn catalog_prices() -> BTreeMap<String, f64> {
+    let mut lines = CATALOG.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let name = header.iter().position(|h| *h == "name");
+    let price = header
+        .iter()
+        .position(|h| h.starts_with("od_price_usd_per_hour"));
+    let (Some(name), Some(price)) = (name, price) else {
+        return BTreeMap::new();
+    };
+    lines
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split(',').collect();
+            Some((cols.get(name)?.to_string(), cols.get(price)?.parse().ok()?))
+        })
+        .collect()
+}
+
+impl AwsCloud {
+    pub fn new(config: &aws_config::SdkConfig, metrics: Arc<Metrics>) -> AwsCloud {
+        AwsCloud {
+            ec2: aws_sdk_ec2::Client::new(config),
+            sqs: aws_sdk_sqs::Client::new(config),
+            metrics,
+        }
+    }
+
+    /// The SDK's default chain (IRSA or Pod Identity in a cluster), with the region if given.
+    pub async fn from_environment(region: Option<String>, metrics: Arc<Metrics>) -> AwsCloud {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = region {
+            loader = loader.region(aws_config::Region::new(region));
+        }
+        AwsCloud::new(&loader.load().await, metrics)
+    }
+
+    /// A queue given by name (Karpenter's INTERRUPTION_QUEUE) as its URL; a URL is kept as it is.
+    pub async fn queue_url(&self, queue: &str) -> Result<String, CloudError> {
+        if queue.starts_with("https://") || queue.starts_with("http://") {
+            return Ok(queue.to_string());
+        }
+        let out = self
+            .sqs
+            .get_queue_url()
+            .queue_name(queue)
+            .send()
+            .await
+            .map_err(|e| sqs_error(&self.metrics, "GetQueueUrl", e))?;
+        Ok(out.queue_url().unwrap_or_default().to_string())
+    }
+}
+
+#[async_trait]
+impl Cloud for AwsCloud {
+    async fn describe_instance_types(&self) -> Result<Vec<InstanceTypeInfo>, CloudError> {
+        let m = &self.metrics;
+        let items: Vec<ec2::InstanceTypeInfo> = self
+            .ec2
+            .describe_instance_types()
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<_, _>>()
+            .await
+            .map_err(|e| seam_error(m, "DescribeInstanceTypes", e))?;
+        Ok(items
+            .iter()
+            .map(|t| {
+                let arch = t
+                    .processor_info()
+                    .map(|p| p.supported_architectures())
+                    .unwrap_or_default();
+                let gpu = t.gpu_info().and_then(|g| g.gpus().first());
+                InstanceTypeInfo {
+                    name: t
+                        .instance_type()
+                        .map(|x| x.as_str().to_string())
+                        .unwrap_or_default(),
+                    arch: if arch.contains(&ec2::ArchitectureType::Arm64) {
+                        "arm64".into()
+                    } else {
+                        "amd64".into()
+                    },
+                    vcpu: t.v_cpu_info().and_then(|v| v.default_v_cpus()).unwrap_or(0) as u32,
+                    memory_mib: t.memory_info().and_then(|m| m.size_in_mib()).unwrap_or(0) as u64,
+                    hypervisor: t
+                        .hypervisor()
+                        .map(|h| h.as_str().to_string())
+                        .unwrap_or_default(),
+                    max_enis: t
+                        .network_info()
+                        .and_then(|n| n.maximum_network_interfaces())
+                        .unwrap_or(0) as u32,
+                    ipv4_per_eni: t
+                        .network_info()
+                        .and_then(|n| n.ipv4_addresses_per_interface())
+                        .unwrap_or(0) as u32,
+                    gpu_count: gpu.and_then(|g| g.count()).unwrap_or(0) as u32,
+                    gpu_name: gpu.and_then(|g| g.name()).unwrap_or_default().to_string(),
+                    supported_usage_classes: t
+                        .supported_usage_classes()
+                        .iter()
+                        .filter_map(|u| CapacityType::parse(u.as_str()))
+                        .collect(),
+                }
+            })
+            .collect())
+    }
+
+    async fn describe_instance_type_offerings(
+        &self,
+    ) -> Result<Vec<InstanceTypeOffering>, CloudError> {
+        let m = &self.metrics;
+        let items: Vec<ec2::InstanceTypeOffering> = self
+            .ec2
+            .describe_instance_type_offerings()
+            .location_type(ec2::LocationType::AvailabilityZone)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<_, _>>()
+            .await
+            .map_err(|e| seam_error(m, "DescribeInstanceTypeOfferings", e))?;
+        Ok(items
+            .iter()
+            .map(|o| InstanceTypeOffering {
+                instance_type: o
+                    .instance_type()
+                    .map(|t| t.as_str().to_string())
+                    .unwrap_or_default(),
+                zone: o.location().unwrap_or_default().to_string(),
+            })
+            .collect())
+    }
+
+    async fn describe_spot_price_history(&self) -> Result<Vec<SpotPrice>, CloudError> {
+        let m = &self.metrics;
+        // With a start time of now, EC2 answers the current price of each type and zone.
+        let now = aws_smithy_types::DateTime::from(std::time::SystemTime::now());
+        let items: Vec<ec2::SpotPrice> = self
+            .ec2
+            .describe_spot_price_history()
+            .product_descriptions("Linux/UNIX")
+            .start_time(now)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<_, _>>()
+            .await
+            .map_err(|e| seam_error(m, "DescribeSpotPriceHistory", e))?;
+        // Keep the newest entry per type and zone.
+        let mut latest: BTreeMap<(String, String), (i64, f64)> = BTreeMap::new();
+        for p in &items {
+            let key = (
+                p.instance_type()
+                    .map(|t| t.as_str().to_string())
+                    .unwrap_or_default(),
+                p.availability_zone().unwrap_or_default().to_string(),
+            );
+            let Some(price) = p.spot_price().and_then(|s| s.parse::<f64>().ok()) else {
+                continue;
+            };
+            let at = p.timestamp().map_or(0, |t| t.secs());
+            if latest.get(&key).is_none_or(|(t, _)| at >= *t) {
+                latest.insert(key, (at, price));
+            }
+        }
+        Ok(latest
+            .into_iter()
+            .map(|((instance_type, zone), (_, price))| SpotPrice {
+                instance_type,
+                zone,
+                price,
+            })
+            .collect())
+    }
+
+    async fn on_demand_prices(&self) -> Result<BTreeMap<String, f64>, CloudError> {
+        Ok(catalog_prices())
+    }
+
+    async fn describe_subnets(&self) -> Result<Vec<Subnet>, CloudError> {
+        let m = &self.metrics;
+        let items: Vec<ec2::Subnet> = self
+            .ec2
+            .describe_subnets()
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<_, _>>()
+            .await
+            .map_err(|e| seam_error(m, "DescribeSubnets", e))?;
+        Ok(items
+            .iter()
+            .map(|s| Subnet {
+                id: s.subnet_id().unwrap_or_default().to_string(),
+                zone: s.availability_zone().unwrap_or_default().to_string(),
+                available_ip_addresses: s.available_ip_address_count().unwrap_or(0).max(0) as u32,
+                tags: tags_of(s.tags()),
+            })
+            .collect())
+    }
+
+    async fn describe_security_groups(
+        &self,
+        f: TagFilter,
+    ) -> Result<Vec<SecurityGroup>, CloudError> {
+        let m = &self.metrics;
+        let items: Vec<ec2::SecurityGroup> = self
+            .ec2
+            .describe_security_groups()
+            .set_filters(Some(tag_filters(&f, "group-id", "group-name")))
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<_, _>>()
+            .await
+            .map_err(|e| seam_error(m, "DescribeSecurityGroups", e))?;
+        Ok(items
+            .iter()
+            .map(|g| SecurityGroup {
+                id: g.group_id().unwrap_or_default().to_string(),
+                name: g.group_name().unwrap_or_default().to_string(),
+                tags: tags_of(g.tags()),
+            })
+            .collect())
+    }
+
+    async fn describe_images(&self, f: TagFilter) -> Result<Vec<Image>, CloudError> {
+        let mut request = self
+            .ec2
+            .describe_images()
+            .set_filters(Some(tag_filters(&f, "image-id", "name")));
+        // EKS-optimized images (what an alias resolves to) are Amazon's; without an owner EC2 would
+        // search every public image.
+        if f.names.iter().any(|n| n.starts_with("amazon-eks-")) {
+            request = request.owners("amazon");
+        }
+        let out = request
+            .send()
+            .await
+            .map_err(|e| seam_error(&self.metrics, "DescribeImages", e))?;
+        Ok(out
+            .images()
+            .iter()
+            .map(|i| Image {
+                id: i.image_id().unwrap_or_default().to_string(),
+                name: i.name().unwrap_or_default().to_string(),
+                arch: i
+                    .architecture()
+                    .map(|a| a.as_str().to_string())
+                    .unwrap_or_default(),
+                creation_date: i.creation_date().unwrap_or_default().to_string(),
+                tags: tags_of(i.tags()),
+            })
+            .collect())
+    }
+
+    async fn create_launch_template(
+        &self,
+        name: String,
+        data: LaunchTemplateData,
+    ) -> Result<LaunchTemplate, CloudError> {
+        let devices = data
+            .block_devices
+            .iter()
+            .map(|d| {
+                ec2::LaunchTemplateBlockDeviceMappingRequest::builder()
+                    .device_name(&d.device_name)
+                    .ebs(
+                        ec2::LaunchTemplateEbsBlockDeviceRequest::builder()
+                            .volume_size(d.volume_size_gib as i32)
+                            .volume_type(ec2::VolumeType::Gp3)
+                            .encrypted(d.encrypted)
+                            .set_kms_key_id(d.kms_key_id.clone())
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build()
+            })
+            .collect();
+        let request = ec2::RequestLaunchTemplateData::builder()
+            .image_id(&data.image_id)
+            .set_security_group_ids(Some(data.security_group_ids.clone()))
+            .set_block_device_mappings(Some(devices))
+            .user_data(aws_smithy_types::base64::encode(data.user_data.as_bytes()))
+            .iam_instance_profile(
+                ec2::LaunchTemplateIamInstanceProfileSpecificationRequest::builder()
+                    .name(&data.instance_profile)
+                    .build(),
+            )
+            // IMDSv2 only, one hop: pods cannot borrow the node's role (Karpenter's default).
+            .metadata_options(
+                ec2::LaunchTemplateInstanceMetadataOptionsRequest::builder()
+                    .http_tokens(ec2::LaunchTemplateHttpTokensState::Required)
+                    .http_put_response_hop_limit(1)
+                    .http_endpoint(ec2::LaunchTemplateInstanceMetadataEndpointState::Enabled)
+                    .build(),
+            )
+            .tag_specifications(
+                ec2::LaunchTemplateTagSpecificationRequest::builder()
+                    .resource_type(ec2::ResourceType::Instance)
+                    .set_tags(Some(sdk_tags(&data.tags)))
+                    .build(),
+            )
+            .tag_specifications(
+                ec2::LaunchTemplateTagSpecificationRequest::builder()
+                    .resource_type(ec2::ResourceType::Volume)
+                    .set_tags(Some(sdk_tags(&data.tags)))
+                    .build(),
+            )
+            .build();
+        let out = self
+            .ec2
+            .create_launch_template()
+            .launch_template_name(&name)
+            .launch_template_data(request)
+            .tag_specifications(
+                ec2::TagSpecification::builder()
+                    .resource_type(ec2::ResourceType::LaunchTemplate)
+                    .set_tags(Some(sdk_tags(&data.tags)))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| seam_error(&self.metrics, "CreateLaunchTemplate", e))?;
+        Ok(LaunchTemplate {
+            id: out
+                .launch_template()
+                .and_then(|t| t.launch_template_id())
+                .unwrap_or_default()
+                .to_string(),
+            name,
+            data,
+        })
+    }
+
+    async fn describe_launch_templates(
+        &self,
+        names: Vec<String>,
+    ) -> Result<Vec<LaunchTemplate>, CloudError> {
+        let out = self
+            .ec2
+            .describe_launch_templates()
+            .set_launch_template_names(Some(names))
+            .send()
+            .await
+            .map_err(|e| seam_error(&self.metrics, "DescribeLaunchTemplates", e))?;
+        // The template's content is not read back (that is DescribeLaunchTemplateVersions); the name
+        // carries a hash of it.
+        Ok(out
+            .launch_templates()
+            .iter()
+            .map(|t| LaunchTemplate {
+                id: t.launch_template_id().unwrap_or_default().to_string(),
+                name: t.launch_template_name().unwrap_or_default().to_string(),
+                data: LaunchTemplateData {
+                    tags: tags_of(t.tags()),
+                    ..Default::default()
+                },
+            })
+            .collect())
+    }
+
+    async fn delete_launch_template(&self, name: String) -> Result<(), CloudError> {
+        self.ec2
+            .delete_launch_template()
+            .launch_template_name(name)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| seam_error(&self.metrics, "DeleteLaunchTemplate", e))
+    }
+
+    async fn create_fleet(
+        &self,
+        request: CreateFleetRequest,
+    ) -> Result<CreateFleetOutput, CloudError> {
+        let prioritized = request.overrides.iter().any(|o| o.priority.is_some());
+        let overrides: Vec<ec2::FleetLaunchTemplateOverridesRequest> = request
+            .overrides
+            .iter()
+            .map(|o| {
+                ec2::FleetLaunchTemplateOverridesRequest::builder()
+                    .instance_type(ec2::InstanceType::from(o.instance_type.as_str()))
+                    .subnet_id(&o.subnet_id)
+                    .availability_zone(&o.zone)
+                    .set_priority(o.priority)
+                    .build()
+            })
+            .collect();
+        let config = ec2::FleetLaunchTemplateConfigRequest::builder()
+            .launch_template_specification(
+                ec2::FleetLaunchTemplateSpecificationRequest::builder()
+                    .launch_template_name(&request.launch_template_name)
+                    .version("$Latest")
+                    .build(),
+            )
+            .set_overrides(Some(overrides))
+            .build();
+        let capacity_type = match request.capacity_type {
+            CapacityType::Spot => ec2::DefaultTargetCapacityType::Spot,
+            CapacityType::OnDemand => ec2::DefaultTargetCapacityType::OnDemand,
+        };
+        let tags = sdk_tags(&request.tags);
+        let mut call = self
+            .ec2
+            .create_fleet()
+            .r#type(ec2::FleetType::Instant)
+            .client_token(&request.client_token)
+            .launch_template_configs(config)
+            .target_capacity_specification(
+                ec2::TargetCapacitySpecificationRequest::builder()
+                    .total_target_capacity(request.target_capacity as i32)
+                    .default_target_capacity_type(capacity_type)
+                    .build(),
+            )
+            .spot_options(
+                ec2::SpotOptionsRequest::builder()
+                    .allocation_strategy(ec2::SpotAllocationStrategy::PriceCapacityOptimized)
+                    .build(),
+            )
+            .on_demand_options(
+                ec2::OnDemandOptionsRequest::builder()
+                    .allocation_strategy(if prioritized {
+                        ec2::FleetOnDemandAllocationStrategy::Prioritized
+                    } else {
+                        ec2::FleetOnDemandAllocationStrategy::LowestPrice
+                    })
+                    .build(),
+            );
+        for resource in [ec2::ResourceType::Instance, ec2::ResourceType::Volume] {
+            call = call.tag_specifications(
+                ec2::TagSpecification::builder()
+                    .resource_type(resource)
+                    .set_tags(Some(tags.clone()))
+                    .build(),
+            );
+        }
+        let out = call
+            .send()
+            .await
+            .map_err(|e| seam_error(&self.metrics, "CreateFleet", e))?;
+        let errors = out
+            .errors()
+            .iter()
+            .map(|e| {
+                let o = e
+                    .launch_template_and_overrides()
+                    .and_then(|l| l.overrides());
+                FleetError {
+                    code: e.error_code().unwrap_or_default().to_string(),
+                    message: e.error_message().unwrap_or_default().to_string(),
+                    instance_type: o
+                        .and_then(|o| o.instance_type())
+                        .map(|t| t.as_str().to_string())
+                        .unwrap_or_default(),
+                    zone: o
+                        .and_then(|o| o.availability_zone())
+                        .unwrap_or_default()
+                        .to_string(),
+                }
+            })
+            .collect();
+        let mut launched = Vec::new();
+        for i in out.instances() {
+            let o = i
+                .launch_template_and_overrides()
+                .and_then(|l| l.overrides());
+            for id in i.instance_ids() {
+                launched.push(Instance {
+                    id: id.clone(),
+                    instance_type: i
+                        .instance_type()
+                        .map(|t| t.as_str().to_string())
+                        .unwrap_or_default(),
+                    zone: o
+                        .and_then(|o| o.availability_zone())
+                        .unwrap_or_default()
+                        .to_string(),
+                    subnet_id: o
+                        .and_then(|o| o.subnet_id())
+                        .unwrap_or_default()
+                        .to_string(),
+                    capacity_type: request.capacity_type,
+                    state: InstanceState::Pending,
+                    state_reason: None,
+                    private_ip: String::new(),
+                    private_dns_name: String::new(),
+                    image_id: String::new(),
+                    launch_time: jiff::Timestamp::now(),
+                    tags: request.tags.clone(),
+                });
+            }
+        }
+        // CreateFleet does not say which image or address an instance got: read them back, a few times
+        // while EC2 catches up.
+        let ids: Vec<String> = launched.iter().map(|i| i.id.clone()).collect();
+        if !ids.is_empty() {
+            for attempt in 0..DESCRIBE_AFTER_LAUNCH {
+                let found = self
+                    .describe_instances(DescribeInstancesRequest {
+                        instance_ids: ids.clone(),
+                        ..Default::default()
+                    })
+                    .await;
+                if let Ok(found) = found
+                    && found.instances.len() == ids.len()
+                {
+                    launched = found.instances;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+            }
+        }
+        Ok(CreateFleetOutput {
+            instances: launched,
+            errors,
+        })
+    }
+
+    async fn describe_instances(
+        &self,
+        request: DescribeInstancesRequest,
+    ) -> Result<DescribeInstancesOutput, CloudError> {
+        let mut filters = Vec::new();
+        for (k, v) in &request.tags {
+            filters.push(filter(&format!("tag:{k}"), vec![v.clone()]));
+        }
+        for k in &request.tag_keys {
+            filters.push(filter("tag-key", vec![k.clone()]));
+        }
+        if !request.states.is_empty() {
+            filters.push(filter(
+                "instance-state-name",
+                request
+                    .states
+                    .iter()
+                    .map(|s| s.as_str().to_string())
+                    .collect(),
+            ));
+        }
+        let ids = (!request.instance_ids.is_empty()).then(|| request.instance_ids.clone());
+        let out = self
+            .ec2
+            .describe_instances()
+            .set_instance_ids(ids)
+            .set_filters((!filters.is_empty()).then_some(filters))
+            .set_max_results(request.max_results.map(|m| m as i32))
+            .set_next_token(request.next_token.clone())
+            .send()
+            .await
+            .map_err(|e| seam_error(&self.metrics, "DescribeInstances", e))?;
+        Ok(DescribeInstancesOutput {
+            instances: out
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .map(instance_of)
+                .collect(),
+            next_token: out
+                .next_token()
+                .map(str::to_string)
+                .filter(|t| !t.is_empty()),
+        })
+    }
+
+    async fn terminate_instances(&self, instance_ids: Vec<String>) -> Result<(), CloudError> {
+        self.ec2
+            .terminate_instances()
+            .set_instance_ids(Some(instance_ids))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| seam_error(&self.metrics, "TerminateInstances", e))
+    }
+
+    async fn create_tags(
+        &self,
+        resource_ids: Vec<String>,
+        tags: BTreeMap<String, String>,
+    ) -> Result<(), CloudError> {
+        self.ec2
+            .create_tags()
+            .set_resources(Some(resource_ids))
+            .set_tags(Some(sdk_tags(&tags)))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| seam_error(&self.metrics, "CreateTags", e))
+    }
+
+    async fn receive_messages(
+        &self,
+        queue_url: &str,
+        max: u32,
+        visibility_timeout: Duration,
+    ) -> Result<Vec<QueueMessage>, CloudError> {
+        // A short poll: the controller polls on its own timer and must not block its loop.
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(max.clamp(1, 10) as i32)
+            .visibility_timeout(visibility_timeout.as_secs() as i32)
+            .wait_time_seconds(0)
+            .send()
+            .await
+            .map_err(|e| sqs_error(&self.metrics, "ReceiveMessage", e))?;
+        Ok(out
+            .messages()
+            .iter()
+            .map(|m| QueueMessage {
+                message_id: m.message_id().unwrap_or_default().to_string(),
+                receipt_handle: m.receipt_handle().unwrap_or_default().to_string(),
+                body: m.body().unwrap_or_default().to_string(),
+            })
+            .collect())
+    }
+
+    async fn delete_message(
+        &self,
+        queue_url: &str,
+        receipt_handle: &str,
+    ) -> Result<(), CloudError> {
+        self.sqs
+            .delete_message()
+            .queue_url(queue_url)
+            .receipt_handle(receipt_handle)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| sqs_error(&self.metrics, "DeleteMessage", e))
+    }
+}

@@ -1,0 +1,15 @@
+//! The in-cluster `dovetail` binary's parts: flags, logs, the real adapters, `/metrics` and health, and
+//! the run loop with graceful shutdown. The controller itself is the `dovetail` crate, unchanged.
+
+pub mod config;
+pub mod error;
+pub mod run;
+pub mod server;
+pub mod telemetry;
+
+#[cfg(feature = "aws")]
+pub mod aws;
+#[cfg(feature = "kube-client")]
+pub mod kubeclient;
+
+pub use error::OperatorError;
