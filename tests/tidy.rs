@@ -125,6 +125,7 @@ fn every_module_says_what_it_is() {
         "fakekube/src",
         "sim/src",
         "xtask/src",
+        "operator/src",
     ] {
         rust_files(&root.join(dir), &mut paths);
     }

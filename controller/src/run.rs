@@ -387,6 +387,8 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     let mut elector = crate::leader::Elector::default();
     if let Some(le) = &ctx.settings.leader_election {
         elector.acquire(&ctx, le).await;
+        ctx.metrics
+            .set(crate::metrics::LEADER, &[("name", &le.name)], 1.0);
     }
     let mut c = Controller::new(ctx);
     c.elector = elector;
