@@ -442,3 +442,56 @@ fn an_error_inside_a_manifest_file_names_that_file_and_line() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs steady-web with one text replacement for two minutes; returns the trace and summary.
+fn steady_web_with(name: &str, from: &str, to: &str) -> String {
+    let text = steady_web().replacen(from, to, 1);
+    assert!(text.contains(to), "the replacement applies");
+    let out = sim_command(&[
+        write(name, &text).display().to_string(),
+        "--until".into(),
+        "2m".into(),
+    ]);
+    format!("{}{}", out.stdout, out.stderr)
+}
+
+#[test]
+fn a_nodepool_naming_a_missing_node_class_gets_a_condition_and_launches_nothing() {
+    let out = steady_web_with(
+        "missing-class.yaml",
+        "            kind: EC2NodeClass\n            name: default",
+        "            kind: EC2NodeClass\n            name: missing",
+    );
+    assert!(
+        out.contains(
+            "nodepool/default not ready (NodeClassNotFound): spec.template.spec.nodeClassRef: EC2NodeClass `missing` not found"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("create nodeclaim/"), "{out}");
+    assert!(out.contains("20 pending at end"), "{out}");
+}
+
+#[test]
+fn impossible_requirements_and_a_bad_budget_cron_are_conditions_not_launches() {
+    let impossible = steady_web_with(
+        "impossible.yaml",
+        "values: [c, m, r]",
+        "values: [zz]",
+    );
+    assert!(
+        impossible.contains("nodepool/default not ready (NoInstanceTypes): spec.template.spec.requirements: no instance type in the catalog meets them"),
+        "{impossible}"
+    );
+    assert!(!impossible.contains("create nodeclaim/"), "{impossible}");
+    let bad_cron = steady_web_with(
+        "bad-cron.yaml",
+        "        consolidateAfter: 1m\n",
+        "        consolidateAfter: 1m\n        budgets:\n          - nodes: \"0\"\n            schedule: \"0 25 * * *\"\n            duration: 8h\n",
+    );
+    assert!(
+        bad_cron.contains("nodepool/default not ready (InvalidBudget): spec.disruption.budgets[0].schedule"),
+        "{bad_cron}"
+    );
+    assert!(!bad_cron.contains("create nodeclaim/"), "{bad_cron}");
+}

@@ -7,6 +7,7 @@
 
 pub mod clock;
 pub mod cloud;
+pub(crate) mod conditions;
 pub mod crds;
 pub mod disruption;
 pub mod duration;
@@ -23,6 +24,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod names;
 pub mod nodeclass;
+pub mod poolstatus;
 pub mod provisioning;
 pub mod quantity;
 pub mod resources;

@@ -17,8 +17,6 @@ use crate::run::Controller;
 pub const RESOLVE_TTL: Duration = Duration::from_secs(60);
 /// The architectures images are resolved for.
 const ARCHES: [&str; 2] = ["amd64", "arm64"];
-/// Conditions this module owns on an EC2NodeClass.
-const OWNED: [&str; 4] = ["SubnetsReady", "SecurityGroupsReady", "AMIsReady", "Ready"];
 
 /// What a node class's selector terms select right now.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -194,31 +192,12 @@ impl Controller {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        let mut conditions: Vec<Value> = old_conditions
-            .iter()
-            .filter(|c| !OWNED.iter().any(|o| c["type"] == *o))
-            .cloned()
+        let wanted: Vec<crate::conditions::Desired> = resolved
+            .conditions()
+            .into_iter()
+            .map(|(t, ok, reason, message)| (t, Some(ok), reason, message))
             .collect();
-        for (type_, ok, reason, message) in resolved.conditions() {
-            let status = if ok { "True" } else { "False" };
-            let previous = old_conditions.iter().find(|c| c["type"] == type_);
-            // The transition time moves only when the status does.
-            let since = previous
-                .filter(|c| c["status"] == status)
-                .and_then(|c| c["lastTransitionTime"].as_str())
-                .unwrap_or(&now)
-                .to_string();
-            let (reason, message) = if ok {
-                (type_, String::new())
-            } else {
-                (reason, message)
-            };
-            let mut c = json!({"type": type_, "status": status, "reason": reason, "lastTransitionTime": since});
-            if !message.is_empty() {
-                c["message"] = json!(message);
-            }
-            conditions.push(c);
-        }
+        let conditions = crate::conditions::merge(&old_conditions, &wanted, &now);
         let mut desired = resolved.status_fields();
         desired["conditions"] = json!(conditions);
         let unchanged = ["subnets", "securityGroups", "amis", "conditions"]

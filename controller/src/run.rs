@@ -342,6 +342,7 @@ impl Controller {
         }
         if now >= self.next_nodeclass {
             self.reconcile_nodeclasses().await;
+            self.reconcile_nodepool_status().await;
             self.next_nodeclass = self.now() + crate::nodeclass::RESOLVE_TTL;
         }
         if let Some(window) = self.batcher.close_if_due(now)

@@ -220,6 +220,13 @@ impl Controller {
             {
                 continue;
             }
+            // What the NodePool's status reports as ValidationSucceeded=False launches nothing.
+            if let Err((_, why)) = crate::poolstatus::validate(pool, &self.instance_types) {
+                self.ctx
+                    .journal
+                    .record("provision", format!("skip nodepool/{name}: {why}"));
+                continue;
+            }
             let mut requirements =
                 match Requirements::from_node_selector(&pool.spec.template.spec.requirements) {
                     Ok(r) => r,

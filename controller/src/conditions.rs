@@ -1,0 +1,77 @@
+//! Status conditions as Kubernetes writes them: merged into the object's list, with
+//! `lastTransitionTime` moving only when a condition's status does.
+
+use serde_json::{Value, json};
+
+/// One condition to write: type, status (None for Unknown), and the reason and message it carries when
+/// not True.
+pub(crate) type Desired = (&'static str, Option<bool>, &'static str, String);
+
+/// The conditions list after writing `desired` over `old`: conditions of other types are kept as they
+/// were; a True condition carries its type as reason and no message.
+pub(crate) fn merge(old: &[Value], desired: &[Desired], now: &str) -> Vec<Value> {
+    let mut out: Vec<Value> = old
+        .iter()
+        .filter(|c| !desired.iter().any(|d| c["type"] == d.0))
+        .cloned()
+        .collect();
+    for (type_, ok, reason, message) in desired {
+        let status = match ok {
+            Some(true) => "True",
+            Some(false) => "False",
+            None => "Unknown",
+        };
+        let since = old
+            .iter()
+            .find(|c| c["type"] == *type_)
+            .filter(|c| c["status"] == status)
+            .and_then(|c| c["lastTransitionTime"].as_str())
+            .unwrap_or(now)
+            .to_string();
+        let (reason, message) = if *ok == Some(true) {
+            (*type_, "")
+        } else {
+            (*reason, message.as_str())
+        };
+        let mut c =
+            json!({"type": type_, "status": status, "reason": reason, "lastTransitionTime": since});
+        if !message.is_empty() {
+            c["message"] = json!(message);
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_time_moves_only_with_the_status() {
+        let first = merge(&[], &[("Ready", Some(false), "NotReady", "x".into())], "t1");
+        let same = merge(
+            &first,
+            &[("Ready", Some(false), "NotReady", "y".into())],
+            "t2",
+        );
+        assert_eq!(same[0]["lastTransitionTime"], "t1");
+        assert_eq!(same[0]["message"], "y");
+        let flipped = merge(
+            &same,
+            &[("Ready", Some(true), "NotReady", "y".into())],
+            "t3",
+        );
+        assert_eq!(flipped[0]["lastTransitionTime"], "t3");
+        assert_eq!(flipped[0]["reason"], "Ready");
+        assert!(flipped[0].get("message").is_none());
+        let other = json!({"type": "Foreign", "status": "True"});
+        let kept = merge(
+            &[other.clone()],
+            &[("Ready", None, "Waiting", "".into())],
+            "t4",
+        );
+        assert_eq!(kept[0], other);
+        assert_eq!(kept[1]["status"], "Unknown");
+    }
+}
