@@ -474,11 +474,7 @@ fn a_nodepool_naming_a_missing_node_class_gets_a_condition_and_launches_nothing(
 
 #[test]
 fn impossible_requirements_and_a_bad_budget_cron_are_conditions_not_launches() {
-    let impossible = steady_web_with(
-        "impossible.yaml",
-        "values: [c, m, r]",
-        "values: [zz]",
-    );
+    let impossible = steady_web_with("impossible.yaml", "values: [c, m, r]", "values: [zz]");
     assert!(
         impossible.contains("nodepool/default not ready (NoInstanceTypes): spec.template.spec.requirements: no instance type in the catalog meets them"),
         "{impossible}"
@@ -490,7 +486,9 @@ fn impossible_requirements_and_a_bad_budget_cron_are_conditions_not_launches() {
         "        consolidateAfter: 1m\n        budgets:\n          - nodes: \"0\"\n            schedule: \"0 25 * * *\"\n            duration: 8h\n",
     );
     assert!(
-        bad_cron.contains("nodepool/default not ready (InvalidBudget): spec.disruption.budgets[0].schedule"),
+        bad_cron.contains(
+            "nodepool/default not ready (InvalidBudget): spec.disruption.budgets[0].schedule"
+        ),
         "{bad_cron}"
     );
     assert!(!bad_cron.contains("create nodeclaim/"), "{bad_cron}");

@@ -67,7 +67,7 @@ mod tests {
         assert!(flipped[0].get("message").is_none());
         let other = json!({"type": "Foreign", "status": "True"});
         let kept = merge(
-            &[other.clone()],
+            std::slice::from_ref(&other),
             &[("Ready", None, "Waiting", "".into())],
             "t4",
         );
