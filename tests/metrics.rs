@@ -91,3 +91,19 @@ fn disruption_decisions_are_counted() {
     assert!(executed > 0.0);
     assert_eq!(total(metrics, m::DISRUPTION_DECISIONS), executed);
 }
+
+#[test]
+fn a_launch_that_fails_for_capacity_is_an_event_on_its_nodeclaim() {
+    let out = run("ice-fallback.yaml");
+    let failed = lines(&out.trace, "lifecycle", "deleting the claim to re-plan");
+    assert!(
+        failed > 0.0,
+        "ice-fallback has launches that fail for capacity"
+    );
+    let events = out
+        .events
+        .get("NodeClaim/InsufficientCapacityError")
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(f64::from(events), failed, "{:?}", out.events);
+}

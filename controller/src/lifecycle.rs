@@ -369,6 +369,25 @@ impl Controller {
                 .errors
                 .iter()
                 .all(|e| launch::is_capacity_error(&e.code));
+            // `kubectl describe nodeclaim` says why it did not launch (Karpenter's event reasons).
+            let first = output
+                .errors
+                .first()
+                .map(|e| format!(" ({}: {})", e.code, e.message))
+                .unwrap_or_default();
+            self.emit_event(
+                Kind::NodeClaim,
+                &ObjectKey::cluster(&name),
+                claim.metadata.uid.clone(),
+                crate::events::EventType::Warning,
+                if all_capacity {
+                    "InsufficientCapacityError"
+                } else {
+                    "LaunchFailed"
+                },
+                &format!("CreateFleet launched nothing: {}{first}", codes.join(",")),
+            )
+            .await;
             if all_capacity {
                 // Karpenter's answer to insufficient capacity: forget this claim and plan again without the
                 // offerings that just failed.

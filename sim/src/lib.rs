@@ -33,6 +33,8 @@ pub struct Outcome {
     pub metrics: report::Metrics,
     /// Samples for charts (one per 30 s of sim time).
     pub series: Vec<report::Sample>,
+    /// Kubernetes Events at the end of the run, counted by `Kind/Reason` (e.g. `Pod/FailedScheduling`).
+    pub events: std::collections::BTreeMap<String, u32>,
     /// What the controllers counted (the in-cluster `/metrics`).
     pub controller_metrics: std::sync::Arc<dovetail::metrics::Metrics>,
 }
@@ -131,5 +133,6 @@ pub fn simulate(scenario: &Scenario, options: &RunOptions) -> Result<Outcome, Si
         metrics,
         series: run.observations.series.clone(),
         controller_metrics: run.controller_metrics.clone(),
+        events: run.observations.events.clone(),
     })
 }

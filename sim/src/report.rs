@@ -100,6 +100,8 @@ impl Sample {
 
 #[derive(Debug, Clone, Default)]
 pub struct Observations {
+    /// Events in the API server at the end, counted by `Kind/Reason` of the object they are about.
+    pub events: std::collections::BTreeMap<String, u32>,
     pub samples: usize,
     pub cost_total: f64,
     /// The lower bound integrated over the run.
@@ -166,6 +168,14 @@ impl Observations {
         self.violations.extend(audit.violations);
         let end = epoch.checked_add(duration).unwrap_or(epoch);
         let events = kube.store().list("Event");
+        for e in &events {
+            let key = format!(
+                "{}/{}",
+                e["involvedObject"]["kind"].as_str().unwrap_or_default(),
+                e["reason"].as_str().unwrap_or_default()
+            );
+            *self.events.entry(key).or_default() += 1;
+        }
         for p in kube.store().list("Pod") {
             if !p["spec"]["nodeName"].is_null() {
                 continue;
