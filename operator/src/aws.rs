@@ -22,6 +22,19 @@ const CATALOG: &str = include_str!("../../data/ec2-instance-types.csv");
 /// Attempts at reading a just-launched instance back (EC2 is eventually consistent).
 const DESCRIBE_AFTER_LAUNCH: u32 = 3;
 
+/// Every item of a paginated EC2 call, its error counted under the method's name.
+macro_rules! every_item {
+    ($self:ident, $call:expr, $method:literal) => {
+        $call
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<_, _>>()
+            .await
+            .map_err(|e| seam_error(&$self.metrics, $method, e))?
+    };
+}
+
 /// EC2 and SQS, as the controller needs them.
 #[derive(Clone)]
 pub struct AwsCloud {
@@ -30,7 +43,8 @@ pub struct AwsCloud {
     metrics: Arc<Metrics>,
 }
 
-/// Any SDK error as the seam's: the service's code when it answered, else what went wrong on the way.
+/// Any SDK error (EC2's or SQS's: the same smithy type) as the seam's: the service's code when it
+/// answered, else what went wrong on the way; counted under `method`.
 fn seam_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
     metrics: &Metrics,
     method: &'static str,
@@ -39,25 +53,6 @@ fn seam_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
     let error = match e.code() {
         Some(code) => CloudError::new(code, e.message().unwrap_or_default()),
         None => CloudError::new("RequestError", DisplayErrorContext(&e).to_string()),
-    };
-    metrics.inc(
-        CLOUDPROVIDER_ERRORS,
-        &[("method", method), ("error", &error.code)],
-    );
-    error
-}
-
-fn sqs_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
-    metrics: &Metrics,
-    method: &'static str,
-    e: aws_sdk_sqs::error::SdkError<E>,
-) -> CloudError {
-    let error = match e.code() {
-        Some(code) => CloudError::new(code, e.message().unwrap_or_default()),
-        None => CloudError::new(
-            "RequestError",
-            aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
-        ),
     };
     metrics.inc(
         CLOUDPROVIDER_ERRORS,
@@ -203,7 +198,7 @@ impl AwsCloud {
             .queue_name(queue)
             .send()
             .await
-            .map_err(|e| sqs_error(&self.metrics, "GetQueueUrl", e))?;
+            .map_err(|e| seam_error(&self.metrics, "GetQueueUrl", e))?;
         Ok(out.queue_url().unwrap_or_default().to_string())
     }
 }
@@ -211,16 +206,11 @@ impl AwsCloud {
 #[async_trait]
 impl Cloud for AwsCloud {
     async fn describe_instance_types(&self) -> Result<Vec<InstanceTypeInfo>, CloudError> {
-        let m = &self.metrics;
-        let items: Vec<ec2::InstanceTypeInfo> = self
-            .ec2
-            .describe_instance_types()
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<_, _>>()
-            .await
-            .map_err(|e| seam_error(m, "DescribeInstanceTypes", e))?;
+        let items: Vec<ec2::InstanceTypeInfo> = every_item!(
+            self,
+            self.ec2.describe_instance_types(),
+            "DescribeInstanceTypes"
+        );
         Ok(items
             .iter()
             .map(|t| {
@@ -268,17 +258,13 @@ impl Cloud for AwsCloud {
     async fn describe_instance_type_offerings(
         &self,
     ) -> Result<Vec<InstanceTypeOffering>, CloudError> {
-        let m = &self.metrics;
-        let items: Vec<ec2::InstanceTypeOffering> = self
-            .ec2
-            .describe_instance_type_offerings()
-            .location_type(ec2::LocationType::AvailabilityZone)
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<_, _>>()
-            .await
-            .map_err(|e| seam_error(m, "DescribeInstanceTypeOfferings", e))?;
+        let items: Vec<ec2::InstanceTypeOffering> = every_item!(
+            self,
+            self.ec2
+                .describe_instance_type_offerings()
+                .location_type(ec2::LocationType::AvailabilityZone),
+            "DescribeInstanceTypeOfferings"
+        );
         Ok(items
             .iter()
             .map(|o| InstanceTypeOffering {
@@ -292,20 +278,16 @@ impl Cloud for AwsCloud {
     }
 
     async fn describe_spot_price_history(&self) -> Result<Vec<SpotPrice>, CloudError> {
-        let m = &self.metrics;
         // With a start time of now, EC2 answers the current price of each type and zone.
         let now = aws_smithy_types::DateTime::from(std::time::SystemTime::now());
-        let items: Vec<ec2::SpotPrice> = self
-            .ec2
-            .describe_spot_price_history()
-            .product_descriptions("Linux/UNIX")
-            .start_time(now)
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<_, _>>()
-            .await
-            .map_err(|e| seam_error(m, "DescribeSpotPriceHistory", e))?;
+        let items: Vec<ec2::SpotPrice> = every_item!(
+            self,
+            self.ec2
+                .describe_spot_price_history()
+                .product_descriptions("Linux/UNIX")
+                .start_time(now),
+            "DescribeSpotPriceHistory"
+        );
         // Keep the newest entry per type and zone.
         let mut latest: BTreeMap<(String, String), (i64, f64)> = BTreeMap::new();
         for p in &items {
@@ -338,16 +320,8 @@ impl Cloud for AwsCloud {
     }
 
     async fn describe_subnets(&self) -> Result<Vec<Subnet>, CloudError> {
-        let m = &self.metrics;
-        let items: Vec<ec2::Subnet> = self
-            .ec2
-            .describe_subnets()
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<_, _>>()
-            .await
-            .map_err(|e| seam_error(m, "DescribeSubnets", e))?;
+        let items: Vec<ec2::Subnet> =
+            every_item!(self, self.ec2.describe_subnets(), "DescribeSubnets");
         Ok(items
             .iter()
             .map(|s| Subnet {
@@ -363,17 +337,13 @@ impl Cloud for AwsCloud {
         &self,
         f: TagFilter,
     ) -> Result<Vec<SecurityGroup>, CloudError> {
-        let m = &self.metrics;
-        let items: Vec<ec2::SecurityGroup> = self
-            .ec2
-            .describe_security_groups()
-            .set_filters(Some(tag_filters(&f, "group-id", "group-name")))
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<_, _>>()
-            .await
-            .map_err(|e| seam_error(m, "DescribeSecurityGroups", e))?;
+        let items: Vec<ec2::SecurityGroup> = every_item!(
+            self,
+            self.ec2
+                .describe_security_groups()
+                .set_filters(Some(tag_filters(&f, "group-id", "group-name"))),
+            "DescribeSecurityGroups"
+        );
         Ok(items
             .iter()
             .map(|g| SecurityGroup {
@@ -764,7 +734,7 @@ impl Cloud for AwsCloud {
             .wait_time_seconds(0)
             .send()
             .await
-            .map_err(|e| sqs_error(&self.metrics, "ReceiveMessage", e))?;
+            .map_err(|e| seam_error(&self.metrics, "ReceiveMessage", e))?;
         Ok(out
             .messages()
             .iter()
@@ -788,6 +758,6 @@ impl Cloud for AwsCloud {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| sqs_error(&self.metrics, "DeleteMessage", e))
+            .map_err(|e| seam_error(&self.metrics, "DeleteMessage", e))
     }
 }

@@ -7,7 +7,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -35,25 +35,30 @@ impl Collector for ControllerCollector {
                 MetricKind::Gauge => (def.name, MetricType::Gauge),
             };
             let mut metric = encoder.encode_descriptor(name, def.help, None, kind)?;
+            // A metric without labels is written bare (`name 3`), not with empty braces.
+            if let [(labels, value)] = series.as_slice()
+                && labels.is_empty()
+            {
+                encode_value(def.kind, *value, metric)?;
+                continue;
+            }
             for (labels, value) in &series {
-                let family = metric.encode_family(labels)?;
-                match def.kind {
-                    MetricKind::Counter => {
-                        prometheus_client::encoding::EncodeMetric::encode(
-                            &ConstCounter::new(*value),
-                            family,
-                        )?;
-                    }
-                    MetricKind::Gauge => {
-                        prometheus_client::encoding::EncodeMetric::encode(
-                            &ConstGauge::new(*value),
-                            family,
-                        )?;
-                    }
-                }
+                encode_value(def.kind, *value, metric.encode_family(labels)?)?;
             }
         }
         Ok(())
+    }
+}
+
+/// One sample: counters are whole counts, gauges may be fractional (cores of a pool's usage).
+fn encode_value(
+    kind: MetricKind,
+    value: f64,
+    encoder: MetricEncoder,
+) -> Result<(), std::fmt::Error> {
+    match kind {
+        MetricKind::Counter => ConstCounter::new(value as u64).encode(encoder),
+        MetricKind::Gauge => ConstGauge::new(value).encode(encoder),
     }
 }
 
