@@ -27,8 +27,8 @@ const ALWAYS_SET: [&str; 5] = [
 pub type Problem = (&'static str, String);
 
 /// The static checks of a pool's spec; `types` is the instance-type catalog (empty until it is read,
-/// when the catalog check waits).
-pub fn validate(pool: &NodePool, types: &[InstanceType]) -> Result<(), Problem> {
+/// when the catalog check waits). Returns the parsed requirements, so callers parse them once.
+pub fn validate(pool: &NodePool, types: &[InstanceType]) -> Result<Requirements, Problem> {
     let field = "spec.template.spec.requirements";
     let reqs = Requirements::from_node_selector(&pool.spec.template.spec.requirements)
         .map_err(|e| ("InvalidRequirements", format!("{field}: {e}")))?;
@@ -69,7 +69,7 @@ pub fn validate(pool: &NodePool, types: &[InstanceType]) -> Result<(), Problem> 
         jiff::Timestamp::UNIX_EPOCH,
     )
     .map_err(|e| ("InvalidBudget", e))?;
-    Ok(())
+    Ok(reqs)
 }
 
 /// Whether some offering of the type meets the requirements, available now or not (an ICE'd offering
@@ -118,7 +118,7 @@ impl Controller {
             .collect();
         for pool in pools {
             let name = pool.metadata.name.clone().unwrap_or_default();
-            let valid = validate(&pool, &self.instance_types);
+            let invalid = validate(&pool, &self.instance_types).err();
             let class = self.node_class_problem(&pool);
             let class_known = self
                 .class_cache
@@ -129,20 +129,20 @@ impl Controller {
                 None if class_known => Some(true),
                 None => None,
             };
-            let ready = match (&valid, class_ok) {
-                (Err(_), _) | (_, Some(false)) => Some(false),
-                (Ok(()), Some(true)) => Some(true),
-                (Ok(()), None) => None,
+            let ready = match (&invalid, class_ok) {
+                (Some(_), _) | (_, Some(false)) => Some(false),
+                (None, Some(true)) => Some(true),
+                (None, None) => None,
             };
-            let why = valid.clone().err().or(class.clone());
+            let why = invalid.clone().or(class.clone());
             let message = |p: &Option<Problem>| p.as_ref().map(|p| p.1.clone()).unwrap_or_default();
             let reason = |p: &Option<Problem>, default| p.as_ref().map_or(default, |p| p.0);
             let wanted: Vec<Desired> = vec![
                 (
                     "ValidationSucceeded",
-                    Some(valid.is_ok()),
-                    reason(&valid.clone().err(), "Invalid"),
-                    message(&valid.clone().err()),
+                    Some(invalid.is_none()),
+                    reason(&invalid, "Invalid"),
+                    message(&invalid),
                 ),
                 (
                     "NodeClassReady",
@@ -270,7 +270,7 @@ spec:
         let p = pool(&format!(
             "{BASE}        - {{key: karpenter.k8s.aws/instance-category, operator: In, values: [m]}}\n"
         ));
-        assert_eq!(validate(&p, &catalog()), Ok(()));
+        assert!(validate(&p, &catalog()).is_ok());
     }
 
     #[test]
@@ -282,7 +282,7 @@ spec:
         assert_eq!(reason, "NoInstanceTypes");
         assert!(message.contains("instance-category"), "{message}");
         // Before the catalog is read only the static checks run.
-        assert_eq!(validate(&p, &[]), Ok(()));
+        assert!(validate(&p, &[]).is_ok());
     }
 
     #[test]

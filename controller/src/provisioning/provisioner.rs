@@ -221,23 +221,15 @@ impl Controller {
                 continue;
             }
             // What the NodePool's status reports as ValidationSucceeded=False launches nothing.
-            if let Err((_, why)) = crate::poolstatus::validate(pool, &self.instance_types) {
-                self.ctx
-                    .journal
-                    .record("provision", format!("skip nodepool/{name}: {why}"));
-                continue;
-            }
-            let mut requirements =
-                match Requirements::from_node_selector(&pool.spec.template.spec.requirements) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        self.ctx.journal.record(
-                            "provision",
-                            format!("skip nodepool/{name}: spec.template.spec.requirements: {e}"),
-                        );
-                        continue;
-                    }
-                };
+            let mut requirements = match crate::poolstatus::validate(pool, &self.instance_types) {
+                Ok(r) => r,
+                Err((_, why)) => {
+                    self.ctx
+                        .journal
+                        .record("provision", format!("skip nodepool/{name}: {why}"));
+                    continue;
+                }
+            };
             // A class that resolves to nothing launches nothing; a class launches only where it has subnets.
             let class_name = &pool.spec.template.spec.node_class_ref.name;
             if let Some(resolved) = self.class_cache.get(class_name) {
