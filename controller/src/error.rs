@@ -1,6 +1,6 @@
 //! The controller's error type: what stops the controller loop, as opposed to what is retried.
 
-use crate::cloud::CloudError;
+use crate::cloudprovider::CloudError;
 use crate::kube::KubeError;
 
 #[derive(Debug, thiserror::Error)]

@@ -8,8 +8,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
+use crate::context::Context;
 use crate::kube::{Kind, KubeError, ObjectKey};
-use crate::run::Context;
 
 /// Where the Lease lives and how it is held (Karpenter's and client-go's defaults).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -202,13 +202,12 @@ impl PartialEq for Metrics {
 /// How often the cluster-state gauges (pods, node count, pool usage) are rebuilt.
 pub const STATE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
 
-impl crate::run::Controller {
-    /// Rebuild the gauges that describe the cluster state: one series per pod, node count, pool usage and
-    /// limits.
-    pub(crate) fn publish_state_metrics(&self) {
-        let m = &self.ctx.metrics;
+/// Rebuild the gauges that describe the cluster state: one series per pod, node count, pool usage and
+/// limits.
+pub(crate) fn publish_state(m: &Metrics, state: &crate::state::ClusterState) {
+    {
         let mut pods = BTreeMap::new();
-        for (key, pod) in &self.state.pods {
+        for (key, pod) in &state.pods {
             let spec_node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
             let phase = pod
                 .status
@@ -226,11 +225,11 @@ impl crate::run::Controller {
             );
         }
         m.replace(PODS_STATE, pods);
-        m.set(CLUSTER_NODES, &[], self.state.nodes.len() as f64);
+        m.set(CLUSTER_NODES, &[], state.nodes.len() as f64);
         let mut usage = BTreeMap::new();
         let mut limits = BTreeMap::new();
-        for (name, pool) in &self.state.nodepools {
-            for (resource, amount) in &self.pool_usage(name).0 {
+        for (name, pool) in &state.nodepools {
+            for (resource, amount) in &state.pool_usage(name).0 {
                 usage.insert(
                     labels(&[("nodepool", name), ("resource_type", resource)]),
                     amount.0 as f64 / 1000.0,
@@ -252,6 +251,24 @@ impl crate::run::Controller {
         m.replace(NODEPOOLS_USAGE, usage);
         m.replace(NODEPOOLS_LIMIT, limits);
     }
+}
+
+/// Count a NodeClaim event under its NodePool, with more labels.
+pub(crate) fn count_claim(
+    m: &Metrics,
+    def: MetricDef,
+    claim: &crate::crds::NodeClaim,
+    more: &[(&'static str, &str)],
+) {
+    let pool = claim
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(crate::crds::labels::NODEPOOL))
+        .map_or("", String::as_str);
+    let mut labels = vec![("nodepool", pool)];
+    labels.extend_from_slice(more);
+    m.inc(def, &labels);
 }
 
 #[cfg(test)]

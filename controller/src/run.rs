@@ -1,113 +1,43 @@
-//! The controller's main loop: list + watch into the cache, then batch, provision and follow NodeClaims.
+//! The main loop: list + watch into the cluster state, then a `biased` select over the watches and one
+//! timer that dispatches to each controller in a fixed order. This is also where the provider-neutral
+//! controllers are wired to the AWS provider; the loop itself decides nothing.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use rand_chacha::ChaCha8Rng;
 
-use crate::clock::Clock;
-use crate::cloud::Cloud;
+use crate::aws::{self, AwsProvider};
+use crate::context::Context;
+use crate::disruption::{DISRUPTION_INTERVAL, Disruption};
 use crate::error::ControllerError;
-use crate::instancetype::{self, InstanceType};
-use crate::journal::Journal;
-use crate::kube::{Kind, Kube, WatchEvent};
-use crate::launch::{KnownTemplates, UnavailableOfferings};
-use crate::provisioning::Batcher;
+use crate::kube::{Kind, WatchEvent};
+use crate::node::Terminator;
+use crate::nodeclaim::{GarbageCollector, Lifecycle, gc};
+use crate::nodepool::status::NodePoolStatus;
+use crate::provisioning::{Batcher, Provisioner};
 use crate::state::{Change, ClusterState, is_provisionable};
 
 /// How long after a failed batch the next one closes.
 const BATCH_RETRY: Duration = Duration::from_secs(5);
 
-/// Tunables, with Karpenter's defaults.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub cluster_name: String,
-    /// Close a provisioning batch after this long without a new pending pod (Karpenter: 1 s).
-    pub batch_idle: Duration,
-    /// ... or this long after it opened (Karpenter: 10 s).
-    pub batch_max: Duration,
-    /// How often NodeClaims are checked for progress (launch, registration, initialization).
-    pub lifecycle_interval: Duration,
-    /// How often instance types, offerings and prices are read again.
-    pub catalog_refresh: Duration,
-    /// The SQS queue (URL) EventBridge sends interruption events to (Karpenter: INTERRUPTION_QUEUE);
-    /// None turns interruption handling off.
-    pub interruption_queue: Option<String>,
-    /// Dovetail's anti-churn rule for consolidation that moves pods: the share of the pool's cost saved
-    /// divided by the share of its pods moved must reach this (None: off, Karpenter's behaviour).
-    pub consolidation_balance: Option<f64>,
-    /// Replace a spot node with a cheaper spot node (Karpenter's `SpotToSpotConsolidation` feature gate,
-    /// off there by default, on here): a single node only when at least 15 cheaper types can take its
-    /// pods, and the replacement may launch only the 15 cheapest, so it does not race to the most
-    /// interrupted type.
-    pub spot_to_spot: bool,
-    /// Act only while holding this Lease (None: a single replica acts alone).
-    pub leader_election: Option<crate::leader::LeaderElection>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            cluster_name: "dovetail".to_string(),
-            batch_idle: Duration::from_secs(1),
-            batch_max: Duration::from_secs(10),
-            lifecycle_interval: Duration::from_secs(1),
-            catalog_refresh: Duration::from_secs(300),
-            interruption_queue: None,
-            consolidation_balance: Some(0.25),
-            spot_to_spot: true,
-            leader_election: None,
-        }
-    }
-}
-
-/// Everything the controller is handed: the three seams, the journal, the seeded RNG and its settings.
-pub struct Context {
-    pub clock: Arc<dyn Clock>,
-    pub kube: Arc<dyn Kube>,
-    pub cloud: Arc<dyn Cloud>,
-    pub journal: Arc<dyn Journal>,
-    /// Counters and gauges about the controller's work (served on /metrics in a cluster).
-    pub metrics: Arc<crate::metrics::Metrics>,
-    pub rng: ChaCha8Rng,
-    pub settings: Settings,
-}
-
+/// The controllers, each owning its state, and the timers that drive them.
 pub(crate) struct Controller {
-    pub(crate) ctx: Context,
-    pub(crate) state: ClusterState,
-    pub(crate) instance_types: Vec<InstanceType>,
-    pub(crate) batcher: Batcher,
-    pub(crate) unavailable: UnavailableOfferings,
-    pub(crate) known_templates: KnownTemplates,
-    /// Pods already given an explanation Event, with the reason it gave.
-    pub(crate) explained: std::collections::BTreeMap<crate::kube::ObjectKey, String>,
-    pub(crate) launch_health: crate::gc::LaunchHealth,
-    pub(crate) eviction_retries: crate::termination::EvictionRetries,
-    /// Claims deleted because their instance is gone: their nodes have nothing left to drain.
-    pub(crate) instance_gone: std::collections::BTreeSet<String>,
-    /// Claims older than this process that it has already looked for a predecessor's instance for.
-    pub(crate) adoption_checked: std::collections::BTreeSet<String>,
-    pub(crate) class_cache: crate::nodeclass::ClassCache,
-    pub(crate) queue_stats: crate::interruption::QueueStats,
-    pub(crate) disruption: Option<crate::disruption::Command>,
+    ctx: Context,
+    state: ClusterState,
+    provider: AwsProvider,
+    provisioner: Provisioner,
+    lifecycle: Lifecycle,
+    gc: GarbageCollector,
+    terminator: Terminator,
+    disruption: Disruption,
+    nodepools: NodePoolStatus,
+    elector: crate::leader::Elector,
+    lost_lease: bool,
     next_disruption: Duration,
-    /// When a pod last arrived on or left each node (consolidateAfter counts from then).
-    pub(crate) pod_changes: std::collections::BTreeMap<String, Duration>,
-    /// Consolidations already reported as not worth their churn.
-    pub(crate) churn_noted: std::collections::BTreeSet<String>,
     next_interruption: Duration,
     next_nodeclass: Duration,
-    /// When this process started: claims created before it may have been launched by a predecessor.
-    pub(crate) started_at: jiff::Timestamp,
-    pub(crate) catalog_loaded_at: Option<Duration>,
-    pub(crate) elector: crate::leader::Elector,
     next_lease: Duration,
-    lost_lease: bool,
-    /// The inputs of the last disruption decision that found nothing to do (a fingerprint).
-    pub(crate) nothing_to_disrupt: Option<u64>,
     /// When the cluster-state gauges are next published (they ride on other timers, never wake alone).
     next_metrics: Duration,
     next_lifecycle: Duration,
@@ -122,77 +52,29 @@ impl Controller {
         Controller {
             ctx,
             state: ClusterState::default(),
-            instance_types: Vec::new(),
-            batcher,
-            unavailable: UnavailableOfferings::default(),
-            known_templates: KnownTemplates::default(),
-            explained: Default::default(),
-            launch_health: Default::default(),
-            eviction_retries: Default::default(),
-            instance_gone: Default::default(),
-            adoption_checked: Default::default(),
-            started_at,
-            class_cache: Default::default(),
-            queue_stats: Default::default(),
-            disruption: None,
+            provider: AwsProvider::new(started_at),
+            provisioner: Provisioner::new(batcher),
+            lifecycle: Lifecycle,
+            gc: GarbageCollector,
+            terminator: Terminator::default(),
+            disruption: Disruption::default(),
+            nodepools: NodePoolStatus,
+            elector: crate::leader::Elector::default(),
+            lost_lease: false,
             // The first pass waits for the catalog and the node classes to be read.
-            next_disruption: started + crate::disruption::DISRUPTION_INTERVAL * 3,
-            pod_changes: Default::default(),
-            churn_noted: Default::default(),
+            next_disruption: started + DISRUPTION_INTERVAL * 3,
             next_interruption: Duration::ZERO,
             next_nodeclass: Duration::ZERO,
-            catalog_loaded_at: None,
-            nothing_to_disrupt: None,
-            next_metrics: Duration::ZERO,
-            elector: crate::leader::Elector::default(),
             next_lease: started,
-            lost_lease: false,
+            next_metrics: Duration::ZERO,
             next_lifecycle: Duration::ZERO,
             // The first pass waits a period: a restarted controller needs its cache filled first.
             next_gc: Duration::ZERO,
         }
     }
 
-    /// Delete an object; one already gone counts as deleted.
-    pub(crate) async fn delete_if_present(
-        &self,
-        kind: Kind,
-        key: &crate::kube::ObjectKey,
-    ) -> Result<(), ControllerError> {
-        match self.ctx.kube.delete(kind, key).await {
-            Ok(()) | Err(crate::kube::KubeError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Monotonic time for timers: the clock's time since the Unix epoch.
-    pub(crate) fn now(&self) -> Duration {
-        Duration::try_from(self.ctx.clock.now().as_duration()).unwrap_or(Duration::ZERO)
-    }
-
-    async fn refresh_catalog(&mut self) -> Result<(), ControllerError> {
-        let cloud = &self.ctx.cloud;
-        let infos = cloud.describe_instance_types().await?;
-        let offerings = cloud.describe_instance_type_offerings().await?;
-        let on_demand = cloud.on_demand_prices().await?;
-        let spot = cloud.describe_spot_price_history().await?;
-        self.instance_types = instancetype::build(&infos, &offerings, &on_demand, &spot);
-        self.catalog_loaded_at = Some(self.now());
-        self.refresh_offering_availability(self.now());
-        Ok(())
-    }
-
-    /// Mark offerings that recently failed as unavailable (and the rest as available again).
-    pub(crate) fn refresh_offering_availability(&mut self, now: Duration) {
-        self.unavailable.expire(now);
-        for it in &mut self.instance_types {
-            for o in &mut it.offerings {
-                o.available =
-                    !self
-                        .unavailable
-                        .is_unavailable(o.capacity_type, &it.name, &o.zone, now);
-            }
-        }
+    fn now(&self) -> Duration {
+        self.ctx.now()
     }
 
     async fn open_watches(
@@ -235,7 +117,7 @@ impl Controller {
                 .and_then(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()));
             if before != after || change == Change::Delete {
                 for node in [before, after].into_iter().flatten() {
-                    self.pod_changes.insert(node, now);
+                    self.state.pod_changes.insert(node, now);
                 }
             }
         }
@@ -264,7 +146,7 @@ impl Controller {
             _ => false,
         };
         if provisionable_changed {
-            self.batcher.trigger(now);
+            self.provisioner.batcher.trigger(now);
         }
         Ok(true)
     }
@@ -278,7 +160,7 @@ impl Controller {
         if self.ctx.settings.interruption_queue.is_some() {
             wake = wake.min(self.next_interruption);
         }
-        if let Some(d) = self.batcher.deadline() {
+        if let Some(d) = self.provisioner.batcher.deadline() {
             wake = wake.min(d);
         }
         if self.ctx.settings.leader_election.is_some() {
@@ -307,61 +189,72 @@ impl Controller {
             }
         }
         if now >= self.next_metrics {
-            self.publish_state_metrics();
+            crate::metrics::publish_state(&self.ctx.metrics, &self.state);
             self.next_metrics = now + crate::metrics::STATE_INTERVAL;
         }
-        if self
-            .catalog_loaded_at
-            .is_none_or(|t| now >= t + self.ctx.settings.catalog_refresh)
-            && let Err(e) = self.refresh_catalog().await
-        {
-            // Keep the catalog we have; try again in 15 s.
-            self.ctx.journal.record(
-                "catalog",
-                format!("refresh failed: {e}; keeping the previous catalog"),
-            );
-            let retry =
-                (now + Duration::from_secs(15)).saturating_sub(self.ctx.settings.catalog_refresh);
-            self.catalog_loaded_at = Some(retry);
-        }
+        self.provider.refresh_catalog_when_due(&self.ctx, now).await;
         if self.ctx.settings.interruption_queue.is_some() && now >= self.next_interruption {
-            if let Err(e) = self.poll_interruptions().await {
+            if let Err(e) = self
+                .provider
+                .poll_interruptions(&self.ctx, &mut self.state)
+                .await
+            {
                 self.ctx
                     .journal
                     .record("interruption", format!("queue poll failed: {e}; retrying"));
             }
-            self.next_interruption = self.now() + crate::interruption::POLL_INTERVAL;
+            self.next_interruption = self.now() + aws::INTERRUPTION_POLL_INTERVAL;
         }
         if now >= self.next_disruption {
-            if let Err(e) = self.reconcile_disruption().await {
+            if let Err(e) = self
+                .disruption
+                .reconcile(&mut self.ctx, &mut self.state, &self.provider)
+                .await
+            {
                 self.ctx
                     .journal
                     .record("disruption", format!("pass failed: {e}; retrying"));
             }
-            self.next_disruption = self.now() + crate::disruption::DISRUPTION_INTERVAL;
+            self.next_disruption = self.now() + DISRUPTION_INTERVAL;
         }
         if now >= self.next_nodeclass {
-            self.reconcile_nodeclasses().await;
-            self.reconcile_nodepool_status().await;
-            self.next_nodeclass = self.now() + crate::nodeclass::RESOLVE_TTL;
+            self.provider
+                .reconcile_nodeclasses(&self.ctx, &mut self.state)
+                .await;
+            self.nodepools
+                .reconcile(&self.ctx, &mut self.state, &self.provider)
+                .await;
+            self.next_nodeclass = self.now() + aws::NODECLASS_RESOLVE_TTL;
         }
-        if let Some(window) = self.batcher.close_if_due(now)
-            && let Err(e) = self.provision(window).await
+        if let Some(window) = self.provisioner.batcher.close_if_due(now)
+            && let Err(e) = self
+                .provisioner
+                .provision(&mut self.ctx, &mut self.state, &self.provider, window)
+                .await
         {
             // The pods stay pending; try again in 5 s rather than hammering a failing API every second.
             self.ctx
                 .journal
                 .record("provision", format!("batch failed: {e}; retrying in 5s"));
-            self.batcher
+            self.provisioner
+                .batcher
                 .trigger(now + BATCH_RETRY.saturating_sub(self.ctx.settings.batch_idle));
         }
         if now >= self.next_lifecycle {
-            if let Err(e) = self.reconcile_nodeclaims().await {
+            if let Err(e) = self
+                .lifecycle
+                .reconcile(&mut self.ctx, &mut self.state, &mut self.provider)
+                .await
+            {
                 self.ctx
                     .journal
                     .record("lifecycle", format!("reconcile failed: {e}"));
             }
-            if let Err(e) = self.reconcile_node_terminations().await {
+            if let Err(e) = self
+                .terminator
+                .reconcile(&self.ctx, &mut self.state, &mut self.provider)
+                .await
+            {
                 self.ctx
                     .journal
                     .record("termination", format!("pass failed: {e}"));
@@ -370,13 +263,16 @@ impl Controller {
         }
         if now >= self.next_gc {
             if self.next_gc > Duration::ZERO
-                && let Err(e) = self.collect_garbage().await
+                && let Err(e) = self
+                    .gc
+                    .reconcile(&self.ctx, &mut self.state, &mut self.provider)
+                    .await
             {
                 self.ctx
                     .journal
                     .record("gc", format!("pass failed: {e}; retrying next period"));
             }
-            self.next_gc = self.now() + crate::gc::GC_INTERVAL;
+            self.next_gc = self.now() + gc::GC_INTERVAL;
         }
     }
 }
@@ -393,7 +289,7 @@ pub async fn run(ctx: Context) -> Result<(), ControllerError> {
     }
     let mut c = Controller::new(ctx);
     c.elector = elector;
-    while let Err(e) = c.refresh_catalog().await {
+    while let Err(e) = c.provider.refresh_catalog(&c.ctx).await {
         c.ctx.journal.record(
             "catalog",
             format!("initial load failed: {e}; retrying in 5s"),

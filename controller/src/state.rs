@@ -1,13 +1,16 @@
-//! The controller's cache of the cluster, fed by list + watch; ordered maps so every scan is deterministic.
+//! The cluster state every controller reads: the cache fed by list + watch (ordered maps so every scan is
+//! deterministic), plus the few facts controllers learn that the API does not hold, and queries over both.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use serde_json::Value;
 
-use crate::crds::{EC2NodeClass, NodeClaim, NodePool};
+use crate::crds::{EC2NodeClass, NodeClaim, NodePool, labels};
 use crate::kube::{Kind, KubeError, ObjectKey, WatchEvent, decode};
+use crate::resources::Resources;
 
 #[derive(Debug, Default, Clone)]
 pub struct ClusterState {
@@ -19,6 +22,11 @@ pub struct ClusterState {
     pub daemonsets: BTreeMap<ObjectKey, DaemonSet>,
     /// Counts every change applied, so a decision can tell it is looking at the same cluster again.
     pub revision: u64,
+    /// Claims whose instance is known gone (terminated, interrupted, vanished): their nodes have nothing
+    /// left to drain and their finalizer need not ask the cloud again. Learned, not watched.
+    pub instance_gone: BTreeSet<String>,
+    /// When a pod last arrived on or left each node (`consolidateAfter` counts from then).
+    pub pod_changes: BTreeMap<String, Duration>,
 }
 
 /// What changed, so the controller can decide what to wake up.
@@ -97,6 +105,76 @@ impl ClusterState {
             _ => {}
         }
         Ok(())
+    }
+}
+
+impl ClusterState {
+    /// Nodes on their way out — deleted, or owned by a deleted claim. Their pods are planned for before
+    /// they are evicted, as Karpenter does, so replacements are already coming. (A node only tainted by a
+    /// disruption command in progress is not leaving yet: its replacements are already planned, and if
+    /// they fail the taint is rolled back.)
+    pub fn leaving_nodes(&self) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.metadata.deletion_timestamp.is_some())
+            .map(|(name, _)| name.clone())
+            .collect();
+        out.extend(
+            self.nodeclaims
+                .values()
+                .filter(|c| c.metadata.deletion_timestamp.is_some())
+                .filter_map(|c| c.status.as_ref().and_then(|s| s.node_name.clone())),
+        );
+        out
+    }
+
+    /// The claim a node belongs to: by the node name it recorded, or by provider id.
+    pub fn claim_of_node(&self, node: &Node) -> Option<&NodeClaim> {
+        let name = node.metadata.name.as_deref()?;
+        let provider = node.spec.as_ref().and_then(|s| s.provider_id.as_deref());
+        self.nodeclaims.values().find(|c| {
+            let st = c.status.as_ref();
+            st.and_then(|s| s.node_name.as_deref()) == Some(name)
+                || (provider.is_some() && st.and_then(|s| s.provider_id.as_deref()) == provider)
+        })
+    }
+
+    /// Capacity of the pool's live NodeClaims, as counted against `spec.limits`.
+    pub fn pool_usage(&self, pool: &str) -> Resources {
+        let mut used = Resources::default();
+        for claim in self.nodeclaims.values() {
+            if claim
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(labels::NODEPOOL))
+                .map(String::as_str)
+                != Some(pool)
+            {
+                continue;
+            }
+            let capacity = claim
+                .status
+                .as_ref()
+                .map(|s| &s.capacity)
+                .filter(|c| !c.is_empty());
+            let amounts = match capacity {
+                Some(c) => Resources::parse(c).unwrap_or_default(),
+                None => claim
+                    .spec
+                    .resources
+                    .as_ref()
+                    .and_then(|r| Resources::parse(&r.requests).ok())
+                    .unwrap_or_default(),
+            };
+            used.add(&amounts);
+            *used
+                .0
+                .entry(crate::resources::NODES.to_string())
+                .or_default() += crate::quantity::Milli::from_units(1);
+        }
+        used
     }
 }
 

@@ -109,11 +109,11 @@ impl Catalog {
 
 impl Catalog {
     /// The catalog as DescribeInstanceTypes answers it.
-    pub fn describe_instance_types(&self) -> Vec<dovetail::cloud::InstanceTypeInfo> {
-        use dovetail::cloud::CapacityType;
+    pub fn describe_instance_types(&self) -> Vec<dovetail::aws::cloud::InstanceTypeInfo> {
+        use dovetail::aws::cloud::CapacityType;
         self.types
             .values()
-            .map(|e| dovetail::cloud::InstanceTypeInfo {
+            .map(|e| dovetail::aws::cloud::InstanceTypeInfo {
                 name: e.name.clone(),
                 arch: e.arch.clone(),
                 vcpu: e.vcpu,

@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dovetail::clock::Clock;
-use dovetail::cloud::{
+use dovetail::aws::cloud::{
     CapacityType, Cloud, CloudError, CreateFleetOutput, CreateFleetRequest,
     DescribeInstancesOutput, DescribeInstancesRequest, FleetError, FleetOverride, Image, Instance,
     InstanceState, InstanceTypeInfo, InstanceTypeOffering, LaunchTemplate, LaunchTemplateData,
     QueueMessage, SecurityGroup, SpotPrice, StateReason, Subnet, TagFilter,
 };
+use dovetail::clock::Clock;
 use dovetail::journal::Journal;
 use jiff::Timestamp;
 use rand_chacha::ChaCha8Rng;
@@ -602,8 +602,8 @@ impl FakeCloud {
         let mut st = self.lock();
         let mut n = 0;
         for ((t, z, c), pool) in st.pools.iter_mut() {
-            let type_ok =
-                type_globs.is_empty() || type_globs.iter().any(|g| dovetail::cloud::glob(g, t));
+            let type_ok = type_globs.is_empty()
+                || type_globs.iter().any(|g| dovetail::aws::cloud::glob(g, t));
             let zone_ok = zones.is_empty() || zones.contains(z);
             if type_ok && zone_ok && ct.is_none_or(|x| x == *c) {
                 pool.short_until = Some(until);

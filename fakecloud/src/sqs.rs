@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use dovetail::cloud::{CloudError, QueueMessage};
+use dovetail::aws::cloud::{CloudError, QueueMessage};
 use jiff::Timestamp;
 use serde_json::json;
 

@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dovetail::clock::{Clock, ManualClock};
-use dovetail::cloud::{
+use dovetail::aws::cloud::{
     BlockDevice, CapacityType, Cloud, CreateFleetRequest, DescribeInstancesRequest, FleetOverride,
     InstanceState, LaunchTemplateData, TagFilter,
 };
+use dovetail::clock::{Clock, ManualClock};
 use dovetail::journal::Journal;
 use fakecloud::{Catalog, CloudConfig, FakeCloud};
 use futures::executor::block_on;

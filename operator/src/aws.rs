@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_ec2::types as ec2;
-use dovetail::cloud::{
+use dovetail::aws::cloud::{
     CapacityType, Cloud, CloudError, CreateFleetOutput, CreateFleetRequest,
     DescribeInstancesOutput, DescribeInstancesRequest, FleetError, Image, Instance, InstanceState,
     InstanceTypeInfo, InstanceTypeOffering, LaunchTemplate, LaunchTemplateData, QueueMessage,

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dovetail::aws::cloud::Cloud;
 use dovetail::clock::{Clock, SystemClock};
-use dovetail::cloud::Cloud;
 use dovetail::journal::LogJournal;
 use dovetail::kube::Kube;
 use dovetail::metrics::Metrics;

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dovetail::cloud::{
+use dovetail::aws::cloud::{
     BlockDevice, CapacityType, Cloud, CreateFleetRequest, DescribeInstancesRequest, FleetOverride,
     InstanceState, LaunchTemplateData, TagFilter,
 };

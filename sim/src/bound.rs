@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use dovetail::cloud::CapacityType;
+use dovetail::aws::cloud::CapacityType;
 use dovetail::crds::NodePool;
 use dovetail::crds::labels;
 use dovetail::resources::{CPU, MEMORY, PODS, pod_requests};
@@ -44,7 +44,7 @@ pub fn columns(cloud: &FakeCloud, kube: &FakeKube) -> Vec<Column> {
         })
         .collect();
     let (offerings, on_demand, spot) = cloud.market();
-    let types = dovetail::instancetype::build(
+    let types = dovetail::aws::instancetype::build(
         &cloud.catalog().describe_instance_types(),
         &offerings,
         &on_demand,

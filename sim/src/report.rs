@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use dovetail::cloud::InstanceState;
+use dovetail::aws::cloud::InstanceState;
 use fakecloud::FakeCloud;
 use fakekube::FakeKube;
 use fakekube::scheduler::Binding;
@@ -68,7 +68,7 @@ impl Sample {
             .map(|r| {
                 (
                     r.price,
-                    r.instance.capacity_type == dovetail::cloud::CapacityType::Spot,
+                    r.instance.capacity_type == dovetail::aws::cloud::CapacityType::Spot,
                 )
             })
             .collect()

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use dovetail::cloud::CapacityType;
+use dovetail::aws::cloud::CapacityType;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;

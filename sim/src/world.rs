@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use dovetail::cloud::InstanceState;
+use dovetail::aws::cloud::InstanceState;
 use fakecloud::{Catalog, CloudConfig, FakeCloud, catalog::kubelet_resources};
 use fakekube::scheduler::Scheduler;
 use fakekube::workloads::Workloads;

@@ -2,9 +2,10 @@
 
 use std::time::Instant;
 
-use dovetail::cloud::{InstanceTypeOffering, SpotPrice};
+use dovetail::aws::cloud::{InstanceTypeOffering, SpotPrice};
+use dovetail::aws::instancetype::build;
+use dovetail::cloudprovider::InstanceType;
 use dovetail::crds::labels;
-use dovetail::instancetype::{InstanceType, build};
 use dovetail::kube::ObjectKey;
 use dovetail::quantity::Milli;
 use dovetail::resources::{CPU, MEMORY, PODS, Resources};

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dovetail::aws::AwsProvider;
 use dovetail::clock::ManualClock;
+use dovetail::cloudprovider::InstanceType;
 use dovetail::disruption::Evaluator;
-use dovetail::instancetype::InstanceType;
 use dovetail::journal::LogJournal;
 use dovetail::kube::Kind;
 use dovetail::state::ClusterState;
@@ -121,7 +122,9 @@ pub fn run() -> String {
     let types = crate::bench::catalog();
     let state = cluster(1000, 20, &types, 42);
     let pods = state.pods.len();
-    let eval = Evaluator::new(context(), state, types);
+    let ctx = context();
+    let provider = AwsProvider::with_catalog(ctx.clock.now(), types);
+    let eval = Evaluator::new(ctx, state, Box::new(provider));
     let t = Instant::now();
     let (candidates, alone) = eval.single_node_pass();
     let single = t.elapsed();

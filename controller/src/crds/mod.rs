@@ -39,6 +39,10 @@ pub mod labels {
     pub const TERMINATION_FINALIZER: &str = "karpenter.sh/termination";
     pub const UNREGISTERED_TAINT: &str = "karpenter.sh/unregistered";
     pub const DISRUPTED_TAINT: &str = "karpenter.sh/disrupted";
+    /// Annotation on a NodeClaim: the hash of its NodePool's template when it was created.
+    pub const POOL_HASH: &str = "karpenter.sh/nodepool-hash";
+    /// Annotation on a consolidation replacement: the hourly price it must stay under (what it replaces).
+    pub const MAX_PRICE: &str = "dovetail.dev/max-price";
     /// EC2 tags Karpenter puts on what it launches.
     pub const TAG_CLUSTER_PREFIX: &str = "kubernetes.io/cluster/";
     pub const TAG_NODECLAIM: &str = "karpenter.sh/nodeclaim";

@@ -5,17 +5,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
-use crate::cloud::CapacityType;
+use crate::cloudprovider::CapacityType;
 use crate::crds::nodeclaim::conditions;
 use crate::crds::{NodeClaim, labels};
 use crate::error::ControllerError;
 use crate::kube::{Kind, ObjectKey, decode};
-use crate::run::Controller;
+use crate::node::drain::{Disposition, DrainGroup, disposition, do_not_disrupt};
 use crate::scheduling::topology::LabelSelector;
 use crate::state::node_ready;
-use crate::termination::{Disposition, DrainGroup, disposition, do_not_disrupt};
 
-use super::budgets::{self, PoolCounts, Reason};
+use super::View;
+use crate::nodepool::budgets::{self, PoolCounts, Reason};
 
 /// A node disruption could act on.
 #[derive(Debug, Clone)]
@@ -77,7 +77,7 @@ pub(crate) fn protected(pod: &k8s_openapi::api::core::v1::Pod, now: jiff::Timest
     started.is_none_or(|s| crate::clock::since(now, s) < d)
 }
 
-impl Controller {
+impl View<'_> {
     /// Pods no eviction may touch now: selected by a PodDisruptionBudget that allows no disruption.
     pub(crate) async fn budget_blocked_pods(&self) -> Result<BTreeSet<ObjectKey>, ControllerError> {
         let list = self.ctx.kube.list(Kind::PodDisruptionBudget).await?;
@@ -117,14 +117,14 @@ impl Controller {
         ) else {
             return 0.0;
         };
-        self.instance_types
+        self.provider
+            .instance_types()
             .iter()
             .find(|it| &it.name == t)
             .and_then(|it| it.price(z, capacity_type_of(claim_labels)))
             .unwrap_or(0.0)
     }
 
-    /// Why a claim no longer matches its pool or node class, if it does not.
     /// Why a claim has drifted from its pool (whose template hash and requirements are given, computed
     /// once per pass) or node class, if it has.
     fn drift(&self, claim: &NodeClaim, pool: &PoolFacts) -> Option<String> {
@@ -132,7 +132,7 @@ impl Controller {
             .metadata
             .annotations
             .as_ref()
-            .and_then(|a| a.get(super::POOL_HASH));
+            .and_then(|a| a.get(labels::POOL_HASH));
         if recorded.is_some_and(|h| *h != pool.hash) {
             return Some("NodePool template changed".into());
         }
@@ -147,25 +147,12 @@ impl Controller {
                 }
             }
         }
-        let image = claim.status.as_ref().and_then(|s| s.image_id.clone())?;
-        let type_name = claim_labels.get(labels::INSTANCE_TYPE)?;
-        // The catalog is sorted by name.
-        let arch = self
-            .instance_types
-            .binary_search_by(|t| t.name.as_str().cmp(type_name))
-            .ok()
-            .and_then(|i| self.instance_types[i].labels.get(labels::ARCH).cloned())?;
-        let resolved = self
-            .class_cache
-            .get(&claim.spec.node_class_ref.name)?
-            .images
-            .get(&arch)?;
-        (resolved.id != image).then(|| format!("image {image} replaced by {}", resolved.id))
+        self.provider.is_drifted(claim)
     }
 
     /// Every node disruption may act on now, cheapest to disrupt first (fewest pods, then dearest).
     pub(crate) fn candidates(&self, blocked: &BTreeSet<ObjectKey>) -> Vec<Candidate> {
-        let now = self.now();
+        let now = self.ctx.now();
         let mut by_node: BTreeMap<&str, Vec<(&ObjectKey, &k8s_openapi::api::core::v1::Pod)>> =
             BTreeMap::new();
         for (key, pod) in &self.state.pods {
@@ -179,7 +166,7 @@ impl Controller {
             .iter()
             .map(|(name, p)| {
                 let facts = PoolFacts {
-                    hash: super::pool_hash(p),
+                    hash: crate::nodepool::pool_hash(p),
                     requirements: crate::scheduling::Requirements::from_node_selector(
                         &p.spec.template.spec.requirements,
                     )
@@ -251,6 +238,7 @@ impl Controller {
                     crate::duration::parse_or_never,
                 );
             let stable_since = self
+                .state
                 .pod_changes
                 .get(&node_name)
                 .copied()

@@ -4,15 +4,17 @@
 
 use std::collections::BTreeMap;
 
-use crate::cloud::CapacityType;
+use crate::cloudprovider::{CapacityType, CloudProvider};
+use crate::context::Context;
 use crate::crds::labels;
 use crate::error::ControllerError;
-use crate::run::Controller;
+use crate::provisioning::inputs;
 use crate::scheduling::planner::cheapest_price;
 use crate::scheduling::requirements::Requirement;
 use crate::scheduling::{ExistingCapacity, PendingPod, Plan, PoolOptions, plan_on};
+use crate::state::ClusterState;
 
-use super::{Action, Candidate, Command, Reason, Stage};
+use super::{Action, Candidate, Command, Disruption, Reason, Stage, View};
 
 /// Multi-node consolidation looks at no more than this many candidates at once (Karpenter: 100).
 const MULTI_NODE_MAX: usize = 100;
@@ -31,23 +33,28 @@ pub(crate) struct Snapshot<'a> {
     pool_totals: BTreeMap<String, (f64, usize)>,
 }
 
-impl Controller {
+impl View<'_> {
     pub(crate) fn snapshot(&self, cands: &[Candidate]) -> Snapshot<'_> {
-        let leaving = self.leaving_nodes();
+        let leaving = self.state.leaving_nodes();
         let pods = cands
             .iter()
             .map(|c| {
                 let pending = c
                     .pods
                     .iter()
-                    .filter_map(|k| self.state.pods.get(k).and_then(|p| self.pending_pod(k, p)))
+                    .filter_map(|k| {
+                        self.state
+                            .pods
+                            .get(k)
+                            .and_then(|p| inputs::pending_pod(self.ctx, k, p))
+                    })
                     .collect();
                 (c.node.clone(), pending)
             })
             .collect();
         Snapshot {
-            existing: self.existing_capacity(&leaving),
-            pools: self.pool_options(),
+            existing: inputs::existing_capacity(self.ctx, self.state, &leaving),
+            pools: inputs::pool_options(self.ctx, self.state, self.provider),
             pods,
             pool_totals: self.pool_totals(),
         }
@@ -96,7 +103,8 @@ impl Controller {
 
     /// The cheapest allowed price of one type by name (infinity when unknown or not offered).
     fn type_price(&self, name: &str, reqs: &crate::scheduling::Requirements) -> f64 {
-        self.instance_types
+        self.provider
+            .instance_types()
             .iter()
             .find(|t| t.name == name)
             .map_or(f64::INFINITY, |t| cheapest_price(t, reqs))
@@ -212,7 +220,7 @@ impl Controller {
             candidates: cands.iter().map(|c| (*c).clone()).collect(),
             action,
             savings,
-            stage: Stage::Validating(self.now()),
+            stage: Stage::Validating(self.ctx.now()),
         }
     }
 
@@ -253,45 +261,6 @@ impl Controller {
         }
     }
 
-    /// Find the next command, methods in Karpenter's order, within each pool's budget.
-    pub(super) async fn decide(&mut self) -> Result<Option<Command>, ControllerError> {
-        if self.instance_types.is_empty() {
-            return Ok(None);
-        }
-        // Like Karpenter, voluntary disruption waits while the cluster is still settling: pods waiting for
-        // capacity, or capacity still on its way (it could not be counted on yet).
-        if self.state.pods.values().any(crate::state::is_provisionable) {
-            return Ok(None);
-        }
-        let settling = self.state.nodeclaims.values().any(|c| {
-            c.metadata.deletion_timestamp.is_none()
-                && !c.condition_true(crate::crds::nodeclaim::conditions::INITIALIZED)
-        });
-        if settling {
-            return Ok(None);
-        }
-        let blocked = self.budget_blocked_pods().await?;
-        let cands = self.candidates(&blocked);
-        if cands.is_empty() {
-            return Ok(None);
-        }
-        // Like Karpenter's consolidation state: the same inputs as a pass that found nothing find nothing
-        // again, so a settled cluster is not simulated every 10 seconds.
-        let inputs = self.decision_inputs(&cands);
-        if self.nothing_to_disrupt == Some(inputs) {
-            return Ok(None);
-        }
-        let (chosen, skipped) = {
-            let snap = self.snapshot(&cands);
-            self.choose(&snap, &cands)
-        };
-        for (cmd, why) in skipped {
-            self.note_not_worth_it(&cmd, &why);
-        }
-        self.nothing_to_disrupt = chosen.is_none().then_some(inputs);
-        Ok(chosen)
-    }
-
     /// A fingerprint of everything [`Self::choose`] reads: the cluster, the candidates, the budgets left
     /// now (cron windows move them), the catalog and prices, unavailable offerings and node class
     /// resolutions.
@@ -301,11 +270,9 @@ impl Controller {
             .map(|r| self.budget_left(r))
             .collect();
         crate::names::fnv1a(&format!(
-            "{}|{:?}|{cands:?}|{budgets:?}|{:?}|{:?}",
+            "{}|{cands:?}|{budgets:?}|{}",
             self.state.revision,
-            self.catalog_loaded_at,
-            self.unavailable,
-            self.class_cache.contents()
+            self.provider.decision_inputs()
         ))
     }
 
@@ -401,8 +368,59 @@ impl Controller {
         }
         (None, skipped)
     }
+}
 
-    fn note_not_worth_it(&mut self, cmd: &Command, why: &str) {
+impl Disruption {
+    /// Find the next command, methods in Karpenter's order, within each pool's budget.
+    pub(super) async fn decide(
+        &mut self,
+        ctx: &Context,
+        state: &ClusterState,
+        provider: &dyn CloudProvider,
+    ) -> Result<Option<Command>, ControllerError> {
+        let view = View {
+            ctx,
+            state,
+            provider,
+        };
+        if provider.instance_types().is_empty() {
+            return Ok(None);
+        }
+        // Like Karpenter, voluntary disruption waits while the cluster is still settling: pods waiting for
+        // capacity, or capacity still on its way (it could not be counted on yet).
+        if state.pods.values().any(crate::state::is_provisionable) {
+            return Ok(None);
+        }
+        let settling = state.nodeclaims.values().any(|c| {
+            c.metadata.deletion_timestamp.is_none()
+                && !c.condition_true(crate::crds::nodeclaim::conditions::INITIALIZED)
+        });
+        if settling {
+            return Ok(None);
+        }
+        let blocked = view.budget_blocked_pods().await?;
+        let cands = view.candidates(&blocked);
+        if cands.is_empty() {
+            return Ok(None);
+        }
+        // Like Karpenter's consolidation state: the same inputs as a pass that found nothing find nothing
+        // again, so a settled cluster is not simulated every 10 seconds.
+        let inputs = view.decision_inputs(&cands);
+        if self.nothing_to_disrupt == Some(inputs) {
+            return Ok(None);
+        }
+        let (chosen, skipped) = {
+            let snap = view.snapshot(&cands);
+            view.choose(&snap, &cands)
+        };
+        for (cmd, why) in skipped {
+            self.note_not_worth_it(ctx, &cmd, &why);
+        }
+        self.nothing_to_disrupt = chosen.is_none().then_some(inputs);
+        Ok(chosen)
+    }
+
+    fn note_not_worth_it(&mut self, ctx: &Context, cmd: &Command, why: &str) {
         let key = cmd
             .candidates
             .iter()
@@ -411,7 +429,7 @@ impl Controller {
             .join(",");
         // Once per node set and reason, not every pass.
         if self.churn_noted.insert(format!("{key}:{why}")) {
-            self.ctx.journal.record(
+            ctx.journal.record(
                 "disruption",
                 format!("skipped (not worth the churn): {} — {why}", cmd.describe()),
             );
@@ -421,10 +439,18 @@ impl Controller {
     /// The command's nodes are still candidates and the same decision still holds: the fresh command.
     pub(super) async fn revalidate(
         &mut self,
+        ctx: &Context,
+        state: &ClusterState,
+        provider: &dyn CloudProvider,
         command: &Command,
     ) -> Result<Option<Command>, ControllerError> {
-        let blocked = self.budget_blocked_pods().await?;
-        let cands = self.candidates(&blocked);
+        let view = View {
+            ctx,
+            state,
+            provider,
+        };
+        let blocked = view.budget_blocked_pods().await?;
+        let cands = view.candidates(&blocked);
         let mut same = Vec::new();
         for old in &command.candidates {
             match cands.iter().find(|c| c.claim == old.claim) {
@@ -432,8 +458,8 @@ impl Controller {
                 None => return Ok(None),
             }
         }
-        let snap = self.snapshot(&cands);
-        let fresh = self.evaluate(&snap, command.reason, &same);
+        let snap = view.snapshot(&cands);
+        let fresh = view.evaluate(&snap, command.reason, &same);
         Ok(fresh.filter(|f| {
             matches!(
                 (&f.action, &command.action),

@@ -1,6 +1,9 @@
 //! Provisioning: batch pending pods, plan new NodeClaims for them with the scheduling core, create them.
 
 pub mod batcher;
-pub mod provisioner;
+pub(crate) mod inputs;
+pub(crate) mod provisioner;
 
 pub use batcher::Batcher;
+pub use inputs::pod_requirements;
+pub(crate) use provisioner::{Provisioner, create_nodeclaim};

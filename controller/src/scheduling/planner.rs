@@ -12,9 +12,9 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use k8s_openapi::api::core::v1::Toleration;
 
-use crate::cloud::CapacityType;
+use crate::cloudprovider::CapacityType;
+use crate::cloudprovider::{InstanceType, Offering};
 use crate::crds::{Taint, labels};
-use crate::instancetype::{InstanceType, Offering};
 use crate::kube::ObjectKey;
 use crate::resources::{CPU, MEMORY, NODES, PODS, Resources};
 use crate::scheduling::requirements::{Requirement, Requirements};

@@ -11,12 +11,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dovetail::aws::cloud::{Cloud, CloudError};
+use dovetail::aws::launch;
 use dovetail::clock::Clock;
-use dovetail::cloud::{Cloud, CloudError};
 use dovetail::crds::EC2NodeClass;
 use dovetail::journal::Journal;
 use dovetail::kube::{Kind, Kube};
-use dovetail::launch;
 use dovetail::resources::{Resources, pod_requests};
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use serde_json::Value;
@@ -202,7 +202,8 @@ impl Baseline {
             let Some(info) = infos.iter().find(|i| i.name == t) else {
                 continue;
             };
-            let (capacity, allocatable) = dovetail::instancetype::capacity_and_allocatable(info);
+            let (capacity, allocatable) =
+                dovetail::aws::instancetype::capacity_and_allocatable(info);
             for (zone, subnet_id) in &zones {
                 let mut l = labels.clone();
                 l.insert("node.kubernetes.io/instance-type".into(), t.into());

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use dovetail::cloud::{CapacityType, CreateFleetRequest, FleetOverride};
+use dovetail::aws::cloud::{CapacityType, CreateFleetRequest, FleetOverride};
 use dovetail::kube::ObjectKey;
 use dovetail::resources::{CPU, MEMORY, Resources};
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::instancetype::Offering;
+use crate::cloudprovider::Offering;
 use crate::quantity::{Milli, parse};
 use crate::resources::PODS;
 use crate::scheduling::requirements::Requirement;

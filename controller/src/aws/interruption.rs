@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::cloud::CapacityType;
+use super::AwsProvider;
+use super::cloud::CapacityType;
+use crate::context::Context;
 use crate::crds::NodeClaim;
 use crate::error::ControllerError;
 use crate::events::EventType;
 use crate::kube::{Kind, KubeError, ObjectKey};
-use crate::run::Controller;
+use crate::state::ClusterState;
 
 /// How often the queue is polled.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -128,22 +130,22 @@ fn claim_for_instance<'a>(
 ) -> Option<&'a NodeClaim> {
     claims
         .values()
-        .find(|c| crate::gc::instance_id(c).as_deref() == Some(id))
+        .find(|c| super::instance_id_of(c).as_deref() == Some(id))
 }
 
-impl Controller {
+impl AwsProvider {
     /// Drain the queue: act on each message, then delete it — malformed and unknown ones too, counted, so a
     /// bad message can never wedge the loop. Errors reaching SQS are returned and retried next poll.
-    pub(crate) async fn poll_interruptions(&mut self) -> Result<(), ControllerError> {
-        let Some(queue) = self.ctx.settings.interruption_queue.clone() else {
+    pub(crate) async fn poll_interruptions(
+        &mut self,
+        ctx: &Context,
+        state: &mut ClusterState,
+    ) -> Result<(), ControllerError> {
+        let Some(queue) = ctx.settings.interruption_queue.clone() else {
             return Ok(());
         };
         for _ in 0..RECEIVES_PER_POLL {
-            let messages = self
-                .ctx
-                .cloud
-                .receive_messages(&queue, 10, VISIBILITY)
-                .await?;
+            let messages = ctx.cloud.receive_messages(&queue, 10, VISIBILITY).await?;
             let full = messages.len() == 10;
             for m in messages {
                 self.queue_stats.received += 1;
@@ -153,20 +155,20 @@ impl Controller {
                     Ok(Parsed::Ignored(_)) => "unknown",
                     Err(_) => "malformed",
                 };
-                self.ctx.metrics.inc(
+                ctx.metrics.inc(
                     crate::metrics::INTERRUPTION_RECEIVED,
                     &[("message_type", message_type)],
                 );
                 match parsed {
                     Ok(Parsed::Notice(notice, ids)) => {
                         for id in ids {
-                            self.handle_notice(&notice, &id).await?;
+                            self.handle_notice(ctx, state, &notice, &id).await?;
                         }
                     }
                     Ok(Parsed::Ignored(_)) => self.queue_stats.ignored += 1,
                     Err(why) => {
                         self.queue_stats.malformed += 1;
-                        self.ctx.journal.record(
+                        ctx.journal.record(
                             "interruption",
                             format!(
                                 "message {} deleted: {why} (malformed so far: {})",
@@ -175,16 +177,8 @@ impl Controller {
                         );
                     }
                 }
-                match self
-                    .ctx
-                    .cloud
-                    .delete_message(&queue, &m.receipt_handle)
-                    .await
-                {
-                    Ok(()) => self
-                        .ctx
-                        .metrics
-                        .inc(crate::metrics::INTERRUPTION_DELETED, &[]),
+                match ctx.cloud.delete_message(&queue, &m.receipt_handle).await {
+                    Ok(()) => ctx.metrics.inc(crate::metrics::INTERRUPTION_DELETED, &[]),
                     // Redelivered after its visibility timeout ran out: handled twice, which is harmless.
                     Err(e) if e.code == "ReceiptHandleIsInvalid" => {}
                     Err(e) => return Err(e.into()),
@@ -198,12 +192,12 @@ impl Controller {
     }
 
     /// Why EC2 says an instance stopped, for the launch-death record; best effort.
-    async fn state_reason(&self, id: &str) -> String {
-        let request = crate::cloud::DescribeInstancesRequest {
+    async fn state_reason(&self, ctx: &Context, id: &str) -> String {
+        let request = super::cloud::DescribeInstancesRequest {
             instance_ids: vec![id.to_string()],
             ..Default::default()
         };
-        match self.ctx.cloud.describe_instances(request).await {
+        match ctx.cloud.describe_instances(request).await {
             Ok(out) => out
                 .instances
                 .into_iter()
@@ -213,8 +207,14 @@ impl Controller {
         }
     }
 
-    async fn handle_notice(&mut self, notice: &Notice, id: &str) -> Result<(), ControllerError> {
-        let Some(claim) = claim_for_instance(&self.state.nodeclaims, id).cloned() else {
+    async fn handle_notice(
+        &mut self,
+        ctx: &Context,
+        state: &mut ClusterState,
+        notice: &Notice,
+        id: &str,
+    ) -> Result<(), ControllerError> {
+        let Some(claim) = claim_for_instance(&state.nodeclaims, id).cloned() else {
             // Not ours, already gone, or a foreign instance: nothing to do.
             self.queue_stats.unknown_instance += 1;
             return Ok(());
@@ -222,7 +222,7 @@ impl Controller {
         let name = claim.metadata.name.clone().unwrap_or_default();
         let node = claim.status.as_ref().and_then(|s| s.node_name.clone());
         if *notice == Notice::RebalanceRecommendation {
-            self.ctx.journal.record(
+            ctx.journal.record(
                 "interruption",
                 format!(
                     "{} for {id} (nodeclaim/{name}): recorded, no action",
@@ -230,12 +230,9 @@ impl Controller {
                 ),
             );
             if let Some(node) = node {
-                let uid = self
-                    .state
-                    .nodes
-                    .get(&node)
-                    .and_then(|n| n.metadata.uid.clone());
-                self.emit_event(
+                let uid = state.nodes.get(&node).and_then(|n| n.metadata.uid.clone());
+                crate::events::emit(
+                    ctx,
                     Kind::Node,
                     &ObjectKey::cluster(&node),
                     uid,
@@ -252,13 +249,15 @@ impl Controller {
         }
         self.queue_stats.acted += 1;
         if matches!(notice, Notice::Stopping(_)) {
-            self.instance_gone.insert(name.clone());
+            state.instance_gone.insert(name.clone());
             if !claim.condition_true(crate::crds::nodeclaim::conditions::REGISTERED) {
                 // Died before its node registered: the same launch death GC would count (a broken KMS key
                 // kills every launch this way), so the node class backs off instead of looping.
-                let reason = self.state_reason(id).await;
-                let now = self.now();
-                self.launch_died(&claim, id, &reason, now).await;
+                let reason = self.state_reason(ctx, id).await;
+                let now = ctx.now();
+                self.health
+                    .launch_died(ctx, state, &claim, id, &reason, now)
+                    .await;
             }
         }
         if *notice == Notice::SpotInterruption {
@@ -268,12 +267,13 @@ impl Controller {
                 labels.get(crate::crds::labels::INSTANCE_TYPE),
                 labels.get(crate::crds::labels::ZONE),
             ) {
-                let now = self.now();
+                let now = ctx.now();
                 self.unavailable.mark(CapacityType::Spot, t, z, now);
                 self.refresh_offering_availability(now);
             }
         }
-        self.count_with(
+        crate::metrics::count_claim(
+            &ctx.metrics,
             crate::metrics::NODECLAIMS_DISRUPTED,
             &claim,
             &[("reason", "interruption")],
@@ -281,7 +281,7 @@ impl Controller {
         let drain = node
             .as_deref()
             .map_or(String::new(), |n| format!("draining node/{n} and "));
-        self.ctx.journal.record(
+        ctx.journal.record(
             "interruption",
             format!(
                 "{} for {id}: {drain}replacing nodeclaim/{name}",
@@ -289,17 +289,14 @@ impl Controller {
             ),
         );
         if let Some(node) = &node {
-            let uid = self
-                .state
-                .nodes
-                .get(node)
-                .and_then(|n| n.metadata.uid.clone());
+            let uid = state.nodes.get(node).and_then(|n| n.metadata.uid.clone());
             let reason = match notice {
                 Notice::SpotInterruption => "SpotInterrupted",
                 Notice::ScheduledChange => "InstanceScheduledChange",
                 _ => "InstanceStopping",
             };
-            self.emit_event(
+            crate::events::emit(
+                ctx,
                 Kind::Node,
                 &ObjectKey::cluster(node),
                 uid,
@@ -312,8 +309,7 @@ impl Controller {
             )
             .await;
         }
-        match self
-            .ctx
+        match ctx
             .kube
             .delete(Kind::NodeClaim, &ObjectKey::cluster(&name))
             .await

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::cloud::{Image, SecurityGroup, Subnet};
+use super::cloud::{Image, SecurityGroup, Subnet};
+use super::launch;
+use crate::context::Context;
 use crate::crds::EC2NodeClass;
 use crate::error::ControllerError;
 use crate::kube::{Kind, ObjectKey};
-use crate::launch;
-use crate::run::Controller;
+use crate::state::ClusterState;
 
 /// How long a resolution is trusted before EC2 is asked again (Karpenter caches these for a minute).
 pub const RESOLVE_TTL: Duration = Duration::from_secs(60);
@@ -116,23 +117,24 @@ fn fingerprint(class: &EC2NodeClass) -> String {
     serde_json::to_string(&class.spec).unwrap_or_default()
 }
 
-impl Controller {
+impl ClassCache {
     /// The class's subnets, security groups and images: from the cache when it is under a minute old and
     /// made for the same spec, else from EC2.
-    pub(crate) async fn resolve_class(
+    pub(crate) async fn resolve(
         &mut self,
+        ctx: &Context,
         class: &EC2NodeClass,
     ) -> Result<Resolved, ControllerError> {
         let name = class.metadata.name.clone().unwrap_or_default();
         let print = fingerprint(class);
-        let now = self.now();
-        if let Some((at, p, r)) = self.class_cache.0.get(&name)
+        let now = ctx.now();
+        if let Some((at, p, r)) = self.0.get(&name)
             && *p == print
             && now < *at + RESOLVE_TTL
         {
             return Ok(r.clone());
         }
-        let cloud = self.ctx.cloud.clone();
+        let cloud = ctx.cloud.clone();
         let subnets = launch::select_subnets(class, cloud.describe_subnets().await?);
         let mut groups: BTreeMap<String, SecurityGroup> = BTreeMap::new();
         for f in launch::security_group_filters(class) {
@@ -155,17 +157,14 @@ impl Controller {
             security_groups: groups.into_values().collect(),
             images,
         };
-        self.class_cache
-            .0
-            .insert(name, (self.now(), print, resolved.clone()));
+        self.0.insert(name, (ctx.now(), print, resolved.clone()));
         Ok(resolved)
     }
 
     /// Resolve every node class and write what changed to its status. Failures are logged per class and
     /// retried on the next pass.
-    pub(crate) async fn reconcile_nodeclasses(&mut self) {
-        let classes: Vec<EC2NodeClass> = self
-            .state
+    pub(crate) async fn reconcile(&mut self, ctx: &Context, state: &mut ClusterState) {
+        let classes: Vec<EC2NodeClass> = state
             .nodeclasses
             .values()
             .filter(|c| c.metadata.deletion_timestamp.is_none())
@@ -173,79 +172,82 @@ impl Controller {
             .collect();
         for class in classes {
             let name = class.metadata.name.clone().unwrap_or_default();
-            match self.resolve_class(&class).await {
-                Ok(resolved) => self.write_class_status(&class, &resolved).await,
-                Err(e) => self.ctx.journal.record(
+            match self.resolve(ctx, &class).await {
+                Ok(resolved) => write_class_status(ctx, state, &class, &resolved).await,
+                Err(e) => ctx.journal.record(
                     "nodeclass",
                     format!("ec2nodeclass/{name}: resolution failed: {e}; retrying"),
                 ),
             }
         }
     }
+}
 
-    async fn write_class_status(&mut self, class: &EC2NodeClass, resolved: &Resolved) {
-        let name = class.metadata.name.clone().unwrap_or_default();
-        let current =
-            serde_json::to_value(class.status.clone().unwrap_or_default()).unwrap_or_default();
-        let now = self.ctx.clock.now().to_string();
-        let old_conditions: Vec<Value> = current["conditions"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let wanted: Vec<crate::conditions::Desired> = resolved
-            .conditions()
-            .into_iter()
-            .map(|(t, ok, reason, message)| (t, Some(ok), reason, message))
-            .collect();
-        let conditions = crate::conditions::merge(&old_conditions, &wanted, &now);
-        let mut desired = resolved.status_fields();
-        desired["conditions"] = json!(conditions);
-        let unchanged = ["subnets", "securityGroups", "amis", "conditions"]
-            .iter()
-            .all(|k| {
-                current[*k] == desired[*k] || (current[*k].is_null() && desired[*k] == json!([]))
-            });
-        if unchanged {
-            return;
-        }
-        if let Some(problem) = resolved.not_ready() {
-            self.ctx.journal.record(
-                "nodeclass",
-                format!("ec2nodeclass/{name} not ready: {problem}"),
+async fn write_class_status(
+    ctx: &Context,
+    state: &mut ClusterState,
+    class: &EC2NodeClass,
+    resolved: &Resolved,
+) {
+    let name = class.metadata.name.clone().unwrap_or_default();
+    let current =
+        serde_json::to_value(class.status.clone().unwrap_or_default()).unwrap_or_default();
+    let now = ctx.clock.now().to_string();
+    let old_conditions: Vec<Value> = current["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let wanted: Vec<crate::conditions::Desired> = resolved
+        .conditions()
+        .into_iter()
+        .map(|(t, ok, reason, message)| (t, Some(ok), reason, message))
+        .collect();
+    let conditions = crate::conditions::merge(&old_conditions, &wanted, &now);
+    let mut desired = resolved.status_fields();
+    desired["conditions"] = json!(conditions);
+    let unchanged = ["subnets", "securityGroups", "amis", "conditions"]
+        .iter()
+        .all(|k| current[*k] == desired[*k] || (current[*k].is_null() && desired[*k] == json!([])));
+    if unchanged {
+        return;
+    }
+    if let Some(problem) = resolved.not_ready() {
+        ctx.journal.record(
+            "nodeclass",
+            format!("ec2nodeclass/{name} not ready: {problem}"),
+        );
+    }
+    patch_class_status(ctx, state, &name, desired, "nodeclass").await;
+}
+
+/// Merge-patch an EC2NodeClass's status and keep the cache in step. Best effort: a failure is
+/// journalled under `source`, and the next pass writes it again.
+pub(crate) async fn patch_class_status(
+    ctx: &Context,
+    state: &mut ClusterState,
+    class: &str,
+    status: Value,
+    source: &'static str,
+) {
+    match ctx
+        .kube
+        .patch_status(
+            Kind::EC2NodeClass,
+            &ObjectKey::cluster(class),
+            json!({ "status": status }),
+        )
+        .await
+    {
+        Ok(updated) => {
+            let _ = state.apply_event(
+                Kind::EC2NodeClass,
+                crate::kube::WatchEvent::Modified(updated),
             );
         }
-        self.patch_class_status(&name, desired, "nodeclass").await;
-    }
-
-    /// Merge-patch an EC2NodeClass's status and keep the cache in step. Best effort: a failure is
-    /// journalled under `source`, and the next pass writes it again.
-    pub(crate) async fn patch_class_status(
-        &mut self,
-        class: &str,
-        status: Value,
-        source: &'static str,
-    ) {
-        match self
-            .ctx
-            .kube
-            .patch_status(
-                Kind::EC2NodeClass,
-                &ObjectKey::cluster(class),
-                json!({ "status": status }),
-            )
-            .await
-        {
-            Ok(updated) => {
-                let _ = self.state.apply_event(
-                    Kind::EC2NodeClass,
-                    crate::kube::WatchEvent::Modified(updated),
-                );
-            }
-            Err(e) => self.ctx.journal.record(
-                source,
-                format!("ec2nodeclass/{class}: status not written: {e}"),
-            ),
-        }
+        Err(e) => ctx.journal.record(
+            source,
+            format!("ec2nodeclass/{class}: status not written: {e}"),
+        ),
     }
 }
 

@@ -5,39 +5,10 @@
 //! error code means) is controller code.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use async_trait::async_trait;
 
-/// `on-demand` or `spot`, as EC2 and the `karpenter.sh/capacity-type` label spell them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum CapacityType {
-    OnDemand,
-    Spot,
-}
-
-impl CapacityType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CapacityType::OnDemand => "on-demand",
-            CapacityType::Spot => "spot",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<CapacityType> {
-        match s {
-            "on-demand" => Some(CapacityType::OnDemand),
-            "spot" => Some(CapacityType::Spot),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for CapacityType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::cloudprovider::{CapacityType, CloudError, InstanceState};
 
 /// DescribeInstanceTypes, reduced to what scheduling needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,26 +83,6 @@ pub struct FleetError {
 pub struct CreateFleetOutput {
     pub instances: Vec<Instance>,
     pub errors: Vec<FleetError>,
-}
-
-/// EC2 instance states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum InstanceState {
-    Pending,
-    Running,
-    ShuttingDown,
-    Terminated,
-}
-
-impl InstanceState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InstanceState::Pending => "pending",
-            InstanceState::Running => "running",
-            InstanceState::ShuttingDown => "shutting-down",
-            InstanceState::Terminated => "terminated",
-        }
-    }
 }
 
 /// Why an instance is in its state, e.g. `Client.InternalError` for a launch a KMS key broke.
@@ -293,23 +244,6 @@ pub struct QueueMessage {
     pub message_id: String,
     pub receipt_handle: String,
     pub body: String,
-}
-
-/// An EC2 error answer: the code is what the controller classifies.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct CloudError {
-    pub code: String,
-    pub message: String,
-}
-
-impl CloudError {
-    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        CloudError {
-            code: code.into(),
-            message: message.into(),
-        }
-    }
 }
 
 /// The EC2 API as the controller needs it.

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::cloud::{
+use super::cloud::{
     BlockDevice, CapacityType, FleetError, Image, LaunchTemplateData, Subnet, TagFilter,
 };
 use crate::crds::EC2NodeClass;

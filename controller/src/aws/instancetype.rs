@@ -1,55 +1,15 @@
-//! Instance types as the scheduler sees them: labels, allocatable after overhead, and priced offerings.
+//! EC2 instance types into the scheduler's instance types: labels, allocatable after Karpenter's AWS
+//! overhead formulas, and priced offerings.
 
 use std::collections::BTreeMap;
 
-use crate::cloud::{CapacityType, InstanceTypeInfo, InstanceTypeOffering, SpotPrice};
+use super::cloud::{CapacityType, InstanceTypeInfo, InstanceTypeOffering, SpotPrice};
+use crate::cloudprovider::{InstanceType, Offering};
 use crate::crds::labels;
 use crate::quantity::Milli;
 use crate::resources::{CPU, EPHEMERAL_STORAGE, MEMORY, PODS, Resources};
 
 const MIB: i128 = 1024 * 1024;
-
-/// Where and how an instance type can be bought, and at what price.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Offering {
-    pub zone: String,
-    pub capacity_type: CapacityType,
-    /// USD per hour.
-    pub price: f64,
-    pub available: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct InstanceType {
-    pub name: String,
-    /// Label key -> value, for requirement matching (instance-type, arch, family, cpu, ...).
-    pub labels: BTreeMap<String, String>,
-    pub capacity: Resources,
-    pub allocatable: Resources,
-    pub offerings: Vec<Offering>,
-}
-
-impl InstanceType {
-    /// The listed price of one offering (available or not): what a running node of it costs.
-    pub fn price(&self, zone: &str, ct: crate::cloud::CapacityType) -> Option<f64> {
-        self.offerings
-            .iter()
-            .find(|o| o.zone == zone && o.capacity_type == ct)
-            .map(|o| o.price)
-    }
-
-    /// The cheapest available offering matching `allowed`.
-    pub fn cheapest(&self, allowed: impl Fn(&Offering) -> bool) -> Option<&Offering> {
-        self.offerings
-            .iter()
-            .filter(|o| o.available && allowed(o))
-            .min_by(|a, b| {
-                a.price
-                    .total_cmp(&b.price)
-                    .then_with(|| a.zone.cmp(&b.zone))
-            })
-    }
-}
 
 /// Pods the VPC CNI can address: ENIs x (IPv4 per ENI - 1) + 2.
 pub fn eni_limited_pods(info: &InstanceTypeInfo) -> i128 {

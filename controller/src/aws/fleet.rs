@@ -1,0 +1,491 @@
+//! Launching on EC2: the fleet a claim may launch (capacity type and cheapest-first overrides), the
+//! launch template per node class and architecture, CreateFleet, and adopting a predecessor's launch.
+
+use std::collections::BTreeMap;
+
+use super::AwsProvider;
+use super::cloud::{
+    CapacityType, CreateFleetRequest, DescribeInstancesRequest, FleetOverride, Instance,
+    InstanceState,
+};
+use super::launch;
+use crate::cloudprovider::{InstanceType, Launch, LaunchFailure};
+use crate::context::Context;
+use crate::crds::{EC2NodeClass, NodeClaim, labels};
+use crate::error::ControllerError;
+use crate::names;
+use crate::scheduling::Requirements;
+use crate::scheduling::planner::capacity_types;
+use crate::state::ClusterState;
+
+/// The tag that marks what this controller owns: `kubernetes.io/cluster/<name>: owned`.
+pub(crate) fn cluster_tag(ctx: &Context) -> (String, String) {
+    (
+        format!(
+            "{}{}",
+            labels::TAG_CLUSTER_PREFIX,
+            ctx.settings.cluster_name
+        ),
+        "owned".to_string(),
+    )
+}
+
+/// An EC2 instance as the provider-neutral controllers see it.
+pub(super) fn neutral(i: &Instance) -> crate::cloudprovider::Instance {
+    crate::cloudprovider::Instance {
+        id: i.id.clone(),
+        provider_id: i.provider_id(),
+        instance_type: i.instance_type.clone(),
+        zone: i.zone.clone(),
+        capacity_type: i.capacity_type,
+        image_id: i.image_id.clone(),
+        state: i.state,
+        state_reason: i.state_reason.as_ref().map(|r| r.code.clone()),
+        launch_time: i.launch_time,
+        nodeclaim: i.tags.get(labels::TAG_NODECLAIM).cloned(),
+    }
+}
+
+/// The fleet a claim may launch: one capacity type (spot when allowed and offered, as Karpenter prefers),
+/// and every allowed (type, zone) override, cheapest first.
+fn fleet_overrides(
+    claim: &NodeClaim,
+    types: &[InstanceType],
+    subnets: &BTreeMap<String, String>,
+) -> Option<(CapacityType, Vec<FleetOverride>)> {
+    // A claim that does not parse was not written by us; launch nothing rather than guess.
+    let reqs = Requirements::from_node_selector(&claim.spec.requirements).ok()?;
+    let type_ok = |name: &str| reqs.get(labels::INSTANCE_TYPE).is_none_or(|r| r.has(name));
+    let zone_ok = |zone: &str| reqs.get(labels::ZONE).is_none_or(|r| r.has(zone));
+    // A consolidation replacement must come out cheaper than what it replaces, whatever pool answers.
+    let max_price = claim
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(labels::MAX_PRICE))
+        .and_then(|p| p.parse::<f64>().ok())
+        .unwrap_or(f64::INFINITY);
+    let candidates = |ct: CapacityType| -> Vec<(f64, FleetOverride)> {
+        let mut out = Vec::new();
+        for it in types.iter().filter(|it| type_ok(&it.name)) {
+            for o in &it.offerings {
+                if o.capacity_type != ct
+                    || !o.available
+                    || !zone_ok(&o.zone)
+                    || o.price >= max_price
+                {
+                    continue;
+                }
+                let Some(subnet) = subnets.get(&o.zone) else {
+                    continue;
+                };
+                out.push((
+                    o.price,
+                    FleetOverride {
+                        instance_type: it.name.clone(),
+                        subnet_id: subnet.clone(),
+                        zone: o.zone.clone(),
+                        priority: None,
+                    },
+                ));
+            }
+        }
+        out.sort_by(|a, b| {
+            a.0.total_cmp(&b.0)
+                .then_with(|| a.1.instance_type.cmp(&b.1.instance_type))
+                .then_with(|| a.1.zone.cmp(&b.1.zone))
+        });
+        out
+    };
+    // Karpenter's rule: when on-demand is allowed too, spot is only worth it where it is cheaper than the
+    // cheapest on-demand offering.
+    let od_floor = capacity_types(&reqs)
+        .contains(&CapacityType::OnDemand)
+        .then(|| candidates(CapacityType::OnDemand).first().map(|(p, _)| *p))
+        .flatten();
+    for ct in capacity_types(&reqs) {
+        let mut c = candidates(ct);
+        if ct == CapacityType::Spot
+            && let Some(floor) = od_floor
+        {
+            c.retain(|(p, _)| *p < floor);
+        }
+        if !c.is_empty() {
+            let overrides = c
+                .into_iter()
+                .enumerate()
+                .map(|(i, (_, mut o))| {
+                    o.priority = Some(i as f64);
+                    o
+                })
+                .collect();
+            return Some((ct, overrides));
+        }
+    }
+    None
+}
+
+impl AwsProvider {
+    /// One subnet per zone among those the node class selects: the one with the most free addresses.
+    async fn subnets_by_zone(
+        &mut self,
+        ctx: &Context,
+        class: &EC2NodeClass,
+    ) -> Result<BTreeMap<String, String>, ControllerError> {
+        let mut best: BTreeMap<String, (u32, String)> = BTreeMap::new();
+        for s in self.classes.resolve(ctx, class).await?.subnets {
+            let e = best.entry(s.zone.clone()).or_insert((0, String::new()));
+            if e.1.is_empty() || s.available_ip_addresses > e.0 {
+                *e = (s.available_ip_addresses, s.id.clone());
+            }
+        }
+        Ok(best.into_iter().map(|(z, (_, id))| (z, id)).collect())
+    }
+
+    /// The launch template for a node class and architecture, created once per distinct content.
+    async fn ensure_launch_template(
+        &mut self,
+        ctx: &Context,
+        class: &EC2NodeClass,
+        arch: &str,
+    ) -> Result<Option<String>, ControllerError> {
+        let class_name = class.metadata.name.clone().unwrap_or_default();
+        let resolved = self.classes.resolve(ctx, class).await?;
+        let Some(image) = resolved.images.get(arch).cloned() else {
+            ctx.journal.record(
+                "lifecycle",
+                format!("ec2nodeclass/{class_name}: no image matches amiSelectorTerms for {arch}"),
+            );
+            return Ok(None);
+        };
+        let groups: Vec<String> = resolved
+            .security_groups
+            .iter()
+            .map(|g| g.id.clone())
+            .collect();
+        let mut tags = class.spec.tags.clone();
+        let (key, value) = cluster_tag(ctx);
+        tags.insert(key, value);
+        tags.insert(labels::NODECLASS.to_string(), class_name.clone());
+        let data = launch::template_data(class, &image.id, &groups, &tags);
+        let name = launch::template_name(&ctx.settings.cluster_name, &class_name, &data);
+        if self.known_templates.0.contains(&name) {
+            return Ok(Some(name));
+        }
+        match ctx
+            .cloud
+            .describe_launch_templates(vec![name.clone()])
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.code == "InvalidLaunchTemplateName.NotFoundException" => {
+                match ctx.cloud.create_launch_template(name.clone(), data).await {
+                    Ok(_) => ctx.journal.record(
+                        "lifecycle",
+                        format!("created launch template {name} image={}", image.id),
+                    ),
+                    Err(e) if e.code == "InvalidLaunchTemplateName.AlreadyExistsException" => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.known_templates.0.insert(name.clone());
+        Ok(Some(name))
+    }
+
+    /// One launch attempt for a claim (see [`crate::cloudprovider::CloudProvider::create`]).
+    pub(super) async fn launch(
+        &mut self,
+        ctx: &mut Context,
+        state: &ClusterState,
+        claim: &NodeClaim,
+    ) -> Result<Launch, ControllerError> {
+        let name = claim.metadata.name.clone().unwrap_or_default();
+        let class_name = &claim.spec.node_class_ref.name;
+        let Some(class) = state.nodeclasses.get(class_name).cloned() else {
+            ctx.journal.record(
+                "lifecycle",
+                format!("nodeclaim/{name} waits: ec2nodeclass/{class_name} not found"),
+            );
+            return Ok(Launch::Waiting);
+        };
+        let now = ctx.now();
+        if self.health.paused_until(class_name, now).is_some() {
+            return Ok(Launch::Waiting);
+        }
+        if let Some(instance) = self.predecessor_instance(ctx, claim).await? {
+            return Ok(Launch::Adopted(neutral(&instance)));
+        }
+        self.refresh_offering_availability(now);
+        let subnets = self.subnets_by_zone(ctx, &class).await?;
+        let Some((capacity_type, mut overrides)) =
+            fleet_overrides(claim, &self.instance_types, &subnets)
+        else {
+            return Ok(Launch::NoOffering);
+        };
+        // One launch template per architecture: launch the cheapest override's architecture.
+        let arch_of = |t: &str| {
+            self.instance_types
+                .iter()
+                .find(|it| it.name == t)
+                .and_then(|it| it.labels.get(labels::ARCH).cloned())
+                .unwrap_or_default()
+        };
+        let arch = arch_of(&overrides[0].instance_type);
+        overrides.retain(|o| arch_of(&o.instance_type) == arch);
+        let Some(template) = self.ensure_launch_template(ctx, &class, &arch).await? else {
+            return Ok(Launch::Waiting);
+        };
+        let mut tags = BTreeMap::new();
+        let (key, value) = cluster_tag(ctx);
+        tags.insert(key, value);
+        tags.insert(labels::TAG_NODECLAIM.to_string(), name.clone());
+        tags.insert(
+            labels::TAG_MANAGED_BY.to_string(),
+            ctx.settings.cluster_name.clone(),
+        );
+        tags.insert(labels::NODECLASS.to_string(), class_name.clone());
+        if let Some(pool) = claim
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::NODEPOOL))
+        {
+            tags.insert(labels::NODEPOOL.to_string(), pool.clone());
+        }
+        let request = CreateFleetRequest {
+            client_token: names::token(&mut ctx.rng),
+            capacity_type,
+            launch_template_name: template.clone(),
+            overrides,
+            target_capacity: 1,
+            tags,
+        };
+        let output = match ctx.cloud.create_fleet(request).await {
+            Ok(o) => o,
+            Err(e) if e.code == "InvalidLaunchTemplateName.NotFoundException" => {
+                // Someone deleted it; create it again next time.
+                self.known_templates.0.remove(&template);
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // Pools that failed are remembered even when another pool delivered.
+        let marked = self.unavailable.record(capacity_type, &output.errors, now);
+        let Some(instance) = output.instances.into_iter().next() else {
+            let mut codes: Vec<String> = output.errors.iter().map(|e| e.code.clone()).collect();
+            codes.sort();
+            codes.dedup();
+            let capacity = output
+                .errors
+                .iter()
+                .all(|e| launch::is_capacity_error(&e.code));
+            let first = output
+                .errors
+                .first()
+                .map(|e| format!(" ({}: {})", e.code, e.message))
+                .unwrap_or_default();
+            return Ok(Launch::Failed(LaunchFailure {
+                message: format!("CreateFleet launched nothing: {}{first}", codes.join(",")),
+                codes,
+                capacity,
+                unavailable_marked: marked,
+            }));
+        };
+        Ok(Launch::Launched(neutral(&instance)))
+    }
+
+    /// An instance a previous controller process launched for this claim but never recorded (it stopped
+    /// between CreateFleet and the status update). Asked once per claim older than this process, so a
+    /// steady controller pays no extra API call per launch.
+    async fn predecessor_instance(
+        &mut self,
+        ctx: &Context,
+        claim: &NodeClaim,
+    ) -> Result<Option<Instance>, ControllerError> {
+        let name = claim.metadata.name.clone().unwrap_or_default();
+        let older = claim
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .is_some_and(|t| t.0 < self.started_at);
+        if !older || !self.adoption_checked.insert(name.clone()) {
+            return Ok(None);
+        }
+        let (key, value) = cluster_tag(ctx);
+        let found = ctx
+            .cloud
+            .describe_instances(DescribeInstancesRequest {
+                tags: [(key, value), (labels::TAG_NODECLAIM.to_string(), name)].into(),
+                states: vec![InstanceState::Pending, InstanceState::Running],
+                ..Default::default()
+            })
+            .await;
+        match found {
+            Ok(out) => Ok(out.instances.into_iter().min_by(|a, b| a.id.cmp(&b.id))),
+            Err(e) => {
+                // Look again on the next attempt rather than risk a second instance.
+                self.adoption_checked
+                    .remove(&claim.metadata.name.clone().unwrap_or_default());
+                Err(e.into())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloudprovider::Offering;
+    use crate::crds::{NodeClaimSpec, NodeClassReference, NodeSelectorRequirementWithMinValues};
+    use crate::resources::Resources;
+
+    fn it(name: &str, offers: &[(&str, CapacityType, f64, bool)]) -> InstanceType {
+        InstanceType {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            capacity: Resources::default(),
+            allocatable: Resources::default(),
+            offerings: offers
+                .iter()
+                .map(|(z, ct, price, available)| Offering {
+                    zone: z.to_string(),
+                    capacity_type: *ct,
+                    price: *price,
+                    available: *available,
+                })
+                .collect(),
+        }
+    }
+
+    fn claim(reqs: &[(&str, &[&str])]) -> NodeClaim {
+        NodeClaim::new(
+            "c",
+            NodeClaimSpec {
+                node_class_ref: NodeClassReference {
+                    group: "karpenter.k8s.aws".into(),
+                    kind: "EC2NodeClass".into(),
+                    name: "default".into(),
+                },
+                requirements: reqs
+                    .iter()
+                    .map(|(k, v)| NodeSelectorRequirementWithMinValues {
+                        key: k.to_string(),
+                        operator: "In".into(),
+                        values: v.iter().map(|s| s.to_string()).collect(),
+                        min_values: None,
+                    })
+                    .collect(),
+                resources: None,
+                taints: vec![],
+                startup_taints: vec![],
+                expire_after: None,
+                termination_grace_period: None,
+            },
+        )
+    }
+
+    fn subnets(zones: &[&str]) -> BTreeMap<String, String> {
+        zones
+            .iter()
+            .map(|z| (z.to_string(), format!("subnet-{z}")))
+            .collect()
+    }
+
+    use CapacityType::{OnDemand, Spot};
+
+    #[test]
+    fn spot_first_cheapest_first_with_priorities() {
+        let types = [
+            it(
+                "m5.large",
+                &[
+                    ("a", Spot, 0.04, true),
+                    ("b", Spot, 0.03, true),
+                    ("a", OnDemand, 0.096, true),
+                ],
+            ),
+            it(
+                "c5.large",
+                &[("a", Spot, 0.035, true), ("c", Spot, 0.02, true)],
+            ),
+        ];
+        let both = claim(&[(labels::CAPACITY_TYPE, &["spot", "on-demand"])]);
+        let (ct, o) = fleet_overrides(&both, &types, &subnets(&["a", "b"])).unwrap();
+        assert_eq!(ct, Spot);
+        let got: Vec<(&str, &str, f64)> = o
+            .iter()
+            .map(|o| {
+                (
+                    o.instance_type.as_str(),
+                    o.zone.as_str(),
+                    o.priority.unwrap(),
+                )
+            })
+            .collect();
+        // Zone c has no subnet, so c5.large is offered in a only.
+        assert_eq!(
+            got,
+            vec![
+                ("m5.large", "b", 0.0),
+                ("c5.large", "a", 1.0),
+                ("m5.large", "a", 2.0)
+            ]
+        );
+        assert!(
+            o.iter()
+                .all(|o| o.subnet_id == format!("subnet-{}", o.zone))
+        );
+    }
+
+    #[test]
+    fn spot_dearer_than_on_demand_is_left_out() {
+        let types = [
+            it(
+                "m5.large",
+                &[("a", Spot, 0.05, true), ("a", OnDemand, 0.096, true)],
+            ),
+            it("r5.large", &[("a", Spot, 0.11, true)]),
+        ];
+        let both = claim(&[(labels::CAPACITY_TYPE, &["spot", "on-demand"])]);
+        let (_, o) = fleet_overrides(&both, &types, &subnets(&["a"])).unwrap();
+        assert_eq!(
+            o.len(),
+            1,
+            "r5 spot at 0.11 costs more than m5 on-demand at 0.096"
+        );
+        let spot_only = claim(&[(labels::CAPACITY_TYPE, &["spot"])]);
+        let (_, o) = fleet_overrides(&spot_only, &types, &subnets(&["a"])).unwrap();
+        assert_eq!(o.len(), 2, "with spot only there is no on-demand floor");
+    }
+
+    #[test]
+    fn unavailable_spot_falls_back_to_on_demand_and_requirements_filter() {
+        let types = [
+            it(
+                "m5.large",
+                &[
+                    ("a", Spot, 0.04, false),
+                    ("a", OnDemand, 0.096, true),
+                    ("b", OnDemand, 0.096, true),
+                ],
+            ),
+            it("m5.xlarge", &[("a", OnDemand, 0.192, true)]),
+        ];
+        let c = claim(&[
+            (labels::CAPACITY_TYPE, &["spot", "on-demand"]),
+            (labels::INSTANCE_TYPE, &["m5.large"]),
+            (labels::ZONE, &["b"]),
+        ]);
+        let (ct, o) = fleet_overrides(&c, &types, &subnets(&["a", "b"])).unwrap();
+        assert_eq!(ct, OnDemand);
+        assert_eq!(o.len(), 1);
+        assert_eq!(
+            (o[0].instance_type.as_str(), o[0].zone.as_str()),
+            ("m5.large", "b")
+        );
+        let nowhere = claim(&[(labels::ZONE, &["z"])]);
+        assert!(fleet_overrides(&nowhere, &types, &subnets(&["a", "b"])).is_none());
+    }
+}

@@ -1,0 +1,289 @@
+//! The AWS provider: everything that knows EC2 and SQS exist. `AwsProvider` implements the provider-neutral
+//! [`CloudProvider`] over the `Cloud` seam (`cloud.rs`), and runs the AWS-only controllers: the instance
+//! type catalog, EC2NodeClass resolution and status, the interruption queue and launch health.
+//!
+//! One concept a file, as in Karpenter's AWS provider: `cloud.rs` the EC2/SQS API seam, `instancetype.rs`
+//! the catalog, `launch.rs` selectors, templates, fleet errors and unavailable offerings, `fleet.rs` the
+//! launch itself, `nodeclass.rs` resolution and status, `interruption.rs` the queue, `health.rs` launch
+//! deaths.
+
+pub mod cloud;
+mod fleet;
+pub(crate) mod health;
+pub mod instancetype;
+pub mod interruption;
+pub mod launch;
+pub mod nodeclass;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use self::cloud::DescribeInstancesRequest;
+use self::health::LaunchHealth;
+use self::launch::{KnownTemplates, UnavailableOfferings};
+use self::nodeclass::ClassCache;
+use crate::cloudprovider::{CloudProvider, Instance, InstanceType, Launch, NodeClassReadiness};
+use crate::context::Context;
+use crate::crds::{NodeClaim, labels};
+use crate::error::ControllerError;
+use crate::state::ClusterState;
+
+pub use self::interruption::POLL_INTERVAL as INTERRUPTION_POLL_INTERVAL;
+pub use self::nodeclass::RESOLVE_TTL as NODECLASS_RESOLVE_TTL;
+
+/// The instance id in a claim's providerID (`aws:///<zone>/i-...`).
+pub(crate) fn instance_id_of(claim: &NodeClaim) -> Option<String> {
+    claim
+        .status
+        .as_ref()
+        .and_then(|s| s.provider_id.as_deref())
+        .and_then(parse_instance_id)
+}
+
+/// The instance id at the end of a providerID, if it is one.
+fn parse_instance_id(provider_id: &str) -> Option<String> {
+    provider_id
+        .rsplit('/')
+        .next()
+        .filter(|s| s.starts_with("i-"))
+        .map(str::to_string)
+}
+
+/// The AWS provider's own state: the catalog and what recently failed, node class resolutions, launch
+/// templates known to exist, launch health and the interruption queue's counters.
+#[derive(Debug)]
+pub struct AwsProvider {
+    instance_types: Vec<InstanceType>,
+    /// When the catalog was last read (or, after a failure, when the next try is due less a period).
+    catalog_loaded_at: Option<Duration>,
+    unavailable: UnavailableOfferings,
+    known_templates: KnownTemplates,
+    classes: ClassCache,
+    health: LaunchHealth,
+    queue_stats: interruption::QueueStats,
+    /// When this process started: claims created before it may have been launched by a predecessor.
+    started_at: jiff::Timestamp,
+    /// Claims older than this process that it has already looked for a predecessor's instance for.
+    adoption_checked: BTreeSet<String>,
+}
+
+impl AwsProvider {
+    pub fn new(started_at: jiff::Timestamp) -> Self {
+        AwsProvider {
+            instance_types: Vec::new(),
+            catalog_loaded_at: None,
+            unavailable: UnavailableOfferings::default(),
+            known_templates: KnownTemplates::default(),
+            classes: ClassCache::default(),
+            health: LaunchHealth::default(),
+            queue_stats: Default::default(),
+            started_at,
+            adoption_checked: BTreeSet::new(),
+        }
+    }
+
+    /// A provider that already holds a catalog (benchmarks: no API is called).
+    pub fn with_catalog(started_at: jiff::Timestamp, instance_types: Vec<InstanceType>) -> Self {
+        AwsProvider {
+            instance_types,
+            ..AwsProvider::new(started_at)
+        }
+    }
+
+    /// Read instance types, offerings and prices.
+    pub(crate) async fn refresh_catalog(&mut self, ctx: &Context) -> Result<(), ControllerError> {
+        let cloud = &ctx.cloud;
+        let infos = cloud.describe_instance_types().await?;
+        let offerings = cloud.describe_instance_type_offerings().await?;
+        let on_demand = cloud.on_demand_prices().await?;
+        let spot = cloud.describe_spot_price_history().await?;
+        self.instance_types = instancetype::build(&infos, &offerings, &on_demand, &spot);
+        self.catalog_loaded_at = Some(ctx.now());
+        self.refresh_offering_availability(ctx.now());
+        Ok(())
+    }
+
+    /// Read the catalog again once `settings.catalog_refresh` has passed; on failure keep the catalog we
+    /// have and try again in 15 s. `now` is when the timer fired.
+    pub(crate) async fn refresh_catalog_when_due(&mut self, ctx: &Context, now: Duration) {
+        if self
+            .catalog_loaded_at
+            .is_none_or(|t| now >= t + ctx.settings.catalog_refresh)
+            && let Err(e) = self.refresh_catalog(ctx).await
+        {
+            ctx.journal.record(
+                "catalog",
+                format!("refresh failed: {e}; keeping the previous catalog"),
+            );
+            let retry =
+                (now + Duration::from_secs(15)).saturating_sub(ctx.settings.catalog_refresh);
+            self.catalog_loaded_at = Some(retry);
+        }
+    }
+
+    /// Mark offerings that recently failed as unavailable (and the rest as available again).
+    pub(crate) fn refresh_offering_availability(&mut self, now: Duration) {
+        self.unavailable.expire(now);
+        for it in &mut self.instance_types {
+            for o in &mut it.offerings {
+                o.available =
+                    !self
+                        .unavailable
+                        .is_unavailable(o.capacity_type, &it.name, &o.zone, now);
+            }
+        }
+    }
+
+    /// Resolve every EC2NodeClass and write what changed to its status.
+    pub(crate) async fn reconcile_nodeclasses(&mut self, ctx: &Context, state: &mut ClusterState) {
+        self.classes.reconcile(ctx, state).await;
+    }
+}
+
+#[async_trait]
+impl CloudProvider for AwsProvider {
+    fn node_class_kind(&self) -> &'static str {
+        "EC2NodeClass"
+    }
+
+    fn instance_types(&self) -> &[InstanceType] {
+        &self.instance_types
+    }
+
+    fn node_class(&self, state: &ClusterState, name: &str) -> NodeClassReadiness {
+        if !state.nodeclasses.contains_key(name) {
+            return NodeClassReadiness::Missing;
+        }
+        match self.classes.get(name) {
+            None => NodeClassReadiness::Unknown,
+            Some(resolved) => match resolved.not_ready() {
+                Some(problem) => NodeClassReadiness::NotReady(problem),
+                None => NodeClassReadiness::Ready(resolved.zones()),
+            },
+        }
+    }
+
+    async fn create(
+        &mut self,
+        ctx: &mut Context,
+        state: &ClusterState,
+        claim: &NodeClaim,
+    ) -> Result<Launch, ControllerError> {
+        self.launch(ctx, state, claim).await
+    }
+
+    fn instance_id(&self, provider_id: &str) -> Option<String> {
+        parse_instance_id(provider_id)
+    }
+
+    async fn delete(&mut self, ctx: &Context, instance_id: &str) -> Result<bool, ControllerError> {
+        match ctx
+            .cloud
+            .terminate_instances(vec![instance_id.to_string()])
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if e.code == "InvalidInstanceID.NotFound" => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn delete_orphans(
+        &mut self,
+        ctx: &Context,
+        instance_ids: Vec<String>,
+    ) -> Result<(), ControllerError> {
+        ctx.cloud.terminate_instances(instance_ids).await?;
+        Ok(())
+    }
+
+    /// Every instance tagged for this cluster, all pages, terminated ones included (EC2 shows them for a
+    /// while, with the reason they died). Untagged instances and other clusters' never appear here.
+    async fn list(&self, ctx: &Context) -> Result<BTreeMap<String, Instance>, ControllerError> {
+        let (key, value) = fleet::cluster_tag(ctx);
+        let mut out = BTreeMap::new();
+        let mut token = None;
+        loop {
+            let page = ctx
+                .cloud
+                .describe_instances(DescribeInstancesRequest {
+                    tags: [(key.clone(), value.clone())].into(),
+                    max_results: Some(1000),
+                    next_token: token,
+                    ..Default::default()
+                })
+                .await?;
+            for i in page.instances {
+                out.insert(i.id.clone(), fleet::neutral(&i));
+            }
+            token = page.next_token;
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn is_drifted(&self, claim: &NodeClaim) -> Option<String> {
+        let image = claim.status.as_ref().and_then(|s| s.image_id.clone())?;
+        let type_name = claim.metadata.labels.as_ref()?.get(labels::INSTANCE_TYPE)?;
+        // The catalog is sorted by name.
+        let arch = self
+            .instance_types
+            .binary_search_by(|t| t.name.as_str().cmp(type_name))
+            .ok()
+            .and_then(|i| self.instance_types[i].labels.get(labels::ARCH).cloned())?;
+        let resolved = self
+            .classes
+            .get(&claim.spec.node_class_ref.name)?
+            .images
+            .get(&arch)?;
+        (resolved.id != image).then(|| format!("image {image} replaced by {}", resolved.id))
+    }
+
+    fn launch_paused(&self, claim: &NodeClaim, now: Duration) -> bool {
+        self.health
+            .paused_until(&claim.spec.node_class_ref.name, now)
+            .is_some()
+    }
+
+    async fn launch_died(
+        &mut self,
+        ctx: &Context,
+        state: &mut ClusterState,
+        claim: &NodeClaim,
+        instance_id: &str,
+        reason: &str,
+        now: Duration,
+    ) {
+        self.health
+            .launch_died(ctx, state, claim, instance_id, reason, now)
+            .await;
+    }
+
+    async fn registered(&mut self, ctx: &Context, state: &mut ClusterState, claim: &NodeClaim) {
+        self.health.registered(ctx, state, claim).await;
+    }
+
+    fn decision_inputs(&self) -> String {
+        format!(
+            "{:?}|{:?}|{:?}",
+            self.catalog_loaded_at,
+            self.unavailable,
+            self.classes.contents()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn provider_ids_name_their_instance() {
+        assert_eq!(
+            super::parse_instance_id("aws:///us-east-1a/i-0abc").as_deref(),
+            Some("i-0abc")
+        );
+        assert_eq!(super::parse_instance_id("kind://docker/node"), None);
+    }
+}

@@ -1,0 +1,206 @@
+//! The provider-neutral controllers' one interface to a cloud (the analogue of Karpenter's CloudProvider):
+//! instance types, launch, terminate, list, drift, node class readiness and launch health. `aws/` is the
+//! implementation; nothing outside it knows EC2 or SQS exist.
+
+pub mod instancetype;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::context::Context;
+use crate::crds::NodeClaim;
+use crate::error::ControllerError;
+use crate::state::ClusterState;
+
+pub use instancetype::{InstanceType, Offering};
+
+/// `on-demand` or `spot`, as the `karpenter.sh/capacity-type` label spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CapacityType {
+    OnDemand,
+    Spot,
+}
+
+impl CapacityType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CapacityType::OnDemand => "on-demand",
+            CapacityType::Spot => "spot",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CapacityType> {
+        match s {
+            "on-demand" => Some(CapacityType::OnDemand),
+            "spot" => Some(CapacityType::Spot),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for CapacityType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Instance states (EC2's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum InstanceState {
+    Pending,
+    Running,
+    ShuttingDown,
+    Terminated,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Pending => "pending",
+            InstanceState::Running => "running",
+            InstanceState::ShuttingDown => "shutting-down",
+            InstanceState::Terminated => "terminated",
+        }
+    }
+}
+
+/// A cloud API error answer: the code is what the provider classifies.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct CloudError {
+    pub code: String,
+    pub message: String,
+}
+
+impl CloudError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        CloudError {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// An instance as the provider-neutral controllers see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    /// The provider's own id (`i-...` on AWS), as the trace names it.
+    pub id: String,
+    /// The Kubernetes providerID its node will carry.
+    pub provider_id: String,
+    pub instance_type: String,
+    pub zone: String,
+    pub capacity_type: CapacityType,
+    pub image_id: String,
+    pub state: InstanceState,
+    /// Why the instance is in its state (e.g. `Client.InternalError`), when the cloud says.
+    pub state_reason: Option<String>,
+    pub launch_time: jiff::Timestamp,
+    /// The NodeClaim the instance was launched for, as tagged on it.
+    pub nodeclaim: Option<String>,
+}
+
+/// What one launch attempt for a NodeClaim came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Launch {
+    /// Nothing was tried now (its node class is missing or has no image, or its launches are paused).
+    Waiting,
+    /// An instance a previous controller process launched for this claim and never recorded.
+    Adopted(Instance),
+    Launched(Instance),
+    /// No offering the claim allows is available: the claim goes, and its pods are planned again.
+    NoOffering,
+    /// The cloud launched nothing.
+    Failed(LaunchFailure),
+}
+
+/// Why a launch produced no instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchFailure {
+    /// The distinct error codes, sorted.
+    pub codes: Vec<String>,
+    /// What the cloud said, for the claim's Event.
+    pub message: String,
+    /// Every error was a capacity shortage (the claim should be re-planned elsewhere).
+    pub capacity: bool,
+    /// Offerings now remembered as unavailable.
+    pub unavailable_marked: usize,
+}
+
+/// Whether a node class can launch, as far as the provider knows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeClassReadiness {
+    /// No such node class object.
+    Missing,
+    /// Not resolved yet.
+    Unknown,
+    /// Resolved to nothing usable, with why.
+    NotReady(String),
+    /// Ready, launching in these zones.
+    Ready(BTreeSet<String>),
+}
+
+/// The cloud as the provider-neutral controllers use it. Methods that take the `Context` may call the
+/// cloud's API; the others answer from what the provider already knows.
+#[async_trait]
+pub trait CloudProvider: Send + Sync {
+    /// The node class kind NodePools refer to (`EC2NodeClass`), for messages.
+    fn node_class_kind(&self) -> &'static str;
+
+    /// The instance types with their offerings, sorted by name (empty until first read).
+    fn instance_types(&self) -> &[InstanceType];
+
+    /// Whether the named node class can launch, and where.
+    fn node_class(&self, state: &ClusterState, name: &str) -> NodeClassReadiness;
+
+    /// Launch (or adopt) the instance for a NodeClaim. `ctx` is mutable for the seeded RNG (client tokens).
+    async fn create(
+        &mut self,
+        ctx: &mut Context,
+        state: &ClusterState,
+        claim: &NodeClaim,
+    ) -> Result<Launch, ControllerError>;
+
+    /// The provider's instance id in a claim's providerID, if it has one.
+    fn instance_id(&self, provider_id: &str) -> Option<String>;
+
+    /// Terminate one instance; false when the cloud does not know it.
+    async fn delete(&mut self, ctx: &Context, instance_id: &str) -> Result<bool, ControllerError>;
+
+    /// Terminate instances no NodeClaim owns.
+    async fn delete_orphans(
+        &mut self,
+        ctx: &Context,
+        instance_ids: Vec<String>,
+    ) -> Result<(), ControllerError>;
+
+    /// Every instance of this cluster by id, recently terminated ones included.
+    async fn list(&self, ctx: &Context) -> Result<BTreeMap<String, Instance>, ControllerError>;
+
+    /// Why a claim's instance no longer matches its node class (a newer image), if it does not.
+    fn is_drifted(&self, claim: &NodeClaim) -> Option<String>;
+
+    /// Launches of this claim's node class are held back now (after repeated launch deaths).
+    fn launch_paused(&self, claim: &NodeClaim, now: Duration) -> bool;
+
+    /// A launch died before its node registered.
+    async fn launch_died(
+        &mut self,
+        ctx: &Context,
+        state: &mut ClusterState,
+        claim: &NodeClaim,
+        instance_id: &str,
+        reason: &str,
+        now: Duration,
+    );
+
+    /// A claim's node registered: its node class launches healthily.
+    async fn registered(&mut self, ctx: &Context, state: &mut ClusterState, claim: &NodeClaim);
+
+    /// What disruption decisions read from the provider (catalog, unavailable offerings, node class
+    /// resolutions), as text: equal text, equal decisions.
+    fn decision_inputs(&self) -> String;
+}

@@ -1,0 +1,111 @@
+//! What every controller is handed: the seams, the journal, metrics, the seeded RNG and the settings, with
+//! the small API helpers they all use.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+
+use crate::aws::cloud::Cloud;
+use crate::clock::Clock;
+use crate::crds::labels;
+use crate::error::ControllerError;
+use crate::journal::Journal;
+use crate::kube::{Kind, Kube, KubeError, ObjectKey};
+
+/// Tunables, with Karpenter's defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub cluster_name: String,
+    /// Close a provisioning batch after this long without a new pending pod (Karpenter: 1 s).
+    pub batch_idle: Duration,
+    /// ... or this long after it opened (Karpenter: 10 s).
+    pub batch_max: Duration,
+    /// How often NodeClaims are checked for progress (launch, registration, initialization).
+    pub lifecycle_interval: Duration,
+    /// How often instance types, offerings and prices are read again.
+    pub catalog_refresh: Duration,
+    /// The SQS queue (URL) EventBridge sends interruption events to (Karpenter: INTERRUPTION_QUEUE);
+    /// None turns interruption handling off.
+    pub interruption_queue: Option<String>,
+    /// Dovetail's anti-churn rule for consolidation that moves pods: the share of the pool's cost saved
+    /// divided by the share of its pods moved must reach this (None: off, Karpenter's behaviour).
+    pub consolidation_balance: Option<f64>,
+    /// Replace a spot node with a cheaper spot node (Karpenter's `SpotToSpotConsolidation` feature gate,
+    /// off there by default, on here): a single node only when at least 15 cheaper types can take its
+    /// pods, and the replacement may launch only the 15 cheapest, so it does not race to the most
+    /// interrupted type.
+    pub spot_to_spot: bool,
+    /// Act only while holding this Lease (None: a single replica acts alone).
+    pub leader_election: Option<crate::leader::LeaderElection>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            cluster_name: "dovetail".to_string(),
+            batch_idle: Duration::from_secs(1),
+            batch_max: Duration::from_secs(10),
+            lifecycle_interval: Duration::from_secs(1),
+            catalog_refresh: Duration::from_secs(300),
+            interruption_queue: None,
+            consolidation_balance: Some(0.25),
+            spot_to_spot: true,
+            leader_election: None,
+        }
+    }
+}
+
+/// Everything the controller is handed: the three seams, the journal, the seeded RNG and its settings.
+pub struct Context {
+    pub clock: Arc<dyn Clock>,
+    pub kube: Arc<dyn Kube>,
+    pub cloud: Arc<dyn Cloud>,
+    pub journal: Arc<dyn Journal>,
+    /// Counters and gauges about the controller's work (served on /metrics in a cluster).
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub rng: ChaCha8Rng,
+    pub settings: Settings,
+}
+
+impl Context {
+    /// Monotonic time for timers: the clock's time since the Unix epoch.
+    pub(crate) fn now(&self) -> Duration {
+        Duration::try_from(self.clock.now().as_duration()).unwrap_or(Duration::ZERO)
+    }
+
+    /// Delete an object; one already gone counts as deleted.
+    pub(crate) async fn delete_if_present(
+        &self,
+        kind: Kind,
+        key: &ObjectKey,
+    ) -> Result<(), ControllerError> {
+        match self.kube.delete(kind, key).await {
+            Ok(()) | Err(KubeError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Drop Dovetail's termination finalizer from a cluster-scoped object, keeping any others.
+    pub(crate) async fn release(
+        &self,
+        kind: Kind,
+        name: &str,
+        finalizers: Option<Vec<String>>,
+    ) -> Result<(), ControllerError> {
+        let kept: Vec<String> = finalizers
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| f != labels::TERMINATION_FINALIZER)
+            .collect();
+        self.kube
+            .patch(
+                kind,
+                &ObjectKey::cluster(name),
+                json!({"metadata": {"finalizers": kept}}),
+            )
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,163 @@
+//! The NodePool status controller: writes Karpenter's `ValidationSucceeded`, `NodeClassReady` and `Ready`
+//! conditions from validation and the node class's readiness. A pool that is not Ready launches nothing.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::validation::{Problem, validate};
+use crate::cloudprovider::{CloudProvider, NodeClassReadiness};
+use crate::conditions::Desired;
+use crate::context::Context;
+use crate::crds::NodePool;
+use crate::kube::{Kind, ObjectKey};
+use crate::state::ClusterState;
+
+/// Writes each NodePool's conditions; holds no state of its own (the pools' status is the record).
+#[derive(Debug, Default)]
+pub(crate) struct NodePoolStatus;
+
+/// Why the pool's node class cannot launch: missing, or resolved to nothing usable. None while it is
+/// fine or not yet resolved.
+fn node_class_problem(
+    provider: &dyn CloudProvider,
+    state: &ClusterState,
+    pool: &NodePool,
+) -> Option<Problem> {
+    let class = &pool.spec.template.spec.node_class_ref.name;
+    let kind = provider.node_class_kind();
+    match provider.node_class(state, class) {
+        NodeClassReadiness::Missing => Some((
+            "NodeClassNotFound",
+            format!("spec.template.spec.nodeClassRef: {kind} `{class}` not found"),
+        )),
+        NodeClassReadiness::NotReady(problem) => Some((
+            "NodeClassNotReady",
+            format!("{kind} `{class}` is not ready: {problem}"),
+        )),
+        NodeClassReadiness::Unknown | NodeClassReadiness::Ready(_) => None,
+    }
+}
+
+impl NodePoolStatus {
+    /// Write each pool's conditions where they changed; a pool turning not Ready (or Ready again) is a
+    /// trace line.
+    pub(crate) async fn reconcile(
+        &mut self,
+        ctx: &Context,
+        state: &mut ClusterState,
+        provider: &dyn CloudProvider,
+    ) {
+        let pools: Vec<NodePool> = state
+            .nodepools
+            .values()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .cloned()
+            .collect();
+        for pool in pools {
+            let name = pool.metadata.name.clone().unwrap_or_default();
+            let invalid = validate(&pool, provider.instance_types()).err();
+            let class = node_class_problem(provider, state, &pool);
+            let class_known = !matches!(
+                provider.node_class(state, &pool.spec.template.spec.node_class_ref.name),
+                NodeClassReadiness::Missing | NodeClassReadiness::Unknown
+            );
+            let class_ok = match &class {
+                Some(_) => Some(false),
+                None if class_known => Some(true),
+                None => None,
+            };
+            let ready = match (&invalid, class_ok) {
+                (Some(_), _) | (_, Some(false)) => Some(false),
+                (None, Some(true)) => Some(true),
+                (None, None) => None,
+            };
+            let why = invalid.clone().or(class.clone());
+            let message = |p: &Option<Problem>| p.as_ref().map(|p| p.1.clone()).unwrap_or_default();
+            let reason = |p: &Option<Problem>, default| p.as_ref().map_or(default, |p| p.0);
+            let wanted: Vec<Desired> = vec![
+                (
+                    "ValidationSucceeded",
+                    Some(invalid.is_none()),
+                    reason(&invalid, "Invalid"),
+                    message(&invalid),
+                ),
+                (
+                    "NodeClassReady",
+                    class_ok,
+                    reason(&class, "AwaitingReconciliation"),
+                    message(&class),
+                ),
+                (
+                    "Ready",
+                    ready,
+                    reason(&why, "AwaitingReconciliation"),
+                    message(&why),
+                ),
+            ];
+            let old: Vec<Value> = pool
+                .status
+                .as_ref()
+                .map(|s| {
+                    s.conditions
+                        .iter()
+                        .filter_map(|c| serde_json::to_value(c).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let now = ctx.clock.now().to_string();
+            let conditions = crate::conditions::merge(&old, &wanted, &now);
+            let essence = |list: &[Value]| -> BTreeMap<String, (Value, Value, Value)> {
+                list.iter()
+                    .map(|c| {
+                        (
+                            c["type"].as_str().unwrap_or_default().to_string(),
+                            (
+                                c["status"].clone(),
+                                c["reason"].clone(),
+                                c["message"].clone(),
+                            ),
+                        )
+                    })
+                    .collect()
+            };
+            if essence(&old) == essence(&conditions) {
+                continue;
+            }
+            let was_ready = old
+                .iter()
+                .find(|c| c["type"] == "Ready")
+                .map(|c| c["status"].clone());
+            match (&why, was_ready) {
+                (Some((reason, message)), _) if ready == Some(false) => ctx.journal.record(
+                    "nodepool",
+                    format!(
+                        "nodepool/{name} not ready ({reason}): {message}; launching nothing from it"
+                    ),
+                ),
+                (_, Some(s)) if s == "False" && ready == Some(true) => ctx
+                    .journal
+                    .record("nodepool", format!("nodepool/{name} ready again")),
+                _ => {}
+            }
+            match ctx
+                .kube
+                .patch_status(
+                    Kind::NodePool,
+                    &ObjectKey::cluster(&name),
+                    json!({"status": {"conditions": conditions}}),
+                )
+                .await
+            {
+                Ok(updated) => {
+                    let _ = state
+                        .apply_event(Kind::NodePool, crate::kube::WatchEvent::Modified(updated));
+                }
+                Err(e) => ctx.journal.record(
+                    "nodepool",
+                    format!("nodepool/{name}: status not written: {e}; retrying next pass"),
+                ),
+            }
+        }
+    }
+}

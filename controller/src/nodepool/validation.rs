@@ -1,0 +1,163 @@
+//! NodePool validation the API server cannot do (pure): requirements that do not parse, that no value of
+//! a label every node has can meet, or that no catalog type meets; a disruption budget that does not parse.
+
+use crate::cloudprovider::InstanceType;
+use crate::crds::{NodePool, labels};
+use crate::scheduling::Requirements;
+
+/// Labels every node has: a requirement on one of them that admits no value can never be met.
+const ALWAYS_SET: [&str; 5] = [
+    labels::INSTANCE_TYPE,
+    labels::ZONE,
+    labels::CAPACITY_TYPE,
+    labels::ARCH,
+    labels::OS,
+];
+
+/// A failed check: the condition's reason and a message naming the field.
+pub type Problem = (&'static str, String);
+
+/// The static checks of a pool's spec; `types` is the instance-type catalog (empty until it is read,
+/// when the catalog check waits). Returns the parsed requirements, so callers parse them once.
+pub fn validate(pool: &NodePool, types: &[InstanceType]) -> Result<Requirements, Problem> {
+    let field = "spec.template.spec.requirements";
+    let reqs = Requirements::from_node_selector(&pool.spec.template.spec.requirements)
+        .map_err(|e| ("InvalidRequirements", format!("{field}: {e}")))?;
+    for key in ALWAYS_SET {
+        if let Some(r) = reqs.get(key)
+            && r.does_not_exist()
+        {
+            return Err((
+                "ImpossibleRequirements",
+                format!("{field}: no value of `{key}` satisfies every requirement on it"),
+            ));
+        }
+    }
+    if !types.is_empty() && !types.iter().any(|it| type_possible(it, &reqs)) {
+        return Err((
+            "NoInstanceTypes",
+            format!(
+                "{field}: no instance type in the catalog meets them ({})",
+                reqs.0
+                    .values()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let budgets = pool
+        .spec
+        .disruption
+        .as_ref()
+        .map(|d| d.budgets.as_slice())
+        .unwrap_or_default();
+    // Evaluating every budget parses all of them; the moment and counts do not matter here.
+    super::budgets::allowed(
+        budgets,
+        super::budgets::Reason::Empty,
+        Default::default(),
+        jiff::Timestamp::UNIX_EPOCH,
+    )
+    .map_err(|e| ("InvalidBudget", e))?;
+    Ok(reqs)
+}
+
+/// Whether some offering of the type meets the requirements, available now or not (an ICE'd offering
+/// comes back; a requirement that rules out every type does not).
+fn type_possible(it: &InstanceType, reqs: &Requirements) -> bool {
+    let labels_ok = reqs.0.values().all(|r| match it.labels.get(&r.key) {
+        Some(v) => r.has(v),
+        None => true,
+    });
+    let zone = reqs.get(labels::ZONE);
+    let ct = reqs.get(labels::CAPACITY_TYPE);
+    labels_ok
+        && it.offerings.iter().any(|o| {
+            zone.is_none_or(|r| r.has(&o.zone))
+                && ct.is_none_or(|r| r.has(o.capacity_type.as_str()))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    use crate::cloudprovider::{CapacityType, Offering};
+
+    fn pool(yaml: &str) -> NodePool {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    const BASE: &str = "apiVersion: karpenter.sh/v1
+kind: NodePool
+metadata: {name: p}
+spec:
+  template:
+    spec:
+      nodeClassRef: {group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}
+      requirements:
+";
+
+    fn catalog() -> Vec<InstanceType> {
+        let mut labels = BTreeMap::new();
+        labels.insert(labels::INSTANCE_CATEGORY.to_string(), "m".to_string());
+        labels.insert(labels::ARCH.to_string(), "amd64".to_string());
+        vec![InstanceType {
+            name: "m5.large".into(),
+            labels,
+            capacity: Default::default(),
+            allocatable: Default::default(),
+            offerings: vec![Offering {
+                zone: "us-east-1a".into(),
+                capacity_type: CapacityType::Spot,
+                price: 0.03,
+                available: false,
+            }],
+        }]
+    }
+
+    #[test]
+    fn a_satisfiable_pool_passes_even_when_its_offerings_are_unavailable_now() {
+        let p = pool(&format!(
+            "{BASE}        - {{key: karpenter.k8s.aws/instance-category, operator: In, values: [m]}}\n"
+        ));
+        assert!(validate(&p, &catalog()).is_ok());
+    }
+
+    #[test]
+    fn requirements_no_type_meets_are_named() {
+        let p = pool(&format!(
+            "{BASE}        - {{key: karpenter.k8s.aws/instance-category, operator: In, values: [z]}}\n"
+        ));
+        let (reason, message) = validate(&p, &catalog()).unwrap_err();
+        assert_eq!(reason, "NoInstanceTypes");
+        assert!(message.contains("instance-category"), "{message}");
+        // Before the catalog is read only the static checks run.
+        assert!(validate(&p, &[]).is_ok());
+    }
+
+    #[test]
+    fn contradicting_requirements_on_a_label_every_node_has_are_impossible() {
+        let p = pool(&format!(
+            "{BASE}        - {{key: karpenter.sh/capacity-type, operator: In, values: [spot]}}\n        - {{key: karpenter.sh/capacity-type, operator: NotIn, values: [spot]}}\n"
+        ));
+        let (reason, message) = validate(&p, &[]).unwrap_err();
+        assert_eq!(reason, "ImpossibleRequirements");
+        assert!(message.contains("karpenter.sh/capacity-type"), "{message}");
+    }
+
+    #[test]
+    fn a_budget_with_a_bad_cron_is_named() {
+        let p = pool(&format!(
+            "{BASE}        - {{key: kubernetes.io/arch, operator: In, values: [amd64]}}\n  disruption:\n    budgets:\n      - {{nodes: \"0\", schedule: \"0 25 * * *\", duration: 8h}}\n"
+        ));
+        let (reason, message) = validate(&p, &catalog()).unwrap_err();
+        assert_eq!(reason, "InvalidBudget");
+        assert!(
+            message.starts_with("spec.disruption.budgets[0].schedule"),
+            "{message}"
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! What the planner is given, read from the cluster state: pending pods with their requirement
+//! alternatives, what each NodePool may launch, and the room on existing nodes and claims. Shared by
+//! provisioning and disruption's simulations.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::cloudprovider::{CloudProvider, NodeClassReadiness};
+use crate::context::Context;
+use crate::crds::labels;
+use crate::kube::ObjectKey;
+use crate::resources::{Resources, pod_requests};
+use crate::scheduling::requirements::{Requirement, Requirements, normalize_key};
+use crate::scheduling::topology::{Strength, TermKind, host_ports, pod_terms};
+use crate::scheduling::{ExistingCapacity, ExistingPod, PendingPod, PoolOptions};
+use crate::state::{ClusterState, node_ready};
+
+/// The labels every node of a pool carries: its template labels and `karpenter.sh/nodepool`.
+pub(crate) fn node_labels(pool: &crate::crds::NodePool) -> BTreeMap<String, String> {
+    let mut out = pool
+        .spec
+        .template
+        .metadata
+        .clone()
+        .unwrap_or_default()
+        .labels;
+    out.insert(
+        labels::NODEPOOL.to_string(),
+        pool.metadata.name.clone().unwrap_or_default(),
+    );
+    out
+}
+
+/// A pod's node requirement alternatives, strictest first: its nodeSelector with each required node
+/// affinity term (OR-ed terms, in order), each first with all preferred terms and then relaxing them one at
+/// a time from the lightest — Karpenter's documented relaxation order for node affinity.
+pub fn pod_requirements(pod: &Pod) -> Result<Vec<Requirements>, String> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let base = Requirements::from_labels(&spec.node_selector.unwrap_or_default());
+    let node_affinity = spec.affinity.and_then(|a| a.node_affinity);
+    let parse = |exprs: &[k8s_openapi::api::core::v1::NodeSelectorRequirement],
+                 field: &str|
+     -> Result<Requirements, String> {
+        let mut r = Requirements::default();
+        for e in exprs {
+            let req = Requirement::parse(
+                normalize_key(&e.key),
+                &e.operator,
+                e.values.as_deref().unwrap_or_default(),
+                None,
+            )
+            .map_err(|err| format!("{field}: {err}"))?;
+            r.add(req);
+        }
+        Ok(r)
+    };
+    let mut required = Vec::new();
+    if let Some(terms) = node_affinity.as_ref().and_then(|n| {
+        n.required_during_scheduling_ignored_during_execution
+            .as_ref()
+    }) {
+        for (i, t) in terms.node_selector_terms.iter().enumerate() {
+            let field = format!(
+                "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[{i}]"
+            );
+            required.push(base.merged(&parse(
+                t.match_expressions.as_deref().unwrap_or_default(),
+                &field,
+            )?));
+        }
+    }
+    if required.is_empty() {
+        required.push(base);
+    }
+    let mut preferred: Vec<(i32, Requirements)> = Vec::new();
+    for (i, t) in node_affinity
+        .iter()
+        .flat_map(|n| {
+            n.preferred_during_scheduling_ignored_during_execution
+                .iter()
+                .flatten()
+        })
+        .enumerate()
+    {
+        let field = format!(
+            "spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[{i}]"
+        );
+        preferred.push((
+            t.weight,
+            parse(
+                t.preference
+                    .match_expressions
+                    .as_deref()
+                    .unwrap_or_default(),
+                &field,
+            )?,
+        ));
+    }
+    preferred.sort_by_key(|p| std::cmp::Reverse(p.0));
+    let mut out = Vec::new();
+    for req in &required {
+        for keep in (0..=preferred.len()).rev() {
+            let mut r = req.clone();
+            for (_, p) in preferred.iter().take(keep) {
+                r = r.merged(p);
+            }
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+fn pod_requests_or_log(ctx: &Context, key: &ObjectKey, pod: &Pod) -> Option<Resources> {
+    match pod_requests(pod) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            ctx.journal
+                .record("provision", format!("skip pod/{key}: {e}"));
+            None
+        }
+    }
+}
+
+/// A pod as the planner sees it; None (with a trace line) when it cannot be read.
+pub(crate) fn pending_pod(ctx: &Context, key: &ObjectKey, pod: &Pod) -> Option<PendingPod> {
+    let requests = pod_requests_or_log(ctx, key, pod)?;
+    let parsed = pod_requirements(pod).and_then(|r| pod_terms(pod).map(|t| (r, t)));
+    let (requirements, topology) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            ctx.journal
+                .record("provision", format!("skip pod/{key}: {e}"));
+            return None;
+        }
+    };
+    let tolerations = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.clone())
+        .unwrap_or_default();
+    Some(PendingPod {
+        key: key.clone(),
+        requests,
+        requirements,
+        tolerations,
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        topology,
+        host_ports: host_ports(pod),
+    })
+}
+
+/// What each ready NodePool may launch. A pool whose requirements do not parse is skipped, with a line.
+pub(crate) fn pool_options<'a>(
+    ctx: &Context,
+    state: &ClusterState,
+    provider: &'a dyn CloudProvider,
+) -> Vec<PoolOptions<'a>> {
+    let mut out = Vec::new();
+    for pool in state.nodepools.values() {
+        let name = pool.metadata.name.clone().unwrap_or_default();
+        if pool.metadata.deletion_timestamp.is_some()
+            || provider.node_class(state, &pool.spec.template.spec.node_class_ref.name)
+                == NodeClassReadiness::Missing
+        {
+            continue;
+        }
+        // What the NodePool's status reports as ValidationSucceeded=False launches nothing.
+        let mut requirements =
+            match crate::nodepool::validation::validate(pool, provider.instance_types()) {
+                Ok(r) => r,
+                Err((_, why)) => {
+                    ctx.journal
+                        .record("provision", format!("skip nodepool/{name}: {why}"));
+                    continue;
+                }
+            };
+        // A class that resolves to nothing launches nothing; a class launches only where it has subnets.
+        let class_name = &pool.spec.template.spec.node_class_ref.name;
+        match provider.node_class(state, class_name) {
+            NodeClassReadiness::NotReady(problem) => {
+                ctx.journal.record(
+                    "provision",
+                    format!(
+                        "skip nodepool/{name}: {}/{class_name} not ready: {problem}",
+                        provider.node_class_kind().to_lowercase()
+                    ),
+                );
+                continue;
+            }
+            NodeClassReadiness::Ready(zones) => {
+                requirements.add(Requirement::in_values(labels::ZONE, zones));
+            }
+            NodeClassReadiness::Missing | NodeClassReadiness::Unknown => {}
+        }
+        // Karpenter launches on-demand unless a pool says otherwise.
+        if requirements.get(labels::CAPACITY_TYPE).is_none() {
+            requirements.add(Requirement::in_values(labels::CAPACITY_TYPE, ["on-demand"]));
+        }
+        requirements = requirements.merged(&Requirements::from_labels(&node_labels(pool)));
+        let daemon_overhead =
+            daemon_overhead(state, &requirements, &pool.spec.template.spec.taints);
+        let remaining_limits = pool.spec.limits.as_ref().and_then(|limits| {
+            let limits = Resources::parse(limits).ok()?;
+            let used = state.pool_usage(&name);
+            // Only the resources the pool limits count; the rest are unbounded.
+            Some(Resources(
+                limits
+                    .0
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v - used.get(k)))
+                    .collect(),
+            ))
+        });
+        out.push(PoolOptions {
+            name,
+            weight: pool.spec.weight.unwrap_or(0),
+            requirements,
+            taints: pool.spec.template.spec.taints.clone(),
+            instance_types: provider.instance_types().iter().collect(),
+            daemon_overhead,
+            remaining_limits,
+        });
+    }
+    out
+}
+
+/// Requests of the DaemonSet pods that would run on a node of this pool: those whose node selector
+/// the pool can satisfy and whose tolerations cover the pool's taints.
+fn daemon_overhead(
+    state: &ClusterState,
+    pool_requirements: &Requirements,
+    taints: &[crate::crds::Taint],
+) -> Resources {
+    let mut total = Resources::default();
+    for ds in state.daemonsets.values() {
+        let Some(spec) = ds.spec.as_ref().and_then(|s| s.template.spec.clone()) else {
+            continue;
+        };
+        let selector = Requirements::from_labels(&spec.node_selector.clone().unwrap_or_default());
+        let tolerations = spec.tolerations.clone().unwrap_or_default();
+        if pool_requirements.compatible(&selector).is_err()
+            || crate::scheduling::taints::untolerated(&tolerations, taints).is_some()
+        {
+            continue;
+        }
+        let pod = Pod {
+            metadata: Default::default(),
+            spec: Some(spec),
+            status: None,
+        };
+        if let Ok(r) = pod_requests(&pod) {
+            total.add(&r);
+        }
+    }
+    total
+}
+
+/// Room on nodes and on NodeClaims still coming up, so pods are not provisioned for twice.
+pub(crate) fn existing_capacity(
+    ctx: &Context,
+    state: &ClusterState,
+    leaving: &BTreeSet<String>,
+) -> Vec<ExistingCapacity> {
+    let mut used: BTreeMap<&str, Resources> = BTreeMap::new();
+    let mut bound: BTreeMap<&str, Vec<ExistingPod>> = BTreeMap::new();
+    for (key, pod) in &state.pods {
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+            continue;
+        };
+        // Pods on a leaving node are planned as pending; they count for no topology where they are.
+        if leaving.contains(node) {
+            continue;
+        }
+        // Finished pods hold nothing and count for no topology.
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded") | Some("Failed")) {
+            continue;
+        }
+        if let Some(r) = pod_requests_or_log(ctx, key, pod) {
+            used.entry(node).or_default().add(&r);
+        }
+        let anti_affinity = pod_terms(pod)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t| t.strength == Strength::Required && t.term.kind == TermKind::AntiAffinity)
+            .map(|t| t.term)
+            .collect();
+        bound.entry(node).or_default().push(ExistingPod {
+            namespace: key.namespace.clone(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            anti_affinity,
+            host_ports: host_ports(pod),
+        });
+    }
+    let mut out = Vec::new();
+    let mut claimed_nodes = Vec::new();
+    for claim in state.nodeclaims.values() {
+        if claim.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let name = claim.metadata.name.clone().unwrap_or_default();
+        let status = claim.status.clone().unwrap_or_default();
+        let mut available = if !status.allocatable.is_empty() {
+            Resources::parse(&status.allocatable).unwrap_or_default()
+        } else {
+            // Not launched yet: room for exactly what it was created for.
+            claim
+                .spec
+                .resources
+                .as_ref()
+                .and_then(|r| Resources::parse(&r.requests).ok())
+                .unwrap_or_default()
+        };
+        let mut pods = Vec::new();
+        if let Some(node) = &status.node_name {
+            claimed_nodes.push(node.clone());
+            if leaving.contains(node) {
+                continue;
+            }
+            if let Some(u) = used.get(node.as_str()) {
+                available.sub(u);
+            }
+            pods = bound.remove(node.as_str()).unwrap_or_default();
+        }
+        // Until the node exists, a claim's labels are what its requirements pin to one value.
+        let mut labels = claim.metadata.labels.clone().unwrap_or_default();
+        if let Ok(reqs) = Requirements::from_node_selector(&claim.spec.requirements) {
+            for r in reqs.to_node_selector() {
+                if r.operator == "In" && r.values.len() == 1 {
+                    labels
+                        .entry(r.key.clone())
+                        .or_insert_with(|| r.values[0].clone());
+                }
+            }
+        }
+        out.push(ExistingCapacity {
+            name: format!("nodeclaim/{name}"),
+            available,
+            labels,
+            taints: claim.spec.taints.clone(),
+            pods,
+        });
+    }
+    for (name, node) in &state.nodes {
+        if claimed_nodes.contains(name) || !node_ready(node) || leaving.contains(name) {
+            continue;
+        }
+        if node
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false)
+        {
+            continue;
+        }
+        let Some(alloc) = node.status.as_ref().and_then(|s| s.allocatable.as_ref()) else {
+            continue;
+        };
+        let mut available = Resources::parse(alloc).unwrap_or_default();
+        if let Some(u) = used.get(name.as_str()) {
+            available.sub(u);
+        }
+        // The unregistered taint goes as soon as Dovetail syncs the node; it does not keep pods off.
+        let taints = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t| t.key != labels::UNREGISTERED_TAINT)
+            .map(|t| crate::crds::Taint {
+                key: t.key,
+                value: t.value,
+                effect: t.effect,
+            })
+            .collect();
+        out.push(ExistingCapacity {
+            name: format!("node/{name}"),
+            available,
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+            taints,
+            pods: bound.remove(name.as_str()).unwrap_or_default(),
+        });
+    }
+    out
+}
