@@ -7,7 +7,6 @@ use std::time::Duration;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-use crate::aws::cloud::Cloud;
 use crate::clock::Clock;
 use crate::crds::labels;
 use crate::error::ControllerError;
@@ -38,7 +37,7 @@ pub struct Settings {
     /// interrupted type.
     pub spot_to_spot: bool,
     /// Act only while holding this Lease (None: a single replica acts alone).
-    pub leader_election: Option<crate::leader::LeaderElection>,
+    pub leader_election: Option<LeaderElection>,
 }
 
 impl Default for Settings {
@@ -57,11 +56,11 @@ impl Default for Settings {
     }
 }
 
-/// Everything the controller is handed: the three seams, the journal, the seeded RNG and its settings.
+/// What every controller is handed: the clock and Kubernetes seams, the journal, metrics, the seeded RNG and
+/// the settings. The cloud is not here: only the AWS provider holds it.
 pub struct Context {
     pub clock: Arc<dyn Clock>,
     pub kube: Arc<dyn Kube>,
-    pub cloud: Arc<dyn Cloud>,
     pub journal: Arc<dyn Journal>,
     /// Counters and gauges about the controller's work (served on /metrics in a cluster).
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -107,5 +106,30 @@ impl Context {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// Where the Lease lives and how it is held (Karpenter's and client-go's defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderElection {
+    pub namespace: String,
+    pub name: String,
+    /// This replica's identity (the pod name in a cluster).
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+impl LeaderElection {
+    pub fn new(namespace: &str, identity: &str) -> LeaderElection {
+        LeaderElection {
+            namespace: namespace.to_string(),
+            name: "dovetail-leader-election".to_string(),
+            identity: identity.to_string(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
     }
 }

@@ -1,6 +1,5 @@
 //! The controller's error type: what stops the controller loop, as opposed to what is retried.
 
-use crate::cloudprovider::CloudError;
 use crate::kube::KubeError;
 
 #[derive(Debug, thiserror::Error)]
@@ -13,4 +12,21 @@ pub enum ControllerError {
         "lost the leader lease: could not renew it within the renew deadline; stopping so a follower can lead"
     )]
     LostLeadership,
+}
+
+/// A cloud API error answer: the code is what the provider classifies.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct CloudError {
+    pub code: String,
+    pub message: String,
+}
+
+impl CloudError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        CloudError {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
 }

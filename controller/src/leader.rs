@@ -11,30 +11,7 @@ use serde_json::{Value, json};
 use crate::context::Context;
 use crate::kube::{Kind, KubeError, ObjectKey};
 
-/// Where the Lease lives and how it is held (Karpenter's and client-go's defaults).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaderElection {
-    pub namespace: String,
-    pub name: String,
-    /// This replica's identity (the pod name in a cluster).
-    pub identity: String,
-    pub lease_duration: Duration,
-    pub renew_deadline: Duration,
-    pub retry_period: Duration,
-}
-
-impl LeaderElection {
-    pub fn new(namespace: &str, identity: &str) -> LeaderElection {
-        LeaderElection {
-            namespace: namespace.to_string(),
-            name: "dovetail-leader-election".to_string(),
-            identity: identity.to_string(),
-            lease_duration: Duration::from_secs(15),
-            renew_deadline: Duration::from_secs(10),
-            retry_period: Duration::from_secs(2),
-        }
-    }
-}
+pub use crate::context::LeaderElection;
 
 /// What a replica knows about the Lease between attempts.
 #[derive(Debug, Default)]

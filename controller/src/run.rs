@@ -2,11 +2,13 @@
 //! timer that dispatches to each controller in a fixed order. This is also where the provider-neutral
 //! controllers are wired to the AWS provider; the loop itself decides nothing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
+use crate::aws::cloud::Cloud;
 use crate::aws::{self, AwsProvider};
 use crate::context::Context;
 use crate::disruption::{DISRUPTION_INTERVAL, Disruption};
@@ -45,14 +47,14 @@ pub(crate) struct Controller {
 }
 
 impl Controller {
-    pub(crate) fn new(ctx: Context) -> Self {
+    pub(crate) fn new(ctx: Context, cloud: Arc<dyn Cloud>) -> Self {
         let batcher = Batcher::new(ctx.settings.batch_idle, ctx.settings.batch_max);
         let started_at = ctx.clock.now();
         let started = Duration::try_from(started_at.as_duration()).unwrap_or(Duration::ZERO);
         Controller {
             ctx,
             state: ClusterState::default(),
-            provider: AwsProvider::new(started_at),
+            provider: AwsProvider::new(cloud, started_at),
             provisioner: Provisioner::new(batcher),
             lifecycle: Lifecycle,
             gc: GarbageCollector,
@@ -279,15 +281,16 @@ impl Controller {
 
 /// Run the controller until a watch ends or the API fails in a way it cannot retry.
 ///
-/// The same entry point runs in a cluster (real clock, kube-rs, aws-sdk) and in the simulator.
-pub async fn run(ctx: Context) -> Result<(), ControllerError> {
+/// The same entry point runs in a cluster (real clock, kube-rs, aws-sdk) and in the simulator. `cloud`
+/// (the EC2 and SQS APIs) goes to the AWS provider alone; the other controllers get `ctx`.
+pub async fn run(ctx: Context, cloud: Arc<dyn Cloud>) -> Result<(), ControllerError> {
     let mut elector = crate::leader::Elector::default();
     if let Some(le) = &ctx.settings.leader_election {
         elector.acquire(&ctx, le).await;
         ctx.metrics
             .set(crate::metrics::LEADER, &[("name", &le.name)], 1.0);
     }
-    let mut c = Controller::new(ctx);
+    let mut c = Controller::new(ctx, cloud);
     c.elector = elector;
     while let Err(e) = c.provider.refresh_catalog(&c.ctx).await {
         c.ctx.journal.record(

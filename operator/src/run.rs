@@ -80,7 +80,6 @@ pub async fn control(
         let ctx = dovetail::Context {
             clock: clock.clone(),
             kube: kube.clone(),
-            cloud: cloud.clone(),
             journal: Arc::new(LogJournal),
             metrics: metrics.clone(),
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -89,7 +88,7 @@ pub async fn control(
         let outcome = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => None,
-            r = dovetail::run(ctx) => Some(r),
+            r = dovetail::run(ctx, cloud.clone()) => Some(r),
         };
         match outcome {
             None => break,

@@ -14,11 +14,10 @@ use fakekube::{FakeKube, Store};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
 
-fn context(kube: Arc<FakeKube>, cloud: Arc<FakeCloud>, clock: Arc<dyn Clock>) -> dovetail::Context {
+fn context(kube: Arc<FakeKube>, clock: Arc<dyn Clock>) -> dovetail::Context {
     dovetail::Context {
         clock,
         kube,
-        cloud,
         journal: Arc::new(LogJournal),
         metrics: Default::default(),
         rng: ChaCha8Rng::seed_from_u64(7),
@@ -79,7 +78,7 @@ async fn a_stopped_leader_releases_its_lease_to_the_follower() {
     }
     assert_eq!(metrics.get(LEADER, &[("name", &leader.name)]), Some(1.0));
     // While the leader holds it, the follower's attempt fails.
-    let ctx = context(kube.clone(), cloud.clone(), clock.clone());
+    let ctx = context(kube.clone(), clock.clone());
     let mut elector = Elector::default();
     assert!(!elector.try_acquire_or_renew(&ctx, &follower).await.unwrap());
 

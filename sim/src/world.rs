@@ -242,7 +242,6 @@ async fn controller_host(p: ControllerParts) -> turmoil::Result {
         let ctx = dovetail::Context {
             clock: Arc::new(clock),
             kube: Arc::new(kube.clone()),
-            cloud: Arc::new(cloud.clone()),
             journal: Arc::new(trace.clone()),
             metrics: metrics.clone(),
             // A restarted controller must not replay its predecessor's names.
@@ -256,7 +255,7 @@ async fn controller_host(p: ControllerParts) -> turmoil::Result {
                 ..Default::default()
             },
         };
-        if let Err(e) = dovetail::run(ctx).await {
+        if let Err(e) = dovetail::run(ctx, Arc::new(cloud.clone())).await {
             trace.push(
                 "controller",
                 format!("exited: {e}; restarting in {}s", RESTART_DELAY.as_secs()),

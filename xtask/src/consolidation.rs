@@ -104,13 +104,6 @@ fn context() -> dovetail::Context {
             clock.clone(),
             Duration::ZERO,
         )),
-        cloud: Arc::new(FakeCloud::new(
-            CloudConfig::default(),
-            Catalog::builtin(),
-            2,
-            clock,
-            journal.clone(),
-        )),
         journal,
         rng: ChaCha8Rng::seed_from_u64(3),
         settings: dovetail::Settings::default(),
@@ -123,7 +116,14 @@ pub fn run() -> String {
     let state = cluster(1000, 20, &types, 42);
     let pods = state.pods.len();
     let ctx = context();
-    let provider = AwsProvider::with_catalog(ctx.clock.now(), types);
+    let cloud = Arc::new(FakeCloud::new(
+        CloudConfig::default(),
+        Catalog::builtin(),
+        2,
+        ctx.clock.clone(),
+        ctx.journal.clone(),
+    ));
+    let provider = AwsProvider::with_catalog(cloud, ctx.clock.now(), types);
     let eval = Evaluator::new(ctx, state, Box::new(provider));
     let t = Instant::now();
     let (candidates, alone) = eval.single_node_pass();

@@ -133,7 +133,12 @@ impl AwsProvider {
         class: &EC2NodeClass,
     ) -> Result<BTreeMap<String, String>, ControllerError> {
         let mut best: BTreeMap<String, (u32, String)> = BTreeMap::new();
-        for s in self.classes.resolve(ctx, class).await?.subnets {
+        for s in self
+            .classes
+            .resolve(ctx, self.cloud.as_ref(), class)
+            .await?
+            .subnets
+        {
             let e = best.entry(s.zone.clone()).or_insert((0, String::new()));
             if e.1.is_empty() || s.available_ip_addresses > e.0 {
                 *e = (s.available_ip_addresses, s.id.clone());
@@ -150,7 +155,10 @@ impl AwsProvider {
         arch: &str,
     ) -> Result<Option<String>, ControllerError> {
         let class_name = class.metadata.name.clone().unwrap_or_default();
-        let resolved = self.classes.resolve(ctx, class).await?;
+        let resolved = self
+            .classes
+            .resolve(ctx, self.cloud.as_ref(), class)
+            .await?;
         let Some(image) = resolved.images.get(arch).cloned() else {
             ctx.journal.record(
                 "lifecycle",
@@ -172,14 +180,14 @@ impl AwsProvider {
         if self.known_templates.0.contains(&name) {
             return Ok(Some(name));
         }
-        match ctx
+        match self
             .cloud
             .describe_launch_templates(vec![name.clone()])
             .await
         {
             Ok(_) => {}
             Err(e) if e.code == "InvalidLaunchTemplateName.NotFoundException" => {
-                match ctx.cloud.create_launch_template(name.clone(), data).await {
+                match self.cloud.create_launch_template(name.clone(), data).await {
                     Ok(_) => ctx.journal.record(
                         "lifecycle",
                         format!("created launch template {name} image={}", image.id),
@@ -262,7 +270,7 @@ impl AwsProvider {
             target_capacity: 1,
             tags,
         };
-        let output = match ctx.cloud.create_fleet(request).await {
+        let output = match self.cloud.create_fleet(request).await {
             Ok(o) => o,
             Err(e) if e.code == "InvalidLaunchTemplateName.NotFoundException" => {
                 // Someone deleted it; create it again next time.
@@ -314,7 +322,7 @@ impl AwsProvider {
             return Ok(None);
         }
         let (key, value) = cluster_tag(ctx);
-        let found = ctx
+        let found = self
             .cloud
             .describe_instances(DescribeInstancesRequest {
                 tags: [(key, value), (labels::TAG_NODECLAIM.to_string(), name)].into(),

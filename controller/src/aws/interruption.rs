@@ -145,7 +145,7 @@ impl AwsProvider {
             return Ok(());
         };
         for _ in 0..RECEIVES_PER_POLL {
-            let messages = ctx.cloud.receive_messages(&queue, 10, VISIBILITY).await?;
+            let messages = self.cloud.receive_messages(&queue, 10, VISIBILITY).await?;
             let full = messages.len() == 10;
             for m in messages {
                 self.queue_stats.received += 1;
@@ -177,7 +177,7 @@ impl AwsProvider {
                         );
                     }
                 }
-                match ctx.cloud.delete_message(&queue, &m.receipt_handle).await {
+                match self.cloud.delete_message(&queue, &m.receipt_handle).await {
                     Ok(()) => ctx.metrics.inc(crate::metrics::INTERRUPTION_DELETED, &[]),
                     // Redelivered after its visibility timeout ran out: handled twice, which is harmless.
                     Err(e) if e.code == "ReceiptHandleIsInvalid" => {}
@@ -192,12 +192,12 @@ impl AwsProvider {
     }
 
     /// Why EC2 says an instance stopped, for the launch-death record; best effort.
-    async fn state_reason(&self, ctx: &Context, id: &str) -> String {
+    async fn state_reason(&self, id: &str) -> String {
         let request = super::cloud::DescribeInstancesRequest {
             instance_ids: vec![id.to_string()],
             ..Default::default()
         };
-        match ctx.cloud.describe_instances(request).await {
+        match self.cloud.describe_instances(request).await {
             Ok(out) => out
                 .instances
                 .into_iter()
@@ -253,7 +253,7 @@ impl AwsProvider {
             if !claim.condition_true(crate::crds::nodeclaim::conditions::REGISTERED) {
                 // Died before its node registered: the same launch death GC would count (a broken KMS key
                 // kills every launch this way), so the node class backs off instead of looping.
-                let reason = self.state_reason(ctx, id).await;
+                let reason = self.state_reason(id).await;
                 let now = ctx.now();
                 self.health
                     .launch_died(ctx, state, &claim, id, &reason, now)

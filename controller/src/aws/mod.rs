@@ -16,11 +16,12 @@ pub mod launch;
 pub mod nodeclass;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use self::cloud::DescribeInstancesRequest;
+use self::cloud::{Cloud, DescribeInstancesRequest};
 use self::health::LaunchHealth;
 use self::launch::{KnownTemplates, UnavailableOfferings};
 use self::nodeclass::ClassCache;
@@ -53,8 +54,9 @@ fn parse_instance_id(provider_id: &str) -> Option<String> {
 
 /// The AWS provider's own state: the catalog and what recently failed, node class resolutions, launch
 /// templates known to exist, launch health and the interruption queue's counters.
-#[derive(Debug)]
 pub struct AwsProvider {
+    /// The EC2 and SQS APIs.
+    cloud: Arc<dyn Cloud>,
     instance_types: Vec<InstanceType>,
     /// When the catalog was last read (or, after a failure, when the next try is due less a period).
     catalog_loaded_at: Option<Duration>,
@@ -70,8 +72,9 @@ pub struct AwsProvider {
 }
 
 impl AwsProvider {
-    pub fn new(started_at: jiff::Timestamp) -> Self {
+    pub fn new(cloud: Arc<dyn Cloud>, started_at: jiff::Timestamp) -> Self {
         AwsProvider {
+            cloud,
             instance_types: Vec::new(),
             catalog_loaded_at: None,
             unavailable: UnavailableOfferings::default(),
@@ -85,16 +88,20 @@ impl AwsProvider {
     }
 
     /// A provider that already holds a catalog (benchmarks: no API is called).
-    pub fn with_catalog(started_at: jiff::Timestamp, instance_types: Vec<InstanceType>) -> Self {
+    pub fn with_catalog(
+        cloud: Arc<dyn Cloud>,
+        started_at: jiff::Timestamp,
+        instance_types: Vec<InstanceType>,
+    ) -> Self {
         AwsProvider {
             instance_types,
-            ..AwsProvider::new(started_at)
+            ..AwsProvider::new(cloud, started_at)
         }
     }
 
     /// Read instance types, offerings and prices.
     pub(crate) async fn refresh_catalog(&mut self, ctx: &Context) -> Result<(), ControllerError> {
-        let cloud = &ctx.cloud;
+        let cloud = &self.cloud;
         let infos = cloud.describe_instance_types().await?;
         let offerings = cloud.describe_instance_type_offerings().await?;
         let on_demand = cloud.on_demand_prices().await?;
@@ -138,7 +145,9 @@ impl AwsProvider {
 
     /// Resolve every EC2NodeClass and write what changed to its status.
     pub(crate) async fn reconcile_nodeclasses(&mut self, ctx: &Context, state: &mut ClusterState) {
-        self.classes.reconcile(ctx, state).await;
+        self.classes
+            .reconcile(ctx, self.cloud.as_ref(), state)
+            .await;
     }
 }
 
@@ -178,8 +187,8 @@ impl CloudProvider for AwsProvider {
         parse_instance_id(provider_id)
     }
 
-    async fn delete(&mut self, ctx: &Context, instance_id: &str) -> Result<bool, ControllerError> {
-        match ctx
+    async fn delete(&mut self, instance_id: &str) -> Result<bool, ControllerError> {
+        match self
             .cloud
             .terminate_instances(vec![instance_id.to_string()])
             .await
@@ -190,12 +199,8 @@ impl CloudProvider for AwsProvider {
         }
     }
 
-    async fn delete_orphans(
-        &mut self,
-        ctx: &Context,
-        instance_ids: Vec<String>,
-    ) -> Result<(), ControllerError> {
-        ctx.cloud.terminate_instances(instance_ids).await?;
+    async fn delete_orphans(&mut self, instance_ids: Vec<String>) -> Result<(), ControllerError> {
+        self.cloud.terminate_instances(instance_ids).await?;
         Ok(())
     }
 
@@ -206,7 +211,7 @@ impl CloudProvider for AwsProvider {
         let mut out = BTreeMap::new();
         let mut token = None;
         loop {
-            let page = ctx
+            let page = self
                 .cloud
                 .describe_instances(DescribeInstancesRequest {
                     tags: [(key.clone(), value.clone())].into(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::cloud::{Image, SecurityGroup, Subnet};
+use super::cloud::{Cloud, Image, SecurityGroup, Subnet};
 use super::launch;
 use crate::context::Context;
 use crate::crds::EC2NodeClass;
@@ -123,6 +123,7 @@ impl ClassCache {
     pub(crate) async fn resolve(
         &mut self,
         ctx: &Context,
+        cloud: &dyn Cloud,
         class: &EC2NodeClass,
     ) -> Result<Resolved, ControllerError> {
         let name = class.metadata.name.clone().unwrap_or_default();
@@ -134,7 +135,6 @@ impl ClassCache {
         {
             return Ok(r.clone());
         }
-        let cloud = ctx.cloud.clone();
         let subnets = launch::select_subnets(class, cloud.describe_subnets().await?);
         let mut groups: BTreeMap<String, SecurityGroup> = BTreeMap::new();
         for f in launch::security_group_filters(class) {
@@ -163,7 +163,12 @@ impl ClassCache {
 
     /// Resolve every node class and write what changed to its status. Failures are logged per class and
     /// retried on the next pass.
-    pub(crate) async fn reconcile(&mut self, ctx: &Context, state: &mut ClusterState) {
+    pub(crate) async fn reconcile(
+        &mut self,
+        ctx: &Context,
+        cloud: &dyn Cloud,
+        state: &mut ClusterState,
+    ) {
         let classes: Vec<EC2NodeClass> = state
             .nodeclasses
             .values()
@@ -172,7 +177,7 @@ impl ClassCache {
             .collect();
         for class in classes {
             let name = class.metadata.name.clone().unwrap_or_default();
-            match self.resolve(ctx, &class).await {
+            match self.resolve(ctx, cloud, &class).await {
                 Ok(resolved) => write_class_status(ctx, state, &class, &resolved).await,
                 Err(e) => ctx.journal.record(
                     "nodeclass",

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 
 use crate::context::Context;
 use crate::crds::NodeClaim;
+pub use crate::error::CloudError;
 use crate::error::ControllerError;
 use crate::state::ClusterState;
 
@@ -63,23 +64,6 @@ impl InstanceState {
             InstanceState::Running => "running",
             InstanceState::ShuttingDown => "shutting-down",
             InstanceState::Terminated => "terminated",
-        }
-    }
-}
-
-/// A cloud API error answer: the code is what the provider classifies.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct CloudError {
-    pub code: String,
-    pub message: String,
-}
-
-impl CloudError {
-    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        CloudError {
-            code: code.into(),
-            message: message.into(),
         }
     }
 }
@@ -168,14 +152,10 @@ pub trait CloudProvider: Send + Sync {
     fn instance_id(&self, provider_id: &str) -> Option<String>;
 
     /// Terminate one instance; false when the cloud does not know it.
-    async fn delete(&mut self, ctx: &Context, instance_id: &str) -> Result<bool, ControllerError>;
+    async fn delete(&mut self, instance_id: &str) -> Result<bool, ControllerError>;
 
     /// Terminate instances no NodeClaim owns.
-    async fn delete_orphans(
-        &mut self,
-        ctx: &Context,
-        instance_ids: Vec<String>,
-    ) -> Result<(), ControllerError>;
+    async fn delete_orphans(&mut self, instance_ids: Vec<String>) -> Result<(), ControllerError>;
 
     /// Every instance of this cluster by id, recently terminated ones included.
     async fn list(&self, ctx: &Context) -> Result<BTreeMap<String, Instance>, ControllerError>;

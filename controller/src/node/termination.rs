@@ -172,7 +172,7 @@ impl Terminator {
                 .await?;
         }
         if let Some(id) = crate::nodeclaim::gc::claim_instance(provider, &claim)
-            && provider.delete(ctx, &id).await?
+            && provider.delete(&id).await?
         {
             crate::metrics::count_claim(
                 &ctx.metrics,

@@ -152,7 +152,7 @@ impl GarbageCollector {
             }
         }
         if !orphans.is_empty() {
-            provider.delete_orphans(ctx, orphans).await?;
+            provider.delete_orphans(orphans).await?;
         }
         collect_lost_nodes(ctx, state, provider, &instances).await
     }

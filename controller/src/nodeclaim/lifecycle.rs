@@ -411,7 +411,7 @@ async fn finalize(
     if let Some(id) = id.filter(|_| !already_gone) {
         // Terminating is idempotent; an unknown instance soon after launch is the cloud's eventual
         // consistency, later it means the instance is long gone.
-        if provider.delete(ctx, &id).await? {
+        if provider.delete(&id).await? {
             metrics::count_claim(&ctx.metrics, metrics::NODECLAIMS_TERMINATED, claim, &[]);
             ctx.journal
                 .record("lifecycle", format!("terminate {id} for nodeclaim/{name}"));
