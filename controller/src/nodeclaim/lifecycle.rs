@@ -403,11 +403,7 @@ async fn finalize(
         }
     }
     let already_gone = state.instance_gone.contains(&name);
-    let id = claim
-        .status
-        .as_ref()
-        .and_then(|s| s.provider_id.as_deref())
-        .and_then(|p| provider.instance_id(p));
+    let id = super::gc::claim_instance(provider, claim);
     if let Some(id) = id.filter(|_| !already_gone) {
         // Terminating is idempotent; an unknown instance soon after launch is the cloud's eventual
         // consistency, later it means the instance is long gone.
