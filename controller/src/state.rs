@@ -185,6 +185,17 @@ pub fn is_provisionable(pod: &Pod) -> bool {
     if spec.node_name.is_some() || pod.metadata.deletion_timestamp.is_some() {
         return false;
     }
+    // A DaemonSet's pod is pinned to one node (its capacity is counted as daemon overhead of every new
+    // node), and a static pod belongs to its node: no new node helps either, as in Karpenter.
+    if pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "DaemonSet" || o.kind == "Node")
+    {
+        return false;
+    }
     let Some(status) = &pod.status else {
         return false;
     };

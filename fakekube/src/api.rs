@@ -82,8 +82,13 @@ impl FakeKube {
     }
 
     /// Evictions and budget overrides so far.
+    /// Violations include the store's placement invariants (`placement`).
     pub fn audit(&self) -> DisruptionAudit {
-        self.audit.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut audit = self.audit.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        audit
+            .violations
+            .extend(self.store().placement_violations().iter().cloned());
+        audit
     }
 
     fn audit_mut(&self) -> MutexGuard<'_, DisruptionAudit> {

@@ -401,6 +401,8 @@ impl Kubelets {
             })
             .cloned()
             .collect();
+        // What the pods already running use on each node, read once per pass when a pod is due to start.
+        let mut admitted: Option<BTreeMap<String, Admitted>> = None;
         for p in pods {
             if p["spec"]["nodeName"].is_null()
                 || matches!(
@@ -418,13 +420,102 @@ impl Kubelets {
             let key = format!("{ns}/{name}");
             let seen = *self.starting.entry(key.clone()).or_insert(now);
             if now >= add(seen, self.pod_start) {
-                let patch = json!({"status": {"phase": "Running", "conditions": [
-                    {"type": "PodScheduled", "status": "True"},
-                    {"type": "Ready", "status": "True"},
-                ]}});
+                let node = p["spec"]["nodeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let admitted = admitted.get_or_insert_with(|| running_use(kube));
+                let on_node = admitted.entry(node.clone()).or_default();
+                let patch = match admit(kube, &node, on_node, &p) {
+                    Ok(()) => json!({"status": {"phase": "Running", "conditions": [
+                        {"type": "PodScheduled", "status": "True"},
+                        {"type": "Ready", "status": "True"},
+                    ]}}),
+                    Err((reason, message)) => {
+                        self.journal.record(
+                            "cluster",
+                            format!("kubelet on {node} rejected pod/{key}: {reason}"),
+                        );
+                        json!({"status": {"phase": "Failed", "reason": reason, "message": message}})
+                    }
+                };
                 let _ = kube.store().patch("Pod", &ns, &name, &patch, true);
                 self.starting.remove(&key);
             }
         }
     }
+}
+
+/// What the pods a kubelet has admitted hold on its node.
+#[derive(Default)]
+struct Admitted {
+    used: BTreeMap<String, i128>,
+    ports: Vec<(String, String, i64)>,
+}
+
+/// The running pods' requests and host ports, by node.
+fn running_use(kube: &FakeKube) -> BTreeMap<String, Admitted> {
+    let mut out: BTreeMap<String, Admitted> = BTreeMap::new();
+    for p in kube.store().iter("Pod") {
+        let Some(node) = p["spec"]["nodeName"].as_str() else {
+            continue;
+        };
+        if p["status"]["phase"] != "Running" {
+            continue;
+        }
+        let a = out.entry(node.to_string()).or_default();
+        for (k, v) in crate::scheduler::requests(p) {
+            *a.used.entry(k).or_default() += v;
+        }
+        a.ports.extend(crate::scheduler::host_ports(p));
+    }
+    out
+}
+
+/// The kubelet's admission: a pod starts only if it fits beside the pods already running (every
+/// resource it requests, and its host ports); otherwise it fails as `OutOf<resource>` or `NodePorts`.
+fn admit(
+    kube: &FakeKube,
+    node: &str,
+    on_node: &mut Admitted,
+    pod: &Value,
+) -> Result<(), (String, String)> {
+    let allocatable: BTreeMap<String, i128> = kube
+        .store()
+        .get("Node", "", node)
+        .and_then(|n| n["status"]["allocatable"].as_object().cloned())
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k, v.as_str().and_then(crate::quantity::milli).unwrap_or(0)))
+        .collect();
+    let ports = crate::scheduler::host_ports(pod);
+    if ports.iter().any(|p| {
+        on_node
+            .ports
+            .iter()
+            .any(|u| crate::scheduler::ports_clash(p, u))
+    }) {
+        return Err((
+            "NodePorts".into(),
+            "Pod was rejected: node(s) didn't have free ports for the requested pod ports".into(),
+        ));
+    }
+    let wants = crate::scheduler::requests(pod);
+    for (res, amount) in &wants {
+        let used = on_node.used.get(res).copied().unwrap_or(0);
+        let cap = allocatable.get(res).copied().unwrap_or(0);
+        if *amount > 0 && used + amount > cap {
+            return Err((
+                format!("OutOf{res}"),
+                format!(
+                    "Pod was rejected: Node didn't have enough resource: {res}, requested: {amount}m, used: {used}m, capacity: {cap}m"
+                ),
+            ));
+        }
+    }
+    for (res, amount) in wants {
+        *on_node.used.entry(res).or_default() += amount;
+    }
+    on_node.ports.extend(ports);
+    Ok(())
 }

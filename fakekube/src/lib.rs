@@ -3,10 +3,12 @@
 //! It implements dovetail's `Kube` trait. Its scheduler shares no code with dovetail's scheduling so that the
 //! simulation can catch the controller's mistakes; the simulator's `cluster` host drives the control loops.
 
+pub mod admission;
 pub mod api;
 pub mod disruption;
 pub mod kubelet;
 pub mod merge;
+pub mod placement;
 pub mod quantity;
 pub mod scheduler;
 pub mod selectors;

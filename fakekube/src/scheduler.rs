@@ -34,15 +34,14 @@ pub struct Scheduler {
 
 type Amounts = BTreeMap<String, i128>;
 
-fn requests(pod: &Value) -> Amounts {
+pub(crate) fn requests(pod: &Value) -> Amounts {
     let mut sum = Amounts::new();
+    // The API server has already defaulted requests to limits.
     let read = |c: &Value| -> Amounts {
         let mut out = Amounts::new();
-        for field in ["limits", "requests"] {
-            if let Some(m) = c["resources"][field].as_object() {
-                for (k, v) in m {
-                    out.insert(k.clone(), v.as_str().and_then(milli).unwrap_or(0));
-                }
+        if let Some(m) = c["resources"]["requests"].as_object() {
+            for (k, v) in m {
+                out.insert(k.clone(), v.as_str().and_then(milli).unwrap_or(0));
             }
         }
         out
@@ -78,7 +77,7 @@ fn node_ready(node: &Value) -> bool {
     })
 }
 
-fn tolerates(pod: &Value, taint: &Value) -> bool {
+pub(crate) fn tolerates(pod: &Value, taint: &Value) -> bool {
     pod["spec"]["tolerations"]
         .as_array()
         .into_iter()
@@ -123,8 +122,40 @@ fn expression_holds(expr: &Value, labels: &Value) -> bool {
     }
 }
 
+/// The (protocol, hostIP, hostPort) a pod claims on its node; hostIP `0.0.0.0` when unset.
+pub(crate) fn host_ports(pod: &Value) -> Vec<(String, String, i64)> {
+    let mut out = Vec::new();
+    for group in ["initContainers", "containers"] {
+        for c in pod["spec"][group].as_array().into_iter().flatten() {
+            for p in c["ports"].as_array().into_iter().flatten() {
+                let Some(port) = p["hostPort"].as_i64().filter(|p| *p > 0) else {
+                    continue;
+                };
+                let protocol = p["protocol"].as_str().unwrap_or("TCP").to_string();
+                let ip = p["hostIP"]
+                    .as_str()
+                    .filter(|ip| !ip.is_empty())
+                    .unwrap_or("0.0.0.0")
+                    .to_string();
+                out.push((protocol, ip, port));
+            }
+        }
+    }
+    out
+}
+
+/// Two host-port claims clash on the same port and protocol when either listens on every address.
+pub(crate) fn ports_clash(a: &(String, String, i64), b: &(String, String, i64)) -> bool {
+    a.0 == b.0 && a.2 == b.2 && (a.1 == b.1 || a.1 == "0.0.0.0" || b.1 == "0.0.0.0")
+}
+
 /// Why `pod` cannot go on `node`, or None if it can.
-fn unfit_reason(pod: &Value, node: &Value, free: &Amounts) -> Option<String> {
+fn unfit_reason(
+    pod: &Value,
+    node: &Value,
+    free: &Amounts,
+    used_ports: &[(String, String, i64)],
+) -> Option<String> {
     if !node_ready(node) || !node["metadata"]["deletionTimestamp"].is_null() {
         return Some("node(s) were not ready".into());
     }
@@ -142,6 +173,12 @@ fn unfit_reason(pod: &Value, node: &Value, free: &Amounts) -> Option<String> {
     }
     if !node_affinity_admits(pod, node) {
         return Some("node(s) didn't match Pod's node affinity/selector".into());
+    }
+    if host_ports(pod)
+        .iter()
+        .any(|p| used_ports.iter().any(|u| ports_clash(p, u)))
+    {
+        return Some("node(s) didn't have free ports for the requested pod ports".into());
     }
     for (res, amount) in requests(pod) {
         if amount > free.get(&res).copied().unwrap_or(0) {
@@ -171,13 +208,15 @@ fn domain<'a>(nodes: &'a [Value], node: &str, key: &str) -> Option<&'a str> {
 }
 
 /// Does the pod's nodeSelector and required node affinity admit the node (nodeAffinityPolicy: Honor)?
-fn node_affinity_admits(pod: &Value, node: &Value) -> bool {
+pub(crate) fn node_affinity_admits(pod: &Value, node: &Value) -> bool {
     let labels = &node["metadata"]["labels"];
     let selector_ok = pod["spec"]["nodeSelector"]
         .as_object()
         .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
     let terms = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         ["nodeSelectorTerms"];
+    // `matchFields` can only name `metadata.name` (how the DaemonSet controller pins a pod to its node).
+    let fields = json!({"metadata.name": node["metadata"]["name"]});
     let affinity_ok = terms.as_array().is_none_or(|terms| {
         terms.iter().any(|t| {
             t["matchExpressions"]
@@ -185,6 +224,11 @@ fn node_affinity_admits(pod: &Value, node: &Value) -> bool {
                 .into_iter()
                 .flatten()
                 .all(|e| expression_holds(e, labels))
+                && t["matchFields"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .all(|e| expression_holds(e, &fields))
         })
     });
     selector_ok && affinity_ok
@@ -378,6 +422,7 @@ impl Scheduler {
         }
         let mut pending = Vec::new();
         let mut placed: Vec<Placed> = Vec::new();
+        let mut ports: BTreeMap<String, Vec<(String, String, i64)>> = BTreeMap::new();
         // Bound pods are read in place; only the pending ones are copied out to be placed.
         for p in st.iter("Pod") {
             let phase = p["status"]["phase"].as_str().unwrap_or("Pending");
@@ -394,6 +439,12 @@ impl Scheduler {
                         *f.entry(k.clone()).or_default() -= v;
                     }
                 }
+                if phase != "Succeeded" && phase != "Failed" {
+                    ports
+                        .entry(node.to_string())
+                        .or_default()
+                        .extend(host_ports(p));
+                }
                 if phase != "Succeeded"
                     && phase != "Failed"
                     && p["metadata"]["deletionTimestamp"].is_null()
@@ -404,14 +455,12 @@ impl Scheduler {
                 pending.push(p.clone());
             }
         }
-        pending.sort_by(|a, b| {
-            let ts = |v: &Value| {
-                v["metadata"]["creationTimestamp"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            ts(a).cmp(&ts(b)).then_with(|| key(a).cmp(&key(b)))
+        // Oldest first by the time itself: RFC 3339 text does not sort (`…00.5Z` < `…00Z`).
+        pending.sort_by_cached_key(|v| {
+            let created: Option<Timestamp> = v["metadata"]["creationTimestamp"]
+                .as_str()
+                .and_then(|s| s.parse().ok());
+            (created, key(v))
         });
         for pod in pending {
             let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
@@ -422,7 +471,8 @@ impl Scheduler {
                     .unwrap_or_default()
                     .to_string();
                 let f = &free[&name];
-                match unfit_reason(&pod, n, f)
+                let used = ports.get(&name).map_or(&[][..], Vec::as_slice);
+                match unfit_reason(&pod, n, f, used)
                     .or_else(|| inter_pod_reason(&pod, n, &nodes, &placed))
                 {
                     Some(r) => *reasons.entry(r).or_default() += 1,
@@ -464,6 +514,10 @@ impl Scheduler {
                             *f.entry(k).or_default() -= v;
                         }
                     }
+                    ports
+                        .entry(node.clone())
+                        .or_default()
+                        .extend(host_ports(&pod));
                     placed.push(placed_of(&pod, &node));
                     let created: Timestamp = pod["metadata"]["creationTimestamp"]
                         .as_str()

@@ -65,6 +65,7 @@ pub struct Store {
     objects: BTreeMap<Key, Value>,
     history: VecDeque<(u64, String, WatchEvent)>,
     watchers: Vec<Watcher>,
+    placement: crate::placement::Placement,
 }
 
 fn display(ns: &str, name: &str) -> String {
@@ -87,7 +88,13 @@ impl Store {
             objects: BTreeMap::new(),
             history: VecDeque::new(),
             watchers: Vec::new(),
+            placement: Default::default(),
         }
+    }
+
+    /// Bindings that broke a placement invariant (see `placement`).
+    pub fn placement_violations(&self) -> &[String] {
+        &self.placement.violations
     }
 
     pub fn resource_version(&self) -> u64 {
@@ -103,6 +110,21 @@ impl Store {
     }
 
     fn emit(&mut self, kind: &str, event: WatchEvent) {
+        if kind == "Pod" {
+            match &event {
+                WatchEvent::Added(p) | WatchEvent::Modified(p) => {
+                    let objects = &self.objects;
+                    let node = p["spec"]["nodeName"]
+                        .as_str()
+                        .and_then(|n| objects.get(&("Node".into(), String::new(), n.into())));
+                    self.placement.written(p, node, |ns, name| {
+                        objects.get(&("Pod".into(), ns.into(), name.into()))
+                    });
+                }
+                WatchEvent::Deleted(p) => self.placement.removed(p),
+                _ => {}
+            }
+        }
         self.watchers
             .retain(|w| w.kind != kind || w.tx.send(event.clone()).is_ok());
         self.history.push_back((self.rv, kind.to_string(), event));
@@ -185,6 +207,8 @@ impl Store {
             m.shift_remove("namespace");
         }
         let key = Store::key_of(kind, &obj);
+        crate::admission::admit(kind, &mut obj)
+            .map_err(|e| StoreError::Invalid(format!("{kind} {}", display(&key.1, &key.2)), e))?;
         if self.objects.contains_key(&key) {
             return Err(StoreError::AlreadyExists(
                 kind.to_string(),
@@ -252,6 +276,8 @@ impl Store {
         }
         let mut updated = current.clone();
         merge_patch(&mut updated, &patch);
+        crate::admission::admit(kind, &mut updated)
+            .map_err(|e| StoreError::Invalid(format!("{kind} {}", display(ns, name)), e))?;
         if updated == *current {
             return Ok(updated);
         }

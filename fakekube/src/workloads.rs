@@ -55,39 +55,74 @@ fn owned_pods(st: &crate::store::Store, uid: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Whether a DaemonSet's pod template may run on a node: nodeSelector, and NoSchedule/NoExecute taints
-/// tolerated (DaemonSet pods tolerate the node-lifecycle taints automatically).
+/// Tolerations the DaemonSet controller adds to every daemon pod, so node conditions do not evict it.
+const DAEMON_TOLERATIONS: [(&str, &str); 6] = [
+    ("node.kubernetes.io/not-ready", "NoExecute"),
+    ("node.kubernetes.io/unreachable", "NoExecute"),
+    ("node.kubernetes.io/disk-pressure", "NoSchedule"),
+    ("node.kubernetes.io/memory-pressure", "NoSchedule"),
+    ("node.kubernetes.io/pid-pressure", "NoSchedule"),
+    ("node.kubernetes.io/unschedulable", "NoSchedule"),
+];
+
+/// A daemon pod's spec for one node: the template's, with the automatic tolerations and a required node
+/// affinity on the node's name (`matchFields`, added to every term), as the DaemonSet controller writes it.
+fn daemon_pod_spec(template: &Value, node: &str) -> Value {
+    let mut spec = template["spec"].clone();
+    if !spec["tolerations"].is_array() {
+        spec["tolerations"] = json!([]);
+    }
+    if let Some(tols) = spec["tolerations"].as_array_mut() {
+        for (key, effect) in DAEMON_TOLERATIONS {
+            if !tols
+                .iter()
+                .any(|t| t["key"] == key && t["effect"] == effect)
+            {
+                tols.push(json!({"key": key, "operator": "Exists", "effect": effect}));
+            }
+        }
+    }
+    let pin = json!({"key": "metadata.name", "operator": "In", "values": [node]});
+    let required =
+        &mut spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
+    match required["nodeSelectorTerms"].as_array_mut() {
+        Some(terms) if !terms.is_empty() => {
+            for t in terms {
+                t["matchFields"] = json!([pin.clone()]);
+            }
+        }
+        _ => *required = json!({"nodeSelectorTerms": [{"matchFields": [pin]}]}),
+    }
+    spec
+}
+
+/// The node a daemon pod is for: where it is bound, or the node its `matchFields` pins it to.
+fn daemon_target(pod: &Value) -> Option<&str> {
+    pod["spec"]["nodeName"].as_str().or_else(|| {
+        pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"][0]["matchFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|f| f["key"] == "metadata.name")
+            .and_then(|f| f["values"][0].as_str())
+    })
+}
+
+/// Whether a daemon pod should run on a node: the template's node selector and affinity admit it, and
+/// its tolerations (with the automatic ones) cover the node's NoSchedule and NoExecute taints.
 fn daemon_admitted(template: &Value, node: &Value) -> bool {
-    let labels = &node["metadata"]["labels"];
-    let selector_ok = template["spec"]["nodeSelector"]
-        .as_object()
-        .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
-    let automatic = [
-        "node.kubernetes.io/not-ready",
-        "node.kubernetes.io/unreachable",
-        "node.kubernetes.io/unschedulable",
-        "karpenter.sh/unregistered",
-    ];
+    let name = node["metadata"]["name"].as_str().unwrap_or_default();
+    let pod = json!({"spec": daemon_pod_spec(template, name)});
     let taints_ok = node["spec"]["taints"]
         .as_array()
         .into_iter()
         .flatten()
         .all(|t| {
-            let key = t["key"].as_str().unwrap_or_default();
             !matches!(t["effect"].as_str(), Some("NoSchedule" | "NoExecute"))
-                || automatic.contains(&key)
-                || template["spec"]["tolerations"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|tol| {
-                        (tol["operator"] == "Exists" && (tol["key"].is_null() || tol["key"] == key))
-                            || (tol["key"] == key
-                                && tol["value"].as_str().unwrap_or("")
-                                    == t["value"].as_str().unwrap_or(""))
-                    })
+                || crate::scheduler::tolerates(&pod, t)
         });
-    selector_ok && taints_ok
+    taints_ok && crate::scheduler::node_affinity_admits(&pod, node)
 }
 
 /// The disruption controller: keep every PDB's status current.
@@ -190,7 +225,9 @@ impl Workloads {
         }
     }
 
-    /// DaemonSets: one pod on every node whose labels and taints admit it, bound directly to that node.
+    /// DaemonSets: one pod for every node whose labels and taints admit it, pinned to that node by node
+    /// affinity and left to the scheduler, which binds it when the node has room (pending otherwise).
+    /// A daemon pod still pending for a node that is gone or no longer admits it is deleted.
     fn reconcile_daemonsets(&mut self, kube: &FakeKube, now: Timestamp) {
         let mut st = kube.store();
         let nodes = st.list("Node");
@@ -205,6 +242,22 @@ impl Workloads {
             let (ns, name) = crate::store::ns_name(&ds);
             let template = &ds["spec"]["template"];
             let owned = owned_pods(&st, &uid);
+            for p in &owned {
+                let wanted = daemon_target(p).is_some_and(|target| {
+                    nodes.iter().any(|n| {
+                        n["metadata"]["name"] == target
+                            && n["metadata"]["deletionTimestamp"].is_null()
+                            && daemon_admitted(template, n)
+                    })
+                });
+                // A failed daemon pod is replaced (the real controller backs off; the kubelet here only
+                // fails pods the scheduler should never have bound).
+                if (!wanted && p["spec"]["nodeName"].is_null()) || p["status"]["phase"] == "Failed"
+                {
+                    let (pns, pname) = crate::store::ns_name(p);
+                    let _ = st.delete("Pod", &pns, &pname, now);
+                }
+            }
             let mut created = 0;
             for node in &nodes {
                 let node_name = node["metadata"]["name"].as_str().unwrap_or_default();
@@ -213,7 +266,10 @@ impl Workloads {
                 {
                     continue;
                 }
-                if owned.iter().any(|p| p["spec"]["nodeName"] == node_name) {
+                if owned.iter().any(|p| {
+                    daemon_target(p) == Some(node_name)
+                        && !matches!(p["status"]["phase"].as_str(), Some("Failed"))
+                }) {
                     continue;
                 }
                 let mut pod = pod_from_template(
@@ -225,7 +281,7 @@ impl Workloads {
                     &name,
                     &uid,
                 );
-                pod["spec"]["nodeName"] = json!(node_name);
+                pod["spec"] = daemon_pod_spec(template, node_name);
                 if st.create("Pod", pod, now).is_ok() {
                     created += 1;
                 }

@@ -409,6 +409,15 @@ fn a_daemonset_places_one_pod_per_admitting_node() {
     let now = w.now();
     w.workloads.step(&w.kube, now);
     w.workloads.step(&w.kube, now);
+    // Created unbound, pinned to their node by node affinity, and placed by the scheduler.
+    assert!(
+        w.kube
+            .store()
+            .list("Pod")
+            .iter()
+            .all(|p| p["spec"]["nodeName"].is_null())
+    );
+    w.schedule();
     let mut on: Vec<String> = w
         .kube
         .store()
@@ -422,7 +431,172 @@ fn a_daemonset_places_one_pod_per_admitting_node() {
         ["n1"],
         "n2's taint is not tolerated, n3 is not selected"
     );
+}
+
+#[test]
+fn a_daemon_pod_waits_when_its_node_has_no_room() {
+    let mut w = world();
+    w.node("full", json!({}), "1", json!([]));
+    w.pod("web", json!({}), json!({}));
+    w.pod("web-2", json!({}), json!({}));
     w.schedule();
+    assert_eq!(w.node_of("web-2").as_deref(), Some("full"));
+    w.create("DaemonSet", json!({"metadata": {"name": "agent", "namespace": "default"}, "spec": {
+        "selector": {"matchLabels": {"app": "agent"}},
+        "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "100m"}}}]}}}}));
+    let now = w.now();
+    w.workloads.step(&w.kube, now);
+    w.schedule();
+    let daemon = w
+        .kube
+        .store()
+        .list("Pod")
+        .into_iter()
+        .find(|p| p["metadata"]["labels"]["app"] == "agent")
+        .unwrap();
+    assert!(daemon["spec"]["nodeName"].is_null(), "{daemon}");
+    let name = daemon["metadata"]["name"].as_str().unwrap();
+    assert!(
+        w.unschedulable_message(name).contains("Insufficient cpu"),
+        "{}",
+        w.unschedulable_message(name)
+    );
+    assert!(w.kube.audit().violations.is_empty());
+}
+
+#[test]
+fn quantities_are_read_typed_and_stored_canonically() {
+    let mut w = world();
+    w.node("half", json!({}), "500m", json!([]));
+    // An unquoted `cpu: 1` is one cpu, not zero.
+    w.pod(
+        "one-cpu",
+        json!({}),
+        json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": 1, "memory": "1024Mi"}}}]}),
+    );
+    w.schedule();
+    assert_eq!(w.node_of("one-cpu"), None);
+    let pod = w
+        .kube
+        .store()
+        .get("Pod", "default", "one-cpu")
+        .cloned()
+        .unwrap();
+    let requests = &pod["spec"]["containers"][0]["resources"]["requests"];
+    assert_eq!(requests["cpu"], "1");
+    assert_eq!(requests["memory"], "1Gi");
+    let err = w
+        .kube
+        .store()
+        .create(
+            "Pod",
+            json!({"metadata": {"name": "bad", "namespace": "default"}, "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "lots"}}}]}}),
+            w.now(),
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("Pod default/bad is invalid: spec.containers[0].resources.requests[cpu]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn scheduler_host_ports() {
+    let mut w = world();
+    w.node("one", json!({}), "8", json!([]));
+    let port = |p: i64| json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": p}]}]});
+    w.pod("a", json!({}), port(8080));
+    w.pod("b", json!({}), port(8080));
+    w.pod("c", json!({}), port(9090));
+    w.schedule();
+    assert_eq!(w.node_of("a").as_deref(), Some("one"));
+    assert_eq!(w.node_of("b"), None);
+    assert!(w.unschedulable_message("b").contains("free ports"));
+    assert_eq!(w.node_of("c").as_deref(), Some("one"));
+}
+
+#[test]
+fn scheduler_takes_the_oldest_pod_first_by_time_not_text() {
+    let mut w = world();
+    w.node("one", json!({}), "500m", json!([]));
+    w.pod("first", json!({}), json!({}));
+    // Created half a second later: `…00.5Z` sorts before `…00Z` as text.
+    w.clock.advance(Duration::from_millis(500));
+    w.pod("second", json!({}), json!({}));
+    w.schedule();
+    assert_eq!(w.node_of("first").as_deref(), Some("one"));
+    assert_eq!(w.node_of("second"), None);
+}
+
+#[test]
+fn the_kubelet_fails_a_pod_that_does_not_fit() {
+    let w = world();
+    w.node("one", json!({}), "1", json!([]));
+    let mut kubelets = Kubelets::new(
+        ChaCha8Rng::seed_from_u64(2),
+        (Duration::ZERO, Duration::ZERO),
+        Arc::new(Silent),
+    );
+    // Bound by hand (as a pod written with nodeName is), past the scheduler: 600m + 600m > 1 cpu.
+    for name in ["a", "b"] {
+        w.create("Pod", json!({"metadata": {"name": name, "namespace": "default"}, "spec": {"nodeName": "one", "containers": [{"name": "c", "resources": {"requests": {"cpu": "600m"}}}]}, "status": {"phase": "Pending"}}));
+    }
+    let now = w.now();
+    kubelets.step(&w.kube, &[], now);
+    w.clock.advance(Duration::from_secs(3));
+    kubelets.step(&w.kube, &[], w.now());
+    let phase = |n: &str| {
+        w.kube.store().get("Pod", "default", n).unwrap()["status"]["phase"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(phase("a"), "Running");
+    assert_eq!(phase("b"), "Failed");
+    assert_eq!(
+        w.kube.store().get("Pod", "default", "b").unwrap()["status"]["reason"],
+        "OutOfcpu"
+    );
+    // And the placement invariant saw the over-commit when b was bound.
+    let violations = w.kube.audit().violations;
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.contains("pod default/b bound to node one") && v.contains("cpu")),
+        "{violations:?}"
+    );
+}
+
+#[test]
+fn placement_invariants_catch_a_bad_binding() {
+    let w = world();
+    w.node(
+        "tainted",
+        json!({"role": "db"}),
+        "8",
+        json!([{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]),
+    );
+    let bound = |name: &str, spec: Value| {
+        let mut spec = spec;
+        spec["nodeName"] = json!("tainted");
+        spec["containers"] = json!([{"name": "c", "ports": [{"containerPort": 53, "hostPort": 53, "protocol": "UDP"}]}]);
+        w.create(
+            "Pod",
+            json!({"metadata": {"name": name, "namespace": "default"}, "spec": spec}),
+        );
+    };
+    bound(
+        "tolerant",
+        json!({"tolerations": [{"key": "dedicated", "operator": "Exists"}]}),
+    );
+    assert!(w.kube.audit().violations.is_empty());
+    bound("intolerant", json!({"nodeSelector": {"role": "web"}}));
+    let violations = w.kube.audit().violations;
+    assert_eq!(violations.len(), 3, "{violations:?}");
+    assert!(violations[0].contains("taint dedicated:NoSchedule"));
+    assert!(violations[1].contains("nodeSelector"));
+    assert!(violations[2].contains("host port 53/UDP"));
 }
 
 // ---- the scheduler, one constraint at a time ----------------------------------------------------------
