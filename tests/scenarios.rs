@@ -56,6 +56,24 @@ fn kms_broken_key_seed_5() {
             "{in_window} launches in the 10 minutes from +{start}s"
         );
     }
+    // After the third death the back-off only grows: no two launches slip through between pauses, and
+    // at the cap a class launches at most once per 5 minutes.
+    let gaps: Vec<u64> = launches.windows(2).map(|w| w[1] - w[0]).collect();
+    for pair in gaps[2..].windows(2) {
+        assert!(
+            pair[1] + 5 >= pair[0],
+            "the back-off shrank: gaps between launches {gaps:?}"
+        );
+    }
+    assert!(
+        gaps.iter().rev().take(2).all(|g| *g >= 295),
+        "faster than one launch per 5 minutes at the cap: {gaps:?}"
+    );
+    // The waiting pods are told what they wait for.
+    assert!(
+        text.contains("wait: launches of ec2nodeclass/default are paused: 3 launches died before their nodes registered"),
+        "the waiting pods are not told the class's problem"
+    );
     assert!(text.contains("launches healthy again"), "never recovered");
     assert!(
         text.contains("0 pending at end"),
@@ -465,4 +483,32 @@ fn leader_failover_seed_42() {
     ));
     assert!(text.contains("verdict          PASS"));
     insta::assert_snapshot!("leader-failover.seed-42", text);
+}
+
+#[test]
+fn stuck_pod_seed_42() {
+    let text = run_scenario("stuck-pod.yaml", 42);
+    // A pod no pool can host does not freeze disruption: the nodes the web pods gave back at 20m go.
+    let executed = times(&text, "disruption executed:");
+    assert!(
+        executed.iter().any(|t| *t > 1200.0 && *t < 1200.0 + 600.0),
+        "nothing consolidated within 10 minutes of the scale-down"
+    );
+    assert!(
+        text.contains("nodes            end 1,"),
+        "the fleet did not shrink"
+    );
+    // And it is told why it waits, naming the pool that failed validation as well as the one that could
+    // not take it.
+    assert!(text.contains("1 pending at end (1 explained)"));
+    let (_, why) = first(&text, "cannot place 1 pods (pod/default/stranded)").expect("explained");
+    assert!(
+        why.contains(
+            "nodepool \"default\": requirement topology.kubernetes.io/zone In [eu-west-1a]"
+        ) && why.contains(
+            "nodepool \"batch\" cannot launch: spec.template.spec.requirements: no instance type"
+        ),
+        "{why}"
+    );
+    insta::assert_snapshot!("stuck-pod.seed-42", text);
 }

@@ -25,29 +25,40 @@ pub const LAUNCHES_HEALTHY: &str = "LaunchesHealthy";
 pub struct LaunchHealth {
     deaths: BTreeMap<String, Vec<(Duration, String)>>,
     paused: BTreeMap<String, (Duration, Duration)>,
+    /// The message of the class's failing condition.
+    problems: BTreeMap<String, String>,
+    /// Deaths since a node of the class last registered.
+    since_healthy: BTreeMap<String, usize>,
 }
 
 impl LaunchHealth {
-    /// Record a death; returns the pause (until, length) when this death starts or lengthens one.
+    /// Record a death; returns the pause (until, length) when this death starts or lengthens one. Once a
+    /// class is failing, every further death doubles its pause (up to the cap) until a node of it
+    /// registers: the launch rate only falls, and no two launches slip through between pauses.
     pub fn record_death(
         &mut self,
         class: &str,
         reason: &str,
         now: Duration,
     ) -> Option<(Duration, Duration)> {
+        *self.since_healthy.entry(class.to_string()).or_default() += 1;
         let list = self.deaths.entry(class.to_string()).or_default();
         list.retain(|(t, _)| now.saturating_sub(*t) < FAILURE_WINDOW);
         list.push((now, reason.to_string()));
-        if list.len() < FAILURES_TO_PAUSE {
-            return None;
-        }
         let length = match self.paused.get(class) {
             Some((_, len)) => (*len * 2).min(MAX_PAUSE),
+            None if list.len() < FAILURES_TO_PAUSE => return None,
             None => FIRST_PAUSE,
         };
         self.paused
             .insert(class.to_string(), (now + length, length));
         Some((now + length, length))
+    }
+
+    /// Why launches of this class are failing, while they are (from the first pause until a node of it
+    /// registers).
+    pub fn problem(&self, class: &str) -> Option<&str> {
+        self.problems.get(class).map(String::as_str)
     }
 
     /// Until when launches for this class wait, if they do.
@@ -58,6 +69,8 @@ impl LaunchHealth {
     /// A node of this class came up: forget its deaths. True when it had been marked failing.
     pub fn healed(&mut self, class: &str) -> bool {
         self.deaths.remove(class);
+        self.problems.remove(class);
+        self.since_healthy.remove(class);
         self.paused.remove(class).is_some()
     }
 
@@ -95,11 +108,12 @@ impl LaunchHealth {
                 keys.join(", ")
             )
         };
+        let deaths = self.since_healthy.get(&class).copied().unwrap_or_default();
         let message = format!(
-            "{FAILURES_TO_PAUSE} launches died within {}m before their nodes registered (last: {id}, {reason}){hint}; launches paused for {}s",
-            FAILURE_WINDOW.as_secs() / 60,
+            "{deaths} launches died before their nodes registered (last: {id}, {reason}){hint}; launches paused for {}s",
             length.as_secs()
         );
+        self.problems.insert(class.clone(), message.clone());
         ctx.journal.record(
             "lifecycle",
             format!("ec2nodeclass/{class} launches failing: {message}"),
@@ -211,6 +225,28 @@ mod tests {
             None,
             "healing starts the count again"
         );
+    }
+
+    #[test]
+    fn a_failing_class_backs_off_monotonically_until_it_heals() {
+        let mut h = LaunchHealth::default();
+        let t = |s| Duration::from_secs(s);
+        for at in [0, 5, 10] {
+            h.record_death("c", "x", t(at));
+        }
+        // One death per pause, each after the pause ended: the pauses only grow, to the cap, even when
+        // the deaths that started it have left the window.
+        let mut at = 10;
+        let mut lengths = Vec::new();
+        for _ in 0..6 {
+            let until = h.paused_until("c", t(at)).unwrap();
+            at = until.as_secs() + 5;
+            let (_, length) = h.record_death("c", "x", t(at)).unwrap();
+            lengths.push(length.as_secs());
+        }
+        assert_eq!(lengths, [120, 240, 300, 300, 300, 300]);
+        assert!(h.healed("c"));
+        assert_eq!(h.paused_until("c", t(at)), None);
     }
 
     #[test]

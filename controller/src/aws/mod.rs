@@ -253,6 +253,10 @@ impl CloudProvider for AwsProvider {
             .is_some()
     }
 
+    fn launch_problem(&self, class: &str) -> Option<String> {
+        self.health.problem(class).map(String::from)
+    }
+
     async fn launch_died(
         &mut self,
         ctx: &Context,

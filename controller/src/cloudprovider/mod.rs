@@ -166,6 +166,9 @@ pub trait CloudProvider: Send + Sync {
     /// Launches of this claim's node class are held back now (after repeated launch deaths).
     fn launch_paused(&self, claim: &NodeClaim, now: Duration) -> bool;
 
+    /// Why launches of the named node class keep failing, while they do (the class condition's message).
+    fn launch_problem(&self, class: &str) -> Option<String>;
+
     /// A launch died before its node registered.
     async fn launch_died(
         &mut self,

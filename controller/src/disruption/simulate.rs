@@ -46,7 +46,7 @@ impl View<'_> {
                         self.state
                             .pods
                             .get(k)
-                            .and_then(|p| inputs::pending_pod(self.ctx, k, p))
+                            .and_then(|p| inputs::pending_pod_or_log(self.ctx, k, p))
                     })
                     .collect();
                 (c.node.clone(), pending)
@@ -54,10 +54,41 @@ impl View<'_> {
             .collect();
         Snapshot {
             existing: inputs::existing_capacity(self.ctx, self.state, &leaving),
-            pools: inputs::pool_options(self.ctx, self.state, self.provider),
+            pools: inputs::pool_options(self.state, self.provider).usable,
             pods,
             pool_totals: self.pool_totals(),
         }
+    }
+
+    /// Whether pending pods would get a new node from a pool that can launch now: capacity genuinely on
+    /// its way (pods that fit nodes already there are the kube-scheduler's to bind).
+    fn awaiting_launch(&self) -> bool {
+        let pending: Vec<PendingPod> = self
+            .state
+            .pods
+            .iter()
+            .filter(|(_, p)| crate::state::is_provisionable(p))
+            .filter_map(|(k, p)| inputs::pending_pod(k, p).ok())
+            .collect();
+        if pending.is_empty() {
+            return false;
+        }
+        let leaving = self.state.leaving_nodes();
+        let existing = inputs::existing_capacity(self.ctx, self.state, &leaving);
+        let pools: Vec<PoolOptions<'_>> = inputs::pool_options(self.state, self.provider)
+            .usable
+            .into_iter()
+            .filter(|p| {
+                self.state.nodepools.get(&p.name).is_none_or(|pool| {
+                    self.provider
+                        .launch_problem(&pool.spec.template.spec.node_class_ref.name)
+                        .is_none()
+                })
+            })
+            .collect();
+        !crate::scheduling::plan(&pending, &existing, &pools)
+            .claims
+            .is_empty()
     }
 
     /// Cost per hour and pods of every pool's nodes.
@@ -386,14 +417,19 @@ impl Disruption {
         if provider.instance_types().is_empty() {
             return Ok(None);
         }
-        // Like Karpenter, voluntary disruption waits while the cluster is still settling: pods waiting for
-        // capacity, or capacity still on its way (it could not be counted on yet).
-        if state.pods.values().any(crate::state::is_provisionable) {
+        // Like Karpenter, voluntary disruption waits while the cluster is still settling: pods whose
+        // capacity is about to be launched, or capacity still on its way (it could not be counted on yet).
+        // Pods no pool can host, and claims of a node class whose launches keep dying, are not on their
+        // way: waiting for them would stop all disruption for as long as one pod is stuck.
+        if view.awaiting_launch() {
             return Ok(None);
         }
         let settling = state.nodeclaims.values().any(|c| {
             c.metadata.deletion_timestamp.is_none()
                 && !c.condition_true(crate::crds::nodeclaim::conditions::INITIALIZED)
+                && provider
+                    .launch_problem(&c.spec.node_class_ref.name)
+                    .is_none()
         });
         if settling {
             return Ok(None);

@@ -122,24 +122,17 @@ fn pod_requests_or_log(ctx: &Context, key: &ObjectKey, pod: &Pod) -> Option<Reso
     }
 }
 
-/// A pod as the planner sees it; None (with a trace line) when it cannot be read.
-pub(crate) fn pending_pod(ctx: &Context, key: &ObjectKey, pod: &Pod) -> Option<PendingPod> {
-    let requests = pod_requests_or_log(ctx, key, pod)?;
-    let parsed = pod_requirements(pod).and_then(|r| pod_terms(pod).map(|t| (r, t)));
-    let (requirements, topology) = match parsed {
-        Ok(p) => p,
-        Err(e) => {
-            ctx.journal
-                .record("provision", format!("skip pod/{key}: {e}"));
-            return None;
-        }
-    };
+/// A pod as the planner sees it, or why it cannot be read.
+pub(crate) fn pending_pod(key: &ObjectKey, pod: &Pod) -> Result<PendingPod, String> {
+    let requests = pod_requests(pod).map_err(|e| e.to_string())?;
+    let requirements = pod_requirements(pod)?;
+    let topology = pod_terms(pod)?;
     let tolerations = pod
         .spec
         .as_ref()
         .and_then(|s| s.tolerations.clone())
         .unwrap_or_default();
-    Some(PendingPod {
+    Ok(PendingPod {
         key: key.clone(),
         requests,
         requirements,
@@ -150,13 +143,27 @@ pub(crate) fn pending_pod(ctx: &Context, key: &ObjectKey, pod: &Pod) -> Option<P
     })
 }
 
-/// What each ready NodePool may launch. A pool whose requirements do not parse is skipped, with a line.
-pub(crate) fn pool_options<'a>(
-    ctx: &Context,
-    state: &ClusterState,
-    provider: &'a dyn CloudProvider,
-) -> Vec<PoolOptions<'a>> {
+/// A pod as the planner sees it; None (with a trace line) when it cannot be read.
+pub(crate) fn pending_pod_or_log(ctx: &Context, key: &ObjectKey, pod: &Pod) -> Option<PendingPod> {
+    pending_pod(key, pod)
+        .map_err(|e| {
+            ctx.journal
+                .record("provision", format!("skip pod/{key}: {e}"))
+        })
+        .ok()
+}
+
+/// The NodePools the planner may launch from, and those it may not with why (for explanations).
+pub(crate) struct Pools<'a> {
+    pub usable: Vec<PoolOptions<'a>>,
+    pub skipped: Vec<(String, String)>,
+}
+
+/// What each ready NodePool may launch. A pool that failed validation or whose node class is not ready
+/// is skipped, with why.
+pub(crate) fn pool_options<'a>(state: &ClusterState, provider: &'a dyn CloudProvider) -> Pools<'a> {
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
     for pool in state.nodepools.values() {
         let name = pool.metadata.name.clone().unwrap_or_default();
         if pool.metadata.deletion_timestamp.is_some()
@@ -170,8 +177,7 @@ pub(crate) fn pool_options<'a>(
             match crate::nodepool::validation::validate(pool, provider.instance_types()) {
                 Ok(r) => r,
                 Err((_, why)) => {
-                    ctx.journal
-                        .record("provision", format!("skip nodepool/{name}: {why}"));
+                    skipped.push((name, why));
                     continue;
                 }
             };
@@ -179,13 +185,11 @@ pub(crate) fn pool_options<'a>(
         let class_name = &pool.spec.template.spec.node_class_ref.name;
         match provider.node_class(state, class_name) {
             NodeClassReadiness::NotReady(problem) => {
-                ctx.journal.record(
-                    "provision",
-                    format!(
-                        "skip nodepool/{name}: {}/{class_name} not ready: {problem}",
-                        provider.node_class_kind().to_lowercase()
-                    ),
+                let why = format!(
+                    "{}/{class_name} not ready: {problem}",
+                    provider.node_class_kind().to_lowercase()
                 );
+                skipped.push((name, why));
                 continue;
             }
             NodeClassReadiness::Ready(zones) => {
@@ -222,7 +226,10 @@ pub(crate) fn pool_options<'a>(
             remaining_limits,
         });
     }
-    out
+    Pools {
+        usable: out,
+        skipped,
+    }
 }
 
 /// Requests of the DaemonSet pods that would run on a node of this pool: those whose node selector

@@ -79,14 +79,25 @@ impl Provisioner {
             .pods
             .iter()
             .filter(|(_, p)| is_provisionable(p) || displaced(p, &leaving))
-            .filter_map(|(key, pod)| inputs::pending_pod(ctx, key, pod))
+            .filter_map(|(key, pod)| inputs::pending_pod_or_log(ctx, key, pod))
             .collect();
         if pending.is_empty() {
             return Ok(());
         }
         let existing = inputs::existing_capacity(ctx, state, &leaving);
-        let pools = inputs::pool_options(ctx, state, provider);
-        let plan = plan(&pending, &existing, &pools);
+        let pools = inputs::pool_options(state, provider);
+        for (name, why) in &pools.skipped {
+            ctx.journal
+                .record("provision", format!("skip nodepool/{name}: {why}"));
+        }
+        let mut plan = plan(&pending, &existing, &pools.usable);
+        // A pool left out names itself in every explanation: the pod may have been meant for it, and the
+        // usable pools' reasons alone would point elsewhere.
+        for (_, reason) in &mut plan.unschedulable {
+            for (name, why) in &pools.skipped {
+                reason.push_str(&format!("; nodepool \"{name}\" cannot launch: {why}"));
+            }
+        }
         ctx.journal.record(
             "provision",
             format!(
@@ -114,8 +125,21 @@ impl Provisioner {
                 ),
             );
         }
-        self.explain_unschedulable(ctx, state, &plan.unschedulable)
-            .await;
+        let mut explanations = plan.unschedulable.clone();
+        let waiting = waiting_on_failing_class(state, provider, &plan);
+        let mut by_reason: BTreeMap<&str, Vec<&ObjectKey>> = BTreeMap::new();
+        for (pod, reason) in &waiting {
+            by_reason.entry(reason.as_str()).or_default().push(pod);
+        }
+        for (reason, pods) in by_reason {
+            let more = more_suffix(pods.len(), 1);
+            ctx.journal.record(
+                "provision",
+                format!("{} pods (pod/{}{more}) wait: {reason}", pods.len(), pods[0]),
+            );
+        }
+        explanations.extend(waiting);
+        self.explain_unschedulable(ctx, state, &explanations).await;
         for claim in plan.claims {
             create_nodeclaim(ctx, state, claim, BTreeMap::new()).await?;
         }
@@ -154,6 +178,48 @@ impl Provisioner {
         let still: Vec<&ObjectKey> = unschedulable.iter().map(|(k, _)| k).collect();
         self.explained.retain(|k, _| still.contains(&k));
     }
+}
+
+/// Pods planned onto capacity of a node class whose launches keep dying (a new claim of its pool, or a claim
+/// of it still on its way), with the class's problem: they wait for a launch that is paused.
+fn waiting_on_failing_class(
+    state: &ClusterState,
+    provider: &dyn CloudProvider,
+    plan: &crate::scheduling::Plan,
+) -> Vec<(ObjectKey, String)> {
+    let class_of_pool = |pool: &str| {
+        state
+            .nodepools
+            .get(pool)
+            .map(|p| p.spec.template.spec.node_class_ref.name.clone())
+    };
+    let problem = |class: String| {
+        provider.launch_problem(&class).map(|why| {
+            format!(
+                "launches of {}/{class} are paused: {why}",
+                provider.node_class_kind().to_lowercase()
+            )
+        })
+    };
+    let mut out = Vec::new();
+    for claim in &plan.claims {
+        if let Some(why) = class_of_pool(&claim.pool).and_then(problem) {
+            out.extend(claim.pods.iter().map(|k| (k.clone(), why.clone())));
+        }
+    }
+    for (pod, capacity) in &plan.on_existing {
+        let Some(name) = capacity.strip_prefix("nodeclaim/") else {
+            continue;
+        };
+        let Some(claim) = state.nodeclaims.get(name) else {
+            continue;
+        };
+        let on_its_way = !claim.condition_true(crate::crds::nodeclaim::conditions::INITIALIZED);
+        if on_its_way && let Some(why) = problem(claim.spec.node_class_ref.name.clone()) {
+            out.push((pod.clone(), why));
+        }
+    }
+    out
 }
 
 /// Create a NodeClaim for a planned claim; returns its name (None when the pool is gone).

@@ -496,9 +496,34 @@ fn pool_types<'a>(
             .filter(|it| it.allocatable.fits(total))
             .collect();
         if fitting.is_empty() {
+            // The largest candidate by the resource that is shortest: the one the pods need most of
+            // relative to the most any allowed type has (memory-bound pods name the biggest-memory type).
+            let most = |k: &str| {
+                allowed
+                    .iter()
+                    .map(|it| it.allocatable.get(k))
+                    .max()
+                    .unwrap_or_default()
+            };
+            let tightest = total
+                .0
+                .iter()
+                .filter(|(_, need)| need.0 > 0)
+                .max_by(|(a, need_a), (b, need_b)| {
+                    // need_a / most(a) vs need_b / most(b), cross-multiplied; ties by name.
+                    let (ma, mb) = (most(a).0.max(1), most(b).0.max(1));
+                    (need_a.0 * mb).cmp(&(need_b.0 * ma)).then(b.cmp(a))
+                })
+                .map_or(CPU, |(k, _)| k.as_str());
             let largest = allowed
                 .iter()
-                .max_by_key(|it| (it.allocatable.get(CPU), it.allocatable.get(MEMORY)))
+                .max_by_key(|it| {
+                    (
+                        it.allocatable.get(tightest),
+                        it.allocatable.get(CPU),
+                        it.allocatable.get(MEMORY),
+                    )
+                })
                 .map_or("none", |it| it.name.as_str());
             let short: Vec<&str> = total
                 .0

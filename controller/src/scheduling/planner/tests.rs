@@ -222,6 +222,33 @@ fn a_pod_too_big_for_every_type_is_explained() {
 }
 
 #[test]
+fn the_largest_candidate_is_largest_in_the_short_resource() {
+    let compute = it("c.16xlarge", 64_000, "128Gi", 110, 2.7);
+    let memory = it("x.4xlarge", 16_000, "488Gi", 110, 1.7);
+    let p = plan(
+        &[pod("cache", 4_000, "600Gi")],
+        &[],
+        &[pool("default", vec![&compute, &memory])],
+    );
+    let reason = &p.unschedulable[0].1;
+    assert!(
+        reason.contains("largest candidate x.4xlarge lacks memory"),
+        "{reason}"
+    );
+    // And a cpu-bound pod names the biggest-cpu type.
+    let p = plan(
+        &[pod("render", 96_000, "1Gi")],
+        &[],
+        &[pool("default", vec![&compute, &memory])],
+    );
+    let reason = &p.unschedulable[0].1;
+    assert!(
+        reason.contains("largest candidate c.16xlarge lacks cpu"),
+        "{reason}"
+    );
+}
+
+#[test]
 fn opens_a_second_claim_when_the_largest_type_is_full() {
     let small = it("small.large", 1900, "3Gi", 10, 0.05);
     let pods: Vec<PendingPod> = (0..6)
