@@ -11,7 +11,7 @@ use crate::context::Context;
 use crate::crds::labels;
 use crate::kube::ObjectKey;
 use crate::resources::{Resources, pod_requests};
-use crate::scheduling::requirements::{Requirement, Requirements, normalize_key};
+use crate::scheduling::requirements::{Requirement, Requirements, normalize_key, restricted_label};
 use crate::scheduling::topology::{Strength, TermKind, host_ports, pod_terms};
 use crate::scheduling::{ExistingCapacity, ExistingPod, PendingPod, PoolOptions};
 use crate::state::{ClusterState, node_ready};
@@ -37,13 +37,22 @@ pub(crate) fn node_labels(pool: &crate::crds::NodePool) -> BTreeMap<String, Stri
 /// a time from the lightest — Karpenter's documented relaxation order for node affinity.
 pub fn pod_requirements(pod: &Pod) -> Result<Vec<Requirements>, String> {
     let spec = pod.spec.clone().unwrap_or_default();
-    let base = Requirements::from_labels(&spec.node_selector.unwrap_or_default());
+    let selector = spec.node_selector.unwrap_or_default();
+    for key in selector.keys() {
+        if let Some(why) = restricted_label(key) {
+            return Err(format!("spec.nodeSelector: {why}"));
+        }
+    }
+    let base = Requirements::from_labels(&selector);
     let node_affinity = spec.affinity.and_then(|a| a.node_affinity);
     let parse = |exprs: &[k8s_openapi::api::core::v1::NodeSelectorRequirement],
                  field: &str|
      -> Result<Requirements, String> {
         let mut r = Requirements::default();
         for e in exprs {
+            if let Some(why) = restricted_label(&e.key) {
+                return Err(format!("{field}: {why}"));
+            }
             let req = Requirement::parse(
                 normalize_key(&e.key),
                 &e.operator,
@@ -64,6 +73,12 @@ pub fn pod_requirements(pod: &Pod) -> Result<Vec<Requirements>, String> {
             let field = format!(
                 "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[{i}]"
             );
+            // A node's name cannot be chosen before it exists (what DaemonSet pods use).
+            if t.match_fields.as_ref().is_some_and(|f| !f.is_empty()) {
+                return Err(format!(
+                    "{field}.matchFields: selecting a node by field cannot be provisioned for"
+                ));
+            }
             required.push(base.merged(&parse(
                 t.match_expressions.as_deref().unwrap_or_default(),
                 &field,
@@ -86,6 +101,15 @@ pub fn pod_requirements(pod: &Pod) -> Result<Vec<Requirements>, String> {
         let field = format!(
             "spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[{i}]"
         );
+        if t.preference
+            .match_fields
+            .as_ref()
+            .is_some_and(|f| !f.is_empty())
+        {
+            return Err(format!(
+                "{field}.preference.matchFields: selecting a node by field cannot be provisioned for"
+            ));
+        }
         preferred.push((
             t.weight,
             parse(
@@ -391,4 +415,53 @@ pub(crate) fn existing_capacity(
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(
+            json!({"metadata": {"name": "p", "namespace": "default"}, "spec": spec}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pod_selecting_a_hostname_gets_no_new_node() {
+        let by_selector = pod(
+            json!({"containers": [], "nodeSelector": {"kubernetes.io/hostname": "ip-10-0-0-1"}}),
+        );
+        let err = pod_requirements(&by_selector).unwrap_err();
+        assert!(
+            err.starts_with("spec.nodeSelector: label `kubernetes.io/hostname` is restricted"),
+            "{err}"
+        );
+        let by_affinity = pod(json!({"containers": [], "affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "node-role.kubernetes.io/worker", "operator": "Exists"}]}]}}}}));
+        let err = pod_requirements(&by_affinity).unwrap_err();
+        assert!(
+            err.contains(
+                "nodeSelectorTerms[0]: label `node-role.kubernetes.io/worker` is restricted"
+            ),
+            "{err}"
+        );
+        let by_field = pod(json!({"containers": [], "affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]}}}}));
+        assert!(
+            pod_requirements(&by_field)
+                .unwrap_err()
+                .contains("matchFields")
+        );
+        // Well-known labels, node.kubernetes.io labels and custom labels are fine.
+        let fine = pod(json!({"containers": [], "nodeSelector": {
+            "topology.kubernetes.io/zone": "us-east-1a",
+            "node.kubernetes.io/instance-type": "m5.large",
+            "team": "web"}}));
+        assert!(pod_requirements(&fine).is_ok());
+    }
 }

@@ -75,13 +75,20 @@ impl Provisioner {
         window: Duration,
     ) -> Result<(), ControllerError> {
         let leaving = state.leaving_nodes();
-        let pending: Vec<PendingPod> = state
-            .pods
-            .iter()
-            .filter(|(_, p)| is_provisionable(p) || displaced(p, &leaving))
-            .filter_map(|(key, pod)| inputs::pending_pod_or_log(ctx, key, pod))
-            .collect();
-        if pending.is_empty() {
+        // A pod whose spec cannot be provisioned for (a restricted label, a bad quantity) is explained
+        // like one no pool can host.
+        let mut pending: Vec<PendingPod> = Vec::new();
+        let mut unreadable: Vec<(ObjectKey, String)> = Vec::new();
+        for (key, pod) in &state.pods {
+            if !(is_provisionable(pod) || displaced(pod, &leaving)) {
+                continue;
+            }
+            match inputs::pending_pod(key, pod) {
+                Ok(p) => pending.push(p),
+                Err(why) => unreadable.push((key.clone(), why)),
+            }
+        }
+        if pending.is_empty() && unreadable.is_empty() {
             return Ok(());
         }
         let existing = inputs::existing_capacity(ctx, state, &leaving);
@@ -98,11 +105,13 @@ impl Provisioner {
                 reason.push_str(&format!("; nodepool \"{name}\" cannot launch: {why}"));
             }
         }
+        let batch_size = pending.len() + unreadable.len();
+        plan.unschedulable.extend(unreadable);
         ctx.journal.record(
             "provision",
             format!(
                 "batch pods={} window={:.2}s existing={} new-claims={} unschedulable={}",
-                pending.len(),
+                batch_size,
                 window.as_secs_f64(),
                 plan.on_existing.len(),
                 plan.claims.len(),

@@ -8,7 +8,8 @@ use crate::crds::NodeSelectorRequirementWithMinValues;
 use crate::crds::labels;
 
 /// Labels Karpenter knows how to provide: a pod may require them even if a NodePool says nothing of them.
-pub const WELL_KNOWN: [&str; 18] = [
+/// (`kubernetes.io/hostname` is not one: every node gets its own, so no new node can be made to match.)
+pub const WELL_KNOWN: [&str; 17] = [
     labels::ZONE,
     labels::REGION,
     labels::INSTANCE_TYPE,
@@ -16,7 +17,6 @@ pub const WELL_KNOWN: [&str; 18] = [
     labels::OS,
     labels::CAPACITY_TYPE,
     labels::NODEPOOL,
-    labels::HOSTNAME,
     labels::INSTANCE_CATEGORY,
     labels::INSTANCE_FAMILY,
     labels::INSTANCE_GENERATION,
@@ -28,6 +28,34 @@ pub const WELL_KNOWN: [&str; 18] = [
     labels::INSTANCE_GPU_NAME,
     "topology.k8s.aws/zone-id",
 ];
+
+/// Label domains whose labels only the cluster's own components set, and the sub-domains excepted from that.
+const RESTRICTED_DOMAINS: [&str; 3] = ["kubernetes.io", "k8s.io", "karpenter.sh"];
+const UNRESTRICTED_DOMAINS: [&str; 3] = [
+    "node.kubernetes.io",
+    "node-restriction.kubernetes.io",
+    "kops.k8s.io",
+];
+
+/// Why a pod may not select a label for provisioning, as in Karpenter: `kubernetes.io/hostname`, and
+/// labels of a restricted domain that are not well known (no new node would carry them).
+pub fn restricted_label(key: &str) -> Option<String> {
+    let key = normalize_key(key);
+    if WELL_KNOWN.contains(&key) {
+        return None;
+    }
+    let domain = key.split_once('/').map_or("", |(d, _)| d);
+    let under = |d: &str| domain == d || domain.ends_with(&format!(".{d}"));
+    let restricted = key == labels::HOSTNAME
+        || (RESTRICTED_DOMAINS.iter().any(|d| under(d))
+            && !UNRESTRICTED_DOMAINS.iter().any(|d| under(d)));
+    restricted.then(|| {
+        format!(
+            "label `{key}` is restricted: no new node can be given it (select a well-known label, or a custom label outside {})",
+            RESTRICTED_DOMAINS.join(", ")
+        )
+    })
+}
 
 /// Deprecated label names and the name they stand for.
 pub fn normalize_key(key: &str) -> &str {
