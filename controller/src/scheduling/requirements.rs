@@ -70,12 +70,14 @@ pub fn normalize_key(key: &str) -> &str {
 }
 
 /// The set of values a requirement admits: `In` lists them, `NotIn` lists the exceptions (so `NotIn {}` is
-/// Exists); `does_not_exist` is the empty set that is satisfied by an absent label.
+/// Exists); and whether a node without the label satisfies it (NotIn and DoesNotExist do; once intersected
+/// with In, Exists, Gt or Lt it no longer does).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Requirement {
     pub key: String,
     complement: bool,
     values: BTreeSet<String>,
+    absent_ok: bool,
     /// Exclusive integer bounds (Gt / Lt; Gte n is Gt n-1).
     greater_than: Option<i64>,
     less_than: Option<i64>,
@@ -95,6 +97,7 @@ impl Requirement {
             key: key.to_string(),
             complement: true,
             values: BTreeSet::new(),
+            absent_ok: false,
             greater_than: None,
             less_than: None,
             min_values: None,
@@ -140,6 +143,7 @@ impl Requirement {
                 Requirement {
                     complement: operator == "NotIn",
                     values: values.iter().cloned().collect(),
+                    absent_ok: operator == "NotIn",
                     ..Requirement::exists(key)
                 }
             }
@@ -149,6 +153,7 @@ impl Requirement {
                 }
                 Requirement {
                     complement: operator == "Exists",
+                    absent_ok: operator == "DoesNotExist",
                     ..Requirement::exists(key)
                 }
             }
@@ -205,16 +210,17 @@ impl Requirement {
 
     /// Whether an absent label satisfies it (NotIn and DoesNotExist do).
     pub fn allows_absent(&self) -> bool {
-        self.does_not_exist()
-            || (self.complement
-                && self.greater_than.is_none()
-                && self.less_than.is_none()
-                && !self.values.is_empty())
+        self.absent_ok
     }
 
-    /// The requirement admits no value at all (DoesNotExist, or an empty intersection).
+    /// The requirement admits no value of the label (DoesNotExist, or an empty intersection).
     pub fn does_not_exist(&self) -> bool {
         !self.complement && self.values.is_empty()
+    }
+
+    /// Whether a node's label (None: the node lacks it) satisfies the requirement.
+    pub fn satisfied_by(&self, value: Option<&str>) -> bool {
+        value.map_or(self.absent_ok, |v| self.has(v))
     }
 
     pub fn intersect(&self, other: &Requirement) -> Requirement {
@@ -245,6 +251,7 @@ impl Requirement {
             key: self.key.clone(),
             complement,
             values,
+            absent_ok: self.absent_ok && other.absent_ok,
             greater_than,
             less_than,
             min_values: self.min_values.max(other.min_values),
@@ -261,9 +268,10 @@ impl Requirement {
         r
     }
 
-    /// Whether some label value (or absence, when both allow it) satisfies both.
+    /// Whether some label value, or the label's absence, satisfies both (so NotIn and DoesNotExist on a key
+    /// are compatible, as in Karpenter).
     pub fn intersects(&self, other: &Requirement) -> bool {
-        if self.does_not_exist() && other.does_not_exist() {
+        if self.absent_ok && other.absent_ok {
             return true;
         }
         let i = self.intersect(other);
@@ -287,18 +295,23 @@ impl Requirement {
         };
         let mut out = Vec::new();
         if !self.complement {
-            out.push(if self.values.is_empty() {
-                mk("DoesNotExist", vec![])
-            } else {
-                mk("In", self.values.iter().cloned().collect())
-            });
+            match (self.values.is_empty(), self.absent_ok) {
+                (false, _) => out.push(mk("In", self.values.iter().cloned().collect())),
+                (true, true) => out.push(mk("DoesNotExist", vec![])),
+                // Nothing satisfies it: `In` needs a value, so say it as two requirements that clash.
+                (true, false) => {
+                    out.push(mk("Exists", vec![]));
+                    out.push(mk("DoesNotExist", vec![]));
+                }
+            }
             return out;
         }
-        if self.values.is_empty() {
-            if self.greater_than.is_none() && self.less_than.is_none() {
-                out.push(mk("Exists", vec![]));
-            }
-        } else {
+        let bounded = self.greater_than.is_some() || self.less_than.is_some();
+        // NotIn alone admits a node without the label; Exists says it must have one.
+        if !self.absent_ok && !bounded {
+            out.push(mk("Exists", vec![]));
+        }
+        if !self.values.is_empty() {
             out.push(mk("NotIn", self.values.iter().cloned().collect()));
         }
         if let Some(g) = self.greater_than {
@@ -315,10 +328,14 @@ impl fmt::Display for Requirement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let vals: Vec<&str> = self.values.iter().map(String::as_str).collect();
         match (self.complement, vals.is_empty()) {
-            (false, true) => write!(f, "{} DoesNotExist", self.key)?,
+            (false, true) if self.absent_ok => write!(f, "{} DoesNotExist", self.key)?,
+            (false, true) => write!(f, "{} In []", self.key)?,
             (false, false) => write!(f, "{} In [{}]", self.key, vals.join(","))?,
             (true, true) => write!(f, "{} Exists", self.key)?,
-            (true, false) => write!(f, "{} NotIn [{}]", self.key, vals.join(","))?,
+            (true, false) if self.absent_ok => {
+                write!(f, "{} NotIn [{}]", self.key, vals.join(","))?
+            }
+            (true, false) => write!(f, "{} Exists NotIn [{}]", self.key, vals.join(","))?,
         }
         if let Some(g) = self.greater_than {
             write!(f, " >{g}")?;
@@ -575,5 +592,138 @@ mod tests {
                 prop_assert!(a.intersects(&b));
             }
         }
+    }
+
+    // ---- a brute-force model: what a node's label (or its absence) satisfies, straight from the operator ----
+
+    /// (operator, values) as written.
+    type Written = (&'static str, Vec<&'static str>);
+
+    /// Kubernetes' meaning of one written requirement for a node whose label is `v` (None: no label).
+    fn model(w: &Written, v: Option<&str>) -> bool {
+        let (op, vals) = w;
+        let num = |s: &str| s.parse::<i64>().ok();
+        match (*op, v) {
+            ("In", Some(v)) => vals.contains(&v),
+            ("NotIn", Some(v)) => !vals.contains(&v),
+            ("NotIn", None) | ("DoesNotExist", None) => true,
+            ("Exists", Some(_)) => true,
+            ("Gt", Some(v)) => matches!((num(v), num(vals[0])), (Some(a), Some(b)) if a > b),
+            ("Lt", Some(v)) => matches!((num(v), num(vals[0])), (Some(a), Some(b)) if a < b),
+            _ => false,
+        }
+    }
+
+    /// Every label a node could carry that matters here, and no label at all.
+    fn universe() -> Vec<Option<String>> {
+        let mut u: Vec<Option<String>> = (0..=10).map(|i| Some(i.to_string())).collect();
+        u.extend(["a", "b", "c"].map(|s| Some(s.to_string())));
+        u.push(None);
+        u
+    }
+
+    fn arb_written() -> impl Strategy<Value = Written> {
+        let vals = proptest::collection::vec(
+            prop_oneof![
+                Just("1"),
+                Just("2"),
+                Just("4"),
+                Just("8"),
+                Just("a"),
+                Just("b")
+            ],
+            1..3,
+        );
+        let bound = prop_oneof![Just("1"), Just("2"), Just("4"), Just("8")];
+        prop_oneof![
+            vals.clone().prop_map(|v| ("In", v)),
+            vals.prop_map(|v| ("NotIn", v)),
+            Just(("Exists", vec![])),
+            Just(("DoesNotExist", vec![])),
+            bound.clone().prop_map(|b| ("Gt", vec![b])),
+            bound.prop_map(|b| ("Lt", vec![b])),
+        ]
+    }
+
+    fn parsed(w: &Written) -> Requirement {
+        let vals: Vec<String> = w.1.iter().map(|s| s.to_string()).collect();
+        Requirement::parse("k", w.0, &vals, None).unwrap()
+    }
+
+    fn together(ws: &[Written]) -> Requirements {
+        let mut r = Requirements::default();
+        for w in ws {
+            r.add(parsed(w));
+        }
+        r
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Requirements on one key combine to exactly the labels (and absence) that satisfy all of them.
+        #[test]
+        fn combining_matches_the_model(ws in proptest::collection::vec(arb_written(), 1..4)) {
+            let combined = together(&ws);
+            let r = combined.get("k").unwrap();
+            for v in universe() {
+                prop_assert_eq!(
+                    r.satisfied_by(v.as_deref()),
+                    ws.iter().all(|w| model(w, v.as_deref())),
+                    "{} for {:?}", r, v
+                );
+            }
+        }
+
+        /// Two sets intersect exactly when some label, or no label, satisfies both.
+        #[test]
+        fn intersecting_matches_the_model(a in proptest::collection::vec(arb_written(), 1..3), b in proptest::collection::vec(arb_written(), 1..3)) {
+            let (ra, rb) = (together(&a), together(&b));
+            let model_says = universe().iter().any(|v| {
+                a.iter().chain(&b).all(|w| model(w, v.as_deref()))
+            });
+            prop_assert_eq!(ra.get("k").unwrap().intersects(rb.get("k").unwrap()), model_says);
+        }
+
+        /// A pool and a pod are compatible on a custom label exactly when some node of the pool (which has the
+        /// label only if the pool defines it) satisfies the pod.
+        #[test]
+        fn compatibility_matches_the_model(pool in proptest::collection::vec(arb_written(), 0..3), pod in proptest::collection::vec(arb_written(), 1..3)) {
+            let model_says = universe().iter().any(|v| {
+                let pool_ok = if pool.is_empty() { v.is_none() } else { pool.iter().all(|w| model(w, v.as_deref())) };
+                pool_ok && pod.iter().all(|w| model(w, v.as_deref()))
+            });
+            prop_assert_eq!(together(&pool).compatible(&together(&pod)).is_ok(), model_says);
+        }
+
+        /// Written back to the CRD form and read again, a combination means the same.
+        #[test]
+        fn the_crd_form_keeps_the_meaning(ws in proptest::collection::vec(arb_written(), 1..4)) {
+            let combined = together(&ws);
+            let back = Requirements::from_node_selector(&combined.to_node_selector()).unwrap();
+            for v in universe() {
+                prop_assert_eq!(
+                    back.get("k").is_none_or(|r| r.satisfied_by(v.as_deref())),
+                    combined.get("k").unwrap().satisfied_by(v.as_deref())
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn not_in_and_does_not_exist_are_compatible() {
+        let pool = together(&[("NotIn", vec!["a"])]);
+        assert!(
+            pool.compatible(&together(&[("DoesNotExist", vec![])]))
+                .is_ok()
+        );
+        let pool = together(&[("DoesNotExist", vec![])]);
+        assert!(pool.compatible(&together(&[("NotIn", vec!["a"])])).is_ok());
+        // Exists then NotIn needs the label: a node without it does not do.
+        let must = together(&[("Exists", vec![]), ("NotIn", vec!["a"])]);
+        assert!(!must.get("k").unwrap().allows_absent());
+        assert!(
+            must.compatible(&together(&[("DoesNotExist", vec![])]))
+                .is_err()
+        );
     }
 }
