@@ -12,7 +12,7 @@ use crate::crds::labels;
 use crate::kube::ObjectKey;
 use crate::resources::{Resources, pod_requests};
 use crate::scheduling::requirements::{Requirement, Requirements, normalize_key, restricted_label};
-use crate::scheduling::topology::{Strength, TermKind, host_ports, pod_terms};
+use crate::scheduling::topology::{HostPort, Strength, TermKind, host_ports, pod_terms};
 use crate::scheduling::{ExistingCapacity, ExistingPod, PendingPod, PoolOptions};
 use crate::state::{ClusterState, node_ready};
 
@@ -226,7 +226,7 @@ pub(crate) fn pool_options<'a>(state: &ClusterState, provider: &'a dyn CloudProv
             requirements.add(Requirement::in_values(labels::CAPACITY_TYPE, ["on-demand"]));
         }
         requirements = requirements.merged(&Requirements::from_labels(&node_labels(pool)));
-        let daemon_overhead =
+        let (daemon_overhead, daemon_ports) =
             daemon_overhead(state, &requirements, &pool.spec.template.spec.taints);
         let remaining_limits = pool.spec.limits.as_ref().and_then(|limits| {
             let limits = Resources::parse(limits).ok()?;
@@ -247,6 +247,7 @@ pub(crate) fn pool_options<'a>(state: &ClusterState, provider: &'a dyn CloudProv
             taints: pool.spec.template.spec.taints.clone(),
             instance_types: provider.instance_types().iter().collect(),
             daemon_overhead,
+            daemon_ports,
             remaining_limits,
         });
     }
@@ -256,35 +257,48 @@ pub(crate) fn pool_options<'a>(state: &ClusterState, provider: &'a dyn CloudProv
     }
 }
 
-/// Requests of the DaemonSet pods that would run on a node of this pool: those whose node selector
-/// the pool can satisfy and whose tolerations cover the pool's taints.
+/// Requests and host ports of the DaemonSet pods that would run on a node of this pool: those whose node
+/// selector and required node affinity (any term) the pool can satisfy and whose tolerations cover the
+/// pool's taints.
 fn daemon_overhead(
     state: &ClusterState,
     pool_requirements: &Requirements,
     taints: &[crate::crds::Taint],
-) -> Resources {
+) -> (Resources, Vec<(HostPort, String)>) {
     let mut total = Resources::default();
-    for ds in state.daemonsets.values() {
+    let mut ports = Vec::new();
+    for (key, ds) in &state.daemonsets {
         let Some(spec) = ds.spec.as_ref().and_then(|s| s.template.spec.clone()) else {
             continue;
         };
-        let selector = Requirements::from_labels(&spec.node_selector.clone().unwrap_or_default());
         let tolerations = spec.tolerations.clone().unwrap_or_default();
-        if pool_requirements.compatible(&selector).is_err()
-            || crate::scheduling::taints::untolerated(&tolerations, taints).is_some()
-        {
-            continue;
-        }
         let pod = Pod {
             metadata: Default::default(),
             spec: Some(spec),
             status: None,
         };
+        // A template the planner cannot read is counted by its node selector alone.
+        let alternatives = pod_requirements(&pod).unwrap_or_else(|_| {
+            vec![Requirements::from_labels(
+                &pod.spec
+                    .as_ref()
+                    .and_then(|s| s.node_selector.clone())
+                    .unwrap_or_default(),
+            )]
+        });
+        if !alternatives
+            .iter()
+            .any(|alt| pool_requirements.compatible(alt).is_ok())
+            || crate::scheduling::taints::untolerated(&tolerations, taints).is_some()
+        {
+            continue;
+        }
         if let Ok(r) = pod_requests(&pod) {
             total.add(&r);
         }
+        ports.extend(host_ports(&pod).into_iter().map(|p| (p, key.to_string())));
     }
-    total
+    (total, ports)
 }
 
 /// Room on nodes and on NodeClaims still coming up, so pods are not provisioned for twice.

@@ -82,6 +82,8 @@ pub struct PoolOptions<'a> {
     pub instance_types: Vec<&'a InstanceType>,
     /// Requests of the DaemonSet pods every new node of this pool will run.
     pub daemon_overhead: Resources,
+    /// Host ports those DaemonSet pods hold on every new node, with the DaemonSet's name.
+    pub daemon_ports: Vec<(HostPort, String)>,
     /// What the pool may still add before hitting `spec.limits` (None: unlimited); `nodes` counts claims.
     pub remaining_limits: Option<Resources>,
 }
@@ -572,6 +574,16 @@ fn open_on<'a>(
     if remaining.is_some_and(|r| r.0.get(NODES).is_some_and(|n| n.units() < 1)) {
         return Err("the NodePool's `nodes` limit is reached".into());
     }
+    if let Some((port, ds)) = pool
+        .daemon_ports
+        .iter()
+        .find(|(held, _)| pod.host_ports.iter().any(|p| p.conflicts(held)))
+    {
+        return Err(format!(
+            "host port {}/{} is held by DaemonSet {ds} on every node of the pool",
+            port.port, port.protocol
+        ));
+    }
     let mut last_err = String::from("no requirement alternative");
     let mut total = pool.daemon_overhead.clone();
     total.add(&pod.requests);
@@ -834,7 +846,12 @@ pub fn plan_on(pods: &[PendingPod], existing: &[&ExistingCapacity], pools: &[Poo
                             types,
                             max_alloc,
                             min_alloc,
-                            ports: pod.host_ports.clone(),
+                            ports: pool
+                                .daemon_ports
+                                .iter()
+                                .map(|(p, _)| p.clone())
+                                .chain(pod.host_ports.iter().cloned())
+                                .collect(),
                             unrecorded: BTreeMap::new(),
                         };
                         let at = At::Claim {

@@ -81,6 +81,7 @@ fn pool<'a>(name: &str, types: Vec<&'a InstanceType>) -> PoolOptions<'a> {
         taints: Vec::new(),
         instance_types: types,
         daemon_overhead: Resources::default(),
+        daemon_ports: Vec::new(),
         remaining_limits: None,
     }
 }
@@ -765,6 +766,32 @@ fn host_ports_keep_pods_apart() {
         .collect();
     let out = plan(&pods, &[], &[pool("default", vec![&t])]);
     assert_eq!(out.claims.len(), 2);
+}
+
+#[test]
+fn a_daemonsets_host_port_is_taken_on_every_new_node() {
+    let t = it("m.large", 8000, "32Gi", 58, 0.1);
+    let port = |n: i32| HostPort {
+        protocol: "TCP".into(),
+        port: n,
+        ip: String::new(),
+    };
+    let mut p = pool("default", vec![&t]);
+    p.daemon_ports
+        .push((port(9100), "monitoring/node-exporter".into()));
+    let mut clash = pod("exporter", 100, "64Mi");
+    clash.host_ports.push(port(9100));
+    let mut fine = pod("web", 100, "64Mi");
+    fine.host_ports.push(port(8080));
+    let out = plan(&[clash, fine], &[], &[p]);
+    assert_eq!(out.claims.len(), 1);
+    assert_eq!(out.claims[0].pods[0].name, "web");
+    let (who, why) = &out.unschedulable[0];
+    assert_eq!(who.name, "exporter");
+    assert!(
+        why.contains("host port 9100/TCP is held by DaemonSet monitoring/node-exporter"),
+        "{why}"
+    );
 }
 
 #[test]
