@@ -32,9 +32,11 @@ pub(crate) fn node_labels(pool: &crate::crds::NodePool) -> BTreeMap<String, Stri
     out
 }
 
-/// A pod's node requirement alternatives, strictest first: its nodeSelector with each required node
-/// affinity term (OR-ed terms, in order), each first with all preferred terms and then relaxing them one at
-/// a time from the lightest — Karpenter's documented relaxation order for node affinity.
+/// A pod's node requirement alternatives in Karpenter's relaxation order: its nodeSelector with each
+/// OR-ed required node-affinity term in turn, each with the heaviest preferred term; then the last required
+/// term with each lighter preferred term in turn (heaviest first), and with none. The first
+/// [`required_alternatives`] are the required terms. Only one preferred term applies at a time, so an
+/// unsatisfiable heavy preference does not erase the lighter ones.
 pub fn pod_requirements(pod: &Pod) -> Result<Vec<Requirements>, String> {
     let spec = pod.spec.clone().unwrap_or_default();
     let selector = spec.node_selector.unwrap_or_default();
@@ -121,18 +123,35 @@ pub fn pod_requirements(pod: &Pod) -> Result<Vec<Requirements>, String> {
             )?,
         ));
     }
+    // Heaviest first; equal weights keep their written order.
     preferred.sort_by_key(|p| std::cmp::Reverse(p.0));
-    let mut out = Vec::new();
-    for req in &required {
-        for keep in (0..=preferred.len()).rev() {
-            let mut r = req.clone();
-            for (_, p) in preferred.iter().take(keep) {
-                r = r.merged(p);
-            }
-            out.push(r);
+    let heaviest = preferred.first().map(|(_, p)| p);
+    let mut out: Vec<Requirements> = required
+        .iter()
+        .map(|r| heaviest.map_or_else(|| r.clone(), |p| r.merged(p)))
+        .collect();
+    if let Some(last) = required.last() {
+        for (_, p) in preferred.iter().skip(1) {
+            out.push(last.merged(p));
+        }
+        if heaviest.is_some() {
+            out.push(last.clone());
         }
     }
     Ok(out)
+}
+
+/// How many of [`pod_requirements`]' alternatives are the pod's required node-affinity terms.
+pub fn required_alternatives(pod: &Pod) -> usize {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .map_or(1, |r| r.node_selector_terms.len().max(1))
 }
 
 fn pod_requests_or_log(ctx: &Context, key: &ObjectKey, pod: &Pod) -> Option<Resources> {
@@ -160,6 +179,7 @@ pub(crate) fn pending_pod(key: &ObjectKey, pod: &Pod) -> Result<PendingPod, Stri
         key: key.clone(),
         requests,
         requirements,
+        required_alternatives: required_alternatives(pod),
         tolerations,
         labels: pod.metadata.labels.clone().unwrap_or_default(),
         topology,
@@ -477,5 +497,36 @@ mod tests {
             "node.kubernetes.io/instance-type": "m5.large",
             "team": "web"}}));
         assert!(pod_requirements(&fine).is_ok());
+    }
+
+    #[test]
+    fn alternatives_follow_karpenters_relaxation_order() {
+        let p = pod(json!({"containers": [], "affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "team", "operator": "In", "values": ["a"]}]},
+                {"matchExpressions": [{"key": "team", "operator": "In", "values": ["b"]}]}]},
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 10, "preference": {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}},
+                {"weight": 80, "preference": {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["yes"]}]}}]}}}));
+        let alts: Vec<String> = pod_requirements(&p)
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.0.values()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" & ")
+            })
+            .collect();
+        assert_eq!(
+            alts,
+            [
+                "gpu In [yes] & team In [a]",
+                "gpu In [yes] & team In [b]",
+                "disk In [ssd] & team In [b]",
+                "team In [b]",
+            ]
+        );
+        assert_eq!(required_alternatives(&p), 2);
     }
 }

@@ -2,10 +2,11 @@
 //! NodePools allow, each claim keeping every instance type that still fits all its pods, cheapest first.
 //!
 //! Plain data in, plain data out: no async, no I/O. Pods are packed largest first. For each pod the planner
-//! tries relaxation levels in Karpenter's order (all preferences held; then without preferred pod affinity,
-//! preferred anti-affinity, `ScheduleAnyway` spreads); within a level, node affinity alternatives in order
-//! (preferences first, relaxed one at a time, then the required OR-terms). Every pod left over carries one
-//! reason per NodePool.
+//! walks its relaxation steps in Karpenter's order, one change per step, over all capacity each time: the
+//! required OR-terms in turn, then without preferred pod affinity, then without preferred anti-affinity,
+//! then the lighter preferred node-affinity terms one at a time (heaviest dropped first), then without
+//! `ScheduleAnyway` spreads, and last tolerating PreferNoSchedule taints (see `groups::relaxation_steps`).
+//! Every pod left over carries one reason per NodePool.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -26,9 +27,12 @@ use crate::scheduling::topology::{HostPort, PodTerm, Strength, TermKind, Topolog
 pub struct PendingPod {
     pub key: ObjectKey,
     pub requests: Resources,
-    /// Node requirement alternatives, strictest first (nodeSelector and affinity folded in); the pod may go
-    /// wherever the first satisfiable alternative allows.
+    /// Node requirement alternatives in relaxation order (nodeSelector and affinity folded in): first one per
+    /// OR-ed required node-affinity term, each with the heaviest preferred term; then the last required term
+    /// with each lighter preferred term in turn, and with none.
     pub requirements: Vec<Requirements>,
+    /// How many of `requirements` are the required terms (the rest relax preferred node affinity).
+    pub required_alternatives: usize,
     pub tolerations: Vec<Toleration>,
     pub labels: BTreeMap<String, String>,
     /// Topology spread and pod (anti-)affinity terms, hard and soft.
@@ -43,6 +47,7 @@ impl PendingPod {
             key,
             requests,
             requirements: vec![Requirements::default()],
+            required_alternatives: 1,
             tolerations: Vec::new(),
             labels: BTreeMap::new(),
             topology: Vec::new(),
@@ -291,6 +296,28 @@ fn cost_per_fit(it: &InstanceType, price: f64, request: &Resources) -> f64 {
     }
 }
 
+/// A taint that keeps the pod off: NoSchedule and NoExecute always, PreferNoSchedule until the last
+/// relaxation step tolerates it (as Karpenter treats it).
+fn blocking_taint<'t>(
+    tolerations: &[Toleration],
+    taints: &'t [Taint],
+    pns_ok: bool,
+) -> Option<&'t Taint> {
+    untolerated(tolerations, taints).or_else(|| {
+        if pns_ok {
+            return None;
+        }
+        taints
+            .iter()
+            .filter(|t| t.effect == "PreferNoSchedule")
+            .find(|taint| {
+                !tolerations
+                    .iter()
+                    .any(|t| crate::scheduling::taints::tolerates(t, taint))
+            })
+    })
+}
+
 fn ports_conflict(have: &[HostPort], want: &[HostPort]) -> bool {
     want.iter().any(|w| have.iter().any(|h| h.conflicts(w)))
 }
@@ -311,12 +338,12 @@ fn try_existing(
     topo: &Topology,
     slot: &Slot,
     info: &PodInfo,
-    level: u8,
+    step: Step,
 ) -> Result<(), (Reject, String)> {
     let pod = info.pod;
     let cap = slot.cap;
     if !slot.available.fits(&pod.requests)
-        || untolerated(&pod.tolerations, &cap.taints).is_some()
+        || blocking_taint(&pod.tolerations, &cap.taints, step.pns).is_some()
         || ports_conflict(&slot.ports, &pod.host_ports)
         || (!pod.host_ports.is_empty()
             && cap
@@ -326,17 +353,14 @@ fn try_existing(
     {
         return Err((Reject::Settled, String::new()));
     }
-    let Some(alt) = pod
-        .requirements
-        .iter()
-        .find(|r| r.matches_labels(&cap.labels))
-    else {
+    let alt = &pod.requirements[step.alt];
+    if !alt.matches_labels(&cap.labels) {
         return Err((Reject::Settled, String::new()));
-    };
+    }
     let at = At::Node {
         labels: &cap.labels,
     };
-    topo.fit(info, level, alt, &at, &slot.hc).map(|_| ())
+    topo.fit(info, step.level, alt, &at, &slot.hc).map(|_| ())
 }
 
 /// How a claim changes when a pod joins: new requirements and types, where they change.
@@ -354,23 +378,25 @@ fn try_claim<'a>(
     claim: &OpenClaim<'a>,
     taints: &[Taint],
     info: &PodInfo,
-    level: u8,
+    step: Step,
     alone: Option<Alone>,
-    quick: &[Quick],
+    quick: &Quick,
 ) -> Result<Join<'a>, Reject> {
     let pod = info.pod;
+    let level = step.level;
     if !claim.max_alloc.fits_sum(&claim.requests, &pod.requests)
-        || untolerated(&pod.tolerations, taints).is_some()
+        || blocking_taint(&pod.tolerations, taints, step.pns).is_some()
         || ports_conflict(&claim.ports, &pod.host_ports)
     {
         return Err(Reject::Settled);
     }
     let mut why = Reject::Settled;
-    for (ai, alt) in pod.requirements.iter().enumerate() {
+    // One alternative per step; the loop's `continue`s are its ways of saying no.
+    for alt in std::iter::once(&pod.requirements[step.alt]) {
         if claim.requirements.compatible(alt).is_err() {
             continue;
         }
-        let settled_elsewhere = quick[ai].settled.iter().any(|(key, open)| {
+        let settled_elsewhere = quick.settled.iter().any(|(key, open)| {
             claim
                 .requirements
                 .get(key)
@@ -378,7 +404,7 @@ fn try_claim<'a>(
                 .filter(|v| v.len() == 1)
                 .is_some_and(|v| v.iter().all(|d| !open.contains(d.as_str())))
         });
-        let too_many = quick[ai].slack.iter().any(|(gid, slack)| {
+        let too_many = quick.slack.iter().any(|(gid, slack)| {
             claim
                 .unrecorded
                 .get(gid)
@@ -565,10 +591,11 @@ fn open_on<'a>(
     pool: &PoolOptions<'a>,
     remaining: Option<&Resources>,
     info: &PodInfo,
-    level: u8,
+    step: Step,
 ) -> Result<NewClaim<'a>, String> {
     let pod = info.pod;
-    if let Some(t) = untolerated(&pod.tolerations, &pool.taints) {
+    let level = step.level;
+    if let Some(t) = blocking_taint(&pod.tolerations, &pool.taints, step.pns) {
         return Err(taint_reason(t));
     }
     if remaining.is_some_and(|r| r.0.get(NODES).is_some_and(|n| n.units() < 1)) {
@@ -588,7 +615,7 @@ fn open_on<'a>(
     let mut total = pool.daemon_overhead.clone();
     total.add(&pod.requests);
     let empty = HostCounts::default();
-    for alt in &pod.requirements {
+    for alt in std::iter::once(&pod.requirements[step.alt]) {
         if let Err(e) = pool.requirements.compatible(alt) {
             last_err = e;
             continue;
@@ -701,7 +728,14 @@ pub fn plan_on(pods: &[PendingPod], existing: &[&ExistingCapacity], pools: &[Poo
     let mut by_pref: Vec<&PoolOptions> = pools.iter().collect();
     by_pref.sort_by(|a, b| b.weight.cmp(&a.weight).then(a.name.cmp(&b.name)));
 
-    let (mut topo, infos, host_counts) = build_topology(&order, existing, &by_pref);
+    // PreferNoSchedule taints keep pods off until their last relaxation step, which exists only if any
+    // capacity carries one.
+    let any_pns = existing
+        .iter()
+        .flat_map(|c| &c.taints)
+        .chain(by_pref.iter().flat_map(|p| &p.taints))
+        .any(|t| t.effect == "PreferNoSchedule");
+    let (mut topo, infos, host_counts) = build_topology(&order, existing, &by_pref, any_pns);
     let mut slots: Vec<Slot> = existing
         .iter()
         .copied()
@@ -717,21 +751,25 @@ pub fn plan_on(pods: &[PendingPod], existing: &[&ExistingCapacity], pools: &[Poo
         by_pref.iter().map(|p| p.remaining_limits.clone()).collect();
     let mut open: Vec<OpenClaim> = Vec::new();
     let mut memo: TypeMemo = BTreeMap::new();
-    let mut cursors: Vec<Cursor> = Vec::new();
+    // Per shape and relaxation step: a candidate that turned a shape away at a step for good stays skipped.
+    let mut cursors: Vec<Vec<Cursor>> = Vec::new();
     let mut out = Plan::default();
 
     'pods: for info in &infos {
         let pod = info.pod;
         if cursors.len() <= info.shape {
-            cursors.resize(info.shape + 1, Cursor::default());
+            cursors.resize(info.shape + 1, Vec::new());
+        }
+        if cursors[info.shape].len() < info.steps.len() {
+            cursors[info.shape].resize(info.steps.len(), Cursor::default());
         }
         let mut reasons = Vec::new();
-        for &level in &info.levels {
+        for (si, &step) in info.steps.iter().enumerate() {
             // Existing capacity first.
-            let mut cur = cursors[info.shape];
+            let mut cur = cursors[info.shape][si];
             let mut contiguous = true;
             for (i, slot) in slots.iter_mut().enumerate().skip(cur.existing) {
-                match try_existing(&topo, slot, info, level) {
+                match try_existing(&topo, slot, info, step) {
                     Ok(()) => {
                         slot.available.to_mut().sub(&pod.requests);
                         slot.ports.extend(pod.host_ports.iter().cloned());
@@ -741,7 +779,7 @@ pub fn plan_on(pods: &[PendingPod], existing: &[&ExistingCapacity], pools: &[Poo
                         topo.record(info, &at, &mut slot.hc);
                         out.on_existing
                             .push((pod.key.clone(), slot.cap.name.clone()));
-                        cursors[info.shape] = cur;
+                        cursors[info.shape][si] = cur;
                         continue 'pods;
                     }
                     Err((Reject::Settled, _)) if contiguous => cur.existing = i + 1,
@@ -758,7 +796,7 @@ pub fn plan_on(pods: &[PendingPod], existing: &[&ExistingCapacity], pools: &[Poo
                         return None;
                     }
                     let (reqs, types, _, _) =
-                        open_on(&topo, &mut memo, pi, p, remaining[pi].as_ref(), info, level)
+                        open_on(&topo, &mut memo, pi, p, remaining[pi].as_ref(), info, step)
                             .ok()?;
                     cheapest_type(&types, &reqs).map(|(it, price)| Alone {
                         price,
@@ -767,13 +805,10 @@ pub fn plan_on(pods: &[PendingPod], existing: &[&ExistingCapacity], pools: &[Poo
                 })
                 .collect();
             contiguous = true;
-            let quick: Vec<Quick> = if info.owned.is_empty() {
-                vec![Quick::default(); pod.requirements.len()]
+            let quick: Quick = if info.owned.is_empty() {
+                Quick::default()
             } else {
-                pod.requirements
-                    .iter()
-                    .map(|alt| topo.open_domains(info, level, alt))
-                    .collect()
+                topo.open_domains(info, step.level, &pod.requirements[step.alt])
             };
             for (i, claim) in open.iter_mut().enumerate().skip(cur.claims) {
                 let pool_ix = claim.pool;
@@ -782,7 +817,7 @@ pub fn plan_on(pods: &[PendingPod], existing: &[&ExistingCapacity], pools: &[Poo
                     claim,
                     &by_pref[pool_ix].taints,
                     info,
-                    level,
+                    step,
                     alone[pool_ix],
                     &quick,
                 ) {
@@ -804,14 +839,14 @@ pub fn plan_on(pods: &[PendingPod], existing: &[&ExistingCapacity], pools: &[Poo
                             *claim.unrecorded.entry(g).or_default() += n;
                         }
                         topo.settle(claim);
-                        cursors[info.shape] = cur;
+                        cursors[info.shape][si] = cur;
                         continue 'pods;
                     }
                     Err(Reject::Settled) if contiguous => cur.claims = i + 1,
                     Err(_) => contiguous = false,
                 }
             }
-            cursors[info.shape] = cur;
+            cursors[info.shape][si] = cur;
             reasons.clear();
             for (pi, pool) in by_pref.iter().enumerate() {
                 match open_on(
@@ -821,7 +856,7 @@ pub fn plan_on(pods: &[PendingPod], existing: &[&ExistingCapacity], pools: &[Poo
                     pool,
                     remaining[pi].as_ref(),
                     info,
-                    level,
+                    step,
                 ) {
                     Ok((reqs, types, max_alloc, min_alloc)) => {
                         // Limits are enforced pessimistically: the claim may become its largest type.

@@ -42,7 +42,74 @@ pub(super) struct PodInfo<'p> {
     pub(super) matched_by: Vec<usize>,
     /// Anti-affinity groups whose selector matches this pod: their owners' domains are closed to it.
     pub(super) blocked_by: Vec<usize>,
-    pub(super) levels: Vec<u8>,
+    /// The pod's relaxation steps, in Karpenter's order.
+    pub(super) steps: Vec<Step>,
+}
+
+/// One state of a pod's preferences: the topology level (which preferred terms still count), the node
+/// requirement alternative, and whether PreferNoSchedule taints are tolerated yet.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Step {
+    pub(super) level: u8,
+    pub(super) alt: usize,
+    pub(super) pns: bool,
+}
+
+/// Karpenter's relaxation order, one change per step: the pod's OR-ed required node-affinity terms in turn
+/// (each with its heaviest preferred term), then without preferred pod affinity, then without preferred
+/// anti-affinity, then the lighter preferred node-affinity terms one at a time (heaviest dropped first) and
+/// none, then without ScheduleAnyway spreads, and last tolerating PreferNoSchedule taints.
+pub(super) fn relaxation_steps(
+    pod: &PendingPod,
+    owned: &[(usize, Strength)],
+    any_prefer_no_schedule: bool,
+) -> Vec<Step> {
+    let alts = pod.requirements.len().max(1);
+    let required = pod.required_alternatives.clamp(1, alts);
+    let has = |s: Strength| owned.iter().any(|(_, st)| *st == s);
+    let mut steps: Vec<Step> = (0..required)
+        .map(|alt| Step {
+            level: 0,
+            alt,
+            pns: false,
+        })
+        .collect();
+    let mut level = 0;
+    let mut alt = required - 1;
+    for s in [Strength::PreferredAffinity, Strength::PreferredAntiAffinity] {
+        if has(s) {
+            level = s as u8;
+            steps.push(Step {
+                level,
+                alt,
+                pns: false,
+            });
+        }
+    }
+    while alt + 1 < alts {
+        alt += 1;
+        steps.push(Step {
+            level,
+            alt,
+            pns: false,
+        });
+    }
+    if has(Strength::ScheduleAnyway) {
+        level = Strength::ScheduleAnyway as u8;
+        steps.push(Step {
+            level,
+            alt,
+            pns: false,
+        });
+    }
+    if any_prefer_no_schedule {
+        steps.push(Step {
+            level,
+            alt,
+            pns: true,
+        });
+    }
+    steps
 }
 
 pub(super) fn active(strength: Strength, level: u8) -> bool {
@@ -373,6 +440,7 @@ pub(super) fn build_topology<'p>(
     order: &[&'p PendingPod],
     existing: &[&ExistingCapacity],
     pools: &[&PoolOptions],
+    any_prefer_no_schedule: bool,
 ) -> (Topology, Vec<PodInfo<'p>>, Vec<HostCounts>) {
     let mut topo = Topology {
         groups: Vec::new(),
@@ -458,6 +526,7 @@ pub(super) fn build_topology<'p>(
         let mut h = DefaultHasher::new();
         p.requests.hash(&mut h);
         p.requirements.hash(&mut h);
+        p.required_alternatives.hash(&mut h);
         p.labels.hash(&mut h);
         p.topology.hash(&mut h);
         p.host_ports.hash(&mut h);
@@ -476,6 +545,7 @@ pub(super) fn build_topology<'p>(
         let same = |q: &PendingPod| {
             q.requests == p.requests
                 && q.requirements == p.requirements
+                && q.required_alternatives == p.required_alternatives
                 && q.labels == p.labels
                 && q.topology == p.topology
                 && q.host_ports == p.host_ports
@@ -509,23 +579,14 @@ pub(super) fn build_topology<'p>(
             .iter()
             .map(|t| (index[&t.term], t.strength))
             .collect();
-        let mut levels = vec![0u8];
-        for s in [
-            Strength::PreferredAffinity,
-            Strength::PreferredAntiAffinity,
-            Strength::ScheduleAnyway,
-        ] {
-            if owned.iter().any(|(_, st)| *st == s) {
-                levels.push(s as u8);
-            }
-        }
+        let steps = relaxation_steps(p, &owned, any_prefer_no_schedule);
         infos.push(PodInfo {
             pod: p,
             shape,
             owned,
             matched_by,
             blocked_by,
-            levels,
+            steps,
         });
     }
     (topo, infos, host_counts)

@@ -985,3 +985,83 @@ proptest! {
         }
     }
 }
+
+// ---- relaxation order (Karpenter's preferences) -----------------------------------------------------------
+
+fn zone_req(z: &str) -> Requirements {
+    let mut r = Requirements::default();
+    r.add(req(labels::ZONE, "In", &[z]));
+    r
+}
+
+#[test]
+fn an_unsatisfiable_heavy_preference_does_not_erase_a_lighter_one() {
+    let t = it("m.large", 8000, "32Gi", 58, 0.1);
+    // As `pod_requirements` orders them: heaviest (z9, offered nowhere), then the lighter (z2), then none.
+    let mut p = pod("a", 100, "100Mi");
+    p.requirements = vec![zone_req("z9"), zone_req("z2"), Requirements::default()];
+    p.required_alternatives = 1;
+    let out = plan(&[p], &[], &[pool("default", vec![&t])]);
+    assert_eq!(zone_of(&out.claims[0]).as_deref(), Some("z2"));
+}
+
+#[test]
+fn preferred_pod_affinity_gives_way_before_preferred_node_affinity() {
+    let t = it("m.large", 8000, "32Gi", 58, 0.1);
+    // A full node in z1 runs the web pod the cache would like to be near.
+    let full = ExistingCapacity {
+        name: "node/n1".into(),
+        available: Resources::default(),
+        labels: [
+            (labels::ZONE.to_string(), "z1".to_string()),
+            (labels::HOSTNAME.to_string(), "n1".to_string()),
+        ]
+        .into(),
+        taints: Vec::new(),
+        pods: vec![ExistingPod {
+            namespace: "default".into(),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            ..Default::default()
+        }],
+    };
+    let mut p = topo_pod(
+        "cache",
+        "cache",
+        TermKind::Affinity,
+        labels::ZONE,
+        Strength::PreferredAffinity,
+    );
+    p.topology[0].term = term(TermKind::Affinity, labels::ZONE, "web");
+    // It also prefers z2 by node affinity: Karpenter drops the pod affinity first and keeps z2.
+    p.requirements = vec![zone_req("z2"), Requirements::default()];
+    p.required_alternatives = 1;
+    let out = plan(&[p], &[full], &[pool("default", vec![&t])]);
+    assert_eq!(zone_of(&out.claims[0]).as_deref(), Some("z2"));
+}
+
+#[test]
+fn a_prefer_no_schedule_pool_is_avoided_while_another_can_take_the_pod() {
+    let t = it("m.large", 8000, "32Gi", 58, 0.1);
+    let small = it("s.small", 500, "1Gi", 8, 0.01);
+    let mut tainted = pool("spare", vec![&t]);
+    tainted.weight = 100;
+    tainted.taints.push(Taint {
+        key: "spare".into(),
+        value: None,
+        effect: "PreferNoSchedule".into(),
+    });
+    let plain = pool("main", vec![&t]);
+    let out = plan(
+        &[pod("a", 100, "100Mi")],
+        &[],
+        &[tainted.clone(), plain.clone()],
+    );
+    assert_eq!(
+        out.claims[0].pool, "main",
+        "the heavier pool's taint is a preference to honour"
+    );
+    // When only the tainted pool can take it, the preference gives way.
+    let tiny = pool("main", vec![&small]);
+    let out = plan(&[pod("a", 2000, "100Mi")], &[], &[tainted, tiny]);
+    assert_eq!(out.claims[0].pool, "spare");
+}
