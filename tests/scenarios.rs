@@ -313,7 +313,80 @@ fn budgets_schedule_seed_42() {
         );
     }
     assert!(text.contains("verdict          PASS"));
+    no_same_type_replacements(&text);
+    // Outside the window, nodes are told why they stay.
+    assert!(text.contains(
+        "not consolidated: node/ip-10-0-0-11.ec2.internal: nodepool/default's disruption budgets allow no more Underutilized disruptions now"
+    ));
     insta::assert_snapshot!("budgets-schedule.seed-42", text);
+}
+
+/// Karpenter's `filterOutSameInstanceType`: several nodes are never replaced by one node of a type one of
+/// them already is (deleting the others would move fewer pods for the same saving).
+fn no_same_type_replacements(text: &str) {
+    for l in text
+        .lines()
+        .filter(|l| l.contains("disruption decided: Underutilized replace with 1 ("))
+    {
+        let Some(rest) = l.split("replace with 1 (").nth(1) else {
+            continue;
+        };
+        let replacement = rest.split(')').next().unwrap_or_default();
+        let nodes: Vec<&str> = rest.split(" node/").skip(1).collect();
+        if nodes.len() < 2 {
+            continue;
+        }
+        for n in nodes {
+            let node_type = n.split('(').nth(1).and_then(|t| t.split(' ').next());
+            assert_ne!(node_type, Some(replacement), "{l}");
+        }
+    }
+}
+
+#[test]
+fn unconsolidatable_and_blocked_nodes_are_told_why_once() {
+    let path = dovetail_tests::root()
+        .join("scenarios")
+        .join("pdb-drain.yaml");
+    let scenario = dovetail_sim::Scenario::load(&path).unwrap();
+    let out = dovetail_sim::simulate(
+        &scenario,
+        &dovetail_sim::RunOptions {
+            seed: Some(42),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let text = &out.trace;
+    assert!(
+        text.contains("blocked: node/ip-10-0-0-7.ec2.internal: pod default/report-")
+            && text.contains("has the karpenter.sh/do-not-disrupt annotation"),
+        "no do-not-disrupt refusal"
+    );
+    assert!(
+        text.contains("PodDisruptionBudget default/web allows no eviction of its pods here now")
+    );
+    // Once per node and reason.
+    let mut seen = std::collections::BTreeSet::new();
+    for l in text
+        .lines()
+        .filter(|l| l.contains("not consolidated: ") || l.contains(" blocked: node/"))
+    {
+        assert!(seen.insert(l[14..].to_string()), "told twice: {l}");
+    }
+    // And as Events on the Node and the NodeClaim, as Karpenter does.
+    for key in [
+        "Node/DisruptionBlocked",
+        "NodeClaim/DisruptionBlocked",
+        "Node/Unconsolidatable",
+        "NodeClaim/Unconsolidatable",
+    ] {
+        assert!(
+            out.events.get(key).copied().unwrap_or(0) > 0,
+            "no {key} Event: {:?}",
+            out.events
+        );
+    }
 }
 
 /// The number after `label` in the summary, e.g. `launches` -> 4.

@@ -62,6 +62,7 @@ struct Watcher {
 pub struct Store {
     rv: u64,
     rng: ChaCha8Rng,
+    event_rng: ChaCha8Rng,
     objects: BTreeMap<Key, Value>,
     history: VecDeque<(u64, String, WatchEvent)>,
     watchers: Vec<Watcher>,
@@ -82,9 +83,12 @@ fn meta_str<'a>(v: &'a Value, field: &str) -> &'a str {
 
 impl Store {
     pub fn new(rng: ChaCha8Rng) -> Store {
+        let mut event_rng = rng.clone();
+        event_rng.set_stream(1);
         Store {
             rv: 0,
             rng,
+            event_rng,
             objects: BTreeMap::new(),
             history: VecDeque::new(),
             watchers: Vec::new(),
@@ -133,9 +137,20 @@ impl Store {
         }
     }
 
-    fn uid(&mut self) -> String {
-        let a = self.rng.next_u64();
-        let b = self.rng.next_u64();
+    /// Events draw from a stream of their own: how much a controller reports must not change the names
+    /// and uids every other object gets.
+    fn rng_for(&mut self, kind: &str) -> &mut ChaCha8Rng {
+        if kind == "Event" {
+            &mut self.event_rng
+        } else {
+            &mut self.rng
+        }
+    }
+
+    fn uid(&mut self, kind: &str) -> String {
+        let rng = self.rng_for(kind);
+        let a = rng.next_u64();
+        let b = rng.next_u64();
         format!(
             "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
             a >> 32,
@@ -146,10 +161,10 @@ impl Store {
         )
     }
 
-    fn generate_name(&mut self, prefix: &str) -> String {
+    fn generate_name(&mut self, kind: &str, prefix: &str) -> String {
         const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
         let suffix: String = (0..5)
-            .map(|_| ALPHABET[(self.rng.next_u32() as usize) % ALPHABET.len()] as char)
+            .map(|_| ALPHABET[(self.rng_for(kind).next_u32() as usize) % ALPHABET.len()] as char)
             .collect();
         format!("{prefix}{suffix}")
     }
@@ -196,7 +211,7 @@ impl Store {
                     "metadata.name or metadata.generateName is required".into(),
                 ));
             }
-            obj["metadata"]["name"] = json!(self.generate_name(&prefix));
+            obj["metadata"]["name"] = json!(self.generate_name(kind, &prefix));
         }
         if is_namespaced(kind) && meta_str(&obj, "namespace").is_empty() {
             obj["metadata"]["namespace"] = json!("default");
@@ -216,7 +231,7 @@ impl Store {
             ));
         }
         self.rv += 1;
-        let uid = self.uid();
+        let uid = self.uid(kind);
         let m = &mut obj["metadata"];
         m["uid"] = json!(uid);
         m["resourceVersion"] = json!(self.rv.to_string());

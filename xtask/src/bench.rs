@@ -163,6 +163,7 @@ pub fn run() -> String {
         taints: Vec::new(),
         instance_types: types.iter().collect(),
         daemon_overhead: Resources::default(),
+        daemon_ports: Vec::new(),
         remaining_limits: None,
     };
     let mut out = String::from(

@@ -1,7 +1,7 @@
 //! Which nodes disruption may touch: initialized, not already going, nothing on them that refuses to move
 //! (`karpenter.sh/do-not-disrupt`, a budget with no disruption left), with their price, pods and drift.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
@@ -34,6 +34,18 @@ pub(crate) struct Candidate {
     pub consolidatable: bool,
     /// The pool's policy is `WhenEmpty`.
     pub only_when_empty: bool,
+}
+
+/// A node disruption may not touch, or that consolidation looked at and left, with why (told once as a
+/// trace line and an Event on the Node and its NodeClaim, as Karpenter's `DisruptionBlocked` and
+/// `Unconsolidatable` Events).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Refusal {
+    pub node: String,
+    pub claim: String,
+    /// The Event reason: `DisruptionBlocked` or `Unconsolidatable`.
+    pub reason: &'static str,
+    pub message: String,
 }
 
 /// What drift compares a claim with, per pool: its template hash and parsed requirements.
@@ -78,10 +90,13 @@ pub(crate) fn protected(pod: &k8s_openapi::api::core::v1::Pod, now: jiff::Timest
 }
 
 impl View<'_> {
-    /// Pods no eviction may touch now: selected by a PodDisruptionBudget that allows no disruption.
-    pub(crate) async fn budget_blocked_pods(&self) -> Result<BTreeSet<ObjectKey>, ControllerError> {
+    /// Pods no eviction may touch now, with the PodDisruptionBudget (that allows no disruption) that
+    /// selects them.
+    pub(crate) async fn budget_blocked_pods(
+        &self,
+    ) -> Result<BTreeMap<ObjectKey, String>, ControllerError> {
         let list = self.ctx.kube.list(Kind::PodDisruptionBudget).await?;
-        let mut out = BTreeSet::new();
+        let mut out = BTreeMap::new();
         for item in list.items {
             let Ok(pdb) = decode::<PodDisruptionBudget>(Kind::PodDisruptionBudget, item) else {
                 continue;
@@ -91,6 +106,7 @@ impl View<'_> {
                 continue;
             }
             let ns = pdb.metadata.namespace.clone().unwrap_or_default();
+            let name = pdb.metadata.name.clone().unwrap_or_default();
             let Ok(selector) = LabelSelector::parse(
                 pdb.spec.as_ref().and_then(|s| s.selector.as_ref()),
                 "spec.selector",
@@ -101,7 +117,8 @@ impl View<'_> {
                 if key.namespace == ns
                     && selector.matches(&pod.metadata.labels.clone().unwrap_or_default())
                 {
-                    out.insert(key.clone());
+                    out.entry(key.clone())
+                        .or_insert_with(|| format!("{ns}/{name}"));
                 }
             }
         }
@@ -150,8 +167,13 @@ impl View<'_> {
         self.provider.is_drifted(claim)
     }
 
-    /// Every node disruption may act on now, cheapest to disrupt first (fewest pods, then dearest).
-    pub(crate) fn candidates(&self, blocked: &BTreeSet<ObjectKey>) -> Vec<Candidate> {
+    /// Every node disruption may act on now, cheapest to disrupt first (fewest pods, then dearest); nodes
+    /// held back by a pod or annotation go to `refused`.
+    pub(crate) fn candidates(
+        &self,
+        blocked: &BTreeMap<ObjectKey, String>,
+        refused: &mut Vec<Refusal>,
+    ) -> Vec<Candidate> {
         let now = self.ctx.now();
         let mut by_node: BTreeMap<&str, Vec<(&ObjectKey, &k8s_openapi::api::core::v1::Pod)>> =
             BTreeMap::new();
@@ -200,11 +222,23 @@ impl View<'_> {
                 .as_ref()
                 .and_then(|a| a.get(labels::DO_NOT_DISRUPT))
                 .is_some_and(|v| v == "true");
-            if node.metadata.deletion_timestamp.is_some()
-                || tainted
-                || node_says_no
-                || !node_ready(node)
-            {
+            let claim_name = claim.metadata.name.clone().unwrap_or_default();
+            let mut refuse = |message: String| {
+                refused.push(Refusal {
+                    node: node_name.clone(),
+                    claim: claim_name.clone(),
+                    reason: "DisruptionBlocked",
+                    message,
+                })
+            };
+            if node.metadata.deletion_timestamp.is_some() || tainted || !node_ready(node) {
+                continue;
+            }
+            if node_says_no {
+                refuse(format!(
+                    "the node has the {} annotation",
+                    labels::DO_NOT_DISRUPT
+                ));
                 continue;
             }
             let claim_labels = claim.metadata.labels.as_ref().unwrap_or(&no_labels);
@@ -223,7 +257,17 @@ impl View<'_> {
                         if pod.metadata.deletion_timestamp.is_some() {
                             continue;
                         }
-                        if protected(pod, self.ctx.clock.now()) || blocked.contains(*key) {
+                        if protected(pod, self.ctx.clock.now()) {
+                            refuse(format!(
+                                "pod {key} has the {} annotation",
+                                labels::DO_NOT_DISRUPT
+                            ));
+                            continue 'claims;
+                        }
+                        if let Some(pdb) = blocked.get(*key) {
+                            refuse(format!(
+                                "PodDisruptionBudget {pdb} allows no eviction of its pods here now"
+                            ));
                             continue 'claims;
                         }
                         pods.push((*key).clone());

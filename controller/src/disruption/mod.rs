@@ -19,7 +19,7 @@ use crate::scheduling::ClaimPlan;
 use crate::state::ClusterState;
 
 pub use crate::nodepool::budgets::Reason;
-pub(crate) use candidates::Candidate;
+pub(crate) use candidates::{Candidate, Refusal};
 /// How often disruption looks for work.
 pub const DISRUPTION_INTERVAL: Duration = Duration::from_secs(10);
 /// A decision is simulated again this long after it was made, and only then carried out.
@@ -103,9 +103,55 @@ pub(crate) struct Disruption {
     nothing_to_disrupt: Option<u64>,
     /// Consolidations already reported as not worth their churn.
     churn_noted: BTreeSet<String>,
+    /// (node, message) of refusals already told, so each is told once while it holds.
+    told: BTreeSet<(String, String)>,
 }
 
 impl Disruption {
+    /// Say why nodes are left alone, once per node and reason for the node's life: a trace line and an
+    /// Event on the Node and on its NodeClaim. (A refusal that comes and goes — a budget that allows and
+    /// then refuses again — is not told each time.)
+    async fn tell(&mut self, ctx: &Context, state: &ClusterState, refused: Vec<Refusal>) {
+        self.told.retain(|(node, _)| state.nodes.contains_key(node));
+        for r in refused {
+            if !self.told.insert((r.node.clone(), r.message.clone())) {
+                continue;
+            }
+            let what = if r.reason == "Unconsolidatable" {
+                "not consolidated"
+            } else {
+                "blocked"
+            };
+            ctx.journal.record(
+                "disruption",
+                format!("{what}: node/{}: {}", r.node, r.message),
+            );
+            let node_uid = state
+                .nodes
+                .get(&r.node)
+                .and_then(|n| n.metadata.uid.clone());
+            let claim_uid = state
+                .nodeclaims
+                .get(&r.claim)
+                .and_then(|c| c.metadata.uid.clone());
+            for (kind, name, uid) in [
+                (Kind::Node, &r.node, node_uid),
+                (Kind::NodeClaim, &r.claim, claim_uid),
+            ] {
+                crate::events::emit(
+                    ctx,
+                    kind,
+                    &ObjectKey::cluster(name.clone()),
+                    uid,
+                    EventType::Normal,
+                    r.reason,
+                    &r.message,
+                )
+                .await;
+            }
+        }
+    }
+
     /// One disruption pass: expire, then advance the command in flight, or look for a new one.
     pub(crate) async fn reconcile(
         &mut self,
@@ -370,7 +416,7 @@ impl Evaluator {
     /// Gather the candidates and evaluate each on its own: (candidates, how many could go alone).
     pub fn single_node_pass(&self) -> (usize, usize) {
         let view = self.view();
-        let cands = view.candidates(&Default::default());
+        let cands = view.candidates(&Default::default(), &mut Vec::new());
         let snap = view.snapshot(&cands);
         let valid = cands
             .iter()
@@ -382,9 +428,9 @@ impl Evaluator {
     /// One decision pass as the controller makes it (multi-node first): how many nodes the command covers.
     pub fn decision_pass(&self) -> usize {
         let view = self.view();
-        let cands = view.candidates(&Default::default());
+        let cands = view.candidates(&Default::default(), &mut Vec::new());
         let snap = view.snapshot(&cands);
-        view.choose(&snap, &cands)
+        view.choose(&snap, &cands, &mut Vec::new())
             .0
             .map_or(0, |c| c.candidates.len())
     }

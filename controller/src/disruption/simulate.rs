@@ -14,13 +14,25 @@ use crate::scheduling::requirements::Requirement;
 use crate::scheduling::{ExistingCapacity, PendingPod, Plan, PoolOptions, plan_on};
 use crate::state::ClusterState;
 
-use super::{Action, Candidate, Command, Disruption, Reason, Stage, View};
+use super::{Action, Candidate, Command, Disruption, Reason, Refusal, Stage, View};
 
 /// Multi-node consolidation looks at no more than this many candidates at once (Karpenter: 100).
 const MULTI_NODE_MAX: usize = 100;
 /// Spot-to-spot replacement of a single node needs this many cheaper types and launches only the
 /// cheapest this many (Karpenter's figure).
 pub const SPOT_TO_SPOT_TYPES: usize = 15;
+
+/// Karpenter's `filterOutSameInstanceType`: when the replacement could be of a type one of the nodes
+/// already is, it must cost less than the cheapest node of such a type — else keeping that node and
+/// deleting the others disrupts less for the same result. The price ceiling that leaves (infinity when no
+/// replacement type is a candidate's).
+fn same_type_ceiling(cands: &[&Candidate], replacement_types: &[String]) -> f64 {
+    cands
+        .iter()
+        .filter(|c| replacement_types.contains(&c.instance_type))
+        .map(|c| c.price)
+        .fold(f64::INFINITY, f64::min)
+}
 
 /// What every simulation of one pass shares, read from the cache once: capacity as it stands (less nodes
 /// already leaving), the pools, and each candidate's pods as the planner sees them. A simulation then only
@@ -152,27 +164,46 @@ impl View<'_> {
     /// Consolidation's verdict on a simulation: delete when every pod fits elsewhere; replace with one
     /// strictly cheaper node otherwise (spot nodes only by spot, under [`SPOT_TO_SPOT_TYPES`]'s rule, and
     /// not at all with `Settings::spot_to_spot` off, Karpenter's default); anything else is no action.
-    /// Returns the action and the saving per hour.
-    fn consolidation_action(&self, cands: &[&Candidate], plan: Plan) -> Option<(Action, f64)> {
-        if !plan.unschedulable.is_empty() {
-            return None;
+    /// Returns the action and the saving per hour, or why there is none (Karpenter's `Unconsolidatable`
+    /// messages, in substance). Several nodes replaced by one never get a type one of them already is when
+    /// deleting the others would do (Karpenter's `filterOutSameInstanceType`).
+    fn consolidation_action(
+        &self,
+        cands: &[&Candidate],
+        plan: Plan,
+    ) -> Result<(Action, f64), String> {
+        if let Some((_, why)) = plan.unschedulable.first() {
+            return Err(format!("not all pods would schedule elsewhere: {why}"));
         }
         let total: f64 = cands.iter().map(|c| c.price).sum();
         match plan.claims.len() {
-            0 => Some((Action::Delete, total)),
+            0 => Ok((Action::Delete, total)),
             1 => {
                 let spot = cands
                     .iter()
                     .filter(|c| c.capacity_type == CapacityType::Spot)
                     .count();
-                let mut claim = plan.claims.into_iter().next()?;
+                let mut claim = plan
+                    .claims
+                    .into_iter()
+                    .next()
+                    .ok_or("no replacement planned")?;
                 if spot > 0 {
                     let allows_spot = claim
                         .requirements
                         .get(labels::CAPACITY_TYPE)
                         .is_none_or(|r| r.has(CapacityType::Spot.as_str()));
-                    if spot < cands.len() || !self.ctx.settings.spot_to_spot || !allows_spot {
-                        return None;
+                    if !self.ctx.settings.spot_to_spot {
+                        return Err("spot-to-spot consolidation is disabled: a spot node is not replaced by another spot node".into());
+                    }
+                    if spot < cands.len() {
+                        return Err(
+                            "spot and on-demand nodes are not replaced together by one spot node"
+                                .into(),
+                        );
+                    }
+                    if !allows_spot {
+                        return Err("the replacement's requirements do not allow spot".into());
                     }
                     claim.requirements.add(Requirement::in_values(
                         labels::CAPACITY_TYPE,
@@ -184,9 +215,24 @@ impl View<'_> {
                 claim
                     .instance_types
                     .retain(|t| self.type_price(t, &reqs) < total);
+                if claim.instance_types.is_empty() {
+                    return Err("no cheaper instance type can take its pods".into());
+                }
+                if cands.len() > 1 {
+                    let max = same_type_ceiling(cands, &claim.instance_types);
+                    claim
+                        .instance_types
+                        .retain(|t| self.type_price(t, &reqs) < max);
+                    if claim.instance_types.is_empty() {
+                        return Err("the one replacement would be of a type these nodes already are; deleting the others does as well".into());
+                    }
+                }
                 if spot > 0 {
                     if cands.len() == 1 && claim.instance_types.len() < SPOT_TO_SPOT_TYPES {
-                        return None;
+                        return Err(format!(
+                            "only {} cheaper spot instance types, fewer than the {SPOT_TO_SPOT_TYPES} spot-to-spot consolidation needs",
+                            claim.instance_types.len()
+                        ));
                     }
                     let mut by_price: Vec<(f64, String)> = claim
                         .instance_types
@@ -197,13 +243,10 @@ impl View<'_> {
                     by_price.truncate(SPOT_TO_SPOT_TYPES);
                     claim.instance_types = by_price.into_iter().map(|(_, t)| t).collect();
                 }
-                if claim.instance_types.is_empty() {
-                    return None;
-                }
                 let cheapest = self.plan_price(&claim);
-                Some((Action::Replace(vec![claim], Some(total)), total - cheapest))
+                Ok((Action::Replace(vec![claim], Some(total)), total - cheapest))
             }
-            _ => None,
+            n => Err(format!("its pods would need {n} new nodes")),
         }
     }
 
@@ -262,11 +305,21 @@ impl View<'_> {
         reason: Reason,
         cands: &[&Candidate],
     ) -> Option<Command> {
+        self.evaluate_why(snap, reason, cands).ok()
+    }
+
+    /// [`Self::evaluate`], saying why when there is no command.
+    fn evaluate_why(
+        &self,
+        snap: &Snapshot<'_>,
+        reason: Reason,
+        cands: &[&Candidate],
+    ) -> Result<Command, String> {
         match reason {
             Reason::Drifted => {
                 let plan = self.simulate(snap, cands);
-                if !plan.unschedulable.is_empty() {
-                    return None;
+                if let Some((_, why)) = plan.unschedulable.first() {
+                    return Err(format!("not all pods would schedule elsewhere: {why}"));
                 }
                 let added: f64 = plan.claims.iter().map(|c| self.plan_price(c)).sum();
                 let total: f64 = cands.iter().map(|c| c.price).sum();
@@ -275,19 +328,20 @@ impl View<'_> {
                 } else {
                     Action::Replace(plan.claims, None)
                 };
-                Some(self.command(reason, cands, action, total - added))
+                Ok(self.command(reason, cands, action, total - added))
             }
             Reason::Empty => {
                 let total: f64 = cands.iter().map(|c| c.price).sum();
-                cands
-                    .iter()
-                    .all(|c| c.pods.is_empty())
-                    .then(|| self.command(reason, cands, Action::Delete, total))
+                if cands.iter().all(|c| c.pods.is_empty()) {
+                    Ok(self.command(reason, cands, Action::Delete, total))
+                } else {
+                    Err("pods run on it".into())
+                }
             }
             Reason::Underutilized => {
                 let (action, savings) =
                     self.consolidation_action(cands, self.simulate(snap, cands))?;
-                Some(self.command(reason, cands, action, savings))
+                Ok(self.command(reason, cands, action, savings))
             }
         }
     }
@@ -313,8 +367,24 @@ impl View<'_> {
         &self,
         snap: &Snapshot<'_>,
         cands: &[Candidate],
+        refused: &mut Vec<Refusal>,
     ) -> (Option<Command>, Vec<(Command, String)>) {
         let mut skipped = Vec::new();
+        let mut refuse = |c: &Candidate, message: String| {
+            refused.push(Refusal {
+                node: c.node.clone(),
+                claim: c.claim.clone(),
+                reason: "Unconsolidatable",
+                message,
+            })
+        };
+        let over_budget = |c: &Candidate, reason: Reason| {
+            format!(
+                "nodepool/{}'s disruption budgets allow no more {} disruptions now",
+                c.pool,
+                reason.as_str()
+            )
+        };
         // Drift: one node at a time; replacements may cost more (the point is to move off the old spec).
         let left = self.budget_left(Reason::Drifted);
         for c in cands.iter().filter(|c| c.drifted.is_some()) {
@@ -343,17 +413,26 @@ impl View<'_> {
                     *n -= 1;
                     true
                 }
-                _ => false,
+                _ => {
+                    refuse(c, over_budget(c, Reason::Empty));
+                    false
+                }
             })
             .collect();
         if !empty.is_empty() {
             return (self.evaluate(snap, Reason::Empty, &empty), skipped);
         }
-        // Underutilized: the longest prefix (up to 100) that can go together, then one node at a time.
-        let mut left = self.budget_left(Reason::Underutilized);
-        let eligible: Vec<&Candidate> = cands
+        // Underutilized: the longest prefix (up to 100) that can go together within the budgets, then one
+        // node at a time — any node whose pool's budget allows one more, as Karpenter's single-node pass.
+        let budget = self.budget_left(Reason::Underutilized);
+        let mut left = budget.clone();
+        let underutilized: Vec<&Candidate> = cands
             .iter()
             .filter(|c| c.consolidatable && !c.only_when_empty && !c.pods.is_empty())
+            .collect();
+        let eligible: Vec<&Candidate> = underutilized
+            .iter()
+            .copied()
             .filter(|c| match left.get_mut(&c.pool) {
                 Some(n) if *n > 0 => {
                     *n -= 1;
@@ -389,12 +468,20 @@ impl View<'_> {
                 }
             }
         }
-        for c in eligible {
-            if let Some(cmd) = self.evaluate(snap, Reason::Underutilized, &[c]) {
-                match self.worth_it(snap, &[c], cmd.savings) {
+        for c in underutilized {
+            if budget.get(&c.pool).copied().unwrap_or(0) == 0 {
+                refuse(c, over_budget(c, Reason::Underutilized));
+                continue;
+            }
+            match self.evaluate_why(snap, Reason::Underutilized, &[c]) {
+                Ok(cmd) => match self.worth_it(snap, &[c], cmd.savings) {
                     Ok(()) => return (Some(cmd), skipped),
-                    Err(why) => skipped.push((cmd, why)),
-                }
+                    Err(why) => {
+                        refuse(c, format!("not worth the churn: {why}"));
+                        skipped.push((cmd, why));
+                    }
+                },
+                Err(why) => refuse(c, why),
             }
         }
         (None, skipped)
@@ -435,20 +522,28 @@ impl Disruption {
             return Ok(None);
         }
         let blocked = view.budget_blocked_pods().await?;
-        let cands = view.candidates(&blocked);
+        let mut refused = Vec::new();
+        let cands = view.candidates(&blocked, &mut refused);
         if cands.is_empty() {
+            self.tell(ctx, state, refused).await;
             return Ok(None);
         }
         // Like Karpenter's consolidation state: the same inputs as a pass that found nothing find nothing
         // again, so a settled cluster is not simulated every 10 seconds.
         let inputs = view.decision_inputs(&cands);
         if self.nothing_to_disrupt == Some(inputs) {
+            self.tell(ctx, state, refused).await;
             return Ok(None);
         }
         let (chosen, skipped) = {
             let snap = view.snapshot(&cands);
-            view.choose(&snap, &cands)
+            view.choose(&snap, &cands, &mut refused)
         };
+        // A node about to be disrupted is not told it will not be.
+        if let Some(cmd) = &chosen {
+            refused.retain(|r| !cmd.candidates.iter().any(|c| c.node == r.node));
+        }
+        self.tell(ctx, state, refused).await;
         for (cmd, why) in skipped {
             self.note_not_worth_it(ctx, &cmd, &why);
         }
@@ -486,7 +581,7 @@ impl Disruption {
             provider,
         };
         let blocked = view.budget_blocked_pods().await?;
-        let cands = view.candidates(&blocked);
+        let cands = view.candidates(&blocked, &mut Vec::new());
         let mut same = Vec::new();
         for old in &command.candidates {
             match cands.iter().find(|c| c.claim == old.claim) {
