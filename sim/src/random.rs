@@ -19,6 +19,16 @@ pub struct Workload {
     pub budget: bool,
     /// A zone topology spread (maxSkew 1, DoNotSchedule).
     pub spread: bool,
+    /// A host port each pod holds (one pod per node), possibly the DaemonSet's.
+    pub host_port: Option<u16>,
+}
+
+/// A DaemonSet on every node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Daemon {
+    pub millicpu: u32,
+    /// A host port it holds on every node.
+    pub host_port: Option<u16>,
 }
 
 /// One timeline event, at a minute mark.
@@ -35,6 +45,7 @@ pub enum Fault {
 pub struct Shape {
     pub spot: bool,
     pub workloads: Vec<Workload>,
+    pub daemon: Option<Daemon>,
     pub faults: Vec<(u32, Fault)>,
     pub minutes: u32,
 }
@@ -48,14 +59,20 @@ fn pick(rng: &mut ChaCha8Rng, n: u32) -> u32 {
 impl Shape {
     pub fn random(rng: &mut ChaCha8Rng) -> Shape {
         let workloads: Vec<Workload> = (0..1 + pick(rng, 2))
-            .map(|_| Workload {
+            .map(|i| Workload {
                 replicas: 1 + pick(rng, 30),
                 millicpu: [250, 500, 1000, 2000][pick(rng, 4) as usize],
                 memory_mib: [512, 1024, 2048, 4096][pick(rng, 4) as usize],
                 budget: pick(rng, 2) == 0,
                 spread: pick(rng, 3) == 0,
+                host_port: [None, None, None, Some(8080 + i as u16), Some(9100)]
+                    [pick(rng, 5) as usize],
             })
             .collect();
+        let daemon = (pick(rng, 2) == 0).then(|| Daemon {
+            millicpu: [100, 250, 500][pick(rng, 3) as usize],
+            host_port: (pick(rng, 2) == 0).then_some(9100),
+        });
         let minutes = 20;
         let faults = (0..pick(rng, 5))
             .map(|_| {
@@ -85,6 +102,7 @@ impl Shape {
         Shape {
             spot: pick(rng, 2) == 0,
             workloads,
+            daemon,
             faults,
             minutes,
         }
@@ -124,12 +142,15 @@ impl Shape {
             } else {
                 String::new()
             };
+            let ports = w.host_port.map_or(String::new(), |p| {
+                format!("\n              ports: [{{containerPort: {p}, hostPort: {p}}}]")
+            });
             let _ = write!(
                 y,
                 "  - apiVersion: apps/v1\n    kind: Deployment\n    metadata: {{name: w{i}, namespace: default}}\n\
                  \x20   spec:\n      replicas: {}\n      selector: {{matchLabels: {{app: w{i}}}}}\n\
                  \x20     template:\n        metadata: {{labels: {{app: w{i}}}}}\n        spec:{spread}\n\
-                 \x20         containers:\n            - name: c\n              image: app\n\
+                 \x20         containers:\n            - name: c\n              image: app{ports}\n\
                  \x20             resources: {{requests: {{cpu: {}m, memory: {}Mi}}}}\n",
                 w.replicas, w.millicpu, w.memory_mib
             );
@@ -140,6 +161,20 @@ impl Shape {
                      \x20   spec: {{maxUnavailable: 1, selector: {{matchLabels: {{app: w{i}}}}}}}\n"
                 );
             }
+        }
+        if let Some(d) = &self.daemon {
+            let ports = d.host_port.map_or(String::new(), |p| {
+                format!("\n              ports: [{{containerPort: {p}, hostPort: {p}}}]")
+            });
+            let _ = write!(
+                y,
+                "  - apiVersion: apps/v1\n    kind: DaemonSet\n    metadata: {{name: agent, namespace: kube-system}}\n\
+                 \x20   spec:\n      selector: {{matchLabels: {{app: agent}}}}\n\
+                 \x20     template:\n        metadata: {{labels: {{app: agent}}}}\n        spec:\n\
+                 \x20         containers:\n            - name: agent\n              image: agent{ports}\n\
+                 \x20             resources: {{requests: {{cpu: {}m, memory: 128Mi}}}}\n",
+                d.millicpu
+            );
         }
         y.push_str("timeline:\n");
         if self.faults.is_empty() {
@@ -198,8 +233,18 @@ impl Shape {
                 out.push(s);
             }
         }
+        if self.daemon.is_some() {
+            let mut s = self.clone();
+            s.daemon = None;
+            out.push(s);
+        }
         for i in 0..self.workloads.len() {
             let w = &self.workloads[i];
+            if w.host_port.is_some() {
+                let mut s = self.clone();
+                s.workloads[i].host_port = None;
+                out.push(s);
+            }
             if w.replicas > 1 {
                 let mut s = self.clone();
                 s.workloads[i].replicas = w.replicas.div_ceil(2);
@@ -282,5 +327,6 @@ mod tests {
         assert_eq!(small.workloads.len(), 1, "{small:?}");
         assert!((5..10).contains(&small.workloads[0].replicas), "{small:?}");
         assert!(!small.workloads[0].budget && !small.workloads[0].spread);
+        assert!(small.daemon.is_none() && small.workloads[0].host_port.is_none());
     }
 }

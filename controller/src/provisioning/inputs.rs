@@ -166,7 +166,7 @@ fn pod_requests_or_log(ctx: &Context, key: &ObjectKey, pod: &Pod) -> Option<Reso
 }
 
 /// A pod as the planner sees it, or why it cannot be read.
-pub(crate) fn pending_pod(key: &ObjectKey, pod: &Pod) -> Result<PendingPod, String> {
+pub fn pending_pod(key: &ObjectKey, pod: &Pod) -> Result<PendingPod, String> {
     let requests = pod_requests(pod).map_err(|e| e.to_string())?;
     let requirements = pod_requirements(pod)?;
     let topology = pod_terms(pod)?;
@@ -345,18 +345,7 @@ pub(crate) fn existing_capacity(
         if let Some(r) = pod_requests_or_log(ctx, key, pod) {
             used.entry(node).or_default().add(&r);
         }
-        let anti_affinity = pod_terms(pod)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|t| t.strength == Strength::Required && t.term.kind == TermKind::AntiAffinity)
-            .map(|t| t.term)
-            .collect();
-        bound.entry(node).or_default().push(ExistingPod {
-            namespace: key.namespace.clone(),
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
-            anti_affinity,
-            host_ports: host_ports(pod),
-        });
+        bound.entry(node).or_default().push(existing_pod(key, pod));
     }
     let mut out = Vec::new();
     let mut claimed_nodes = Vec::new();
@@ -408,49 +397,75 @@ pub(crate) fn existing_capacity(
         });
     }
     for (name, node) in &state.nodes {
-        if claimed_nodes.contains(name) || !node_ready(node) || leaving.contains(name) {
+        if claimed_nodes.contains(name) || leaving.contains(name) {
             continue;
         }
-        if node
-            .spec
-            .as_ref()
-            .and_then(|s| s.unschedulable)
-            .unwrap_or(false)
-        {
-            continue;
-        }
-        let Some(alloc) = node.status.as_ref().and_then(|s| s.allocatable.as_ref()) else {
-            continue;
-        };
-        let mut available = Resources::parse(alloc).unwrap_or_default();
-        if let Some(u) = used.get(name.as_str()) {
-            available.sub(u);
-        }
-        // The unregistered taint goes as soon as Dovetail syncs the node; it does not keep pods off.
-        let taints = node
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|t| t.key != labels::UNREGISTERED_TAINT)
-            .map(|t| crate::crds::Taint {
-                key: t.key,
-                value: t.value,
-                effect: t.effect,
-            })
-            .collect();
-        out.push(ExistingCapacity {
-            name: format!("node/{name}"),
-            available,
-            labels: node.metadata.labels.clone().unwrap_or_default(),
-            taints,
-            pods: bound.remove(name.as_str()).unwrap_or_default(),
-        });
+        let used = used.get(name.as_str()).cloned().unwrap_or_default();
+        let pods = bound.remove(name.as_str()).unwrap_or_default();
+        out.extend(node_capacity(name, node, &used, pods));
     }
     out
 }
 
+/// A pod bound to a node as the planner counts it: labels for topology, its required anti-affinity and
+/// its host ports.
+pub fn existing_pod(key: &ObjectKey, pod: &Pod) -> ExistingPod {
+    let anti_affinity = pod_terms(pod)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| t.strength == Strength::Required && t.term.kind == TermKind::AntiAffinity)
+        .map(|t| t.term)
+        .collect();
+    ExistingPod {
+        namespace: key.namespace.clone(),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        anti_affinity,
+        host_ports: host_ports(pod),
+    }
+}
+
+/// A node without a NodeClaim as room for pods: None unless it is Ready, schedulable and reports its
+/// allocatable. `used` is what its bound pods request.
+pub fn node_capacity(
+    name: &str,
+    node: &k8s_openapi::api::core::v1::Node,
+    used: &Resources,
+    pods: Vec<ExistingPod>,
+) -> Option<ExistingCapacity> {
+    if !node_ready(node)
+        || node
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false)
+    {
+        return None;
+    }
+    let alloc = node.status.as_ref().and_then(|s| s.allocatable.as_ref())?;
+    let mut available = Resources::parse(alloc).unwrap_or_default();
+    available.sub(used);
+    // The unregistered taint goes as soon as Dovetail syncs the node; it does not keep pods off.
+    let taints = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| t.key != labels::UNREGISTERED_TAINT)
+        .map(|t| crate::crds::Taint {
+            key: t.key,
+            value: t.value,
+            effect: t.effect,
+        })
+        .collect();
+    Some(ExistingCapacity {
+        name: format!("node/{name}"),
+        available,
+        labels: node.metadata.labels.clone().unwrap_or_default(),
+        taints,
+        pods,
+    })
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! Provisioning: batch pending pods, plan new NodeClaims for them with the scheduling core, create them.
 
 pub mod batcher;
-pub(crate) mod inputs;
+pub mod inputs;
 pub(crate) mod provisioner;
 
 pub use batcher::Batcher;
