@@ -585,3 +585,39 @@ fn stuck_pod_seed_42() {
     );
     insta::assert_snapshot!("stuck-pod.seed-42", text);
 }
+
+#[test]
+fn daemonset_grows_seed_42() {
+    let path = dovetail_tests::root()
+        .join("scenarios")
+        .join("daemonset-grows.yaml");
+    let scenario = dovetail_sim::Scenario::load(&path).unwrap();
+    let out = dovetail_sim::simulate(
+        &scenario,
+        &dovetail_sim::RunOptions {
+            seed: Some(42),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let text = format!("{}{}", out.trace, out.summary);
+    // Every node the DaemonSet's pod did not fit on is replaced, one at a time (budget `nodes: "1"`), and
+    // at the end every pod runs, the DaemonSet's included.
+    let decided = times(&text, "disruption decided: DaemonSetUnfit");
+    let executed = times(&text, "disruption executed: DaemonSetUnfit");
+    assert_eq!(decided.len(), 4, "four full nodes to replace");
+    for (next, done) in decided.iter().skip(1).zip(&executed) {
+        assert!(next > done, "two replacements at once");
+    }
+    assert!(text.contains("0 pending at end"), "pods left pending");
+    assert!(
+        out.events
+            .get("DaemonSet/DaemonSetUnfit")
+            .copied()
+            .unwrap_or(0)
+            >= 4,
+        "{:?}",
+        out.events
+    );
+    insta::assert_snapshot!("daemonset-grows.seed-42", text);
+}

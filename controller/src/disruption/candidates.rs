@@ -30,6 +30,8 @@ pub(crate) struct Candidate {
     pub pods: Vec<ObjectKey>,
     /// Why the node no longer matches its NodePool or EC2NodeClass, if it does not.
     pub drifted: Option<String>,
+    /// The DaemonSets whose pod for this node waits unschedulable (it does not fit there).
+    pub daemon_unfit: Vec<String>,
     /// The pool allows consolidation and the node has been stable for `consolidateAfter`.
     pub consolidatable: bool,
     /// The pool's policy is `WhenEmpty`.
@@ -87,6 +89,59 @@ pub(crate) fn protected(pod: &k8s_openapi::api::core::v1::Pod, now: jiff::Timest
         .or(pod.metadata.creation_timestamp.as_ref())
         .map(|t| t.0);
     started.is_none_or(|s| crate::clock::since(now, s) < d)
+}
+
+/// Per node, the DaemonSets (`namespace/name`) whose pod for it waits unschedulable: created for the node
+/// (pinned by a `matchFields` node affinity on its name) but never bound, because it does not fit.
+pub(crate) fn unfit_daemons(
+    pods: &BTreeMap<ObjectKey, k8s_openapi::api::core::v1::Pod>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (key, pod) in pods {
+        let Some(owner) = pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.kind == "DaemonSet")
+        else {
+            continue;
+        };
+        let spec = pod.spec.as_ref();
+        let waiting = spec.is_some_and(|s| s.node_name.is_none())
+            && pod.metadata.deletion_timestamp.is_none()
+            && pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c.type_ == "PodScheduled"
+                            && c.status == "False"
+                            && c.reason.as_deref() == Some("Unschedulable")
+                    })
+                });
+        if !waiting {
+            continue;
+        }
+        let target = spec
+            .and_then(|s| s.affinity.as_ref())
+            .and_then(|a| a.node_affinity.as_ref())
+            .and_then(|n| {
+                n.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .and_then(|r| r.node_selector_terms.first())
+            .and_then(|t| t.match_fields.as_ref())
+            .and_then(|f| f.iter().find(|f| f.key == "metadata.name"))
+            .and_then(|f| f.values.as_ref()?.first().cloned());
+        if let Some(node) = target {
+            out.entry(node)
+                .or_default()
+                .push(format!("{}/{}", key.namespace, owner.name));
+        }
+    }
+    out
 }
 
 impl View<'_> {
@@ -197,6 +252,7 @@ impl View<'_> {
                 (name.as_str(), facts)
             })
             .collect();
+        let unfit = unfit_daemons(&self.state.pods);
         let no_labels = BTreeMap::new();
         let mut out = Vec::new();
         'claims: for claim in self.state.nodeclaims.values() {
@@ -310,6 +366,7 @@ impl View<'_> {
                 capacity_type: capacity_type_of(claim_labels),
                 pods,
                 drifted: self.drift(claim, facts),
+                daemon_unfit: unfit.get(node_name.as_str()).cloned().unwrap_or_default(),
                 consolidatable,
                 only_when_empty: disruption.and_then(|d| d.consolidation_policy.as_deref())
                     == Some("WhenEmpty"),

@@ -117,10 +117,10 @@ impl Disruption {
             if !self.told.insert((r.node.clone(), r.message.clone())) {
                 continue;
             }
-            let what = if r.reason == "Unconsolidatable" {
-                "not consolidated"
-            } else {
-                "blocked"
+            let what = match r.reason {
+                "Unconsolidatable" => "not consolidated",
+                "DisruptionBlocked" => "blocked",
+                _ => "not replaced",
             };
             ctx.journal.record(
                 "disruption",

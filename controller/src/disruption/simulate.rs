@@ -316,7 +316,7 @@ impl View<'_> {
         cands: &[&Candidate],
     ) -> Result<Command, String> {
         match reason {
-            Reason::Drifted => {
+            Reason::Drifted | Reason::DaemonSetUnfit => {
                 let plan = self.simulate(snap, cands);
                 if let Some((_, why)) = plan.unschedulable.first() {
                     return Err(format!("not all pods would schedule elsewhere: {why}"));
@@ -370,11 +370,11 @@ impl View<'_> {
         refused: &mut Vec<Refusal>,
     ) -> (Option<Command>, Vec<(Command, String)>) {
         let mut skipped = Vec::new();
-        let mut refuse = |c: &Candidate, message: String| {
+        let mut refuse = |c: &Candidate, reason: &'static str, message: String| {
             refused.push(Refusal {
                 node: c.node.clone(),
                 claim: c.claim.clone(),
-                reason: "Unconsolidatable",
+                reason,
                 message,
             })
         };
@@ -403,6 +403,42 @@ impl View<'_> {
                 return (Some(cmd), skipped);
             }
         }
+        // Beyond Karpenter: a node one of whose DaemonSet pods does not fit is replaced by one that fits
+        // everything (its pods and every DaemonSet), one node at a time within the Drifted budgets.
+        let left = self.budget_left(Reason::DaemonSetUnfit);
+        for c in cands.iter().filter(|c| !c.daemon_unfit.is_empty()) {
+            let unfit = |why: String| {
+                format!(
+                    "the pod of DaemonSet {} does not fit; the node cannot be replaced yet: {why}",
+                    c.daemon_unfit.join(", ")
+                )
+            };
+            if left.get(&c.pool).copied().unwrap_or(0) == 0 {
+                refuse(
+                    c,
+                    "DaemonSetUnfit",
+                    unfit(format!(
+                        "nodepool/{}'s disruption budgets allow no more Drifted disruptions now",
+                        c.pool
+                    )),
+                );
+                continue;
+            }
+            match self.evaluate_why(snap, Reason::DaemonSetUnfit, &[c]) {
+                Ok(cmd) => {
+                    self.ctx.journal.record(
+                        "disruption",
+                        format!(
+                            "node/{}: the pod of DaemonSet {} does not fit",
+                            c.node,
+                            c.daemon_unfit.join(", ")
+                        ),
+                    );
+                    return (Some(cmd), skipped);
+                }
+                Err(why) => refuse(c, "DaemonSetUnfit", unfit(why)),
+            }
+        }
         // Emptiness: every empty node the budgets allow, at once.
         let mut left = self.budget_left(Reason::Empty);
         let empty: Vec<&Candidate> = cands
@@ -414,7 +450,7 @@ impl View<'_> {
                     true
                 }
                 _ => {
-                    refuse(c, over_budget(c, Reason::Empty));
+                    refuse(c, "Unconsolidatable", over_budget(c, Reason::Empty));
                     false
                 }
             })
@@ -470,18 +506,18 @@ impl View<'_> {
         }
         for c in underutilized {
             if budget.get(&c.pool).copied().unwrap_or(0) == 0 {
-                refuse(c, over_budget(c, Reason::Underutilized));
+                refuse(c, "Unconsolidatable", over_budget(c, Reason::Underutilized));
                 continue;
             }
             match self.evaluate_why(snap, Reason::Underutilized, &[c]) {
                 Ok(cmd) => match self.worth_it(snap, &[c], cmd.savings) {
                     Ok(()) => return (Some(cmd), skipped),
                     Err(why) => {
-                        refuse(c, format!("not worth the churn: {why}"));
+                        refuse(c, "Unconsolidatable", format!("not worth the churn: {why}"));
                         skipped.push((cmd, why));
                     }
                 },
-                Err(why) => refuse(c, why),
+                Err(why) => refuse(c, "Unconsolidatable", why),
             }
         }
         (None, skipped)
@@ -542,6 +578,31 @@ impl Disruption {
         // A node about to be disrupted is not told it will not be.
         if let Some(cmd) = &chosen {
             refused.retain(|r| !cmd.candidates.iter().any(|c| c.node == r.node));
+            if cmd.reason == Reason::DaemonSetUnfit {
+                for c in &cmd.candidates {
+                    for ds in &c.daemon_unfit {
+                        let (ns, name) = ds.split_once('/').unwrap_or(("", ds));
+                        let key = crate::kube::ObjectKey::namespaced(ns, name);
+                        let uid = state
+                            .daemonsets
+                            .get(&key)
+                            .and_then(|d| d.metadata.uid.clone());
+                        crate::events::emit(
+                            ctx,
+                            crate::kube::Kind::DaemonSet,
+                            &key,
+                            uid,
+                            crate::events::EventType::Warning,
+                            "DaemonSetUnfit",
+                            &format!(
+                                "its pod does not fit on node {}; Dovetail replaces the node with one that fits every DaemonSet",
+                                c.node
+                            ),
+                        )
+                        .await;
+                    }
+                }
+            }
         }
         self.tell(ctx, state, refused).await;
         for (cmd, why) in skipped {

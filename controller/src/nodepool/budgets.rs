@@ -11,6 +11,9 @@ pub enum Reason {
     Empty,
     Drifted,
     Underutilized,
+    /// Beyond Karpenter: a DaemonSet's pod does not fit on the node (a DaemonSet added or grown), so the
+    /// node is replaced by one that fits everything. Budgets count it as `Drifted`.
+    DaemonSetUnfit,
 }
 
 impl Reason {
@@ -19,6 +22,15 @@ impl Reason {
             Reason::Empty => "Empty",
             Reason::Drifted => "Drifted",
             Reason::Underutilized => "Underutilized",
+            Reason::DaemonSetUnfit => "DaemonSetUnfit",
+        }
+    }
+
+    /// The reason a budget's `reasons` list names this by.
+    pub fn budget_name(self) -> &'static str {
+        match self {
+            Reason::DaemonSetUnfit => Reason::Drifted.as_str(),
+            other => other.as_str(),
         }
     }
 }
@@ -95,7 +107,7 @@ pub fn allowed(
                 ));
             }
         };
-        let applies = b.reasons.is_empty() || b.reasons.iter().any(|r| r == reason.as_str());
+        let applies = b.reasons.is_empty() || b.reasons.iter().any(|r| r == reason.budget_name());
         if active && applies {
             out = out.min(limit);
         }
@@ -171,6 +183,20 @@ mod tests {
             ),
             Ok(5)
         );
+    }
+
+    #[test]
+    fn a_daemonset_that_no_longer_fits_counts_as_drift() {
+        let c = PoolCounts {
+            total: 10,
+            disrupting: 0,
+        };
+        let budgets = [b("0", None, None, &["Drifted"]), b("3", None, None, &[])];
+        assert_eq!(
+            allowed(&budgets, Reason::DaemonSetUnfit, c, at(NOON)),
+            Ok(0)
+        );
+        assert_eq!(allowed(&budgets, Reason::Underutilized, c, at(NOON)), Ok(3));
     }
 
     #[test]
