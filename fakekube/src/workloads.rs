@@ -308,9 +308,11 @@ impl Workloads {
             let (ns, name) = crate::store::ns_name(&d);
             let want = d["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
             // (unbound, creationTimestamp, name) of each live pod it owns: all a ReplicaSet needs to choose.
+            // A pod that failed or finished (a kubelet's `OutOfcpu`) is not active: it gets a replacement.
             let mut owned: Vec<(bool, String, String)> = st
                 .iter("Pod")
                 .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Failed" | "Succeeded")))
                 .filter(|p| {
                     p["metadata"]["ownerReferences"]
                         .as_array()
@@ -423,5 +425,21 @@ mod tests {
             .unwrap();
         w.step(&kube, now);
         assert_eq!(kube.store().list("Pod").len(), 1);
+        // A pod the kubelet refused is replaced, as a ReplicaSet replaces inactive pods.
+        let name = kube.store().list("Pod")[0]["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        kube.store()
+            .patch(
+                "Pod",
+                "default",
+                &name,
+                &json!({"status": {"phase": "Failed", "reason": "OutOfcpu"}}),
+                true,
+            )
+            .unwrap();
+        w.step(&kube, now);
+        assert_eq!(kube.store().list("Pod").len(), 2);
     }
 }
