@@ -1,6 +1,6 @@
 //! Snapshot tests of scenario traces: a behaviour change shows up as a readable diff in review.
 
-use dovetail_tests::{at, first, run_scenario, run_scenario_with};
+use dovetail_tests::{at, first, run_scenario, run_scenario_with, simulate_scenario};
 
 #[test]
 fn steady_web_seed_7() {
@@ -345,18 +345,7 @@ fn no_same_type_replacements(text: &str) {
 
 #[test]
 fn unconsolidatable_and_blocked_nodes_are_told_why_once() {
-    let path = dovetail_tests::root()
-        .join("scenarios")
-        .join("pdb-drain.yaml");
-    let scenario = dovetail_sim::Scenario::load(&path).unwrap();
-    let out = dovetail_sim::simulate(
-        &scenario,
-        &dovetail_sim::RunOptions {
-            seed: Some(42),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let out = simulate_scenario("pdb-drain.yaml", 42, dovetail_sim::Autoscaler::Dovetail);
     let text = &out.trace;
     assert!(
         text.contains("blocked: node/ip-10-0-0-7.ec2.internal: pod default/report-")
@@ -588,18 +577,11 @@ fn stuck_pod_seed_42() {
 
 #[test]
 fn daemonset_grows_seed_42() {
-    let path = dovetail_tests::root()
-        .join("scenarios")
-        .join("daemonset-grows.yaml");
-    let scenario = dovetail_sim::Scenario::load(&path).unwrap();
-    let out = dovetail_sim::simulate(
-        &scenario,
-        &dovetail_sim::RunOptions {
-            seed: Some(42),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let out = simulate_scenario(
+        "daemonset-grows.yaml",
+        42,
+        dovetail_sim::Autoscaler::Dovetail,
+    );
     let text = format!("{}{}", out.trace, out.summary);
     // Every node the DaemonSet's pod did not fit on is replaced, one at a time (budget `nodes: "1"`), and
     // at the end every pod runs, the DaemonSet's included.

@@ -17,6 +17,16 @@ pub fn run_scenario(name: &str, seed: u64) -> String {
 
 /// [`run_scenario`] with another autoscaler in the controller's place.
 pub fn run_scenario_with(name: &str, seed: u64, autoscaler: dovetail_sim::Autoscaler) -> String {
+    let out = simulate_scenario(name, seed, autoscaler);
+    format!("{}{}", out.trace, out.summary)
+}
+
+/// The whole outcome of a scenario file of `scenarios/` run with a seed (Events, metrics, samples too).
+pub fn simulate_scenario(
+    name: &str,
+    seed: u64,
+    autoscaler: dovetail_sim::Autoscaler,
+) -> dovetail_sim::Outcome {
     let path = root().join("scenarios").join(name);
     let scenario = dovetail_sim::Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let options = dovetail_sim::RunOptions {
@@ -24,8 +34,7 @@ pub fn run_scenario_with(name: &str, seed: u64, autoscaler: dovetail_sim::Autosc
         autoscaler,
         ..Default::default()
     };
-    let out = dovetail_sim::simulate(&scenario, &options).unwrap_or_else(|e| panic!("{e}"));
-    format!("{}{}", out.trace, out.summary)
+    dovetail_sim::simulate(&scenario, &options).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The sim time of a trace line (`+HH:MM:SS.mmm source text`) in seconds.

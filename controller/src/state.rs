@@ -202,11 +202,32 @@ pub fn is_provisionable(pod: &Pod) -> bool {
     if matches!(status.phase.as_deref(), Some("Succeeded") | Some("Failed")) {
         return false;
     }
-    status.conditions.iter().flatten().any(|c| {
-        c.type_ == "PodScheduled"
-            && c.status == "False"
-            && c.reason.as_deref() == Some("Unschedulable")
-    })
+    marked_unschedulable(pod)
+}
+
+/// Whether the scheduler has marked the pod `PodScheduled=False` with reason `Unschedulable`.
+pub fn marked_unschedulable(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
+            })
+        })
+}
+
+/// A node's taints less those with `key`.
+pub fn node_taints_without(node: &Node, key: &str) -> Vec<k8s_openapi::api::core::v1::Taint> {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| t.key != key)
+        .collect()
 }
 
 /// Whether a node reports `Ready=True`.

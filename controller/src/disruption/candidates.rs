@@ -45,9 +45,39 @@ pub(crate) struct Candidate {
 pub(crate) struct Refusal {
     pub node: String,
     pub claim: String,
-    /// The Event reason: `DisruptionBlocked` or `Unconsolidatable`.
-    pub reason: &'static str,
+    pub kind: RefusalKind,
     pub message: String,
+}
+
+/// What a refusal is about: it names the Event and the trace line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefusalKind {
+    /// A pod or annotation holds the node back from any voluntary disruption.
+    Blocked,
+    /// Consolidation looked at the node and left it.
+    Unconsolidatable,
+    /// A DaemonSet's pod does not fit and the node cannot be replaced yet.
+    DaemonSetUnfit,
+}
+
+impl RefusalKind {
+    /// The Event reason, Karpenter's where it has one.
+    pub fn event_reason(self) -> &'static str {
+        match self {
+            RefusalKind::Blocked => "DisruptionBlocked",
+            RefusalKind::Unconsolidatable => "Unconsolidatable",
+            RefusalKind::DaemonSetUnfit => "DaemonSetUnfit",
+        }
+    }
+
+    /// How the trace line starts.
+    pub fn verb(self) -> &'static str {
+        match self {
+            RefusalKind::Blocked => "blocked",
+            RefusalKind::Unconsolidatable => "not consolidated",
+            RefusalKind::DaemonSetUnfit => "not replaced",
+        }
+    }
 }
 
 /// What drift compares a claim with, per pool: its template hash and parsed requirements.
@@ -110,17 +140,7 @@ pub(crate) fn unfit_daemons(
         let spec = pod.spec.as_ref();
         let waiting = spec.is_some_and(|s| s.node_name.is_none())
             && pod.metadata.deletion_timestamp.is_none()
-            && pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| {
-                    cs.iter().any(|c| {
-                        c.type_ == "PodScheduled"
-                            && c.status == "False"
-                            && c.reason.as_deref() == Some("Unschedulable")
-                    })
-                });
+            && crate::state::marked_unschedulable(pod);
         if !waiting {
             continue;
         }
@@ -283,7 +303,7 @@ impl View<'_> {
                 refused.push(Refusal {
                     node: node_name.clone(),
                     claim: claim_name.clone(),
-                    reason: "DisruptionBlocked",
+                    kind: RefusalKind::Blocked,
                     message,
                 })
             };

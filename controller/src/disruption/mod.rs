@@ -19,7 +19,7 @@ use crate::scheduling::ClaimPlan;
 use crate::state::ClusterState;
 
 pub use crate::nodepool::budgets::Reason;
-pub(crate) use candidates::{Candidate, Refusal};
+pub(crate) use candidates::{Candidate, Refusal, RefusalKind};
 /// How often disruption looks for work.
 pub const DISRUPTION_INTERVAL: Duration = Duration::from_secs(10);
 /// A decision is simulated again this long after it was made, and only then carried out.
@@ -117,14 +117,9 @@ impl Disruption {
             if !self.told.insert((r.node.clone(), r.message.clone())) {
                 continue;
             }
-            let what = match r.reason {
-                "Unconsolidatable" => "not consolidated",
-                "DisruptionBlocked" => "blocked",
-                _ => "not replaced",
-            };
             ctx.journal.record(
                 "disruption",
-                format!("{what}: node/{}: {}", r.node, r.message),
+                format!("{}: node/{}: {}", r.kind.verb(), r.node, r.message),
             );
             let node_uid = state
                 .nodes
@@ -144,7 +139,7 @@ impl Disruption {
                     &ObjectKey::cluster(name.clone()),
                     uid,
                     EventType::Normal,
-                    r.reason,
+                    r.kind.event_reason(),
                     &r.message,
                 )
                 .await;

@@ -14,7 +14,7 @@ use crate::scheduling::requirements::Requirement;
 use crate::scheduling::{ExistingCapacity, PendingPod, Plan, PoolOptions, plan_on};
 use crate::state::ClusterState;
 
-use super::{Action, Candidate, Command, Disruption, Reason, Refusal, Stage, View};
+use super::{Action, Candidate, Command, Disruption, Reason, Refusal, RefusalKind, Stage, View};
 
 /// Multi-node consolidation looks at no more than this many candidates at once (Karpenter: 100).
 const MULTI_NODE_MAX: usize = 100;
@@ -370,11 +370,11 @@ impl View<'_> {
         refused: &mut Vec<Refusal>,
     ) -> (Option<Command>, Vec<(Command, String)>) {
         let mut skipped = Vec::new();
-        let mut refuse = |c: &Candidate, reason: &'static str, message: String| {
+        let mut refuse = |c: &Candidate, kind: RefusalKind, message: String| {
             refused.push(Refusal {
                 node: c.node.clone(),
                 claim: c.claim.clone(),
-                reason,
+                kind,
                 message,
             })
         };
@@ -416,11 +416,8 @@ impl View<'_> {
             if left.get(&c.pool).copied().unwrap_or(0) == 0 {
                 refuse(
                     c,
-                    "DaemonSetUnfit",
-                    unfit(format!(
-                        "nodepool/{}'s disruption budgets allow no more Drifted disruptions now",
-                        c.pool
-                    )),
+                    RefusalKind::DaemonSetUnfit,
+                    unfit(over_budget(c, Reason::Drifted)),
                 );
                 continue;
             }
@@ -436,7 +433,7 @@ impl View<'_> {
                     );
                     return (Some(cmd), skipped);
                 }
-                Err(why) => refuse(c, "DaemonSetUnfit", unfit(why)),
+                Err(why) => refuse(c, RefusalKind::DaemonSetUnfit, unfit(why)),
             }
         }
         // Emptiness: every empty node the budgets allow, at once.
@@ -450,7 +447,11 @@ impl View<'_> {
                     true
                 }
                 _ => {
-                    refuse(c, "Unconsolidatable", over_budget(c, Reason::Empty));
+                    refuse(
+                        c,
+                        RefusalKind::Unconsolidatable,
+                        over_budget(c, Reason::Empty),
+                    );
                     false
                 }
             })
@@ -506,18 +507,26 @@ impl View<'_> {
         }
         for c in underutilized {
             if budget.get(&c.pool).copied().unwrap_or(0) == 0 {
-                refuse(c, "Unconsolidatable", over_budget(c, Reason::Underutilized));
+                refuse(
+                    c,
+                    RefusalKind::Unconsolidatable,
+                    over_budget(c, Reason::Underutilized),
+                );
                 continue;
             }
             match self.evaluate_why(snap, Reason::Underutilized, &[c]) {
                 Ok(cmd) => match self.worth_it(snap, &[c], cmd.savings) {
                     Ok(()) => return (Some(cmd), skipped),
                     Err(why) => {
-                        refuse(c, "Unconsolidatable", format!("not worth the churn: {why}"));
+                        refuse(
+                            c,
+                            RefusalKind::Unconsolidatable,
+                            format!("not worth the churn: {why}"),
+                        );
                         skipped.push((cmd, why));
                     }
                 },
-                Err(why) => refuse(c, "Unconsolidatable", why),
+                Err(why) => refuse(c, RefusalKind::Unconsolidatable, why),
             }
         }
         (None, skipped)

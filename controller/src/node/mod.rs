@@ -24,15 +24,11 @@ pub(crate) async fn write_disrupted_taint(
     on: bool,
 ) -> Result<(), ControllerError> {
     let name = node.metadata.name.clone().unwrap_or_default();
-    let mut taints: Vec<serde_json::Value> = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|t| t.key != labels::DISRUPTED_TAINT)
-        .map(|t| serde_json::to_value(t).unwrap_or_default())
-        .collect();
+    let mut taints: Vec<serde_json::Value> =
+        crate::state::node_taints_without(node, labels::DISRUPTED_TAINT)
+            .into_iter()
+            .map(|t| serde_json::to_value(t).unwrap_or_default())
+            .collect();
     if on {
         taints.push(serde_json::to_value(drain::disrupted_taint()).unwrap_or_default());
     }

@@ -273,14 +273,7 @@ async fn register(
     {
         finalizers.push(labels::TERMINATION_FINALIZER.to_string());
     }
-    let taints: Vec<_> = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|t| t.key != labels::UNREGISTERED_TAINT)
-        .collect();
+    let taints = crate::state::node_taints_without(&node, labels::UNREGISTERED_TAINT);
     ctx
             .kube
             .patch(

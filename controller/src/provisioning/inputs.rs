@@ -445,13 +445,8 @@ pub fn node_capacity(
     let mut available = Resources::parse(alloc).unwrap_or_default();
     available.sub(used);
     // The unregistered taint goes as soon as Dovetail syncs the node; it does not keep pods off.
-    let taints = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.clone())
-        .unwrap_or_default()
+    let taints = crate::state::node_taints_without(node, labels::UNREGISTERED_TAINT)
         .into_iter()
-        .filter(|t| t.key != labels::UNREGISTERED_TAINT)
         .map(|t| crate::crds::Taint {
             key: t.key,
             value: t.value,

@@ -118,35 +118,10 @@ impl Provisioner {
                 plan.unschedulable.len()
             ),
         );
-        // One line per distinct reason, not per pod: a 500-replica Deployment must not flood the trace.
-        let mut by_reason: BTreeMap<&str, Vec<&ObjectKey>> = BTreeMap::new();
-        for (pod, reason) in &plan.unschedulable {
-            by_reason.entry(reason.as_str()).or_default().push(pod);
-        }
-        for (reason, pods) in by_reason {
-            let more = more_suffix(pods.len(), 1);
-            ctx.journal.record(
-                "provision",
-                format!(
-                    "cannot place {} pods (pod/{}{more}): {reason}",
-                    pods.len(),
-                    pods[0]
-                ),
-            );
-        }
+        record_by_reason(ctx, &plan.unschedulable, "cannot place", ":");
         let mut explanations = plan.unschedulable.clone();
         let waiting = waiting_on_failing_class(state, provider, &plan);
-        let mut by_reason: BTreeMap<&str, Vec<&ObjectKey>> = BTreeMap::new();
-        for (pod, reason) in &waiting {
-            by_reason.entry(reason.as_str()).or_default().push(pod);
-        }
-        for (reason, pods) in by_reason {
-            let more = more_suffix(pods.len(), 1);
-            ctx.journal.record(
-                "provision",
-                format!("{} pods (pod/{}{more}) wait: {reason}", pods.len(), pods[0]),
-            );
-        }
+        record_by_reason(ctx, &waiting, "", " wait:");
         explanations.extend(waiting);
         self.explain_unschedulable(ctx, state, &explanations).await;
         for claim in plan.claims {
@@ -186,6 +161,31 @@ impl Provisioner {
         // Forget pods that were placed or are gone, so a later failure is explained again.
         let still: Vec<&ObjectKey> = unschedulable.iter().map(|(k, _)| k).collect();
         self.explained.retain(|k, _| still.contains(&k));
+    }
+}
+
+/// One trace line per distinct reason, not per pod (a 500-replica Deployment must not flood the trace):
+/// `{verb} N pods (pod/first,+more){sep} reason`.
+fn record_by_reason(ctx: &Context, pods: &[(ObjectKey, String)], verb: &str, sep: &str) {
+    let mut by_reason: BTreeMap<&str, Vec<&ObjectKey>> = BTreeMap::new();
+    for (pod, reason) in pods {
+        by_reason.entry(reason.as_str()).or_default().push(pod);
+    }
+    let verb = if verb.is_empty() {
+        String::new()
+    } else {
+        format!("{verb} ")
+    };
+    for (reason, pods) in by_reason {
+        let more = more_suffix(pods.len(), 1);
+        ctx.journal.record(
+            "provision",
+            format!(
+                "{verb}{} pods (pod/{}{more}){sep} {reason}",
+                pods.len(),
+                pods[0]
+            ),
+        );
     }
 }
 
