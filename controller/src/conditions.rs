@@ -3,12 +3,12 @@
 
 use serde_json::{Value, json};
 
-/// One condition to write: type, status (None for Unknown), and the reason and message it carries when
-/// not True.
+/// One condition to write: type, status (None for Unknown), the reason it carries when not True, and its
+/// message (a True condition's says what is worth knowing anyway, or nothing).
 pub(crate) type Desired = (&'static str, Option<bool>, &'static str, String);
 
 /// The conditions list after writing `desired` over `old`: conditions of other types are kept as they
-/// were; a True condition carries its type as reason and no message.
+/// were; a True condition carries its type as reason (and a message only when one is given).
 pub(crate) fn merge(old: &[Value], desired: &[Desired], now: &str) -> Vec<Value> {
     let mut out: Vec<Value> = old
         .iter()
@@ -29,7 +29,7 @@ pub(crate) fn merge(old: &[Value], desired: &[Desired], now: &str) -> Vec<Value>
             .unwrap_or(now)
             .to_string();
         let (reason, message) = if *ok == Some(true) {
-            (*type_, "")
+            (*type_, message.as_str())
         } else {
             (*reason, message.as_str())
         };
@@ -57,14 +57,17 @@ mod tests {
         );
         assert_eq!(same[0]["lastTransitionTime"], "t1");
         assert_eq!(same[0]["message"], "y");
-        let flipped = merge(
-            &same,
-            &[("Ready", Some(true), "NotReady", "y".into())],
-            "t3",
-        );
+        let flipped = merge(&same, &[("Ready", Some(true), "NotReady", "".into())], "t3");
         assert_eq!(flipped[0]["lastTransitionTime"], "t3");
         assert_eq!(flipped[0]["reason"], "Ready");
         assert!(flipped[0].get("message").is_none());
+        let noted = merge(
+            &flipped,
+            &[("Ready", Some(true), "NotReady", "note".into())],
+            "t4",
+        );
+        assert_eq!(noted[0]["lastTransitionTime"], "t3");
+        assert_eq!(noted[0]["message"], "note");
         let other = json!({"type": "Foreign", "status": "True"});
         let kept = merge(
             std::slice::from_ref(&other),

@@ -5,12 +5,14 @@
 
 pub mod admission;
 pub mod api;
+pub mod cel;
 pub mod disruption;
 pub mod kubelet;
 pub mod merge;
 pub mod placement;
 pub mod quantity;
 pub mod scheduler;
+pub mod schema;
 pub mod selectors;
 pub mod store;
 pub mod workloads;

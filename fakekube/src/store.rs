@@ -67,6 +67,7 @@ pub struct Store {
     history: VecDeque<(u64, String, WatchEvent)>,
     watchers: Vec<Watcher>,
     placement: crate::placement::Placement,
+    crds: crate::schema::Crds,
 }
 
 fn display(ns: &str, name: &str) -> String {
@@ -93,7 +94,46 @@ impl Store {
             history: VecDeque::new(),
             watchers: Vec::new(),
             placement: Default::default(),
+            crds: Default::default(),
         }
+    }
+
+    /// Install a CustomResourceDefinition (as `kubectl apply` would): objects of its kind are defaulted and
+    /// validated against its schema and CEL rules from now on.
+    pub fn install_crd(&mut self, crd: &Value) -> Result<(), String> {
+        self.crds.install(crd)
+    }
+
+    /// The CRD schema's complaints about `obj` of `kind` (after defaulting it in place), with their paths.
+    pub fn schema_errors(
+        &self,
+        kind: &str,
+        obj: &mut Value,
+        old: Option<&Value>,
+    ) -> Vec<crate::schema::FieldError> {
+        self.crds.admit(kind, obj, old)
+    }
+
+    /// What this API server would refuse in `obj` of `kind` (after defaulting it in place): the CRD's schema
+    /// and rules, then the built-in admission. `old` is the stored object on an update.
+    pub fn admission_errors(
+        &self,
+        kind: &str,
+        obj: &mut Value,
+        old: Option<&Value>,
+    ) -> Vec<String> {
+        let mut errors: Vec<String> = self
+            .crds
+            .admit(kind, obj, old)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        if errors.is_empty()
+            && let Err(e) = crate::admission::admit(kind, obj)
+        {
+            errors.push(e);
+        }
+        errors
     }
 
     /// Bindings that broke a placement invariant (see `placement`).
@@ -222,8 +262,13 @@ impl Store {
             m.shift_remove("namespace");
         }
         let key = Store::key_of(kind, &obj);
-        crate::admission::admit(kind, &mut obj)
-            .map_err(|e| StoreError::Invalid(format!("{kind} {}", display(&key.1, &key.2)), e))?;
+        let errors = self.admission_errors(kind, &mut obj, None);
+        if !errors.is_empty() {
+            return Err(StoreError::Invalid(
+                format!("{kind} {}", display(&key.1, &key.2)),
+                errors.join("; "),
+            ));
+        }
         if self.objects.contains_key(&key) {
             return Err(StoreError::AlreadyExists(
                 kind.to_string(),
@@ -291,8 +336,13 @@ impl Store {
         }
         let mut updated = current.clone();
         merge_patch(&mut updated, &patch);
-        crate::admission::admit(kind, &mut updated)
-            .map_err(|e| StoreError::Invalid(format!("{kind} {}", display(ns, name)), e))?;
+        let errors = self.admission_errors(kind, &mut updated, Some(current));
+        if !errors.is_empty() {
+            return Err(StoreError::Invalid(
+                format!("{kind} {}", display(ns, name)),
+                errors.join("; "),
+            ));
+        }
         if updated == *current {
             return Ok(updated);
         }

@@ -538,6 +538,31 @@ impl Loader<'_> {
                 format!("{kind} is `{expected}`, not `{api_version}`"),
             ));
         }
+        // The API server's own check of a custom resource: its CRD's schema and CEL rules.
+        if matches!(kind.as_str(), "NodePool" | "EC2NodeClass") {
+            let store = crate::world::api_server_store(0);
+            let mut defaulted = json.clone();
+            if let Some(e) = store.schema_errors(&kind, &mut defaulted, None).first() {
+                let path: Vec<Seg> =
+                    e.path
+                        .iter()
+                        .map(|s| match s {
+                            fakekube::schema::PathSeg::Field(k)
+                            | fakekube::schema::PathSeg::Key(k) => Seg::Key(k.clone()),
+                            fakekube::schema::PathSeg::Index(i) => Seg::Index(*i),
+                        })
+                        .collect();
+                return Err(self.err(
+                    at(&path),
+                    &format!("{field}.{}", fakekube::schema::render(&e.path)),
+                    format!(
+                        "{kind} {}: {}",
+                        json["metadata"]["name"].as_str().unwrap_or("?"),
+                        e.message
+                    ),
+                ));
+            }
+        }
         let understood = match kind.as_str() {
             "NodePool" => self.typed::<dovetail::crds::NodePool>(node, &json, field)?,
             "EC2NodeClass" => self.typed::<dovetail::crds::EC2NodeClass>(node, &json, field)?,

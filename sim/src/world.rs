@@ -89,6 +89,19 @@ fn machines(cloud: &FakeCloud) -> Vec<Machine> {
     })
 }
 
+/// The simulated API server's store with Dovetail's CRDs installed, as `kubectl apply -f deploy/crds` does
+/// in a real cluster: NodePools, NodeClaims and EC2NodeClasses are defaulted and validated by their schemas.
+pub fn api_server_store(seed: u64) -> Store {
+    let mut store = Store::new(ChaCha8Rng::seed_from_u64(seed));
+    for (file, crd) in dovetail::crds::definitions() {
+        let crd = serde_json::to_value(&crd).expect("a CRD serialises");
+        if let Err(e) = store.install_crd(&crd) {
+            panic!("the generated CRD {file} does not install: {e}");
+        }
+    }
+    store
+}
+
 fn apply(kube: &FakeKube, trace: &Trace, manifests: &[Manifest], now: jiff::Timestamp) {
     for m in manifests {
         let kind = m.kind.clone();
@@ -554,7 +567,7 @@ pub fn run(
         Arc::new(trace.clone()),
     );
     let kube = FakeKube::new(
-        Store::new(ChaCha8Rng::seed_from_u64(store_seed)),
+        api_server_store(store_seed),
         Arc::new(clock),
         scenario.api_latency,
     );

@@ -87,11 +87,14 @@ pub fn select_subnets(class: &EC2NodeClass, subnets: Vec<Subnet>) -> Vec<Subnet>
     subnets
         .into_iter()
         .filter(|s| {
-            class
-                .spec
-                .subnet_selector_terms
-                .iter()
-                .any(|t| term_filter(t).matches(&s.id, "", &s.tags))
+            class.spec.subnet_selector_terms.iter().any(|t| {
+                TagFilter {
+                    tags: t.tags.clone(),
+                    ids: t.id.iter().cloned().collect(),
+                    names: Vec::new(),
+                }
+                .matches(&s.id, "", &s.tags)
+            })
         })
         .collect()
 }

@@ -14,6 +14,7 @@ pub mod instancetype;
 pub mod interruption;
 pub mod launch;
 pub mod nodeclass;
+pub mod validation;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

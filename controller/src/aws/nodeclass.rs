@@ -26,6 +26,10 @@ pub struct Resolved {
     pub security_groups: Vec<SecurityGroup>,
     /// The newest matching image per Kubernetes architecture.
     pub images: BTreeMap<String, Image>,
+    /// What is wrong with the spec itself (`aws::validation`); nothing launches from an invalid class.
+    pub invalid: Option<String>,
+    /// Fields set in the spec that Dovetail does not act on (`crds::unacted`).
+    pub unacted: Vec<&'static str>,
 }
 
 impl Resolved {
@@ -37,6 +41,14 @@ impl Resolved {
     /// Each readiness condition with its status, reason and message, `Ready` last.
     pub fn conditions(&self) -> Vec<(&'static str, bool, &'static str, String)> {
         let mut out = vec![
+            (
+                "ValidationSucceeded",
+                self.invalid.is_none(),
+                "Invalid",
+                self.invalid
+                    .clone()
+                    .unwrap_or_else(|| crate::crds::unacted::sentence(&self.unacted)),
+            ),
             (
                 "SubnetsReady",
                 !self.subnets.is_empty(),
@@ -64,6 +76,12 @@ impl Resolved {
             "NotReady",
             format!("not ready: {}", failing.join(", ")),
         ));
+        // A True condition says nothing, but for the fields not acted on.
+        for c in &mut out {
+            if c.1 && c.0 != "ValidationSucceeded" {
+                c.3.clear();
+            }
+        }
         out
     }
 
@@ -156,6 +174,8 @@ impl ClassCache {
             subnets,
             security_groups: groups.into_values().collect(),
             images,
+            invalid: super::validation::validate(class).err(),
+            unacted: crate::crds::unacted::ec2nodeclass(&class.spec),
         };
         self.0.insert(name, (ctx.now(), print, resolved.clone()));
         Ok(resolved)
@@ -215,6 +235,18 @@ async fn write_class_status(
         .all(|k| current[*k] == desired[*k] || (current[*k].is_null() && desired[*k] == json!([])));
     if unchanged {
         return;
+    }
+    let noted = |list: &[Value]| {
+        list.iter()
+            .find(|c| c["type"] == "ValidationSucceeded" && c["status"] == "True")
+            .and_then(|c| c["message"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let note = noted(&conditions);
+    if !note.is_empty() && note != noted(&old_conditions) {
+        ctx.journal
+            .record("nodeclass", format!("ec2nodeclass/{name}: fields {note}"));
     }
     if let Some(problem) = resolved.not_ready() {
         ctx.journal.record(

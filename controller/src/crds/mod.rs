@@ -3,6 +3,8 @@
 pub mod ec2nodeclass;
 pub mod nodeclaim;
 pub mod nodepool;
+pub mod schema;
+pub mod unacted;
 
 use std::collections::BTreeMap;
 
@@ -53,12 +55,27 @@ pub mod labels {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSelectorRequirementWithMinValues {
+    #[schemars(
+        length(max = 316),
+        regex(pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*(\/))?([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"),
+        extend("x-kubernetes-validations" = [
+            {"rule": "self in ['karpenter.sh/capacity-type', 'karpenter.sh/nodepool'] || !self.find('^([^/]+)').endsWith('karpenter.sh')",
+             "message": "the label domain karpenter.sh is restricted (only karpenter.sh/capacity-type and karpenter.sh/nodepool may be required)"},
+            {"rule": "self != 'kubernetes.io/hostname'",
+             "message": "the label kubernetes.io/hostname is restricted"}
+        ])
+    )]
     pub key: String,
     #[schemars(extend("enum" = ["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt", "Gte", "Lte"]))]
     pub operator: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(
+        length(max = 63),
+        regex(pattern = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+    ))]
     pub values: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 50))]
     pub min_values: Option<i64>,
 }
 
@@ -66,8 +83,14 @@ pub struct NodeSelectorRequirementWithMinValues {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeClassReference {
+    #[schemars(
+        regex(pattern = r"^[^/]*$"),
+        extend("x-kubernetes-validations" = [{"rule": "self != ''", "message": "group may not be empty"}])
+    )]
     pub group: String,
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self != ''", "message": "kind may not be empty"}]))]
     pub kind: String,
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self != ''", "message": "name may not be empty"}]))]
     pub name: String,
 }
 
@@ -75,10 +98,23 @@ pub struct NodeClassReference {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Taint {
+    #[schemars(
+        length(min = 1),
+        regex(
+            pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*(\/))?([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"
+        )
+    )]
     pub key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*(\/))?([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"
+    ))]
     pub value: Option<String>,
+    #[schemars(extend("enum" = ["NoSchedule", "PreferNoSchedule", "NoExecute"]))]
     pub effect: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub time_added: Option<String>,
 }
 
 /// A status condition in the shape Karpenter uses (`metav1.Condition`).
@@ -87,6 +123,7 @@ pub struct Taint {
 pub struct Condition {
     #[serde(rename = "type")]
     pub type_: String,
+    #[schemars(extend("enum" = ["True", "False", "Unknown"]))]
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -103,6 +140,7 @@ pub struct Condition {
 #[serde(rename_all = "camelCase")]
 pub struct TemplateMetadata {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "schema::template_labels")]
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,

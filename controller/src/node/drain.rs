@@ -95,6 +95,7 @@ pub(crate) fn disrupted_taint() -> Taint {
         key: labels::DISRUPTED_TAINT.to_string(),
         value: None,
         effect: "NoSchedule".to_string(),
+        time_added: None,
     }
 }
 

@@ -80,7 +80,12 @@ impl NodePoolStatus {
                     "ValidationSucceeded",
                     Some(invalid.is_none()),
                     reason(&invalid, "Invalid"),
-                    message(&invalid),
+                    match &invalid {
+                        Some(p) => p.1.clone(),
+                        None => crate::crds::unacted::sentence(&crate::crds::unacted::nodepool(
+                            &pool.spec,
+                        )),
+                    },
                 ),
                 (
                     "NodeClassReady",
@@ -123,6 +128,18 @@ impl NodePoolStatus {
             };
             if essence(&old) == essence(&conditions) {
                 continue;
+            }
+            let noted = |list: &[Value]| {
+                list.iter()
+                    .find(|c| c["type"] == "ValidationSucceeded" && c["status"] == "True")
+                    .and_then(|c| c["message"].as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let note = noted(&conditions);
+            if !note.is_empty() && note != noted(&old) {
+                ctx.journal
+                    .record("nodepool", format!("nodepool/{name}: fields {note}"));
             }
             let was_ready = old
                 .iter()

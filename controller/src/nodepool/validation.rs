@@ -20,6 +20,7 @@ pub type Problem = (&'static str, String);
 /// The static checks of a pool's spec; `types` is the instance-type catalog (empty until it is read,
 /// when the catalog check waits). Returns the parsed requirements, so callers parse them once.
 pub fn validate(pool: &NodePool, types: &[InstanceType]) -> Result<Requirements, Problem> {
+    fields(pool).map_err(|e| ("InvalidField", e))?;
     let field = "spec.template.spec.requirements";
     let reqs = Requirements::from_node_selector(&pool.spec.template.spec.requirements)
         .map_err(|e| ("InvalidRequirements", format!("{field}: {e}")))?;
@@ -61,6 +62,65 @@ pub fn validate(pool: &NodePool, types: &[InstanceType]) -> Result<Requirements,
     )
     .map_err(|e| ("InvalidBudget", e))?;
     Ok(reqs)
+}
+
+/// What the CRD's schema says of single fields, checked again here for clusters whose CRDs are older or
+/// looser than Dovetail's: a value outside its enum or pattern is an error, never a silent default.
+fn fields(pool: &NodePool) -> Result<(), String> {
+    use crate::crds::nodepool::policy;
+    let spec = &pool.spec;
+    if spec.replicas.is_some() {
+        return Err(
+            "spec.replicas: static NodePools are not supported by Dovetail yet; remove `replicas` to provision for pending pods"
+                .into(),
+        );
+    }
+    if let Some(d) = &spec.disruption {
+        if let Some(p) = d.consolidation_policy.as_deref()
+            && !policy::ALL.contains(&p)
+        {
+            return Err(format!(
+                "spec.disruption.consolidationPolicy: `{p}` is not one of {}",
+                policy::ALL.join(", ")
+            ));
+        }
+        if let Some(after) = d.consolidate_after.as_deref() {
+            crate::duration::parse_or_never(after)
+                .map_err(|e| format!("spec.disruption.consolidateAfter: {e}"))?;
+        }
+        for (i, b) in d.budgets.iter().enumerate() {
+            if let Some(r) = b
+                .reasons
+                .iter()
+                .find(|r| !["Underutilized", "Empty", "Drifted"].contains(&r.as_str()))
+            {
+                return Err(format!(
+                    "spec.disruption.budgets[{i}].reasons: `{r}` is not one of Underutilized, Empty, Drifted"
+                ));
+            }
+        }
+    }
+    let t = &spec.template.spec;
+    for (field, value) in [
+        ("expireAfter", &t.expire_after),
+        ("terminationGracePeriod", &t.termination_grace_period),
+    ] {
+        if let Some(v) = value.as_deref() {
+            crate::duration::parse_or_never(v)
+                .map_err(|e| format!("spec.template.spec.{field}: {e}"))?;
+        }
+    }
+    for (list, taints) in [("taints", &t.taints), ("startupTaints", &t.startup_taints)] {
+        for (i, taint) in taints.iter().enumerate() {
+            if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&taint.effect.as_str()) {
+                return Err(format!(
+                    "spec.template.spec.{list}[{i}].effect: `{}` is not one of NoSchedule, PreferNoSchedule, NoExecute",
+                    taint.effect
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether some offering of the type meets the requirements, available now or not (an ICE'd offering
@@ -146,6 +206,41 @@ spec:
         let (reason, message) = validate(&p, &[]).unwrap_err();
         assert_eq!(reason, "ImpossibleRequirements");
         assert!(message.contains("karpenter.sh/capacity-type"), "{message}");
+    }
+
+    #[test]
+    fn enum_typos_are_errors_naming_the_field() {
+        let base =
+            format!("{BASE}        - {{key: kubernetes.io/arch, operator: In, values: [amd64]}}\n");
+        let p = pool(&format!(
+            "{base}  disruption:\n    consolidationPolicy: WhenEmtpy\n"
+        ));
+        let (reason, message) = validate(&p, &[]).unwrap_err();
+        assert_eq!(reason, "InvalidField");
+        assert_eq!(
+            message,
+            "spec.disruption.consolidationPolicy: `WhenEmtpy` is not one of WhenEmpty, WhenEmptyOrUnderutilized, Balanced"
+        );
+        let p = pool(&format!(
+            "{base}  disruption:\n    consolidationPolicy: Balanced\n"
+        ));
+        assert!(validate(&p, &[]).is_ok());
+        let p = pool(&format!("{base}  replicas: 3\n"));
+        assert!(
+            validate(&p, &[])
+                .unwrap_err()
+                .1
+                .starts_with("spec.replicas")
+        );
+        let p = pool(&format!(
+            "{base}      taints: [{{key: a, effect: NoScheduel}}]\n"
+        ));
+        assert!(
+            validate(&p, &[])
+                .unwrap_err()
+                .1
+                .starts_with("spec.template.spec.taints[0].effect")
+        );
     }
 
     #[test]

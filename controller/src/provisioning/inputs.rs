@@ -451,6 +451,7 @@ pub fn node_capacity(
             key: t.key,
             value: t.value,
             effect: t.effect,
+            time_added: None,
         })
         .collect();
     Some(ExistingCapacity {

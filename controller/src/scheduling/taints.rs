@@ -37,6 +37,7 @@ mod tests {
             key: key.into(),
             value: value.map(String::from),
             effect: effect.into(),
+            time_added: None,
         }
     }
 

@@ -147,6 +147,7 @@ fn existing_capacity_honours_taints_and_labels() {
             key: "nvidia.com/gpu".into(),
             value: None,
             effect: "NoSchedule".into(),
+            time_added: None,
         }],
         pods: vec![],
     };
@@ -320,6 +321,7 @@ fn taints_need_tolerations_and_say_so() {
         key: "nvidia.com/gpu".into(),
         value: Some("true".into()),
         effect: "NoSchedule".into(),
+        time_added: None,
     }];
     let out = plan(
         &[pod("plain", 100, "100Mi")],
@@ -1049,6 +1051,7 @@ fn a_prefer_no_schedule_pool_is_avoided_while_another_can_take_the_pod() {
         key: "spare".into(),
         value: None,
         effect: "PreferNoSchedule".into(),
+        time_added: None,
     });
     let plain = pool("main", vec![&t]);
     let out = plan(

@@ -1,0 +1,137 @@
+//! Fields of the v1 API that Dovetail accepts but does not act on yet. Each one set in an object is named in
+//! its `ValidationSucceeded` condition and once in the trace, so that nothing a user wrote is silently dropped.
+
+use super::{EC2NodeClassSpec, NodePoolSpec};
+
+/// The set fields of a NodePool that Dovetail does not act on.
+pub fn nodepool(spec: &NodePoolSpec) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let policy = spec
+        .disruption
+        .as_ref()
+        .and_then(|d| d.consolidation_policy.as_deref());
+    if policy == Some(super::nodepool::policy::BALANCED) {
+        out.push("spec.disruption.consolidationPolicy: Balanced (consolidating as WhenEmptyOrUnderutilized)");
+    }
+    out
+}
+
+/// The set fields of an EC2NodeClass that Dovetail does not act on (Karpenter's defaults are not counted).
+pub fn ec2nodeclass(spec: &EC2NodeClassSpec) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if let Some(k) = &spec.kubelet {
+        let set = [
+            ("spec.kubelet.clusterDNS", !k.cluster_dns.is_empty()),
+            ("spec.kubelet.maxPods", k.max_pods.is_some()),
+            ("spec.kubelet.podsPerCore", k.pods_per_core.is_some()),
+            ("spec.kubelet.systemReserved", !k.system_reserved.is_empty()),
+            ("spec.kubelet.kubeReserved", !k.kube_reserved.is_empty()),
+            ("spec.kubelet.evictionHard", !k.eviction_hard.is_empty()),
+            ("spec.kubelet.evictionSoft", !k.eviction_soft.is_empty()),
+            (
+                "spec.kubelet.evictionSoftGracePeriod",
+                !k.eviction_soft_grace_period.is_empty(),
+            ),
+            (
+                "spec.kubelet.evictionMaxPodGracePeriod",
+                k.eviction_max_pod_grace_period.is_some(),
+            ),
+            (
+                "spec.kubelet.imageGCHighThresholdPercent",
+                k.image_gc_high_threshold_percent.is_some(),
+            ),
+            (
+                "spec.kubelet.imageGCLowThresholdPercent",
+                k.image_gc_low_threshold_percent.is_some(),
+            ),
+            ("spec.kubelet.cpuCFSQuota", k.cpu_cfs_quota.is_some()),
+        ];
+        out.extend(set.iter().filter(|(_, on)| *on).map(|(f, _)| *f));
+    }
+    let defaults = super::ec2nodeclass::MetadataOptions {
+        http_endpoint: Some("enabled".into()),
+        http_protocol_ipv6: Some("disabled".into()),
+        http_put_response_hop_limit: Some(1),
+        http_tokens: Some("required".into()),
+    };
+    let set = [
+        ("spec.amiFamily", spec.ami_family.is_some()),
+        (
+            "spec.metadataOptions",
+            spec.metadata_options
+                .as_ref()
+                .is_some_and(|m| *m != defaults),
+        ),
+        (
+            "spec.detailedMonitoring",
+            spec.detailed_monitoring == Some(true),
+        ),
+        (
+            "spec.associatePublicIPAddress",
+            spec.associate_public_ip_address.is_some(),
+        ),
+        (
+            "spec.instanceStorePolicy",
+            spec.instance_store_policy.is_some(),
+        ),
+        ("spec.context", spec.context.is_some()),
+        ("spec.ipPrefixCount", spec.ip_prefix_count.is_some()),
+        (
+            "spec.connectionTracking",
+            spec.connection_tracking.is_some(),
+        ),
+        ("spec.cpuOptions", spec.cpu_options.is_some()),
+        (
+            "spec.networkInterfaces",
+            !spec.network_interfaces.is_empty(),
+        ),
+        (
+            "spec.placementGroupSelector",
+            spec.placement_group_selector.is_some(),
+        ),
+        (
+            "spec.capacityReservationSelectorTerms",
+            !spec.capacity_reservation_selector_terms.is_empty(),
+        ),
+        (
+            "spec.amiSelectorTerms[].ssmParameter",
+            spec.ami_selector_terms
+                .iter()
+                .any(|t| t.ssm_parameter.is_some()),
+        ),
+    ];
+    out.extend(set.iter().filter(|(_, on)| *on).map(|(f, _)| *f));
+    out
+}
+
+/// The sentence a condition and the trace carry; empty when every field is acted on.
+pub fn sentence(fields: &[&str]) -> String {
+    if fields.is_empty() {
+        String::new()
+    } else {
+        format!("not acted on by Dovetail: {}", fields.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_class_has_nothing_unacted_and_each_extra_is_named() {
+        let mut class: super::super::EC2NodeClass = serde_saphyr::from_str(
+            "apiVersion: karpenter.k8s.aws/v1\nkind: EC2NodeClass\nmetadata: {name: c}\nspec:\n  role: r\n  amiSelectorTerms: [{alias: al2023@latest}]\n  subnetSelectorTerms: [{tags: {a: b}}]\n  securityGroupSelectorTerms: [{tags: {a: b}}]\n  metadataOptions: {httpEndpoint: enabled, httpProtocolIPv6: disabled, httpPutResponseHopLimit: 1, httpTokens: required}\n",
+        )
+        .unwrap();
+        assert!(ec2nodeclass(&class.spec).is_empty());
+        class.spec.ip_prefix_count = Some(1);
+        class.spec.kubelet = Some(super::super::ec2nodeclass::KubeletConfiguration {
+            eviction_max_pod_grace_period: Some(60),
+            ..Default::default()
+        });
+        assert_eq!(
+            sentence(&ec2nodeclass(&class.spec)),
+            "not acted on by Dovetail: spec.kubelet.evictionMaxPodGracePeriod, spec.ipPrefixCount"
+        );
+    }
+}
