@@ -124,59 +124,15 @@ impl Catalog {
                 gpu_count: e.gpu_count,
                 gpu_name: e.gpu_name.clone(),
                 supported_usage_classes: vec![CapacityType::OnDemand, CapacityType::Spot],
+                branch_interfaces: e.branch_enis,
             })
             .collect()
     }
 }
 
-/// What the kubelet of a node of this type reports: (capacity, allocatable) as Kubernetes quantities.
-///
-/// Written from the kubelet's point of view and independently of the controller's estimate, so that a
-/// difference between the two shows up in simulation as it would in a real cluster.
+/// What the kubelet of a node of this type reports with no kubelet settings in its user data.
 pub fn kubelet_resources(e: &CatalogEntry) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
-    let max_pods = u64::from(e.max_enis) * u64::from(e.ipv4_per_eni.saturating_sub(1)) + 2;
-    let usable_mib = if e.arch == "arm64" {
-        e.memory_mib - 64
-    } else {
-        e.memory_mib
-    };
-    // The hypervisor keeps 7.5% of memory, rounded up to a whole MiB.
-    let memory_mib = usable_mib - (usable_mib * 75).div_ceil(1000);
-    let reserved_mib = 255 + 11 * max_pods + 100;
-
-    let mut reserved_cpu_m = 0u64;
-    for core in 1..=u64::from(e.vcpu) {
-        // Per-core reservation in hundredths of a millicore: 60 m, 10 m, 5 m, 5 m, then 2.5 m per core.
-        reserved_cpu_m += match core {
-            1 => 6000,
-            2 => 1000,
-            3 | 4 => 500,
-            _ => 250,
-        };
-    }
-    let reserved_cpu_m = reserved_cpu_m / 100;
-
-    let mut capacity = BTreeMap::new();
-    capacity.insert("cpu".to_string(), e.vcpu.to_string());
-    capacity.insert("memory".to_string(), format!("{memory_mib}Mi"));
-    capacity.insert("pods".to_string(), max_pods.to_string());
-    capacity.insert("ephemeral-storage".to_string(), "20Gi".to_string());
-    let mut allocatable = BTreeMap::new();
-    allocatable.insert(
-        "cpu".to_string(),
-        format!("{}m", u64::from(e.vcpu) * 1000 - reserved_cpu_m),
-    );
-    allocatable.insert(
-        "memory".to_string(),
-        format!("{}Mi", memory_mib - reserved_mib),
-    );
-    allocatable.insert("pods".to_string(), max_pods.to_string());
-    allocatable.insert("ephemeral-storage".to_string(), "17Gi".to_string());
-    if e.gpu_count > 0 {
-        capacity.insert("nvidia.com/gpu".to_string(), e.gpu_count.to_string());
-        allocatable.insert("nvidia.com/gpu".to_string(), e.gpu_count.to_string());
-    }
-    (capacity, allocatable)
+    crate::kubelet::resources(e, "")
 }
 
 #[cfg(test)]
@@ -192,20 +148,6 @@ mod tests {
             (m5.vcpu, m5.memory_mib, m5.max_enis, m5.ipv4_per_eni),
             (2, 8192, 3, 10)
         );
-    }
-
-    // Figures from Karpenter's published instance-type reference.
-    #[test]
-    fn kubelet_allocatable_matches_published_figures() {
-        let c = Catalog::builtin();
-        let (_, a) = kubelet_resources(&c.types["m5.large"]);
-        assert_eq!(a["cpu"], "1930m");
-        assert_eq!(a["memory"], "6903Mi");
-        assert_eq!(a["pods"], "29");
-        let (_, a) = kubelet_resources(&c.types["c5.xlarge"]);
-        assert_eq!(a["pods"], "58");
-        let (_, a) = kubelet_resources(&c.types["t3.medium"]);
-        assert_eq!(a["pods"], "17");
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct InstanceRecord {
     pub kms_failure: bool,
     /// A spot reclaim is scheduled at this time.
     pub reclaim_at: Option<Timestamp>,
+    /// The user data it booted with (its launch template's): what its kubelet is configured from.
+    pub user_data: String,
 }
 
 struct SubnetState {
@@ -953,6 +955,9 @@ impl FakeCloud {
             foreign: false,
             kms_failure,
             reclaim_at: None,
+            user_data: template
+                .map(|t| t.data.user_data.clone())
+                .unwrap_or_default(),
         };
         instances.insert(id, rec.clone());
         Some(rec)

@@ -35,6 +35,7 @@
 pub mod catalog;
 pub mod config;
 pub mod ec2;
+pub mod kubelet;
 pub mod sqs;
 
 pub use catalog::{Catalog, CatalogEntry};

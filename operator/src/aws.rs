@@ -219,11 +219,13 @@ impl Cloud for AwsCloud {
                     .map(|p| p.supported_architectures())
                     .unwrap_or_default();
                 let gpu = t.gpu_info().and_then(|g| g.gpus().first());
+                let name = t
+                    .instance_type()
+                    .map(|x| x.as_str().to_string())
+                    .unwrap_or_default();
                 InstanceTypeInfo {
-                    name: t
-                        .instance_type()
-                        .map(|x| x.as_str().to_string())
-                        .unwrap_or_default(),
+                    branch_interfaces: dovetail::aws::vpclimits::branch_interfaces(&name),
+                    name,
                     arch: if arch.contains(&ec2::ArchitectureType::Arm64) {
                         "arm64".into()
                     } else {

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use dovetail::aws::cloud::InstanceState;
-use fakecloud::{Catalog, CloudConfig, FakeCloud, catalog::kubelet_resources};
+use fakecloud::{Catalog, CloudConfig, FakeCloud};
 use fakekube::scheduler::Scheduler;
 use fakekube::workloads::Workloads;
 use fakekube::{FakeKube, Kubelets, Machine, Store};
@@ -70,7 +70,7 @@ fn machines(cloud: &FakeCloud) -> Vec<Machine> {
         all.filter(|r| r.instance.state != InstanceState::Pending && !r.foreign)
             .filter_map(|r| {
                 let entry = cloud.entry(&r.instance.instance_type)?;
-                let (capacity, allocatable) = kubelet_resources(entry);
+                let (capacity, allocatable) = fakecloud::kubelet::resources(entry, &r.user_data);
                 Some(Machine {
                     instance_id: r.instance.id.clone(),
                     node_name: r.instance.private_dns_name.clone(),

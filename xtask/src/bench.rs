@@ -161,7 +161,7 @@ pub fn run() -> String {
         weight: 0,
         requirements: reqs,
         taints: Vec::new(),
-        instance_types: types.iter().collect(),
+        instance_types: types.iter().map(std::borrow::Cow::Borrowed).collect(),
         daemon_overhead: Resources::default(),
         daemon_ports: Vec::new(),
         remaining_limits: None,

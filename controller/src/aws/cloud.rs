@@ -23,6 +23,9 @@ pub struct InstanceTypeInfo {
     pub gpu_count: u32,
     pub gpu_name: String,
     pub supported_usage_classes: Vec<CapacityType>,
+    /// Branch network interfaces for security groups for pods (0: the type cannot trunk). EC2 does not
+    /// report it; the adapter takes it from the VPC resource controller's limits (`aws::vpclimits`).
+    pub branch_interfaces: u32,
 }
 
 /// DescribeInstanceTypeOfferings (location type availability-zone).

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::cloud::{CapacityType, InstanceTypeInfo, InstanceTypeOffering, SpotPrice};
 use crate::cloudprovider::{InstanceType, Offering};
-use crate::crds::labels;
+use crate::crds::{EC2NodeClass, labels};
 use crate::quantity::Milli;
 use crate::resources::{CPU, EPHEMERAL_STORAGE, MEMORY, PODS, Resources};
 
@@ -31,34 +31,110 @@ fn kube_reserved_millicores(vcpu: u32) -> i128 {
         .sum()
 }
 
-/// Capacity and allocatable the way Karpenter's AWS provider estimates them before a node exists.
-pub fn capacity_and_allocatable(info: &InstanceTypeInfo) -> (Resources, Resources) {
-    let pods = eni_limited_pods(info);
+/// Security-groups-for-pods branch interfaces, as the VPC resource controller advertises them on a node.
+pub const POD_ENI: &str = "vpc.amazonaws.com/pod-eni";
+
+/// Whether the image family sizes nodes like Amazon Linux (kube-reserved memory from the ENI-limited pod
+/// count, `podsPerCore` honoured) or like Bottlerocket (from the node's max pods; no `podsPerCore`).
+fn bottlerocket(class: Option<&EC2NodeClass>) -> bool {
+    class.is_some_and(|c| {
+        c.spec.ami_family.as_deref() == Some("Bottlerocket")
+            || c.spec.ami_selector_terms.iter().any(|t| {
+                t.alias
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with("bottlerocket@"))
+            })
+    })
+}
+
+/// An eviction threshold as memory or storage held back: a percentage of capacity (100% turns the
+/// threshold off) or a quantity.
+fn eviction(capacity: Milli, value: &str) -> Milli {
+    match value.strip_suffix('%') {
+        Some(p) => {
+            let pct: f64 = p.parse().unwrap_or(0.0);
+            let pct = if pct >= 100.0 { 0.0 } else { pct };
+            Milli::from_units((capacity.units() as f64 / 100.0 * pct).ceil() as i128)
+        }
+        None => crate::quantity::parse(value).unwrap_or_default(),
+    }
+}
+
+/// Capacity and allocatable the way Karpenter's AWS provider estimates them before a node exists, under the
+/// node class's kubelet settings (`maxPods`, `podsPerCore`, `kubeReserved`, `systemReserved`,
+/// `evictionHard`) when it has any.
+pub fn capacity_and_allocatable(
+    info: &InstanceTypeInfo,
+    class: Option<&EC2NodeClass>,
+) -> (Resources, Resources) {
+    let kubelet = class.and_then(|c| c.spec.kubelet.as_ref());
+    let bottlerocket = bottlerocket(class);
+    let eni_pods = eni_limited_pods(info);
+    let mut pods = kubelet
+        .and_then(|k| k.max_pods)
+        .map_or(eni_pods, i128::from);
+    if let Some(per_core) = kubelet.and_then(|k| k.pods_per_core).filter(|p| *p > 0)
+        && !bottlerocket
+    {
+        pods = pods.min(i128::from(per_core) * info.vcpu as i128);
+    }
     let mut mem_mib = info.memory_mib as i128;
     if info.arch == "arm64" {
         mem_mib -= 64;
     }
     let vm_overhead_mib = (mem_mib * 75 + 999) / 1000;
     let mem_capacity_mib = mem_mib - vm_overhead_mib;
+    let storage = Milli::from_units(20 * 1024 * MIB);
 
     let mut capacity = Resources::default();
     capacity.set(CPU, Milli(info.vcpu as i128 * 1000));
     capacity.set(MEMORY, Milli::from_units(mem_capacity_mib * MIB));
     capacity.set(PODS, Milli::from_units(pods));
-    capacity.set(EPHEMERAL_STORAGE, Milli::from_units(20 * 1024 * MIB));
+    capacity.set(EPHEMERAL_STORAGE, storage);
     if info.gpu_count > 0 {
         capacity.set("nvidia.com/gpu", Milli::from_units(info.gpu_count as i128));
     }
+    if info.branch_interfaces > 0 {
+        capacity.set(POD_ENI, Milli::from_units(info.branch_interfaces as i128));
+    }
 
-    let mut reserved = Resources::default();
-    reserved.set(CPU, Milli(kube_reserved_millicores(info.vcpu)));
-    // kube-reserved (11 MiB per pod + 255 MiB) plus the 100 MiB hard eviction threshold.
-    reserved.set(MEMORY, Milli::from_units((11 * pods + 255 + 100) * MIB));
-    // 1 GiB kube-reserved and 10% of the 20 GiB root volume for eviction.
-    reserved.set(EPHEMERAL_STORAGE, Milli::from_units(3 * 1024 * MIB));
+    // kube-reserved: CPU by bands, 11 MiB per pod + 255 MiB (pods counted as the ENI limit on Amazon
+    // Linux, as the node's max pods on Bottlerocket), 1 GiB of disk; each overridden by `kubeReserved`.
+    let memory_pods = if bottlerocket { pods } else { eni_pods };
+    let mut kube = Resources::default();
+    kube.set(CPU, Milli(kube_reserved_millicores(info.vcpu)));
+    kube.set(MEMORY, Milli::from_units((11 * memory_pods + 255) * MIB));
+    kube.set(EPHEMERAL_STORAGE, Milli::from_units(1024 * MIB));
+    let mut system = Resources::default();
+    // Eviction: 100 MiB of memory and 10% of the root volume held back, or what `evictionHard` says.
+    let mut evict = Resources::default();
+    evict.set(MEMORY, Milli::from_units(100 * MIB));
+    evict.set(EPHEMERAL_STORAGE, eviction(storage, "10%"));
+    if let Some(k) = kubelet {
+        for (reserved, map) in [
+            (&mut kube, &k.kube_reserved),
+            (&mut system, &k.system_reserved),
+        ] {
+            for (name, value) in map {
+                if name != "pid"
+                    && let Ok(q) = crate::quantity::parse(value)
+                {
+                    reserved.set(name, q);
+                }
+            }
+        }
+        if let Some(v) = k.eviction_hard.get("memory.available") {
+            evict.set(MEMORY, eviction(capacity.get(MEMORY), v));
+        }
+        if let Some(v) = k.eviction_hard.get("nodefs.available") {
+            evict.set(EPHEMERAL_STORAGE, eviction(storage, v));
+        }
+    }
 
     let mut allocatable = capacity.clone();
-    allocatable.sub(&reserved);
+    allocatable.sub(&kube);
+    allocatable.sub(&system);
+    allocatable.sub(&evict);
     (capacity, allocatable)
 }
 
@@ -154,7 +230,7 @@ pub fn build(
                     });
                 }
             }
-            let (capacity, allocatable) = capacity_and_allocatable(info);
+            let (capacity, allocatable) = capacity_and_allocatable(info, None);
             Some(InstanceType {
                 name: info.name.clone(),
                 labels: type_labels(info),
@@ -192,19 +268,24 @@ mod tests {
             gpu_count: 0,
             gpu_name: String::new(),
             supported_usage_classes: vec![CapacityType::OnDemand, CapacityType::Spot],
+            branch_interfaces: 0,
         }
+    }
+
+    fn capacity_and_allocatable_of(info: &InstanceTypeInfo) -> (Resources, Resources) {
+        capacity_and_allocatable(info, None)
     }
 
     // Expected figures are the allocatable values Karpenter documents for these types.
     #[test]
     fn allocatable_matches_karpenters_published_figures() {
-        let (_, a) = capacity_and_allocatable(&info("m5.large", "amd64", 2, 8192, 3, 10));
+        let (_, a) = capacity_and_allocatable_of(&info("m5.large", "amd64", 2, 8192, 3, 10));
         assert_eq!(a.get(CPU), Milli(1930));
         assert_eq!(a.get(MEMORY), parse("6903Mi").unwrap());
         assert_eq!(a.get(PODS), Milli::from_units(29));
         assert_eq!(a.get(EPHEMERAL_STORAGE), parse("17Gi").unwrap());
 
-        let (_, a) = capacity_and_allocatable(&info("c5.xlarge", "amd64", 4, 8192, 4, 15));
+        let (_, a) = capacity_and_allocatable_of(&info("c5.xlarge", "amd64", 4, 8192, 4, 15));
         assert_eq!(a.get(CPU), Milli(3920));
         assert_eq!(a.get(PODS), Milli::from_units(58));
         assert_eq!(a.get(MEMORY), parse("6584Mi").unwrap());
@@ -212,8 +293,8 @@ mod tests {
 
     #[test]
     fn arm64_loses_64mib_before_overhead() {
-        let (_, amd) = capacity_and_allocatable(&info("x", "amd64", 2, 8192, 3, 10));
-        let (_, arm) = capacity_and_allocatable(&info("x", "arm64", 2, 8192, 3, 10));
+        let (_, amd) = capacity_and_allocatable_of(&info("x", "amd64", 2, 8192, 3, 10));
+        let (_, arm) = capacity_and_allocatable_of(&info("x", "arm64", 2, 8192, 3, 10));
         assert!(arm.get(MEMORY) < amd.get(MEMORY));
     }
 }

@@ -196,7 +196,7 @@ pub fn template_data(
         image_id: image_id.to_string(),
         security_group_ids: sgs,
         block_devices,
-        user_data: class.spec.user_data.clone().unwrap_or_default(),
+        user_data: user_data(class),
         instance_profile: class
             .spec
             .instance_profile
@@ -205,6 +205,42 @@ pub fn template_data(
             .unwrap_or_default(),
         tags: tags.clone(),
     }
+}
+
+/// The boundary of the MIME multi-part user data (as Karpenter writes it for AL2023).
+const BOUNDARY: &str = "//";
+
+/// User data for the node: the class's `userData` as written, and, when the class sets kubelet settings
+/// for an AL2023 image, a nodeadm `NodeConfig` part before it carrying them to the kubelet.
+pub fn user_data(class: &EC2NodeClass) -> String {
+    let own = class.spec.user_data.clone().unwrap_or_default();
+    let Some(kubelet) = class
+        .spec
+        .kubelet
+        .as_ref()
+        .filter(|_| class.spec.family() == Some("AL2023"))
+    else {
+        return own;
+    };
+    let config = serde_json::json!({
+        "apiVersion": "node.eks.aws/v1alpha1",
+        "kind": "NodeConfig",
+        "spec": {"kubelet": {"config": kubelet}},
+    });
+    let config = serde_saphyr::to_string(&config).unwrap_or_default();
+    let mut out = format!(
+        "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"{BOUNDARY}\"\n\n--{BOUNDARY}\nContent-Type: application/node.eks.aws\n\n{config}"
+    );
+    if !own.trim().is_empty() {
+        let kind = if own.trim_start().starts_with("apiVersion: node.eks.aws") {
+            "application/node.eks.aws"
+        } else {
+            "text/x-shellscript; charset=\"us-ascii\""
+        };
+        out.push_str(&format!("\n--{BOUNDARY}\nContent-Type: {kind}\n\n{own}"));
+    }
+    out.push_str(&format!("\n--{BOUNDARY}--\n"));
+    out
 }
 
 /// A launch template name derived from its content, so equal content reuses one template instead of
@@ -229,6 +265,37 @@ mod tests {
             instance_type: t.into(),
             zone: z.into(),
         }
+    }
+
+    fn class(extra: &str) -> EC2NodeClass {
+        serde_saphyr::from_str(&format!(
+            "apiVersion: karpenter.k8s.aws/v1\nkind: EC2NodeClass\nmetadata: {{name: c}}\nspec:\n  role: r\n  amiSelectorTerms: [{{alias: al2023@latest}}]\n  subnetSelectorTerms: [{{tags: {{a: b}}}}]\n  securityGroupSelectorTerms: [{{tags: {{a: b}}}}]\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn kubelet_settings_reach_al2023_nodes_as_a_node_config_part() {
+        assert_eq!(user_data(&class("  userData: echo hi\n")), "echo hi");
+        let data = user_data(&class(
+            "  userData: echo hi\n  kubelet: {maxPods: 42, clusterDNS: [10.0.0.10]}\n",
+        ));
+        assert!(data.starts_with("MIME-Version: 1.0\n"), "{data}");
+        assert!(data.contains("Content-Type: application/node.eks.aws\n\napiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\n"), "{data}");
+        assert!(data.contains("maxPods: 42"), "{data}");
+        assert!(data.contains("clusterDNS:"), "{data}");
+        assert!(
+            data.contains(
+                "Content-Type: text/x-shellscript; charset=\"us-ascii\"\n\necho hi\n--//--\n"
+            ),
+            "{data}"
+        );
+        // Other families do not read a NodeConfig; the settings are reported as not acted on instead.
+        let br = class("  kubelet: {maxPods: 42}\n").spec.clone();
+        let mut bottlerocket = class("  kubelet: {maxPods: 42}\n");
+        bottlerocket.spec.ami_selector_terms[0].alias = Some("bottlerocket@latest".into());
+        assert_eq!(user_data(&bottlerocket), "");
+        assert_eq!(br.family(), Some("AL2023"));
     }
 
     #[test]

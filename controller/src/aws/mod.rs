@@ -15,6 +15,7 @@ pub mod interruption;
 pub mod launch;
 pub mod nodeclass;
 pub mod validation;
+pub mod vpclimits;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -59,6 +60,8 @@ pub struct AwsProvider {
     /// The EC2 and SQS APIs.
     cloud: Arc<dyn Cloud>,
     instance_types: Vec<InstanceType>,
+    /// DescribeInstanceTypes as read, by name: what a node class's kubelet settings resize.
+    infos: BTreeMap<String, cloud::InstanceTypeInfo>,
     /// When the catalog was last read (or, after a failure, when the next try is due less a period).
     catalog_loaded_at: Option<Duration>,
     unavailable: UnavailableOfferings,
@@ -77,6 +80,7 @@ impl AwsProvider {
         AwsProvider {
             cloud,
             instance_types: Vec::new(),
+            infos: BTreeMap::new(),
             catalog_loaded_at: None,
             unavailable: UnavailableOfferings::default(),
             known_templates: KnownTemplates::default(),
@@ -108,6 +112,7 @@ impl AwsProvider {
         let on_demand = cloud.on_demand_prices().await?;
         let spot = cloud.describe_spot_price_history().await?;
         self.instance_types = instancetype::build(&infos, &offerings, &on_demand, &spot);
+        self.infos = infos.into_iter().map(|i| (i.name.clone(), i)).collect();
         self.catalog_loaded_at = Some(ctx.now());
         self.refresh_offering_availability(ctx.now());
         Ok(())
@@ -160,6 +165,18 @@ impl CloudProvider for AwsProvider {
 
     fn instance_types(&self) -> &[InstanceType] {
         &self.instance_types
+    }
+
+    fn sized_for(
+        &self,
+        state: &ClusterState,
+        class: &str,
+        it: &InstanceType,
+    ) -> Option<(crate::resources::Resources, crate::resources::Resources)> {
+        let class = state.nodeclasses.get(class)?;
+        class.spec.kubelet.as_ref()?;
+        let info = self.infos.get(&it.name)?;
+        Some(instancetype::capacity_and_allocatable(info, Some(class)))
     }
 
     fn node_class(&self, state: &ClusterState, name: &str) -> NodeClassReadiness {

@@ -137,6 +137,17 @@ pub trait CloudProvider: Send + Sync {
     /// The instance types with their offerings, sorted by name (empty until first read).
     fn instance_types(&self) -> &[InstanceType];
 
+    /// What a node of this type holds when launched from the named node class, if the class changes it
+    /// (its kubelet settings): `(capacity, allocatable)`. `None`: as the catalog says.
+    fn sized_for(
+        &self,
+        _state: &ClusterState,
+        _class: &str,
+        _it: &InstanceType,
+    ) -> Option<(crate::resources::Resources, crate::resources::Resources)> {
+        None
+    }
+
     /// Whether the named node class can launch, and where.
     fn node_class(&self, state: &ClusterState, name: &str) -> NodeClassReadiness;
 

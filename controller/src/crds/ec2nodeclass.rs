@@ -127,6 +127,25 @@ pub struct EC2NodeClassSpec {
     pub placement_group_selector: Option<PlacementGroupSelector>,
 }
 
+impl EC2NodeClassSpec {
+    /// The image family: from an `alias` term (`al2023@latest` → `AL2023`), else `amiFamily`.
+    pub fn family(&self) -> Option<&str> {
+        let from_alias = self.ami_selector_terms.iter().find_map(|t| {
+            let family = t.alias.as_deref()?.split('@').next()?;
+            Some(match family {
+                "al2" => "AL2",
+                "al2023" => "AL2023",
+                "bottlerocket" => "Bottlerocket",
+                "windows2019" => "Windows2019",
+                "windows2022" => "Windows2022",
+                "windows2025" => "Windows2025",
+                _ => return None,
+            })
+        });
+        from_alias.or(self.ami_family.as_deref())
+    }
+}
+
 /// Selects security groups by tags, id or name.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

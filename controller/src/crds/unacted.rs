@@ -19,7 +19,9 @@ pub fn nodepool(spec: &NodePoolSpec) -> Vec<&'static str> {
 /// The set fields of an EC2NodeClass that Dovetail does not act on (Karpenter's defaults are not counted).
 pub fn ec2nodeclass(spec: &EC2NodeClassSpec) -> Vec<&'static str> {
     let mut out = Vec::new();
-    if let Some(k) = &spec.kubelet {
+    // Kubelet settings reach nodes through AL2023's NodeConfig user data; other families do not get them.
+    let al2023 = spec.family() == Some("AL2023");
+    if let Some(k) = spec.kubelet.as_ref().filter(|_| !al2023) {
         let set = [
             ("spec.kubelet.clusterDNS", !k.cluster_dns.is_empty()),
             ("spec.kubelet.maxPods", k.max_pods.is_some()),
@@ -55,7 +57,10 @@ pub fn ec2nodeclass(spec: &EC2NodeClassSpec) -> Vec<&'static str> {
         http_tokens: Some("required".into()),
     };
     let set = [
-        ("spec.amiFamily", spec.ami_family.is_some()),
+        (
+            "spec.amiFamily",
+            spec.ami_family.is_some() && spec.ami_family.as_deref() != Some("AL2023"),
+        ),
         (
             "spec.metadataOptions",
             spec.metadata_options
@@ -129,6 +134,12 @@ mod tests {
             eviction_max_pod_grace_period: Some(60),
             ..Default::default()
         });
+        // AL2023 nodes get the kubelet settings (NodeConfig user data).
+        assert_eq!(
+            sentence(&ec2nodeclass(&class.spec)),
+            "not acted on by Dovetail: spec.ipPrefixCount"
+        );
+        class.spec.ami_selector_terms[0].alias = Some("bottlerocket@latest".into());
         assert_eq!(
             sentence(&ec2nodeclass(&class.spec)),
             "not acted on by Dovetail: spec.kubelet.evictionMaxPodGracePeriod, spec.ipPrefixCount"

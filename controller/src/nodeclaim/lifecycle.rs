@@ -196,7 +196,12 @@ async fn mark_launched(
         .iter()
         .find(|t| t.name == instance.instance_type);
     let (capacity, allocatable) = it
-        .map(|t| (t.capacity.to_quantities(), t.allocatable.to_quantities()))
+        .map(|t| {
+            let (c, a) = provider
+                .sized_for(state, &claim.spec.node_class_ref.name, t)
+                .unwrap_or_else(|| (t.capacity.clone(), t.allocatable.clone()));
+            (c.to_quantities(), a.to_quantities())
+        })
         .unwrap_or_default();
     let price = it
         .and_then(|t| t.price(&instance.zone, instance.capacity_type))

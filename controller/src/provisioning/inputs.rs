@@ -265,7 +265,20 @@ pub(crate) fn pool_options<'a>(state: &ClusterState, provider: &'a dyn CloudProv
             weight: pool.spec.weight.unwrap_or(0),
             requirements,
             taints: pool.spec.template.spec.taints.clone(),
-            instance_types: provider.instance_types().iter().collect(),
+            instance_types: provider
+                .instance_types()
+                .iter()
+                .map(|it| match provider.sized_for(state, class_name, it) {
+                    Some((capacity, allocatable)) => {
+                        std::borrow::Cow::Owned(crate::cloudprovider::InstanceType {
+                            capacity,
+                            allocatable,
+                            ..it.clone()
+                        })
+                    }
+                    None => std::borrow::Cow::Borrowed(it),
+                })
+                .collect(),
             daemon_overhead,
             daemon_ports,
             remaining_limits,

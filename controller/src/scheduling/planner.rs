@@ -84,7 +84,8 @@ pub struct PoolOptions<'a> {
     /// The pool's requirements with its template labels folded in as `In`.
     pub requirements: Requirements,
     pub taints: Vec<Taint>,
-    pub instance_types: Vec<&'a InstanceType>,
+    /// The catalog's types as nodes of this pool's class would be (`CloudProvider::sized_for`).
+    pub instance_types: Vec<std::borrow::Cow<'a, InstanceType>>,
     /// Requests of the DaemonSet pods every new node of this pool will run.
     pub daemon_overhead: Resources,
     /// Host ports those DaemonSet pods hold on every new node, with the DaemonSet's name.
@@ -494,7 +495,7 @@ type TypeMemo<'a> = BTreeMap<u64, Vec<(usize, Requirements, Resources, Fitting<'
 fn pool_types<'a>(
     memo: &mut TypeMemo<'a>,
     pool_ix: usize,
-    pool: &PoolOptions<'a>,
+    pool: &'a PoolOptions<'a>,
     reqs: &Requirements,
     total: &Resources,
 ) -> Fitting<'a> {
@@ -512,7 +513,7 @@ fn pool_types<'a>(
     let allowed: Vec<&InstanceType> = pool
         .instance_types
         .iter()
-        .copied()
+        .map(|it| &**it)
         .filter(|it| type_allowed(it, reqs))
         .collect();
     let result = if allowed.is_empty() {
@@ -588,7 +589,7 @@ fn open_on<'a>(
     topo: &Topology,
     memo: &mut TypeMemo<'a>,
     pool_ix: usize,
-    pool: &PoolOptions<'a>,
+    pool: &'a PoolOptions<'a>,
     remaining: Option<&Resources>,
     info: &PodInfo,
     step: Step,
@@ -916,7 +917,7 @@ pub fn plan_on(pods: &[PendingPod], existing: &[&ExistingCapacity], pools: &[Poo
             p.instance_types
                 .iter()
                 .enumerate()
-                .map(|(i, it)| (*it as *const InstanceType as usize, i))
+                .map(|(i, it)| (&**it as *const InstanceType as usize, i))
                 .collect()
         })
         .collect();

@@ -203,7 +203,7 @@ impl Baseline {
                 continue;
             };
             let (capacity, allocatable) =
-                dovetail::aws::instancetype::capacity_and_allocatable(info);
+                dovetail::aws::instancetype::capacity_and_allocatable(info, None);
             for (zone, subnet_id) in &zones {
                 let mut l = labels.clone();
                 l.insert("node.kubernetes.io/instance-type".into(), t.into());

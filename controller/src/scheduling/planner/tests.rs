@@ -79,7 +79,7 @@ fn pool<'a>(name: &str, types: Vec<&'a InstanceType>) -> PoolOptions<'a> {
         weight: 0,
         requirements,
         taints: Vec::new(),
-        instance_types: types,
+        instance_types: types.into_iter().map(std::borrow::Cow::Borrowed).collect(),
         daemon_overhead: Resources::default(),
         daemon_ports: Vec::new(),
         remaining_limits: None,
