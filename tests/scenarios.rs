@@ -603,3 +603,70 @@ fn daemonset_grows_seed_42() {
     );
     insta::assert_snapshot!("daemonset-grows.seed-42", text);
 }
+
+/// Scores in `Balanced:` decisions and refusals, as (score, approved).
+fn balanced_scores(text: &str) -> Vec<(f64, bool)> {
+    text.lines()
+        .filter(|l| {
+            l.contains("disruption decided:")
+                || l.contains("disruption skipped (not worth the churn)")
+        })
+        .filter_map(|l| {
+            let tail = l.rsplit("(score ").next()?;
+            let (score, rest) = tail.split_once(' ')?;
+            Some((score.parse().ok()?, rest.starts_with('≥')))
+        })
+        .collect()
+}
+
+#[test]
+fn balanced_consolidation_seed_42() {
+    let out = simulate_scenario(
+        "balanced-consolidation.yaml",
+        42,
+        dovetail_sim::Autoscaler::Dovetail,
+    );
+    let text = format!("{}{}", out.trace, out.summary);
+    let scores = balanced_scores(&out.trace);
+    // Moves are approved and refused by their score against 1/k = 0.5, and say so.
+    assert!(scores.iter().any(|(_, ok)| *ok), "{text}");
+    assert!(scores.iter().any(|(_, ok)| !*ok), "{text}");
+    for (score, approved) in &scores {
+        assert_eq!(*approved, *score >= 0.5, "{score}");
+    }
+    let metric = |decision: &str| {
+        out.controller_metrics.get(
+            dovetail::metrics::CONSOLIDATION_MOVES,
+            &[
+                ("decision", decision),
+                ("nodepool", "default"),
+                ("policy", "Balanced"),
+            ],
+        )
+    };
+    assert!(metric("approved").is_some_and(|n| n >= 1.0));
+    assert!(metric("rejected").is_some_and(|n| n >= 1.0));
+    assert!(out.passed, "{text}");
+
+    // The same day under WhenEmptyOrUnderutilized (Dovetail's 0.25 threshold) deletes the cache's node
+    // that Balanced keeps: the policy is what refused it.
+    let path = dovetail_tests::root().join("scenarios/balanced-consolidation.yaml");
+    let yaml = std::fs::read_to_string(path).unwrap().replace(
+        "consolidationPolicy: Balanced",
+        "consolidationPolicy: WhenEmptyOrUnderutilized",
+    );
+    let scenario = dovetail_sim::Scenario::parse("balanced-consolidation.yaml", &yaml).unwrap();
+    let other = dovetail_sim::simulate(&scenario, &dovetail_sim::RunOptions::default()).unwrap();
+    let deletes = |t: &str| {
+        t.lines()
+            .filter(|l| l.contains("disruption decided: Underutilized delete"))
+            .count()
+    };
+    assert!(
+        deletes(&other.trace) > deletes(&out.trace),
+        "Balanced {} vs WhenEmptyOrUnderutilized {}",
+        deletes(&out.trace),
+        deletes(&other.trace)
+    );
+    insta::assert_snapshot!("balanced-consolidation.seed-42", text);
+}

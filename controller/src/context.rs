@@ -31,6 +31,9 @@ pub struct Settings {
     /// Dovetail's anti-churn rule for consolidation that moves pods: the share of the pool's cost saved
     /// divided by the share of its pods moved must reach this (None: off, Karpenter's behaviour).
     pub consolidation_balance: Option<f64>,
+    /// The `Balanced` consolidation policy's k: a move in such a pool must score at least 1/k (Karpenter
+    /// fixes k = 2; here it is a setting).
+    pub balanced_k: u32,
     /// Replace a spot node with a cheaper spot node (Karpenter's `SpotToSpotConsolidation` feature gate,
     /// off there by default, on here): a single node only when at least 15 cheaper types can take its
     /// pods, and the replacement may launch only the 15 cheapest, so it does not race to the most
@@ -50,6 +53,7 @@ impl Default for Settings {
             catalog_refresh: Duration::from_secs(300),
             interruption_queue: None,
             consolidation_balance: Some(0.25),
+            balanced_k: 2,
             spot_to_spot: true,
             leader_election: None,
         }

@@ -67,6 +67,14 @@ pub const DISRUPTION_DECISIONS: MetricDef = counter(
     "karpenter_voluntary_disruption_decisions_total",
     "Voluntary disruption decisions executed, by decision (delete, replace) and reason.",
 );
+pub const CONSOLIDATION_MOVES: MetricDef = counter(
+    "karpenter_consolidation_moves_total",
+    "Consolidation moves that moved pods and were scored, by decision (approved, rejected), nodepool and policy.",
+);
+pub const CONSOLIDATION_SCORE: MetricDef = gauge(
+    "dovetail_consolidation_last_score",
+    "The last score of a consolidation move (savings share / disruption share), by nodepool and decision.",
+);
 pub const INTERRUPTION_RECEIVED: MetricDef = counter(
     "karpenter_interruption_received_messages_total",
     "Messages read from the interruption queue, by message_type.",
@@ -113,6 +121,8 @@ pub const DEFINITIONS: &[MetricDef] = &[
     NODECLAIMS_TERMINATED,
     NODECLAIMS_DISRUPTED,
     DISRUPTION_DECISIONS,
+    CONSOLIDATION_MOVES,
+    CONSOLIDATION_SCORE,
     INTERRUPTION_RECEIVED,
     INTERRUPTION_DELETED,
     PODS_STATE,
@@ -149,6 +159,30 @@ impl Metrics {
     }
 
     /// Add one to a counter.
+    /// A consolidation move was scored (`disruption::balance`).
+    pub fn consolidation_scored(&self, pool: &str, balanced: bool, approved: bool, score: f64) {
+        let decision = if approved { "approved" } else { "rejected" };
+        let policy = if balanced {
+            "Balanced"
+        } else {
+            "WhenEmptyOrUnderutilized"
+        };
+        self.inc(
+            CONSOLIDATION_MOVES,
+            &[
+                ("decision", decision),
+                ("nodepool", pool),
+                ("policy", policy),
+            ],
+        );
+        // Infinite scores (nothing disrupted) are not exposition-friendly; cap them.
+        self.set(
+            CONSOLIDATION_SCORE,
+            &[("decision", decision), ("nodepool", pool)],
+            score.min(1e9),
+        );
+    }
+
     pub fn inc(&self, def: MetricDef, pairs: &[(&'static str, &str)]) {
         debug_assert_eq!(def.kind, MetricKind::Counter, "{}", def.name);
         self.with(|v| {

@@ -84,9 +84,14 @@ pub struct Config {
     pub feature_gates: FeatureGates,
 
     /// Dovetail's anti-churn rule: a consolidation that moves pods must save this share of the pool's cost
-    /// per share of its pods moved; 0 turns it off (Karpenter's behaviour).
+    /// per share of its disruption cost; 0 turns it off (Karpenter's behaviour). Pools whose
+    /// consolidationPolicy is Balanced use 1/k instead.
     #[arg(long, env = "CONSOLIDATION_BALANCE", default_value_t = 0.25)]
     pub consolidation_balance: f64,
+
+    /// The Balanced consolidation policy's k: a move in such a pool must score at least 1/k (Karpenter: 2).
+    #[arg(long, env = "BALANCED_K", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub balanced_k: u32,
 }
 
 /// Karpenter's feature gates that Dovetail reads.
@@ -139,6 +144,7 @@ impl Config {
             interruption_queue: queue_url,
             consolidation_balance: (self.consolidation_balance > 0.0)
                 .then_some(self.consolidation_balance),
+            balanced_k: self.balanced_k,
             spot_to_spot: self.feature_gates.spot_to_spot_consolidation,
             leader_election: (!self.disable_leader_election).then(|| {
                 let mut le =

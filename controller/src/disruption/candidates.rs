@@ -36,6 +36,10 @@ pub(crate) struct Candidate {
     pub consolidatable: bool,
     /// The pool's policy is `WhenEmpty`.
     pub only_when_empty: bool,
+    /// The pool's policy is `Balanced`: a move must score at least 1/k (`balance`).
+    pub balanced: bool,
+    /// What moving this node's pods costs (`balance::node_cost`).
+    pub disruption: f64,
 }
 
 /// A node disruption may not touch, or that consolidation looked at and left, with why (told once as a
@@ -119,6 +123,16 @@ pub(crate) fn protected(pod: &k8s_openapi::api::core::v1::Pod, now: jiff::Timest
         .or(pod.metadata.creation_timestamp.as_ref())
         .map(|t| t.0);
     started.is_none_or(|s| crate::clock::since(now, s) < d)
+}
+
+/// Whether a pod bound to a node would have to move if the node went (not a DaemonSet's or the node's own,
+/// not already leaving).
+pub(crate) fn moves(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && matches!(
+            disposition(pod),
+            Disposition::Drain(g) if !matches!(g, DrainGroup::Daemon | DrainGroup::CriticalDaemon)
+        )
 }
 
 /// Per node, the DaemonSets (`namespace/name`) whose pod for it waits unschedulable: created for the node
@@ -384,12 +398,17 @@ impl View<'_> {
                 pool: pool.metadata.name.clone().unwrap_or_default(),
                 instance_type,
                 capacity_type: capacity_type_of(claim_labels),
-                pods,
                 drifted: self.drift(claim, facts),
                 daemon_unfit: unfit.get(node_name.as_str()).cloned().unwrap_or_default(),
                 consolidatable,
                 only_when_empty: disruption.and_then(|d| d.consolidation_policy.as_deref())
                     == Some("WhenEmpty"),
+                balanced: disruption.and_then(|d| d.consolidation_policy.as_deref())
+                    == Some(crate::crds::nodepool::policy::BALANCED),
+                disruption: super::balance::node_cost(
+                    pods.iter().filter_map(|k| self.state.pods.get(k)),
+                ),
+                pods,
             });
         }
         out.sort_by(|a, b| {

@@ -3,6 +3,7 @@
 //! 15 s, its replacements are launched and Initialized before any node goes, and it is rolled back if a
 //! replacement fails.
 
+mod balance;
 mod candidates;
 mod simulate;
 
@@ -52,6 +53,8 @@ pub(crate) struct Command {
     /// Cost per hour saved (negative for drift replacements that cost more).
     savings: f64,
     stage: Stage,
+    /// A `Balanced` pool's score of the move, as the trace shows it.
+    score: Option<String>,
 }
 
 impl Command {
@@ -77,8 +80,13 @@ impl Command {
                 format!("replace with {} ({})", plans.len(), types.join(","))
             }
         };
+        let score = self
+            .score
+            .as_ref()
+            .map(|s| format!("; Balanced: {s}"))
+            .unwrap_or_default();
         format!(
-            "{} {action} {}; moves {pods} pods; saves {:.4}/h",
+            "{} {action} {}; moves {pods} pods; saves {:.4}/h{score}",
             self.reason.as_str(),
             nodes.join(" "),
             self.savings

@@ -41,8 +41,8 @@ pub(crate) struct Snapshot<'a> {
     existing: Vec<ExistingCapacity>,
     pools: Vec<PoolOptions<'a>>,
     pods: BTreeMap<String, Vec<PendingPod>>,
-    /// Each pool's cost per hour and pod count, for the anti-churn score.
-    pool_totals: BTreeMap<String, (f64, usize)>,
+    /// Each pool's cost per hour and disruption cost, for the consolidation score.
+    pool_totals: BTreeMap<String, (f64, f64)>,
 }
 
 impl View<'_> {
@@ -103,15 +103,17 @@ impl View<'_> {
             .is_empty()
     }
 
-    /// Cost per hour and pods of every pool's nodes.
-    fn pool_totals(&self) -> BTreeMap<String, (f64, usize)> {
-        let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+    /// Cost per hour and disruption cost of every pool's nodes (a node not yet registered counts 1).
+    fn pool_totals(&self) -> BTreeMap<String, (f64, f64)> {
+        let mut per_node: BTreeMap<&str, Vec<&k8s_openapi::api::core::v1::Pod>> = BTreeMap::new();
         for p in self.state.pods.values() {
-            if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
-                *per_node.entry(n).or_default() += 1;
+            if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                && super::candidates::moves(p)
+            {
+                per_node.entry(n).or_default().push(p);
             }
         }
-        let mut out: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+        let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
         for claim in self.state.nodeclaims.values() {
             let l = claim.metadata.labels.clone().unwrap_or_default();
             let Some(pool) = l.get(labels::NODEPOOL) else {
@@ -119,9 +121,13 @@ impl View<'_> {
             };
             let entry = out.entry(pool.clone()).or_default();
             entry.0 += self.claim_price(&l);
-            if let Some(node) = claim.status.as_ref().and_then(|s| s.node_name.as_deref()) {
-                entry.1 += per_node.get(node).copied().unwrap_or(0);
-            }
+            let node = claim.status.as_ref().and_then(|s| s.node_name.as_deref());
+            entry.1 += super::balance::node_cost(
+                node.and_then(|n| per_node.get(n))
+                    .into_iter()
+                    .flatten()
+                    .copied(),
+            );
         }
         out
     }
@@ -250,35 +256,44 @@ impl View<'_> {
         }
     }
 
-    /// Dovetail's anti-churn rule: the share of the pool's cost saved, divided by the share of the pool's
-    /// pods moved, must reach `Settings::consolidation_balance` (moving no pod always passes).
+    /// Whether a consolidation is worth its disruption (`balance`): in a `Balanced` pool the score must
+    /// reach 1/k (`Settings::balanced_k`, Karpenter's 2); elsewhere Dovetail's anti-churn threshold
+    /// (`Settings::consolidation_balance`; off is Karpenter's behaviour). Moving no pod always passes.
+    /// A `Balanced` pool's approved score comes back for the trace.
     fn worth_it(
         &self,
         snap: &Snapshot<'_>,
         cands: &[&Candidate],
         savings: f64,
-    ) -> Result<(), String> {
-        let Some(threshold) = self.ctx.settings.consolidation_balance else {
-            return Ok(());
+    ) -> Result<Option<String>, String> {
+        let balanced = cands[0].balanced;
+        let threshold = if balanced {
+            1.0 / f64::from(self.ctx.settings.balanced_k.max(1))
+        } else {
+            match self.ctx.settings.consolidation_balance {
+                Some(t) => t,
+                None => return Ok(None),
+            }
         };
-        let moved: usize = cands.iter().map(|c| c.pods.len()).sum();
-        if moved == 0 {
-            return Ok(());
+        if cands.iter().all(|c| c.pods.is_empty()) {
+            return Ok(None);
         }
         let pool = &cands[0].pool;
-        let (cost, pods) = snap.pool_totals.get(pool).copied().unwrap_or_default();
-        if cost <= 0.0 || pods == 0 {
-            return Ok(());
-        }
-        let score = (savings / cost) / (moved as f64 / pods as f64);
-        if score >= threshold {
-            Ok(())
-        } else {
-            Err(format!(
-                "saves {:.1}% of nodepool/{pool}'s cost for {:.1}% of its pods (score {score:.2} < {threshold})",
-                100.0 * savings / cost,
-                100.0 * moved as f64 / pods as f64
-            ))
+        let (cost, pool_disruption) = snap.pool_totals.get(pool).copied().unwrap_or_default();
+        let disruption: f64 = cands.iter().map(|c| c.disruption).sum();
+        let Some(score) = super::balance::Score::new(savings, disruption, cost, pool_disruption)
+        else {
+            return Ok(None);
+        };
+        let text = score.describe(pool, threshold);
+        let approved = score.value() >= threshold;
+        self.ctx
+            .metrics
+            .consolidation_scored(pool, balanced, approved, score.value());
+        match (approved, balanced) {
+            (true, true) => Ok(Some(text)),
+            (true, false) => Ok(None),
+            (false, _) => Err(text),
         }
     }
 
@@ -295,6 +310,7 @@ impl View<'_> {
             action,
             savings,
             stage: Stage::Validating(self.ctx.now()),
+            score: None,
         }
     }
 
@@ -500,7 +516,7 @@ impl View<'_> {
             {
                 let refs: Vec<&Candidate> = cmd.candidates.iter().collect();
                 match self.worth_it(snap, &refs, cmd.savings) {
-                    Ok(()) => return (Some(cmd), skipped),
+                    Ok(score) => return (Some(Command { score, ..cmd }), skipped),
                     Err(why) => skipped.push((cmd, why)),
                 }
             }
@@ -516,7 +532,7 @@ impl View<'_> {
             }
             match self.evaluate_why(snap, Reason::Underutilized, &[c]) {
                 Ok(cmd) => match self.worth_it(snap, &[c], cmd.savings) {
-                    Ok(()) => return (Some(cmd), skipped),
+                    Ok(score) => return (Some(Command { score, ..cmd }), skipped),
                     Err(why) => {
                         refuse(
                             c,
