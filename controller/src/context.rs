@@ -34,6 +34,10 @@ pub struct Settings {
     /// The `Balanced` consolidation policy's k: a move in such a pool must score at least 1/k (Karpenter
     /// fixes k = 2; here it is a setting).
     pub balanced_k: u32,
+    /// `MIN_VALUES_POLICY=BestEffort`: launch with fewer instance types than a `minValues` asks when no more
+    /// fit, relaxing the claim's minValues and annotating it `karpenter.sh/nodeclaim-min-values-relaxed`
+    /// (false: Strict, Karpenter's default — such pods wait).
+    pub min_values_best_effort: bool,
     /// Replace a spot node with a cheaper spot node (Karpenter's `SpotToSpotConsolidation` feature gate,
     /// off there by default, on here): a single node only when at least 15 cheaper types can take its
     /// pods, and the replacement may launch only the 15 cheapest, so it does not race to the most
@@ -54,6 +58,7 @@ impl Default for Settings {
             interruption_queue: None,
             consolidation_balance: Some(0.25),
             balanced_k: 2,
+            min_values_best_effort: false,
             spot_to_spot: true,
             leader_election: None,
         }

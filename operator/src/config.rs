@@ -92,6 +92,11 @@ pub struct Config {
     /// The Balanced consolidation policy's k: a move in such a pool must score at least 1/k (Karpenter: 2).
     #[arg(long, env = "BALANCED_K", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub balanced_k: u32,
+
+    /// What to do when a NodePool's `minValues` cannot be met: `Strict` (pods wait) or `BestEffort` (launch
+    /// with the types there are, relax the NodeClaim's minValues and annotate it), Karpenter's setting.
+    #[arg(long, env = "MIN_VALUES_POLICY", default_value = "Strict", value_parser = ["Strict", "BestEffort"])]
+    pub min_values_policy: String,
 }
 
 /// Karpenter's feature gates that Dovetail reads.
@@ -145,6 +150,7 @@ impl Config {
             consolidation_balance: (self.consolidation_balance > 0.0)
                 .then_some(self.consolidation_balance),
             balanced_k: self.balanced_k,
+            min_values_best_effort: self.min_values_policy == "BestEffort",
             spot_to_spot: self.feature_gates.spot_to_spot_consolidation,
             leader_election: (!self.disable_leader_election).then(|| {
                 let mut le =

@@ -165,6 +165,7 @@ pub fn run() -> String {
         daemon_overhead: Resources::default(),
         daemon_ports: Vec::new(),
         remaining_limits: None,
+        min_values_best_effort: false,
     };
     let mut out = String::from(
         "| pods | instance types | claims | unschedulable | seconds | pods/s |\n|--|--|--|--|--|--|\n",

@@ -43,6 +43,8 @@ pub mod labels {
     pub const DISRUPTED_TAINT: &str = "karpenter.sh/disrupted";
     /// Annotation on a NodeClaim: the hash of its NodePool's template when it was created.
     pub const POOL_HASH: &str = "karpenter.sh/nodepool-hash";
+    /// Annotation on a NodeClaim launched with fewer types than a `minValues` asked (BestEffort policy).
+    pub const MIN_VALUES_RELAXED: &str = "karpenter.sh/nodeclaim-min-values-relaxed";
     /// Annotation on a consolidation replacement: the hourly price it must stay under (what it replaces).
     pub const MAX_PRICE: &str = "dovetail.dev/max-price";
     /// EC2 tags Karpenter puts on what it launches.

@@ -66,7 +66,12 @@ impl View<'_> {
             .collect();
         Snapshot {
             existing: inputs::existing_capacity(self.ctx, self.state, &leaving),
-            pools: inputs::pool_options(self.state, self.provider).usable,
+            pools: inputs::pool_options(
+                self.state,
+                self.provider,
+                self.ctx.settings.min_values_best_effort,
+            )
+            .usable,
             pods,
             pool_totals: self.pool_totals(),
         }
@@ -87,17 +92,21 @@ impl View<'_> {
         }
         let leaving = self.state.leaving_nodes();
         let existing = inputs::existing_capacity(self.ctx, self.state, &leaving);
-        let pools: Vec<PoolOptions<'_>> = inputs::pool_options(self.state, self.provider)
-            .usable
-            .into_iter()
-            .filter(|p| {
-                self.state.nodepools.get(&p.name).is_none_or(|pool| {
-                    self.provider
-                        .launch_problem(&pool.spec.template.spec.node_class_ref.name)
-                        .is_none()
-                })
+        let pools: Vec<PoolOptions<'_>> = inputs::pool_options(
+            self.state,
+            self.provider,
+            self.ctx.settings.min_values_best_effort,
+        )
+        .usable
+        .into_iter()
+        .filter(|p| {
+            self.state.nodepools.get(&p.name).is_none_or(|pool| {
+                self.provider
+                    .launch_problem(&pool.spec.template.spec.node_class_ref.name)
+                    .is_none()
             })
-            .collect();
+        })
+        .collect();
         !crate::scheduling::plan(&pending, &existing, &pools)
             .claims
             .is_empty()

@@ -205,7 +205,11 @@ pub(crate) struct Pools<'a> {
 
 /// What each ready NodePool may launch. A pool that failed validation or whose node class is not ready
 /// is skipped, with why.
-pub(crate) fn pool_options<'a>(state: &ClusterState, provider: &'a dyn CloudProvider) -> Pools<'a> {
+pub(crate) fn pool_options<'a>(
+    state: &ClusterState,
+    provider: &'a dyn CloudProvider,
+    min_values_best_effort: bool,
+) -> Pools<'a> {
     let mut out = Vec::new();
     let mut skipped = Vec::new();
     for pool in state.nodepools.values() {
@@ -282,6 +286,7 @@ pub(crate) fn pool_options<'a>(state: &ClusterState, provider: &'a dyn CloudProv
             daemon_overhead,
             daemon_ports,
             remaining_limits,
+            min_values_best_effort,
         });
     }
     Pools {

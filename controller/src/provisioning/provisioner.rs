@@ -92,7 +92,7 @@ impl Provisioner {
             return Ok(());
         }
         let existing = inputs::existing_capacity(ctx, state, &leaving);
-        let pools = inputs::pool_options(state, provider);
+        let pools = inputs::pool_options(state, provider, ctx.settings.min_values_best_effort);
         for (name, why) in &pools.skipped {
             ctx.journal
                 .record("provision", format!("skip nodepool/{name}: {why}"));
@@ -231,6 +231,26 @@ fn waiting_on_failing_class(
     out
 }
 
+/// BestEffort minValues: lower each short `minValues` of the claim's requirements to what its types give
+/// (dropping it at 0); what was relaxed, for the trace, or None when nothing was.
+fn relax_min_values(
+    reqs: &mut crate::scheduling::Requirements,
+    short: &BTreeMap<String, usize>,
+) -> Option<String> {
+    for (key, have) in short {
+        if let Some(r) = reqs.0.get_mut(key) {
+            r.min_values = (*have > 0).then_some(*have);
+        }
+    }
+    (!short.is_empty()).then(|| {
+        short
+            .iter()
+            .map(|(k, n)| format!("{k} to {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
+
 /// Create a NodeClaim for a planned claim; returns its name (None when the pool is gone).
 pub(crate) async fn create_nodeclaim(
     ctx: &mut Context,
@@ -254,6 +274,13 @@ pub(crate) async fn create_nodeclaim(
     let mut reqs = plan.requirements.clone();
     reqs.0.remove(labels::INSTANCE_TYPE);
     reqs.add(Requirement::in_values(labels::INSTANCE_TYPE, types.clone()));
+    if let Some(what) = relax_min_values(&mut reqs, &plan.min_values_relaxed) {
+        annotations.insert(labels::MIN_VALUES_RELAXED.to_string(), "true".to_string());
+        ctx.journal.record(
+            "provision",
+            format!("nodeclaim/{name}: minValues relaxed (MIN_VALUES_POLICY=BestEffort): {what}"),
+        );
+    }
     let requirements = reqs.to_node_selector();
     let mut claim_labels = node_labels(&pool);
     claim_labels.insert(
@@ -309,4 +336,31 @@ pub(crate) async fn create_nodeclaim(
         ),
     );
     Ok(Some(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_effort_lowers_short_min_values_and_says_what() {
+        let mut reqs = crate::scheduling::Requirements::default();
+        reqs.add(Requirement::parse(labels::INSTANCE_FAMILY, "Exists", &[], Some(3)).unwrap());
+        assert_eq!(relax_min_values(&mut reqs, &BTreeMap::new()), None);
+        assert_eq!(
+            reqs.get(labels::INSTANCE_FAMILY).unwrap().min_values,
+            Some(3)
+        );
+        let short = [(labels::INSTANCE_FAMILY.to_string(), 1)].into();
+        assert_eq!(
+            relax_min_values(&mut reqs, &short).as_deref(),
+            Some("karpenter.k8s.aws/instance-family to 1")
+        );
+        assert_eq!(
+            reqs.get(labels::INSTANCE_FAMILY).unwrap().min_values,
+            Some(1)
+        );
+        let node_selector = reqs.to_node_selector();
+        assert_eq!(node_selector[0].min_values, Some(1));
+    }
 }

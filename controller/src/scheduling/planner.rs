@@ -86,6 +86,9 @@ pub struct PoolOptions<'a> {
     pub taints: Vec<Taint>,
     /// The catalog's types as nodes of this pool's class would be (`CloudProvider::sized_for`).
     pub instance_types: Vec<std::borrow::Cow<'a, InstanceType>>,
+    /// `MIN_VALUES_POLICY=BestEffort`: a new claim whose types cannot meet a `minValues` is opened anyway
+    /// (the provisioner relaxes the claim's minValues and says so); Strict (Karpenter's default) refuses it.
+    pub min_values_best_effort: bool,
     /// Requests of the DaemonSet pods every new node of this pool will run.
     pub daemon_overhead: Resources,
     /// Host ports those DaemonSet pods hold on every new node, with the DaemonSet's name.
@@ -104,6 +107,8 @@ pub struct ClaimPlan {
     pub requirements: Requirements,
     /// Fitting instance types, cheapest allowed offering first.
     pub instance_types: Vec<String>,
+    /// `minValues` the types fall short of (BestEffort only): requirement key -> distinct values they have.
+    pub min_values_relaxed: BTreeMap<String, usize>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -244,6 +249,21 @@ fn min_values_hold(types: &[&InstanceType], reqs: &Requirements) -> bool {
                 .collect();
             distinct.len() >= m
         })
+}
+
+/// Each `minValues` the types fall short of, with how many distinct values they do have.
+fn min_values_shortfall(types: &[&InstanceType], reqs: &Requirements) -> BTreeMap<String, usize> {
+    reqs.0
+        .values()
+        .filter_map(|r| {
+            let m = r.min_values?;
+            let distinct: BTreeSet<&str> = types
+                .iter()
+                .filter_map(|it| it.labels.get(&r.key).map(String::as_str))
+                .collect();
+            (distinct.len() < m).then(|| (r.key.clone(), distinct.len()))
+        })
+        .collect()
 }
 
 /// A pod asking for an accelerator gets a node of its own only when joining a claim would both raise the
@@ -650,7 +670,7 @@ fn open_on<'a>(
             last_err = "every fitting instance type would exceed the NodePool's limits".into();
             continue;
         }
-        if !min_values_hold(&types, &reqs) {
+        if !min_values_hold(&types, &reqs) && !pool.min_values_best_effort {
             last_err = "too few instance types left to satisfy minValues".into();
             continue;
         }
@@ -932,6 +952,7 @@ pub fn plan_on(pods: &[PendingPod], existing: &[&ExistingCapacity], pools: &[Poo
                 &positions[c.pool],
                 &c,
             ),
+            min_values_relaxed: min_values_shortfall(&c.types, &c.requirements),
             pods: c.pods,
             requests: c.requests,
             requirements: c.requirements,

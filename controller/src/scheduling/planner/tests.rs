@@ -83,6 +83,7 @@ fn pool<'a>(name: &str, types: Vec<&'a InstanceType>) -> PoolOptions<'a> {
         daemon_overhead: Resources::default(),
         daemon_ports: Vec::new(),
         remaining_limits: None,
+        min_values_best_effort: false,
     }
 }
 
@@ -454,8 +455,18 @@ fn min_values_keep_enough_diversity() {
     let out = plan(&[pod("a", 100, "8Gi")], &[], std::slice::from_ref(&p));
     assert!(out.claims.is_empty());
     assert!(out.unschedulable[0].1.contains("minValues"));
-    let out = plan(&[pod("a", 100, "2Gi")], &[], &[p]);
+    let out = plan(&[pod("a", 100, "2Gi")], &[], std::slice::from_ref(&p));
     assert_eq!(out.claims[0].instance_types.len(), 3);
+    assert!(out.claims[0].min_values_relaxed.is_empty());
+    // BestEffort: the 8 GiB pod gets its r5 node, and the claim says which minValues it falls short of.
+    p.min_values_best_effort = true;
+    let out = plan(&[pod("a", 100, "8Gi")], &[], &[p]);
+    assert!(out.unschedulable.is_empty());
+    assert_eq!(out.claims[0].instance_types, vec!["r5.large".to_string()]);
+    assert_eq!(
+        out.claims[0].min_values_relaxed,
+        [(labels::INSTANCE_FAMILY.to_string(), 1)].into()
+    );
 }
 
 // ---- topology -------------------------------------------------------------------------------------------
