@@ -43,6 +43,16 @@ pub(crate) fn merge(old: &[Value], desired: &[Desired], now: &str) -> Vec<Value>
     out
 }
 
+/// The message of a condition of this type while it is True (empty when absent or not True): what a True
+/// `ValidationSucceeded` says about fields not acted on.
+pub(crate) fn true_message(list: &[Value], type_: &str) -> String {
+    list.iter()
+        .find(|c| c["type"] == type_ && c["status"] == "True")
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -236,13 +236,7 @@ async fn write_class_status(
     if unchanged {
         return;
     }
-    let noted = |list: &[Value]| {
-        list.iter()
-            .find(|c| c["type"] == "ValidationSucceeded" && c["status"] == "True")
-            .and_then(|c| c["message"].as_str())
-            .unwrap_or_default()
-            .to_string()
-    };
+    let noted = |list: &[Value]| crate::conditions::true_message(list, "ValidationSucceeded");
     let note = noted(&conditions);
     if !note.is_empty() && note != noted(&old_conditions) {
         ctx.journal

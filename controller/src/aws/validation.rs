@@ -11,14 +11,7 @@ const ALIAS_FAMILIES: [&str; 6] = [
     "windows2022",
     "windows2025",
 ];
-const EVICTION_SIGNALS: [&str; 6] = [
-    "memory.available",
-    "nodefs.available",
-    "nodefs.inodesFree",
-    "imagefs.available",
-    "imagefs.inodesFree",
-    "pid.available",
-];
+use crate::crds::schema::EVICTION_SIGNALS;
 const RESERVABLE: [&str; 4] = ["cpu", "memory", "ephemeral-storage", "pid"];
 
 /// The first problem with the class's spec, as `field: what is wrong`.

@@ -68,8 +68,10 @@ pub fn selector_tags(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// A Kubernetes quantity, as the API server's schema for one reads it.
 const QUANTITY: &str = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
-const EVICTION_SIGNALS: [&str; 6] = [
+/// The kubelet's eviction signals that `evictionHard` / `evictionSoft` may name.
+pub const EVICTION_SIGNALS: [&str; 6] = [
     "memory.available",
     "nodefs.available",
     "nodefs.inodesFree",
