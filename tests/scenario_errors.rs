@@ -493,3 +493,32 @@ fn impossible_requirements_and_a_bad_budget_cron_are_conditions_not_launches() {
     );
     assert!(!bad_cron.contains("create nodeclaim/"), "{bad_cron}");
 }
+
+#[test]
+fn what_kubernetes_refuses_in_a_built_in_kind_stops_the_load_with_its_line() {
+    let text = steady_web().replace("      replicas: 20", "      replicas: -2");
+    let p = write("replicas.yaml", &text);
+    let out = run(&p);
+    assert_eq!(out.code, 2, "{out:?}");
+    let line = line_of(&text, "replicas: -2");
+    assert!(
+        out.stderr.contains(&format!("replicas.yaml:{line}:"))
+            && out
+                .stderr
+                .contains("manifests[2].spec.replicas: Deployment web: Invalid value: -2"),
+        "{}",
+        out.stderr
+    );
+    let text = steady_web().replace(
+        "            app: web\n        spec:",
+        "            app: api\n        spec:",
+    );
+    let p = write("selector.yaml", &text);
+    let out = run(&p);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("spec.template.metadata.labels: Deployment web: Invalid value: `selector` does not match template `labels`"),
+        "{}",
+        out.stderr
+    );
+}

@@ -9,6 +9,7 @@ use crate::quantity::{canonical, milli};
 
 /// Normalise `obj` of `kind` in place, or say which field is invalid (the API server's 422).
 pub fn admit(kind: &str, obj: &mut Value) -> Result<(), String> {
+    crate::validation::validate(kind, obj)?;
     // Only fields that are there are touched: indexing a JSON object mutably would add nulls.
     match kind {
         "Pod" => match obj.pointer_mut("/spec") {

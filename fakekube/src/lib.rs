@@ -15,6 +15,7 @@ pub mod scheduler;
 pub mod schema;
 pub mod selectors;
 pub mod store;
+pub mod validation;
 pub mod workloads;
 
 pub use api::FakeKube;

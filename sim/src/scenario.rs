@@ -599,6 +599,19 @@ impl Loader<'_> {
             ));
         }
         self.check_quantities(node, &json, field)?;
+        // The API server's own validation of built-in kinds (label syntax, replicas, selectors, operators).
+        if let Err(e) = fakekube::validation::validate(&kind, &json) {
+            let (at_field, message) = e.split_once(": ").unwrap_or(("", e.as_str()));
+            let path = parse_path(at_field);
+            return Err(self.err(
+                at(&path),
+                &format!("{field}.{at_field}"),
+                format!(
+                    "{kind} {}: {message}",
+                    json["metadata"]["name"].as_str().unwrap_or("?")
+                ),
+            ));
+        }
         Ok(Manifest { kind, object: json })
     }
 
@@ -686,6 +699,40 @@ impl Loader<'_> {
         }
         Ok(())
     }
+}
+
+/// `spec.template.metadata.labels[example.com/app]` as path segments (a bracket holds an index or a map key,
+/// which may contain dots).
+fn parse_path(text: &str) -> Vec<Seg> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut in_bracket = false;
+    let flush = |word: &mut String, out: &mut Vec<Seg>, bracket: bool| {
+        if word.is_empty() {
+            return;
+        }
+        out.push(match word.parse::<usize>() {
+            Ok(i) if bracket => Seg::Index(i),
+            _ => Seg::Key(word.clone()),
+        });
+        word.clear();
+    };
+    for c in text.chars() {
+        match c {
+            '[' if !in_bracket => {
+                flush(&mut word, &mut out, false);
+                in_bracket = true;
+            }
+            ']' if in_bracket => {
+                flush(&mut word, &mut out, true);
+                in_bracket = false;
+            }
+            '.' if !in_bracket => flush(&mut word, &mut out, false),
+            c => word.push(c),
+        }
+    }
+    flush(&mut word, &mut out, false);
+    out
 }
 
 /// `file: PATH` as a whole manifest entry: the path and where it was written.
