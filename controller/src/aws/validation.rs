@@ -86,23 +86,24 @@ pub fn validate(class: &EC2NodeClass) -> Result<(), String> {
             }
         }
     }
-    if let Some(s) = k
-        .eviction_soft
-        .keys()
-        .find(|s| !k.eviction_soft_grace_period.contains_key(*s))
-    {
-        return Err(format!(
-            "spec.kubelet.evictionSoft[{s}]: has no evictionSoftGracePeriod"
-        ));
-    }
-    if let Some(s) = k
-        .eviction_soft_grace_period
-        .keys()
-        .find(|s| !k.eviction_soft.contains_key(*s))
-    {
-        return Err(format!(
-            "spec.kubelet.evictionSoftGracePeriod[{s}]: has no evictionSoft threshold"
-        ));
+    // A soft threshold and its grace period come in pairs.
+    for (field, map, other, missing) in [
+        (
+            "evictionSoft",
+            &k.eviction_soft,
+            &k.eviction_soft_grace_period,
+            "evictionSoftGracePeriod",
+        ),
+        (
+            "evictionSoftGracePeriod",
+            &k.eviction_soft_grace_period,
+            &k.eviction_soft,
+            "evictionSoft threshold",
+        ),
+    ] {
+        if let Some(s) = map.keys().find(|s| !other.contains_key(*s)) {
+            return Err(format!("spec.kubelet.{field}[{s}]: has no {missing}"));
+        }
     }
     if let (Some(high), Some(low)) = (
         k.image_gc_high_threshold_percent,
@@ -120,12 +121,7 @@ pub fn validate(class: &EC2NodeClass) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn class(extra: &str) -> EC2NodeClass {
-        serde_saphyr::from_str(&format!(
-            "apiVersion: karpenter.k8s.aws/v1\nkind: EC2NodeClass\nmetadata: {{name: c}}\nspec:\n  amiSelectorTerms: [{{alias: al2023@latest}}]\n  subnetSelectorTerms: [{{tags: {{a: b}}}}]\n  securityGroupSelectorTerms: [{{tags: {{a: b}}}}]\n{extra}"
-        ))
-        .unwrap()
-    }
+    use crate::crds::ec2nodeclass::test_class as class;
 
     #[test]
     fn a_usual_class_passes_and_each_mistake_is_named() {

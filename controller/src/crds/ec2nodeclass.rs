@@ -127,6 +127,16 @@ pub struct EC2NodeClassSpec {
     pub placement_group_selector: Option<PlacementGroupSelector>,
 }
 
+/// A test EC2NodeClass `c`: an `al2023@latest` alias, subnets and security groups by tag, plus `extra`
+/// (spec fields at two spaces).
+#[cfg(test)]
+pub(crate) fn test_class(extra: &str) -> EC2NodeClass {
+    serde_saphyr::from_str(&format!(
+        "apiVersion: karpenter.k8s.aws/v1\nkind: EC2NodeClass\nmetadata: {{name: c}}\nspec:\n  amiSelectorTerms: [{{alias: al2023@latest}}]\n  subnetSelectorTerms: [{{tags: {{a: b}}}}]\n  securityGroupSelectorTerms: [{{tags: {{a: b}}}}]\n{extra}"
+    ))
+    .unwrap_or_else(|e| panic!("test class with {extra:?}: {e}"))
+}
+
 impl EC2NodeClassSpec {
     /// The image family: from an `alias` term (`al2023@latest` → `AL2023`), else `amiFamily`.
     pub fn family(&self) -> Option<&str> {

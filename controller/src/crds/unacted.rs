@@ -117,10 +117,9 @@ mod tests {
 
     #[test]
     fn a_plain_class_has_nothing_unacted_and_each_extra_is_named() {
-        let mut class: super::super::EC2NodeClass = serde_saphyr::from_str(
-            "apiVersion: karpenter.k8s.aws/v1\nkind: EC2NodeClass\nmetadata: {name: c}\nspec:\n  role: r\n  amiSelectorTerms: [{alias: al2023@latest}]\n  subnetSelectorTerms: [{tags: {a: b}}]\n  securityGroupSelectorTerms: [{tags: {a: b}}]\n  metadataOptions: {httpEndpoint: enabled, httpProtocolIPv6: disabled, httpPutResponseHopLimit: 1, httpTokens: required}\n",
-        )
-        .unwrap();
+        let mut class = super::super::ec2nodeclass::test_class(
+            "  role: r\n  metadataOptions: {httpEndpoint: enabled, httpProtocolIPv6: disabled, httpPutResponseHopLimit: 1, httpTokens: required}\n",
+        );
         assert!(ec2nodeclass(&class.spec).is_empty());
         class.spec.ip_prefix_count = Some(1);
         class.spec.kubelet = Some(super::super::ec2nodeclass::KubeletConfiguration {

@@ -365,6 +365,7 @@ impl View<'_> {
                 }
             }
             let disruption = pool.spec.disruption.as_ref();
+            let policy = disruption.and_then(|d| d.consolidation_policy.as_deref());
             let after = disruption
                 .and_then(|d| d.consolidate_after.as_deref())
                 .map_or(
@@ -401,10 +402,8 @@ impl View<'_> {
                 drifted: self.drift(claim, facts),
                 daemon_unfit: unfit.get(node_name.as_str()).cloned().unwrap_or_default(),
                 consolidatable,
-                only_when_empty: disruption.and_then(|d| d.consolidation_policy.as_deref())
-                    == Some("WhenEmpty"),
-                balanced: disruption.and_then(|d| d.consolidation_policy.as_deref())
-                    == Some(crate::crds::nodepool::policy::BALANCED),
+                only_when_empty: policy == Some(crate::crds::nodepool::policy::WHEN_EMPTY),
+                balanced: policy == Some(crate::crds::nodepool::policy::BALANCED),
                 disruption: super::balance::node_cost(
                     pods.iter().filter_map(|k| self.state.pods.get(k)),
                 ),

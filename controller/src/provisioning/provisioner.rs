@@ -343,24 +343,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn best_effort_lowers_short_min_values_and_says_what() {
+    fn best_effort_lowers_short_min_values_and_says_what() -> Result<(), String> {
+        let min_values = |reqs: &crate::scheduling::Requirements| {
+            reqs.get(labels::INSTANCE_FAMILY).and_then(|r| r.min_values)
+        };
         let mut reqs = crate::scheduling::Requirements::default();
-        reqs.add(Requirement::parse(labels::INSTANCE_FAMILY, "Exists", &[], Some(3)).unwrap());
-        assert_eq!(relax_min_values(&mut reqs, &BTreeMap::new()), None);
-        assert_eq!(
-            reqs.get(labels::INSTANCE_FAMILY).unwrap().min_values,
-            Some(3)
+        reqs.add(
+            Requirement::parse(labels::INSTANCE_FAMILY, "Exists", &[], Some(3))
+                .map_err(|e| e.to_string())?,
         );
+        assert_eq!(relax_min_values(&mut reqs, &BTreeMap::new()), None);
+        assert_eq!(min_values(&reqs), Some(3));
         let short = [(labels::INSTANCE_FAMILY.to_string(), 1)].into();
         assert_eq!(
             relax_min_values(&mut reqs, &short).as_deref(),
             Some("karpenter.k8s.aws/instance-family to 1")
         );
-        assert_eq!(
-            reqs.get(labels::INSTANCE_FAMILY).unwrap().min_values,
-            Some(1)
-        );
-        let node_selector = reqs.to_node_selector();
-        assert_eq!(node_selector[0].min_values, Some(1));
+        assert_eq!(min_values(&reqs), Some(1));
+        assert_eq!(reqs.to_node_selector()[0].min_values, Some(1));
+        Ok(())
     }
 }
