@@ -151,6 +151,9 @@ pub enum KubeError {
 /// The Kubernetes API as the controller needs it.
 #[async_trait]
 pub trait Kube: Send + Sync + 'static {
+    /// The API server's Kubernetes version as `major.minor` (`GET /version`; EKS's `33+` read as `33`).
+    async fn server_version(&self) -> Result<String, KubeError>;
+
     /// All objects of a kind, across namespaces.
     async fn list(&self, kind: Kind) -> Result<ObjectList, KubeError>;
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dovetail::aws::cloud::{
     CapacityType, Cloud, CloudError, CreateFleetOutput, CreateFleetRequest,
-    DescribeInstancesOutput, DescribeInstancesRequest, FleetError, FleetOverride, Image, Instance,
-    InstanceState, InstanceTypeInfo, InstanceTypeOffering, LaunchTemplate, LaunchTemplateData,
-    QueueMessage, SecurityGroup, SpotPrice, StateReason, Subnet, TagFilter,
+    DescribeInstancesOutput, DescribeInstancesRequest, FleetError, FleetOverride, Image,
+    ImageQuery, Instance, InstanceState, InstanceTypeInfo, InstanceTypeOffering, LaunchTemplate,
+    LaunchTemplateData, QueueMessage, SecurityGroup, SpotPrice, StateReason, Subnet, TagFilter,
 };
 use dovetail::clock::Clock;
 use dovetail::journal::Journal;
@@ -65,6 +65,8 @@ struct State {
     subnets: Vec<SubnetState>,
     security_groups: Vec<SecurityGroup>,
     images: Vec<Image>,
+    /// SSM Parameter Store: name -> value.
+    parameters: BTreeMap<String, String>,
     launch_templates: BTreeMap<String, LaunchTemplate>,
     disabled_keys: BTreeMap<String, Timestamp>,
     instances: BTreeMap<String, InstanceRecord>,
@@ -197,16 +199,7 @@ impl FakeCloud {
                 tags: BTreeMap::new(),
             },
         ];
-        let mut images = Vec::new();
-        for arch in ["x86_64", "arm64"] {
-            images.push(Image {
-                id: hex_id("ami", &mut rng),
-                name: format!("amazon-eks-node-al2023-{arch}-standard-1.33-v20251201"),
-                arch: arch.to_string(),
-                creation_date: "2025-12-01T00:00:00Z".into(),
-                tags: BTreeMap::new(),
-            });
-        }
+        let published = crate::images::Published::eks();
         let vcpu_quota = [
             (CapacityType::OnDemand, config.on_demand_vcpu_quota),
             (CapacityType::Spot, config.spot_vcpu_quota),
@@ -220,7 +213,8 @@ impl FakeCloud {
             next_price_move: add(now, config.spot_price_interval),
             subnets,
             security_groups,
-            images,
+            images: published.images,
+            parameters: published.parameters,
             launch_templates: BTreeMap::new(),
             disabled_keys: BTreeMap::new(),
             instances: BTreeMap::new(),
@@ -348,19 +342,20 @@ impl FakeCloud {
         }
         let now = self.clock.now();
         let mut st = self.lock();
-        let Some(template) = st
-            .launch_templates
-            .get(&request.launch_template_name)
-            .cloned()
-        else {
+        // Every launch template named must exist, as EC2 checks each LaunchTemplateConfig.
+        if let Some(missing) = request
+            .overrides
+            .iter()
+            .find(|o| !st.launch_templates.contains_key(&o.launch_template_name))
+        {
             return Err(CloudError::new(
                 "InvalidLaunchTemplateName.NotFoundException",
                 format!(
                     "The specified launch template, with template name {}, does not exist.",
-                    request.launch_template_name
+                    missing.launch_template_name
                 ),
             ));
-        };
+        }
         let ct = request.capacity_type;
         let mut errors: Vec<FleetError> = Vec::new();
         let mut instances = Vec::new();
@@ -456,6 +451,7 @@ impl FakeCloud {
                 break;
             };
             let o = &request.overrides[idx];
+            let template = st.launch_templates.get(&o.launch_template_name).cloned();
             if let Some(rec) = self.place(
                 &mut st,
                 &o.instance_type,
@@ -463,7 +459,7 @@ impl FakeCloud {
                 ct,
                 price,
                 request.tags.clone(),
-                Some(&template),
+                template.as_ref(),
                 now,
             ) {
                 st.launches += 1;
@@ -694,22 +690,40 @@ impl FakeCloud {
             .record("fault", format!("vcpu-quota {ct} {vcpus}"));
     }
 
-    /// Publish a newer AMI for an architecture (`x86_64` or `arm64`).
-    pub fn release_ami(&self, arch: &str, version: &str) -> String {
+    /// Publish a newer AL2023 standard image for an architecture (`x86_64` or `arm64`) for every Kubernetes
+    /// version, moving each `recommended` parameter to it; with `deprecate_previous` the images they named
+    /// are deprecated now (AWS withdrawing a release with a regression). Returns the new image ids.
+    pub fn release_ami(&self, arch: &str, version: &str, deprecate_previous: bool) -> Vec<String> {
         let now = self.clock.now();
         let mut st = self.lock();
-        let id = hex_id("ami", &mut st.rng);
-        st.images.push(Image {
-            id: id.clone(),
-            name: format!("amazon-eks-node-al2023-{arch}-standard-1.33-{version}"),
-            arch: arch.to_string(),
-            creation_date: now.to_string(),
-            tags: BTreeMap::new(),
-        });
+        let mut release = crate::images::Published::default();
+        let mut ids = Vec::new();
+        for k8s in crate::images::KUBERNETES_VERSIONS {
+            ids.push(release.al2023(k8s, arch, "standard", version, &now.to_string()));
+        }
+        for (name, id) in release.parameters {
+            let previous = st.parameters.insert(name.clone(), id);
+            if deprecate_previous
+                && name.ends_with("/recommended/image_id")
+                && let Some(old) = previous
+            {
+                for image in st.images.iter_mut().filter(|i| i.id == old) {
+                    image.deprecation_time = Some(now.to_string());
+                }
+            }
+        }
+        st.images.extend(release.images);
         drop(st);
-        self.journal
-            .record("fault", format!("ami-release {id} {arch} {version}"));
-        id
+        let what = if deprecate_previous {
+            " (previous deprecated)"
+        } else {
+            ""
+        };
+        self.journal.record(
+            "fault",
+            format!("ami-release al2023 {arch} {version}{what}"),
+        );
+        ids
     }
 
     /// Put any body on the interruption queue (malformed and unknown messages included).
@@ -1053,15 +1067,32 @@ impl Cloud for FakeCloud {
             .collect())
     }
 
-    async fn describe_images(&self, filter: TagFilter) -> Result<Vec<Image>, CloudError> {
+    async fn describe_images(&self, query: ImageQuery) -> Result<Vec<Image>, CloudError> {
         self.api_call("DescribeImages").await?;
+        let owned = |i: &Image| {
+            query.owners.is_empty()
+                || query.owners.iter().any(|o| match o.as_str() {
+                    "self" => i.owner_id == crate::sqs::ACCOUNT,
+                    alias @ ("amazon" | "aws-marketplace") => {
+                        i.owner_alias.as_deref() == Some(alias)
+                    }
+                    account => i.owner_id == account,
+                })
+        };
         Ok(self
             .lock()
             .images
             .iter()
-            .filter(|i| filter.matches(&i.id, &i.name, &i.tags))
+            .filter(|i| query.filter.matches(&i.id, &i.name, &i.tags) && owned(i))
             .cloned()
             .collect())
+    }
+
+    async fn get_parameter(&self, name: &str) -> Result<String, CloudError> {
+        self.api_call("GetParameter").await?;
+        self.lock().parameters.get(name).cloned().ok_or_else(|| {
+            CloudError::new("ParameterNotFound", format!("Parameter {name} not found."))
+        })
     }
 
     async fn create_launch_template(

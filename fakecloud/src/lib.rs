@@ -18,7 +18,11 @@
 //!   pagination, eventually consistent (a new instance is invisible for a few seconds, and calls naming it
 //!   answer `InvalidInstanceID.NotFound`); CreateTags; TerminateInstances.
 //! - Launch templates by name with a quota (`MaxTemplateLimitExceeded`), duplicates refused; subnets, security
-//!   groups and images found by tag / id / name filters; AMI releases for drift.
+//!   groups found by tag / id / name filters.
+//! - Images and SSM: the EKS-optimized images of every family, variant and supported Kubernetes version
+//!   (`images.rs`) with owners and deprecation times, DescribeImages by id / name / tag / owner (deprecated
+//!   included), GetParameter for the public `/aws/service/...` parameters (`ParameterNotFound` otherwise);
+//!   releases that move `recommended` and may deprecate the image it named (drift).
 //! - KMS: a launch template whose block device names a disabled key yields an instance that goes pending ->
 //!   terminated within seconds with `Client.InternalError: Client error on launch` and never runs.
 //! - The interruption queue (SQS): EventBridge-shaped spot interruption warnings (two minutes before the
@@ -35,6 +39,7 @@
 pub mod catalog;
 pub mod config;
 pub mod ec2;
+pub mod images;
 pub mod kubelet;
 pub mod sqs;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dovetail::aws::cloud::{
     BlockDevice, CapacityType, Cloud, CreateFleetRequest, DescribeInstancesRequest, FleetOverride,
-    InstanceState, LaunchTemplateData, TagFilter,
+    ImageQuery, InstanceState, LaunchTemplateData, TagFilter,
 };
 use dovetail::clock::{Clock, ManualClock};
 use dovetail::journal::Journal;
@@ -71,6 +71,7 @@ fn subnet(cloud: &FakeCloud, zone: &str) -> String {
 
 fn over(cloud: &FakeCloud, t: &str, zone: &str) -> FleetOverride {
     FleetOverride {
+        launch_template_name: "lt".into(),
         instance_type: t.into(),
         subnet_id: subnet(cloud, zone),
         zone: zone.into(),
@@ -82,7 +83,6 @@ fn fleet(ct: CapacityType, overrides: Vec<FleetOverride>, target: u32) -> Create
     CreateFleetRequest {
         client_token: "t".into(),
         capacity_type: ct,
-        launch_template_name: "lt".into(),
         overrides,
         target_capacity: target,
         tags: [("karpenter.sh/nodeclaim".to_string(), "c".to_string())].into(),
@@ -552,20 +552,41 @@ fn selectors_and_ami_releases() {
             .len(),
         1
     );
-    let al2023 = TagFilter {
-        names: vec!["amazon-eks-node-al2023-x86_64-standard-*".into()],
-        ..Default::default()
+    let al2023 = ImageQuery {
+        filter: TagFilter {
+            names: vec!["amazon-eks-node-al2023-x86_64-standard-1.33-*".into()],
+            ..Default::default()
+        },
+        owners: vec!["amazon".into()],
     };
-    assert_eq!(
-        block_on(cloud.describe_images(al2023.clone()))
-            .unwrap()
-            .len(),
-        1
-    );
-    let id = cloud.release_ami("x86_64", "v20260301");
+    let before = block_on(cloud.describe_images(al2023.clone())).unwrap();
+    assert_eq!(before.len(), 2, "the previous and the current release");
+    let recommended = "/aws/service/eks/optimized-ami/1.33/amazon-linux-2023/x86_64/standard/recommended/image_id";
+    let current = block_on(cloud.get_parameter(recommended)).unwrap();
+    assert!(before.iter().any(|i| i.id == current));
+    // The account's own images only: EKS images are Amazon's.
+    let mine = ImageQuery {
+        owners: vec!["self".into()],
+        ..al2023.clone()
+    };
+    assert!(block_on(cloud.describe_images(mine)).unwrap().is_empty());
+    let missing =
+        block_on(cloud.get_parameter("/aws/service/eks/optimized-ami/1.20/none")).unwrap_err();
+    assert_eq!(missing.code, "ParameterNotFound");
+
+    let ids = cloud.release_ami("x86_64", "v20260301", true);
     let images = block_on(cloud.describe_images(al2023)).unwrap();
-    assert_eq!(images.len(), 2);
-    assert!(images.iter().any(|i| i.id == id));
+    assert_eq!(images.len(), 3);
+    let now_recommended = block_on(cloud.get_parameter(recommended)).unwrap();
+    assert!(ids.contains(&now_recommended) && now_recommended != current);
+    let old = images.iter().find(|i| i.id == current).unwrap();
+    assert!(old.deprecation_time.is_some(), "withdrawn: deprecated now");
+    let pinned = "/aws/service/eks/optimized-ami/1.33/amazon-linux-2023/x86_64/standard/amazon-eks-node-al2023-x86_64-standard-1.33-v20251201/image_id";
+    assert_eq!(
+        block_on(cloud.get_parameter(pinned)).unwrap(),
+        current,
+        "a pinned release stays"
+    );
 }
 
 #[test]

@@ -127,6 +127,11 @@ impl FakeKube {
 
 #[async_trait]
 impl Kube for FakeKube {
+    async fn server_version(&self) -> Result<String, KubeError> {
+        self.request().await?;
+        Ok(self.store().kubernetes_version().to_string())
+    }
+
     async fn list(&self, kind: Kind) -> Result<ObjectList, KubeError> {
         self.request().await?;
         let st = self.store();

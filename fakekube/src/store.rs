@@ -68,7 +68,12 @@ pub struct Store {
     watchers: Vec<Watcher>,
     placement: crate::placement::Placement,
     crds: crate::schema::Crds,
+    /// What `GET /version` answers: `major.minor`.
+    kubernetes_version: String,
 }
+
+/// The Kubernetes version a store reports unless told otherwise.
+pub const DEFAULT_KUBERNETES_VERSION: &str = "1.33";
 
 fn display(ns: &str, name: &str) -> String {
     if ns.is_empty() {
@@ -95,7 +100,17 @@ impl Store {
             watchers: Vec::new(),
             placement: Default::default(),
             crds: Default::default(),
+            kubernetes_version: DEFAULT_KUBERNETES_VERSION.to_string(),
         }
+    }
+
+    /// The `major.minor` this API server reports (`GET /version`).
+    pub fn kubernetes_version(&self) -> &str {
+        &self.kubernetes_version
+    }
+
+    pub fn set_kubernetes_version(&mut self, version: &str) {
+        self.kubernetes_version = version.to_string();
     }
 
     /// Install a CustomResourceDefinition (as `kubectl apply` would): objects of its kind are defaulted and

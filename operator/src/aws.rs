@@ -1,4 +1,4 @@
-//! The Cloud seam on aws-sdk-ec2 and aws-sdk-sqs: field-by-field mappings, paging, and EC2's error codes
+//! The Cloud seam on aws-sdk-ec2, aws-sdk-sqs and aws-sdk-ssm: field-by-field mappings, paging, and EC2's error codes
 //! passed through as the seam's (the controller classifies them).
 
 use std::collections::BTreeMap;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_ec2::types as ec2;
+use dovetail::aws::cloud::ImageQuery;
 use dovetail::aws::cloud::{
     CapacityType, Cloud, CloudError, CreateFleetOutput, CreateFleetRequest,
     DescribeInstancesOutput, DescribeInstancesRequest, FleetError, Image, Instance, InstanceState,
@@ -35,11 +36,12 @@ macro_rules! every_item {
     };
 }
 
-/// EC2 and SQS, as the controller needs them.
+/// EC2, SQS and SSM, as the controller needs them.
 #[derive(Clone)]
 pub struct AwsCloud {
     ec2: aws_sdk_ec2::Client,
     sqs: aws_sdk_sqs::Client,
+    ssm: aws_sdk_ssm::Client,
     metrics: Arc<Metrics>,
 }
 
@@ -174,6 +176,7 @@ impl AwsCloud {
         AwsCloud {
             ec2: aws_sdk_ec2::Client::new(config),
             sqs: aws_sdk_sqs::Client::new(config),
+            ssm: aws_sdk_ssm::Client::new(config),
             metrics,
         }
     }
@@ -356,22 +359,18 @@ impl Cloud for AwsCloud {
             .collect())
     }
 
-    async fn describe_images(&self, f: TagFilter) -> Result<Vec<Image>, CloudError> {
-        let mut request = self
+    async fn describe_images(&self, q: ImageQuery) -> Result<Vec<Image>, CloudError> {
+        let mut filters = tag_filters(&q.filter, "image-id", "name");
+        filters.push(filter("state", vec!["available".into()]));
+        let call = self
             .ec2
             .describe_images()
-            .set_filters(Some(tag_filters(&f, "image-id", "name")));
-        // EKS-optimized images (what an alias resolves to) are Amazon's; without an owner EC2 would
-        // search every public image.
-        if f.names.iter().any(|n| n.starts_with("amazon-eks-")) {
-            request = request.owners("amazon");
-        }
-        let out = request
-            .send()
-            .await
-            .map_err(|e| seam_error(&self.metrics, "DescribeImages", e))?;
-        Ok(out
-            .images()
+            .set_filters(Some(filters))
+            .set_owners((!q.owners.is_empty()).then(|| q.owners.clone()))
+            .include_deprecated(true)
+            .max_results(1000);
+        let images: Vec<ec2::Image> = every_item!(self, call, "DescribeImages");
+        Ok(images
             .iter()
             .map(|i| Image {
                 id: i.image_id().unwrap_or_default().to_string(),
@@ -381,9 +380,27 @@ impl Cloud for AwsCloud {
                     .map(|a| a.as_str().to_string())
                     .unwrap_or_default(),
                 creation_date: i.creation_date().unwrap_or_default().to_string(),
+                deprecation_time: i.deprecation_time().map(str::to_string),
+                owner_id: i.owner_id().unwrap_or_default().to_string(),
+                owner_alias: i.image_owner_alias().map(str::to_string),
                 tags: tags_of(i.tags()),
             })
             .collect())
+    }
+
+    async fn get_parameter(&self, name: &str) -> Result<String, CloudError> {
+        let out = self
+            .ssm
+            .get_parameter()
+            .name(name)
+            .send()
+            .await
+            .map_err(|e| seam_error(&self.metrics, "GetParameter", e))?;
+        Ok(out
+            .parameter()
+            .and_then(|p| p.value())
+            .unwrap_or_default()
+            .to_string())
     }
 
     async fn create_launch_template(
@@ -507,27 +524,37 @@ impl Cloud for AwsCloud {
         request: CreateFleetRequest,
     ) -> Result<CreateFleetOutput, CloudError> {
         let prioritized = request.overrides.iter().any(|o| o.priority.is_some());
-        let overrides: Vec<ec2::FleetLaunchTemplateOverridesRequest> = request
-            .overrides
-            .iter()
-            .map(|o| {
-                ec2::FleetLaunchTemplateOverridesRequest::builder()
-                    .instance_type(ec2::InstanceType::from(o.instance_type.as_str()))
-                    .subnet_id(&o.subnet_id)
-                    .availability_zone(&o.zone)
-                    .set_priority(o.priority)
+        // One LaunchTemplateConfig per launch template (one per image), in the order first named.
+        let mut configs: Vec<(String, Vec<ec2::FleetLaunchTemplateOverridesRequest>)> = Vec::new();
+        for o in &request.overrides {
+            let sdk = ec2::FleetLaunchTemplateOverridesRequest::builder()
+                .instance_type(ec2::InstanceType::from(o.instance_type.as_str()))
+                .subnet_id(&o.subnet_id)
+                .availability_zone(&o.zone)
+                .set_priority(o.priority)
+                .build();
+            match configs
+                .iter_mut()
+                .find(|(n, _)| *n == o.launch_template_name)
+            {
+                Some((_, list)) => list.push(sdk),
+                None => configs.push((o.launch_template_name.clone(), vec![sdk])),
+            }
+        }
+        let configs: Vec<ec2::FleetLaunchTemplateConfigRequest> = configs
+            .into_iter()
+            .map(|(name, overrides)| {
+                ec2::FleetLaunchTemplateConfigRequest::builder()
+                    .launch_template_specification(
+                        ec2::FleetLaunchTemplateSpecificationRequest::builder()
+                            .launch_template_name(name)
+                            .version("$Latest")
+                            .build(),
+                    )
+                    .set_overrides(Some(overrides))
                     .build()
             })
             .collect();
-        let config = ec2::FleetLaunchTemplateConfigRequest::builder()
-            .launch_template_specification(
-                ec2::FleetLaunchTemplateSpecificationRequest::builder()
-                    .launch_template_name(&request.launch_template_name)
-                    .version("$Latest")
-                    .build(),
-            )
-            .set_overrides(Some(overrides))
-            .build();
         let capacity_type = match request.capacity_type {
             CapacityType::Spot => ec2::DefaultTargetCapacityType::Spot,
             CapacityType::OnDemand => ec2::DefaultTargetCapacityType::OnDemand,
@@ -538,7 +565,7 @@ impl Cloud for AwsCloud {
             .create_fleet()
             .r#type(ec2::FleetType::Instant)
             .client_token(&request.client_token)
-            .launch_template_configs(config)
+            .set_launch_template_configs(Some(configs))
             .target_capacity_specification(
                 ec2::TargetCapacitySpecificationRequest::builder()
                     .total_target_capacity(request.target_capacity as i32)

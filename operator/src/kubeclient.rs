@@ -214,6 +214,19 @@ impl WatchState {
 
 #[async_trait]
 impl Kube for KubeRs {
+    async fn server_version(&self) -> Result<String, KubeError> {
+        let info = self
+            .client
+            .apiserver_version()
+            .await
+            .map_err(|e| KubeError::Unavailable(format!("GET /version: {e}")))?;
+        Ok(format!(
+            "{}.{}",
+            info.major,
+            info.minor.trim_end_matches('+')
+        ))
+    }
+
     async fn list(&self, kind: Kind) -> Result<ObjectList, KubeError> {
         let key = ObjectKey::cluster("(list)");
         let api = self.all(kind);

@@ -1,5 +1,5 @@
 //! The aws-sdk adapter against moto's server mode on 127.0.0.1: instance types and offerings, subnets and
-//! security groups, tags, launch templates, CreateFleet, DescribeInstances, TerminateInstances, SQS
+//! security groups, images, SSM parameters, tags, launch templates, CreateFleet, DescribeInstances, TerminateInstances, SQS
 //! receive and delete, and EC2's error codes passed through. `.ci/run` installs moto; elsewhere the test
 //! skips, loudly, when it cannot start it.
 #![cfg(feature = "aws")]
@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dovetail::aws::cloud::ImageQuery;
 use dovetail::aws::cloud::{
     BlockDevice, CapacityType, Cloud, CreateFleetRequest, DescribeInstancesRequest, FleetOverride,
     InstanceState, LaunchTemplateData, TagFilter,
@@ -159,12 +160,46 @@ async fn the_cloud_adapter_against_moto() {
         [&group.id]
     );
     let image = cloud
-        .describe_images(TagFilter::default())
+        .describe_images(ImageQuery::default())
         .await
         .unwrap()
         .into_iter()
         .find(|i| i.arch == "x86_64")
         .expect("moto has x86_64 images");
+    assert!(!image.owner_id.is_empty(), "{image:?}");
+    let by_id = cloud
+        .describe_images(ImageQuery {
+            filter: TagFilter {
+                ids: vec![image.id.clone()],
+                ..Default::default()
+            },
+            owners: Vec::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_id, std::slice::from_ref(&image));
+
+    // SSM GetParameter: a parameter's value (how an alias finds its image), a missing one by its code.
+    aws_sdk_ssm::Client::new(&config)
+        .put_parameter()
+        .name("/dovetail/moto/image_id")
+        .value(&image.id)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        cloud
+            .get_parameter("/dovetail/moto/image_id")
+            .await
+            .unwrap(),
+        image.id
+    );
+    let missing = cloud
+        .get_parameter("/dovetail/moto/missing")
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code, "ParameterNotFound");
 
     // Launch templates: created, found by name, a missing one named by its error code.
     let cluster_tags = tags(&[
@@ -205,8 +240,8 @@ async fn the_cloud_adapter_against_moto() {
         .create_fleet(CreateFleetRequest {
             client_token: "dovetail-moto-1".into(),
             capacity_type: CapacityType::OnDemand,
-            launch_template_name: "dovetail-moto-default".into(),
             overrides: vec![FleetOverride {
+                launch_template_name: "dovetail-moto-default".into(),
                 instance_type: "m5.large".into(),
                 subnet_id: subnet.id.clone(),
                 zone: subnet.zone.clone(),

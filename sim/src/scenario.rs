@@ -70,6 +70,9 @@ struct RawCluster {
     scheduler_interval: Option<Spanned<String>>,
     #[serde(default)]
     controller_replicas: Option<Spanned<u32>>,
+    /// The API server's `major.minor` (which EKS images an alias means).
+    #[serde(default)]
+    kubernetes_version: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,6 +221,9 @@ struct RawAmi {
     #[serde(default = "default_arch")]
     arch: String,
     version: String,
+    /// AWS deprecates the images `recommended` named until now (a release withdrawn for a regression).
+    #[serde(default)]
+    deprecate_previous: bool,
 }
 
 fn default_arch() -> String {
@@ -285,6 +291,7 @@ pub enum Action {
     AmiRelease {
         arch: String,
         version: String,
+        deprecate_previous: bool,
     },
     KubeOutage {
         for_: Duration,
@@ -380,6 +387,8 @@ pub struct Scenario {
     pub scheduler_interval: Duration,
     /// Controller replicas; with two or more they elect a leader over a Lease.
     pub controller_replicas: u32,
+    /// The API server's `major.minor`.
+    pub kubernetes_version: String,
     pub manifests: Vec<Manifest>,
     pub timeline: Vec<Event>,
     pub expect: Expectations,
@@ -872,6 +881,21 @@ impl Scenario {
             Some(r) => r.value,
             None => 1,
         };
+        let kubernetes_version = match &raw.cluster.kubernetes_version {
+            Some(v) if !fakecloud::images::KUBERNETES_VERSIONS.contains(&v.value.as_str()) => {
+                return Err(l.err(
+                    pos(v),
+                    "cluster.kubernetes_version",
+                    format!(
+                        "`{}`: one of {} (the versions EKS publishes node images for)",
+                        v.value,
+                        fakecloud::images::KUBERNETES_VERSIONS.join(", ")
+                    ),
+                ));
+            }
+            Some(v) => v.value.clone(),
+            None => fakekube::store::DEFAULT_KUBERNETES_VERSION.to_string(),
+        };
         let mut manifests = Vec::new();
         for (i, m) in raw.manifests.iter().enumerate() {
             manifests.extend(l.manifests(m, &format!("manifests[{i}]"))?);
@@ -1030,6 +1054,7 @@ impl Scenario {
                 Action::AmiRelease {
                     arch: s.arch.clone(),
                     version: s.version.clone(),
+                    deprecate_previous: s.deprecate_previous,
                 }
             } else if let Some(s) = &e.kube_outage {
                 Action::KubeOutage {
@@ -1172,6 +1197,7 @@ impl Scenario {
             api_latency,
             scheduler_interval,
             controller_replicas,
+            kubernetes_version,
             manifests,
             timeline,
             expect,

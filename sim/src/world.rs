@@ -388,8 +388,12 @@ async fn workload_host(p: WorkloadParts) -> turmoil::Result {
                 capacity_type,
                 vcpus,
             } => cloud.set_vcpu_quota(capacity_type, vcpus),
-            Action::AmiRelease { arch, version } => {
-                cloud.release_ami(&arch, &version);
+            Action::AmiRelease {
+                arch,
+                version,
+                deprecate_previous,
+            } => {
+                cloud.release_ami(&arch, &version, deprecate_previous);
             }
             Action::KubeOutage { for_ } => {
                 kube.set_unavailable(later(now, for_));
@@ -566,11 +570,9 @@ pub fn run(
         Arc::new(clock),
         Arc::new(trace.clone()),
     );
-    let kube = FakeKube::new(
-        api_server_store(store_seed),
-        Arc::new(clock),
-        scenario.api_latency,
-    );
+    let mut store = api_server_store(store_seed);
+    store.set_kubernetes_version(&scenario.kubernetes_version);
+    let kube = FakeKube::new(store, Arc::new(clock), scenario.api_latency);
     let observations = Arc::new(Mutex::new(Observations::default()));
     let faults = Arc::new(Mutex::new(ControllerFaults::default()));
 

@@ -55,6 +55,9 @@ pub struct Subnet {
 /// A CreateFleet override: one (instance type, subnet) pair the fleet may launch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FleetOverride {
+    /// The launch template it launches with (one per image: EC2's LaunchTemplateConfigs group overrides by
+    /// it).
+    pub launch_template_name: String,
     pub instance_type: String,
     pub subnet_id: String,
     pub zone: String,
@@ -67,7 +70,6 @@ pub struct FleetOverride {
 pub struct CreateFleetRequest {
     pub client_token: String,
     pub capacity_type: CapacityType,
-    pub launch_template_name: String,
     pub overrides: Vec<FleetOverride>,
     pub target_capacity: u32,
     pub tags: BTreeMap<String, String>,
@@ -188,13 +190,29 @@ pub struct SecurityGroup {
 }
 
 /// DescribeImages entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Image {
     pub id: String,
     pub name: String,
+    /// EC2's architecture name: `x86_64`, `arm64`, `i386`, `x86_64_mac`, `arm64_mac`.
     pub arch: String,
+    /// RFC 3339.
     pub creation_date: String,
+    /// When EC2 deprecates (or deprecated) the image, RFC 3339; deprecated images still launch.
+    pub deprecation_time: Option<String>,
+    pub owner_id: String,
+    /// `amazon` for Amazon's public images (EC2's ImageOwnerAlias).
+    pub owner_alias: Option<String>,
     pub tags: BTreeMap<String, String>,
+}
+
+/// A DescribeImages query as Karpenter sends it: ids, names (EC2 wildcards) and tags in `filter`, limited to
+/// `owners` (account ids, `self`, `amazon`) when any are given. Only `available` images are returned,
+/// deprecated ones included.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageQuery {
+    pub filter: TagFilter,
+    pub owners: Vec<String>,
 }
 
 /// Tag filters for Describe* calls: every `tags` pair must match and every `tag_keys` key be present.
@@ -264,7 +282,9 @@ pub trait Cloud: Send + Sync + 'static {
         &self,
         filter: TagFilter,
     ) -> Result<Vec<SecurityGroup>, CloudError>;
-    async fn describe_images(&self, filter: TagFilter) -> Result<Vec<Image>, CloudError>;
+    async fn describe_images(&self, query: ImageQuery) -> Result<Vec<Image>, CloudError>;
+    /// SSM GetParameter: the parameter's value; a missing one is the error `ParameterNotFound`.
+    async fn get_parameter(&self, name: &str) -> Result<String, CloudError>;
     async fn create_launch_template(
         &self,
         name: String,

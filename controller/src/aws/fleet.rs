@@ -1,9 +1,10 @@
 //! Launching on EC2: the fleet a claim may launch (capacity type and cheapest-first overrides), the
-//! launch template per node class and architecture, CreateFleet, and adopting a predecessor's launch.
+//! launch template per node class and image, CreateFleet, and adopting a predecessor's launch.
 
 use std::collections::BTreeMap;
 
 use super::AwsProvider;
+use super::ami::{self, Ami};
 use super::cloud::{
     CapacityType, CreateFleetRequest, DescribeInstancesRequest, FleetOverride, Instance,
     InstanceState,
@@ -82,6 +83,7 @@ fn fleet_overrides(
                 out.push((
                     o.price,
                     FleetOverride {
+                        launch_template_name: String::new(),
                         instance_type: it.name.clone(),
                         subnet_id: subnet.clone(),
                         zone: o.zone.clone(),
@@ -147,25 +149,18 @@ impl AwsProvider {
         Ok(best.into_iter().map(|(z, (_, id))| (z, id)).collect())
     }
 
-    /// The launch template for a node class and architecture, created once per distinct content.
+    /// The launch template for a node class and image, created once per distinct content.
     async fn ensure_launch_template(
         &mut self,
         ctx: &Context,
         class: &EC2NodeClass,
-        arch: &str,
-    ) -> Result<Option<String>, ControllerError> {
+        image: &Ami,
+    ) -> Result<String, ControllerError> {
         let class_name = class.metadata.name.clone().unwrap_or_default();
         let resolved = self
             .classes
             .resolve(ctx, self.cloud.as_ref(), class)
             .await?;
-        let Some(image) = resolved.images.get(arch).cloned() else {
-            ctx.journal.record(
-                "lifecycle",
-                format!("ec2nodeclass/{class_name}: no image matches amiSelectorTerms for {arch}"),
-            );
-            return Ok(None);
-        };
         let groups: Vec<String> = resolved
             .security_groups
             .iter()
@@ -178,7 +173,7 @@ impl AwsProvider {
         let data = launch::template_data(class, &image.id, &groups, &tags);
         let name = launch::template_name(&ctx.settings.cluster_name, &class_name, &data);
         if self.known_templates.0.contains(&name) {
-            return Ok(Some(name));
+            return Ok(name);
         }
         match self
             .cloud
@@ -199,7 +194,7 @@ impl AwsProvider {
             Err(e) => return Err(e.into()),
         }
         self.known_templates.0.insert(name.clone());
-        Ok(Some(name))
+        Ok(name)
     }
 
     /// One launch attempt for a claim (see [`crate::cloudprovider::CloudProvider::create`]).
@@ -227,24 +222,60 @@ impl AwsProvider {
         }
         self.refresh_offering_availability(now);
         let subnets = self.subnets_by_zone(ctx, &class).await?;
-        let Some((capacity_type, mut overrides)) =
+        let Some((capacity_type, overrides)) =
             fleet_overrides(claim, &self.instance_types, &subnets)
         else {
             return Ok(Launch::NoOffering);
         };
-        // One launch template per architecture: launch the cheapest override's architecture.
-        let arch_of = |t: &str| {
-            self.instance_types
+        // Each override launches with the image that suits its type (newest first, as Karpenter maps
+        // them); a type no image suits is dropped.
+        let amis = self
+            .classes
+            .resolve(ctx, self.cloud.as_ref(), &class)
+            .await?
+            .amis;
+        let mut chosen: Vec<Ami> = Vec::new();
+        let mut kept: Vec<(FleetOverride, usize)> = Vec::new();
+        for o in overrides {
+            let Some(ami) = self
+                .instance_types
                 .iter()
-                .find(|it| it.name == t)
-                .and_then(|it| it.labels.get(labels::ARCH).cloned())
-                .unwrap_or_default()
-        };
-        let arch = arch_of(&overrides[0].instance_type);
-        overrides.retain(|o| arch_of(&o.instance_type) == arch);
-        let Some(template) = self.ensure_launch_template(ctx, &class, &arch).await? else {
+                .find(|it| it.name == o.instance_type)
+                .and_then(|it| ami::for_instance_type(&amis, &it.labels))
+            else {
+                continue;
+            };
+            let at = match chosen.iter().position(|a| a.id == ami.id) {
+                Some(at) => at,
+                None => {
+                    chosen.push(ami.clone());
+                    chosen.len() - 1
+                }
+            };
+            kept.push((o, at));
+        }
+        if kept.is_empty() {
+            let ids: Vec<&str> = amis.iter().map(|a| a.id.as_str()).collect();
+            ctx.journal.record(
+                "lifecycle",
+                format!(
+                    "nodeclaim/{name} waits: no image of ec2nodeclass/{class_name} suits its instance types (images: {})",
+                    if ids.is_empty() { "none".to_string() } else { ids.join(", ") }
+                ),
+            );
             return Ok(Launch::Waiting);
-        };
+        }
+        let mut templates = Vec::new();
+        for ami in &chosen {
+            templates.push(self.ensure_launch_template(ctx, &class, ami).await?);
+        }
+        let overrides: Vec<FleetOverride> = kept
+            .into_iter()
+            .map(|(o, at)| FleetOverride {
+                launch_template_name: templates.get(at).cloned().unwrap_or_default(),
+                ..o
+            })
+            .collect();
         let mut tags = BTreeMap::new();
         let (key, value) = cluster_tag(ctx);
         tags.insert(key, value);
@@ -265,7 +296,6 @@ impl AwsProvider {
         let request = CreateFleetRequest {
             client_token: names::token(&mut ctx.rng),
             capacity_type,
-            launch_template_name: template.clone(),
             overrides,
             target_capacity: 1,
             tags,
@@ -273,8 +303,10 @@ impl AwsProvider {
         let output = match self.cloud.create_fleet(request).await {
             Ok(o) => o,
             Err(e) if e.code == "InvalidLaunchTemplateName.NotFoundException" => {
-                // Someone deleted it; create it again next time.
-                self.known_templates.0.remove(&template);
+                // Someone deleted one; check them all again next time.
+                for t in &templates {
+                    self.known_templates.0.remove(t);
+                }
                 return Err(e.into());
             }
             Err(e) => return Err(e.into()),

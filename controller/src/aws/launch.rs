@@ -4,9 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::cloud::{
-    BlockDevice, CapacityType, FleetError, Image, LaunchTemplateData, Subnet, TagFilter,
-};
+use super::cloud::{BlockDevice, CapacityType, FleetError, LaunchTemplateData, Subnet, TagFilter};
 use crate::crds::EC2NodeClass;
 use crate::crds::ec2nodeclass::SelectorTerm;
 
@@ -106,52 +104,6 @@ pub fn security_group_filters(class: &EC2NodeClass) -> Vec<TagFilter> {
         .iter()
         .map(term_filter)
         .collect()
-}
-
-/// EC2 architecture name of a Kubernetes arch label.
-pub fn ec2_arch(arch: &str) -> &str {
-    if arch == "arm64" { "arm64" } else { "x86_64" }
-}
-
-/// Image filters for one architecture from `amiSelectorTerms`; an alias `family@latest` (or `@vX`) becomes
-/// the EKS-optimized image name pattern of that family.
-pub fn image_filters(class: &EC2NodeClass, arch: &str) -> Vec<TagFilter> {
-    class
-        .spec
-        .ami_selector_terms
-        .iter()
-        .map(|t| match &t.alias {
-            Some(alias) => {
-                let (family, version) = alias.split_once('@').unwrap_or((alias.as_str(), "latest"));
-                let version = if version == "latest" {
-                    "*".to_string()
-                } else {
-                    version.to_string()
-                };
-                TagFilter {
-                    names: vec![format!(
-                        "amazon-eks-node-{family}-{}-standard-*-{version}",
-                        ec2_arch(arch)
-                    )],
-                    ..Default::default()
-                }
-            }
-            None => TagFilter {
-                tags: t.tags.clone(),
-                ids: t.id.iter().cloned().collect(),
-                names: t.name.iter().cloned().collect(),
-            },
-        })
-        .collect()
-}
-
-/// The newest image of the architecture (EC2 names sort equal dates; creation date decides).
-pub fn newest_image(images: &[Image], arch: &str) -> Option<Image> {
-    images
-        .iter()
-        .filter(|i| i.arch == ec2_arch(arch))
-        .max_by(|a, b| a.creation_date.cmp(&b.creation_date).then(a.id.cmp(&b.id)))
-        .cloned()
 }
 
 fn gib(size: &str) -> u32 {

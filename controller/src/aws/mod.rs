@@ -7,6 +7,7 @@
 //! launch itself, `nodeclass.rs` resolution and status, `interruption.rs` the queue, `health.rs` launch
 //! deaths.
 
+pub mod ami;
 pub mod cloud;
 mod fleet;
 pub(crate) mod health;
@@ -248,21 +249,28 @@ impl CloudProvider for AwsProvider {
         }
     }
 
+    /// Karpenter's AMI drift: the claim's image is no longer the one its instance type would launch with.
     fn is_drifted(&self, claim: &NodeClaim) -> Option<String> {
         let image = claim.status.as_ref().and_then(|s| s.image_id.clone())?;
         let type_name = claim.metadata.labels.as_ref()?.get(labels::INSTANCE_TYPE)?;
         // The catalog is sorted by name.
-        let arch = self
+        let it = self
             .instance_types
             .binary_search_by(|t| t.name.as_str().cmp(type_name))
             .ok()
-            .and_then(|i| self.instance_types[i].labels.get(labels::ARCH).cloned())?;
-        let resolved = self
-            .classes
-            .get(&claim.spec.node_class_ref.name)?
-            .images
-            .get(&arch)?;
-        (resolved.id != image).then(|| format!("image {image} replaced by {}", resolved.id))
+            .map(|i| &self.instance_types[i])?;
+        let amis = &self.classes.get(&claim.spec.node_class_ref.name)?.amis;
+        // No image at all is a resolution problem (the class is not ready), not drift.
+        if amis.is_empty() {
+            return None;
+        }
+        match ami::for_instance_type(amis, &it.labels) {
+            Some(now) if now.id == image => None,
+            Some(now) => Some(format!("image {image} replaced by {}", now.id)),
+            None => Some(format!(
+                "image {image}: no image the class selects suits {type_name} any more"
+            )),
+        }
     }
 
     fn launch_paused(&self, claim: &NodeClaim, now: Duration) -> bool {

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::cloud::{Cloud, Image, SecurityGroup, Subnet};
+use super::ami::{self, Ami, SsmCache};
+use super::cloud::{Cloud, SecurityGroup, Subnet};
 use super::launch;
 use crate::context::Context;
 use crate::crds::EC2NodeClass;
@@ -16,16 +17,18 @@ use crate::state::ClusterState;
 
 /// How long a resolution is trusted before EC2 is asked again (Karpenter caches these for a minute).
 pub const RESOLVE_TTL: Duration = Duration::from_secs(60);
-/// The architectures images are resolved for.
-const ARCHES: [&str; 2] = ["amd64", "arm64"];
+/// How often the cluster's Kubernetes version is read again (it picks the EKS images an alias means).
+const VERSION_TTL: Duration = Duration::from_secs(3600);
 
 /// What a node class's selector terms select right now.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Resolved {
     pub subnets: Vec<Subnet>,
     pub security_groups: Vec<SecurityGroup>,
-    /// The newest matching image per Kubernetes architecture.
-    pub images: BTreeMap<String, Image>,
+    /// The images the class selects, newest first, each with the instance types it suits.
+    pub amis: Vec<Ami>,
+    /// Why no image is selected (or an alias cannot be used on this cluster's version).
+    pub ami_problem: Option<String>,
     /// What is wrong with the spec itself (`aws::validation`); nothing launches from an invalid class.
     pub invalid: Option<String>,
     /// Fields set in the spec that Dovetail does not act on (`crds::unacted`).
@@ -63,9 +66,11 @@ impl Resolved {
             ),
             (
                 "AMIsReady",
-                !self.images.is_empty(),
+                !self.amis.is_empty(),
                 "AMINotFound",
-                "spec.amiSelectorTerms did not match any image".to_string(),
+                self.ami_problem
+                    .clone()
+                    .unwrap_or_else(|| "spec.amiSelectorTerms did not match any image".into()),
             ),
         ];
         let failing: Vec<&str> = out.iter().filter(|c| !c.1).map(|c| c.0).collect();
@@ -101,29 +106,43 @@ impl Resolved {
         json!({
             "subnets": self.subnets.iter().map(|s| json!({"id": s.id, "zone": s.zone})).collect::<Vec<_>>(),
             "securityGroups": self.security_groups.iter().map(|g| json!({"id": g.id, "name": g.name})).collect::<Vec<_>>(),
-            "amis": self.images.iter().map(|(arch, i)| json!({
-                "id": i.id,
-                "name": i.name,
-                "requirements": [{"key": "kubernetes.io/arch", "operator": "In", "values": [arch]}],
-            })).collect::<Vec<_>>(),
+            "amis": self.amis.iter().map(|a| {
+                let mut ami = json!({
+                    "id": a.id,
+                    "name": a.name,
+                    "requirements": a.requirements.to_node_selector(),
+                });
+                if a.deprecated {
+                    ami["deprecated"] = json!(true);
+                }
+                ami
+            }).collect::<Vec<_>>(),
         })
     }
 }
 
-/// Resolutions per class, with when they were made and the spec they were made for.
+/// Resolutions per class, with when they were made and the spec they were made for; the SSM values and
+/// Kubernetes version they were made from.
 #[derive(Debug, Default)]
-pub struct ClassCache(BTreeMap<String, (Duration, String, Resolved)>);
+pub struct ClassCache {
+    resolved: BTreeMap<String, (Duration, String, Resolved)>,
+    ssm: SsmCache,
+    /// The API server's `major.minor`, and when it was read.
+    k8s_version: Option<(Duration, String)>,
+    /// When cached `@latest` values were last checked for deprecated images.
+    invalidated_at: Option<Duration>,
+}
 
 impl ClassCache {
     /// The last resolution of a class, however old (planning uses it; launching refreshes it).
     pub fn get(&self, class: &str) -> Option<&Resolved> {
-        self.0.get(class).map(|(_, _, r)| r)
+        self.resolved.get(class).map(|(_, _, r)| r)
     }
 
     /// The resolutions without when they were made: what decisions depend on.
     pub fn contents(&self) -> String {
         let parts: Vec<String> = self
-            .0
+            .resolved
             .iter()
             .map(|(class, (_, _, r))| format!("{class}={r:?}"))
             .collect();
@@ -147,12 +166,13 @@ impl ClassCache {
         let name = class.metadata.name.clone().unwrap_or_default();
         let print = fingerprint(class);
         let now = ctx.now();
-        if let Some((at, p, r)) = self.0.get(&name)
+        if let Some((at, p, r)) = self.resolved.get(&name)
             && *p == print
             && now < *at + RESOLVE_TTL
         {
             return Ok(r.clone());
         }
+        let k8s = self.kubernetes_version(ctx).await?;
         let subnets = launch::select_subnets(class, cloud.describe_subnets().await?);
         let mut groups: BTreeMap<String, SecurityGroup> = BTreeMap::new();
         for f in launch::security_group_filters(class) {
@@ -160,25 +180,67 @@ impl ClassCache {
                 groups.insert(g.id.clone(), g);
             }
         }
-        let mut images = BTreeMap::new();
-        for arch in ARCHES {
-            let mut found = Vec::new();
-            for f in launch::image_filters(class, arch) {
-                found.extend(cloud.describe_images(f).await?);
-            }
-            if let Some(image) = launch::newest_image(&found, arch) {
-                images.insert(arch.to_string(), image);
-            }
-        }
+        let selection =
+            ami::resolve(cloud, &mut self.ssm, now, ctx.clock.now(), class, &k8s).await?;
         let resolved = Resolved {
             subnets,
             security_groups: groups.into_values().collect(),
-            images,
+            amis: selection.amis,
+            ami_problem: selection.problem,
             invalid: super::validation::validate(class).err(),
             unacted: crate::crds::unacted::ec2nodeclass(&class.spec),
         };
-        self.0.insert(name, (ctx.now(), print, resolved.clone()));
+        self.resolved
+            .insert(name, (ctx.now(), print, resolved.clone()));
         Ok(resolved)
+    }
+
+    /// The cluster's Kubernetes version, read from the API server at most once an hour.
+    async fn kubernetes_version(&mut self, ctx: &Context) -> Result<String, ControllerError> {
+        let now = ctx.now();
+        if let Some((at, v)) = &self.k8s_version
+            && now < *at + VERSION_TTL
+        {
+            return Ok(v.clone());
+        }
+        let v = ctx.kube.server_version().await?;
+        self.k8s_version = Some((now, v.clone()));
+        Ok(v)
+    }
+
+    /// Karpenter's SSM invalidation: every half hour, drop cached `@latest` values whose image AWS has
+    /// deprecated, so a withdrawn image is replaced without waiting out the day-long cache.
+    async fn invalidate_deprecated_images(&mut self, ctx: &Context, cloud: &dyn Cloud) {
+        let now = ctx.now();
+        if self
+            .invalidated_at
+            .is_some_and(|t| now < t + ami::INVALIDATION_PERIOD)
+        {
+            return;
+        }
+        match self.ssm.invalidate_deprecated(cloud, ctx.clock.now()).await {
+            Ok(dropped) => {
+                self.invalidated_at = Some(now);
+                if dropped.is_empty() {
+                    return;
+                }
+                for p in dropped {
+                    ctx.journal.record(
+                        "nodeclass",
+                        format!("ssm parameter {p} named a deprecated image; reading it again"),
+                    );
+                }
+                // Resolutions made from a dropped value are stale too: forget the spec they were made for
+                // (the last one stays readable until the next is made).
+                for (_, print, _) in self.resolved.values_mut() {
+                    print.clear();
+                }
+            }
+            Err(e) => ctx.journal.record(
+                "nodeclass",
+                format!("checking cached images for deprecation failed: {e}; retrying"),
+            ),
+        }
     }
 
     /// Resolve every node class and write what changed to its status. Failures are logged per class and
@@ -189,6 +251,7 @@ impl ClassCache {
         cloud: &dyn Cloud,
         state: &mut ClusterState,
     ) {
+        self.invalidate_deprecated_images(ctx, cloud).await;
         let classes: Vec<EC2NodeClass> = state
             .nodeclasses
             .values()
@@ -309,16 +372,13 @@ mod tests {
             name: "nodes".into(),
             tags: Default::default(),
         });
-        r.images.insert(
-            "amd64".into(),
-            Image {
-                id: "ami-1".into(),
-                name: "al2023".into(),
-                arch: "x86_64".into(),
-                creation_date: "2026-01-01".into(),
-                tags: Default::default(),
-            },
-        );
+        r.amis.push(Ami {
+            id: "ami-1".into(),
+            name: "al2023".into(),
+            creation_date: "2026-01-01T00:00:00Z".into(),
+            deprecated: false,
+            requirements: Default::default(),
+        });
         assert_eq!(r.not_ready(), None);
         assert_eq!(r.zones(), BTreeSet::from(["us-east-1a".to_string()]));
         assert!(r.conditions().iter().all(|c| c.1));

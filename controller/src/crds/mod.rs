@@ -38,6 +38,9 @@ pub mod labels {
     pub const INSTANCE_HYPERVISOR: &str = "karpenter.k8s.aws/instance-hypervisor";
     pub const INSTANCE_GPU_COUNT: &str = "karpenter.k8s.aws/instance-gpu-count";
     pub const INSTANCE_GPU_NAME: &str = "karpenter.k8s.aws/instance-gpu-name";
+    /// Neuron (Inferentia / Trainium) accelerators; absent on types without them.
+    pub const INSTANCE_ACCELERATOR_COUNT: &str = "karpenter.k8s.aws/instance-accelerator-count";
+    pub const WINDOWS_BUILD: &str = "node.kubernetes.io/windows-build";
     pub const TERMINATION_FINALIZER: &str = "karpenter.sh/termination";
     pub const UNREGISTERED_TAINT: &str = "karpenter.sh/unregistered";
     pub const DISRUPTED_TAINT: &str = "karpenter.sh/disrupted";

@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dovetail::aws::ami::{self, SsmCache};
 use dovetail::aws::cloud::{Cloud, CloudError};
 use dovetail::aws::launch;
 use dovetail::clock::Clock;
-use dovetail::crds::EC2NodeClass;
+use dovetail::crds::{EC2NodeClass, labels};
 use dovetail::journal::Journal;
 use dovetail::kube::{Kind, Kube};
 use dovetail::resources::{Resources, pod_requests};
@@ -154,11 +155,25 @@ impl Baseline {
                     .map(|g| g.id),
             );
         }
-        let mut images = Vec::new();
-        for f in launch::image_filters(&class, "amd64") {
-            images.extend(self.cloud.describe_images(f).await.map_err(cloud_err)?);
-        }
-        let image = launch::newest_image(&images, "amd64").ok_or("no amd64 image matches")?;
+        let k8s = self
+            .kube
+            .server_version()
+            .await
+            .map_err(|e| e.to_string())?;
+        let selection = ami::resolve(
+            self.cloud.as_ref(),
+            &mut SsmCache::default(),
+            self.now(),
+            self.clock.now(),
+            &class,
+            &k8s,
+        )
+        .await
+        .map_err(cloud_err)?;
+        // Node groups are amd64 without accelerators: the image such a type launches with.
+        let amd64 = BTreeMap::from([(labels::ARCH.to_string(), "amd64".to_string())]);
+        let image = ami::for_instance_type(&selection.amis, &amd64)
+            .ok_or("no image of the EC2NodeClass suits amd64 instance types")?;
         let data = launch::template_data(&class, &image.id, &sgs, &BTreeMap::new());
         let name = format!(
             "ca-baseline/{}",

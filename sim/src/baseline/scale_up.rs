@@ -271,8 +271,8 @@ impl Baseline {
         let request = CreateFleetRequest {
             client_token: format!("ca-{}-{}", group.name, now.as_millis()),
             capacity_type: CapacityType::OnDemand,
-            launch_template_name: self.template.clone(),
             overrides: vec![FleetOverride {
+                launch_template_name: self.template.clone(),
                 instance_type: group.instance_type.clone(),
                 subnet_id: group.subnet_id.clone(),
                 zone: group.zone.clone(),
