@@ -93,12 +93,13 @@ impl Resources {
         Ok(out)
     }
 
-    /// Render as Kubernetes quantities (cpu in millicores, the rest in base units).
+    /// Render as Kubernetes quantities in their canonical form (whole cpus as `2`, else millicores; the
+    /// rest in base units), as the API server stores them.
     pub fn to_quantities(&self) -> BTreeMap<String, Quantity> {
         self.0
             .iter()
             .map(|(k, v)| {
-                let q = if k == CPU {
+                let q = if k == CPU && v.0 % 1000 != 0 {
                     format!("{}m", v.0)
                 } else {
                     format!("{}", v.units())

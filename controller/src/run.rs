@@ -60,7 +60,7 @@ impl Controller {
             gc: GarbageCollector,
             terminator: Terminator::default(),
             disruption: Disruption::default(),
-            nodepools: NodePoolStatus,
+            nodepools: NodePoolStatus::default(),
             elector: crate::leader::Elector::default(),
             lost_lease: false,
             // The first pass waits for the catalog and the node classes to be read.
@@ -106,6 +106,13 @@ impl Controller {
                 .and_then(|p| p.spec.as_ref().and_then(|s| s.node_name.clone())),
             _ => None,
         };
+        if kind == Kind::NodeClaim
+            && let WatchEvent::Added(v) | WatchEvent::Modified(v) | WatchEvent::Deleted(v) = &event
+            && let Ok(claim) = serde_json::from_value::<crate::crds::NodeClaim>(v.clone())
+        {
+            self.nodepools
+                .observe_claim(&claim, matches!(event, WatchEvent::Deleted(_)));
+        }
         let Some((change, key)) = self.state.apply_event(kind, event)? else {
             return Ok(true);
         };
@@ -261,6 +268,7 @@ impl Controller {
                     .journal
                     .record("termination", format!("pass failed: {e}"));
             }
+            self.nodepools.sync(&self.ctx, &mut self.state).await;
             self.next_lifecycle = self.now() + self.ctx.settings.lifecycle_interval;
         }
         if now >= self.next_gc {

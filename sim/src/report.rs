@@ -102,6 +102,9 @@ impl Sample {
 pub struct Observations {
     /// Events in the API server at the end, counted by `Kind/Reason` of the object they are about.
     pub events: std::collections::BTreeMap<String, u32>,
+    /// Karpenter's objects as the API server holds them at the end (`kubectl get nodepools,nodeclaims,
+    /// ec2nodeclasses -o json`), by kind.
+    pub karpenter_objects: std::collections::BTreeMap<String, Vec<serde_json::Value>>,
     pub samples: usize,
     pub cost_total: f64,
     /// The lower bound integrated over the run.
@@ -167,6 +170,10 @@ impl Observations {
         self.forced_deletions = audit.forced;
         self.violations.extend(audit.violations);
         let end = epoch.checked_add(duration).unwrap_or(epoch);
+        for kind in ["NodePool", "NodeClaim", "EC2NodeClass"] {
+            self.karpenter_objects
+                .insert(kind.to_string(), kube.store().list(kind));
+        }
         let events = kube.store().list("Event");
         for e in &events {
             let key = format!(

@@ -250,7 +250,7 @@ impl CloudProvider for AwsProvider {
     }
 
     /// Karpenter's AMI drift: the claim's image is no longer the one its instance type would launch with.
-    fn is_drifted(&self, claim: &NodeClaim) -> Option<String> {
+    fn is_drifted(&self, claim: &NodeClaim) -> Option<(&'static str, String)> {
         let image = claim.status.as_ref().and_then(|s| s.image_id.clone())?;
         let type_name = claim.metadata.labels.as_ref()?.get(labels::INSTANCE_TYPE)?;
         // The catalog is sorted by name.
@@ -266,9 +266,10 @@ impl CloudProvider for AwsProvider {
         }
         match ami::for_instance_type(amis, &it.labels) {
             Some(now) if now.id == image => None,
-            Some(now) => Some(format!("image {image} replaced by {}", now.id)),
-            None => Some(format!(
-                "image {image}: no image the class selects suits {type_name} any more"
+            Some(now) => Some(("AMIDrift", format!("image {image} replaced by {}", now.id))),
+            None => Some((
+                "AMIDrift",
+                format!("image {image}: no image the class selects suits {type_name} any more"),
             )),
         }
     }

@@ -171,8 +171,9 @@ pub trait CloudProvider: Send + Sync {
     /// Every instance of this cluster by id, recently terminated ones included.
     async fn list(&self, ctx: &Context) -> Result<BTreeMap<String, Instance>, ControllerError>;
 
-    /// Why a claim's instance no longer matches its node class (a newer image), if it does not.
-    fn is_drifted(&self, claim: &NodeClaim) -> Option<String>;
+    /// Why a claim's instance no longer matches its node class, if it does not: the `Drifted` condition's
+    /// reason (`AMIDrift`, ...) and a message.
+    fn is_drifted(&self, claim: &NodeClaim) -> Option<(&'static str, String)>;
 
     /// Launches of this claim's node class are held back now (after repeated launch deaths).
     fn launch_paused(&self, claim: &NodeClaim, now: Duration) -> bool;

@@ -28,8 +28,9 @@ pub(crate) struct Candidate {
     pub price: f64,
     /// Pods that would have to move (DaemonSet pods and pods that stay are not counted).
     pub pods: Vec<ObjectKey>,
-    /// Why the node no longer matches its NodePool or EC2NodeClass, if it does not.
-    pub drifted: Option<String>,
+    /// Why the node no longer matches its NodePool or EC2NodeClass, if it does not: the `Drifted`
+    /// condition's reason and a message.
+    pub drifted: Option<(&'static str, String)>,
     /// The DaemonSets whose pod for this node waits unschedulable (it does not fit there).
     pub daemon_unfit: Vec<String>,
     /// The pool allows consolidation and the node has been stable for `consolidateAfter`.
@@ -233,14 +234,14 @@ impl View<'_> {
 
     /// Why a claim has drifted from its pool (whose template hash and requirements are given, computed
     /// once per pass) or node class, if it has.
-    fn drift(&self, claim: &NodeClaim, pool: &PoolFacts) -> Option<String> {
+    fn drift(&self, claim: &NodeClaim, pool: &PoolFacts) -> Option<(&'static str, String)> {
         let recorded = claim
             .metadata
             .annotations
             .as_ref()
             .and_then(|a| a.get(labels::POOL_HASH));
         if recorded.is_some_and(|h| *h != pool.hash) {
-            return Some("NodePool template changed".into());
+            return Some(("NodePoolDrifted", "NodePool template changed".into()));
         }
         let no_labels = BTreeMap::new();
         let claim_labels = claim.metadata.labels.as_ref().unwrap_or(&no_labels);
@@ -249,7 +250,10 @@ impl View<'_> {
                 if let (Some(r), Some(v)) = (reqs.get(key), claim_labels.get(key))
                     && !r.has(v)
                 {
-                    return Some(format!("{key}={v} no longer allowed by the NodePool"));
+                    return Some((
+                        "RequirementsDrifted",
+                        format!("{key}={v} no longer allowed by the NodePool"),
+                    ));
                 }
             }
         }

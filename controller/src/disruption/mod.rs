@@ -163,6 +163,7 @@ impl Disruption {
         provider: &dyn CloudProvider,
     ) -> Result<(), ControllerError> {
         expire_claims(ctx, state).await?;
+        mark_claims(ctx, state, provider).await?;
         if let Some(command) = self.command.take() {
             return self.advance(ctx, state, provider, command).await;
         }
@@ -175,6 +176,43 @@ impl Disruption {
         Ok(())
     }
 }
+
+/// Karpenter's NodeClaim disruption conditions on every claim disruption may act on: `Drifted` (its reason
+/// and why) while it has drifted, `Consolidatable` once its node has been stable for `consolidateAfter`;
+/// each cleared when it stops holding. Written only when they change.
+async fn mark_claims(
+    ctx: &Context,
+    state: &mut ClusterState,
+    provider: &dyn CloudProvider,
+) -> Result<(), ControllerError> {
+    let candidates = View {
+        ctx,
+        state,
+        provider,
+    }
+    .candidates(&Default::default(), &mut Vec::new());
+    for c in candidates {
+        let (claim, drifted, consolidatable) = (c.claim, c.drifted, c.consolidatable);
+        let mut set = Vec::new();
+        let mut clear = Vec::new();
+        match drifted {
+            Some((reason, message)) => set.push((DRIFTED, true, reason, message)),
+            None => clear.push(DRIFTED),
+        }
+        if consolidatable {
+            set.push((CONSOLIDATABLE, true, CONSOLIDATABLE, String::new()));
+        } else {
+            clear.push(CONSOLIDATABLE);
+        }
+        crate::nodeclaim::write_conditions(ctx, state, &claim, &set, &clear).await?;
+    }
+    Ok(())
+}
+
+const DRIFTED: &str = "Drifted";
+const CONSOLIDATABLE: &str = "Consolidatable";
+/// The condition a claim carries once disruption has chosen it, with the reason as its reason.
+const DISRUPTION_REASON: &str = "DisruptionReason";
 
 /// Claims past their `expireAfter` are deleted at once: forceful, budget-free (Karpenter's expiration).
 async fn expire_claims(ctx: &Context, state: &ClusterState) -> Result<(), ControllerError> {
@@ -286,6 +324,7 @@ impl Disruption {
                 // Tainted only once the replacements exist, so the provisioner counts pods that are about to
                 // move against them instead of launching capacity of its own.
                 for c in &command.candidates {
+                    mark_disrupted(ctx, state, &c.claim, &command).await?;
                     set_disrupted_taint(ctx, state, &c.node, true).await?;
                 }
                 ctx.journal.record(
@@ -305,12 +344,33 @@ impl Disruption {
     }
 }
 
+/// `DisruptionReason=True` with the command's reason on a claim it disrupts.
+async fn mark_disrupted(
+    ctx: &Context,
+    state: &mut ClusterState,
+    claim: &str,
+    command: &Command,
+) -> Result<(), ControllerError> {
+    let reason = command.reason.as_str();
+    crate::nodeclaim::write_conditions(
+        ctx,
+        state,
+        claim,
+        &[(DISRUPTION_REASON, true, reason, command.describe())],
+        &[],
+    )
+    .await
+}
+
 async fn delete_candidates(
     ctx: &Context,
-    state: &ClusterState,
+    state: &mut ClusterState,
     command: &Command,
 ) -> Result<(), ControllerError> {
     for c in &command.candidates {
+        if matches!(command.action, Action::Delete) {
+            mark_disrupted(ctx, state, &c.claim, command).await?;
+        }
         let uid = state
             .nodes
             .get(&c.node)
@@ -364,6 +424,7 @@ async fn roll_back(
     }
     for c in &command.candidates {
         set_disrupted_taint(ctx, state, &c.node, false).await?;
+        crate::nodeclaim::write_conditions(ctx, state, &c.claim, &[], &[DISRUPTION_REASON]).await?;
     }
     ctx.journal.record(
         "disruption",

@@ -422,7 +422,7 @@ impl View<'_> {
                     format!(
                         "node/{} drifted: {}",
                         c.node,
-                        c.drifted.clone().unwrap_or_default()
+                        c.drifted.clone().map(|d| d.1).unwrap_or_default()
                     ),
                 );
                 return (Some(cmd), skipped);

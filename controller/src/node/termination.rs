@@ -40,6 +40,8 @@ impl EvictionRetries {
     }
 }
 
+const DRAINED: &str = "Drained";
+
 fn has_taint(node: &Node, key: &str) -> bool {
     node.spec
         .as_ref()
@@ -113,6 +115,14 @@ impl Terminator {
         let claim_name = claim.metadata.name.clone().unwrap_or_default();
         if !has_taint(&node, labels::DISRUPTED_TAINT) {
             taint_disrupted(ctx, state, &node).await?;
+            crate::nodeclaim::write_conditions(
+                ctx,
+                state,
+                &claim_name,
+                &[(DRAINED, false, "Draining", String::new())],
+                &[],
+            )
+            .await?;
         }
         let now = ctx.clock.now();
         let deleted_at = node
@@ -167,6 +177,25 @@ impl Terminator {
                 waited.as_secs()
             ),
         );
+        // Karpenter's termination conditions: drained, no volumes left attached (Dovetail attaches none
+        // yet, so at once), and the instance on its way out.
+        crate::nodeclaim::write_conditions(
+            ctx,
+            state,
+            &claim_name,
+            &[
+                (DRAINED, true, DRAINED, String::new()),
+                ("VolumesDetached", true, "VolumesDetached", String::new()),
+                (
+                    "InstanceTerminating",
+                    true,
+                    "InstanceTerminating",
+                    String::new(),
+                ),
+            ],
+            &[],
+        )
+        .await?;
         if claim.metadata.deletion_timestamp.is_none() {
             ctx.delete_if_present(Kind::NodeClaim, &ObjectKey::cluster(&claim_name))
                 .await?;

@@ -6,3 +6,84 @@ pub(crate) mod lifecycle;
 
 pub(crate) use gc::GarbageCollector;
 pub(crate) use lifecycle::Lifecycle;
+
+use serde_json::{Value, json};
+
+use crate::context::Context;
+use crate::error::ControllerError;
+use crate::kube::{Kind, ObjectKey};
+use crate::state::ClusterState;
+
+/// A NodeClaim condition to write: type, status, reason, message (Karpenter gives True conditions reasons
+/// too: `Drifted` says `AMIDrift`, `DisruptionReason` says `Underutilized`).
+pub(crate) type ClaimCondition<'a> = (&'a str, bool, &'a str, String);
+
+/// Write a claim's conditions: `set` over its list (a transition time moves only with the status), the
+/// `clear` types removed; nothing is written when nothing changes. The cache takes the answer.
+pub(crate) async fn write_conditions(
+    ctx: &Context,
+    state: &mut ClusterState,
+    claim: &str,
+    set: &[ClaimCondition<'_>],
+    clear: &[&str],
+) -> Result<(), ControllerError> {
+    let Some(current) = state.nodeclaims.get(claim) else {
+        return Ok(());
+    };
+    let old: Vec<Value> = current
+        .status
+        .as_ref()
+        .map(|s| {
+            s.conditions
+                .iter()
+                .filter_map(|c| serde_json::to_value(c).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let now = ctx.clock.now().to_string();
+    let mut conditions: Vec<Value> = old
+        .iter()
+        .filter(|c| !clear.iter().any(|t| c["type"] == *t) && !set.iter().any(|d| c["type"] == d.0))
+        .cloned()
+        .collect();
+    for (type_, ok, reason, message) in set {
+        let status = if *ok { "True" } else { "False" };
+        let since = old
+            .iter()
+            .find(|c| c["type"] == *type_ && c["status"] == status)
+            .and_then(|c| c["lastTransitionTime"].as_str())
+            .unwrap_or(&now)
+            .to_string();
+        let mut c =
+            json!({"type": type_, "status": status, "reason": reason, "lastTransitionTime": since});
+        if !message.is_empty() {
+            c["message"] = json!(message);
+        }
+        conditions.push(c);
+    }
+    let key = |list: &[Value]| {
+        let mut v: Vec<String> = list.iter().map(Value::to_string).collect();
+        v.sort();
+        v
+    };
+    if key(&old) == key(&conditions) {
+        return Ok(());
+    }
+    match ctx
+        .kube
+        .patch_status(
+            Kind::NodeClaim,
+            &ObjectKey::cluster(claim),
+            json!({"status": {"conditions": conditions}}),
+        )
+        .await
+    {
+        Ok(updated) => {
+            state.apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Modified(updated))?;
+            Ok(())
+        }
+        // Gone meanwhile: nothing left to describe.
+        Err(crate::kube::KubeError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
