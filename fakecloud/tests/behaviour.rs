@@ -51,9 +51,10 @@ fn template(cloud: &FakeCloud, name: &str, kms: Option<&str>) {
         image_id: "ami-1".into(),
         block_devices: vec![BlockDevice {
             device_name: "/dev/xvda".into(),
-            volume_size_gib: 20,
-            encrypted: kms.is_some(),
+            volume_size_gib: Some(20),
+            encrypted: Some(kms.is_some()),
             kms_key_id: kms.map(String::from),
+            ..Default::default()
         }],
         ..Default::default()
     };
@@ -82,6 +83,7 @@ fn over(cloud: &FakeCloud, t: &str, zone: &str) -> FleetOverride {
 fn fleet(ct: CapacityType, overrides: Vec<FleetOverride>, target: u32) -> CreateFleetRequest {
     CreateFleetRequest {
         client_token: "t".into(),
+        context: None,
         capacity_type: ct,
         overrides,
         target_capacity: target,

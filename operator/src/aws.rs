@@ -416,19 +416,47 @@ impl Cloud for AwsCloud {
                     .device_name(&d.device_name)
                     .ebs(
                         ec2::LaunchTemplateEbsBlockDeviceRequest::builder()
-                            .volume_size(d.volume_size_gib as i32)
-                            .volume_type(ec2::VolumeType::Gp3)
-                            .encrypted(d.encrypted)
+                            .set_volume_size(d.volume_size_gib.map(|g| g as i32))
+                            .set_volume_type(d.volume_type.as_deref().map(ec2::VolumeType::from))
+                            .set_iops(d.iops.map(|v| v as i32))
+                            .set_throughput(d.throughput.map(|v| v as i32))
+                            .set_encrypted(d.encrypted)
                             .set_kms_key_id(d.kms_key_id.clone())
-                            .delete_on_termination(true)
+                            .set_snapshot_id(d.snapshot_id.clone())
+                            .set_delete_on_termination(d.delete_on_termination)
+                            .set_volume_initialization_rate(d.volume_initialization_rate)
                             .build(),
                     )
                     .build()
             })
             .collect();
+        let m = &data.metadata;
+        // With a primary interface configured, the security groups go on it (EC2 refuses both).
+        let (top_level_groups, interfaces) = match &data.network_interface {
+            None => (Some(data.security_group_ids.clone()), None),
+            Some(ni) => {
+                let mut spec =
+                    ec2::LaunchTemplateInstanceNetworkInterfaceSpecificationRequest::builder()
+                        .device_index(0)
+                        .set_groups(Some(data.security_group_ids.clone()))
+                        .set_associate_public_ip_address(ni.associate_public_ip_address)
+                        .set_ipv4_prefix_count(ni.ipv4_prefix_count);
+                if let Some((tcp, udp_stream, udp)) = ni.connection_tracking {
+                    spec = spec.connection_tracking_specification(
+                        ec2::ConnectionTrackingSpecificationRequest::builder()
+                            .set_tcp_established_timeout(tcp)
+                            .set_udp_stream_timeout(udp_stream)
+                            .set_udp_timeout(udp)
+                            .build(),
+                    );
+                }
+                (None, Some(vec![spec.build()]))
+            }
+        };
         let request = ec2::RequestLaunchTemplateData::builder()
             .image_id(&data.image_id)
-            .set_security_group_ids(Some(data.security_group_ids.clone()))
+            .set_security_group_ids(top_level_groups)
+            .set_network_interfaces(interfaces)
             .set_block_device_mappings(Some(devices))
             .user_data(aws_smithy_types::base64::encode(data.user_data.as_bytes()))
             .iam_instance_profile(
@@ -436,14 +464,30 @@ impl Cloud for AwsCloud {
                     .name(&data.instance_profile)
                     .build(),
             )
-            // IMDSv2 only, one hop: pods cannot borrow the node's role (Karpenter's default).
             .metadata_options(
                 ec2::LaunchTemplateInstanceMetadataOptionsRequest::builder()
-                    .http_tokens(ec2::LaunchTemplateHttpTokensState::Required)
-                    .http_put_response_hop_limit(1)
-                    .http_endpoint(ec2::LaunchTemplateInstanceMetadataEndpointState::Enabled)
+                    .http_tokens(ec2::LaunchTemplateHttpTokensState::from(
+                        m.http_tokens.as_str(),
+                    ))
+                    .http_put_response_hop_limit(m.http_put_response_hop_limit as i32)
+                    .http_endpoint(ec2::LaunchTemplateInstanceMetadataEndpointState::from(
+                        m.http_endpoint.as_str(),
+                    ))
+                    .http_protocol_ipv6(ec2::LaunchTemplateInstanceMetadataProtocolIpv6::from(
+                        m.http_protocol_ipv6.as_str(),
+                    ))
                     .build(),
             )
+            .monitoring(
+                ec2::LaunchTemplatesMonitoringRequest::builder()
+                    .enabled(data.detailed_monitoring)
+                    .build(),
+            )
+            .set_cpu_options(data.nested_virtualization.as_deref().map(|n| {
+                ec2::LaunchTemplateCpuOptionsRequest::builder()
+                    .nested_virtualization(ec2::NestedVirtualizationSpecification::from(n))
+                    .build()
+            }))
             .tag_specifications(
                 ec2::LaunchTemplateTagSpecificationRequest::builder()
                     .resource_type(ec2::ResourceType::Instance)
@@ -565,6 +609,7 @@ impl Cloud for AwsCloud {
             .create_fleet()
             .r#type(ec2::FleetType::Instant)
             .client_token(&request.client_token)
+            .set_context(request.context.clone())
             .set_launch_template_configs(Some(configs))
             .target_capacity_specification(
                 ec2::TargetCapacitySpecificationRequest::builder()

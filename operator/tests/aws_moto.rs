@@ -211,13 +211,29 @@ async fn the_cloud_adapter_against_moto() {
         security_group_ids: vec![group.id.clone()],
         block_devices: vec![BlockDevice {
             device_name: "/dev/xvda".into(),
-            volume_size_gib: 20,
-            encrypted: true,
-            kms_key_id: None,
+            volume_size_gib: Some(20),
+            volume_type: Some("gp3".into()),
+            iops: Some(3000),
+            throughput: Some(125),
+            encrypted: Some(true),
+            delete_on_termination: Some(true),
+            ..Default::default()
         }],
         user_data: "[settings.kubernetes]\ncluster-name = \"moto-cluster\"\n".into(),
         instance_profile: "KarpenterNodeInstanceProfile".into(),
         tags: cluster_tags.clone(),
+        // Every launch setting an EC2NodeClass can carry, as the SDK sends it.
+        metadata: dovetail::aws::cloud::InstanceMetadata {
+            http_put_response_hop_limit: 2,
+            ..Default::default()
+        },
+        detailed_monitoring: true,
+        network_interface: Some(dovetail::aws::cloud::PrimaryInterface {
+            associate_public_ip_address: Some(false),
+            ipv4_prefix_count: None,
+            connection_tracking: Some((Some(3600), None, None)),
+        }),
+        nested_virtualization: None,
     };
     let template = cloud
         .create_launch_template("dovetail-moto-default".into(), data)
@@ -239,6 +255,7 @@ async fn the_cloud_adapter_against_moto() {
     let out = cloud
         .create_fleet(CreateFleetRequest {
             client_token: "dovetail-moto-1".into(),
+            context: None,
             capacity_type: CapacityType::OnDemand,
             overrides: vec![FleetOverride {
                 launch_template_name: "dovetail-moto-default".into(),

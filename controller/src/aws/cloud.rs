@@ -69,6 +69,8 @@ pub struct FleetOverride {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateFleetRequest {
     pub client_token: String,
+    /// The account context to launch in (`spec.context`: Outposts and the like).
+    pub context: Option<String>,
     pub capacity_type: CapacityType,
     pub overrides: Vec<FleetOverride>,
     pub target_capacity: u32,
@@ -154,13 +156,56 @@ pub struct DescribeInstancesOutput {
     pub next_token: Option<String>,
 }
 
-/// A block device of a launch template (only what matters for launches: encryption and its key).
+/// An EBS block device of a launch template; what is unset is EC2's default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BlockDevice {
     pub device_name: String,
-    pub volume_size_gib: u32,
-    pub encrypted: bool,
+    /// GiB, rounded up.
+    pub volume_size_gib: Option<u32>,
+    /// `gp3`, `gp2`, `io1`, `io2`, `st1`, `sc1`, `standard`.
+    pub volume_type: Option<String>,
+    pub iops: Option<i64>,
+    /// MiB/s (gp3).
+    pub throughput: Option<i64>,
+    pub encrypted: Option<bool>,
     pub kms_key_id: Option<String>,
+    pub snapshot_id: Option<String>,
+    pub delete_on_termination: Option<bool>,
+    /// MiB/s at which a volume from a snapshot is initialized.
+    pub volume_initialization_rate: Option<i32>,
+}
+
+/// The instance metadata service as the launch template sets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceMetadata {
+    /// `enabled` / `disabled`.
+    pub http_endpoint: String,
+    pub http_protocol_ipv6: String,
+    pub http_put_response_hop_limit: i64,
+    /// `required` (IMDSv2 only) / `optional`.
+    pub http_tokens: String,
+}
+
+impl Default for InstanceMetadata {
+    /// Karpenter's: IMDSv2 only, one hop (pods cannot borrow the node's role).
+    fn default() -> Self {
+        InstanceMetadata {
+            http_endpoint: "enabled".into(),
+            http_protocol_ipv6: "disabled".into(),
+            http_put_response_hop_limit: 1,
+            http_tokens: "required".into(),
+        }
+    }
+}
+
+/// The primary network interface, when the class configures it (the security groups then go on it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrimaryInterface {
+    pub associate_public_ip_address: Option<bool>,
+    /// /28 IPv4 prefixes assigned at launch (prefix delegation).
+    pub ipv4_prefix_count: Option<i32>,
+    /// Connection tracking timeouts (seconds): TCP established, UDP stream, UDP.
+    pub connection_tracking: Option<(Option<i32>, Option<i32>, Option<i32>)>,
 }
 
 /// CreateLaunchTemplate's content.
@@ -172,6 +217,12 @@ pub struct LaunchTemplateData {
     pub user_data: String,
     pub instance_profile: String,
     pub tags: BTreeMap<String, String>,
+    pub metadata: InstanceMetadata,
+    /// CloudWatch detailed (1-minute) monitoring.
+    pub detailed_monitoring: bool,
+    pub network_interface: Option<PrimaryInterface>,
+    /// CPU option `NestedVirtualization`: `enabled` / `disabled`.
+    pub nested_virtualization: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

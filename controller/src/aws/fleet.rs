@@ -295,6 +295,7 @@ impl AwsProvider {
         }
         let request = CreateFleetRequest {
             client_token: names::token(&mut ctx.rng),
+            context: class.spec.context.clone(),
             capacity_type,
             overrides,
             target_capacity: 1,

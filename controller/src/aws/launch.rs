@@ -4,7 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::cloud::{BlockDevice, CapacityType, FleetError, LaunchTemplateData, Subnet, TagFilter};
+use super::cloud::{
+    BlockDevice, CapacityType, FleetError, InstanceMetadata, LaunchTemplateData, PrimaryInterface,
+    Subnet, TagFilter,
+};
 use crate::crds::EC2NodeClass;
 use crate::crds::ec2nodeclass::SelectorTerm;
 
@@ -106,56 +109,114 @@ pub fn security_group_filters(class: &EC2NodeClass) -> Vec<TagFilter> {
         .collect()
 }
 
-fn gib(size: &str) -> u32 {
+/// GiB, rounded up (Karpenter's conversion of a volume size quantity).
+fn gib(size: &str) -> Option<u32> {
     crate::quantity::parse(size)
-        .map(|m| (m.units() >> 30) as u32)
-        .unwrap_or(20)
+        .ok()
+        .map(|m| (m.units() as u128).div_ceil(1 << 30) as u32)
 }
 
-/// The launch template content for a node class, an image and security groups.
+/// Karpenter's default EBS volume: 20 GiB gp3, encrypted.
+fn default_ebs(device: &str, gib: u32) -> BlockDevice {
+    BlockDevice {
+        device_name: device.to_string(),
+        volume_size_gib: Some(gib),
+        volume_type: Some("gp3".into()),
+        encrypted: Some(true),
+        ..Default::default()
+    }
+}
+
+/// The image family's block devices when the class names none: a 20 GiB root on Amazon Linux; a 4 GiB OS
+/// volume and a 20 GiB data volume on Bottlerocket; a 50 GiB root on Windows.
+fn family_block_devices(family: Option<&str>) -> Vec<BlockDevice> {
+    match family {
+        Some("Bottlerocket") => vec![default_ebs("/dev/xvda", 4), default_ebs("/dev/xvdb", 20)],
+        Some(f) if f.starts_with("Windows") => vec![default_ebs("/dev/sda1", 50)],
+        _ => vec![default_ebs("/dev/xvda", 20)],
+    }
+}
+
+/// The launch template content for a node class, an image and security groups: every launch setting of
+/// the class (block devices, metadata options, monitoring, the primary interface, CPU options).
 pub fn template_data(
     class: &EC2NodeClass,
     image_id: &str,
     security_groups: &[String],
     tags: &BTreeMap<String, String>,
 ) -> LaunchTemplateData {
-    let block_devices = if class.spec.block_device_mappings.is_empty() {
-        vec![BlockDevice {
-            device_name: "/dev/xvda".into(),
-            volume_size_gib: 20,
-            encrypted: true,
-            kms_key_id: None,
-        }]
+    let spec = &class.spec;
+    let block_devices = if spec.block_device_mappings.is_empty() {
+        family_block_devices(spec.family())
     } else {
-        class
-            .spec
-            .block_device_mappings
+        spec.block_device_mappings
             .iter()
             .map(|m| {
                 let ebs = m.ebs.clone().unwrap_or_default();
                 BlockDevice {
                     device_name: m.device_name.clone().unwrap_or_else(|| "/dev/xvda".into()),
-                    volume_size_gib: ebs.volume_size.as_deref().map_or(20, gib),
-                    encrypted: ebs.encrypted.unwrap_or(false),
+                    volume_size_gib: ebs.volume_size.as_deref().and_then(gib),
+                    volume_type: ebs.volume_type.clone(),
+                    iops: ebs.iops,
+                    throughput: ebs.throughput,
+                    encrypted: ebs.encrypted,
                     kms_key_id: ebs.kms_key_id.clone(),
+                    snapshot_id: ebs.snapshot_id.clone(),
+                    delete_on_termination: ebs.delete_on_termination,
+                    volume_initialization_rate: ebs.volume_initialization_rate,
                 }
             })
             .collect()
     };
     let mut sgs: Vec<String> = security_groups.to_vec();
     sgs.sort();
+    let defaults = InstanceMetadata::default();
+    let metadata = spec
+        .metadata_options
+        .as_ref()
+        .map_or(defaults.clone(), |m| InstanceMetadata {
+            http_endpoint: m.http_endpoint.clone().unwrap_or(defaults.http_endpoint),
+            http_protocol_ipv6: m
+                .http_protocol_ipv6
+                .clone()
+                .unwrap_or(defaults.http_protocol_ipv6),
+            http_put_response_hop_limit: m
+                .http_put_response_hop_limit
+                .unwrap_or(defaults.http_put_response_hop_limit),
+            http_tokens: m.http_tokens.clone().unwrap_or(defaults.http_tokens),
+        });
+    let network_interface = (spec.associate_public_ip_address.is_some()
+        || spec.ip_prefix_count.is_some()
+        || spec.connection_tracking.is_some())
+    .then(|| PrimaryInterface {
+        associate_public_ip_address: spec.associate_public_ip_address,
+        ipv4_prefix_count: spec.ip_prefix_count,
+        connection_tracking: spec.connection_tracking.as_ref().map(|c| {
+            (
+                c.tcp_established_timeout,
+                c.udp_stream_timeout,
+                c.udp_timeout,
+            )
+        }),
+    });
     LaunchTemplateData {
         image_id: image_id.to_string(),
         security_group_ids: sgs,
         block_devices,
         user_data: user_data(class),
-        instance_profile: class
-            .spec
+        instance_profile: spec
             .instance_profile
             .clone()
-            .or_else(|| class.spec.role.clone())
+            .or_else(|| spec.role.clone())
             .unwrap_or_default(),
         tags: tags.clone(),
+        metadata,
+        detailed_monitoring: spec.detailed_monitoring == Some(true),
+        network_interface,
+        nested_virtualization: spec
+            .cpu_options
+            .as_ref()
+            .and_then(|c| c.nested_virtualization.clone()),
     }
 }
 
@@ -245,6 +306,88 @@ mod tests {
         bottlerocket.spec.ami_selector_terms[0].alias = Some("bottlerocket@latest".into());
         assert_eq!(bottlerocket.spec.family(), Some("Bottlerocket"));
         assert_eq!(user_data(&bottlerocket), "");
+    }
+
+    #[test]
+    fn every_launch_setting_of_the_class_reaches_the_template() {
+        let plain = template_data(&class(""), "ami-1", &["sg-1".into()], &BTreeMap::new());
+        assert_eq!(plain.metadata, InstanceMetadata::default());
+        assert!(!plain.detailed_monitoring && plain.network_interface.is_none());
+        assert_eq!(
+            plain.block_devices,
+            [BlockDevice {
+                device_name: "/dev/xvda".into(),
+                volume_size_gib: Some(20),
+                volume_type: Some("gp3".into()),
+                encrypted: Some(true),
+                ..Default::default()
+            }]
+        );
+        let set = class(concat!(
+            "  metadataOptions: {httpTokens: optional, httpPutResponseHopLimit: 2}\n",
+            "  detailedMonitoring: true\n",
+            "  associatePublicIPAddress: false\n",
+            "  ipPrefixCount: 2\n",
+            "  connectionTracking: {tcpEstablishedTimeout: 3600}\n",
+            "  cpuOptions: {nestedVirtualization: enabled}\n",
+            "  blockDeviceMappings:\n",
+            "    - {deviceName: /dev/xvda, rootVolume: true, ebs: {volumeSize: 100G, volumeType: io2, iops: 4000, deleteOnTermination: false, snapshotID: snap-1}}\n",
+        ));
+        let data = template_data(&set, "ami-1", &["sg-1".into()], &BTreeMap::new());
+        assert_eq!(
+            (
+                data.metadata.http_tokens.as_str(),
+                data.metadata.http_put_response_hop_limit,
+                data.metadata.http_endpoint.as_str()
+            ),
+            ("optional", 2, "enabled")
+        );
+        assert!(data.detailed_monitoring);
+        assert_eq!(
+            data.network_interface,
+            Some(PrimaryInterface {
+                associate_public_ip_address: Some(false),
+                ipv4_prefix_count: Some(2),
+                connection_tracking: Some((Some(3600), None, None)),
+            })
+        );
+        assert_eq!(data.nested_virtualization.as_deref(), Some("enabled"));
+        let d = &data.block_devices[0];
+        // 100 G (decimal) is 93.1 GiB: rounded up, as Karpenter does.
+        assert_eq!(
+            (
+                d.volume_size_gib,
+                d.volume_type.as_deref(),
+                d.iops,
+                d.delete_on_termination,
+                d.snapshot_id.as_deref(),
+                d.encrypted
+            ),
+            (
+                Some(94),
+                Some("io2"),
+                Some(4000),
+                Some(false),
+                Some("snap-1"),
+                None
+            )
+        );
+        // Bottlerocket's own default devices: a small OS volume and a data volume.
+        let mut br = class("");
+        br.spec.ami_selector_terms[0].alias = Some("bottlerocket@latest".into());
+        let devices: Vec<(String, Option<u32>)> =
+            template_data(&br, "ami-1", &[], &BTreeMap::new())
+                .block_devices
+                .into_iter()
+                .map(|d| (d.device_name, d.volume_size_gib))
+                .collect();
+        assert_eq!(
+            devices,
+            [
+                ("/dev/xvda".to_string(), Some(4)),
+                ("/dev/xvdb".to_string(), Some(20))
+            ]
+        );
     }
 
     #[test]

@@ -43,42 +43,18 @@ pub fn ec2nodeclass(spec: &EC2NodeClassSpec) -> Vec<&'static str> {
         ];
         out.extend(set.iter().filter(|(_, on)| *on).map(|(f, _)| *f));
     }
-    let defaults = super::ec2nodeclass::MetadataOptions {
-        http_endpoint: Some("enabled".into()),
-        http_protocol_ipv6: Some("disabled".into()),
-        http_put_response_hop_limit: Some(1),
-        http_tokens: Some("required".into()),
-    };
+    // Launch template settings (metadata options, monitoring, the primary interface, CPU options, block
+    // devices), `context` and `ssmParameter` are all acted on; what is left needs what Dovetail lacks yet:
+    // other families' bootstrap formats, instance-store RAID, EFA interfaces, placement groups, reservations.
     let set = [
         (
             "spec.amiFamily",
             spec.ami_family.is_some() && spec.ami_family.as_deref() != Some("AL2023"),
         ),
         (
-            "spec.metadataOptions",
-            spec.metadata_options
-                .as_ref()
-                .is_some_and(|m| *m != defaults),
-        ),
-        (
-            "spec.detailedMonitoring",
-            spec.detailed_monitoring == Some(true),
-        ),
-        (
-            "spec.associatePublicIPAddress",
-            spec.associate_public_ip_address.is_some(),
-        ),
-        (
             "spec.instanceStorePolicy",
             spec.instance_store_policy.is_some(),
         ),
-        ("spec.context", spec.context.is_some()),
-        ("spec.ipPrefixCount", spec.ip_prefix_count.is_some()),
-        (
-            "spec.connectionTracking",
-            spec.connection_tracking.is_some(),
-        ),
-        ("spec.cpuOptions", spec.cpu_options.is_some()),
         (
             "spec.networkInterfaces",
             !spec.network_interfaces.is_empty(),
@@ -90,12 +66,6 @@ pub fn ec2nodeclass(spec: &EC2NodeClassSpec) -> Vec<&'static str> {
         (
             "spec.capacityReservationSelectorTerms",
             !spec.capacity_reservation_selector_terms.is_empty(),
-        ),
-        (
-            "spec.amiSelectorTerms[].ssmParameter",
-            spec.ami_selector_terms
-                .iter()
-                .any(|t| t.ssm_parameter.is_some()),
         ),
     ];
     out.extend(set.iter().filter(|(_, on)| *on).map(|(f, _)| *f));
@@ -122,6 +92,8 @@ mod tests {
         );
         assert!(ec2nodeclass(&class.spec).is_empty());
         class.spec.ip_prefix_count = Some(1);
+        class.spec.detailed_monitoring = Some(true);
+        class.spec.instance_store_policy = Some("RAID0".into());
         class.spec.kubelet = Some(super::super::ec2nodeclass::KubeletConfiguration {
             eviction_max_pod_grace_period: Some(60),
             ..Default::default()
@@ -129,12 +101,12 @@ mod tests {
         // AL2023 nodes get the kubelet settings (NodeConfig user data).
         assert_eq!(
             sentence(&ec2nodeclass(&class.spec)),
-            "not acted on by Dovetail: spec.ipPrefixCount"
+            "not acted on by Dovetail: spec.instanceStorePolicy"
         );
         class.spec.ami_selector_terms[0].alias = Some("bottlerocket@latest".into());
         assert_eq!(
             sentence(&ec2nodeclass(&class.spec)),
-            "not acted on by Dovetail: spec.kubelet.evictionMaxPodGracePeriod, spec.ipPrefixCount"
+            "not acted on by Dovetail: spec.kubelet.evictionMaxPodGracePeriod, spec.instanceStorePolicy"
         );
     }
 }

@@ -270,6 +270,7 @@ impl Baseline {
         }
         let request = CreateFleetRequest {
             client_token: format!("ca-{}-{}", group.name, now.as_millis()),
+            context: None,
             capacity_type: CapacityType::OnDemand,
             overrides: vec![FleetOverride {
                 launch_template_name: self.template.clone(),
