@@ -20,6 +20,30 @@ fn scenario(
     pod_extra: &str,
     types: &str,
 ) -> Scenario {
+    scenario_on(
+        "al2023@latest",
+        "1.33",
+        kubelet,
+        replicas,
+        cpu_m,
+        memory_mi,
+        pod_extra,
+        types,
+    )
+}
+
+/// `scenario` on another image family (`alias`) and Kubernetes version.
+#[allow(clippy::too_many_arguments)]
+fn scenario_on(
+    alias: &str,
+    version: &str,
+    kubelet: &str,
+    replicas: u64,
+    cpu_m: u64,
+    memory_mi: u64,
+    pod_extra: &str,
+    types: &str,
+) -> Scenario {
     let kubelet = if kubelet.is_empty() {
         String::new()
     } else {
@@ -31,12 +55,14 @@ seed: 1
 duration: 10m
 cloud:
   zones: [us-east-1a]
+cluster:
+  kubernetes_version: "{version}"
 manifests:
   - apiVersion: karpenter.k8s.aws/v1
     kind: EC2NodeClass
     metadata: {{name: default}}
     spec:
-      amiSelectorTerms: [{{alias: al2023@latest}}]
+      amiSelectorTerms: [{{alias: {alias}}}]
       role: KarpenterNodeRole-sim
       subnetSelectorTerms: [{{tags: {{karpenter.sh/discovery: sim}}}}]
       securityGroupSelectorTerms: [{{tags: {{karpenter.sh/discovery: sim}}}}]
@@ -189,6 +215,50 @@ fn eviction_hard_memory_is_held_back_from_allocatable() {
         "m5.large",
     ));
     let want = expected_nodes(&m5_large(ENI_PODS, None, 0, evict), 30, 10, 1024);
+    assert_eq!(want, 6);
+    assert_eq!((r.nodes, r.pending), (want, 0), "{}", r.trace);
+}
+
+#[test]
+fn bottlerocket_reserves_memory_by_its_max_pods_and_its_kubelet_agrees() {
+    // Bottlerocket keeps 11 MiB per pod it may run (here 10) + 255 MiB; Amazon Linux would keep it per
+    // ENI-addressable pod (29): 365 vs 574 MiB. 1000 MiB pods: 7 per node instead of 6.
+    let capacity = MEMORY_MIB - (MEMORY_MIB * 75).div_ceil(1000);
+    let per_node = |reserved: u64| (capacity - reserved - 100) / 1000;
+    assert_eq!(
+        (per_node(11 * 10 + 255), per_node(11 * ENI_PODS + 255)),
+        (7, 6)
+    );
+    let r = run(&scenario_on(
+        "bottlerocket@latest",
+        "1.33",
+        "{maxPods: 10}",
+        21,
+        10,
+        1000,
+        "",
+        "m5.large",
+    ));
+    // The simulated kubelet read the TOML user data itself: had it reserved like Amazon Linux, three
+    // pods would not fit where the controller put them.
+    assert_eq!((r.nodes, r.pending), (3, 0), "{}", r.trace);
+    let al = run(&scenario("{maxPods: 10}", 21, 10, 1000, "", "m5.large"));
+    assert_eq!((al.nodes, al.pending), (4, 0), "{}", al.trace);
+}
+
+#[test]
+fn al2_nodes_take_their_kubelet_settings_from_the_bootstrap_flags() {
+    let r = run(&scenario_on(
+        "al2@latest",
+        "1.32",
+        "{maxPods: 10, systemReserved: {cpu: 500m}}",
+        12,
+        500,
+        64,
+        "",
+        "m5.large",
+    ));
+    let want = expected_nodes(&m5_large(10, None, 500, 100), 12, 500, 64);
     assert_eq!(want, 6);
     assert_eq!((r.nodes, r.pending), (want, 0), "{}", r.trace);
 }

@@ -17,6 +17,11 @@ use crate::kube::{Kind, Kube, KubeError, ObjectKey};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub cluster_name: String,
+    /// The API server endpoint nodes join, its CA bundle (base64 PEM) and the service CIDR: written into
+    /// node user data (unknown ones are left out).
+    pub cluster_endpoint: Option<String>,
+    pub cluster_ca_bundle: Option<String>,
+    pub cluster_cidr: Option<String>,
     /// Close a provisioning batch after this long without a new pending pod (Karpenter: 1 s).
     pub batch_idle: Duration,
     /// ... or this long after it opened (Karpenter: 10 s).
@@ -51,6 +56,9 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             cluster_name: "dovetail".to_string(),
+            cluster_endpoint: None,
+            cluster_ca_bundle: None,
+            cluster_cidr: None,
             batch_idle: Duration::from_secs(1),
             batch_max: Duration::from_secs(10),
             lifecycle_interval: Duration::from_secs(1),

@@ -1,6 +1,7 @@
 //! What the kubelet of an instance reports as capacity and allocatable: from its type (the catalog) and its
-//! user data, read as nodeadm reads an AL2023 node's `NodeConfig` (`maxPods`, `podsPerCore`, `kubeReserved`,
-//! `systemReserved`, `evictionHard`).
+//! user data, read as each image family reads it — nodeadm an AL2023 node's `NodeConfig`, AL2's
+//! `bootstrap.sh` its `--kubelet-extra-args`, Bottlerocket its TOML `settings.kubernetes` — for `maxPods`,
+//! `podsPerCore` (not on Bottlerocket), `kubeReserved`, `systemReserved`, `evictionHard`.
 //!
 //! Written from the node's point of view and independently of the controller's estimate, so that a
 //! difference between the two shows up in simulation as it would in a real cluster. Where the kubelet and
@@ -16,36 +17,124 @@ use crate::catalog::CatalogEntry;
 const MIB: u64 = 1024 * 1024;
 const ROOT_VOLUME: u64 = 20 * 1024 * MIB;
 
-/// The kubelet configuration in user data: the `NodeConfig` parts of a MIME multi-part document (or the
-/// document itself when it is a NodeConfig), later parts overriding earlier ones key by key.
-fn kubelet_config(user_data: &str) -> serde_json::Map<String, Value> {
-    let mut docs: Vec<&str> = Vec::new();
+/// How a node's OS reads its kubelet settings (and sizes its defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Os {
+    /// AL2023 (nodeadm) and AL2 (bootstrap.sh): kube-reserved memory from the ENI-limited pod count.
+    AmazonLinux,
+    /// Bottlerocket: kube-reserved memory from max pods; no pods-per-core.
+    Bottlerocket,
+}
+
+/// The kubelet configuration in user data, as camelCase keys (`maxPods`, `kubeReserved`, ...), and how the
+/// node reads it.
+fn kubelet_config(user_data: &str) -> (Os, serde_json::Map<String, Value>) {
+    if user_data.contains("[settings.kubernetes") {
+        return (Os::Bottlerocket, bottlerocket_config(user_data));
+    }
+    let mut config = serde_json::Map::new();
+    let mut parts: Vec<(String, &str)> = Vec::new();
     if let Some(boundary) = user_data
         .lines()
         .find_map(|l| l.split("boundary=").nth(1))
         .map(|b| b.trim_matches('"').to_string())
     {
         for part in user_data.split(&format!("--{boundary}")) {
-            let Some((headers, body)) = part.split_once("\n\n") else {
-                continue;
-            };
-            if headers.contains("application/node.eks.aws") {
-                docs.push(body);
+            if let Some((headers, body)) = part.split_once("\n\n") {
+                parts.push((headers.to_string(), body));
             }
         }
-    } else if user_data.contains("kind: NodeConfig") {
-        docs.push(user_data);
+    } else {
+        parts.push((String::new(), user_data));
     }
-    let mut config = serde_json::Map::new();
-    for doc in docs {
-        let parsed: Value = serde_saphyr::from_str(doc).unwrap_or(Value::Null);
-        if let Some(c) = parsed
-            .pointer("/spec/kubelet/config")
-            .and_then(Value::as_object)
-        {
-            for (k, v) in c {
-                config.insert(k.clone(), v.clone());
+    for (headers, body) in parts {
+        if headers.contains("application/node.eks.aws") || body.contains("kind: NodeConfig") {
+            let parsed: Value = serde_saphyr::from_str(body).unwrap_or(Value::Null);
+            if let Some(c) = parsed
+                .pointer("/spec/kubelet/config")
+                .and_then(Value::as_object)
+            {
+                for (k, v) in c {
+                    config.insert(k.clone(), v.clone());
+                }
             }
+        } else if body.contains("/etc/eks/bootstrap.sh") {
+            for (k, v) in bootstrap_flags(body) {
+                config.insert(k, v);
+            }
+        }
+    }
+    (Os::AmazonLinux, config)
+}
+
+/// The kubelet flags in a `bootstrap.sh ... --kubelet-extra-args '...'` line, as config keys.
+fn bootstrap_flags(script: &str) -> Vec<(String, Value)> {
+    let Some(args) = script
+        .split("--kubelet-extra-args '")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+    else {
+        return Vec::new();
+    };
+    let map = |v: &str, sep: char| -> Value {
+        let m: serde_json::Map<String, Value> = v
+            .trim_matches('"')
+            .split(',')
+            .filter_map(|kv| kv.split_once(sep))
+            .map(|(k, v)| (k.to_string(), Value::from(v)))
+            .collect();
+        Value::Object(m)
+    };
+    let mut out = Vec::new();
+    for flag in args.split_whitespace() {
+        let Some((name, v)) = flag.trim_start_matches("--").split_once('=') else {
+            continue;
+        };
+        match name {
+            "max-pods" => out.push((
+                "maxPods".into(),
+                v.parse::<u64>().map_or(Value::Null, Value::from),
+            )),
+            "pods-per-core" => out.push((
+                "podsPerCore".into(),
+                v.parse::<u64>().map_or(Value::Null, Value::from),
+            )),
+            "kube-reserved" => out.push(("kubeReserved".into(), map(v, '='))),
+            "system-reserved" => out.push(("systemReserved".into(), map(v, '='))),
+            "eviction-hard" => out.push(("evictionHard".into(), map(v, '<'))),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Bottlerocket's `settings.kubernetes` table, as config keys.
+fn bottlerocket_config(user_data: &str) -> serde_json::Map<String, Value> {
+    let mut config = serde_json::Map::new();
+    let Ok(doc) = user_data.parse::<toml_edit::DocumentMut>() else {
+        return config;
+    };
+    let Some(k8s) = doc
+        .get("settings")
+        .and_then(|s| s.get("kubernetes"))
+        .and_then(|k| k.as_table_like())
+    else {
+        return config;
+    };
+    if let Some(n) = k8s.get("max-pods").and_then(|v| v.as_integer()) {
+        config.insert("maxPods".into(), Value::from(n));
+    }
+    for (key, name) in [
+        ("kube-reserved", "kubeReserved"),
+        ("system-reserved", "systemReserved"),
+        ("eviction-hard", "evictionHard"),
+    ] {
+        if let Some(t) = k8s.get(key).and_then(|v| v.as_table_like()) {
+            let m: serde_json::Map<String, Value> = t
+                .iter()
+                .filter_map(|(k, v)| Some((k.to_string(), Value::from(v.as_str()?))))
+                .collect();
+            config.insert(name.into(), Value::Object(m));
         }
     }
     config
@@ -106,7 +195,7 @@ pub fn resources(
     e: &CatalogEntry,
     user_data: &str,
 ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
-    let config = kubelet_config(user_data);
+    let (os, config) = kubelet_config(user_data);
     let int = |k: &str| config.get(k).and_then(Value::as_u64);
     let map = |k: &str| -> BTreeMap<String, String> {
         config
@@ -127,7 +216,7 @@ pub fn resources(
     // nodeadm's default max pods: what the VPC CNI can address.
     let eni_pods = u64::from(e.max_enis) * u64::from(e.ipv4_per_eni.saturating_sub(1)) + 2;
     let mut max_pods = int("maxPods").unwrap_or(eni_pods);
-    if let Some(per_core) = int("podsPerCore").filter(|p| *p > 0) {
+    if let Some(per_core) = int("podsPerCore").filter(|p| *p > 0 && os == Os::AmazonLinux) {
         max_pods = max_pods.min(per_core * u64::from(e.vcpu));
     }
     let usable_mib = if e.arch == "arm64" {
@@ -157,7 +246,12 @@ pub fn resources(
             + system.get(name).and_then(|v| read(v)).unwrap_or(0)
     };
     let cpu_reserved = reserve("cpu", reserved_cpu_m / 100, millicores);
-    let memory_reserved = reserve("memory", (255 + 11 * eni_pods) * MIB, bytes);
+    // Amazon Linux reserves by the pods the ENIs can address; Bottlerocket by the pods it will run.
+    let reserved_for = match os {
+        Os::AmazonLinux => eni_pods,
+        Os::Bottlerocket => max_pods,
+    };
+    let memory_reserved = reserve("memory", (255 + 11 * reserved_for) * MIB, bytes);
     let storage_reserved = reserve("ephemeral-storage", 1024 * MIB, bytes);
     // Hard eviction: the kubelet's defaults, or exactly the signals the config gives (a signal left out of
     // a given map is not enforced).
@@ -263,5 +357,32 @@ mod tests {
         let expected = memory - (255 + 11 * 29) * MIB - (memory as f64 * 0.1).ceil() as u64;
         assert_eq!(a["memory"], format!("{}Ki", expected / 1024));
         assert_eq!(a["ephemeral-storage"], format!("{}Ki", 19 * 1024 * 1024));
+    }
+
+    #[test]
+    fn al2_and_bottlerocket_nodes_read_their_own_formats() {
+        let c = Catalog::builtin();
+        let m5 = &c.types["m5.large"];
+        let al2 = "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"//\"\n\n--//\nContent-Type: text/x-shellscript; charset=\"us-ascii\"\n\n#!/bin/bash -xe\n/etc/eks/bootstrap.sh 'prod' --apiserver-endpoint 'https://x' \\\n--use-max-pods false \\\n--kubelet-extra-args '--max-pods=20 --system-reserved=cpu=100m,memory=100Mi --eviction-hard=\"memory.available<5%\"'\n--//--\n";
+        let (_, a) = resources(m5, al2);
+        assert_eq!(a["pods"], "20");
+        assert_eq!(a["cpu"], "1830m");
+        let memory = 7577u64 * MIB;
+        let expected =
+            memory - (255 + 11 * 29) * MIB - 100 * MIB - (memory as f64 * 0.05).ceil() as u64;
+        assert_eq!(a["memory"], format!("{}Ki", expected / 1024));
+
+        let toml = "[settings.kubernetes]\ncluster-name = 'prod'\nmax-pods = 20\n[settings.kubernetes.kube-reserved]\ncpu = '200m'\n";
+        let (_, a) = resources(m5, toml);
+        assert_eq!(a["pods"], "20");
+        assert_eq!(a["cpu"], "1800m");
+        // Bottlerocket keeps memory by the pods it runs: 11 MiB x 20 + 255.
+        assert_eq!(
+            a["memory"],
+            format!("{}Ki", (7577 - (255 + 11 * 20) - 100) * 1024)
+        );
+        // Max pods beyond the ENI limit are taken as given.
+        let (_, a) = resources(m5, "[settings.kubernetes]\nmax-pods = 110\n");
+        assert_eq!(a["pods"], "110");
     }
 }

@@ -22,9 +22,20 @@ pub struct Config {
     #[arg(long, env = "CLUSTER_NAME")]
     pub cluster_name: String,
 
-    /// The API server endpoint nodes join (Karpenter: CLUSTER_ENDPOINT); read from EKS when empty.
+    /// The API server endpoint nodes join (Karpenter: CLUSTER_ENDPOINT); left out of node user data when
+    /// empty (Karpenter would ask EKS; Dovetail does not yet).
     #[arg(long, env = "CLUSTER_ENDPOINT", default_value = "")]
     pub cluster_endpoint: String,
+
+    /// The cluster CA bundle nodes trust, base64 PEM; when empty, the service account's `ca.crt` (which on
+    /// EKS is the cluster CA).
+    #[arg(long, env = "CLUSTER_CA_BUNDLE", default_value = "")]
+    pub cluster_ca_bundle: String,
+
+    /// The cluster's service CIDR for AL2023 nodes' `NodeConfig` (Karpenter reads it from EKS); left out
+    /// when empty.
+    #[arg(long, env = "CLUSTER_CIDR", default_value = "")]
+    pub cluster_cidr: String,
 
     /// The SQS queue EventBridge sends interruption events to: its name or URL (Karpenter:
     /// INTERRUPTION_QUEUE). Empty turns interruption handling off.
@@ -140,10 +151,19 @@ impl Config {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), self.health_probe_port)
     }
 
-    /// The controller's settings; `queue_url` is the interruption queue resolved to its URL.
-    pub fn settings(&self, queue_url: Option<String>) -> dovetail::Settings {
+    /// The controller's settings; `queue_url` is the interruption queue resolved to its URL, `ca_bundle`
+    /// the cluster CA found when `CLUSTER_CA_BUNDLE` is empty.
+    pub fn settings(
+        &self,
+        queue_url: Option<String>,
+        ca_bundle: Option<String>,
+    ) -> dovetail::Settings {
+        let given = |s: &str| (!s.is_empty()).then(|| s.to_string());
         dovetail::Settings {
             cluster_name: self.cluster_name.clone(),
+            cluster_endpoint: given(&self.cluster_endpoint),
+            cluster_ca_bundle: given(&self.cluster_ca_bundle).or(ca_bundle),
+            cluster_cidr: given(&self.cluster_cidr),
             batch_idle: self.batch_idle_duration,
             batch_max: self.batch_max_duration,
             interruption_queue: queue_url,
@@ -178,8 +198,13 @@ mod tests {
         assert_eq!(c.batch_max_duration, Duration::from_secs(10));
         assert_eq!((c.metrics_port, c.health_probe_port), (8080, 8081));
         assert_eq!(c.log_format, LogFormat::Json);
-        let s = c.settings(None);
+        let s = c.settings(None, None);
         assert_eq!(s.cluster_name, "prod");
+        // Unknown cluster facts stay out of node user data rather than going in empty.
+        assert_eq!(
+            (s.cluster_endpoint, s.cluster_ca_bundle, s.cluster_cidr),
+            (None, None, None)
+        );
         assert!(s.spot_to_spot);
         let le = s.leader_election.expect("leader election is on by default");
         assert_eq!(
@@ -200,9 +225,23 @@ mod tests {
             "--disable-leader-election",
             "--consolidation-balance",
             "0",
+            "--cluster-endpoint",
+            "https://ABC.eks.amazonaws.com",
+            "--cluster-cidr",
+            "10.100.0.0/16",
         ])
         .unwrap();
-        let s = c.settings(Some("https://sqs/q".into()));
+        let s = c.settings(Some("https://sqs/q".into()), Some("Q0E=".into()));
+        assert_eq!(
+            s.cluster_endpoint.as_deref(),
+            Some("https://ABC.eks.amazonaws.com")
+        );
+        assert_eq!(
+            s.cluster_ca_bundle.as_deref(),
+            Some("Q0E="),
+            "the service account's CA"
+        );
+        assert_eq!(s.cluster_cidr.as_deref(), Some("10.100.0.0/16"));
         assert_eq!(s.batch_max, Duration::from_secs(30));
         assert!(!s.spot_to_spot && s.leader_election.is_none());
         assert_eq!(s.consolidation_balance, None);

@@ -115,11 +115,19 @@ pub async fn control(
     }
 }
 
+use base64::Engine as _;
+
+const SERVICE_ACCOUNT_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+
 /// The binary: adapters from the environment, servers, the controller; returns after SIGTERM.
 pub async fn main(config: Config) -> Result<(), OperatorError> {
     let metrics = Arc::new(Metrics::default());
     let (kube, cloud, queue_url) = adapters(&config, metrics.clone()).await?;
-    let settings = config.settings(queue_url);
+    // On EKS the service account's CA is the cluster's: what nodes must trust.
+    let ca_bundle = std::fs::read(SERVICE_ACCOUNT_CA)
+        .ok()
+        .map(|pem| base64::engine::general_purpose::STANDARD.encode(pem));
+    let settings = config.settings(queue_url, ca_bundle);
     tracing::info!(
         cluster = %config.cluster_name,
         leader_election = settings.leader_election.is_some(),

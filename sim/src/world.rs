@@ -89,6 +89,9 @@ fn machines(cloud: &FakeCloud) -> Vec<Machine> {
     })
 }
 
+/// The simulated cluster's API server endpoint, as nodes' user data carries it.
+pub const SIM_ENDPOINT: &str = "https://sim.gr7.us-east-1.eks.amazonaws.com";
+
 /// The simulated API server's store with Dovetail's CRDs installed, as `kubectl apply -f deploy/crds` does
 /// in a real cluster: NodePools, NodeClaims and EC2NodeClasses are defaulted and validated by their schemas.
 pub fn api_server_store(seed: u64) -> Store {
@@ -261,6 +264,9 @@ async fn controller_host(p: ControllerParts) -> turmoil::Result {
             rng: ChaCha8Rng::seed_from_u64(controller_seed.wrapping_add(generation)),
             settings: dovetail::Settings {
                 cluster_name: "sim".into(),
+                // What nodes of the simulated EKS cluster are told (user data).
+                cluster_endpoint: Some(SIM_ENDPOINT.into()),
+                cluster_cidr: Some("10.100.0.0/16".into()),
                 interruption_queue: Some(cloud.config().queue_url.clone()),
                 leader_election: identity
                     .as_deref()

@@ -170,7 +170,13 @@ impl AwsProvider {
         let (key, value) = cluster_tag(ctx);
         tags.insert(key, value);
         tags.insert(labels::NODECLASS.to_string(), class_name.clone());
-        let data = launch::template_data(class, &image.id, &groups, &tags);
+        let data = launch::template_data(
+            class,
+            &super::userdata::Cluster::of(&ctx.settings),
+            &image.id,
+            &groups,
+            &tags,
+        );
         let name = launch::template_name(&ctx.settings.cluster_name, &class_name, &data);
         if self.known_templates.0.contains(&name) {
             return Ok(name);

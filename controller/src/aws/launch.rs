@@ -141,6 +141,7 @@ fn family_block_devices(family: Option<&str>) -> Vec<BlockDevice> {
 /// the class (block devices, metadata options, monitoring, the primary interface, CPU options).
 pub fn template_data(
     class: &EC2NodeClass,
+    cluster: &super::userdata::Cluster,
     image_id: &str,
     security_groups: &[String],
     tags: &BTreeMap<String, String>,
@@ -203,7 +204,7 @@ pub fn template_data(
         image_id: image_id.to_string(),
         security_group_ids: sgs,
         block_devices,
-        user_data: user_data(class),
+        user_data: super::userdata::user_data(class, cluster),
         instance_profile: spec
             .instance_profile
             .clone()
@@ -218,42 +219,6 @@ pub fn template_data(
             .as_ref()
             .and_then(|c| c.nested_virtualization.clone()),
     }
-}
-
-/// The boundary of the MIME multi-part user data (as Karpenter writes it for AL2023).
-const BOUNDARY: &str = "//";
-
-/// User data for the node: the class's `userData` as written, and, when the class sets kubelet settings
-/// for an AL2023 image, a nodeadm `NodeConfig` part before it carrying them to the kubelet.
-pub fn user_data(class: &EC2NodeClass) -> String {
-    let own = class.spec.user_data.clone().unwrap_or_default();
-    let Some(kubelet) = class
-        .spec
-        .kubelet
-        .as_ref()
-        .filter(|_| class.spec.family() == Some("AL2023"))
-    else {
-        return own;
-    };
-    let config = serde_json::json!({
-        "apiVersion": "node.eks.aws/v1alpha1",
-        "kind": "NodeConfig",
-        "spec": {"kubelet": {"config": kubelet}},
-    });
-    let config = serde_saphyr::to_string(&config).unwrap_or_default();
-    let mut out = format!(
-        "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"{BOUNDARY}\"\n\n--{BOUNDARY}\nContent-Type: application/node.eks.aws\n\n{config}"
-    );
-    if !own.trim().is_empty() {
-        let kind = if own.trim_start().starts_with("apiVersion: node.eks.aws") {
-            "application/node.eks.aws"
-        } else {
-            "text/x-shellscript; charset=\"us-ascii\""
-        };
-        out.push_str(&format!("\n--{BOUNDARY}\nContent-Type: {kind}\n\n{own}"));
-    }
-    out.push_str(&format!("\n--{BOUNDARY}--\n"));
-    out
 }
 
 /// A launch template name derived from its content, so equal content reuses one template instead of
@@ -285,32 +250,14 @@ mod tests {
     }
 
     #[test]
-    fn kubelet_settings_reach_al2023_nodes_as_a_node_config_part() {
-        assert_eq!(user_data(&class("  userData: echo hi\n")), "echo hi");
-        let data = user_data(&class(
-            "  userData: echo hi\n  kubelet: {maxPods: 42, clusterDNS: [10.0.0.10]}\n",
-        ));
-        assert!(data.starts_with("MIME-Version: 1.0\n"), "{data}");
-        assert!(data.contains("Content-Type: application/node.eks.aws\n\napiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\n"), "{data}");
-        assert!(data.contains("maxPods: 42"), "{data}");
-        assert!(data.contains("clusterDNS:"), "{data}");
-        assert!(
-            data.contains(
-                "Content-Type: text/x-shellscript; charset=\"us-ascii\"\n\necho hi\n--//--\n"
-            ),
-            "{data}"
-        );
-        // Other families do not read a NodeConfig; the settings are reported as not acted on instead.
-        let mut bottlerocket = class("  kubelet: {maxPods: 42}\n");
-        assert_eq!(bottlerocket.spec.family(), Some("AL2023"));
-        bottlerocket.spec.ami_selector_terms[0].alias = Some("bottlerocket@latest".into());
-        assert_eq!(bottlerocket.spec.family(), Some("Bottlerocket"));
-        assert_eq!(user_data(&bottlerocket), "");
-    }
-
-    #[test]
     fn every_launch_setting_of_the_class_reaches_the_template() {
-        let plain = template_data(&class(""), "ami-1", &["sg-1".into()], &BTreeMap::new());
+        let plain = template_data(
+            &class(""),
+            &Default::default(),
+            "ami-1",
+            &["sg-1".into()],
+            &BTreeMap::new(),
+        );
         assert_eq!(plain.metadata, InstanceMetadata::default());
         assert!(!plain.detailed_monitoring && plain.network_interface.is_none());
         assert_eq!(
@@ -333,7 +280,13 @@ mod tests {
             "  blockDeviceMappings:\n",
             "    - {deviceName: /dev/xvda, rootVolume: true, ebs: {volumeSize: 100G, volumeType: io2, iops: 4000, deleteOnTermination: false, snapshotID: snap-1}}\n",
         ));
-        let data = template_data(&set, "ami-1", &["sg-1".into()], &BTreeMap::new());
+        let data = template_data(
+            &set,
+            &Default::default(),
+            "ami-1",
+            &["sg-1".into()],
+            &BTreeMap::new(),
+        );
         assert_eq!(
             (
                 data.metadata.http_tokens.as_str(),
@@ -376,7 +329,7 @@ mod tests {
         let mut br = class("");
         br.spec.ami_selector_terms[0].alias = Some("bottlerocket@latest".into());
         let devices: Vec<(String, Option<u32>)> =
-            template_data(&br, "ami-1", &[], &BTreeMap::new())
+            template_data(&br, &Default::default(), "ami-1", &[], &BTreeMap::new())
                 .block_devices
                 .into_iter()
                 .map(|d| (d.device_name, d.volume_size_gib))

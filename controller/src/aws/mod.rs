@@ -15,6 +15,7 @@ pub mod instancetype;
 pub mod interruption;
 pub mod launch;
 pub mod nodeclass;
+pub mod userdata;
 pub mod validation;
 pub mod vpclimits;
 

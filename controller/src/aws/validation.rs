@@ -53,6 +53,15 @@ pub fn validate(class: &EC2NodeClass) -> Result<(), String> {
             "spec.amiFamily: required when no amiSelectorTerms alias names the image family".into(),
         );
     }
+    if spec.family() == Some("Bottlerocket")
+        && let Some(own) = &spec.user_data
+        && let Err(e) = own.parse::<toml_edit::DocumentMut>()
+    {
+        return Err(format!(
+            "spec.userData: a Bottlerocket node reads TOML, and this is not: {}",
+            e.to_string().lines().next().unwrap_or_default()
+        ));
+    }
     let Some(k) = &spec.kubelet else {
         return Ok(());
     };
@@ -149,5 +158,14 @@ mod tests {
             let e = validate(&class(extra)).expect_err(extra);
             assert!(e.starts_with(field), "{extra}: {e}");
         }
+        // Bottlerocket reads TOML user data; a shell script is a mistake it would only show at boot.
+        let mut br = class("  role: r\n  userData: \"#!/bin/bash\\necho hi\"\n");
+        assert_eq!(validate(&br), Ok(()), "fine for AL2023");
+        br.spec.ami_selector_terms[0].alias = Some("bottlerocket@latest".into());
+        let e = validate(&br).err().unwrap_or_default();
+        assert!(
+            e.starts_with("spec.userData: a Bottlerocket node reads TOML"),
+            "{e}"
+        );
     }
 }

@@ -12,9 +12,22 @@ pub fn nodepool(_spec: &NodePoolSpec) -> Vec<&'static str> {
 /// The set fields of an EC2NodeClass that Dovetail does not act on (Karpenter's defaults are not counted).
 pub fn ec2nodeclass(spec: &EC2NodeClassSpec) -> Vec<&'static str> {
     let mut out = Vec::new();
-    // Kubelet settings reach nodes through AL2023's NodeConfig user data; other families do not get them.
-    let al2023 = spec.family() == Some("AL2023");
-    if let Some(k) = spec.kubelet.as_ref().filter(|_| !al2023) {
+    // Kubelet settings reach nodes through each family's user data (`aws::userdata`); a Custom image gets
+    // the class's `userData` alone, so they size Dovetail's estimate but never reach its kubelet.
+    // Bottlerocket has no pods-per-core setting.
+    if spec.family() == Some("Bottlerocket")
+        && spec
+            .kubelet
+            .as_ref()
+            .is_some_and(|k| k.pods_per_core.is_some())
+    {
+        out.push("spec.kubelet.podsPerCore");
+    }
+    let custom = !matches!(
+        spec.family(),
+        Some("AL2023" | "AL2" | "Bottlerocket" | "Windows2019" | "Windows2022" | "Windows2025")
+    );
+    if let Some(k) = spec.kubelet.as_ref().filter(|_| custom) {
         let set = [
             ("spec.kubelet.clusterDNS", !k.cluster_dns.is_empty()),
             ("spec.kubelet.maxPods", k.max_pods.is_some()),
@@ -44,13 +57,9 @@ pub fn ec2nodeclass(spec: &EC2NodeClassSpec) -> Vec<&'static str> {
         out.extend(set.iter().filter(|(_, on)| *on).map(|(f, _)| *f));
     }
     // Launch template settings (metadata options, monitoring, the primary interface, CPU options, block
-    // devices), `context` and `ssmParameter` are all acted on; what is left needs what Dovetail lacks yet:
-    // other families' bootstrap formats, instance-store RAID, EFA interfaces, placement groups, reservations.
+    // devices), `context`, `ssmParameter` and every family's user data are acted on; what is left needs
+    // what Dovetail lacks yet: instance-store RAID, EFA interfaces, placement groups, reservations.
     let set = [
-        (
-            "spec.amiFamily",
-            spec.ami_family.is_some() && spec.ami_family.as_deref() != Some("AL2023"),
-        ),
         (
             "spec.instanceStorePolicy",
             spec.instance_store_policy.is_some(),
@@ -103,10 +112,26 @@ mod tests {
             sentence(&ec2nodeclass(&class.spec)),
             "not acted on by Dovetail: spec.instanceStorePolicy"
         );
+        // Bottlerocket nodes get them too (TOML), all but pods-per-core, which Bottlerocket lacks.
         class.spec.ami_selector_terms[0].alias = Some("bottlerocket@latest".into());
         assert_eq!(
             sentence(&ec2nodeclass(&class.spec)),
-            "not acted on by Dovetail: spec.kubelet.evictionMaxPodGracePeriod, spec.instanceStorePolicy"
+            "not acted on by Dovetail: spec.instanceStorePolicy"
+        );
+        if let Some(k) = class.spec.kubelet.as_mut() {
+            k.pods_per_core = Some(4);
+        }
+        assert_eq!(
+            sentence(&ec2nodeclass(&class.spec)),
+            "not acted on by Dovetail: spec.kubelet.podsPerCore, spec.instanceStorePolicy"
+        );
+        // A Custom image boots from the class's userData alone.
+        class.spec.ami_selector_terms[0].alias = None;
+        class.spec.ami_selector_terms[0].id = Some("ami-1".into());
+        class.spec.ami_family = Some("Custom".into());
+        assert_eq!(
+            sentence(&ec2nodeclass(&class.spec)),
+            "not acted on by Dovetail: spec.kubelet.podsPerCore, spec.kubelet.evictionMaxPodGracePeriod, spec.instanceStorePolicy"
         );
     }
 }

@@ -174,7 +174,11 @@ impl Baseline {
         let amd64 = BTreeMap::from([(labels::ARCH.to_string(), "amd64".to_string())]);
         let image = ami::for_instance_type(&selection.amis, &amd64)
             .ok_or("no image of the EC2NodeClass suits amd64 instance types")?;
-        let data = launch::template_data(&class, &image.id, &sgs, &BTreeMap::new());
+        let cluster = dovetail::aws::userdata::Cluster {
+            name: "sim".into(),
+            ..Default::default()
+        };
+        let data = launch::template_data(&class, &cluster, &image.id, &sgs, &BTreeMap::new());
         let name = format!(
             "ca-baseline/{}",
             class.metadata.name.clone().unwrap_or_default()
