@@ -55,6 +55,75 @@ fn nodeclaim_counters_match_the_trace() {
 }
 
 #[test]
+fn drain_counters_match_the_api_servers_audit() {
+    let out = run("pdb-drain.yaml");
+    let metrics = &out.controller_metrics;
+    let by_code = |code: &str| -> f64 {
+        metrics
+            .series(m::EVICTION_REQUESTS)
+            .iter()
+            .filter(|(l, _)| l.iter().any(|(k, v)| *k == "code" && v == code))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    // fakekube counts what it granted and refused on its own side of the eviction API (the summary's
+    // `evictions N (refused by budgets M, ...)`).
+    let audit = out
+        .summary
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("evictions"))
+        .expect("an evictions line");
+    let numbers: Vec<f64> = audit
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert_eq!(by_code("200"), numbers[0], "{audit}");
+    assert_eq!(by_code("429"), numbers[1], "{audit}");
+    assert!(by_code("429") > 0.0, "pdb-drain refuses evictions");
+    // Every pod the trace says was evicted or deleted is counted once, under why its node went.
+    let drained = total(metrics, m::PODS_DRAINED);
+    let traced: f64 = out
+        .trace
+        .lines()
+        .filter(|l| {
+            l.contains(" termination ") && (l.contains(" evicted ") || l.contains("deleted "))
+        })
+        .filter_map(|l| {
+            l.split(" evicted ")
+                .nth(1)
+                .or_else(|| l.split("deleted ").nth(1))?
+                .split(' ')
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(drained, traced);
+    // pdb-drain's nodes go by `kubectl delete node`: no disruption reason to label them with.
+    assert!(
+        metrics
+            .series(m::PODS_DRAINED)
+            .iter()
+            .all(|(l, _)| l.iter().any(|(k, v)| *k == "reason" && v.is_empty())),
+        "{:?}",
+        metrics.series(m::PODS_DRAINED)
+    );
+    // Consolidation drains carry their reason.
+    let diurnal = run("diurnal-consolidation.yaml");
+    let reasons: Vec<String> = diurnal
+        .controller_metrics
+        .series(m::PODS_DRAINED)
+        .iter()
+        .flat_map(|(l, _)| {
+            l.iter()
+                .filter(|(k, _)| *k == "reason")
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
+    assert!(reasons.iter().any(|r| r == "Underutilized"), "{reasons:?}");
+}
+
+#[test]
 fn state_gauges_describe_the_cluster_at_the_end() {
     let out = run("steady-web.yaml");
     let metrics = &out.controller_metrics;

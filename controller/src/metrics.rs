@@ -75,6 +75,14 @@ pub const CONSOLIDATION_SCORE: MetricDef = gauge(
     "dovetail_consolidation_last_score",
     "The last score of a consolidation move (savings share / disruption share), by nodepool and decision.",
 );
+pub const PODS_DRAINED: MetricDef = counter(
+    "karpenter_pods_drained_total",
+    "Pods evicted or deleted while draining a node, by reason (the claim's DisruptionReason; empty when none).",
+);
+pub const EVICTION_REQUESTS: MetricDef = counter(
+    "karpenter_pods_eviction_requests_total",
+    "Eviction API requests made while draining, by code (200 evicted, 404 gone, 429 refused by a budget).",
+);
 pub const INTERRUPTION_RECEIVED: MetricDef = counter(
     "karpenter_interruption_received_messages_total",
     "Messages read from the interruption queue, by message_type.",
@@ -123,6 +131,8 @@ pub const DEFINITIONS: &[MetricDef] = &[
     DISRUPTION_DECISIONS,
     CONSOLIDATION_MOVES,
     CONSOLIDATION_SCORE,
+    PODS_DRAINED,
+    EVICTION_REQUESTS,
     INTERRUPTION_RECEIVED,
     INTERRUPTION_DELETED,
     PODS_STATE,

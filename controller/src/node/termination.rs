@@ -157,7 +157,14 @@ impl Terminator {
                 .collect();
             plan_drain(&pods, now, deadline)
         };
-        self.carry_out_drain(ctx, &node, &step).await?;
+        // Karpenter labels drained pods with why the node goes.
+        let reason = claim
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "DisruptionReason"))
+            .and_then(|c| c.reason.clone())
+            .unwrap_or_default();
+        self.carry_out_drain(ctx, &node, &step, &reason).await?;
         if !step.drained {
             return Ok(());
         }
@@ -224,6 +231,7 @@ impl Terminator {
         ctx: &Context,
         node: &Node,
         step: &DrainStep,
+        reason: &str,
     ) -> Result<(), ControllerError> {
         let name = node.metadata.name.clone().unwrap_or_default();
         let now = ctx.now();
@@ -237,7 +245,16 @@ impl Terminator {
                     if !self.eviction_retries.due(key, now) {
                         continue;
                     }
-                    match ctx.kube.evict(key).await {
+                    let answer = ctx.kube.evict(key).await;
+                    let code = match &answer {
+                        Ok(()) => "200",
+                        Err(KubeError::NotFound { .. }) => "404",
+                        Err(KubeError::EvictionRefused { .. }) => "429",
+                        Err(_) => "500",
+                    };
+                    ctx.metrics
+                        .inc(crate::metrics::EVICTION_REQUESTS, &[("code", code)]);
+                    match answer {
                         Ok(()) | Err(KubeError::NotFound { .. }) => evicted.push(key.to_string()),
                         Err(KubeError::EvictionRefused { reason, .. }) => {
                             if self.eviction_retries.refused(key, now) == 1 {
@@ -252,6 +269,10 @@ impl Terminator {
                     Err(e) => return Err(e.into()),
                 },
             }
+        }
+        for _ in evicted.iter().chain(&deleted) {
+            ctx.metrics
+                .inc(crate::metrics::PODS_DRAINED, &[("reason", reason)]);
         }
         let list = |v: &[String]| match v {
             [one] => format!("pod/{one}"),
