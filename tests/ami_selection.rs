@@ -3,7 +3,7 @@
 //! GPU types; `name` limited to the account's and Amazon's images unless an `owner` is given), against
 //! fakecloud's published EKS images; and when a newer `@latest` image reaches the nodes.
 
-use dovetail_sim::{RunOptions, Scenario};
+use dovetail_sim::Scenario;
 use fakecloud::images::id_for;
 
 /// A scenario whose class selects images by `terms` (YAML flow list), on a cluster of Kubernetes `version`,
@@ -65,22 +65,7 @@ manifests:
     Scenario::parse("ami-selection.yaml", &text).unwrap_or_else(|e| panic!("{e}"))
 }
 
-struct Run {
-    nodes: usize,
-    pending: usize,
-    trace: String,
-}
-
-fn run(s: &Scenario) -> Run {
-    let out = dovetail_sim::simulate(s, &RunOptions::default()).unwrap_or_else(|e| panic!("{e}"));
-    assert!(out.passed, "invariants broke:\n{}", out.summary);
-    let last = out.series.last().expect("samples");
-    Run {
-        nodes: last.nodes,
-        pending: last.pods_pending,
-        trace: out.trace,
-    }
-}
+use dovetail_tests::run_to_end as run;
 
 /// The images launch templates were created with, in order.
 fn template_images(trace: &str) -> Vec<String> {

@@ -3,7 +3,7 @@
 //! NodeConfig user data, agrees: nothing it refuses, nothing left pending); extended resources such as
 //! `vpc.amazonaws.com/pod-eni` come from the instance type.
 
-use dovetail_sim::{RunOptions, Scenario};
+use dovetail_sim::Scenario;
 
 /// m5.large as the catalog has it: 2 vCPU, 8192 MiB, 3 ENIs x 10 IPv4 addresses, 9 branch interfaces.
 const VCPU: u64 = 2;
@@ -97,22 +97,7 @@ manifests:
     Scenario::parse("node-sizing.yaml", &text).unwrap_or_else(|e| panic!("{e}"))
 }
 
-struct Result {
-    nodes: usize,
-    pending: usize,
-    trace: String,
-}
-
-fn run(s: &Scenario) -> Result {
-    let out = dovetail_sim::simulate(s, &RunOptions::default()).unwrap_or_else(|e| panic!("{e}"));
-    assert!(out.passed, "invariants broke:\n{}", out.summary);
-    let last = out.series.last().expect("samples");
-    Result {
-        nodes: last.nodes,
-        pending: last.pods_pending,
-        trace: out.trace,
-    }
-}
+use dovetail_tests::run_to_end as run;
 
 /// m5.large's allocatable under the documented formulas, given the reservations (MiB / millicores).
 struct Node {

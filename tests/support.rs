@@ -21,6 +21,32 @@ pub fn run_scenario_with(name: &str, seed: u64, autoscaler: dovetail_sim::Autosc
     format!("{}{}", out.trace, out.summary)
 }
 
+/// Run a scenario a test built (with its own seed); its invariants and expectations must hold.
+pub fn simulate_passing(scenario: &dovetail_sim::Scenario) -> dovetail_sim::Outcome {
+    let out =
+        dovetail_sim::simulate(scenario, &Default::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.passed, "invariants broke:\n{}", out.summary);
+    out
+}
+
+/// How a test-built scenario ended: nodes and pending pods at the last sample, and the trace.
+pub struct End {
+    pub nodes: usize,
+    pub pending: usize,
+    pub trace: String,
+}
+
+/// [`simulate_passing`], reduced to how it ended.
+pub fn run_to_end(scenario: &dovetail_sim::Scenario) -> End {
+    let out = simulate_passing(scenario);
+    let last = out.series.last().expect("samples");
+    End {
+        nodes: last.nodes,
+        pending: last.pods_pending,
+        trace: out.trace,
+    }
+}
+
 /// The whole outcome of a scenario file of `scenarios/` run with a seed (Events, metrics, samples too).
 pub fn simulate_scenario(
     name: &str,

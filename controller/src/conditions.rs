@@ -43,6 +43,15 @@ pub(crate) fn merge(old: &[Value], desired: &[Desired], now: &str) -> Vec<Value>
     out
 }
 
+/// An object's conditions as JSON, the form `merge` reads (none when it has no status yet).
+pub(crate) fn as_values(conditions: Option<&[crate::crds::Condition]>) -> Vec<Value> {
+    conditions
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| serde_json::to_value(c).ok())
+        .collect()
+}
+
 /// The message of a condition of this type while it is True (empty when absent or not True): what a True
 /// `ValidationSucceeded` says about fields not acted on.
 pub(crate) fn true_message(list: &[Value], type_: &str) -> String {

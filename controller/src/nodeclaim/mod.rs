@@ -30,16 +30,8 @@ pub(crate) async fn write_conditions(
     let Some(current) = state.nodeclaims.get(claim) else {
         return Ok(());
     };
-    let old: Vec<Value> = current
-        .status
-        .as_ref()
-        .map(|s| {
-            s.conditions
-                .iter()
-                .filter_map(|c| serde_json::to_value(c).ok())
-                .collect()
-        })
-        .unwrap_or_default();
+    let old =
+        crate::conditions::as_values(current.status.as_ref().map(|s| s.conditions.as_slice()));
     let now = ctx.clock.now().to_string();
     let mut conditions: Vec<Value> = old
         .iter()

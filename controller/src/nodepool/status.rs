@@ -54,12 +54,7 @@ impl NodePoolStatus {
     /// capacity of its NodeClaims, the node class generation seen, and `NodeRegistrationHealthy`; written
     /// only when they changed.
     pub(crate) async fn sync(&mut self, ctx: &Context, state: &mut ClusterState) {
-        let pools: Vec<NodePool> = state
-            .nodepools
-            .values()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .cloned()
-            .collect();
+        let pools = live_pools(state);
         for pool in pools {
             let name = pool.metadata.name.clone().unwrap_or_default();
             let mut usage = state.pool_usage(&name);
@@ -75,11 +70,7 @@ impl NodePoolStatus {
                 .and_then(|c| c.metadata.generation)
                 .unwrap_or(0);
             let status = pool.status.clone().unwrap_or_default();
-            let old: Vec<Value> = status
-                .conditions
-                .iter()
-                .filter_map(|c| serde_json::to_value(c).ok())
-                .collect();
+            let old = crate::conditions::as_values(Some(&status.conditions));
             let written = old
                 .iter()
                 .find(|c| c["type"] == REGISTRATION_HEALTHY)
@@ -148,12 +139,7 @@ impl NodePoolStatus {
         state: &mut ClusterState,
         provider: &dyn CloudProvider,
     ) {
-        let pools: Vec<NodePool> = state
-            .nodepools
-            .values()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .cloned()
-            .collect();
+        let pools = live_pools(state);
         for pool in pools {
             let name = pool.metadata.name.clone().unwrap_or_default();
             let invalid = validate(&pool, provider.instance_types()).err();
@@ -200,16 +186,8 @@ impl NodePoolStatus {
                     message(&why),
                 ),
             ];
-            let old: Vec<Value> = pool
-                .status
-                .as_ref()
-                .map(|s| {
-                    s.conditions
-                        .iter()
-                        .filter_map(|c| serde_json::to_value(c).ok())
-                        .collect()
-                })
-                .unwrap_or_default();
+            let old =
+                crate::conditions::as_values(pool.status.as_ref().map(|s| s.conditions.as_slice()));
             let now = ctx.clock.now().to_string();
             let conditions = crate::conditions::merge(&old, &wanted, &now);
             let essence = |list: &[Value]| -> BTreeMap<String, (Value, Value, Value)> {
@@ -264,6 +242,16 @@ impl NodePoolStatus {
 }
 
 const REGISTRATION_HEALTHY: &str = "NodeRegistrationHealthy";
+
+/// The pools not being deleted, copied out so their status can be written while iterating.
+fn live_pools(state: &ClusterState) -> Vec<NodePool> {
+    state
+        .nodepools
+        .values()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .cloned()
+        .collect()
+}
 
 /// Merge-patch a pool's status and take the answer into the cache; a failure is a trace line and the next
 /// pass writes it again.
