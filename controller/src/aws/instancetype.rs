@@ -37,14 +37,7 @@ pub const POD_ENI: &str = "vpc.amazonaws.com/pod-eni";
 /// Whether the image family sizes nodes like Amazon Linux (kube-reserved memory from the ENI-limited pod
 /// count, `podsPerCore` honoured) or like Bottlerocket (from the node's max pods; no `podsPerCore`).
 fn bottlerocket(class: Option<&EC2NodeClass>) -> bool {
-    class.is_some_and(|c| {
-        c.spec.ami_family.as_deref() == Some("Bottlerocket")
-            || c.spec.ami_selector_terms.iter().any(|t| {
-                t.alias
-                    .as_deref()
-                    .is_some_and(|a| a.starts_with("bottlerocket@"))
-            })
-    })
+    class.is_some_and(|c| c.spec.family() == Some("Bottlerocket"))
 }
 
 /// An eviction threshold as memory or storage held back: a percentage of capacity (100% turns the

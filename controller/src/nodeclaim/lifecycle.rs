@@ -19,45 +19,6 @@ fn condition(type_: &str, reason: &str, now: &str) -> serde_json::Value {
     json!({"type": type_, "status": "True", "reason": reason, "lastTransitionTime": now})
 }
 
-/// Patch the claim's status: set `types` True (with their reasons), keep the other conditions, and merge
-/// `extra` status fields; the cache takes the answer at once.
-async fn set_true_conditions(
-    ctx: &Context,
-    state: &mut ClusterState,
-    claim: &NodeClaim,
-    types: &[(&str, &str)],
-    extra: serde_json::Value,
-) -> Result<(), ControllerError> {
-    let now = ctx.clock.now().to_string();
-    let name = claim.metadata.name.clone().unwrap_or_default();
-    let mut conds: Vec<serde_json::Value> = claim
-        .status
-        .as_ref()
-        .map(|s| {
-            s.conditions
-                .iter()
-                .filter(|c| !types.iter().any(|(t, _)| *t == c.type_))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| serde_json::to_value(c).unwrap_or_default())
-        .collect();
-    conds.extend(types.iter().map(|(t, reason)| condition(t, reason, &now)));
-    let mut status = extra;
-    status["conditions"] = serde_json::Value::Array(conds);
-    let updated = ctx
-        .kube
-        .patch_status(
-            Kind::NodeClaim,
-            &ObjectKey::cluster(&name),
-            json!({ "status": status }),
-        )
-        .await?;
-    state.apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Modified(updated))?;
-    Ok(())
-}
-
 /// The NodeClaim lifecycle controller. It keeps no state of its own: a claim's conditions are its record.
 #[derive(Debug, Default)]
 pub(crate) struct Lifecycle;
@@ -287,11 +248,12 @@ async fn register(
                 json!({"metadata": {"labels": node_labels, "finalizers": finalizers}, "spec": {"taints": taints}}),
             )
             .await?;
-    set_true_conditions(
+    super::write_status(
         ctx,
         state,
-        claim,
-        &[(conditions::REGISTERED, "Registered")],
+        &name,
+        &[(conditions::REGISTERED, true, "Registered", String::new())],
+        &[],
         json!({"nodeName": node_name}),
     )
     .await?;
@@ -341,15 +303,16 @@ async fn initialize(
             json!({"metadata": {"labels": {labels::INITIALIZED: "true"}}}),
         )
         .await?;
-    set_true_conditions(
+    super::write_status(
         ctx,
         state,
-        claim,
+        &name,
         &[
-            (conditions::INITIALIZED, "Initialized"),
-            (conditions::READY, "Ready"),
+            (conditions::INITIALIZED, true, "Initialized", String::new()),
+            (conditions::READY, true, "Ready", String::new()),
         ],
-        json!({}),
+        &[],
+        serde_json::Value::Null,
     )
     .await?;
     metrics::count_claim(&ctx.metrics, metrics::NODECLAIMS_INITIALIZED, claim, &[]);

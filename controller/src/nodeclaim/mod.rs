@@ -18,14 +18,32 @@ use crate::state::ClusterState;
 /// too: `Drifted` says `AMIDrift`, `DisruptionReason` says `Underutilized`).
 pub(crate) type ClaimCondition<'a> = (&'a str, bool, &'a str, String);
 
-/// Write a claim's conditions: `set` over its list (a transition time moves only with the status), the
-/// `clear` types removed; nothing is written when nothing changes. The cache takes the answer.
+/// Write a claim's conditions, as [`write_status`] does, tolerating a claim deleted meanwhile (nothing left
+/// to describe).
 pub(crate) async fn write_conditions(
     ctx: &Context,
     state: &mut ClusterState,
     claim: &str,
     set: &[ClaimCondition<'_>],
     clear: &[&str],
+) -> Result<(), ControllerError> {
+    match write_status(ctx, state, claim, set, clear, Value::Null).await {
+        Err(ControllerError::Kube(crate::kube::KubeError::NotFound { .. })) => Ok(()),
+        other => other,
+    }
+}
+
+/// One status patch of a claim: `set` conditions over its list (a transition time moves only with the
+/// status), the `clear` types removed, and the `extra` status fields (an object, or null for none).
+/// Nothing is written when the conditions do not change and there are no extra fields. The cache takes
+/// the answer.
+pub(crate) async fn write_status(
+    ctx: &Context,
+    state: &mut ClusterState,
+    claim: &str,
+    set: &[ClaimCondition<'_>],
+    clear: &[&str],
+    extra: Value,
 ) -> Result<(), ControllerError> {
     let Some(current) = state.nodeclaims.get(claim) else {
         return Ok(());
@@ -58,24 +76,20 @@ pub(crate) async fn write_conditions(
         v.sort();
         v
     };
-    if key(&old) == key(&conditions) {
+    let no_extra = extra.as_object().is_none_or(|m| m.is_empty());
+    if key(&old) == key(&conditions) && no_extra {
         return Ok(());
     }
-    match ctx
+    let mut status = if no_extra { json!({}) } else { extra };
+    status["conditions"] = Value::Array(conditions);
+    let updated = ctx
         .kube
         .patch_status(
             Kind::NodeClaim,
             &ObjectKey::cluster(claim),
-            json!({"status": {"conditions": conditions}}),
+            json!({ "status": status }),
         )
-        .await
-    {
-        Ok(updated) => {
-            state.apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Modified(updated))?;
-            Ok(())
-        }
-        // Gone meanwhile: nothing left to describe.
-        Err(crate::kube::KubeError::NotFound { .. }) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+        .await?;
+    state.apply_event(Kind::NodeClaim, crate::kube::WatchEvent::Modified(updated))?;
+    Ok(())
 }

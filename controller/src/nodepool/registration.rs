@@ -148,7 +148,9 @@ impl RegistrationHealth {
 mod tests {
     use super::*;
 
-    fn claim(name: &str, launched: bool, registered: bool, age_min: i64) -> NodeClaim {
+    /// A claim of pool `p`, deleted `age_min` minutes after creation (None if the fixture does not parse,
+    /// which then observes nothing and fails the assertions on the pool).
+    fn claim(name: &str, launched: bool, registered: bool, age_min: i64) -> Option<NodeClaim> {
         let mut conds = Vec::new();
         if launched {
             conds.push(
@@ -167,7 +169,13 @@ mod tests {
             "spec": {"nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "c"}, "requirements": []},
             "status": {"conditions": conds},
         }))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .ok()
+    }
+
+    fn see(h: &mut RegistrationHealth, claim: Option<NodeClaim>, deleted: bool) {
+        if let Some(c) = claim {
+            h.observe(&c, deleted);
+        }
     }
 
     #[test]
@@ -175,26 +183,30 @@ mod tests {
         let mut h = RegistrationHealth::default();
         h.generations("p", (1, 1), None);
         assert_eq!(h.health("p"), Health::Unknown);
-        h.observe(&claim("a", true, true, 1), false);
-        h.observe(&claim("a", true, true, 1), false);
-        h.observe(&claim("a", true, true, 1), true);
-        assert_eq!(h.outcomes["p"].len(), 1, "a claim counts once");
+        see(&mut h, claim("a", true, true, 1), false);
+        see(&mut h, claim("a", true, true, 1), false);
+        see(&mut h, claim("a", true, true, 1), true);
+        assert_eq!(
+            h.outcomes.get("p").map(VecDeque::len),
+            Some(1),
+            "a claim counts once"
+        );
         assert_eq!(h.health("p"), Health::Healthy);
         // Deleted young (consolidated, ICE): not a registration failure.
-        h.observe(&claim("b", true, false, 3), true);
+        see(&mut h, claim("b", true, false, 3), true);
         assert_eq!(h.health("p"), Health::Healthy);
-        h.observe(&claim("c", true, false, 16), true);
+        see(&mut h, claim("c", true, false, 16), true);
         assert_eq!(
             h.health("p"),
             Health::Healthy,
             "1 of 2 failed, under half of 4"
         );
-        h.observe(&claim("d", false, false, 6), true);
+        see(&mut h, claim("d", false, false, 6), true);
         assert_eq!(h.health("p"), Health::Unhealthy);
         assert_eq!(h.failure("p").0, "LaunchFailed");
         // Successes push the failures out of the window.
         for n in ["e", "f", "g"] {
-            h.observe(&claim(n, true, true, 1), false);
+            see(&mut h, claim(n, true, true, 1), false);
         }
         assert_eq!(h.health("p"), Health::Healthy);
         // A changed pool starts over.
