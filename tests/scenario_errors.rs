@@ -162,9 +162,9 @@ fn queue_messages_are_checked_and_injected() {
 fn new_actions_are_checked() {
     let cases = [
         (
-            "    delete: {kind: Secret, name: x}\n",
+            "    delete: {kind: CronJob, name: x}\n",
             "timeline[0].delete.kind",
-            "Secret",
+            "CronJob",
         ),
         (
             "    delete_nodes: {count: 2, pick: random}\n",

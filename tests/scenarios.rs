@@ -670,3 +670,52 @@ fn balanced_consolidation_seed_42() {
     );
     insta::assert_snapshot!("balanced-consolidation.seed-42", text);
 }
+
+#[test]
+fn cluster_dump_seed_42() {
+    let out = simulate_scenario("cluster-dump.yaml", 42, dovetail_sim::Autoscaler::Dovetail);
+    let text = format!("{}{}", out.trace, out.summary);
+    assert!(out.passed, "{}", out.summary);
+    // The Deployment's ReplicaSet is left to the Deployment, and said so.
+    assert!(text.contains("replicaset shop/frontend-6d9c7b5f4 is made by its Deployment frontend"));
+    let zone = |node: &str| {
+        out.objects["Node"]
+            .iter()
+            .find(|n| n["metadata"]["name"] == node)
+            .and_then(|n| n["metadata"]["labels"]["topology.kubernetes.io/zone"].as_str())
+            .map(str::to_string)
+    };
+    let pod_zone = |ns: &str, name: &str| {
+        out.objects["Pod"]
+            .iter()
+            .find(|p| p["metadata"]["namespace"] == ns && p["metadata"]["name"] == name)
+            .and_then(|p| zone(p["spec"]["nodeName"].as_str()?))
+    };
+    // postgres' volumes were in us-east-1a and 1b before the run; its pods are there at the end, after
+    // postgres-0's node was deleted at 20 minutes.
+    assert_eq!(
+        pod_zone("shop", "postgres-0").as_deref(),
+        Some("us-east-1a")
+    );
+    assert_eq!(
+        pod_zone("shop", "postgres-1").as_deref(),
+        Some("us-east-1b")
+    );
+    // The managed node group holds only what tolerates its CriticalAddonsOnly taint.
+    for p in &out.objects["Pod"] {
+        let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
+        if out.objects["Node"].iter().any(|n| {
+            n["metadata"]["name"] == node
+                && n["metadata"]["labels"]["eks.amazonaws.com/nodegroup"] == "system"
+        }) {
+            let name = p["metadata"]["name"].as_str().unwrap_or_default();
+            assert!(
+                name.starts_with("coredns")
+                    || name.starts_with("aws-node")
+                    || name.starts_with("ebs-csi-node"),
+                "{name} on the node group"
+            );
+        }
+    }
+    insta::assert_snapshot!("cluster-dump.seed-42", text);
+}

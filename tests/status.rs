@@ -71,7 +71,7 @@ struct End {
 
 fn run(s: &Scenario) -> End {
     let out = dovetail_tests::simulate_passing(s);
-    let of = |k: &str| out.karpenter_objects.get(k).cloned().unwrap_or_default();
+    let of = |k: &str| out.objects.get(k).cloned().unwrap_or_default();
     End {
         pools: of("NodePool"),
         claims: of("NodeClaim"),

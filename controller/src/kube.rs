@@ -23,6 +23,10 @@ pub enum Kind {
     NodePool,
     NodeClaim,
     EC2NodeClass,
+    PersistentVolumeClaim,
+    PersistentVolume,
+    StorageClass,
+    CSINode,
 }
 
 impl Kind {
@@ -37,12 +41,21 @@ impl Kind {
             Kind::NodePool => "NodePool",
             Kind::NodeClaim => "NodeClaim",
             Kind::EC2NodeClass => "EC2NodeClass",
+            Kind::PersistentVolumeClaim => "PersistentVolumeClaim",
+            Kind::PersistentVolume => "PersistentVolume",
+            Kind::StorageClass => "StorageClass",
+            Kind::CSINode => "CSINode",
         }
     }
 
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Pod | Kind::Node | Kind::Event => "v1",
+            Kind::Pod
+            | Kind::Node
+            | Kind::Event
+            | Kind::PersistentVolumeClaim
+            | Kind::PersistentVolume => "v1",
+            Kind::StorageClass | Kind::CSINode => "storage.k8s.io/v1",
             Kind::DaemonSet => "apps/v1",
             Kind::PodDisruptionBudget => "policy/v1",
             Kind::Lease => "coordination.k8s.io/v1",
@@ -54,7 +67,13 @@ impl Kind {
     pub fn namespaced(self) -> bool {
         !matches!(
             self,
-            Kind::Node | Kind::NodePool | Kind::NodeClaim | Kind::EC2NodeClass
+            Kind::Node
+                | Kind::NodePool
+                | Kind::NodeClaim
+                | Kind::EC2NodeClass
+                | Kind::PersistentVolume
+                | Kind::StorageClass
+                | Kind::CSINode
         )
     }
 }

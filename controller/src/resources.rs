@@ -14,6 +14,10 @@ pub const PODS: &str = "pods";
 pub const EPHEMERAL_STORAGE: &str = "ephemeral-storage";
 /// Not a node resource: the node count a NodePool's `spec.limits` may cap.
 pub const NODES: &str = "nodes";
+/// Not written to the API either: EBS volume attachments, a node's room for them (its CSINode's
+/// `ebs.csi.aws.com` count, or its instance type's) and a pod's need (its EBS-backed claims). Counting them
+/// as a resource lets every fit check honour attach limits.
+pub const EBS_ATTACHMENTS: &str = "dovetail.dev/ebs-attachments";
 
 /// A resource name -> amount map, ordered so that iteration (and therefore output) is deterministic.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -98,6 +102,7 @@ impl Resources {
     pub fn to_quantities(&self) -> BTreeMap<String, Quantity> {
         self.0
             .iter()
+            .filter(|(k, _)| k.as_str() != EBS_ATTACHMENTS)
             .map(|(k, v)| {
                 let q = if k == CPU && v.0 % 1000 != 0 {
                     format!("{}m", v.0)

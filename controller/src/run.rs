@@ -132,8 +132,10 @@ impl Controller {
         }
         let provisionable_changed = match (kind, change) {
             (Kind::Pod, Change::Upsert) => self.state.pods.get(&key).is_some_and(is_provisionable),
-            // Capacity went away: pods counted against it must be planned again.
-            (Kind::NodeClaim | Kind::Node, Change::Delete) => {
+            // Capacity went away: pods counted against it must be planned again; a pod waiting for its
+            // volume claim or storage class may now be planned.
+            (Kind::NodeClaim | Kind::Node, Change::Delete)
+            | (Kind::PersistentVolumeClaim | Kind::StorageClass, Change::Upsert) => {
                 self.state.pods.values().any(is_provisionable)
             }
             // A node starting to leave: plan for its pods before they are evicted.
@@ -338,8 +340,20 @@ impl Controller {
         streams: &mut [(Kind, BoxStream<'static, WatchEvent>)],
     ) -> Result<String, ControllerError> {
         // Fixed polling order (biased select below) keeps event handling deterministic.
-        let [pods, nodes, claims, pools, classes, daemonsets] = streams else {
-            unreachable!("ClusterState::WATCHED has six kinds")
+        let [
+            pods,
+            nodes,
+            claims,
+            pools,
+            classes,
+            daemonsets,
+            pvcs,
+            pvs,
+            storage_classes,
+            csinodes,
+        ] = streams
+        else {
+            unreachable!("ClusterState::WATCHED has ten kinds")
         };
         loop {
             let sleep_for = self.next_wake().saturating_sub(self.now());
@@ -352,6 +366,10 @@ impl Controller {
                 e = pools.1.next() => (pools.0, e),
                 e = classes.1.next() => (classes.0, e),
                 e = daemonsets.1.next() => (daemonsets.0, e),
+                e = pvcs.1.next() => (pvcs.0, e),
+                e = pvs.1.next() => (pvs.0, e),
+                e = storage_classes.1.next() => (storage_classes.0, e),
+                e = csinodes.1.next() => (csinodes.0, e),
                 _ = clock.sleep(sleep_for) => {
                     self.on_timer().await;
                     if self.lost_lease {

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::{CSINode, StorageClass};
 use serde_json::Value;
 
 use crate::crds::{EC2NodeClass, NodeClaim, NodePool, labels};
@@ -20,6 +21,12 @@ pub struct ClusterState {
     pub nodepools: BTreeMap<String, NodePool>,
     pub nodeclasses: BTreeMap<String, EC2NodeClass>,
     pub daemonsets: BTreeMap<ObjectKey, DaemonSet>,
+    /// Volumes: where a pod's claims pin it (a bound volume's node affinity, an unbound one's class
+    /// topology) and how many attachments each node has room for (its CSINode).
+    pub pvcs: BTreeMap<ObjectKey, PersistentVolumeClaim>,
+    pub pvs: BTreeMap<String, PersistentVolume>,
+    pub storage_classes: BTreeMap<String, StorageClass>,
+    pub csinodes: BTreeMap<String, CSINode>,
     /// Counts every change applied, so a decision can tell it is looking at the same cluster again.
     pub revision: u64,
     /// Claims whose instance is known gone (terminated, interrupted, vanished): their nodes have nothing
@@ -38,13 +45,17 @@ pub enum Change {
 
 impl ClusterState {
     /// The kinds the controller watches.
-    pub const WATCHED: [Kind; 6] = [
+    pub const WATCHED: [Kind; 10] = [
         Kind::Pod,
         Kind::Node,
         Kind::NodeClaim,
         Kind::NodePool,
         Kind::EC2NodeClass,
         Kind::DaemonSet,
+        Kind::PersistentVolumeClaim,
+        Kind::PersistentVolume,
+        Kind::StorageClass,
+        Kind::CSINode,
     ];
 
     /// Replace everything of `kind` with a fresh list.
@@ -56,6 +67,10 @@ impl ClusterState {
             Kind::NodePool => self.nodepools.clear(),
             Kind::EC2NodeClass => self.nodeclasses.clear(),
             Kind::DaemonSet => self.daemonsets.clear(),
+            Kind::PersistentVolumeClaim => self.pvcs.clear(),
+            Kind::PersistentVolume => self.pvs.clear(),
+            Kind::StorageClass => self.storage_classes.clear(),
+            Kind::CSINode => self.csinodes.clear(),
             _ => {}
         }
         self.revision += 1;
@@ -102,6 +117,10 @@ impl ClusterState {
             Kind::NodePool => upsert!(self.nodepools, key.name),
             Kind::EC2NodeClass => upsert!(self.nodeclasses, key.name),
             Kind::DaemonSet => upsert!(self.daemonsets, key),
+            Kind::PersistentVolumeClaim => upsert!(self.pvcs, key),
+            Kind::PersistentVolume => upsert!(self.pvs, key.name),
+            Kind::StorageClass => upsert!(self.storage_classes, key.name),
+            Kind::CSINode => upsert!(self.csinodes, key.name),
             _ => {}
         }
         Ok(())

@@ -27,6 +27,39 @@ pub struct CatalogEntry {
     pub on_demand_price: f64,
 }
 
+/// Families whose EBS limit is dedicated (not shared with network interfaces), by size (AWS's
+/// "Amazon EBS volume limits for Amazon EC2 instances").
+const DEDICATED_EBS_FAMILIES: [&str; 7] = ["m7i", "m7a", "c7i", "c7a", "r7a", "r7i", "r7iz"];
+
+impl CatalogEntry {
+    /// DescribeInstanceTypes' EbsInfo: (MaximumEbsAttachments, dedicated?). Nitro types share 28
+    /// attachment slots with ENIs and instance-store disks (bare metal 31), Xen types attach 39; the
+    /// seventh-generation Intel and AMD families have a limit of their own, growing with size.
+    pub fn ebs_attachments(&self) -> (u32, bool) {
+        if DEDICATED_EBS_FAMILIES.contains(&self.family.as_str()) {
+            let limit = match self.size.as_str() {
+                "16xlarge" => 48,
+                "24xlarge" => 64,
+                "32xlarge" => 88,
+                "48xlarge" => 128,
+                s if s.starts_with("metal") => 31,
+                _ => 32,
+            };
+            return (limit, true);
+        }
+        match (self.hypervisor.as_str(), self.size.as_str()) {
+            ("xen", _) => (39, false),
+            (_, "metal") => (31, false),
+            _ => (28, false),
+        }
+    }
+
+    /// NVMe instance-store disks (InstanceStorageInfo): one on every g4dn and g5 size in the catalog.
+    pub fn nvme_disks(&self) -> u32 {
+        u32::from(matches!(self.family.as_str(), "g4dn" | "g5"))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("data/ec2-instance-types.csv line {line}: column `{column}`: {message}")]
 pub struct CatalogError {
@@ -125,6 +158,11 @@ impl Catalog {
                 gpu_name: e.gpu_name.clone(),
                 supported_usage_classes: vec![CapacityType::OnDemand, CapacityType::Spot],
                 branch_interfaces: e.branch_enis,
+                ebs_attachments: Some(dovetail::aws::cloud::EbsAttachments {
+                    maximum: e.ebs_attachments().0,
+                    dedicated: e.ebs_attachments().1,
+                }),
+                instance_store_disks: e.nvme_disks(),
             })
             .collect()
     }

@@ -190,6 +190,27 @@ fn threshold(capacity: u64, v: &str) -> u64 {
     }
 }
 
+/// The attachment count the EBS CSI node plugin publishes in the node's CSINode: it reads the instance
+/// type from instance metadata and, unless the type's limit is dedicated, gives up a slot for each
+/// attached network interface (one at boot) and NVMe instance-store disk; the root volume always takes one.
+pub fn csi_ebs_volume_limit(e: &CatalogEntry) -> u32 {
+    let (limit, dedicated) = e.ebs_attachments();
+    let nitro = e.hypervisor != "xen";
+    let shared_slots = if dedicated || !nitro {
+        0
+    } else {
+        let interfaces_at_boot = 1;
+        interfaces_at_boot + e.nvme_disks()
+    };
+    let ceiling = if nitro && !dedicated {
+        limit.min(28)
+    } else {
+        limit
+    };
+    let root_volume = 1;
+    ceiling.saturating_sub(shared_slots + root_volume)
+}
+
 /// (capacity, allocatable) as Kubernetes quantities for an instance of this type booted with `user_data`.
 pub fn resources(
     e: &CatalogEntry,

@@ -28,6 +28,9 @@ pub struct Machine {
     pub allocatable: BTreeMap<String, String>,
     /// EC2 tags; `karpenter.sh/nodeclaim` links the node to its claim (as user data would).
     pub tags: BTreeMap<String, String>,
+    /// EBS volumes pods may attach, as the EBS CSI node plugin reports it in the node's CSINode
+    /// (None: no plugin on the node).
+    pub ebs_volume_limit: Option<u32>,
 }
 
 impl Machine {
@@ -71,6 +74,11 @@ pub const RUN_DURATION_ANNOTATION: &str = "sim.dovetail.dev/run-duration";
 /// How long pods stay on an unreachable node before taint-based eviction removes them (the default
 /// `tolerationSeconds` Kubernetes adds for `node.kubernetes.io/unreachable`).
 pub const UNREACHABLE_EVICTION: Duration = Duration::from_secs(300);
+
+/// The EBS CSI driver's name and the zone label its node plugin puts on nodes (volumes' node affinity
+/// may use either it or `topology.kubernetes.io/zone`).
+pub const EBS_CSI_DRIVER: &str = "ebs.csi.aws.com";
+pub const EBS_ZONE_LABEL: &str = "topology.ebs.csi.aws.com/zone";
 
 fn run_duration(pod: &Value) -> Option<Duration> {
     let s = pod["metadata"]["annotations"][RUN_DURATION_ANNOTATION].as_str()?;
@@ -257,6 +265,10 @@ impl Kubelets {
                 taints.extend(c["spec"][field].as_array().into_iter().flatten().cloned());
             }
         }
+        // The EBS node plugin labels the nodes it runs on with its topology key.
+        if m.ebs_volume_limit.is_some() {
+            labels[EBS_ZONE_LABEL] = json!(m.zone);
+        }
         let node = json!({
             "apiVersion": "v1",
             "kind": "Node",
@@ -268,7 +280,26 @@ impl Kubelets {
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
             },
         });
-        if kube.store().create("Node", node, now).is_ok() {
+        let created = kube.store().create("Node", node, now);
+        if let (Ok(created), Some(count)) = (&created, m.ebs_volume_limit) {
+            // The kubelet makes the CSINode (owned by the Node); the EBS plugin registers its driver in it.
+            let csinode = json!({
+                "apiVersion": "storage.k8s.io/v1",
+                "kind": "CSINode",
+                "metadata": {"name": m.node_name, "ownerReferences": [{
+                    "apiVersion": "v1", "kind": "Node", "name": m.node_name,
+                    "uid": created["metadata"]["uid"],
+                }]},
+                "spec": {"drivers": [{
+                    "name": EBS_CSI_DRIVER,
+                    "nodeID": m.instance_id,
+                    "topologyKeys": [EBS_ZONE_LABEL],
+                    "allocatable": {"count": count},
+                }]},
+            });
+            let _ = kube.store().create("CSINode", csinode, now);
+        }
+        if created.is_ok() {
             self.booting.remove(&m.instance_id);
             self.registered.insert(m.node_name.clone(), now);
             let owner = claim_name

@@ -10,12 +10,15 @@ pub mod disruption;
 pub mod kubelet;
 pub mod merge;
 pub mod placement;
+pub mod plugins;
 pub mod quantity;
 pub mod scheduler;
 pub mod schema;
 pub mod selectors;
+pub mod statefulsets;
 pub mod store;
 pub mod validation;
+pub mod volumes;
 pub mod workloads;
 
 pub use api::FakeKube;

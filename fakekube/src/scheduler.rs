@@ -3,7 +3,7 @@
 //!
 //! It deliberately shares no code with dovetail's scheduling, so it can disagree with it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,7 +96,7 @@ pub(crate) fn tolerates(pod: &Value, taint: &Value) -> bool {
         })
 }
 
-fn expression_holds(expr: &Value, labels: &Value) -> bool {
+pub(crate) fn expression_holds(expr: &Value, labels: &Value) -> bool {
     let actual = labels
         .get(expr["key"].as_str().unwrap_or_default())
         .and_then(Value::as_str);
@@ -462,9 +462,21 @@ impl Scheduler {
                 .and_then(|s| s.parse().ok());
             (created, key(v))
         });
+        // EBS claims attached per node, read once a pod with claims needs them.
+        let mut attached: Option<BTreeMap<String, BTreeSet<String>>> = None;
         for pod in pending {
             let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
             let mut best: Option<(i128, String)> = None;
+            let claims = crate::volumes::pod_claims(st, &pod);
+            if !claims.is_empty() && attached.is_none() {
+                attached = Some(
+                    nodes
+                        .iter()
+                        .filter_map(|n| n["metadata"]["name"].as_str())
+                        .map(|n| (n.to_string(), crate::volumes::attached(st, n)))
+                        .collect(),
+                );
+            }
             for n in &nodes {
                 let name = n["metadata"]["name"]
                     .as_str()
@@ -472,7 +484,24 @@ impl Scheduler {
                     .to_string();
                 let f = &free[&name];
                 let used = ports.get(&name).map_or(&[][..], Vec::as_slice);
+                let volume_reason = || {
+                    if claims.is_empty() {
+                        return None;
+                    }
+                    let none = BTreeSet::new();
+                    let on_node = attached
+                        .as_ref()
+                        .and_then(|a| a.get(&name))
+                        .unwrap_or(&none);
+                    crate::volumes::unfit_reason(
+                        &claims,
+                        n,
+                        on_node,
+                        crate::volumes::attach_limit(st, &name),
+                    )
+                };
                 match unfit_reason(&pod, n, f, used)
+                    .or_else(volume_reason)
                     .or_else(|| inter_pod_reason(&pod, n, &nodes, &placed))
                 {
                     Some(r) => *reasons.entry(r).or_default() += 1,
@@ -509,6 +538,19 @@ impl Scheduler {
                     }
                     let status = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "True"}]}});
                     let _ = st.patch("Pod", &ns, &pod_name, &status, true);
+                    if !claims.is_empty() {
+                        if let Some(n) = nodes
+                            .iter()
+                            .find(|n| n["metadata"]["name"] == node.as_str())
+                        {
+                            crate::volumes::provision_for(st, &claims, n, now);
+                        }
+                        if let Some(a) = attached.as_mut() {
+                            a.entry(node.clone())
+                                .or_default()
+                                .extend(crate::volumes::ebs_keys(&claims));
+                        }
+                    }
                     if let Some(f) = free.get_mut(&node) {
                         for (k, v) in requests(&pod) {
                             *f.entry(k).or_default() -= v;

@@ -12,7 +12,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use crate::merge::merge_patch;
 
 /// Kinds that live in a namespace (everything else is cluster-scoped).
-const NAMESPACED: [&str; 8] = [
+const NAMESPACED: [&str; 14] = [
     "Pod",
     "DaemonSet",
     "PodDisruptionBudget",
@@ -20,7 +20,13 @@ const NAMESPACED: [&str; 8] = [
     "Event",
     "Deployment",
     "ReplicaSet",
+    "StatefulSet",
     "Job",
+    "PersistentVolumeClaim",
+    "Service",
+    "ConfigMap",
+    "Secret",
+    "ServiceAccount",
 ];
 
 /// How many watch events are kept for watches that resume from an older resourceVersion (the API server's
@@ -192,10 +198,10 @@ impl Store {
         }
     }
 
-    /// Events draw from a stream of their own: how much a controller reports must not change the names
-    /// and uids every other object gets.
+    /// Events and CSINodes draw from a stream of their own: how much a controller reports, and the
+    /// record a kubelet keeps beside its Node, must not change the names and uids every other object gets.
     fn rng_for(&mut self, kind: &str) -> &mut ChaCha8Rng {
-        if kind == "Event" {
+        if matches!(kind, "Event" | "CSINode") {
             &mut self.event_rng
         } else {
             &mut self.rng
@@ -277,7 +283,12 @@ impl Store {
             m.shift_remove("namespace");
         }
         let key = Store::key_of(kind, &obj);
-        let errors = self.admission_errors(kind, &mut obj, None);
+        let mut errors = self.admission_errors(kind, &mut obj, None);
+        if errors.is_empty()
+            && let Err(e) = crate::plugins::admit(self, kind, &mut obj)
+        {
+            errors.push(e);
+        }
         if !errors.is_empty() {
             return Err(StoreError::Invalid(
                 format!("{kind} {}", display(&key.1, &key.2)),

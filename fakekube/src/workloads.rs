@@ -125,6 +125,13 @@ fn daemon_admitted(template: &Value, node: &Value) -> bool {
     taints_ok && crate::scheduler::node_affinity_admits(&pod, node)
 }
 
+/// Whether an object has a controlling owner.
+fn has_controller(obj: &Value) -> bool {
+    obj["metadata"]["ownerReferences"]
+        .as_array()
+        .is_some_and(|r| r.iter().any(|o| o["controller"] == true))
+}
+
 /// The disruption controller: keep every PDB's status current.
 fn update_budgets(kube: &FakeKube) {
     let mut st = kube.store();
@@ -164,6 +171,13 @@ impl Workloads {
             return;
         }
         self.reconcile_deployments(kube, now);
+        {
+            let mut st = kube.store();
+            for note in crate::statefulsets::reconcile(&mut st, now) {
+                self.journal.record("workload", note);
+            }
+            crate::volumes::reconcile(&mut st, now);
+        }
         self.reconcile_jobs(kube, now);
         self.reconcile_daemonsets(kube, now);
         self.collect_orphan_pods(kube, now);
@@ -295,12 +309,20 @@ impl Workloads {
         }
     }
 
+    /// Deployments, and ReplicaSets of their own (one a Deployment owns is that Deployment's business: its
+    /// pods are the Deployment's here): keep `replicas` live pods.
     fn reconcile_deployments(&mut self, kube: &FakeKube, now: Timestamp) {
         let mut st = kube.store();
-        for d in st.list("Deployment") {
+        let sets = st.list("Deployment").into_iter().chain(
+            st.list("ReplicaSet")
+                .into_iter()
+                .filter(|rs| !has_controller(rs)),
+        );
+        for d in sets.collect::<Vec<_>>() {
             if !d["metadata"]["deletionTimestamp"].is_null() {
                 continue;
             }
+            let kind = d["kind"].as_str().unwrap_or("Deployment").to_string();
             let uid = d["metadata"]["uid"]
                 .as_str()
                 .unwrap_or_default()
@@ -339,13 +361,16 @@ impl Workloads {
                     meta["generateName"] = json!(format!("{name}-{hash}-"));
                     meta["namespace"] = json!(ns);
                     meta["labels"]["pod-template-hash"] = json!(hash);
-                    meta["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": uid, "controller": true}]);
+                    meta["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": uid, "controller": true}]);
                     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template["spec"], "status": {"phase": "Pending"}});
                     let _ = st.create("Pod", pod, now);
                 }
                 self.journal.record(
                     "workload",
-                    format!("deployment/{ns}/{name} created {missing} pods ({want} desired)"),
+                    format!(
+                        "{}/{ns}/{name} created {missing} pods ({want} desired)",
+                        kind.to_lowercase()
+                    ),
                 );
             } else if owned.len() > want {
                 // Like a ReplicaSet: remove unscheduled pods first, then the newest.
@@ -356,7 +381,10 @@ impl Workloads {
                 }
                 self.journal.record(
                     "workload",
-                    format!("deployment/{ns}/{name} deleted {extra} pods ({want} desired)"),
+                    format!(
+                        "{}/{ns}/{name} deleted {extra} pods ({want} desired)",
+                        kind.to_lowercase()
+                    ),
                 );
             }
         }

@@ -357,6 +357,7 @@ fn a_job_runs_to_completion_with_its_parallelism() {
         capacity: BTreeMap::new(),
         allocatable: BTreeMap::new(),
         tags: BTreeMap::new(),
+        ebs_volume_limit: None,
     };
     let mut kubelets = Kubelets::new(
         ChaCha8Rng::seed_from_u64(1),
@@ -742,6 +743,7 @@ fn kubelets_register_after_boot_then_go_not_ready_and_lose_pods() {
             ("karpenter.sh/nodepool".to_string(), "default".to_string()),
         ]
         .into(),
+        ebs_volume_limit: Some(26),
     };
     let mut kubelets = Kubelets::new(
         ChaCha8Rng::seed_from_u64(1),
@@ -783,6 +785,18 @@ fn kubelets_register_after_boot_then_go_not_ready_and_lose_pods() {
         .collect();
     assert_eq!(taints, ["karpenter.sh/unregistered", "team", "cni"]);
     assert_eq!(node["status"]["allocatable"]["cpu"], "1930m");
+    assert_eq!(
+        node["metadata"]["labels"]["topology.ebs.csi.aws.com/zone"],
+        "us-east-1a"
+    );
+    let csinode = w
+        .kube
+        .store()
+        .get("CSINode", "", &m.node_name)
+        .cloned()
+        .expect("the kubelet makes the node's CSINode");
+    assert_eq!(csinode["spec"]["drivers"][0]["name"], "ebs.csi.aws.com");
+    assert_eq!(csinode["spec"]["drivers"][0]["allocatable"]["count"], 26);
     w.clock.advance(Duration::from_secs(5));
     step(&mut kubelets, &w, &m);
     let taints: Vec<String> =

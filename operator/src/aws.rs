@@ -250,6 +250,22 @@ impl Cloud for AwsCloud {
                         .unwrap_or(0) as u32,
                     gpu_count: gpu.and_then(|g| g.count()).unwrap_or(0) as u32,
                     gpu_name: gpu.and_then(|g| g.name()).unwrap_or_default().to_string(),
+                    ebs_attachments: t.ebs_info().and_then(|e| {
+                        Some(dovetail::aws::cloud::EbsAttachments {
+                            maximum: u32::try_from(e.maximum_ebs_attachments()?).ok()?,
+                            dedicated: e.attachment_limit_type()
+                                == Some(&ec2::AttachmentLimitType::Dedicated),
+                        })
+                    }),
+                    instance_store_disks: t
+                        .instance_storage_info()
+                        .map(|s| {
+                            s.disks()
+                                .iter()
+                                .map(|d| d.count().unwrap_or(0).max(0) as u32)
+                                .sum()
+                        })
+                        .unwrap_or(0),
                     supported_usage_classes: t
                         .supported_usage_classes()
                         .iter()

@@ -40,6 +40,10 @@ pub fn resource(kind: Kind) -> ApiResource {
         Kind::NodePool => "nodepools",
         Kind::NodeClaim => "nodeclaims",
         Kind::EC2NodeClass => "ec2nodeclasses",
+        Kind::PersistentVolumeClaim => "persistentvolumeclaims",
+        Kind::PersistentVolume => "persistentvolumes",
+        Kind::StorageClass => "storageclasses",
+        Kind::CSINode => "csinodes",
     };
     ApiResource {
         group: group.to_string(),

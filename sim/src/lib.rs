@@ -37,9 +37,9 @@ pub struct Outcome {
     pub events: std::collections::BTreeMap<String, u32>,
     /// What the controllers counted (the in-cluster `/metrics`).
     pub controller_metrics: std::sync::Arc<dovetail::metrics::Metrics>,
-    /// NodePools, NodeClaims and EC2NodeClasses at the end of the run, by kind, as `kubectl get -o json`
-    /// would show them (status and conditions included).
-    pub karpenter_objects: std::collections::BTreeMap<String, Vec<serde_json::Value>>,
+    /// NodePools, NodeClaims, EC2NodeClasses, Nodes, Pods, StatefulSets and volumes (claims and
+    /// PersistentVolumes) at the end of the run, by kind, as `kubectl get -o json` would show them.
+    pub objects: std::collections::BTreeMap<String, Vec<serde_json::Value>>,
 }
 
 /// Options of one run.
@@ -137,6 +137,6 @@ pub fn simulate(scenario: &Scenario, options: &RunOptions) -> Result<Outcome, Si
         series: run.observations.series.clone(),
         controller_metrics: run.controller_metrics.clone(),
         events: run.observations.events.clone(),
-        karpenter_objects: run.observations.karpenter_objects.clone(),
+        objects: run.observations.objects.clone(),
     })
 }

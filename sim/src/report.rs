@@ -104,7 +104,7 @@ pub struct Observations {
     pub events: std::collections::BTreeMap<String, u32>,
     /// Karpenter's objects as the API server holds them at the end (`kubectl get nodepools,nodeclaims,
     /// ec2nodeclasses -o json`), by kind.
-    pub karpenter_objects: std::collections::BTreeMap<String, Vec<serde_json::Value>>,
+    pub objects: std::collections::BTreeMap<String, Vec<serde_json::Value>>,
     pub samples: usize,
     pub cost_total: f64,
     /// The lower bound integrated over the run.
@@ -170,8 +170,17 @@ impl Observations {
         self.forced_deletions = audit.forced;
         self.violations.extend(audit.violations);
         let end = epoch.checked_add(duration).unwrap_or(epoch);
-        for kind in ["NodePool", "NodeClaim", "EC2NodeClass"] {
-            self.karpenter_objects
+        for kind in [
+            "NodePool",
+            "NodeClaim",
+            "EC2NodeClass",
+            "Node",
+            "Pod",
+            "StatefulSet",
+            "PersistentVolumeClaim",
+            "PersistentVolume",
+        ] {
+            self.objects
                 .insert(kind.to_string(), kube.store().list(kind));
         }
         let events = kube.store().list("Event");

@@ -233,7 +233,12 @@ fn default_arch() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawScale {
-    deployment: Spanned<String>,
+    #[serde(default)]
+    deployment: Option<Spanned<String>>,
+    #[serde(default)]
+    statefulset: Option<Spanned<String>>,
+    #[serde(default)]
+    replicaset: Option<Spanned<String>>,
     replicas: u32,
 }
 
@@ -257,7 +262,9 @@ pub struct Manifest {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
+    /// Set a Deployment's, StatefulSet's or ReplicaSet's replicas.
     Scale {
+        kind: String,
         namespace: String,
         name: String,
         replicas: u32,
@@ -328,16 +335,30 @@ pub enum Action {
 }
 
 /// Kinds a `delete` action may name.
-const DELETABLE: [&str; 9] = [
+const DELETABLE: [&str; 23] = [
     "NodePool",
     "EC2NodeClass",
     "Deployment",
+    "ReplicaSet",
+    "StatefulSet",
     "DaemonSet",
     "Job",
     "Pod",
     "PodDisruptionBudget",
     "Node",
     "NodeClaim",
+    "Namespace",
+    "PersistentVolumeClaim",
+    "PersistentVolume",
+    "StorageClass",
+    "CSINode",
+    "PriorityClass",
+    "RuntimeClass",
+    "Service",
+    "ConfigMap",
+    "Secret",
+    "ServiceAccount",
+    "Lease",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -390,6 +411,9 @@ pub struct Scenario {
     /// The API server's `major.minor`.
     pub kubernetes_version: String,
     pub manifests: Vec<Manifest>,
+    /// What loading changed in the manifests as written (objects left to their controllers, pods' node
+    /// names), shown at the start of the trace.
+    pub notes: Vec<String>,
     pub timeline: Vec<Event>,
     pub expect: Expectations,
 }
@@ -401,6 +425,69 @@ struct Loader<'a> {
     dir: Option<&'a Path>,
     /// Reading a file a scenario included: includes do not nest.
     included: bool,
+    /// What the loader left to the simulation instead of loading as written (objects a controller makes,
+    /// pods' node names), for the trace.
+    notes: std::cell::RefCell<Vec<String>>,
+}
+
+/// Kinds a scenario's manifests may hold.
+const SUPPORTED_KINDS: [&str; 21] = [
+    "NodePool",
+    "EC2NodeClass",
+    "Deployment",
+    "ReplicaSet",
+    "StatefulSet",
+    "DaemonSet",
+    "Job",
+    "Pod",
+    "PodDisruptionBudget",
+    "Node",
+    "Namespace",
+    "PersistentVolumeClaim",
+    "PersistentVolume",
+    "StorageClass",
+    "CSINode",
+    "PriorityClass",
+    "RuntimeClass",
+    "Service",
+    "ConfigMap",
+    "Secret",
+    "ServiceAccount",
+];
+
+/// Kinds whose simulated controllers make the objects they own.
+const MANAGING_KINDS: [&str; 5] = [
+    "Deployment",
+    "ReplicaSet",
+    "StatefulSet",
+    "DaemonSet",
+    "Job",
+];
+
+/// (kind, namespace, name) of a manifest a `scale` action may name.
+fn scalable(m: &Manifest) -> Option<(String, String, String)> {
+    matches!(m.kind.as_str(), "Deployment" | "StatefulSet" | "ReplicaSet").then(|| {
+        (
+            m.kind.clone(),
+            m.object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string(),
+            m.object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    })
+}
+
+/// `namespace/name`, or `name` for cluster-scoped objects.
+fn display_name(json: &Value) -> String {
+    let name = json["metadata"]["name"].as_str().unwrap_or("?");
+    match json["metadata"]["namespace"].as_str() {
+        Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
+        _ => name.to_string(),
+    }
 }
 
 impl Loader<'_> {
@@ -465,7 +552,7 @@ impl Loader<'_> {
     /// the scenario) of one or more `---`-separated manifests.
     fn manifests(&self, node: &Spanned<Node>, field: &str) -> Result<Vec<Manifest>, SimError> {
         let Some((path, at)) = file_reference(node) else {
-            return Ok(vec![self.manifest(node, field)?]);
+            return self.manifest(node, field);
         };
         let field = format!("{field}.file");
         if self.included {
@@ -499,31 +586,65 @@ impl Loader<'_> {
             file: &shown,
             dir: Some(dir),
             included: true,
+            notes: Default::default(),
         };
-        let found: Vec<Manifest> = docs
-            .iter()
-            .filter(|d| d.value != Node::Null)
-            .enumerate()
-            .map(|(i, d)| inner.manifest(d, &format!("document[{i}]")))
-            .collect::<Result<_, _>>()?;
+        let mut found: Vec<Manifest> = Vec::new();
+        for (i, d) in docs.iter().filter(|d| d.value != Node::Null).enumerate() {
+            found.extend(inner.manifest(d, &format!("document[{i}]"))?);
+        }
+        self.notes.borrow_mut().extend(inner.notes.take());
         if found.is_empty() {
             return Err(self.err(at, &field, format!("`{shown}` holds no manifest")));
         }
         Ok(found)
     }
 
-    /// Decode a manifest into its type, reject fields the type does not have, and check quantities.
-    fn manifest(&self, node: &Spanned<Node>, field: &str) -> Result<Manifest, SimError> {
+    /// Decode a manifest into its type, reject fields the type does not have, and check quantities; a
+    /// `kind: List` (what `kubectl get -o yaml` writes) is its items. Objects a controller makes from
+    /// another one in the scenario (a Deployment's ReplicaSets, every workload's pods) are left to that
+    /// controller, with a note.
+    fn manifest(&self, node: &Spanned<Node>, field: &str) -> Result<Vec<Manifest>, SimError> {
         let json = node.value.to_json();
         let at = |path: &[Seg]| locate(node, path);
         let kind = json["kind"].as_str().unwrap_or_default().to_string();
         let api_version = json["apiVersion"].as_str().unwrap_or_default().to_string();
+        if kind == "List" {
+            let items = match &node.value {
+                Node::Map(entries) => entries.iter().find(|(k, _)| k.value == "items"),
+                _ => None,
+            };
+            let mut out = Vec::new();
+            if let Some((
+                _,
+                Spanned {
+                    value: Node::Seq(items),
+                    ..
+                },
+            )) = items
+            {
+                for (i, item) in items.iter().enumerate() {
+                    out.extend(self.manifest(item, &format!("{field}.items[{i}]"))?);
+                }
+            }
+            return Ok(out);
+        }
         let expected = match kind.as_str() {
             "NodePool" => "karpenter.sh/v1",
             "EC2NodeClass" => "karpenter.k8s.aws/v1",
-            "Deployment" | "DaemonSet" => "apps/v1",
+            "Deployment" | "DaemonSet" | "StatefulSet" | "ReplicaSet" => "apps/v1",
             "Job" => "batch/v1",
-            "Pod" => "v1",
+            "Pod"
+            | "Node"
+            | "Namespace"
+            | "PersistentVolumeClaim"
+            | "PersistentVolume"
+            | "Service"
+            | "ConfigMap"
+            | "Secret"
+            | "ServiceAccount" => "v1",
+            "StorageClass" | "CSINode" => "storage.k8s.io/v1",
+            "PriorityClass" => "scheduling.k8s.io/v1",
+            "RuntimeClass" => "node.k8s.io/v1",
             "PodDisruptionBudget" => "policy/v1",
             "" => {
                 return Err(self.err(
@@ -532,20 +653,54 @@ impl Loader<'_> {
                     "every manifest needs `kind` and `apiVersion`",
                 ));
             }
+            "Provisioner" | "AWSNodeTemplate" => {
+                return Err(self.err(
+                    at(&[Seg::Key("kind".into())]),
+                    &format!("{field}.kind"),
+                    format!("{kind} is Karpenter's old API ({api_version}); convert the file with `cargo xtask migrate FILE` (or `dovetail migrate FILE`) to NodePool and EC2NodeClass"),
+                ));
+            }
             other => {
                 return Err(self.err(
                     at(&[Seg::Key("kind".into())]),
                     &format!("{field}.kind"),
-                    format!("unsupported kind `{other}`; scenarios accept NodePool, EC2NodeClass, Deployment, DaemonSet, Job, Pod, PodDisruptionBudget"),
+                    format!(
+                        "unsupported kind `{other}`; scenarios accept {}",
+                        SUPPORTED_KINDS.join(", ")
+                    ),
                 ));
             }
         };
         if api_version != expected {
+            let hint = if matches!(kind.as_str(), "NodePool" | "EC2NodeClass")
+                && api_version.ends_with("/v1beta1")
+            {
+                "; convert the file with `cargo xtask migrate FILE` (or `dovetail migrate FILE`)"
+            } else {
+                ""
+            };
             return Err(self.err(
                 at(&[Seg::Key("apiVersion".into())]),
                 &format!("{field}.apiVersion"),
-                format!("{kind} is `{expected}`, not `{api_version}`"),
+                format!("{kind} is `{expected}`, not `{api_version}`{hint}"),
             ));
+        }
+        if let Some(owner) = json["metadata"]["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|o| o["controller"] == true)
+        {
+            let owner_kind = owner["kind"].as_str().unwrap_or_default();
+            if MANAGING_KINDS.contains(&owner_kind) {
+                self.notes.borrow_mut().push(format!(
+                    "{field}: {} {} is made by its {owner_kind} {}; the simulated {owner_kind} controller makes it again",
+                    kind.to_lowercase(),
+                    display_name(&json),
+                    owner["name"].as_str().unwrap_or("?"),
+                ));
+                return Ok(Vec::new());
+            }
         }
         // The API server's own check of a custom resource: its CRD's schema and CEL rules.
         if matches!(kind.as_str(), "NodePool" | "EC2NodeClass") {
@@ -572,20 +727,31 @@ impl Loader<'_> {
                 ));
             }
         }
+        use k8s_openapi::api::{apps, batch, core, node as node_api, policy, scheduling, storage};
         let understood = match kind.as_str() {
             "NodePool" => self.typed::<dovetail::crds::NodePool>(node, &json, field)?,
             "EC2NodeClass" => self.typed::<dovetail::crds::EC2NodeClass>(node, &json, field)?,
-            "Deployment" => {
-                self.typed::<k8s_openapi::api::apps::v1::Deployment>(node, &json, field)?
+            "Deployment" => self.typed::<apps::v1::Deployment>(node, &json, field)?,
+            "DaemonSet" => self.typed::<apps::v1::DaemonSet>(node, &json, field)?,
+            "StatefulSet" => self.typed::<apps::v1::StatefulSet>(node, &json, field)?,
+            "ReplicaSet" => self.typed::<apps::v1::ReplicaSet>(node, &json, field)?,
+            "Pod" => self.typed::<core::v1::Pod>(node, &json, field)?,
+            "Node" => self.typed::<core::v1::Node>(node, &json, field)?,
+            "Namespace" => self.typed::<core::v1::Namespace>(node, &json, field)?,
+            "PersistentVolumeClaim" => {
+                self.typed::<core::v1::PersistentVolumeClaim>(node, &json, field)?
             }
-            "DaemonSet" => {
-                self.typed::<k8s_openapi::api::apps::v1::DaemonSet>(node, &json, field)?
-            }
-            "Pod" => self.typed::<k8s_openapi::api::core::v1::Pod>(node, &json, field)?,
-            "Job" => self.typed::<k8s_openapi::api::batch::v1::Job>(node, &json, field)?,
-            _ => {
-                self.typed::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(node, &json, field)?
-            }
+            "PersistentVolume" => self.typed::<core::v1::PersistentVolume>(node, &json, field)?,
+            "Service" => self.typed::<core::v1::Service>(node, &json, field)?,
+            "ConfigMap" => self.typed::<core::v1::ConfigMap>(node, &json, field)?,
+            "Secret" => self.typed::<core::v1::Secret>(node, &json, field)?,
+            "ServiceAccount" => self.typed::<core::v1::ServiceAccount>(node, &json, field)?,
+            "StorageClass" => self.typed::<storage::v1::StorageClass>(node, &json, field)?,
+            "CSINode" => self.typed::<storage::v1::CSINode>(node, &json, field)?,
+            "PriorityClass" => self.typed::<scheduling::v1::PriorityClass>(node, &json, field)?,
+            "RuntimeClass" => self.typed::<node_api::v1::RuntimeClass>(node, &json, field)?,
+            "Job" => self.typed::<batch::v1::Job>(node, &json, field)?,
+            _ => self.typed::<policy::v1::PodDisruptionBudget>(node, &json, field)?,
         };
         let mut unknown = Vec::new();
         unknown_fields(&json, &understood, &mut Vec::new(), &mut unknown);
@@ -621,7 +787,67 @@ impl Loader<'_> {
                 ),
             ));
         }
-        Ok(Manifest { kind, object: json })
+        if kind == "Node"
+            && !json["status"]["allocatable"].is_object()
+            && !json["status"]["capacity"].is_object()
+        {
+            return Err(self.err(
+                at(&[Seg::Key("metadata".into())]),
+                &format!("{field}.status.allocatable"),
+                format!(
+                    "Node {}: a node that is already there needs `status.allocatable` (or `capacity`): what pods may use on it",
+                    display_name(&json)
+                ),
+            ));
+        }
+        let object = self.as_created(&kind, json, field);
+        Ok(vec![Manifest { kind, object }])
+    }
+
+    /// The object as `kubectl create` would send it from a dump: what the API server sets itself
+    /// (uid, resourceVersion, timestamps, managedFields) goes, and so does `status` except a Node's
+    /// (the API server keeps a created Node's status; the kubelet would report it). A pod's `nodeName`
+    /// goes too, with a note: the simulated scheduler places it.
+    fn as_created(&self, kind: &str, mut json: Value, field: &str) -> Value {
+        if let Some(meta) = json["metadata"].as_object_mut() {
+            for server_set in [
+                "uid",
+                "resourceVersion",
+                "creationTimestamp",
+                "generation",
+                "managedFields",
+                "selfLink",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+            ] {
+                meta.shift_remove(server_set);
+            }
+            meta.shift_remove("ownerReferences");
+        }
+        if kind == "Node" {
+            // A node written without conditions is taken to be Ready, and one without allocatable to
+            // hold back nothing from its capacity.
+            if !json["status"]["conditions"].is_array() {
+                json["status"]["conditions"] = serde_json::json!([
+                    {"type": "Ready", "status": "True", "reason": "KubeletReady"}
+                ]);
+            }
+            if !json["status"]["allocatable"].is_object() {
+                json["status"]["allocatable"] = json["status"]["capacity"].clone();
+            }
+        } else if let Some(obj) = json.as_object_mut() {
+            obj.shift_remove("status");
+        }
+        if kind == "Pod"
+            && let Some(spec) = json["spec"].as_object_mut()
+            && let Some(node) = spec.shift_remove("nodeName")
+        {
+            self.notes.borrow_mut().push(format!(
+                "{field}: pod {}: spec.nodeName {node} dropped; the simulated scheduler places it",
+                display_name(&json)
+            ));
+        }
+        json
     }
 
     fn typed<T: DeserializeOwned + serde::Serialize>(
@@ -663,7 +889,23 @@ impl Loader<'_> {
         let k = |s: &str| Seg::Key(s.to_string());
         let pod_spec: Vec<Seg> = match json["kind"].as_str() {
             Some("Pod") => vec![k("spec")],
-            Some("Deployment" | "DaemonSet" | "Job") => vec![k("spec"), k("template"), k("spec")],
+            Some("Deployment" | "DaemonSet" | "Job" | "StatefulSet" | "ReplicaSet") => {
+                vec![k("spec"), k("template"), k("spec")]
+            }
+            Some("PersistentVolumeClaim") => {
+                lists.push(vec![k("spec"), k("resources"), k("requests")]);
+                lists.push(vec![k("spec"), k("resources"), k("limits")]);
+                Vec::new()
+            }
+            Some("Node") => {
+                lists.push(vec![k("status"), k("capacity")]);
+                lists.push(vec![k("status"), k("allocatable")]);
+                Vec::new()
+            }
+            Some("RuntimeClass") => {
+                lists.push(vec![k("overhead"), k("podFixed")]);
+                Vec::new()
+            }
             Some("NodePool") => {
                 lists.push(vec![k("spec"), k("limits")]);
                 Vec::new()
@@ -799,6 +1041,7 @@ impl Scenario {
             file,
             dir,
             included: false,
+            notes: Default::default(),
         };
         let duration = l.duration(&raw.duration, "duration")?;
         if duration.is_zero() {
@@ -900,23 +1143,8 @@ impl Scenario {
         for (i, m) in raw.manifests.iter().enumerate() {
             manifests.extend(l.manifests(m, &format!("manifests[{i}]"))?);
         }
-        let mut known_deployments: Vec<(String, String)> = manifests
-            .iter()
-            .filter(|m| m.kind == "Deployment")
-            .map(|m| {
-                let ns = m.object["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or("default")
-                    .to_string();
-                (
-                    ns,
-                    m.object["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                )
-            })
-            .collect();
+        let mut known_workloads: Vec<(String, String, String)> =
+            manifests.iter().filter_map(scalable).collect();
         let mut timeline = Vec::new();
         for (i, ev) in raw.timeline.iter().enumerate() {
             let field = format!("timeline[{i}]");
@@ -951,19 +1179,37 @@ impl Scenario {
                 ));
             }
             let action = if let Some(s) = &e.scale {
-                let (ns, name) = s
-                    .deployment
+                let targets: Vec<(&str, &Spanned<String>)> = [
+                    ("Deployment", &s.deployment),
+                    ("StatefulSet", &s.statefulset),
+                    ("ReplicaSet", &s.replicaset),
+                ]
+                .into_iter()
+                .filter_map(|(k, t)| t.as_ref().map(|t| (k, t)))
+                .collect();
+                let [(kind, target)] = targets[..] else {
+                    return Err(l.err(
+                        pos(ev),
+                        &format!("{field}.scale"),
+                        "name exactly one of `deployment`, `statefulset` or `replicaset` (namespace/name)",
+                    ));
+                };
+                let (ns, name) = target
                     .value
                     .split_once('/')
-                    .unwrap_or(("default", &s.deployment.value));
-                if !known_deployments.iter().any(|(n, d)| n == ns && d == name) {
+                    .unwrap_or(("default", &target.value));
+                if !known_workloads
+                    .iter()
+                    .any(|(k, n, d)| k == kind && n == ns && d == name)
+                {
                     return Err(l.err(
-                        pos(&s.deployment),
-                        &format!("{field}.scale.deployment"),
-                        format!("no Deployment `{ns}/{name}` in the scenario's manifests (write namespace/name)"),
+                        pos(target),
+                        &format!("{field}.scale.{}", kind.to_lowercase()),
+                        format!("no {kind} `{ns}/{name}` in the scenario's manifests (write namespace/name)"),
                     ));
                 }
                 Action::Scale {
+                    kind: kind.to_string(),
                     namespace: ns.to_string(),
                     name: name.to_string(),
                     replicas: s.replicas,
@@ -972,19 +1218,7 @@ impl Scenario {
                 let mut out = Vec::new();
                 for (j, m) in list.iter().enumerate() {
                     for man in l.manifests(m, &format!("{field}.apply[{j}]"))? {
-                        if man.kind == "Deployment" {
-                            let ns = man.object["metadata"]["namespace"]
-                                .as_str()
-                                .unwrap_or("default")
-                                .to_string();
-                            known_deployments.push((
-                                ns,
-                                man.object["metadata"]["name"]
-                                    .as_str()
-                                    .unwrap_or_default()
-                                    .to_string(),
-                            ));
-                        }
+                        known_workloads.extend(scalable(&man));
                         out.push(man);
                     }
                 }
@@ -1201,6 +1435,7 @@ impl Scenario {
             manifests,
             timeline,
             expect,
+            notes: l.notes.take(),
         })
     }
 }

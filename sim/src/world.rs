@@ -83,6 +83,7 @@ fn machines(cloud: &FakeCloud) -> Vec<Machine> {
                     capacity,
                     allocatable,
                     tags: r.instance.tags.clone(),
+                    ebs_volume_limit: Some(fakecloud::kubelet::csi_ebs_volume_limit(entry)),
                 })
             })
             .collect()
@@ -327,21 +328,45 @@ struct WorkloadParts {
     cloud: FakeCloud,
     trace: Trace,
     manifests: Vec<Manifest>,
+    notes: Vec<String>,
     timeline: Vec<crate::scenario::Event>,
     clock: SimClock,
     faults: Arc<Mutex<ControllerFaults>>,
 }
+
+/// Kinds other objects lean on at admission (a pod's priority and runtime classes, a claim's default
+/// storage class) or at scheduling (volumes, nodes): applied first, whatever the order written, as Helm
+/// orders an install.
+const APPLIED_FIRST: [&str; 7] = [
+    "Namespace",
+    "PriorityClass",
+    "RuntimeClass",
+    "StorageClass",
+    "PersistentVolume",
+    "Node",
+    "CSINode",
+];
 
 async fn workload_host(p: WorkloadParts) -> turmoil::Result {
     let WorkloadParts {
         kube,
         cloud,
         trace,
-        manifests,
+        mut manifests,
+        notes,
         timeline,
         clock,
         faults,
     } = p;
+    for note in notes {
+        trace.push("load", note);
+    }
+    manifests.sort_by_key(|m| {
+        APPLIED_FIRST
+            .iter()
+            .position(|k| *k == m.kind)
+            .unwrap_or(APPLIED_FIRST.len())
+    });
     apply(
         &kube,
         &trace,
@@ -353,26 +378,22 @@ async fn workload_host(p: WorkloadParts) -> turmoil::Result {
         let now = dovetail::clock::Clock::now(&clock);
         match ev.action {
             Action::Scale {
+                kind,
                 namespace,
                 name,
                 replicas,
             } => {
                 let r = kube.store().patch(
-                    "Deployment",
+                    &kind,
                     &namespace,
                     &name,
                     &json!({"spec": {"replicas": replicas}}),
                     false,
                 );
+                let what = format!("{}/{namespace}/{name}", kind.to_lowercase());
                 match r {
-                    Ok(_) => trace.push(
-                        "workload",
-                        format!("scale deployment/{namespace}/{name} replicas={replicas}"),
-                    ),
-                    Err(e) => trace.push(
-                        "workload",
-                        format!("scale deployment/{namespace}/{name} failed: {e}"),
-                    ),
+                    Ok(_) => trace.push("workload", format!("scale {what} replicas={replicas}")),
+                    Err(e) => trace.push("workload", format!("scale {what} failed: {e}")),
                 }
             }
             Action::Apply(ms) => apply(&kube, &trace, &ms, now),
@@ -651,6 +672,7 @@ pub fn run(
     {
         let (kube, cloud, trace) = (kube.clone(), cloud.clone(), trace.clone());
         let manifests = scenario.manifests.clone();
+        let notes = scenario.notes.clone();
         let timeline = scenario.timeline.clone();
         let faults = faults.clone();
         sim.host("workload", move || {
@@ -659,6 +681,7 @@ pub fn run(
                 cloud: cloud.clone(),
                 trace: trace.clone(),
                 manifests: manifests.clone(),
+                notes: notes.clone(),
                 timeline: timeline.clone(),
                 clock,
                 faults: faults.clone(),

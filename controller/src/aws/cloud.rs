@@ -26,6 +26,19 @@ pub struct InstanceTypeInfo {
     /// Branch network interfaces for security groups for pods (0: the type cannot trunk). EC2 does not
     /// report it; the adapter takes it from the VPC resource controller's limits (`aws::vpclimits`).
     pub branch_interfaces: u32,
+    /// EbsInfo: how many EBS volumes the type can attach, None when EC2 does not say.
+    pub ebs_attachments: Option<EbsAttachments>,
+    /// NVMe instance-store disks (InstanceStorageInfo): on a shared-limit type each takes a slot.
+    pub instance_store_disks: u32,
+}
+
+/// EbsInfo's `MaximumEbsAttachments` and `AttachmentLimitType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EbsAttachments {
+    pub maximum: u32,
+    /// `dedicated`: the limit is the volumes' own; `shared`: network interfaces and instance-store disks
+    /// take slots from it too (every other Nitro type).
+    pub dedicated: bool,
 }
 
 /// DescribeInstanceTypeOfferings (location type availability-zone).

@@ -53,6 +53,24 @@ fn eviction(capacity: Milli, value: &str) -> Milli {
     }
 }
 
+/// How many EBS volumes pods on a new node of this type can attach, as the EBS CSI driver will report it
+/// in the node's CSINode: the type's own limit less the root volume; on a shared-limit (Nitro) type also
+/// less the primary network interface and each NVMe instance-store disk, within the Nitro cap of 28 slots.
+/// None when EC2 does not say (no limit is assumed, as the scheduler does without a CSINode count).
+pub fn ebs_volume_limit(info: &InstanceTypeInfo) -> Option<u32> {
+    const NITRO_SLOTS: u32 = 28;
+    let ebs = info.ebs_attachments?;
+    // Dedicated limits are the volumes' own; Xen types do not count network interfaces against theirs.
+    let slots = if ebs.dedicated || info.hypervisor == "xen" {
+        ebs.maximum
+    } else {
+        ebs.maximum
+            .min(NITRO_SLOTS)
+            .saturating_sub(1 + info.instance_store_disks)
+    };
+    Some(slots.saturating_sub(1))
+}
+
 /// Capacity and allocatable the way Karpenter's AWS provider estimates them before a node exists, under the
 /// node class's kubelet settings (`maxPods`, `podsPerCore`, `kubeReserved`, `systemReserved`,
 /// `evictionHard`) when it has any.
@@ -89,6 +107,12 @@ pub fn capacity_and_allocatable(
     }
     if info.branch_interfaces > 0 {
         capacity.set(POD_ENI, Milli::from_units(info.branch_interfaces as i128));
+    }
+    if let Some(volumes) = ebs_volume_limit(info) {
+        capacity.set(
+            crate::resources::EBS_ATTACHMENTS,
+            Milli::from_units(i128::from(volumes)),
+        );
     }
 
     // kube-reserved: CPU by bands, 11 MiB per pod + 255 MiB (pods counted as the ENI limit on Amazon
@@ -262,6 +286,11 @@ mod tests {
             gpu_name: String::new(),
             supported_usage_classes: vec![CapacityType::OnDemand, CapacityType::Spot],
             branch_interfaces: 0,
+            ebs_attachments: Some(crate::aws::cloud::EbsAttachments {
+                maximum: 28,
+                dedicated: false,
+            }),
+            instance_store_disks: 0,
         }
     }
 

@@ -51,21 +51,25 @@ impl View<'_> {
         let pods = cands
             .iter()
             .map(|c| {
-                let pending = c
-                    .pods
-                    .iter()
-                    .filter_map(|k| {
-                        self.state
-                            .pods
-                            .get(k)
-                            .and_then(|p| inputs::pending_pod_or_log(self.ctx, k, p))
-                    })
-                    .collect();
+                let pending =
+                    c.pods
+                        .iter()
+                        .filter_map(|k| {
+                            self.state.pods.get(k).and_then(|p| {
+                                inputs::pending_pod_or_log(self.ctx, self.state, k, p)
+                            })
+                        })
+                        .collect();
                 (c.node.clone(), pending)
             })
             .collect();
         Snapshot {
-            existing: inputs::existing_capacity(self.ctx, self.state, &leaving),
+            existing: inputs::existing_capacity(
+                self.ctx,
+                self.state,
+                &leaving,
+                self.provider.instance_types(),
+            ),
             pools: inputs::pool_options(
                 self.state,
                 self.provider,
@@ -85,13 +89,18 @@ impl View<'_> {
             .pods
             .iter()
             .filter(|(_, p)| crate::state::is_provisionable(p))
-            .filter_map(|(k, p)| inputs::pending_pod(k, p).ok())
+            .filter_map(|(k, p)| inputs::pending_pod_in(self.state, k, p).ok())
             .collect();
         if pending.is_empty() {
             return false;
         }
         let leaving = self.state.leaving_nodes();
-        let existing = inputs::existing_capacity(self.ctx, self.state, &leaving);
+        let existing = inputs::existing_capacity(
+            self.ctx,
+            self.state,
+            &leaving,
+            self.provider.instance_types(),
+        );
         let pools: Vec<PoolOptions<'_>> = inputs::pool_options(
             self.state,
             self.provider,

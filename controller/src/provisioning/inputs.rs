@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::cloudprovider::{CloudProvider, NodeClassReadiness};
+use crate::cloudprovider::{CloudProvider, InstanceType, NodeClassReadiness};
 use crate::context::Context;
 use crate::crds::labels;
 use crate::kube::ObjectKey;
-use crate::resources::{Resources, pod_requests};
+use crate::quantity::Milli;
+use crate::resources::{EBS_ATTACHMENTS, Resources, pod_requests};
 use crate::scheduling::requirements::{Requirement, Requirements, normalize_key, restricted_label};
 use crate::scheduling::topology::{HostPort, Strength, TermKind, host_ports, pod_terms};
 use crate::scheduling::{ExistingCapacity, ExistingPod, PendingPod, PoolOptions};
@@ -187,9 +188,32 @@ pub fn pending_pod(key: &ObjectKey, pod: &Pod) -> Result<PendingPod, String> {
     })
 }
 
+/// A pod in the cluster as the planner sees it: [`pending_pod`] with what its volumes ask (their zone
+/// pinned into every requirement alternative, one EBS attachment per EBS-backed claim).
+pub fn pending_pod_in(
+    state: &ClusterState,
+    key: &ObjectKey,
+    pod: &Pod,
+) -> Result<PendingPod, String> {
+    let mut pending = pending_pod(key, pod)?;
+    let volumes = super::volumes::pod_volumes(state, pod)?;
+    if !volumes.requirements.0.is_empty() {
+        for r in &mut pending.requirements {
+            *r = r.merged(&volumes.requirements);
+        }
+    }
+    pending.requests.add(&volumes.requests());
+    Ok(pending)
+}
+
 /// A pod as the planner sees it; None (with a trace line) when it cannot be read.
-pub(crate) fn pending_pod_or_log(ctx: &Context, key: &ObjectKey, pod: &Pod) -> Option<PendingPod> {
-    pending_pod(key, pod)
+pub(crate) fn pending_pod_or_log(
+    ctx: &Context,
+    state: &ClusterState,
+    key: &ObjectKey,
+    pod: &Pod,
+) -> Option<PendingPod> {
+    pending_pod_in(state, key, pod)
         .map_err(|e| {
             ctx.journal
                 .record("provision", format!("skip pod/{key}: {e}"))
@@ -344,6 +368,7 @@ pub(crate) fn existing_capacity(
     ctx: &Context,
     state: &ClusterState,
     leaving: &BTreeSet<String>,
+    types: &[InstanceType],
 ) -> Vec<ExistingCapacity> {
     let mut used: BTreeMap<&str, Resources> = BTreeMap::new();
     let mut bound: BTreeMap<&str, Vec<ExistingPod>> = BTreeMap::new();
@@ -361,7 +386,9 @@ pub(crate) fn existing_capacity(
             continue;
         }
         if let Some(r) = pod_requests_or_log(ctx, key, pod) {
-            used.entry(node).or_default().add(&r);
+            let u = used.entry(node).or_default();
+            u.add(&r);
+            u.add(&super::volumes::ebs_attachments(state, pod));
         }
         bound.entry(node).or_default().push(existing_pod(key, pod));
     }
@@ -384,6 +411,16 @@ pub(crate) fn existing_capacity(
                 .and_then(|r| Resources::parse(&r.requests).ok())
                 .unwrap_or_default()
         };
+        // The API does not carry attachment room: the node's CSINode says, else the smallest of the
+        // claim's possible types.
+        let node_limit = status
+            .node_name
+            .as_deref()
+            .and_then(|n| super::volumes::csinode_limit(state, n));
+        available.set(
+            EBS_ATTACHMENTS,
+            node_limit.unwrap_or_else(|| claim_ebs_limit(claim, types)),
+        );
         let mut pods = Vec::new();
         if let Some(node) = &status.node_name {
             claimed_nodes.push(node.clone());
@@ -420,9 +457,38 @@ pub(crate) fn existing_capacity(
         }
         let used = used.get(name.as_str()).cloned().unwrap_or_default();
         let pods = bound.remove(name.as_str()).unwrap_or_default();
-        out.extend(node_capacity(name, node, &used, pods));
+        let limit = super::volumes::csinode_limit(state, name).unwrap_or(UNLIMITED);
+        out.extend(node_capacity(name, node, &used, pods).map(|mut c| {
+            c.available
+                .set(EBS_ATTACHMENTS, limit - used.get(EBS_ATTACHMENTS));
+            c
+        }));
     }
     out
+}
+
+/// Attachment room where nothing reports a limit (a node without a CSINode count): the scheduler then
+/// imposes none either.
+const UNLIMITED: Milli = Milli(1_000_000_000);
+
+/// The attachment room a claim's node will have: the least of its instance types' (unlimited when its
+/// types are unknown or report none).
+fn claim_ebs_limit(claim: &crate::crds::NodeClaim, types: &[InstanceType]) -> Milli {
+    let allowed: Option<&Vec<String>> = claim
+        .spec
+        .requirements
+        .iter()
+        .find(|r| r.key == labels::INSTANCE_TYPE && r.operator == "In")
+        .map(|r| &r.values);
+    types
+        .iter()
+        .filter(|it| allowed.is_none_or(|a| a.contains(&it.name)))
+        .map(|it| {
+            let room = it.allocatable.get(EBS_ATTACHMENTS);
+            if room == Milli::ZERO { UNLIMITED } else { room }
+        })
+        .min()
+        .unwrap_or(UNLIMITED)
 }
 
 /// A pod bound to a node as the planner counts it: labels for topology, its required anti-affinity and

@@ -3,6 +3,7 @@
 pub mod batcher;
 pub mod inputs;
 pub(crate) mod provisioner;
+pub mod volumes;
 
 pub use batcher::Batcher;
 pub use inputs::pod_requirements;

@@ -83,7 +83,7 @@ impl Provisioner {
             if !(is_provisionable(pod) || displaced(pod, &leaving)) {
                 continue;
             }
-            match inputs::pending_pod(key, pod) {
+            match inputs::pending_pod_in(state, key, pod) {
                 Ok(p) => pending.push(p),
                 Err(why) => unreadable.push((key.clone(), why)),
             }
@@ -91,7 +91,7 @@ impl Provisioner {
         if pending.is_empty() && unreadable.is_empty() {
             return Ok(());
         }
-        let existing = inputs::existing_capacity(ctx, state, &leaving);
+        let existing = inputs::existing_capacity(ctx, state, &leaving, provider.instance_types());
         let pools = inputs::pool_options(state, provider, ctx.settings.min_values_best_effort);
         for (name, why) in &pools.skipped {
             ctx.journal

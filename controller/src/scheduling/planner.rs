@@ -278,7 +278,15 @@ pub const SPLIT_THRESHOLD: f64 = 1.25;
 /// cpu and memory pack greedily, as in Karpenter, and consolidation tidies up later.
 fn scarce_request(pod: &PendingPod) -> bool {
     pod.requests.0.iter().any(|(k, v)| {
-        v.0 > 0 && ![CPU, MEMORY, PODS, crate::resources::EPHEMERAL_STORAGE].contains(&k.as_str())
+        v.0 > 0
+            && ![
+                CPU,
+                MEMORY,
+                PODS,
+                crate::resources::EPHEMERAL_STORAGE,
+                crate::resources::EBS_ATTACHMENTS,
+            ]
+            .contains(&k.as_str())
     })
 }
 

@@ -65,6 +65,8 @@ pub fn normalize_key(key: &str) -> &str {
         "beta.kubernetes.io/arch" => labels::ARCH,
         "beta.kubernetes.io/os" => labels::OS,
         "beta.kubernetes.io/instance-type" => labels::INSTANCE_TYPE,
+        // The EBS CSI driver's zone key, on volumes' node affinity (Karpenter's AWS provider folds it too).
+        "topology.ebs.csi.aws.com/zone" => labels::ZONE,
         other => other,
     }
 }
