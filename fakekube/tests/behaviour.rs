@@ -843,3 +843,251 @@ fn kubelets_register_after_boot_then_go_not_ready_and_lose_pods() {
     );
     w.schedule();
 }
+
+fn step_workloads(w: &mut World) {
+    let now = w.now();
+    w.workloads.step(&w.kube, now);
+}
+
+fn pod_names(w: &World) -> Vec<String> {
+    w.kube
+        .store()
+        .iter("Pod")
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn statefulset(policy: &str, replicas: i64) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db", "namespace": "default"},
+        "spec": {"replicas": replicas, "podManagementPolicy": policy, "serviceName": "db",
+            "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "db"}]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}})
+}
+
+#[test]
+fn an_ordered_statefulset_makes_one_pod_at_a_time_with_its_own_claim() {
+    let mut w = world();
+    w.create("StorageClass", json!({"metadata": {"name": "gp3", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+        "provisioner": "ebs.csi.aws.com", "volumeBindingMode": "WaitForFirstConsumer"}));
+    w.create("StatefulSet", statefulset("OrderedReady", 3));
+    step_workloads(&mut w);
+    assert_eq!(pod_names(&w), ["db-0"], "one at a time");
+    let pod = w
+        .kube
+        .store()
+        .get("Pod", "default", "db-0")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "data-db-0"
+    );
+    assert_eq!(pod["spec"]["hostname"], "db-0");
+    assert!(
+        w.kube
+            .store()
+            .get("PersistentVolumeClaim", "default", "data-db-0")
+            .is_some()
+    );
+    step_workloads(&mut w);
+    assert_eq!(pod_names(&w), ["db-0"], "db-1 waits for db-0 to be Ready");
+    w.node("n1", json!({}), "8", json!([]));
+    w.schedule();
+    assert_eq!(w.node_of("db-0").as_deref(), Some("n1"));
+    w.run_pods();
+    step_workloads(&mut w);
+    assert_eq!(pod_names(&w), ["db-0", "db-1"]);
+    // A deleted pod comes back under its name and finds its claim again.
+    let now = w.now();
+    w.kube
+        .store()
+        .delete("Pod", "default", "db-0", now)
+        .unwrap();
+    step_workloads(&mut w);
+    assert!(pod_names(&w).contains(&"db-0".to_string()));
+}
+
+#[test]
+fn a_parallel_statefulset_makes_and_removes_pods_at_once_from_the_top() {
+    let mut w = world();
+    w.create("StatefulSet", statefulset("Parallel", 3));
+    step_workloads(&mut w);
+    assert_eq!(pod_names(&w), ["db-0", "db-1", "db-2"]);
+    w.kube
+        .store()
+        .patch(
+            "StatefulSet",
+            "default",
+            "db",
+            &json!({"spec": {"replicas": 1}}),
+            false,
+        )
+        .unwrap();
+    step_workloads(&mut w);
+    assert_eq!(pod_names(&w), ["db-0"]);
+    assert!(
+        w.kube
+            .store()
+            .get("PersistentVolumeClaim", "default", "data-db-2")
+            .is_some(),
+        "claims stay when the set scales down (whenScaled: Retain)"
+    );
+}
+
+fn claim(name: &str, class: Option<&str>) -> Value {
+    let mut spec =
+        json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}});
+    if let Some(c) = class {
+        spec["storageClassName"] = json!(c);
+    }
+    json!({"metadata": {"name": name, "namespace": "default"}, "spec": spec})
+}
+
+fn with_claims(names: &[&str]) -> Value {
+    let volumes: Vec<Value> = names
+        .iter()
+        .map(|n| json!({"name": n, "persistentVolumeClaim": {"claimName": n}}))
+        .collect();
+    json!({"volumes": volumes})
+}
+
+#[test]
+fn a_delayed_claim_is_provisioned_in_the_zone_its_pod_lands_and_pins_the_next_pod_there() {
+    let mut w = world();
+    w.create("StorageClass", json!({"metadata": {"name": "gp3", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+        "provisioner": "ebs.csi.aws.com", "volumeBindingMode": "WaitForFirstConsumer"}));
+    let c = w.create("PersistentVolumeClaim", claim("data", None));
+    assert_eq!(c["spec"]["storageClassName"], "gp3", "the default class");
+    w.node(
+        "a",
+        json!({"topology.kubernetes.io/zone": "us-east-1a"}),
+        "1",
+        json!([]),
+    );
+    w.pod("p1", json!({}), with_claims(&["data"]));
+    w.schedule();
+    assert_eq!(w.node_of("p1").as_deref(), Some("a"));
+    let claim = w
+        .kube
+        .store()
+        .get("PersistentVolumeClaim", "default", "data")
+        .cloned()
+        .unwrap();
+    let pv = w
+        .kube
+        .store()
+        .get(
+            "PersistentVolume",
+            "",
+            claim["spec"]["volumeName"].as_str().unwrap(),
+        )
+        .cloned()
+        .unwrap();
+    assert_eq!(pv["spec"]["csi"]["driver"], "ebs.csi.aws.com");
+    // The volume lives in us-east-1a: a pod using it cannot go to a node elsewhere.
+    let now = w.now();
+    w.kube.store().delete("Pod", "default", "p1", now).unwrap();
+    w.node(
+        "b",
+        json!({"topology.kubernetes.io/zone": "us-east-1b"}),
+        "8",
+        json!([]),
+    );
+    w.pod("p2", json!({}), with_claims(&["data"]));
+    w.kube
+        .store()
+        .patch(
+            "Node",
+            "",
+            "a",
+            &json!({"spec": {"unschedulable": true}}),
+            false,
+        )
+        .unwrap();
+    w.schedule();
+    assert_eq!(w.node_of("p2"), None);
+    assert!(
+        w.unschedulable_message("p2")
+            .contains("1 node(s) had volume node affinity conflict"),
+        "{}",
+        w.unschedulable_message("p2")
+    );
+}
+
+#[test]
+fn a_node_takes_no_more_volumes_than_its_csinode_allows() {
+    let mut w = world();
+    w.create(
+        "StorageClass",
+        json!({"metadata": {"name": "gp3"}, "provisioner": "ebs.csi.aws.com",
+        "volumeBindingMode": "WaitForFirstConsumer"}),
+    );
+    w.node(
+        "a",
+        json!({"topology.kubernetes.io/zone": "us-east-1a"}),
+        "8",
+        json!([]),
+    );
+    w.create(
+        "CSINode",
+        json!({"metadata": {"name": "a"}, "spec": {"drivers": [
+        {"name": "ebs.csi.aws.com", "nodeID": "i-1", "allocatable": {"count": 2}}]}}),
+    );
+    for i in 0..3 {
+        w.create(
+            "PersistentVolumeClaim",
+            claim(&format!("v{i}"), Some("gp3")),
+        );
+    }
+    w.pod("p0", json!({}), with_claims(&["v0", "v1"]));
+    w.schedule();
+    w.pod("p1", json!({}), with_claims(&["v2"]));
+    w.schedule();
+    assert_eq!(w.node_of("p0").as_deref(), Some("a"));
+    assert_eq!(w.node_of("p1"), None);
+    assert!(
+        w.unschedulable_message("p1")
+            .contains("exceed max volume count")
+    );
+    // A claim that does not exist keeps its pod off every node, saying which.
+    w.pod("p2", json!({}), with_claims(&["missing"]));
+    w.schedule();
+    assert!(
+        w.unschedulable_message("p2")
+            .contains("persistentvolumeclaim \"missing\" not found")
+    );
+}
+
+#[test]
+fn priority_and_runtime_classes_are_applied_at_admission() {
+    let w = world();
+    w.create(
+        "PriorityClass",
+        json!({"metadata": {"name": "high"}, "value": 1000}),
+    );
+    w.create("RuntimeClass", json!({"metadata": {"name": "gvisor"}, "handler": "runsc",
+        "overhead": {"podFixed": {"cpu": "250m", "memory": "120Mi"}},
+        "scheduling": {"nodeSelector": {"sandbox": "gvisor"}, "tolerations": [{"key": "sandbox", "operator": "Exists"}]}}));
+    w.pod(
+        "p",
+        json!({}),
+        json!({"priorityClassName": "high", "runtimeClassName": "gvisor"}),
+    );
+    let p = w.kube.store().get("Pod", "default", "p").cloned().unwrap();
+    assert_eq!(p["spec"]["priority"], 1000);
+    assert_eq!(p["spec"]["overhead"]["cpu"], "250m");
+    assert_eq!(p["spec"]["nodeSelector"]["sandbox"], "gvisor");
+    assert_eq!(p["spec"]["tolerations"][0]["key"], "sandbox");
+    let refused = w.kube.store().create(
+        "Pod",
+        json!({"metadata": {"name": "q", "namespace": "default"}, "spec": {"containers": [{"name": "c"}], "priorityClassName": "nope"}}),
+        w.now(),
+    );
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("no PriorityClass with name nope")),
+        "{refused:?}"
+    );
+}

@@ -294,6 +294,43 @@ mod tests {
         }
     }
 
+    #[test]
+    fn ebs_room_is_what_the_csi_driver_will_report() {
+        use crate::aws::cloud::EbsAttachments;
+        let with = |hypervisor: &str, maximum, dedicated, disks| InstanceTypeInfo {
+            hypervisor: hypervisor.into(),
+            ebs_attachments: Some(EbsAttachments { maximum, dedicated }),
+            instance_store_disks: disks,
+            ..info("x.large", "amd64", 2, 8192, 3, 10)
+        };
+        // m5.large: 28 shared slots less the primary ENI and the root volume.
+        assert_eq!(ebs_volume_limit(&with("nitro", 28, false, 0)), Some(26));
+        // g5.xlarge: and its NVMe instance-store disk.
+        assert_eq!(ebs_volume_limit(&with("nitro", 28, false, 1)), Some(25));
+        // m5.metal reports 31, within the Nitro cap of 28.
+        assert_eq!(ebs_volume_limit(&with("", 31, false, 0)), Some(26));
+        // m7i.large: a dedicated 32, less the root volume only.
+        assert_eq!(ebs_volume_limit(&with("nitro", 32, true, 0)), Some(31));
+        // p3 (Xen): 39 less the root volume.
+        assert_eq!(ebs_volume_limit(&with("xen", 39, false, 0)), Some(38));
+        let unknown = InstanceTypeInfo {
+            ebs_attachments: None,
+            ..info("x.large", "amd64", 2, 8192, 3, 10)
+        };
+        assert_eq!(ebs_volume_limit(&unknown), None);
+        let (capacity, _) = capacity_and_allocatable_of(&with("nitro", 28, false, 0));
+        assert_eq!(
+            capacity.get(crate::resources::EBS_ATTACHMENTS),
+            Milli::from_units(26)
+        );
+        assert!(
+            !capacity
+                .to_quantities()
+                .contains_key(crate::resources::EBS_ATTACHMENTS),
+            "never written to the API"
+        );
+    }
+
     fn capacity_and_allocatable_of(info: &InstanceTypeInfo) -> (Resources, Resources) {
         capacity_and_allocatable(info, None)
     }
