@@ -719,3 +719,26 @@ fn cluster_dump_seed_42() {
     }
     insta::assert_snapshot!("cluster-dump.seed-42", text);
 }
+
+#[test]
+fn legacy_migrated_seed_42() {
+    let out = simulate_scenario(
+        "legacy-migrated.yaml",
+        42,
+        dovetail_sim::Autoscaler::Dovetail,
+    );
+    let text = format!("{}{}", out.trace, out.summary);
+    assert!(out.passed, "{}", out.summary);
+    // ttlSecondsAfterEmpty 30 became WhenEmpty / 30s: the batch nodes go once the Job is done.
+    assert!(text.contains("job/default/nightly-report complete (8 succeeded)"));
+    let batch_gone = times(&text, "disruption executed: Empty delete");
+    assert_eq!(batch_gone.len(), 2, "both batch nodes removed when empty");
+    // do-not-evict became do-not-disrupt, which v1 honours.
+    assert!(text.contains("has the karpenter.sh/do-not-disrupt annotation"));
+    // The inline provider's Bottlerocket class and the template's AL2 class each got their image.
+    assert_eq!(
+        text.matches("lifecycle  created launch template").count(),
+        2
+    );
+    insta::assert_snapshot!("legacy-migrated.seed-42", text);
+}

@@ -6,6 +6,22 @@ use clap::Parser;
 use dovetail_operator::config::Config;
 
 fn main() -> ExitCode {
+    // `dovetail migrate FILE...` converts old Karpenter manifests and exits; everything else runs the
+    // controller.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("migrate") {
+        return match dovetail::crds::migrate::run(&args[1..]) {
+            Ok((yaml, report)) => {
+                print!("{yaml}");
+                eprint!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dovetail migrate: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     // clap prints a bad flag's message (naming it) and exits 2.
     let config = Config::parse();
     if let Err(e) = dovetail_operator::telemetry::init(&config.log_level, config.log_format) {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod duration;
 pub mod error;
+pub mod expect;
 pub mod html;
 pub mod random;
 pub mod report;
@@ -106,7 +107,7 @@ pub fn simulate(scenario: &Scenario, options: &RunOptions) -> Result<Outcome, Si
         trace.push_str(&e.render());
         trace.push('\n');
     }
-    let verdicts = report::verdicts(scenario, &run.observations);
+    let verdicts = report::verdicts(scenario, &run.observations, &trace, &run.controller_metrics);
     let mut summary = report::summary(
         scenario,
         seed,

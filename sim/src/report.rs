@@ -19,6 +19,8 @@ pub struct Sample {
     pub nodes: usize,
     pub pods: usize,
     pub pods_pending: usize,
+    /// Live pods not running (pending, or bound and starting): what availability counts.
+    pub pods_not_running: usize,
     pub cost_per_hour: f64,
     /// Billed instances by capacity type.
     pub spot: usize,
@@ -37,10 +39,11 @@ pub struct Counts {
     nodes: usize,
     pods: usize,
     pending: usize,
+    not_running: usize,
 }
 
 impl Counts {
-    fn read(&mut self, kube: &FakeKube) -> (usize, usize, usize) {
+    fn read(&mut self, kube: &FakeKube) -> (usize, usize, usize, usize) {
         let st = kube.store();
         if self.at_rv != Some(st.resource_version()) {
             self.nodes = st.iter("Node").count();
@@ -49,9 +52,19 @@ impl Counts {
                 .iter("Pod")
                 .filter(|p| p["spec"]["nodeName"].is_null())
                 .count();
+            self.not_running = st
+                .iter("Pod")
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .filter(|p| {
+                    !matches!(
+                        p["status"]["phase"].as_str(),
+                        Some("Running" | "Succeeded" | "Failed")
+                    )
+                })
+                .count();
             self.at_rv = Some(st.resource_version());
         }
-        (self.nodes, self.pods, self.pending)
+        (self.nodes, self.pods, self.pending, self.not_running)
     }
 }
 
@@ -75,7 +88,7 @@ impl Sample {
         });
         let spot = billed.iter().filter(|b| b.1).count();
         let evictions = kube.audit().evictions;
-        let (nodes, pods, pods_pending) = counts.read(kube);
+        let (nodes, pods, pods_pending, pods_not_running) = counts.read(kube);
         Sample {
             at,
             spot,
@@ -85,6 +98,7 @@ impl Sample {
             nodes,
             pods,
             pods_pending,
+            pods_not_running,
             cost_per_hour: billed.iter().fold(0.0, |a, b| a + b.0),
             lower_bound_per_hour: 0.0,
         }
@@ -96,6 +110,14 @@ impl Sample {
             self.instances, self.nodes, self.pods, self.pods_pending, self.cost_per_hour
         )
     }
+}
+
+/// One launched instance, as `expect:` checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launched {
+    pub instance_type: String,
+    pub zone: String,
+    pub capacity_type: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -110,6 +132,10 @@ pub struct Observations {
     /// The lower bound integrated over the run.
     pub lower_bound_total: f64,
     pub instance_seconds: f64,
+    /// Pod-seconds of live pods not running, summed over the samples.
+    pub unavailable_pod_seconds: f64,
+    /// Every instance the simulated EC2 launched for the cluster.
+    pub launched: Vec<Launched>,
     pub max_instances: usize,
     pub max_cost_per_hour: f64,
     pub last: Sample,
@@ -147,6 +173,7 @@ impl Observations {
         self.cost_total += s.cost_per_hour * dt.as_secs_f64() / 3600.0;
         self.lower_bound_total += s.lower_bound_per_hour * dt.as_secs_f64() / 3600.0;
         self.instance_seconds += s.instances as f64 * dt.as_secs_f64();
+        self.unavailable_pod_seconds += s.pods_not_running as f64 * dt.as_secs_f64();
         self.max_instances = self.max_instances.max(s.instances);
         self.max_cost_per_hour = self.max_cost_per_hour.max(s.cost_per_hour);
         self.last = s;
@@ -161,6 +188,15 @@ impl Observations {
     ) {
         self.duration = duration;
         let (launches, errors) = cloud.launch_stats();
+        self.launched = cloud.with_instances(|all| {
+            all.filter(|r| !r.foreign)
+                .map(|r| Launched {
+                    instance_type: r.instance.instance_type.clone(),
+                    zone: r.instance.zone.clone(),
+                    capacity_type: r.instance.capacity_type.as_str().to_string(),
+                })
+                .collect()
+        });
         self.launches = launches;
         self.fleet_errors = errors;
         self.violations = cloud.violations();
@@ -179,6 +215,7 @@ impl Observations {
             "StatefulSet",
             "PersistentVolumeClaim",
             "PersistentVolume",
+            "Event",
         ] {
             self.objects
                 .insert(kind.to_string(), kube.store().list(kind));
@@ -269,43 +306,28 @@ impl Metrics {
     }
 }
 
-/// A checked expectation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Verdict {
-    pub what: String,
-    pub ok: bool,
-}
+pub use crate::expect::Verdict;
 
-pub fn verdicts(scenario: &Scenario, o: &Observations) -> Vec<Verdict> {
-    let mut out = Vec::new();
-    for v in &o.violations {
-        out.push(Verdict {
+/// The invariants broken, then every expectation written, checked.
+pub fn verdicts(
+    scenario: &Scenario,
+    o: &Observations,
+    trace: &str,
+    metrics: &dovetail::metrics::Metrics,
+) -> Vec<Verdict> {
+    let mut out: Vec<Verdict> = o
+        .violations
+        .iter()
+        .map(|v| Verdict {
             what: format!("invariant: {v}"),
             ok: false,
-        });
-    }
-    if let Some(max) = scenario.expect.pods_pending_max {
-        let got = o.pending_max();
-        out.push(Verdict {
-            what: format!("pods_pending_max {} (got {})", human(max), human(got)),
-            ok: got <= max,
-        });
-    }
-    if let Some(max) = scenario.expect.cost_per_hour_max {
-        out.push(Verdict {
-            what: format!(
-                "cost_per_hour_max {max:.2} (got {:.4})",
-                o.max_cost_per_hour
-            ),
-            ok: o.max_cost_per_hour <= max,
-        });
-    }
-    if let Some(max) = scenario.expect.cost_total_max {
-        out.push(Verdict {
-            what: format!("cost_total_max {max:.2} (got {:.4})", o.cost_total),
-            ok: o.cost_total <= max,
-        });
-    }
+        })
+        .collect();
+    out.extend(scenario.expect.check(&crate::expect::Ended {
+        trace,
+        observations: o,
+        metrics,
+    }));
     out
 }
 

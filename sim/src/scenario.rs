@@ -1,5 +1,6 @@
 //! Scenario files: the schema, and loading with errors that name file, line, column and field.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -251,6 +252,100 @@ struct RawExpect {
     cost_per_hour_max: Option<f64>,
     #[serde(default)]
     cost_total_max: Option<f64>,
+    #[serde(default)]
+    cost_over_bound_max: Option<f64>,
+    #[serde(default)]
+    nodes_max: Option<u32>,
+    #[serde(default)]
+    nodes_at_end: Option<Spanned<String>>,
+    #[serde(default)]
+    launches_max: Option<u32>,
+    #[serde(default)]
+    evictions_max: Option<u32>,
+    #[serde(default)]
+    pods_pending_at_end: Option<RawPendingAtEnd>,
+    #[serde(default)]
+    pods_explained: Vec<RawExplained>,
+    #[serde(default)]
+    instance_types: Option<RawAllowDeny>,
+    #[serde(default)]
+    instance_families: Option<RawAllowDeny>,
+    #[serde(default)]
+    capacity_types: Option<RawAllowDeny>,
+    #[serde(default)]
+    zones: Option<RawAllowDeny>,
+    #[serde(default)]
+    placement: Vec<RawPlacement>,
+    #[serde(default)]
+    disruptions: RawDisruptions,
+    #[serde(default)]
+    unavailable_pod_minutes_max: Option<f64>,
+    #[serde(default)]
+    trace_contains: Vec<Spanned<String>>,
+    #[serde(default)]
+    trace_lacks: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPendingAtEnd {
+    max: u32,
+    #[serde(default)]
+    selector: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExplained {
+    #[serde(default)]
+    selector: Option<Spanned<String>>,
+    reason: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllowDeny {
+    #[serde(default)]
+    allowed: Vec<String>,
+    #[serde(default)]
+    forbidden: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlacement {
+    selector: Spanned<String>,
+    #[serde(default)]
+    nodepool: Option<String>,
+    #[serde(default)]
+    instance_types: Vec<String>,
+    #[serde(default)]
+    zones: Vec<String>,
+}
+
+/// NodeClaims disrupted, by the reasons `karpenter_nodeclaims_disrupted_total` counts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDisruptions {
+    #[serde(default)]
+    empty: Option<RawMinMax>,
+    #[serde(default)]
+    underutilized: Option<RawMinMax>,
+    #[serde(default)]
+    drifted: Option<RawMinMax>,
+    #[serde(default)]
+    expired: Option<RawMinMax>,
+    #[serde(default)]
+    interruption: Option<RawMinMax>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMinMax {
+    #[serde(default)]
+    min: Option<u32>,
+    #[serde(default)]
+    max: Option<u32>,
 }
 
 /// A Kubernetes or Karpenter object from a scenario, already checked against its type.
@@ -388,12 +483,7 @@ pub struct CloudSpec {
     pub visibility_lag: (Duration, Duration),
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Expectations {
-    pub pods_pending_max: Option<Duration>,
-    pub cost_per_hour_max: Option<f64>,
-    pub cost_total_max: Option<f64>,
-}
+pub use crate::expect::Expectations;
 
 /// A loaded, validated scenario.
 #[derive(Debug, Clone, PartialEq)]
@@ -529,6 +619,117 @@ impl Loader<'_> {
             }
             None => parse(&s.value).map(|n| (n, n)),
         }
+    }
+
+    fn selector(
+        &self,
+        s: &Spanned<String>,
+        field: &str,
+    ) -> Result<crate::expect::Selector, SimError> {
+        crate::expect::Selector::parse(&s.value).map_err(|e| self.err(pos(s), field, e))
+    }
+
+    fn pattern(&self, s: &Spanned<String>, field: &str) -> Result<String, SimError> {
+        regex::Regex::new(&s.value)
+            .map(|_| s.value.clone())
+            .map_err(|e| self.err(pos(s), field, format!("not a regular expression: {e}")))
+    }
+
+    /// `expect:`, every value checked now so that a run does not end in a bad pattern.
+    fn expectations(&self, raw: &RawExpect) -> Result<Expectations, SimError> {
+        use crate::expect::{AllowDeny, Explained, Placement};
+        let allow = |r: &Option<RawAllowDeny>| {
+            r.as_ref().map(|r| AllowDeny {
+                allowed: r.allowed.clone(),
+                forbidden: r.forbidden.clone(),
+            })
+        };
+        let d = &raw.disruptions;
+        let disruptions: BTreeMap<String, (Option<u32>, Option<u32>)> = [
+            ("empty", &d.empty),
+            ("underutilized", &d.underutilized),
+            ("drifted", &d.drifted),
+            ("expired", &d.expired),
+            ("interruption", &d.interruption),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|m| (k.to_string(), (m.min, m.max))))
+        .collect();
+        Ok(Expectations {
+            pods_pending_max: match &raw.pods_pending_max {
+                Some(s) => Some(self.duration(s, "expect.pods_pending_max")?),
+                None => None,
+            },
+            cost_per_hour_max: raw.cost_per_hour_max,
+            cost_total_max: raw.cost_total_max,
+            cost_over_bound_max: raw.cost_over_bound_max,
+            nodes_max: raw.nodes_max,
+            nodes_at_end: match &raw.nodes_at_end {
+                Some(s) => Some(self.count_range(s, "expect.nodes_at_end")?),
+                None => None,
+            },
+            launches_max: raw.launches_max,
+            evictions_max: raw.evictions_max,
+            pods_pending_at_end: match &raw.pods_pending_at_end {
+                Some(p) => Some((
+                    p.max,
+                    match &p.selector {
+                        Some(s) => Some(self.selector(s, "expect.pods_pending_at_end.selector")?),
+                        None => None,
+                    },
+                )),
+                None => None,
+            },
+            pods_explained: raw
+                .pods_explained
+                .iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    Ok(Explained {
+                        selector: match &x.selector {
+                            Some(s) => Some(
+                                self.selector(s, &format!("expect.pods_explained[{i}].selector"))?,
+                            ),
+                            None => None,
+                        },
+                        reason: self
+                            .pattern(&x.reason, &format!("expect.pods_explained[{i}].reason"))?,
+                    })
+                })
+                .collect::<Result<_, SimError>>()?,
+            instance_types: allow(&raw.instance_types),
+            instance_families: allow(&raw.instance_families),
+            capacity_types: allow(&raw.capacity_types),
+            zones: allow(&raw.zones),
+            placement: raw
+                .placement
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    Ok(Placement {
+                        selector: self
+                            .selector(&p.selector, &format!("expect.placement[{i}].selector"))?,
+                        nodepool: p.nodepool.clone(),
+                        instance_types: p.instance_types.clone(),
+                        zones: p.zones.clone(),
+                    })
+                })
+                .collect::<Result<_, SimError>>()?,
+            disruptions,
+            unavailable_pod_minutes_max: raw.unavailable_pod_minutes_max,
+            trace_contains: raw
+                .trace_contains
+                .iter()
+                .enumerate()
+                .map(|(i, p)| self.pattern(p, &format!("expect.trace_contains[{i}]")))
+                .collect::<Result<_, _>>()?,
+            trace_lacks: raw
+                .trace_lacks
+                .iter()
+                .enumerate()
+                .map(|(i, p)| self.pattern(p, &format!("expect.trace_lacks[{i}]")))
+                .collect::<Result<_, _>>()?,
+        })
     }
 
     fn capacity_type(&self, s: &Spanned<String>, field: &str) -> Result<CapacityType, SimError> {
@@ -755,6 +956,18 @@ impl Loader<'_> {
         };
         let mut unknown = Vec::new();
         unknown_fields(&json, &understood, &mut Vec::new(), &mut unknown);
+        // Karpenter's types leave empty lists and maps out when written back (`taints: []`); their
+        // CRD schema has already refused names it does not know, so an empty one is not unknown.
+        if matches!(kind.as_str(), "NodePool" | "EC2NodeClass") {
+            unknown.retain(|path| {
+                let v = path.iter().fold(&json, |v, s| match s {
+                    Seg::Key(k) => &v[k.as_str()],
+                    Seg::Index(i) => &v[*i],
+                });
+                !(v.as_array().is_some_and(Vec::is_empty)
+                    || v.as_object().is_some_and(|m| m.is_empty()))
+            });
+        }
         if let Some(path) = unknown.first() {
             let name = match path.last() {
                 Some(Seg::Key(k)) => k.clone(),
@@ -1413,14 +1626,7 @@ impl Scenario {
             timeline.push(Event { at, action });
         }
         timeline.sort_by_key(|e| e.at);
-        let expect = Expectations {
-            pods_pending_max: match &raw.expect.pods_pending_max {
-                Some(s) => Some(l.duration(s, "expect.pods_pending_max")?),
-                None => None,
-            },
-            cost_per_hour_max: raw.expect.cost_per_hour_max,
-            cost_total_max: raw.expect.cost_total_max,
-        };
+        let expect = l.expectations(&raw.expect)?;
         Ok(Scenario {
             name: raw.name,
             description: raw.description,

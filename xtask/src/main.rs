@@ -1,4 +1,5 @@
-//! `cargo xtask`: the project's commands — `sim` runs a scenario, `bench` measures, `ci` runs what CI runs.
+//! `cargo xtask`: the project's commands — `sim` runs a scenario, `bench` measures, `migrate` converts old
+//! Karpenter manifests, `ci` runs what CI runs.
 
 mod bench;
 mod consolidation;
@@ -21,8 +22,27 @@ commands:
         baseline vs the cost lower bound on four scenarios, scheduling pods/s at 1k / 5k / 20k pods,
         consolidation evaluation on 1000 nodes, simulator speed and memory on a 24 h 500-node day;
         `scheduling` or `consolidation` runs only that part
+  migrate FILE...
+        convert Karpenter v1alpha5 Provisioner + AWSNodeTemplate and v1beta1 NodePool + EC2NodeClass
+        manifests to v1: the YAML to stdout, a line per field (converted, defaulted, no equivalent) to
+        stderr (exit 0; 2 when a file cannot be read)
   crds  write the CRDs generated from the Rust types to deploy/crds/ (a test fails when they are stale)
   ci    run what CI runs: fmt check, clippy -D warnings, the test suite";
+
+/// `migrate FILE...`: the v1 YAML on stdout, the report on stderr.
+fn migrate(files: &[String]) -> ExitCode {
+    match dovetail::crds::migrate::run(files) {
+        Ok((yaml, report)) => {
+            let _ = std::io::stdout().write_all(yaml.as_bytes());
+            let _ = std::io::stderr().write_all(report.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,6 +58,7 @@ fn main() -> ExitCode {
             ExitCode::from(out.code)
         }
         Some("ci") => ci(),
+        Some("migrate") => migrate(&args[1..]),
         Some("crds") => match crds::write(&table::root()) {
             Ok(files) => {
                 for f in files {

@@ -1,6 +1,7 @@
 //! Karpenter's custom resources with their real v1 field names: NodePool, NodeClaim, EC2NodeClass.
 
 pub mod ec2nodeclass;
+pub mod migrate;
 pub mod nodeclaim;
 pub mod nodepool;
 pub mod schema;
