@@ -73,6 +73,67 @@ impl Default for Settings {
     }
 }
 
+/// Karpenter's `FEATURE_GATES` syntax (`SpotToSpotConsolidation=true,NodeRepair=false`): whether spot-to-spot
+/// consolidation is on. Karpenter's other gates are accepted, so a Karpenter values file works, without
+/// effect here.
+pub fn parse_feature_gates(s: &str) -> Result<bool, String> {
+    let mut spot_to_spot = true;
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("`{part}`: write Name=true or Name=false"))?;
+        let value: bool = value
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{part}`: the value must be true or false"))?;
+        match name.trim() {
+            "SpotToSpotConsolidation" => spot_to_spot = value,
+            "NodeRepair" | "ReservedCapacity" | "StaticCapacity" | "NodeOverlay" => {}
+            other => return Err(format!("unknown feature gate `{other}`")),
+        }
+    }
+    Ok(spot_to_spot)
+}
+
+impl Settings {
+    /// Set one setting by the binary's environment variable name, as a scenario's `settings:` block
+    /// writes it. Err says why the value is wrong, or that the name is not a setting.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        let duration = |v: &str| crate::duration::parse(v);
+        match name {
+            "CLUSTER_NAME" => self.cluster_name = value.to_string(),
+            "BATCH_IDLE_DURATION" => self.batch_idle = duration(value)?,
+            "BATCH_MAX_DURATION" => self.batch_max = duration(value)?,
+            "FEATURE_GATES" => self.spot_to_spot = parse_feature_gates(value)?,
+            "CONSOLIDATION_BALANCE" => {
+                let v: f64 = value
+                    .parse()
+                    .map_err(|_| format!("`{value}` is not a number (0 turns the rule off)"))?;
+                if !(v >= 0.0 && v.is_finite()) {
+                    return Err(format!("`{value}`: must be 0 or more"));
+                }
+                self.consolidation_balance = (v > 0.0).then_some(v);
+            }
+            "BALANCED_K" => {
+                self.balanced_k = value
+                    .parse()
+                    .ok()
+                    .filter(|k| *k >= 1)
+                    .ok_or_else(|| format!("`{value}` is not a whole number of 1 or more"))?;
+            }
+            "MIN_VALUES_POLICY" => {
+                self.min_values_best_effort = match value {
+                    "Strict" => false,
+                    "BestEffort" => true,
+                    _ => return Err(format!("`{value}`: Strict or BestEffort")),
+                }
+            }
+            _ => return Err("not a setting Dovetail reads".into()),
+        }
+        Ok(())
+    }
+}
+
 /// What every controller is handed: the clock and Kubernetes seams, the journal, metrics, the seeded RNG and
 /// the settings. The cloud is not here: only the AWS provider holds it.
 pub struct Context {

@@ -117,25 +117,9 @@ pub struct FeatureGates {
 }
 
 fn feature_gates(s: &str) -> Result<FeatureGates, String> {
-    let mut gates = FeatureGates {
-        spot_to_spot_consolidation: true,
-    };
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (name, value) = part
-            .split_once('=')
-            .ok_or_else(|| format!("`{part}`: write Name=true or Name=false"))?;
-        let value: bool = value
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{part}`: the value must be true or false"))?;
-        match name.trim() {
-            "SpotToSpotConsolidation" => gates.spot_to_spot_consolidation = value,
-            // Karpenter's other gates: accepted so a Karpenter values file works, without effect here.
-            "NodeRepair" | "ReservedCapacity" | "StaticCapacity" | "NodeOverlay" => {}
-            other => return Err(format!("unknown feature gate `{other}`")),
-        }
-    }
-    Ok(gates)
+    Ok(FeatureGates {
+        spot_to_spot_consolidation: dovetail::context::parse_feature_gates(s)?,
+    })
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

@@ -197,10 +197,7 @@ impl Expectations {
         if let Some(max) = self.cost_per_hour_max {
             out.push(verdict(
                 o.max_cost_per_hour <= max,
-                format!(
-                    "cost_per_hour_max {max} (got {:.4})",
-                    o.max_cost_per_hour
-                ),
+                format!("cost_per_hour_max {max} (got {:.4})", o.max_cost_per_hour),
             ));
         }
         if let Some(max) = self.cost_total_max {

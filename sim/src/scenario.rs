@@ -35,11 +35,16 @@ struct RawScenario {
     timeline: Vec<Spanned<RawEvent>>,
     #[serde(default)]
     expect: RawExpect,
+    /// The controller's settings by the binary's environment variable names.
+    #[serde(default)]
+    settings: Option<Spanned<Node>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCloud {
+    #[serde(default)]
+    interruption_queue: Option<bool>,
     #[serde(default)]
     region: Option<String>,
     #[serde(default)]
@@ -112,6 +117,8 @@ struct RawEvent {
     controller_restart: Option<RawRestart>,
     #[serde(default)]
     controller_down: Option<RawOutage>,
+    #[serde(default)]
+    settings: Option<Spanned<Node>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -427,6 +434,8 @@ pub enum Action {
     ControllerDown {
         for_: Duration,
     },
+    /// New controller settings, rolled out: the controller restarts with them.
+    Settings(Vec<(String, String)>),
 }
 
 /// Kinds a `delete` action may name.
@@ -481,6 +490,9 @@ pub struct CloudSpec {
     pub on_demand_vcpu_quota: u32,
     pub spot_vcpu_quota: u32,
     pub visibility_lag: (Duration, Duration),
+    /// Whether the cluster has an interruption queue (EventBridge rules feeding SQS) for the controller to
+    /// read; without one, spot interruptions and other notices reach nobody before they happen.
+    pub interruption_queue: bool,
 }
 
 pub use crate::expect::Expectations;
@@ -500,6 +512,9 @@ pub struct Scenario {
     pub controller_replicas: u32,
     /// The API server's `major.minor`.
     pub kubernetes_version: String,
+    /// Controller settings by the binary's environment variable names (`BATCH_IDLE_DURATION: 2s`), applied
+    /// over Dovetail's defaults.
+    pub settings: Vec<(String, String)>,
     pub manifests: Vec<Manifest>,
     /// What loading changed in the manifests as written (objects left to their controllers, pods' node
     /// names), shown at the start of the trace.
@@ -543,6 +558,25 @@ const SUPPORTED_KINDS: [&str; 21] = [
     "ConfigMap",
     "Secret",
     "ServiceAccount",
+];
+
+/// Settings of the binary that the simulation sets another way, or that shape only its logs and ports.
+const SIM_OWNED_SETTINGS: [(&str, &str); 12] = [
+    ("AWS_REGION", "set cloud.region"),
+    ("CLUSTER_ENDPOINT", "nodes join the simulated API server"),
+    ("CLUSTER_CA_BUNDLE", "nodes join the simulated API server"),
+    (
+        "CLUSTER_CIDR",
+        "the simulated cluster's service CIDR is fixed",
+    ),
+    ("LOG_LEVEL", "the trace replaces logs"),
+    ("LOG_FORMAT", "the trace replaces logs"),
+    ("METRICS_PORT", "metrics are read in process"),
+    ("HEALTH_PROBE_PORT", "there are no probes"),
+    ("DISABLE_LEADER_ELECTION", "set cluster.controller_replicas"),
+    ("LEADER_ELECTION_NAME", "the Lease is the simulation's"),
+    ("SYSTEM_NAMESPACE", "the Lease is the simulation's"),
+    ("POD_NAME", "replicas are named dovetail-0.."),
 ];
 
 /// Kinds whose simulated controllers make the objects they own.
@@ -619,6 +653,58 @@ impl Loader<'_> {
             }
             None => parse(&s.value).map(|n| (n, n)),
         }
+    }
+
+    /// A `settings:` block: the binary's environment variable names and values, each checked by setting it
+    /// on Dovetail's defaults. Names the binary reads that mean nothing in a simulation are noted.
+    fn settings(
+        &self,
+        node: &Spanned<Node>,
+        field: &str,
+    ) -> Result<Vec<(String, String)>, SimError> {
+        let Node::Map(entries) = &node.value else {
+            return Err(self.err(
+                pos(node),
+                field,
+                "a map of the binary's settings, e.g. {BATCH_IDLE_DURATION: 2s, FEATURE_GATES: \"SpotToSpotConsolidation=false\"}",
+            ));
+        };
+        let mut out = Vec::new();
+        for (k, v) in entries {
+            let at = format!("{field}.{}", k.value);
+            let value = match &v.value {
+                Node::Str(s) => s.clone(),
+                Node::Int(i) => i.to_string(),
+                Node::Float(f) => f.to_string(),
+                Node::Bool(b) => b.to_string(),
+                Node::Null => String::new(),
+                _ => {
+                    return Err(self.err(
+                        pos(v),
+                        &at,
+                        "a setting's value is a string, number or boolean",
+                    ));
+                }
+            };
+            match k.value.as_str() {
+                // Settings the simulation owns elsewhere, or that only shape logs and ports.
+                "INTERRUPTION_QUEUE" => {}
+                name if SIM_OWNED_SETTINGS.iter().any(|(n, _)| *n == name) => {
+                    let why = SIM_OWNED_SETTINGS
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map_or("", |(_, w)| *w);
+                    self.notes
+                        .borrow_mut()
+                        .push(format!("{at}: no effect in the simulation: {why}"));
+                }
+                name => dovetail::Settings::default()
+                    .set(name, &value)
+                    .map_err(|e| self.err(pos(k), &at, e))?,
+            }
+            out.push((k.value.clone(), value));
+        }
+        Ok(out)
     }
 
     fn selector(
@@ -1308,6 +1394,7 @@ impl Scenario {
                 Some(s) => l.range(s, "cloud.visibility_lag")?,
                 None => (Duration::ZERO, Duration::from_secs(3)),
             },
+            interruption_queue: raw.cloud.interruption_queue.unwrap_or(true),
         };
         if cloud.zones.is_empty() {
             return Err(SimError::Scenario {
@@ -1380,6 +1467,7 @@ impl Scenario {
                 e.delete_nodes.is_some(),
                 e.controller_restart.is_some(),
                 e.controller_down.is_some(),
+                e.settings.is_some(),
             ]
             .iter()
             .filter(|b| **b)
@@ -1388,7 +1476,7 @@ impl Scenario {
                 return Err(l.err(
                     pos(ev),
                     &field,
-                    "each timeline entry needs exactly one action: scale, apply, spot_interruption, capacity_shortage, kms_key_disabled, api_throttle, api_outage, vcpu_quota, ami_release, kube_outage, watch_disconnect, queue_message, delete, delete_nodes, controller_restart or controller_down",
+                    "each timeline entry needs exactly one action: scale, apply, spot_interruption, capacity_shortage, kms_key_disabled, api_throttle, api_outage, vcpu_quota, ami_release, kube_outage, watch_disconnect, queue_message, delete, delete_nodes, controller_restart, controller_down or settings",
                 ));
             }
             let action = if let Some(s) = &e.scale {
@@ -1610,6 +1698,8 @@ impl Scenario {
                 Action::ControllerDown {
                     for_: l.duration(&d.for_, &format!("{field}.controller_down.for"))?,
                 }
+            } else if let Some(n) = &e.settings {
+                Action::Settings(l.settings(n, &format!("{field}.settings"))?)
             } else {
                 unreachable!("exactly one action was counted above")
             };
@@ -1627,6 +1717,10 @@ impl Scenario {
         }
         timeline.sort_by_key(|e| e.at);
         let expect = l.expectations(&raw.expect)?;
+        let settings = match &raw.settings {
+            Some(n) => l.settings(n, "settings")?,
+            None => Vec::new(),
+        };
         Ok(Scenario {
             name: raw.name,
             description: raw.description,
@@ -1642,6 +1736,7 @@ impl Scenario {
             timeline,
             expect,
             notes: l.notes.take(),
+            settings,
         })
     }
 }

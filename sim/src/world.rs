@@ -226,6 +226,41 @@ struct ControllerParts {
     /// The replica's Lease identity when replicas elect a leader.
     identity: Option<String>,
     metrics: Arc<dovetail::metrics::Metrics>,
+    /// The scenario's settings and those the timeline rolled out since, read at every (re)start.
+    settings: Arc<Mutex<Vec<(String, String)>>>,
+    /// Whether the cluster has an interruption queue.
+    queue: bool,
+}
+
+/// The settings a controller replica starts with: Dovetail's defaults, what the simulated cluster is
+/// (its name, endpoint, CIDR, queue, Lease), then the scenario's `settings` in order.
+fn controller_settings(
+    overrides: &[(String, String)],
+    queue_url: Option<String>,
+    identity: Option<&str>,
+) -> dovetail::Settings {
+    let mut settings = dovetail::Settings {
+        cluster_name: "sim".into(),
+        // What nodes of the simulated EKS cluster are told (user data).
+        cluster_endpoint: Some(SIM_ENDPOINT.into()),
+        cluster_cidr: Some("10.100.0.0/16".into()),
+        interruption_queue: queue_url,
+        leader_election: identity
+            .map(|id| dovetail::leader::LeaderElection::new("kube-system", id)),
+        ..Default::default()
+    };
+    for (name, value) in overrides {
+        if name == "INTERRUPTION_QUEUE" {
+            // Any name is the simulated queue; empty turns interruption handling off.
+            if value.is_empty() {
+                settings.interruption_queue = None;
+            }
+            continue;
+        }
+        // Checked when the scenario was loaded; the names only the simulation owns are skipped.
+        let _ = settings.set(name, value);
+    }
+    settings
 }
 
 async fn controller_host(p: ControllerParts) -> turmoil::Result {
@@ -239,6 +274,8 @@ async fn controller_host(p: ControllerParts) -> turmoil::Result {
         autoscaler,
         identity,
         metrics,
+        settings,
+        queue,
     } = p;
     if autoscaler == Autoscaler::CaBaseline {
         crate::baseline::run(
@@ -263,17 +300,11 @@ async fn controller_host(p: ControllerParts) -> turmoil::Result {
             metrics: metrics.clone(),
             // A restarted controller must not replay its predecessor's names.
             rng: ChaCha8Rng::seed_from_u64(controller_seed.wrapping_add(generation)),
-            settings: dovetail::Settings {
-                cluster_name: "sim".into(),
-                // What nodes of the simulated EKS cluster are told (user data).
-                cluster_endpoint: Some(SIM_ENDPOINT.into()),
-                cluster_cidr: Some("10.100.0.0/16".into()),
-                interruption_queue: Some(cloud.config().queue_url.clone()),
-                leader_election: identity
-                    .as_deref()
-                    .map(|id| dovetail::leader::LeaderElection::new("kube-system", id)),
-                ..Default::default()
-            },
+            settings: controller_settings(
+                &lock(&settings),
+                queue.then(|| cloud.config().queue_url.clone()),
+                identity.as_deref(),
+            ),
         };
         if let Err(e) = dovetail::run(ctx, Arc::new(cloud.clone())).await {
             trace.push(
@@ -332,7 +363,11 @@ struct WorkloadParts {
     timeline: Vec<crate::scenario::Event>,
     clock: SimClock,
     faults: Arc<Mutex<ControllerFaults>>,
+    settings: Arc<Mutex<Vec<(String, String)>>>,
 }
+
+/// How long a settings rollout keeps the controller down (a Deployment's pod replaced).
+const SETTINGS_ROLLOUT: Duration = Duration::from_secs(10);
 
 /// Kinds other objects lean on at admission (a pod's priority and runtime classes, a claim's default
 /// storage class) or at scheduling (volumes, nodes): applied first, whatever the order written, as Helm
@@ -357,6 +392,7 @@ async fn workload_host(p: WorkloadParts) -> turmoil::Result {
         timeline,
         clock,
         faults,
+        settings,
     } = p;
     for note in notes {
         trace.push("load", note);
@@ -496,6 +532,18 @@ async fn workload_host(p: WorkloadParts) -> turmoil::Result {
                 }
             }
             Action::ControllerDown { for_ } => lock(&faults).crash_for = Some(for_),
+            Action::Settings(changed) => {
+                let shown: Vec<String> = changed.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                trace.push(
+                    "workload",
+                    format!(
+                        "settings {} rolled out: the controller restarts",
+                        shown.join(" ")
+                    ),
+                );
+                lock(&settings).extend(changed);
+                lock(&faults).crash_for = Some(SETTINGS_ROLLOUT);
+            }
         }
     }
     std::future::pending::<()>().await;
@@ -590,6 +638,13 @@ pub fn run(
             on_demand_vcpu_quota: scenario.cloud.on_demand_vcpu_quota,
             spot_vcpu_quota: scenario.cloud.spot_vcpu_quota,
             visibility_lag: scenario.cloud.visibility_lag,
+            // Subnets and security groups are tagged for the cluster the controller is told it runs.
+            cluster_name: scenario
+                .settings
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "CLUSTER_NAME")
+                .map_or_else(|| "sim".to_string(), |(_, v)| v.clone()),
             ..CloudConfig::default()
         },
         Catalog::builtin(),
@@ -611,6 +666,7 @@ pub fn run(
         .build();
 
     // Replica 0 is the host the timeline crashes; with more than one, every replica elects over a Lease.
+    let settings = Arc::new(Mutex::new(scenario.settings.clone()));
     let replicas = if autoscaler == Autoscaler::Dovetail {
         scenario.controller_replicas.max(1)
     } else {
@@ -634,6 +690,8 @@ pub fn run(
             autoscaler,
             identity: (replicas > 1).then(|| format!("dovetail-{i}")),
             metrics: controller_metrics.clone(),
+            settings: settings.clone(),
+            queue: scenario.cloud.interruption_queue,
         };
         sim.host(host, move || controller_host(parts.clone()));
     }
@@ -675,6 +733,7 @@ pub fn run(
         let notes = scenario.notes.clone();
         let timeline = scenario.timeline.clone();
         let faults = faults.clone();
+        let settings = settings.clone();
         sim.host("workload", move || {
             workload_host(WorkloadParts {
                 kube: kube.clone(),
@@ -685,6 +744,7 @@ pub fn run(
                 timeline: timeline.clone(),
                 clock,
                 faults: faults.clone(),
+                settings: settings.clone(),
             })
         });
     }
