@@ -35,6 +35,41 @@ pub struct CloudConfig {
     pub foreign_instances: u32,
     /// The interruption queue's URL.
     pub queue_url: String,
+    /// Subnets as declared (none: one per zone with `subnet_size` addresses, tagged for discovery).
+    pub subnets: Vec<SubnetSpec>,
+    /// Security groups as declared (none: the cluster's node group, tagged for discovery, and `default`).
+    pub security_groups: Vec<SecurityGroupSpec>,
+    /// Images of the account (or anyone's) beside Amazon's published EKS images.
+    pub images: Vec<dovetail::aws::cloud::Image>,
+    /// Changes to the seeded offerings and spot prices, applied in order.
+    pub offerings: Vec<OfferingRule>,
+}
+
+/// One declared subnet; its id is drawn when not given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetSpec {
+    pub id: Option<String>,
+    pub zone: String,
+    pub tags: std::collections::BTreeMap<String, String>,
+    pub available_ip_addresses: u32,
+}
+
+/// One declared security group; its id is drawn when not given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityGroupSpec {
+    pub id: Option<String>,
+    pub name: String,
+    pub tags: std::collections::BTreeMap<String, String>,
+}
+
+/// Types matching `instance_types` (`*` wildcards; empty: all) in `zones` (empty: all): offered or not,
+/// and their spot price there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OfferingRule {
+    pub instance_types: Vec<String>,
+    pub zones: Vec<String>,
+    pub offered: Option<bool>,
+    pub spot_price: Option<f64>,
 }
 
 impl Default for CloudConfig {
@@ -61,6 +96,10 @@ impl Default for CloudConfig {
             spot_price_interval: Duration::from_secs(3600),
             foreign_instances: 3,
             queue_url: "https://sqs.us-east-1.amazonaws.com/123456789012/sim".to_string(),
+            subnets: Vec::new(),
+            security_groups: Vec::new(),
+            images: Vec::new(),
+            offerings: Vec::new(),
         }
     }
 }

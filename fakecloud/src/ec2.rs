@@ -172,34 +172,110 @@ impl FakeCloud {
             config.cluster_name.clone(),
         )]
         .into();
-        let subnets = config
-            .zones
-            .iter()
-            .enumerate()
-            .map(|(i, zone)| SubnetState {
-                subnet: Subnet {
-                    id: hex_id("subnet", &mut rng),
-                    zone: zone.clone(),
-                    available_ip_addresses: config.subnet_size,
+        // Declared offering rules, in order, over the seeded draw.
+        for rule in &config.offerings {
+            let glob = dovetail::aws::cloud::glob;
+            for (name, entry) in &catalog.types {
+                if !rule.instance_types.is_empty()
+                    && !rule.instance_types.iter().any(|p| glob(p, name))
+                {
+                    continue;
+                }
+                for zone in config
+                    .zones
+                    .iter()
+                    .filter(|z| rule.zones.is_empty() || rule.zones.contains(z))
+                {
+                    let key = (name.clone(), zone.clone());
+                    match rule.offered {
+                        Some(false) => {
+                            offerings.remove(&key);
+                        }
+                        Some(true) if !offerings.contains(&key) => {
+                            offerings.insert(key.clone());
+                            for (ct, depth) in [
+                                (CapacityType::Spot, config.spot_depth.1),
+                                (CapacityType::OnDemand, config.on_demand_depth),
+                            ] {
+                                pools.insert(
+                                    (name.clone(), zone.clone(), ct),
+                                    Pool {
+                                        depth,
+                                        short_until: None,
+                                    },
+                                );
+                            }
+                            spot_prices.entry(key.clone()).or_insert_with(|| {
+                                clamp_spot(entry.on_demand_price, entry.on_demand_price * 0.5)
+                            });
+                        }
+                        _ => {}
+                    }
+                    if let Some(price) = rule.spot_price {
+                        spot_prices.insert(key, price);
+                    }
+                }
+            }
+        }
+        let subnets = if config.subnets.is_empty() {
+            config
+                .zones
+                .iter()
+                .enumerate()
+                .map(|(i, zone)| SubnetState {
+                    subnet: Subnet {
+                        id: hex_id("subnet", &mut rng),
+                        zone: zone.clone(),
+                        available_ip_addresses: config.subnet_size,
+                        tags: discovery.clone(),
+                    },
+                    cidr_base: [10, 0, (i as u8) * 16],
+                    next_host: 4,
+                })
+                .collect()
+        } else {
+            config
+                .subnets
+                .iter()
+                .enumerate()
+                .map(|(i, s)| SubnetState {
+                    subnet: Subnet {
+                        id: s.id.clone().unwrap_or_else(|| hex_id("subnet", &mut rng)),
+                        zone: s.zone.clone(),
+                        available_ip_addresses: s.available_ip_addresses,
+                        tags: s.tags.clone(),
+                    },
+                    cidr_base: [10, (i / 16) as u8, ((i % 16) as u8) * 16],
+                    next_host: 4,
+                })
+                .collect()
+        };
+        let security_groups = if config.security_groups.is_empty() {
+            vec![
+                SecurityGroup {
+                    id: hex_id("sg", &mut rng),
+                    name: format!("{}-node", config.cluster_name),
                     tags: discovery.clone(),
                 },
-                cidr_base: [10, 0, (i as u8) * 16],
-                next_host: 4,
-            })
-            .collect();
-        let security_groups = vec![
-            SecurityGroup {
-                id: hex_id("sg", &mut rng),
-                name: format!("{}-node", config.cluster_name),
-                tags: discovery.clone(),
-            },
-            SecurityGroup {
-                id: hex_id("sg", &mut rng),
-                name: "default".into(),
-                tags: BTreeMap::new(),
-            },
-        ];
-        let published = crate::images::Published::eks();
+                SecurityGroup {
+                    id: hex_id("sg", &mut rng),
+                    name: "default".into(),
+                    tags: BTreeMap::new(),
+                },
+            ]
+        } else {
+            config
+                .security_groups
+                .iter()
+                .map(|g| SecurityGroup {
+                    id: g.id.clone().unwrap_or_else(|| hex_id("sg", &mut rng)),
+                    name: g.name.clone(),
+                    tags: g.tags.clone(),
+                })
+                .collect()
+        };
+        let mut published = crate::images::Published::eks();
+        published.images.extend(config.images.iter().cloned());
         let vcpu_quota = [
             (CapacityType::OnDemand, config.on_demand_vcpu_quota),
             (CapacityType::Spot, config.spot_vcpu_quota),

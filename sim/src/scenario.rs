@@ -65,6 +65,76 @@ struct RawCloud {
     spot_vcpu_quota: Option<u32>,
     #[serde(default)]
     visibility_lag: Option<Spanned<String>>,
+    #[serde(default)]
+    subnets: Vec<Spanned<RawSubnet>>,
+    #[serde(default)]
+    security_groups: Vec<RawSecurityGroup>,
+    #[serde(default)]
+    images: Vec<Spanned<RawImage>>,
+    #[serde(default)]
+    offerings: Vec<Spanned<RawOffering>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubnet {
+    #[serde(default)]
+    id: Option<String>,
+    zone: Spanned<String>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    #[serde(default = "default_free_addresses")]
+    free_addresses: u32,
+}
+
+fn default_free_addresses() -> u32 {
+    4091
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecurityGroup {
+    #[serde(default)]
+    id: Option<String>,
+    name: String,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImage {
+    #[serde(default)]
+    id: Option<String>,
+    name: String,
+    #[serde(default)]
+    arch: Option<Spanned<String>>,
+    /// `self` (the cluster's account), `amazon`, or an account id.
+    #[serde(default = "default_image_owner")]
+    owner: String,
+    #[serde(default)]
+    created: Option<Spanned<String>>,
+    #[serde(default)]
+    deprecated: bool,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+fn default_image_owner() -> String {
+    "self".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOffering {
+    #[serde(default)]
+    instance_types: Vec<String>,
+    #[serde(default)]
+    zones: Vec<String>,
+    #[serde(default)]
+    offered: Option<bool>,
+    #[serde(default)]
+    spot_price: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -493,6 +563,11 @@ pub struct CloudSpec {
     /// Whether the cluster has an interruption queue (EventBridge rules feeding SQS) for the controller to
     /// read; without one, spot interruptions and other notices reach nobody before they happen.
     pub interruption_queue: bool,
+    /// Declared subnets, security groups, images and offering changes (empty: the defaults).
+    pub subnets: Vec<fakecloud::config::SubnetSpec>,
+    pub security_groups: Vec<fakecloud::config::SecurityGroupSpec>,
+    pub images: Vec<dovetail::aws::cloud::Image>,
+    pub offerings: Vec<fakecloud::config::OfferingRule>,
 }
 
 pub use crate::expect::Expectations;
@@ -705,6 +780,114 @@ impl Loader<'_> {
             out.push((k.value.clone(), value));
         }
         Ok(out)
+    }
+
+    /// `cloud.subnets`, `cloud.images` and `cloud.offerings`, checked against the cloud's zones.
+    fn declared_cloud(&self, raw: &RawCloud, cloud: &mut CloudSpec) -> Result<(), SimError> {
+        for (i, s) in raw.subnets.iter().enumerate() {
+            if !cloud.zones.contains(&s.value.zone.value) {
+                return Err(self.err(
+                    pos(&s.value.zone),
+                    &format!("cloud.subnets[{i}].zone"),
+                    format!(
+                        "`{}` is not one of cloud.zones ({})",
+                        s.value.zone.value,
+                        cloud.zones.join(", ")
+                    ),
+                ));
+            }
+            cloud.subnets.push(fakecloud::config::SubnetSpec {
+                id: s.value.id.clone(),
+                zone: s.value.zone.value.clone(),
+                tags: s.value.tags.clone(),
+                available_ip_addresses: s.value.free_addresses,
+            });
+        }
+        for (i, img) in raw.images.iter().enumerate() {
+            let r = &img.value;
+            let field = format!("cloud.images[{i}]");
+            let arch = r.arch.as_ref().map_or("x86_64", |a| a.value.as_str());
+            if let Some(a) = &r.arch
+                && !["x86_64", "arm64"].contains(&arch)
+            {
+                return Err(self.err(
+                    pos(a),
+                    &format!("{field}.arch"),
+                    format!("`{arch}`: x86_64 or arm64 (EC2's names)"),
+                ));
+            }
+            let created = r
+                .created
+                .as_ref()
+                .map_or("2025-06-01T00:00:00Z", |c| c.value.as_str());
+            if let Some(c) = &r.created
+                && created.parse::<jiff::Timestamp>().is_err()
+            {
+                return Err(self.err(
+                    pos(c),
+                    &format!("{field}.created"),
+                    format!("`{created}` is not an RFC 3339 time such as 2025-11-01T00:00:00Z"),
+                ));
+            }
+            let (owner_id, owner_alias) = match r.owner.as_str() {
+                "self" => (fakecloud::sqs::ACCOUNT.to_string(), None),
+                "amazon" => (
+                    fakecloud::images::EKS_ACCOUNT.to_string(),
+                    Some("amazon".to_string()),
+                ),
+                account => (account.to_string(), None),
+            };
+            let hash = r.name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+            });
+            cloud.images.push(dovetail::aws::cloud::Image {
+                id: r
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| format!("ami-{:017x}", hash >> 4)),
+                name: r.name.clone(),
+                arch: arch.to_string(),
+                creation_date: created.to_string(),
+                deprecation_time: r.deprecated.then(|| created.to_string()),
+                owner_id,
+                owner_alias,
+                tags: r.tags.clone(),
+            });
+        }
+        for (i, o) in raw.offerings.iter().enumerate() {
+            let r = &o.value;
+            if let Some(z) = r.zones.iter().find(|z| !cloud.zones.contains(z)) {
+                return Err(self.err(
+                    pos(o),
+                    &format!("cloud.offerings[{i}].zones"),
+                    format!(
+                        "`{z}` is not one of cloud.zones ({})",
+                        cloud.zones.join(", ")
+                    ),
+                ));
+            }
+            if r.spot_price.is_some_and(|p| !(p > 0.0 && p.is_finite())) {
+                return Err(self.err(
+                    pos(o),
+                    &format!("cloud.offerings[{i}].spot_price"),
+                    "a spot price is a positive number of USD per hour",
+                ));
+            }
+            if r.offered.is_none() && r.spot_price.is_none() {
+                return Err(self.err(
+                    pos(o),
+                    &format!("cloud.offerings[{i}]"),
+                    "say `offered: true|false` or a `spot_price` (or both)",
+                ));
+            }
+            cloud.offerings.push(fakecloud::config::OfferingRule {
+                instance_types: r.instance_types.clone(),
+                zones: r.zones.clone(),
+                offered: r.offered,
+                spot_price: r.spot_price,
+            });
+        }
+        Ok(())
     }
 
     fn selector(
@@ -1395,7 +1578,22 @@ impl Scenario {
                 None => (Duration::ZERO, Duration::from_secs(3)),
             },
             interruption_queue: raw.cloud.interruption_queue.unwrap_or(true),
+            subnets: Vec::new(),
+            security_groups: raw
+                .cloud
+                .security_groups
+                .iter()
+                .map(|g| fakecloud::config::SecurityGroupSpec {
+                    id: g.id.clone(),
+                    name: g.name.clone(),
+                    tags: g.tags.clone(),
+                })
+                .collect(),
+            images: Vec::new(),
+            offerings: Vec::new(),
         };
+        let mut cloud = cloud;
+        l.declared_cloud(&raw.cloud, &mut cloud)?;
         if cloud.zones.is_empty() {
             return Err(SimError::Scenario {
                 file: file.into(),

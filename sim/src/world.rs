@@ -638,6 +638,10 @@ pub fn run(
             on_demand_vcpu_quota: scenario.cloud.on_demand_vcpu_quota,
             spot_vcpu_quota: scenario.cloud.spot_vcpu_quota,
             visibility_lag: scenario.cloud.visibility_lag,
+            subnets: scenario.cloud.subnets.clone(),
+            security_groups: scenario.cloud.security_groups.clone(),
+            images: scenario.cloud.images.clone(),
+            offerings: scenario.cloud.offerings.clone(),
             // Subnets and security groups are tagged for the cluster the controller is told it runs.
             cluster_name: scenario
                 .settings
