@@ -74,7 +74,10 @@ fn a_node_class_selects_the_declared_subnets_groups_and_images_and_the_offerings
     for l in &launches {
         // Only the prod-tagged subnets' zones; the cheap spot c5.large; never m5 (not offered).
         assert!(l.contains("us-east-1a") || l.contains("us-east-1b"), "{l}");
-        assert!(l.contains(" c5.large ") && l.contains(" spot 0.0123/h"), "{l}");
+        assert!(
+            l.contains(" c5.large ") && l.contains(" spot 0.0123/h"),
+            "{l}"
+        );
     }
     assert!(
         out.trace.contains("image=ami-0f00d"),

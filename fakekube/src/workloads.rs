@@ -125,6 +125,40 @@ fn daemon_admitted(template: &Value, node: &Value) -> bool {
     taints_ok && crate::scheduler::node_affinity_admits(&pod, node)
 }
 
+/// The node lifecycle controller's taint for cordoned nodes: `node.kubernetes.io/unschedulable:NoSchedule`
+/// while `spec.unschedulable` is true, gone when it is not.
+fn cordon_taints(kube: &FakeKube) {
+    const KEY: &str = "node.kubernetes.io/unschedulable";
+    let mut st = kube.store();
+    for node in st.list("Node") {
+        let cordoned = node["spec"]["unschedulable"] == true;
+        let mut taints: Vec<Value> = node["spec"]["taints"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let has = taints.iter().any(|t| t["key"] == KEY);
+        if cordoned == has {
+            continue;
+        }
+        if cordoned {
+            taints.push(json!({"key": KEY, "effect": "NoSchedule"}));
+        } else {
+            taints.retain(|t| t["key"] != KEY);
+        }
+        let name = node["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let _ = st.patch(
+            "Node",
+            "",
+            &name,
+            &json!({"spec": {"taints": taints}}),
+            false,
+        );
+    }
+}
+
 /// Whether an object has a controlling owner.
 fn has_controller(obj: &Value) -> bool {
     obj["metadata"]["ownerReferences"]
@@ -179,6 +213,7 @@ impl Workloads {
             crate::volumes::reconcile(&mut st, now);
         }
         self.reconcile_jobs(kube, now);
+        cordon_taints(kube);
         self.reconcile_daemonsets(kube, now);
         self.collect_orphan_pods(kube, now);
         update_budgets(kube);

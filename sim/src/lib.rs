@@ -7,6 +7,7 @@ pub mod baseline;
 pub mod bound;
 pub mod cli;
 pub mod clock;
+pub mod drain;
 pub mod duration;
 pub mod error;
 pub mod expect;

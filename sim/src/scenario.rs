@@ -40,6 +40,31 @@ struct RawScenario {
     settings: Option<Spanned<Node>>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeletePods {
+    selector: Spanned<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    zone: Option<String>,
+    #[serde(default)]
+    count: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrain {
+    #[serde(default)]
+    node: Option<String>,
+    #[serde(default = "one")]
+    count: u32,
+    #[serde(default)]
+    nodepool: Option<String>,
+    #[serde(default)]
+    pick: Option<Spanned<String>>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCloud {
@@ -189,6 +214,10 @@ struct RawEvent {
     controller_down: Option<RawOutage>,
     #[serde(default)]
     settings: Option<Spanned<Node>>,
+    #[serde(default)]
+    delete_pods: Option<RawDeletePods>,
+    #[serde(default)]
+    drain: Option<RawDrain>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -506,6 +535,24 @@ pub enum Action {
     },
     /// New controller settings, rolled out: the controller restarts with them.
     Settings(Vec<(String, String)>),
+    /// `kubectl delete pods -l ...`.
+    DeletePods(PodPick),
+    /// `kubectl drain` of a named node, or of `count` nodes of a pool (or any), oldest or newest first.
+    Drain {
+        node: Option<String>,
+        count: u32,
+        nodepool: Option<String>,
+        newest_first: bool,
+    },
+}
+
+/// Pods a `delete_pods` action picks: by selector, in a namespace and zone when given, at most `count`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodPick {
+    pub selector: crate::expect::Selector,
+    pub namespace: Option<String>,
+    pub zone: Option<String>,
+    pub count: Option<u32>,
 }
 
 /// Kinds a `delete` action may name.
@@ -727,6 +774,19 @@ impl Loader<'_> {
                 Ok((lo, hi))
             }
             None => parse(&s.value).map(|n| (n, n)),
+        }
+    }
+
+    /// `oldest` (false) or `newest` (true) first.
+    fn pick(&self, p: &Spanned<String>, field: &str) -> Result<bool, SimError> {
+        match p.value.as_str() {
+            "oldest" => Ok(false),
+            "newest" => Ok(true),
+            other => Err(self.err(
+                pos(p),
+                field,
+                format!("unknown pick `{other}`; use oldest or newest"),
+            )),
         }
     }
 
@@ -1666,6 +1726,8 @@ impl Scenario {
                 e.controller_restart.is_some(),
                 e.controller_down.is_some(),
                 e.settings.is_some(),
+                e.delete_pods.is_some(),
+                e.drain.is_some(),
             ]
             .iter()
             .filter(|b| **b)
@@ -1674,7 +1736,7 @@ impl Scenario {
                 return Err(l.err(
                     pos(ev),
                     &field,
-                    "each timeline entry needs exactly one action: scale, apply, spot_interruption, capacity_shortage, kms_key_disabled, api_throttle, api_outage, vcpu_quota, ami_release, kube_outage, watch_disconnect, queue_message, delete, delete_nodes, controller_restart, controller_down or settings",
+                    "each timeline entry needs exactly one action: scale, apply, spot_interruption, capacity_shortage, kms_key_disabled, api_throttle, api_outage, vcpu_quota, ami_release, kube_outage, watch_disconnect, queue_message, delete, delete_nodes, controller_restart, controller_down, settings, delete_pods or drain",
                 ));
             }
             let action = if let Some(s) = &e.scale {
@@ -1849,16 +1911,9 @@ impl Scenario {
                     name: d.name.clone(),
                 }
             } else if let Some(d) = &e.delete_nodes {
-                let newest_first = match d.pick.as_ref().map(|p| p.value.as_str()) {
-                    None | Some("oldest") => false,
-                    Some("newest") => true,
-                    Some(other) => {
-                        return Err(l.err(
-                            d.pick.as_ref().map_or(pos(ev), pos),
-                            &format!("{field}.delete_nodes.pick"),
-                            format!("unknown pick `{other}`; use oldest or newest"),
-                        ));
-                    }
+                let newest_first = match &d.pick {
+                    Some(p) => l.pick(p, &format!("{field}.delete_nodes.pick"))?,
+                    None => false,
                 };
                 if d.count == 0 {
                     return Err(l.err(
@@ -1898,6 +1953,23 @@ impl Scenario {
                 }
             } else if let Some(n) = &e.settings {
                 Action::Settings(l.settings(n, &format!("{field}.settings"))?)
+            } else if let Some(d) = &e.delete_pods {
+                Action::DeletePods(PodPick {
+                    selector: l.selector(&d.selector, &format!("{field}.delete_pods.selector"))?,
+                    namespace: d.namespace.clone(),
+                    zone: d.zone.clone(),
+                    count: d.count,
+                })
+            } else if let Some(d) = &e.drain {
+                Action::Drain {
+                    node: d.node.clone(),
+                    count: d.count,
+                    nodepool: d.nodepool.clone(),
+                    newest_first: match &d.pick {
+                        Some(p) => l.pick(p, &format!("{field}.drain.pick"))?,
+                        None => false,
+                    },
+                }
             } else {
                 unreachable!("exactly one action was counted above")
             };

@@ -157,6 +157,38 @@ struct ControllerFaults {
 }
 
 /// `kubectl delete node` of the oldest (or newest) nodes, optionally of one NodePool.
+/// The nodes a timeline action picks: `count` of a NodePool (or any), oldest or newest first.
+fn pick_nodes(
+    kube: &FakeKube,
+    count: u32,
+    nodepool: Option<&str>,
+    newest_first: bool,
+) -> Vec<String> {
+    let mut nodes: Vec<(String, String)> = kube
+        .store()
+        .iter("Node")
+        .filter(|n| n["metadata"]["deletionTimestamp"].is_null())
+        .filter(|n| nodepool.is_none_or(|p| n["metadata"]["labels"]["karpenter.sh/nodepool"] == p))
+        .map(|n| {
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+            (
+                text(&n["metadata"]["creationTimestamp"]),
+                text(&n["metadata"]["name"]),
+            )
+        })
+        .collect();
+    nodes.sort();
+    if newest_first {
+        nodes.reverse();
+    }
+    nodes
+        .into_iter()
+        .take(count as usize)
+        .map(|(_, n)| n)
+        .collect()
+}
+
+/// `kubectl delete node` of the oldest (or newest) nodes, optionally of one NodePool.
 fn delete_nodes(
     kube: &FakeKube,
     trace: &Trace,
@@ -165,39 +197,12 @@ fn delete_nodes(
     newest_first: bool,
     now: Timestamp,
 ) {
-    let mut st = kube.store();
-    let mut nodes: Vec<(String, String)> = st
-        .list("Node")
-        .into_iter()
-        .filter(|n| n["metadata"]["deletionTimestamp"].is_null())
-        .filter(|n| nodepool.is_none_or(|p| n["metadata"]["labels"]["karpenter.sh/nodepool"] == p))
-        .map(|n| {
-            (
-                n["metadata"]["creationTimestamp"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                n["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
-        })
-        .collect();
-    nodes.sort();
-    if newest_first {
-        nodes.reverse();
-    }
-    let picked: Vec<String> = nodes
-        .into_iter()
-        .take(count as usize)
-        .map(|(_, n)| n)
-        .collect();
+    let picked = pick_nodes(kube, count, nodepool, newest_first);
     if picked.is_empty() {
-        drop(st);
         trace.push("workload", "delete nodes: no node matches".to_string());
         return;
     }
+    let mut st = kube.store();
     for name in &picked {
         let _ = st.delete("Node", "", name, now);
     }
@@ -205,6 +210,50 @@ fn delete_nodes(
     trace.push(
         "workload",
         format!("delete node {} (kubectl delete node)", picked.join(" ")),
+    );
+}
+
+/// `kubectl delete pods` of the live pods a selector picks (in a namespace and zone when given), by name,
+/// at most `count`.
+fn delete_pods(kube: &FakeKube, trace: &Trace, pick: &crate::scenario::PodPick, now: Timestamp) {
+    let mut st = kube.store();
+    let zone_of = |node: &str| {
+        st.get("Node", "", node)
+            .and_then(|n| n["metadata"]["labels"]["topology.kubernetes.io/zone"].as_str())
+            .map(str::to_string)
+    };
+    let mut picked: Vec<(String, String)> = st
+        .iter("Pod")
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| pick.selector.matches(&p["metadata"]["labels"]))
+        .filter(|p| {
+            pick.namespace
+                .as_ref()
+                .is_none_or(|ns| p["metadata"]["namespace"] == ns.as_str())
+        })
+        .filter(|p| {
+            pick.zone.as_ref().is_none_or(|z| {
+                p["spec"]["nodeName"]
+                    .as_str()
+                    .and_then(zone_of)
+                    .is_some_and(|pz| pz == *z)
+            })
+        })
+        .map(fakekube::store::ns_name)
+        .collect();
+    picked.truncate(pick.count.map_or(usize::MAX, |c| c as usize));
+    for (ns, name) in &picked {
+        let _ = st.delete("Pod", ns, name, now);
+    }
+    drop(st);
+    let names: Vec<String> = picked.iter().map(|(ns, n)| format!("{ns}/{n}")).collect();
+    trace.push(
+        "workload",
+        if names.is_empty() {
+            format!("delete pods `{}`: none match", pick.selector.text)
+        } else {
+            format!("delete pods `{}`: {}", pick.selector.text, names.join(", "))
+        },
     );
 }
 
@@ -333,11 +382,24 @@ struct ClusterParts {
     machines: Arc<Mutex<MachineCache>>,
     interval: Duration,
     clock: SimClock,
+    drains: Arc<Mutex<crate::drain::Drains>>,
+    trace: Trace,
 }
 
 async fn cluster_host(p: ClusterParts) -> turmoil::Result {
     loop {
         let now = dovetail::clock::Clock::now(&p.clock);
+        let elapsed = p.clock.elapsed();
+        let due = lock(&p.drains).due(elapsed);
+        for node in due {
+            let finished = crate::drain::round(&p.kube, &p.trace, &node).await;
+            let mut d = lock(&p.drains);
+            if finished {
+                d.done(&node);
+            } else {
+                d.retry_later(&node, elapsed);
+            }
+        }
         lock(&p.workloads).step(&p.kube, now);
         let bound = {
             let mut s = lock(&p.scheduler);
@@ -364,6 +426,7 @@ struct WorkloadParts {
     clock: SimClock,
     faults: Arc<Mutex<ControllerFaults>>,
     settings: Arc<Mutex<Vec<(String, String)>>>,
+    drains: Arc<Mutex<crate::drain::Drains>>,
 }
 
 /// How long a settings rollout keeps the controller down (a Deployment's pod replaced).
@@ -393,6 +456,7 @@ async fn workload_host(p: WorkloadParts) -> turmoil::Result {
         clock,
         faults,
         settings,
+        drains,
     } = p;
     for note in notes {
         trace.push("load", note);
@@ -532,6 +596,28 @@ async fn workload_host(p: WorkloadParts) -> turmoil::Result {
                 }
             }
             Action::ControllerDown { for_ } => lock(&faults).crash_for = Some(for_),
+            Action::DeletePods(pick) => delete_pods(&kube, &trace, &pick, now),
+            Action::Drain {
+                node,
+                count,
+                nodepool,
+                newest_first,
+            } => {
+                let picked = match node {
+                    Some(n) => vec![n],
+                    None => pick_nodes(&kube, count, nodepool.as_deref(), newest_first),
+                };
+                if picked.is_empty() {
+                    trace.push("workload", "drain: no node matches".to_string());
+                }
+                for n in picked {
+                    trace.push(
+                        "workload",
+                        format!("drain node {n}: cordoned (kubectl drain)"),
+                    );
+                    lock(&drains).start(&kube, &n, clock.elapsed());
+                }
+            }
             Action::Settings(changed) => {
                 let shown: Vec<String> = changed.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 trace.push(
@@ -671,6 +757,7 @@ pub fn run(
 
     // Replica 0 is the host the timeline crashes; with more than one, every replica elects over a Lease.
     let settings = Arc::new(Mutex::new(scenario.settings.clone()));
+    let drains = Arc::new(Mutex::new(crate::drain::Drains::default()));
     let replicas = if autoscaler == Autoscaler::Dovetail {
         scenario.controller_replicas.max(1)
     } else {
@@ -716,6 +803,7 @@ pub fn run(
         let workloads = Arc::new(Mutex::new(Workloads::new(Arc::new(trace.clone()))));
         let obs = observations.clone();
         let machines = Arc::new(Mutex::new(MachineCache::default()));
+        let drains = drains.clone();
         sim.host("cluster", move || {
             let parts = ClusterParts {
                 kube: kube.clone(),
@@ -727,6 +815,8 @@ pub fn run(
                 machines: machines.clone(),
                 interval,
                 clock,
+                drains: drains.clone(),
+                trace: trace.clone(),
             };
             cluster_host(parts)
         });
@@ -738,6 +828,7 @@ pub fn run(
         let timeline = scenario.timeline.clone();
         let faults = faults.clone();
         let settings = settings.clone();
+        let drains = drains.clone();
         sim.host("workload", move || {
             workload_host(WorkloadParts {
                 kube: kube.clone(),
@@ -749,6 +840,7 @@ pub fn run(
                 clock,
                 faults: faults.clone(),
                 settings: settings.clone(),
+                drains: drains.clone(),
             })
         });
     }

@@ -424,7 +424,14 @@ pub(crate) fn existing_capacity(
         let mut pods = Vec::new();
         if let Some(node) = &status.node_name {
             claimed_nodes.push(node.clone());
-            if leaving.contains(node) {
+            // A cordoned node takes no new pods (`kubectl drain`, or someone's maintenance).
+            let cordoned = state
+                .nodes
+                .get(node)
+                .and_then(|n| n.spec.as_ref())
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false);
+            if leaving.contains(node) || cordoned {
                 continue;
             }
             if let Some(u) = used.get(node.as_str()) {
