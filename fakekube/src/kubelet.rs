@@ -80,6 +80,61 @@ pub const UNREACHABLE_EVICTION: Duration = Duration::from_secs(300);
 pub const EBS_CSI_DRIVER: &str = "ebs.csi.aws.com";
 pub const EBS_ZONE_LABEL: &str = "topology.ebs.csi.aws.com/zone";
 
+/// Labels every registering node carries, left out of the trace line.
+const STANDARD_LABELS: [&str; 9] = [
+    "node.kubernetes.io/instance-type",
+    "topology.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+    "karpenter.sh/capacity-type",
+    "kubernetes.io/arch",
+    "kubernetes.io/os",
+    "kubernetes.io/hostname",
+    "karpenter.sh/nodepool",
+    EBS_ZONE_LABEL,
+];
+
+fn labels_of(labels: &Value) -> Vec<String> {
+    labels
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !STANDARD_LABELS.contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect()
+}
+
+/// What a node registered with, for the trace: allocatable, then taints and unusual labels when any.
+fn registered_with(
+    allocatable: &BTreeMap<String, String>,
+    labels: &[String],
+    taints: &[Value],
+) -> String {
+    let alloc: Vec<String> = allocatable
+        .iter()
+        .filter(|(k, _)| !k.starts_with("hugepages") && k.as_str() != "ephemeral-storage")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let mut out = format!(" allocatable {}", alloc.join(" "));
+    if !taints.is_empty() {
+        let t: Vec<String> = taints
+            .iter()
+            .map(|t| {
+                let key = t["key"].as_str().unwrap_or_default();
+                let effect = t["effect"].as_str().unwrap_or_default();
+                match t["value"].as_str() {
+                    Some(v) if !v.is_empty() => format!("{key}={v}:{effect}"),
+                    _ => format!("{key}:{effect}"),
+                }
+            })
+            .collect();
+        out.push_str(&format!("; taints {}", t.join(",")));
+    }
+    if !labels.is_empty() {
+        out.push_str(&format!("; labels {}", labels.join(",")));
+    }
+    out
+}
+
 fn run_duration(pod: &Value) -> Option<Duration> {
     let s = pod["metadata"]["annotations"][RUN_DURATION_ANNOTATION].as_str()?;
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
@@ -280,6 +335,7 @@ impl Kubelets {
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
             },
         });
+        let created_labels = node["metadata"]["labels"].clone();
         let created = kube.store().create("Node", node, now);
         if let (Ok(created), Some(count)) = (&created, m.ebs_volume_limit) {
             // The kubelet makes the CSINode (owned by the Node); the EBS plugin registers its driver in it.
@@ -307,7 +363,13 @@ impl Kubelets {
                 .unwrap_or_default();
             self.journal.record(
                 "cluster",
-                format!("node {} ready {}{owner}", m.node_name, m.instance_type),
+                format!(
+                    "node {} ready {} {}{owner}{}",
+                    m.node_name,
+                    m.instance_type,
+                    m.zone,
+                    registered_with(&m.allocatable, &labels_of(&created_labels), &taints)
+                ),
             );
         }
     }

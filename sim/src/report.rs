@@ -405,6 +405,11 @@ pub fn summary(
     );
     let _ = writeln!(
         s,
+        "  availability     {:.1} pod-minutes not running (pending or starting)",
+        o.unavailable_pod_seconds / 60.0
+    );
+    let _ = writeln!(
+        s,
         "  evictions        {} (refused by budgets {}, forced at terminationGracePeriod {})",
         o.evictions, o.evictions_refused, o.forced_deletions
     );

@@ -56,6 +56,8 @@ pub(crate) struct Provisioner {
     pub batcher: Batcher,
     /// Pods already given an explanation Event, with the reason it gave.
     explained: BTreeMap<ObjectKey, String>,
+    /// NodePools skipped at the last batch, with why: said once, and again only when the reason changes.
+    skipped: BTreeMap<String, String>,
 }
 
 impl Provisioner {
@@ -63,6 +65,7 @@ impl Provisioner {
         Provisioner {
             batcher,
             explained: BTreeMap::new(),
+            skipped: BTreeMap::new(),
         }
     }
 
@@ -94,9 +97,12 @@ impl Provisioner {
         let existing = inputs::existing_capacity(ctx, state, &leaving, provider.instance_types());
         let pools = inputs::pool_options(state, provider, ctx.settings.min_values_best_effort);
         for (name, why) in &pools.skipped {
-            ctx.journal
-                .record("provision", format!("skip nodepool/{name}: {why}"));
+            if self.skipped.get(name) != Some(why) {
+                ctx.journal
+                    .record("provision", format!("skip nodepool/{name}: {why}"));
+            }
         }
+        self.skipped = pools.skipped.iter().cloned().collect();
         let mut plan = plan(&pending, &existing, &pools.usable);
         // A pool left out names itself in every explanation: the pod may have been meant for it, and the
         // usable pools' reasons alone would point elsewhere.
