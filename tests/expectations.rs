@@ -3,27 +3,14 @@
 
 use dovetail_sim::Scenario;
 
-const RUN: &str = r#"name: expectations
+const RUN: &str = concat!(
+    r#"name: expectations
 seed: 4
 duration: 12m
 manifests:
-  - apiVersion: karpenter.k8s.aws/v1
-    kind: EC2NodeClass
-    metadata: {name: default}
-    spec:
-      amiSelectorTerms: [{alias: al2023@latest}]
-      role: KarpenterNodeRole-sim
-      subnetSelectorTerms: [{tags: {karpenter.sh/discovery: sim}}]
-      securityGroupSelectorTerms: [{tags: {karpenter.sh/discovery: sim}}]
-  - apiVersion: karpenter.sh/v1
-    kind: NodePool
-    metadata: {name: default}
-    spec:
-      template:
-        spec:
-          nodeClassRef: {group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}
-          requirements:
-            - {key: karpenter.k8s.aws/instance-family, operator: In, values: [m5, c5]}
+"#,
+    dovetail_tests::default_node_class_and_pool_head!(),
+    r#"            - {key: karpenter.k8s.aws/instance-family, operator: In, values: [m5, c5]}
             - {key: karpenter.sh/capacity-type, operator: In, values: [on-demand]}
   - apiVersion: apps/v1
     kind: Deployment
@@ -43,7 +30,8 @@ manifests:
       containers: [{name: c, image: c, resources: {requests: {cpu: 100m}}}]
 timeline:
   - {at: 5m, delete_nodes: {count: 1}}
-"#;
+"#
+);
 
 fn run(expect: &str) -> dovetail_sim::Outcome {
     let text = format!("{RUN}expect:\n{expect}");

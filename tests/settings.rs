@@ -3,29 +3,16 @@
 
 use dovetail_sim::Scenario;
 
-const BASE: &str = r#"name: settings
+const BASE: &str = concat!(
+    r#"name: settings
 seed: 9
 duration: 10m
 cloud:
   zones: [us-east-1a]
 manifests:
-  - apiVersion: karpenter.k8s.aws/v1
-    kind: EC2NodeClass
-    metadata: {name: default}
-    spec:
-      amiSelectorTerms: [{alias: al2023@latest}]
-      role: KarpenterNodeRole-sim
-      subnetSelectorTerms: [{tags: {karpenter.sh/discovery: sim}}]
-      securityGroupSelectorTerms: [{tags: {karpenter.sh/discovery: sim}}]
-  - apiVersion: karpenter.sh/v1
-    kind: NodePool
-    metadata: {name: default}
-    spec:
-      template:
-        spec:
-          nodeClassRef: {group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}
-          requirements:
-            - {key: karpenter.k8s.aws/instance-family, operator: In, values: [m5, c5]}
+"#,
+    dovetail_tests::default_node_class_and_pool_head!(),
+    r#"            - {key: karpenter.k8s.aws/instance-family, operator: In, values: [m5, c5]}
             - {key: karpenter.sh/capacity-type, operator: In, values: [spot]}
   - apiVersion: apps/v1
     kind: Deployment
@@ -37,7 +24,8 @@ manifests:
         metadata: {labels: {app: web}}
         spec:
           containers: [{name: web, image: web, resources: {requests: {cpu: "1", memory: 1Gi}}}]
-"#;
+"#
+);
 
 fn parse(extra: &str) -> Result<Scenario, String> {
     Scenario::parse("settings.yaml", &format!("{BASE}{extra}")).map_err(|e| e.to_string())

@@ -79,3 +79,29 @@ pub fn first(text: &str, needle: &str) -> Option<(f64, String)> {
         .find(|l| l.contains(needle))
         .and_then(|l| Some((at(l)?, l.to_string())))
 }
+
+/// The manifests most test scenarios start from, as list items: the `default` EC2NodeClass (AL2023,
+/// `karpenter.sh/discovery: sim`) and a `default` NodePool up to its `requirements:` key, whose items the
+/// test writes next (a macro, so that it can be `concat!`ed into a `const`).
+#[macro_export]
+macro_rules! default_node_class_and_pool_head {
+    () => {
+        "  - apiVersion: karpenter.k8s.aws/v1
+    kind: EC2NodeClass
+    metadata: {name: default}
+    spec:
+      amiSelectorTerms: [{alias: al2023@latest}]
+      role: KarpenterNodeRole-sim
+      subnetSelectorTerms: [{tags: {karpenter.sh/discovery: sim}}]
+      securityGroupSelectorTerms: [{tags: {karpenter.sh/discovery: sim}}]
+  - apiVersion: karpenter.sh/v1
+    kind: NodePool
+    metadata: {name: default}
+    spec:
+      template:
+        spec:
+          nodeClassRef: {group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}
+          requirements:
+"
+    };
+}

@@ -3,29 +3,16 @@
 
 use dovetail_sim::Scenario;
 
-const BASE: &str = r#"name: timeline
+const BASE: &str = concat!(
+    r#"name: timeline
 seed: 6
 duration: 15m
 cloud:
   zones: [us-east-1a, us-east-1b]
 manifests:
-  - apiVersion: karpenter.k8s.aws/v1
-    kind: EC2NodeClass
-    metadata: {name: default}
-    spec:
-      amiSelectorTerms: [{alias: al2023@latest}]
-      role: KarpenterNodeRole-sim
-      subnetSelectorTerms: [{tags: {karpenter.sh/discovery: sim}}]
-      securityGroupSelectorTerms: [{tags: {karpenter.sh/discovery: sim}}]
-  - apiVersion: karpenter.sh/v1
-    kind: NodePool
-    metadata: {name: default}
-    spec:
-      template:
-        spec:
-          nodeClassRef: {group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}
-          requirements:
-            - {key: node.kubernetes.io/instance-type, operator: In, values: [m5.xlarge, c5.xlarge]}
+"#,
+    dovetail_tests::default_node_class_and_pool_head!(),
+    r#"            - {key: node.kubernetes.io/instance-type, operator: In, values: [m5.xlarge, c5.xlarge]}
       disruption: {consolidationPolicy: WhenEmpty, consolidateAfter: 30s}
   - apiVersion: apps/v1
     kind: Deployment
@@ -54,7 +41,8 @@ manifests:
         metadata: {labels: {app: logs}}
         spec:
           containers: [{name: logs, image: logs, resources: {requests: {cpu: 50m}}}]
-"#;
+"#
+);
 
 fn run(timeline: &str) -> dovetail_sim::Outcome {
     let s = Scenario::parse("timeline.yaml", &format!("{BASE}timeline:\n{timeline}"))

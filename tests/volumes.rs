@@ -5,24 +5,11 @@
 use dovetail_sim::Scenario;
 use serde_json::Value;
 
-const POOL: &str = r#"
-  - apiVersion: karpenter.k8s.aws/v1
-    kind: EC2NodeClass
-    metadata: {name: default}
-    spec:
-      amiSelectorTerms: [{alias: al2023@latest}]
-      role: KarpenterNodeRole-sim
-      subnetSelectorTerms: [{tags: {karpenter.sh/discovery: sim}}]
-      securityGroupSelectorTerms: [{tags: {karpenter.sh/discovery: sim}}]
-  - apiVersion: karpenter.sh/v1
-    kind: NodePool
-    metadata: {name: default}
-    spec:
-      template:
-        spec:
-          nodeClassRef: {group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}
-          requirements:
-            - {key: karpenter.k8s.aws/instance-family, operator: In, values: [m5, c5, m6i]}
+const POOL: &str = concat!(
+    r#"
+"#,
+    dovetail_tests::default_node_class_and_pool_head!(),
+    r#"            - {key: karpenter.k8s.aws/instance-family, operator: In, values: [m5, c5, m6i]}
             - {key: karpenter.sh/capacity-type, operator: In, values: [on-demand]}
       disruption: {consolidationPolicy: WhenEmpty, consolidateAfter: 1m}
   - apiVersion: storage.k8s.io/v1
@@ -32,7 +19,8 @@ const POOL: &str = r#"
       annotations: {storageclass.kubernetes.io/is-default-class: "true"}
     provisioner: ebs.csi.aws.com
     volumeBindingMode: WaitForFirstConsumer
-"#;
+"#
+);
 
 /// A StatefulSet `db` of `replicas` (Parallel), 100m each, with one `data` claim per pod.
 fn statefulset(replicas: u32, spread: bool) -> String {

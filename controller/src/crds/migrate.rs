@@ -375,6 +375,17 @@ fn in_v1_order(
     Value::Object(spec)
 }
 
+/// An old object opened for conversion: its kind and status dropped, its metadata carried over, its spec
+/// taken out to be converted field by field.
+fn open(old: &mut Value, r: &mut Report<'_>) -> (Value, Value) {
+    take(old, "apiVersion");
+    take(old, "kind");
+    take(old, "status");
+    let metadata = carry_metadata(old, r);
+    let spec = take(old, "spec").unwrap_or_else(|| json!({}));
+    (metadata, spec)
+}
+
 /// A duration in seconds as v1 writes it.
 fn seconds(v: &Value) -> String {
     format!("{}s", v.as_i64().unwrap_or(0))
@@ -390,11 +401,7 @@ fn provisioner(
         object: format!("Provisioner {name}"),
         notes,
     };
-    take(&mut old, "apiVersion");
-    take(&mut old, "kind");
-    take(&mut old, "status");
-    let metadata = carry_metadata(&mut old, &mut r);
-    let mut spec = take(&mut old, "spec").unwrap_or_else(|| json!({}));
+    let (metadata, mut spec) = open(&mut old, &mut r);
     let mut template_meta = Map::new();
     let mut template_spec = Map::new();
     let mut pool_spec = Map::new();
@@ -546,11 +553,7 @@ fn provisioner(
 
 /// v1alpha1 AWSNodeTemplate to a v1 EC2NodeClass.
 fn node_template(mut old: Value, r: &mut Report<'_>) -> Value {
-    take(&mut old, "apiVersion");
-    take(&mut old, "kind");
-    take(&mut old, "status");
-    let metadata = carry_metadata(&mut old, r);
-    let mut spec = take(&mut old, "spec").unwrap_or_else(|| json!({}));
+    let (metadata, mut spec) = open(&mut old, r);
     let mut out = Map::new();
     for (from, to, name_owner) in [
         ("subnetSelector", "subnetSelectorTerms", false),
@@ -591,11 +594,7 @@ fn nodepool_v1beta1(mut old: Value, notes: &mut Vec<Note>) -> (Value, Map<String
         object: format!("NodePool {name}"),
         notes,
     };
-    take(&mut old, "apiVersion");
-    take(&mut old, "kind");
-    take(&mut old, "status");
-    let metadata = carry_metadata(&mut old, &mut r);
-    let mut spec = take(&mut old, "spec").unwrap_or_else(|| json!({}));
+    let (metadata, mut spec) = open(&mut old, &mut r);
     let mut template = take(&mut spec, "template").unwrap_or_else(|| json!({}));
     let mut tspec = take(&mut template, "spec").unwrap_or_else(|| json!({}));
     let mut out_tspec = Map::new();
@@ -739,11 +738,7 @@ fn nodepool_v1beta1(mut old: Value, notes: &mut Vec<Note>) -> (Value, Map<String
 
 /// v1beta1 EC2NodeClass to v1.
 fn nodeclass_v1beta1(mut old: Value, r: &mut Report<'_>) -> Value {
-    take(&mut old, "apiVersion");
-    take(&mut old, "kind");
-    take(&mut old, "status");
-    let metadata = carry_metadata(&mut old, r);
-    let mut spec = take(&mut old, "spec").unwrap_or_else(|| json!({}));
+    let (metadata, mut spec) = open(&mut old, r);
     let mut out = Map::new();
     for f in [
         "subnetSelectorTerms",
