@@ -30,6 +30,8 @@ pub struct Scheduler {
     /// The store's resourceVersion after the last pass: with nothing written since, a pass would decide
     /// exactly the same, so it is skipped.
     seen_rv: Option<u64>,
+    /// A pass preempted pods: the next one must run to bind the preemptor.
+    preempted: bool,
 }
 
 type Amounts = BTreeMap<String, i128>;
@@ -377,6 +379,97 @@ fn key(v: &Value) -> String {
     )
 }
 
+/// Pods to preempt, as (namespace, name).
+type Victims = Vec<(String, String)>;
+
+/// A pod's priority as the Priority admission plugin set it.
+fn priority(pod: &Value) -> i64 {
+    pod["spec"]["priority"].as_i64().unwrap_or(0)
+}
+
+/// The scheduler's preemption (DefaultPreemption, simplified): a pod that fits nowhere may take a node whose
+/// other filters it passes if deleting lower-priority pods there frees enough resources; the node needing the
+/// fewest victims wins (ties: the lowest highest victim priority, then the name). Victims go lowest priority
+/// first, newest first within a priority. `preemptionPolicy: Never` pods do not preempt.
+fn preemption(
+    st: &crate::store::Store,
+    pod: &Value,
+    nodes: &[Value],
+    ports: &BTreeMap<String, Vec<(String, String, i64)>>,
+) -> Option<(String, Victims)> {
+    let mine = priority(pod);
+    if pod["spec"]["preemptionPolicy"] == "Never" {
+        return None;
+    }
+    let wants = requests(pod);
+    let unlimited: Amounts = wants.keys().map(|k| (k.clone(), i128::MAX / 4)).collect();
+    // (victim count, highest victim priority, node, victims)
+    let mut best: Option<(usize, i64, String, Victims)> = None;
+    for n in nodes {
+        let name = n["metadata"]["name"].as_str().unwrap_or_default();
+        let used = ports.get(name).map_or(&[][..], Vec::as_slice);
+        // Everything but resources must already hold.
+        if unfit_reason(pod, n, &unlimited, used).is_some() {
+            continue;
+        }
+        let mut free: Amounts = n["status"]["allocatable"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.as_str().and_then(milli).unwrap_or(0)))
+            .collect();
+        let mut candidates: Vec<(i64, String, String, String, Amounts)> = Vec::new();
+        for p in st.iter("Pod").filter(|p| p["spec"]["nodeName"] == name) {
+            if matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) {
+                continue;
+            }
+            let r = requests(p);
+            for (k, v) in &r {
+                *free.entry(k.clone()).or_default() -= v;
+            }
+            let prio = priority(p);
+            if prio < mine && p["metadata"]["deletionTimestamp"].is_null() {
+                let (ns, pn) = crate::store::ns_name(p);
+                let created = p["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                candidates.push((prio, created, ns, pn, r));
+            }
+        }
+        // Lowest priority first; newest first within a priority.
+        candidates.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        let fits = |free: &Amounts| {
+            wants
+                .iter()
+                .all(|(k, v)| free.get(k).copied().unwrap_or(0) >= *v)
+        };
+        let mut victims = Vec::new();
+        let mut highest = i64::MIN;
+        for (prio, _, ns, pn, r) in candidates {
+            if fits(&free) {
+                break;
+            }
+            for (k, v) in &r {
+                *free.entry(k.clone()).or_default() += v;
+            }
+            highest = highest.max(prio);
+            victims.push((ns, pn));
+        }
+        if victims.is_empty() || !fits(&free) {
+            continue;
+        }
+        let key = (victims.len(), highest, name.to_string());
+        if best
+            .as_ref()
+            .is_none_or(|b| (key.0, key.1, &key.2) < (b.0, b.1, &b.2))
+        {
+            best = Some((key.0, key.1, key.2, victims));
+        }
+    }
+    best.map(|(_, _, node, victims)| (node, victims))
+}
+
 impl Scheduler {
     pub fn new(journal: Arc<dyn Journal>) -> Self {
         Scheduler {
@@ -384,15 +477,17 @@ impl Scheduler {
             bindings: Vec::new(),
             seen_rv: None,
             requests: BTreeMap::new(),
+            preempted: false,
         }
     }
 
     /// One scheduling pass over every pending pod, oldest first.
     pub fn schedule(&mut self, kube: &FakeKube, now: Timestamp) {
         let mut st = kube.store();
-        if self.seen_rv == Some(st.resource_version()) {
+        if self.seen_rv == Some(st.resource_version()) && !self.preempted {
             return;
         }
+        self.preempted = false;
         self.pass(&mut st, now);
         self.seen_rv = Some(st.resource_version());
     }
@@ -581,6 +676,25 @@ impl Scheduler {
                     });
                 }
                 None => {
+                    if let Some((node, victims)) = preemption(st, &pod, &nodes, &ports) {
+                        for (vns, vname) in &victims {
+                            let _ = st.delete("Pod", vns, vname, now);
+                        }
+                        let status = json!({"status": {"nominatedNodeName": node}});
+                        let _ = st.patch("Pod", &ns, &pod_name, &status, true);
+                        self.preempted = true;
+                        let shown: Vec<String> =
+                            victims.iter().map(|(a, b)| format!("{a}/{b}")).collect();
+                        self.journal.record(
+                            "cluster",
+                            format!(
+                                "preempt {} on {node} for pod/{ns}/{pod_name} (priority {})",
+                                shown.join(", "),
+                                priority(&pod)
+                            ),
+                        );
+                        continue;
+                    }
                     let detail: Vec<String> =
                         reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
                     let message = if detail.is_empty() {

@@ -1091,3 +1091,55 @@ fn priority_and_runtime_classes_are_applied_at_admission() {
         "{refused:?}"
     );
 }
+
+#[test]
+fn a_higher_priority_pod_preempts_the_lowest_priority_pods_it_needs_gone() {
+    let mut w = world();
+    w.create(
+        "PriorityClass",
+        json!({"metadata": {"name": "high"}, "value": 1000}),
+    );
+    w.create(
+        "PriorityClass",
+        json!({"metadata": {"name": "low"}, "value": 10}),
+    );
+    w.node("n1", json!({}), "2", json!([]));
+    for (name, class) in [("a", "low"), ("b", "low"), ("c", "high")] {
+        w.pod(name, json!({}), json!({"priorityClassName": class}));
+    }
+    w.schedule();
+    w.run_pods();
+    // 2 cpus hold four 500m pods: a, b, c are bound; the fourth low pod fills the node.
+    w.pod("d", json!({}), json!({"priorityClassName": "low"}));
+    w.schedule();
+    w.run_pods();
+    w.pod("urgent", json!({}), json!({"priorityClassName": "high"}));
+    w.schedule();
+    let gone: Vec<String> = ["a", "b", "d"]
+        .iter()
+        .filter(|p| w.kube.store().get("Pod", "default", p).is_none())
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(gone.len(), 1, "one low-priority pod makes room: {gone:?}");
+    assert!(
+        w.kube.store().get("Pod", "default", "c").is_some(),
+        "the high one stays"
+    );
+    let urgent = w
+        .kube
+        .store()
+        .get("Pod", "default", "urgent")
+        .cloned()
+        .unwrap();
+    assert_eq!(urgent["status"]["nominatedNodeName"], "n1");
+    w.schedule();
+    assert_eq!(w.node_of("urgent").as_deref(), Some("n1"));
+    // A pod that may not preempt waits.
+    w.pod(
+        "polite",
+        json!({}),
+        json!({"priorityClassName": "high", "preemptionPolicy": "Never"}),
+    );
+    w.schedule();
+    assert_eq!(w.node_of("polite"), None);
+}

@@ -137,6 +137,8 @@ pub struct Observations {
     /// Every instance the simulated EC2 launched for the cluster.
     pub launched: Vec<Launched>,
     pub max_instances: usize,
+    /// The most Nodes seen at once (the cluster's own included, which no instance here backs).
+    pub max_nodes: usize,
     pub max_cost_per_hour: f64,
     pub last: Sample,
     pub bindings: Vec<Binding>,
@@ -175,6 +177,7 @@ impl Observations {
         self.instance_seconds += s.instances as f64 * dt.as_secs_f64();
         self.unavailable_pod_seconds += s.pods_not_running as f64 * dt.as_secs_f64();
         self.max_instances = self.max_instances.max(s.instances);
+        self.max_nodes = self.max_nodes.max(s.nodes);
         self.max_cost_per_hour = self.max_cost_per_hour.max(s.cost_per_hour);
         self.last = s;
     }
@@ -371,7 +374,7 @@ pub fn summary(
     let _ = writeln!(
         s,
         "  nodes            end {}, max {}",
-        o.last.nodes, o.max_instances
+        o.last.nodes, o.max_nodes
     );
     let errors: Vec<String> = o
         .fleet_errors

@@ -73,7 +73,7 @@ struct RawCloud {
     #[serde(default)]
     region: Option<String>,
     #[serde(default)]
-    zones: Option<Vec<String>>,
+    zones: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     launch_latency: Option<Spanned<String>>,
     #[serde(default)]
@@ -1607,13 +1607,18 @@ impl Scenario {
                 .region
                 .clone()
                 .unwrap_or_else(|| "us-east-1".into()),
-            zones: raw.cloud.zones.clone().unwrap_or_else(|| {
-                vec![
-                    "us-east-1a".into(),
-                    "us-east-1b".into(),
-                    "us-east-1c".into(),
-                ]
-            }),
+            zones: raw
+                .cloud
+                .zones
+                .as_ref()
+                .map(|z| z.value.clone())
+                .unwrap_or_else(|| {
+                    vec![
+                        "us-east-1a".into(),
+                        "us-east-1b".into(),
+                        "us-east-1c".into(),
+                    ]
+                }),
             launch_latency: match &raw.cloud.launch_latency {
                 Some(s) => l.range(s, "cloud.launch_latency")?,
                 None => (Duration::from_secs(3), Duration::from_secs(12)),
@@ -1652,17 +1657,11 @@ impl Scenario {
             images: Vec::new(),
             offerings: Vec::new(),
         };
+        if let Some(z) = raw.cloud.zones.as_ref().filter(|z| z.value.is_empty()) {
+            return Err(l.err(pos(z), "cloud.zones", "at least one zone is needed"));
+        }
         let mut cloud = cloud;
         l.declared_cloud(&raw.cloud, &mut cloud)?;
-        if cloud.zones.is_empty() {
-            return Err(SimError::Scenario {
-                file: file.into(),
-                line: 0,
-                column: 0,
-                field: "cloud.zones".into(),
-                message: "at least one zone is needed".into(),
-            });
-        }
         let api_latency = match &raw.cluster.api_latency {
             Some(s) => l.duration(s, "cluster.api_latency")?,
             None => Duration::from_millis(5),
