@@ -42,6 +42,11 @@ impl Trace {
         self.push_at(self.clock.elapsed(), source, text);
     }
 
+    /// The sim time now.
+    pub fn now(&self) -> Duration {
+        self.clock.elapsed()
+    }
+
     /// An entry stamped with an explicit sim time, for code running outside a simulated host.
     pub fn push_at(&self, at: Duration, source: &'static str, text: String) {
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());

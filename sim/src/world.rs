@@ -386,8 +386,64 @@ struct ClusterParts {
     trace: Trace,
 }
 
+/// Events as trace lines: each one the controller writes, once, from a watch (reopened after a
+/// disconnect from the last one seen).
+struct EventTrace {
+    rx: Option<tokio::sync::mpsc::UnboundedReceiver<dovetail::kube::WatchEvent>>,
+    rv: u64,
+}
+
+impl EventTrace {
+    fn drain(&mut self, kube: &FakeKube, trace: &Trace, epoch: Timestamp) {
+        use tokio::sync::mpsc::error::TryRecvError;
+        loop {
+            let rx = self
+                .rx
+                .get_or_insert_with(|| kube.store().watch("Event", self.rv));
+            match rx.try_recv() {
+                Ok(dovetail::kube::WatchEvent::Added(e)) => {
+                    self.rv = e["metadata"]["resourceVersion"]
+                        .as_str()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(self.rv);
+                    let o = &e["involvedObject"];
+                    let name = match o["namespace"].as_str() {
+                        Some(ns) => format!("{ns}/{}", o["name"].as_str().unwrap_or_default()),
+                        None => o["name"].as_str().unwrap_or_default().to_string(),
+                    };
+                    // Stamped when it was written, not when this loop saw it.
+                    let at = e["metadata"]["creationTimestamp"]
+                        .as_str()
+                        .and_then(|t| t.parse::<Timestamp>().ok())
+                        .and_then(|t| Duration::try_from(t.duration_since(epoch)).ok())
+                        .unwrap_or_else(|| trace.now());
+                    trace.push_at(
+                        at,
+                        "event",
+                        format!(
+                            "{} {}/{name} {}: {}",
+                            e["type"].as_str().unwrap_or_default(),
+                            o["kind"].as_str().unwrap_or_default().to_lowercase(),
+                            e["reason"].as_str().unwrap_or_default(),
+                            e["message"].as_str().unwrap_or_default()
+                        ),
+                    );
+                }
+                Ok(_) => {}
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => self.rx = None,
+            }
+        }
+    }
+}
+
 async fn cluster_host(p: ClusterParts) -> turmoil::Result {
+    let mut events = EventTrace {
+        rx: None,
+        rv: p.kube.store().resource_version(),
+    };
     loop {
+        events.drain(&p.kube, &p.trace, p.clock.epoch());
         let now = dovetail::clock::Clock::now(&p.clock);
         let elapsed = p.clock.elapsed();
         let due = lock(&p.drains).due(elapsed);
