@@ -137,3 +137,75 @@ fn declared_cloud_mistakes_stop_the_load_naming_the_field() {
         assert!(e.starts_with("cloud.yaml:"), "{e}");
     }
 }
+
+#[test]
+fn a_node_groups_instances_run_from_the_start_join_with_their_labels_and_taints_and_are_left_alone()
+{
+    let cloud = r#"cloud:
+  zones: [us-east-1a, us-east-1b]
+  existing_instances:
+    - {instance_type: m5.large, zone: us-east-1a, count: 2, node_group: system, labels: {role: system}, taints: ["CriticalAddonsOnly=true:NoSchedule"]}
+"#;
+    let text = format!(
+        "name: cloud\nseed: 2\nduration: 8m\n{cloud}{}",
+        MANIFESTS
+            .replace("subnetSelectorTerms: [{tags: {karpenter.sh/discovery: prod}}]", "subnetSelectorTerms: [{tags: {karpenter.sh/discovery: sim}}]")
+            .replace("securityGroupSelectorTerms: [{id: sg-0123456789abcdef0}]", "securityGroupSelectorTerms: [{tags: {karpenter.sh/discovery: sim}}]")
+            .replace("amiFamily: AL2023\n      amiSelectorTerms: [{name: \"golden-al2023-*\", owner: self}]", "amiSelectorTerms: [{alias: al2023@latest}]")
+    ) + r#"  - apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: coredns, namespace: kube-system}
+    spec:
+      replicas: 2
+      selector: {matchLabels: {app: coredns}}
+      template:
+        metadata: {labels: {app: coredns}}
+        spec:
+          nodeSelector: {role: system}
+          tolerations: [{key: CriticalAddonsOnly, operator: Exists}]
+          containers: [{name: coredns, image: coredns, resources: {requests: {cpu: 100m}}}]
+"#;
+    let s = Scenario::parse("cloud.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let out = dovetail_tests::simulate_passing(&s);
+    let group: Vec<&serde_json::Value> = out.objects["Node"]
+        .iter()
+        .filter(|n| n["metadata"]["labels"]["role"] == "system")
+        .collect();
+    assert_eq!(group.len(), 2, "{}", out.trace);
+    for n in &group {
+        assert_eq!(n["spec"]["taints"][0]["key"], "CriticalAddonsOnly");
+        assert!(
+            n["metadata"]["labels"]
+                .get("karpenter.sh/nodepool")
+                .is_none()
+        );
+    }
+    // coredns runs there; web (which does not tolerate the taint) on Dovetail's nodes.
+    for p in &out.objects["Pod"] {
+        let on_group = group
+            .iter()
+            .any(|n| n["metadata"]["name"] == p["spec"]["nodeName"]);
+        let name = p["metadata"]["name"].as_str().unwrap_or_default();
+        assert_eq!(on_group, name.starts_with("coredns"), "{name}");
+    }
+    assert!(out.trace.contains("labels role=system"), "{}", out.trace);
+    assert!(
+        out.passed,
+        "no node group instance was terminated:\n{}",
+        out.summary
+    );
+    let e = Scenario::parse(
+        "cloud.yaml",
+        &text.replace(
+            "CriticalAddonsOnly=true:NoSchedule",
+            "CriticalAddonsOnly=true",
+        ),
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(
+        e.contains("cloud.existing_instances[0].taints[0]") && e.contains("key=value:Effect"),
+        "{e}"
+    );
+}

@@ -43,6 +43,18 @@ pub struct CloudConfig {
     pub images: Vec<dovetail::aws::cloud::Image>,
     /// Changes to the seeded offerings and spot prices, applied in order.
     pub offerings: Vec<OfferingRule>,
+    /// Instances of the cluster's node groups, running from the start (one entry per instance).
+    pub existing_instances: Vec<ExistingInstance>,
+}
+
+/// A node group's instance: its nodes register with the labels and taints its tags give
+/// (`k8s.io/cluster-autoscaler/node-template/...`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExistingInstance {
+    pub instance_type: String,
+    pub zone: String,
+    pub capacity_type: dovetail::aws::cloud::CapacityType,
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// One declared subnet; its id is drawn when not given.
@@ -100,6 +112,7 @@ impl Default for CloudConfig {
             security_groups: Vec::new(),
             images: Vec::new(),
             offerings: Vec::new(),
+            existing_instances: Vec::new(),
         }
     }
 }

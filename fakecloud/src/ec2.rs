@@ -33,6 +33,9 @@ pub struct InstanceRecord {
     pub visible_at: Timestamp,
     /// Not ours: another cluster's or untagged. Terminating it is a violation.
     pub foreign: bool,
+    /// The cluster's, but not the autoscaler's: a managed node group's instance present from the start.
+    /// Its node joins the cluster; terminating it is a violation.
+    pub node_group: bool,
     /// Its launch template's KMS key was unusable: it dies before it ever runs.
     pub kms_failure: bool,
     /// A spot reclaim is scheduled at this time.
@@ -314,6 +317,7 @@ impl FakeCloud {
         {
             let mut st = cloud.lock();
             cloud.add_foreign_instances(&mut st, now);
+            cloud.add_node_group_instances(&mut st, now);
         }
         cloud
     }
@@ -354,6 +358,35 @@ impl FakeCloud {
                 let id = rec.instance.id.clone();
                 let r = st.instances.get_mut(&id).expect("just placed");
                 r.foreign = true;
+                r.instance.state = InstanceState::Running;
+                r.visible_at = now;
+            }
+        }
+    }
+
+    /// The declared node group instances, running from the start.
+    fn add_node_group_instances(&self, st: &mut State, now: Timestamp) {
+        for e in &self.config.existing_instances {
+            let price = match e.capacity_type {
+                CapacityType::OnDemand => self.entry(&e.instance_type).map(|x| x.on_demand_price),
+                CapacityType::Spot => st
+                    .spot_prices
+                    .get(&(e.instance_type.clone(), e.zone.clone()))
+                    .copied(),
+            }
+            .unwrap_or(0.0);
+            if let Some(rec) = self.place(
+                st,
+                &e.instance_type,
+                &e.zone,
+                e.capacity_type,
+                price,
+                e.tags.clone(),
+                None,
+                now,
+            ) && let Some(r) = st.instances.get_mut(&rec.instance.id)
+            {
+                r.node_group = true;
                 r.instance.state = InstanceState::Running;
                 r.visible_at = now;
             }
@@ -1043,6 +1076,7 @@ impl FakeCloud {
             transition_at: add(now, if kms_failure { kms_latency } else { latency }),
             visible_at: add(now, lag),
             foreign: false,
+            node_group: false,
             kms_failure,
             reclaim_at: None,
             user_data: template
@@ -1331,9 +1365,10 @@ impl Cloud for FakeCloud {
             let Some(rec) = instances.get_mut(id) else {
                 continue;
             };
-            if rec.foreign {
+            if rec.foreign || rec.node_group {
                 violations.push(format!(
-                    "terminated foreign instance {id} (tags: {:?})",
+                    "terminated {} instance {id} (tags: {:?})",
+                    if rec.foreign { "foreign" } else { "node group" },
                     rec.instance.tags
                 ));
             }

@@ -98,6 +98,26 @@ struct RawCloud {
     images: Vec<Spanned<RawImage>>,
     #[serde(default)]
     offerings: Vec<Spanned<RawOffering>>,
+    #[serde(default)]
+    existing_instances: Vec<Spanned<RawExisting>>,
+}
+
+/// Instances of a node group the cluster already runs (a managed node group), as many as `count`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExisting {
+    instance_type: Spanned<String>,
+    zone: Spanned<String>,
+    #[serde(default = "one")]
+    count: u32,
+    #[serde(default)]
+    capacity_type: Option<Spanned<String>>,
+    node_group: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    /// `key=value:Effect` or `key:Effect`.
+    #[serde(default)]
+    taints: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -615,6 +635,7 @@ pub struct CloudSpec {
     pub security_groups: Vec<fakecloud::config::SecurityGroupSpec>,
     pub images: Vec<dovetail::aws::cloud::Image>,
     pub offerings: Vec<fakecloud::config::OfferingRule>,
+    pub existing_instances: Vec<fakecloud::config::ExistingInstance>,
 }
 
 pub use crate::expect::Expectations;
@@ -913,6 +934,69 @@ impl Loader<'_> {
                 owner_alias,
                 tags: r.tags.clone(),
             });
+        }
+        let catalog = fakecloud::catalog::Catalog::builtin();
+        for (i, x) in raw.existing_instances.iter().enumerate() {
+            let r = &x.value;
+            let field = format!("cloud.existing_instances[{i}]");
+            if !catalog.types.contains_key(&r.instance_type.value) {
+                return Err(self.err(
+                    pos(&r.instance_type),
+                    &format!("{field}.instance_type"),
+                    format!(
+                        "`{}` is not in the simulator's catalog",
+                        r.instance_type.value
+                    ),
+                ));
+            }
+            if !cloud.zones.contains(&r.zone.value) {
+                return Err(self.err(
+                    pos(&r.zone),
+                    &format!("{field}.zone"),
+                    format!(
+                        "`{}` is not one of cloud.zones ({})",
+                        r.zone.value,
+                        cloud.zones.join(", ")
+                    ),
+                ));
+            }
+            let capacity_type = match &r.capacity_type {
+                Some(c) => self.capacity_type(c, &format!("{field}.capacity_type"))?,
+                None => CapacityType::OnDemand,
+            };
+            let mut tags: BTreeMap<String, String> =
+                [("eks:nodegroup-name".to_string(), r.node_group.clone())].into();
+            for (k, v) in &r.labels {
+                tags.insert(
+                    format!("{}{k}", fakekube::kubelet::NODE_TEMPLATE_LABEL),
+                    v.clone(),
+                );
+            }
+            for (j, t) in r.taints.iter().enumerate() {
+                let (kv, effect) = t.value.rsplit_once(':').unwrap_or((t.value.as_str(), ""));
+                if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
+                    return Err(self.err(
+                        pos(t),
+                        &format!("{field}.taints[{j}]"),
+                        format!("`{}`: write key=value:Effect (NoSchedule, PreferNoSchedule or NoExecute)", t.value),
+                    ));
+                }
+                let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+                tags.insert(
+                    format!("{}{key}", fakekube::kubelet::NODE_TEMPLATE_TAINT),
+                    format!("{value}:{effect}"),
+                );
+            }
+            for _ in 0..r.count {
+                cloud
+                    .existing_instances
+                    .push(fakecloud::config::ExistingInstance {
+                        instance_type: r.instance_type.value.clone(),
+                        zone: r.zone.value.clone(),
+                        capacity_type,
+                        tags: tags.clone(),
+                    });
+            }
         }
         for (i, o) in raw.offerings.iter().enumerate() {
             let r = &o.value;
@@ -1656,6 +1740,7 @@ impl Scenario {
                 .collect(),
             images: Vec::new(),
             offerings: Vec::new(),
+            existing_instances: Vec::new(),
         };
         if let Some(z) = raw.cloud.zones.as_ref().filter(|z| z.value.is_empty()) {
             return Err(l.err(pos(z), "cloud.zones", "at least one zone is needed"));

@@ -784,6 +784,7 @@ pub fn run(
             security_groups: scenario.cloud.security_groups.clone(),
             images: scenario.cloud.images.clone(),
             offerings: scenario.cloud.offerings.clone(),
+            existing_instances: scenario.cloud.existing_instances.clone(),
             // Subnets and security groups are tagged for the cluster the controller is told it runs.
             cluster_name: scenario
                 .settings
