@@ -130,25 +130,26 @@ fn daemon_admitted(template: &Value, node: &Value) -> bool {
 fn cordon_taints(kube: &FakeKube) {
     const KEY: &str = "node.kubernetes.io/unschedulable";
     let mut st = kube.store();
-    for node in st.list("Node") {
-        let cordoned = node["spec"]["unschedulable"] == true;
-        let mut taints: Vec<Value> = node["spec"]["taints"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let has = taints.iter().any(|t| t["key"] == KEY);
-        if cordoned == has {
-            continue;
-        }
-        if cordoned {
-            taints.push(json!({"key": KEY, "effect": "NoSchedule"}));
-        } else {
-            taints.retain(|t| t["key"] != KEY);
-        }
-        let name = node["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+    // Read every node in place; copy only the few whose taint must change.
+    let changes: Vec<(String, Vec<Value>)> = st
+        .iter("Node")
+        .filter_map(|node| {
+            let cordoned = node["spec"]["unschedulable"] == true;
+            let taints = node["spec"]["taints"].as_array();
+            let has = taints.is_some_and(|t| t.iter().any(|t| t["key"] == KEY));
+            if cordoned == has {
+                return None;
+            }
+            let mut taints = taints.cloned().unwrap_or_default();
+            if cordoned {
+                taints.push(json!({"key": KEY, "effect": "NoSchedule"}));
+            } else {
+                taints.retain(|t| t["key"] != KEY);
+            }
+            Some((node["metadata"]["name"].as_str()?.to_string(), taints))
+        })
+        .collect();
+    for (name, taints) in changes {
         let _ = st.patch(
             "Node",
             "",
