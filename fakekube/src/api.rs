@@ -44,7 +44,7 @@ fn to_kube_error(kind: Kind, key: &ObjectKey, e: StoreError) -> KubeError {
             kind,
             key: key.clone(),
         },
-        StoreError::Conflict(..) => KubeError::Conflict {
+        StoreError::Conflict(..) | StoreError::Precondition(..) => KubeError::Conflict {
             kind,
             key: key.clone(),
         },
@@ -110,13 +110,7 @@ impl FakeKube {
 
     async fn request(&self) -> Result<(), KubeError> {
         self.clock.sleep(self.latency).await;
-        let now = self.clock.now();
-        let down = self
-            .unavailable_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|u| now < u);
-        if down {
+        if self.is_down(self.clock.now()) {
             return Err(KubeError::Unavailable(
                 "the API server is not answering (simulated outage)".into(),
             ));
@@ -197,6 +191,21 @@ impl Kube for FakeKube {
 
     async fn evict(&self, key: &ObjectKey) -> Result<(), KubeError> {
         self.request().await?;
+        self.evict_now(key)
+    }
+}
+
+impl FakeKube {
+    /// Whether the API server is down (a simulated outage) at `now`.
+    pub fn is_down(&self, now: Timestamp) -> bool {
+        self.unavailable_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|u| now < u)
+    }
+
+    /// The pod eviction subresource, answered at once: refused while a PodDisruptionBudget forbids it.
+    pub fn evict_now(&self, key: &ObjectKey) -> Result<(), KubeError> {
         let Some(pod) = self.store().get("Pod", &key.namespace, &key.name).cloned() else {
             return Err(KubeError::NotFound {
                 kind: Kind::Pod,
@@ -216,6 +225,21 @@ impl Kube for FakeKube {
             .map_err(|e| to_kube_error(Kind::Pod, key, e))?;
         self.audit_mut().evictions += 1;
         Ok(())
+    }
+
+    /// A DELETE as the API answers it at once, pods' budgets audited as for [`Kube::delete`].
+    pub fn delete_now(
+        &self,
+        kind: &str,
+        key: &ObjectKey,
+        now: Timestamp,
+        options: &crate::store::DeleteOptions,
+    ) -> Result<Value, StoreError> {
+        if kind == "Pod" {
+            self.audit_pod_delete(key);
+        }
+        self.store()
+            .delete_with(kind, &key.namespace, &key.name, now, options)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod admission;
 pub mod api;
 pub mod cel;
 pub mod disruption;
+pub mod http;
 pub mod kubelet;
 pub mod merge;
 pub mod placement;

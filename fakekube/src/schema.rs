@@ -55,6 +55,8 @@ impl fmt::Display for FieldError {
 #[derive(Default)]
 pub struct Crds {
     schemas: BTreeMap<String, Value>,
+    /// Each kind's CustomResourceDefinition as installed (for discovery, printing and `openapi`).
+    definitions: BTreeMap<String, Value>,
     rules: Rules,
 }
 
@@ -80,7 +82,13 @@ impl Crds {
             ));
         }
         self.schemas.insert(kind.to_string(), schema);
+        self.definitions.insert(kind.to_string(), crd.clone());
         Ok(())
+    }
+
+    /// The installed CustomResourceDefinitions, by kind.
+    pub fn definitions(&self) -> impl Iterator<Item = &Value> {
+        self.definitions.values()
     }
 
     pub fn knows(&self, kind: &str) -> bool {

@@ -58,6 +58,19 @@ pub enum StoreError {
     Conflict(String, String, String),
     #[error("{0} is invalid: {1}")]
     Invalid(String, String),
+    #[error("{0} {1}: precondition failed: {2}")]
+    Precondition(String, String, String),
+}
+
+/// What a DELETE may ask beyond the name (the API's DeleteOptions, as far as the store acts on them).
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    /// Delete only if the object still has this uid.
+    pub uid: Option<String>,
+    /// Delete only if the object is still at this resourceVersion.
+    pub resource_version: Option<String>,
+    /// Leave dependents in place (their owner reference removed) instead of deleting them.
+    pub orphan: bool,
 }
 
 struct Watcher {
@@ -86,6 +99,21 @@ fn display(ns: &str, name: &str) -> String {
         name.to_string()
     } else {
         format!("{ns}/{name}")
+    }
+}
+
+/// Put `value` at `field` of an object, or take the field away when there is none.
+fn set_or_remove(obj: &mut Value, field: &str, value: Option<Value>) {
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
+    match value {
+        Some(v) if !v.is_null() => {
+            map.insert(field.to_string(), v);
+        }
+        _ => {
+            map.shift_remove(field);
+        }
     }
 }
 
@@ -123,6 +151,11 @@ impl Store {
     /// validated against its schema and CEL rules from now on.
     pub fn install_crd(&mut self, crd: &Value) -> Result<(), String> {
         self.crds.install(crd)
+    }
+
+    /// The installed CustomResourceDefinitions.
+    pub fn crd_definitions(&self) -> impl Iterator<Item = &Value> {
+        self.crds.definitions()
     }
 
     /// The CRD schema's complaints about `obj` of `kind` (after defaulting it in place), with their paths.
@@ -317,7 +350,8 @@ impl Store {
     }
 
     /// Merge-patch an object. `status_only` patches the status subresource and ignores everything else;
-    /// otherwise `status` is ignored, as the API server does for kinds with a status subresource.
+    /// otherwise `status` is ignored, as the API server does for kinds with a status subresource. A
+    /// `metadata.resourceVersion` in the patch is a precondition.
     pub fn patch(
         &mut self,
         kind: &str,
@@ -330,7 +364,32 @@ impl Store {
         let Some(current) = self.objects.get(&key) else {
             return Err(StoreError::NotFound(kind.to_string(), display(ns, name)));
         };
-        if let Some(rv) = patch["metadata"]["resourceVersion"].as_str()
+        let expected = patch["metadata"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string);
+        let mut updated = current.clone();
+        merge_patch(&mut updated, patch);
+        self.update(kind, ns, name, updated, status_only, expected.as_deref())
+    }
+
+    /// Replace an object (PUT): `new` is the whole object as the writer wants it. Server-set metadata
+    /// (uid, creationTimestamp, generation, resourceVersion, deletionTimestamp) stays the server's; a
+    /// status write changes only `status`, any other write everything but `status`. `expected_rv` is the
+    /// resourceVersion the writer read: another one conflicts.
+    pub fn update(
+        &mut self,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        mut new: Value,
+        status_only: bool,
+        expected_rv: Option<&str>,
+    ) -> Result<Value, StoreError> {
+        let key = (kind.to_string(), ns.to_string(), name.to_string());
+        let Some(current) = self.objects.get(&key) else {
+            return Err(StoreError::NotFound(kind.to_string(), display(ns, name)));
+        };
+        if let Some(rv) = expected_rv
             && rv != meta_str(current, "resourceVersion")
         {
             return Err(StoreError::Conflict(
@@ -339,29 +398,29 @@ impl Store {
                 rv.to_string(),
             ));
         }
-        let mut patch = patch.clone();
-        if let Some(p) = patch.as_object_mut() {
-            if status_only {
-                p.retain(|k, _| k == "status");
-            } else {
-                p.shift_remove("status");
-            }
+        let mut updated = if status_only {
+            let mut u = current.clone();
+            set_or_remove(&mut u, "status", new.get_mut("status").map(Value::take));
+            u
+        } else {
+            set_or_remove(&mut new, "status", current.get("status").cloned());
+            new
+        };
+        if !updated["metadata"].is_object() {
+            updated["metadata"] = json!({});
         }
-        if let Some(m) = patch.get_mut("metadata").and_then(Value::as_object_mut) {
-            for immutable in [
-                "name",
-                "namespace",
-                "uid",
-                "creationTimestamp",
-                "resourceVersion",
-                "generation",
-                "deletionTimestamp",
-            ] {
-                m.shift_remove(immutable);
-            }
+        for fixed in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "resourceVersion",
+            "generation",
+            "deletionTimestamp",
+        ] {
+            let was = current["metadata"].get(fixed).cloned();
+            set_or_remove(&mut updated["metadata"], fixed, was);
         }
-        let mut updated = current.clone();
-        merge_patch(&mut updated, &patch);
         let errors = self.admission_errors(kind, &mut updated, Some(current));
         if !errors.is_empty() {
             return Err(StoreError::Invalid(
@@ -401,30 +460,96 @@ impl Store {
         name: &str,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        self.delete_with(kind, ns, name, now, &DeleteOptions::default())
+            .map(|_| ())
+    }
+
+    /// Deletion with a DELETE's options: preconditions on uid and resourceVersion (a mismatch conflicts),
+    /// and orphaning (dependents lose their owner reference instead of following it). Returns the object
+    /// as it was last stored.
+    pub fn delete_with(
+        &mut self,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        now: Timestamp,
+        options: &DeleteOptions,
+    ) -> Result<Value, StoreError> {
         let key = (kind.to_string(), ns.to_string(), name.to_string());
         let Some(current) = self.objects.get(&key).cloned() else {
             return Err(StoreError::NotFound(kind.to_string(), display(ns, name)));
         };
+        for (field, wanted) in [
+            ("uid", &options.uid),
+            ("resourceVersion", &options.resource_version),
+        ] {
+            if let Some(wanted) = wanted
+                && wanted != meta_str(&current, field)
+            {
+                return Err(StoreError::Precondition(
+                    kind.to_string(),
+                    display(ns, name),
+                    format!(
+                        "{field} in precondition: {wanted}, {field} in object meta: {}",
+                        meta_str(&current, field)
+                    ),
+                ));
+            }
+        }
+        if options.orphan {
+            self.orphan_dependents(meta_str(&current, "uid"));
+        }
         let has_finalizers = current["metadata"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty());
+        if has_finalizers && !current["metadata"]["deletionTimestamp"].is_null() {
+            // Already being deleted: nothing changes.
+            return Ok(current);
+        }
         self.rv += 1;
         let mut obj = current;
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         if has_finalizers {
-            if obj["metadata"]["deletionTimestamp"].is_null() {
-                obj["metadata"]["deletionTimestamp"] = json!(now.to_string());
-                self.objects.insert(key, obj.clone());
-                self.emit(kind, WatchEvent::Modified(obj));
-            } else {
-                self.rv -= 1;
-            }
-            return Ok(());
+            obj["metadata"]["deletionTimestamp"] = json!(now.to_string());
+            self.objects.insert(key, obj.clone());
+            self.emit(kind, WatchEvent::Modified(obj.clone()));
+            return Ok(obj);
         }
         self.objects.remove(&key);
         self.emit(kind, WatchEvent::Deleted(obj.clone()));
         self.cascade(&obj);
-        Ok(())
+        Ok(obj)
+    }
+
+    /// Take the owner reference to `uid` off every dependent (the `Orphan` propagation policy).
+    fn orphan_dependents(&mut self, uid: &str) {
+        if uid.is_empty() {
+            return;
+        }
+        let owned = |v: &Value| {
+            v["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid)))
+        };
+        let dependents: Vec<Key> = self
+            .objects
+            .iter()
+            .filter(|(_, v)| owned(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (kind, ns, name) in dependents {
+            let Some(mut v) = self
+                .objects
+                .get(&(kind.clone(), ns.clone(), name.clone()))
+                .cloned()
+            else {
+                continue;
+            };
+            if let Some(refs) = v["metadata"]["ownerReferences"].as_array_mut() {
+                refs.retain(|r| r["uid"].as_str() != Some(uid));
+            }
+            let _ = self.update(&kind, &ns, &name, v, false, None);
+        }
     }
 
     /// Garbage-collect dependents whose owner is gone (background propagation).

@@ -54,6 +54,16 @@ pub fn resource(kind: Kind) -> ApiResource {
     }
 }
 
+/// A kube-rs client for `config`. Two TLS providers are linked (kube's ring, the AWS SDK's aws-lc), so
+/// rustls cannot choose one itself: ring is installed for the process first. kube's own retry of 429 / 503
+/// / 504 is turned off: it would hold a PodDisruptionBudget's refusal for up to 15 backed-off attempts
+/// (minutes) inside one call, where the controller's loops retry on their own schedule.
+pub fn client(mut config: kube::Config) -> Result<kube::Client, kube::Error> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    config.default_retry = false;
+    kube::Client::try_from(config)
+}
+
 /// kube-rs's error as the seam's: the HTTP status and reason decide.
 fn seam_error(kind: Kind, key: &ObjectKey, e: kube::Error) -> KubeError {
     match e {
@@ -114,7 +124,10 @@ impl KubeRs {
 
     /// In a pod: the ServiceAccount; elsewhere: KUBECONFIG or ~/.kube/config.
     pub async fn from_environment() -> Result<KubeRs, kube::Error> {
-        Ok(KubeRs::new(kube::Client::try_default().await?))
+        let config = kube::Config::infer()
+            .await
+            .map_err(kube::Error::InferConfig)?;
+        Ok(KubeRs::new(client(config)?))
     }
 
     fn all(&self, kind: Kind) -> Api<DynamicObject> {

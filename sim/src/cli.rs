@@ -6,9 +6,12 @@ use crate::{RunOptions, Scenario, duration, simulate};
 
 pub const USAGE: &str = "\
 usage: cargo xtask sim FILE [--seed N | --seeds A..B] [--until T] [--trace PATH] [--report PATH.html] [--quiet]
-                            [--autoscaler dovetail|ca-baseline]
+                            [--autoscaler dovetail|ca-baseline] [--wire] [--serve [ADDR] [--speed N] [--kubeconfig PATH]]
   run a scenario and print its trace and summary (a progress bar on a terminal); with --seeds, run seeds
-  A to B-1 (on every core) and print one line per seed and the worst seed per metric
+  A to B-1 (on every core) and print one line per seed and the worst seed per metric; with --serve, run it
+  paced to the wall clock (N times real time, default 1) and serve its API to kubectl at ADDR (default
+  127.0.0.1:6443), writing a kubeconfig; kubectl's writes act on the run and show in the trace; --wire runs
+  the controller's real kube-rs client over the simulated network against the simulated API server
   exit codes: 0 all expectations and invariants held, 1 one failed or the run broke, 2 bad input";
 
 /// What the command prints and how it exits.
@@ -104,6 +107,38 @@ pub fn sim_command_with(
                 None => return usage_error("--trace needs a path"),
             },
             "--quiet" => quiet = true,
+            "--wire" => options.wire = true,
+            "--serve" => {
+                let mut serve = options.serve.take().unwrap_or_default();
+                serve.addr = std::net::SocketAddr::from(([127, 0, 0, 1], 6443));
+                if let Some(next) = it.clone().next()
+                    && let Some(addr) = parse_addr(next)
+                {
+                    serve.addr = addr;
+                    it.next();
+                }
+                options.serve = Some(serve);
+            }
+            "--speed" => match it.next().map(|s| s.trim_end_matches('x').parse::<f64>()) {
+                Some(Ok(n)) if n > 0.0 && n.is_finite() => {
+                    let mut serve = options.serve.take().unwrap_or_default();
+                    serve.speed = n;
+                    options.serve = Some(serve);
+                }
+                _ => {
+                    return usage_error(
+                        "--speed needs a positive number such as 10 (10x real time)",
+                    );
+                }
+            },
+            "--kubeconfig" => match it.next() {
+                Some(p) => {
+                    let mut serve = options.serve.take().unwrap_or_default();
+                    serve.kubeconfig = Some(PathBuf::from(p));
+                    options.serve = Some(serve);
+                }
+                None => return usage_error("--kubeconfig needs a path"),
+            },
             "--autoscaler" => match it.next().map(|s| crate::Autoscaler::parse(s)) {
                 Some(Some(a)) => options.autoscaler = a,
                 _ => {
@@ -131,6 +166,19 @@ pub fn sim_command_with(
     let Some(file) = file else {
         return usage_error("sim needs a scenario file");
     };
+    if let Some(serve) = &mut options.serve {
+        if !args.iter().any(|a| a == "--serve") {
+            return usage_error("--speed and --kubeconfig go with --serve");
+        }
+        if seeds.is_some() {
+            return usage_error("--serve runs one seed; leave out --seeds");
+        }
+        if serve.ready.is_none() {
+            serve.ready = Some(std::sync::Arc::new(|s: &crate::serve::Serving| {
+                eprint!("{}", s.instructions());
+            }));
+        }
+    }
     let scenario = match Scenario::load(&file) {
         Ok(s) => s,
         Err(e) => return fail(e.exit_code(), format!("error: {e}\n")),
@@ -164,6 +212,15 @@ pub fn sim_command_with(
         stdout,
         stderr: String::new(),
     }
+}
+
+/// `127.0.0.1:8080`, `:8080` or `8080` (loopback).
+fn parse_addr(s: &str) -> Option<std::net::SocketAddr> {
+    if let Ok(a) = s.parse() {
+        return Some(a);
+    }
+    let port: u16 = s.trim_start_matches(':').parse().ok()?;
+    Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 /// Run seeds `a..b` of one scenario; one line each, then the worst seed per metric.

@@ -15,7 +15,10 @@ pub mod html;
 pub mod random;
 pub mod report;
 pub mod scenario;
+pub mod serve;
 pub mod trace;
+#[cfg(feature = "wire")]
+pub mod wire;
 pub mod world;
 pub mod yaml;
 
@@ -55,6 +58,10 @@ pub struct RunOptions {
     pub autoscaler: Autoscaler,
     /// Told now and then how far the run has got (simulated time so far, of the total).
     pub progress: Option<Progress>,
+    /// Pace the run to the wall clock and serve its API to kubectl (`--serve`).
+    pub serve: Option<serve::Serve>,
+    /// Run the controller in wire mode whatever the scenario says (`--wire`).
+    pub wire: bool,
 }
 
 /// A progress callback: (simulated so far, simulated in all). It only observes; runs are the same with or
@@ -102,6 +109,8 @@ pub fn simulate(scenario: &Scenario, options: &RunOptions) -> Result<Outcome, Si
         options.until,
         options.autoscaler,
         options.progress.as_ref(),
+        options.serve.as_ref(),
+        options.wire,
     )?;
     let mut trace = String::new();
     for e in run.trace.entries() {

@@ -194,6 +194,9 @@ struct RawCluster {
     /// The API server's `major.minor` (which EKS images an alias means).
     #[serde(default)]
     kubernetes_version: Option<Spanned<String>>,
+    /// The controller reaches the API server over the simulated network with the real kube-rs client.
+    #[serde(default)]
+    wire: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -655,6 +658,9 @@ pub struct Scenario {
     pub controller_replicas: u32,
     /// The API server's `major.minor`.
     pub kubernetes_version: String,
+    /// Wire mode: the controller uses the production kube-rs adapter over turmoil's network against
+    /// fakekube's HTTP front, instead of calling the in-memory API server.
+    pub wire: bool,
     /// Controller settings by the binary's environment variable names (`BATCH_IDLE_DURATION: 2s`), applied
     /// over Dovetail's defaults.
     pub settings: Vec<(String, String)>,
@@ -2086,6 +2092,7 @@ impl Scenario {
             scheduler_interval,
             controller_replicas,
             kubernetes_version,
+            wire: raw.cluster.wire.unwrap_or(false),
             manifests,
             timeline,
             expect,

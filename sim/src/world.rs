@@ -279,6 +279,27 @@ struct ControllerParts {
     settings: Arc<Mutex<Vec<(String, String)>>>,
     /// Whether the cluster has an interruption queue.
     queue: bool,
+    /// Wire mode: reach the API server over the simulated network with the real kube-rs adapter.
+    wire: bool,
+}
+
+/// The Kube seam a controller replica uses: the in-memory API server, or in wire mode the production
+/// kube-rs adapter over the simulated network.
+fn kube_seam(kube: &FakeKube, wire: bool) -> Result<Arc<dyn dovetail::kube::Kube>, SimError> {
+    if !wire {
+        return Ok(Arc::new(kube.clone()));
+    }
+    #[cfg(feature = "wire")]
+    {
+        crate::wire::client()
+    }
+    #[cfg(not(feature = "wire"))]
+    {
+        Err(SimError::Run(
+            "wire mode needs the simulator built with its `wire` feature (cargo xtask has it)"
+                .into(),
+        ))
+    }
 }
 
 /// The settings a controller replica starts with: Dovetail's defaults, what the simulated cluster is
@@ -325,6 +346,7 @@ async fn controller_host(p: ControllerParts) -> turmoil::Result {
         metrics,
         settings,
         queue,
+        wire,
     } = p;
     if autoscaler == Autoscaler::CaBaseline {
         crate::baseline::run(
@@ -342,9 +364,16 @@ async fn controller_host(p: ControllerParts) -> turmoil::Result {
             *r += 1;
             *r
         };
+        let seam = match kube_seam(&kube, wire) {
+            Ok(seam) => seam,
+            Err(e) => {
+                trace.push("controller", format!("cannot start: {e}"));
+                return Ok(());
+            }
+        };
         let ctx = dovetail::Context {
             clock: Arc::new(clock),
-            kube: Arc::new(kube.clone()),
+            kube: seam,
             journal: Arc::new(trace.clone()),
             metrics: metrics.clone(),
             // A restarted controller must not replay its predecessor's names.
@@ -702,6 +731,7 @@ fn drive(
     kube: &FakeKube,
     trace: &Trace,
     progress: Option<(&crate::Progress, Duration)>,
+    front: Option<&crate::serve::Front>,
 ) -> Result<Option<(Duration, String)>, SimError> {
     let mut back_at: Option<Duration> = None;
     let mut steps: u64 = 0;
@@ -710,6 +740,16 @@ fn drive(
             return Ok(None);
         }
         let now = sim.elapsed();
+        if let Some(front) = front
+            && front.after_step(now)
+        {
+            trace.push_at(
+                now,
+                "serve",
+                "stopped from outside; the summary covers the run so far".to_string(),
+            );
+            return Ok(None);
+        }
         steps += 1;
         if let Some((p, total)) = progress
             && steps.is_multiple_of(PROGRESS_EVERY)
@@ -757,6 +797,8 @@ pub fn run(
     until: Option<Duration>,
     autoscaler: Autoscaler,
     progress: Option<&crate::Progress>,
+    serve: Option<&crate::serve::Serve>,
+    wire: bool,
 ) -> Result<Run, SimError> {
     let duration = until.map_or(scenario.duration, |u| u.min(scenario.duration));
     let clock = SimClock::default();
@@ -805,12 +847,34 @@ pub fn run(
     let observations = Arc::new(Mutex::new(Observations::default()));
     let faults = Arc::new(Mutex::new(ControllerFaults::default()));
 
-    let mut sim = turmoil::Builder::new()
+    let wire = scenario.wire || wire;
+    if wire && !cfg!(feature = "wire") {
+        return Err(SimError::Run(
+            "wire mode needs the simulator built with its `wire` feature (cargo xtask has it)"
+                .into(),
+        ));
+    }
+    let mut builder = turmoil::Builder::new();
+    builder
         .rng_seed(turmoil_seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECONDS as u64))
         .simulation_duration(duration + Duration::from_secs(60))
-        .tick_duration(scenario.tick)
-        .build();
+        .tick_duration(scenario.tick);
+    if wire {
+        // The scenario's API latency, half each way, instead of the in-memory server's sleep.
+        let one_way = scenario.api_latency / 2;
+        builder
+            .min_message_latency(one_way)
+            .max_message_latency(one_way);
+    }
+    let mut sim = builder.build();
+    #[cfg(feature = "wire")]
+    if wire {
+        let server = fakekube::http::ApiServer::new(kube.clone(), Arc::new(clock));
+        sim.host(crate::wire::HOST, move || {
+            crate::wire::serve(server.clone())
+        });
+    }
 
     // Replica 0 is the host the timeline crashes; with more than one, every replica elects over a Lease.
     let settings = Arc::new(Mutex::new(scenario.settings.clone()));
@@ -840,6 +904,7 @@ pub fn run(
             metrics: controller_metrics.clone(),
             settings: settings.clone(),
             queue: scenario.cloud.interruption_queue,
+            wire,
         };
         sim.host(host, move || controller_host(parts.clone()));
     }
@@ -929,6 +994,9 @@ pub fn run(
             Ok(())
         });
     }
+    let front = serve
+        .map(|s| crate::serve::Front::start(s, kube.clone(), trace.clone(), clock.epoch()))
+        .transpose()?;
     let stopped = drive(
         &mut sim,
         &faults,
@@ -936,9 +1004,13 @@ pub fn run(
         &kube,
         &trace,
         progress.map(|p| (p, duration)),
+        front.as_ref(),
     )?;
+    drop(front);
     let mut observations = std::mem::take(&mut *lock(&observations));
-    let end = stopped.as_ref().map_or(duration, |(at, _)| *at);
+    let end = stopped
+        .as_ref()
+        .map_or(sim.elapsed().min(duration), |(at, _)| *at);
     if let Some(p) = progress {
         (p.0)(duration, duration);
     }
