@@ -3,16 +3,13 @@
 use std::process::Command;
 
 fn assert_no_clients(package: &str, forbidden: &[&str]) {
+    assert_no_clients_with(package, "--no-default-features", forbidden);
+}
+
+fn assert_no_clients_with(package: &str, features: &str, forbidden: &[&str]) {
     let out = Command::new(env!("CARGO"))
         .args([
-            "tree",
-            "-p",
-            package,
-            "--no-default-features",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
+            "tree", "-p", package, features, "-e", "normal", "--prefix", "none",
         ])
         .current_dir(dovetail_tests::root())
         .output()
@@ -45,4 +42,11 @@ fn core_has_no_cloud_or_kube_clients() {
 fn the_binary_has_its_clients_only_behind_features() {
     // The binary serves /metrics over hyper whatever its features; the clients are what stay optional.
     assert_no_clients("dovetail-operator", &["kube", "kube-client", "aws-config"]);
+}
+
+#[test]
+fn wire_mode_brings_the_kube_client_but_not_the_aws_sdk() {
+    // The simulator's wire mode runs the binary's kube-rs adapter; the AWS SDK stays with the binary
+    // (linking it into every test binary filled the disk once).
+    assert_no_clients_with("dovetail-sim", "--features=wire", &["aws-config"]);
 }

@@ -170,6 +170,11 @@ fn kubectl_watches_and_drives_a_served_simulation() {
         assert!(wide.contains(header), "no {header} column:\n{wide}");
     }
     assert!(wide.contains("m5."), "{wide}");
+    // Nodes show their kubelet version and private IP; running pods count their ready containers.
+    assert!(wide.contains("v1.33.0-eks"), "{wide}");
+    assert!(wide.contains(" 10.0."), "no InternalIP:\n{wide}");
+    let pods = k.ok(&["get", "pods"]);
+    assert!(pods.contains(" 1/1 ") && pods.contains("Running"), "{pods}");
     assert!(wide.contains("nodepool.karpenter.sh/default"), "{wide}");
 
     // `get -w` streams changes: start watching, then cause one.
@@ -246,6 +251,16 @@ fn kubectl_watches_and_drives_a_served_simulation() {
         err.contains("is invalid") && err.contains("spec.weight"),
         "{err}"
     );
+
+    // A field a built-in kind does not have is refused by name (kubectl asks for strict validation).
+    let typo = write(
+        &dir,
+        "typo.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: typo}\nspec:\n  replicass: 2\n  selector: {matchLabels: {app: typo}}\n  template:\n    metadata: {labels: {app: typo}}\n    spec: {containers: [{name: c, image: nginx}]}\n",
+    );
+    let (ok, _, err) = k.run(&["apply", "-f", typo.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("unknown field \"spec.replicass\""), "{err}");
 
     // `explain` reads the published schema.
     let explain = k.ok(&["explain", "nodepool.spec"]);

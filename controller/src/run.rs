@@ -88,6 +88,12 @@ impl Controller {
             self.state.reset(kind, list.items)?;
             streams.push((kind, self.ctx.kube.watch(kind, &list.resource_version)));
         }
+        // Pods already pending when the controller starts (or lists again) arrive in the list, not as
+        // watch events: they open a batch like any new pod would, as Karpenter's reconcile-all does.
+        if self.state.pods.values().any(is_provisionable) {
+            let now = self.now();
+            self.provisioner.batcher.trigger(now);
+        }
         Ok(streams)
     }
 

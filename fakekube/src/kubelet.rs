@@ -33,6 +33,23 @@ pub struct Machine {
     pub ebs_volume_limit: Option<u32>,
 }
 
+/// A node's addresses as EC2's kubelet reports them: the private IP its `ip-a-b-c-d` name spells, and the
+/// name as DNS name and hostname.
+fn node_addresses(node_name: &str) -> Value {
+    let ip = node_name
+        .strip_prefix("ip-")
+        .and_then(|rest| rest.split('.').next())
+        .map(|dashed| dashed.replace('-', "."))
+        .filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok());
+    let mut addresses = Vec::new();
+    if let Some(ip) = ip {
+        addresses.push(json!({"type": "InternalIP", "address": ip}));
+    }
+    addresses.push(json!({"type": "InternalDNS", "address": node_name}));
+    addresses.push(json!({"type": "Hostname", "address": node_name}));
+    Value::Array(addresses)
+}
+
 impl Machine {
     pub fn provider_id(&self) -> String {
         format!("aws:///{}/{}", self.zone, self.instance_id)
@@ -324,6 +341,7 @@ impl Kubelets {
         if m.ebs_volume_limit.is_some() {
             labels[EBS_ZONE_LABEL] = json!(m.zone);
         }
+        let version = kube.store().kubernetes_version().to_string();
         let node = json!({
             "apiVersion": "v1",
             "kind": "Node",
@@ -333,6 +351,14 @@ impl Kubelets {
                 "capacity": m.capacity,
                 "allocatable": m.allocatable,
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+                "addresses": node_addresses(&m.node_name),
+                // What `kubectl get nodes -o wide` prints; the image's OS and kernel are not simulated.
+                "nodeInfo": {
+                    "kubeletVersion": format!("v{version}.0-eks"),
+                    "containerRuntimeVersion": "containerd://1.7.27",
+                    "architecture": m.arch,
+                    "operatingSystem": "linux",
+                },
             },
         });
         let created_labels = node["metadata"]["labels"].clone();
@@ -520,10 +546,26 @@ impl Kubelets {
                 let admitted = admitted.get_or_insert_with(|| running_use(kube));
                 let on_node = admitted.entry(node.clone()).or_default();
                 let patch = match admit(kube, &node, on_node, &p) {
-                    Ok(()) => json!({"status": {"phase": "Running", "conditions": [
-                        {"type": "PodScheduled", "status": "True"},
-                        {"type": "Ready", "status": "True"},
-                    ]}}),
+                    Ok(()) => {
+                        // Every container started and ready, as `kubectl get pods` counts them.
+                        let containers: Vec<Value> = p["spec"]["containers"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|c| {
+                                json!({
+                                    "name": c["name"], "image": c["image"], "ready": true,
+                                    "started": true, "restartCount": 0,
+                                    "state": {"running": {"startedAt": now.to_string()}},
+                                })
+                            })
+                            .collect();
+                        json!({"status": {"phase": "Running", "startTime": now.to_string(),
+                            "containerStatuses": containers, "conditions": [
+                            {"type": "PodScheduled", "status": "True"},
+                            {"type": "Ready", "status": "True"},
+                        ]}})
+                    }
                     Err((reason, message)) => {
                         self.journal.record(
                             "cluster",

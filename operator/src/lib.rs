@@ -9,7 +9,8 @@ pub mod telemetry;
 
 #[cfg(feature = "aws")]
 pub mod aws;
+/// The Kube seam on kube-rs (its own crate, shared with the simulator's wire mode).
 #[cfg(feature = "kube-client")]
-pub mod kubeclient;
+pub use dovetail_kubeclient as kubeclient;
 
 pub use error::OperatorError;

@@ -91,7 +91,7 @@ pub fn client() -> Result<std::sync::Arc<dyn Kube>, crate::SimError> {
         .layer(config.base_uri_layer())
         .service(http);
     let client = kube::Client::new(service, "default");
-    Ok(std::sync::Arc::new(
-        dovetail_operator::kubeclient::KubeRs::new(client),
-    ))
+    Ok(std::sync::Arc::new(dovetail_kubeclient::KubeRs::new(
+        client,
+    )))
 }

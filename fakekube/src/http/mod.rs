@@ -8,6 +8,7 @@ pub mod patch;
 pub mod query;
 pub mod resources;
 pub mod status;
+pub mod strict;
 pub mod table;
 mod watch;
 
@@ -308,7 +309,7 @@ impl ApiServer {
             (Method::GET, true) => self.get(&target, table),
             (Method::POST, false) => self.create(&target, body, &params),
             (Method::POST, true) => self.post_subresource(&target, body),
-            (Method::PUT, true) => self.update(&target, body),
+            (Method::PUT, true) => self.update(&target, body, &params),
             (Method::PATCH, true) => {
                 let ct = headers
                     .get(header::CONTENT_TYPE)
@@ -527,6 +528,7 @@ impl ApiServer {
         }
         let mut object = decode_body(body)?;
         check_kind(r, &object)?;
+        check_fields(r, &mut object, params)?;
         if let Some(ns) = &target.namespace {
             match object["metadata"]["namespace"].as_str() {
                 Some(given) if given != ns => {
@@ -546,7 +548,6 @@ impl ApiServer {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let _ = params;
         let made = self
             .kube
             .store()
@@ -556,16 +557,17 @@ impl ApiServer {
         created(&made)
     }
 
-    fn update(&self, target: &Target, body: &[u8]) -> Answer {
+    fn update(&self, target: &Target, body: &[u8], params: &Params) -> Answer {
         let r = &target.resource;
         let name = target.name.as_deref().unwrap_or_default();
         let ns = target.namespace.as_deref().unwrap_or_default();
-        let object = decode_body(body)?;
+        let mut object = decode_body(body)?;
         if target.subresource.as_deref() == Some("scale") {
             let replicas = object["spec"]["replicas"].clone();
             return self.set_replicas(target, replicas);
         }
         check_kind(r, &object)?;
+        check_fields(r, &mut object, params)?;
         if let Some(given) = object["metadata"]["name"].as_str()
             && given != name
         {
@@ -624,8 +626,9 @@ impl ApiServer {
                 .map_err(|e| ApiError::invalid("Scale.autoscaling", name, &[e]))?;
             return self.set_replicas(target, scale["spec"]["replicas"].clone());
         }
-        let updated = patch::apply_patch(&current, &r.kind, patch_type, body)
+        let mut updated = patch::apply_patch(&current, &r.kind, patch_type, body)
             .map_err(|e| ApiError::invalid(&r.qualified_kind(), name, &[e]))?;
+        check_fields(r, &mut updated, params)?;
         let expected = updated["metadata"]["resourceVersion"]
             .as_str()
             .map(str::to_string);
@@ -658,6 +661,7 @@ impl ApiServer {
         };
         let mut applied = decode_body(body)?;
         check_kind(r, &applied)?;
+        check_fields(r, &mut applied, params)?;
         if target.namespace.is_some() {
             applied["metadata"]["namespace"] = json!(ns);
         }
@@ -852,6 +856,25 @@ impl ApiServer {
             "items": items,
         }))
     }
+}
+
+/// Drop the fields a built-in kind's type lacks, as the API server's decoding does; with
+/// `fieldValidation=Strict` (kubectl's default) refuse them instead, naming each.
+fn check_fields(r: &Resource, object: &mut Value, params: &Params) -> Result<(), ApiError> {
+    let unknown = strict::prune_unknown(&r.kind, object);
+    if unknown.is_empty() || params.get("fieldValidation") != Some("Strict") {
+        return Ok(());
+    }
+    let fields: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    Err(ApiError::bad_request(format!(
+        "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+        fields.join(", "),
+        kind = r.kind,
+        version = r.version,
+    )))
 }
 
 fn key_of(object: &Value) -> ObjectKey {

@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::resources::Resource;
+use super::resources::{ForType, Resource, with_builtin_type};
 
 /// `GET /openapi/v3`: where each group-version's document is.
 pub fn index(resources: &[Resource], hash: &str) -> Value {
@@ -46,36 +46,19 @@ pub fn schema_name(r: &Resource) -> String {
 /// The schema a built-in kind publishes: its Kubernetes type's, from k8s-openapi (None for a kind we
 /// hold no type of).
 fn builtin_schema(kind: &str) -> Option<Value> {
-    use k8s_openapi::api;
-    fn of<T: schemars::JsonSchema>() -> Option<Value> {
-        let settings = schemars::generate::SchemaSettings::openapi3();
-        let schema = settings.into_generator().into_root_schema_for::<T>();
-        serde_json::to_value(schema).ok()
+    struct SchemaOf;
+    impl ForType for SchemaOf {
+        type Out = Option<Value>;
+        fn call<T>(self) -> Option<Value>
+        where
+            T: serde::Serialize + serde::de::DeserializeOwned + schemars::JsonSchema,
+        {
+            let settings = schemars::generate::SchemaSettings::openapi3();
+            let schema = settings.into_generator().into_root_schema_for::<T>();
+            serde_json::to_value(schema).ok()
+        }
     }
-    match kind {
-        "Namespace" => of::<api::core::v1::Namespace>(),
-        "Pod" => of::<api::core::v1::Pod>(),
-        "Node" => of::<api::core::v1::Node>(),
-        "Service" => of::<api::core::v1::Service>(),
-        "ConfigMap" => of::<api::core::v1::ConfigMap>(),
-        "Secret" => of::<api::core::v1::Secret>(),
-        "ServiceAccount" => of::<api::core::v1::ServiceAccount>(),
-        "Event" => of::<api::core::v1::Event>(),
-        "PersistentVolumeClaim" => of::<api::core::v1::PersistentVolumeClaim>(),
-        "PersistentVolume" => of::<api::core::v1::PersistentVolume>(),
-        "Deployment" => of::<api::apps::v1::Deployment>(),
-        "ReplicaSet" => of::<api::apps::v1::ReplicaSet>(),
-        "StatefulSet" => of::<api::apps::v1::StatefulSet>(),
-        "DaemonSet" => of::<api::apps::v1::DaemonSet>(),
-        "Job" => of::<api::batch::v1::Job>(),
-        "PodDisruptionBudget" => of::<api::policy::v1::PodDisruptionBudget>(),
-        "Lease" => of::<api::coordination::v1::Lease>(),
-        "StorageClass" => of::<api::storage::v1::StorageClass>(),
-        "CSINode" => of::<api::storage::v1::CSINode>(),
-        "PriorityClass" => of::<api::scheduling::v1::PriorityClass>(),
-        "RuntimeClass" => of::<api::node::v1::RuntimeClass>(),
-        _ => None,
-    }
+    with_builtin_type(kind, SchemaOf).flatten()
 }
 
 fn gvk(r: &Resource) -> Value {

@@ -436,3 +436,40 @@ pub fn group(name: &str, versions: &[String]) -> Value {
         "preferredVersion": versions.first().cloned().unwrap_or(Value::Null),
     })
 }
+
+/// Something to do with a built-in kind's Kubernetes type (k8s-openapi), whichever it is.
+pub trait ForType {
+    type Out;
+    fn call<T>(self) -> Self::Out
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + schemars::JsonSchema;
+}
+
+/// Run `f` with the Kubernetes type of built-in `kind` (None for custom resources and kinds without one).
+pub fn with_builtin_type<F: ForType>(kind: &str, f: F) -> Option<F::Out> {
+    use k8s_openapi::api;
+    Some(match kind {
+        "Namespace" => f.call::<api::core::v1::Namespace>(),
+        "Pod" => f.call::<api::core::v1::Pod>(),
+        "Node" => f.call::<api::core::v1::Node>(),
+        "Service" => f.call::<api::core::v1::Service>(),
+        "ConfigMap" => f.call::<api::core::v1::ConfigMap>(),
+        "Secret" => f.call::<api::core::v1::Secret>(),
+        "ServiceAccount" => f.call::<api::core::v1::ServiceAccount>(),
+        "Event" => f.call::<api::core::v1::Event>(),
+        "PersistentVolumeClaim" => f.call::<api::core::v1::PersistentVolumeClaim>(),
+        "PersistentVolume" => f.call::<api::core::v1::PersistentVolume>(),
+        "Deployment" => f.call::<api::apps::v1::Deployment>(),
+        "ReplicaSet" => f.call::<api::apps::v1::ReplicaSet>(),
+        "StatefulSet" => f.call::<api::apps::v1::StatefulSet>(),
+        "DaemonSet" => f.call::<api::apps::v1::DaemonSet>(),
+        "Job" => f.call::<api::batch::v1::Job>(),
+        "PodDisruptionBudget" => f.call::<api::policy::v1::PodDisruptionBudget>(),
+        "Lease" => f.call::<api::coordination::v1::Lease>(),
+        "StorageClass" => f.call::<api::storage::v1::StorageClass>(),
+        "CSINode" => f.call::<api::storage::v1::CSINode>(),
+        "PriorityClass" => f.call::<api::scheduling::v1::PriorityClass>(),
+        "RuntimeClass" => f.call::<api::node::v1::RuntimeClass>(),
+        _ => return None,
+    })
+}

@@ -1,4 +1,4 @@
-//! The Kube seam on kube-rs: every kind as a `DynamicObject` through a fixed `ApiResource` (no discovery
+//! dovetail-kubeclient — the Kube seam on kube-rs: every kind as a `DynamicObject` through a fixed `ApiResource` (no discovery
 //! round trips), errors mapped to the seam's, and watches that resume from their last resourceVersion.
 
 use std::time::Duration;
