@@ -560,7 +560,6 @@ impl ApiServer {
     fn update(&self, target: &Target, body: &[u8], params: &Params) -> Answer {
         let r = &target.resource;
         let name = target.name.as_deref().unwrap_or_default();
-        let ns = target.namespace.as_deref().unwrap_or_default();
         let mut object = decode_body(body)?;
         if target.subresource.as_deref() == Some("scale") {
             let replicas = object["spec"]["replicas"].clone();
@@ -588,25 +587,39 @@ impl ApiServer {
                 ],
             ));
         }
+        self.write(target, object, rv.as_deref(), "update", String::new())
+    }
+
+    /// Store the whole new object (the main resource or, for `/status`, its status) and trace the write.
+    fn write(
+        &self,
+        target: &Target,
+        object: Value,
+        expected_rv: Option<&str>,
+        verb: &str,
+        detail: String,
+    ) -> Answer {
+        let r = &target.resource;
+        let name = target.name.as_deref().unwrap_or_default();
+        let ns = target.namespace.as_deref().unwrap_or_default();
         let status_only = target.subresource.as_deref() == Some("status");
-        let updated = self
+        let written = self
             .kube
             .store()
-            .update(&r.kind, ns, name, object, status_only, rv.as_deref())
+            .update(&r.kind, ns, name, object, status_only, expected_rv)
             .map_err(|e| store_error(r, name, e))?;
         self.record(format!(
-            "update {} {}{}",
+            "{verb} {} {}{}{detail}",
             r.kind,
-            key_of(&updated),
+            key_of(&written),
             if status_only { " (status)" } else { "" }
         ));
-        ok(&updated)
+        ok(&written)
     }
 
     fn patch(&self, target: &Target, content_type: &str, body: &[u8], params: &Params) -> Answer {
         let r = &target.resource;
         let name = target.name.as_deref().unwrap_or_default();
-        let ns = target.namespace.as_deref().unwrap_or_default();
         let accepted = if r.schema.is_some() {
             "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
         } else {
@@ -632,20 +645,13 @@ impl ApiServer {
         let expected = updated["metadata"]["resourceVersion"]
             .as_str()
             .map(str::to_string);
-        let status_only = target.subresource.as_deref() == Some("status");
-        let written = self
-            .kube
-            .store()
-            .update(&r.kind, ns, name, updated, status_only, expected.as_deref())
-            .map_err(|e| store_error(r, name, e))?;
-        self.record(format!(
-            "patch {} {}{}: {}",
-            r.kind,
-            key_of(&written),
-            if status_only { " (status)" } else { "" },
-            brief(body)
-        ));
-        ok(&written)
+        self.write(
+            target,
+            updated,
+            expected.as_deref(),
+            "patch",
+            format!(": {}", brief(body)),
+        )
     }
 
     /// Server-side apply: create the object, or merge the applied configuration into it; the manager's
