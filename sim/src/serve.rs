@@ -162,7 +162,7 @@ impl Front {
         })?;
         let (shutdown, done) = tokio::sync::oneshot::channel::<()>();
         let stop = serve.stop.clone();
-        let thread = std::thread::spawn(move || {
+        let answer_kubectl = move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -182,14 +182,15 @@ impl Front {
                     _ = fakekube::http::serve(listener, server) => {}
                 }
             });
-        });
+        };
+        let thread = std::thread::spawn(answer_kubectl); // allow-nondeterminism: --serve serves kubectl from a thread outside the simulation
         if let Some(ready) = &serve.ready {
             ready(&Serving { addr, kubeconfig });
         }
         Ok(Front {
             clock,
             speed: serve.speed,
-            started: std::time::Instant::now(),
+            started: std::time::Instant::now(), // allow-nondeterminism: --serve paces the run to the wall clock
             stop: serve.stop.clone(),
             shutdown: Some(shutdown),
             thread: Some(thread),
