@@ -841,6 +841,41 @@ impl FakeCloud {
         self.lock().queue.send(body, now);
     }
 
+    /// SQS SendMessage: any body onto the queue the URL names; the new message's id.
+    pub fn send_message(&self, queue_url: &str, body: String) -> Result<String, CloudError> {
+        if queue_url != self.config.queue_url {
+            return Err(CloudError::new(
+                "AWS.SimpleQueueService.NonExistentQueue",
+                format!("The specified queue does not exist: {queue_url}"),
+            ));
+        }
+        let now = self.clock.now();
+        Ok(self.lock().queue.send(body, now))
+    }
+
+    /// The time as this cloud's clock tells it.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// The same cloud (its state shared) read through another clock: a front served outside the
+    /// simulation's runtime tells time by the time the simulation publishes.
+    pub fn with_clock(&self, clock: Arc<dyn Clock>) -> FakeCloud {
+        FakeCloud {
+            clock,
+            ..self.clone()
+        }
+    }
+
+    /// The same cloud (its state shared) reporting to another journal: a front served outside the
+    /// simulation writes its lines at the time the simulation publishes.
+    pub fn with_journal(&self, journal: Arc<dyn Journal>) -> FakeCloud {
+        FakeCloud {
+            journal,
+            ..self.clone()
+        }
+    }
+
     /// A scheduled-maintenance AWS Health event for an instance.
     pub fn health_event(&self, instance_id: &str) {
         let now = self.clock.now();

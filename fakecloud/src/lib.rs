@@ -30,15 +30,20 @@
 //!   injected body; ReceiveMessage (1..10, visibility timeout, redelivery until deleted), DeleteMessage.
 //! - API faults: throttling (`RequestLimitExceeded`) at a rate, latency ranges, outage windows (`Unavailable`).
 //! - Foreign instances (untagged, or another cluster's) in every account; terminating one is a violation.
+//! - On the wire (`http`): EC2's Query protocol and SQS's / SSM's JSON protocols over the same fake, for the
+//!   AWS CLI and aws-sdk-rust, SigV4 signatures required (not verified).
 //!
 //! # What is not modelled (yet)
 //! Capacity reservations, EBS volumes as resources, ENIs and prefix delegation, placement groups, instance
 //! store, per-account API rate buckets (throttling is a flat rate), IMDS, spot price history older than the
-//! latest price, SQS long polling and FIFO queues, the Pricing API's shape (prices come as a map).
+//! latest price, SQS long polling and FIFO queues, the Pricing API's shape (prices come as a map), EC2
+//! actions beyond the adapter's (RunInstances, fleets of type `maintain` / `request`), launch template
+//! versions, SigV4 signature checks.
 
 pub mod catalog;
 pub mod config;
 pub mod ec2;
+pub mod http;
 pub mod images;
 pub mod kubelet;
 pub mod sqs;

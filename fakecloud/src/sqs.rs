@@ -25,16 +25,18 @@ pub struct Queue {
 }
 
 impl Queue {
-    pub fn send(&mut self, body: String, now: Timestamp) {
+    /// Queue a message; its id.
+    pub fn send(&mut self, body: String, now: Timestamp) -> String {
         self.next_id += 1;
         let id = format!("{:08x}-0000-4000-8000-{:012x}", self.next_id, self.next_id);
         self.messages.push(Stored {
-            id,
+            id: id.clone(),
             body,
             visible_at: now,
             receipt: None,
             receives: 0,
         });
+        id
     }
 
     pub fn receive(

@@ -50,6 +50,70 @@ fn node_addresses(node_name: &str) -> Value {
     Value::Array(addresses)
 }
 
+/// The Node a machine's kubelet registers: the well-known labels, its NodeClaim's taints and startup taints
+/// with Karpenter's `unregistered` taint (or a node group's labels and taints from its node-template tags),
+/// capacity and allocatable, Ready, addresses and node info. `claim` is the NodeClaim its
+/// `karpenter.sh/nodeclaim` tag names, if it exists.
+pub fn node_object(m: &Machine, claim: Option<&Value>, kubernetes_version: &str) -> Value {
+    let claim_name = m.tags.get("karpenter.sh/nodeclaim");
+    let mut labels = json!({
+        "node.kubernetes.io/instance-type": m.instance_type,
+        "topology.kubernetes.io/zone": m.zone,
+        "topology.kubernetes.io/region": m.region,
+        "karpenter.sh/capacity-type": m.capacity_type,
+        "kubernetes.io/arch": m.arch,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/hostname": m.node_name,
+    });
+    if let Some(pool) = m.tags.get("karpenter.sh/nodepool") {
+        labels["karpenter.sh/nodepool"] = json!(pool);
+    }
+    // Karpenter's user data registers the node with its claim's taints, startup taints, and the
+    // unregistered taint that the controller removes once it has synced the node. A node group's
+    // instance (no claim) registers with the labels and taints its group configures, which the
+    // Cluster Autoscaler's node-template tags mirror.
+    let mut taints = Vec::new();
+    if claim_name.is_some() {
+        taints.push(json!({"key": "karpenter.sh/unregistered", "effect": "NoExecute"}));
+    }
+    for (k, v) in &m.tags {
+        if let Some(label) = k.strip_prefix(NODE_TEMPLATE_LABEL) {
+            labels[label] = json!(v);
+        } else if let Some(key) = k.strip_prefix(NODE_TEMPLATE_TAINT) {
+            let (value, effect) = v.rsplit_once(':').unwrap_or(("", v.as_str()));
+            taints.push(json!({"key": key, "value": value, "effect": effect}));
+        }
+    }
+    if let Some(c) = claim {
+        for field in ["taints", "startupTaints"] {
+            taints.extend(c["spec"][field].as_array().into_iter().flatten().cloned());
+        }
+    }
+    // The EBS node plugin labels the nodes it runs on with its topology key.
+    if m.ebs_volume_limit.is_some() {
+        labels[EBS_ZONE_LABEL] = json!(m.zone);
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": m.node_name, "labels": labels},
+        "spec": {"providerID": m.provider_id(), "taints": taints},
+        "status": {
+            "capacity": m.capacity,
+            "allocatable": m.allocatable,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+            "addresses": node_addresses(&m.node_name),
+            // What `kubectl get nodes -o wide` prints; the image's OS and kernel are not simulated.
+            "nodeInfo": {
+                "kubeletVersion": format!("v{kubernetes_version}.0-eks"),
+                "containerRuntimeVersion": "containerd://1.7.27",
+                "architecture": m.arch,
+                "operatingSystem": "linux",
+            },
+        },
+    })
+}
+
 impl Machine {
     pub fn provider_id(&self) -> String {
         format!("aws:///{}/{}", self.zone, self.instance_id)
@@ -304,63 +368,12 @@ impl Kubelets {
         let claim = claim_name
             .as_ref()
             .and_then(|n| kube.store().get("NodeClaim", "", n).cloned());
-        let mut labels = json!({
-            "node.kubernetes.io/instance-type": m.instance_type,
-            "topology.kubernetes.io/zone": m.zone,
-            "topology.kubernetes.io/region": m.region,
-            "karpenter.sh/capacity-type": m.capacity_type,
-            "kubernetes.io/arch": m.arch,
-            "kubernetes.io/os": "linux",
-            "kubernetes.io/hostname": m.node_name,
-        });
-        if let Some(pool) = m.tags.get("karpenter.sh/nodepool") {
-            labels["karpenter.sh/nodepool"] = json!(pool);
-        }
-        // Karpenter's user data registers the node with its claim's taints, startup taints, and the
-        // unregistered taint that the controller removes once it has synced the node. A node group's
-        // instance (no claim) registers with the labels and taints its group configures, which the
-        // Cluster Autoscaler's node-template tags mirror.
-        let mut taints = Vec::new();
-        if claim_name.is_some() {
-            taints.push(json!({"key": "karpenter.sh/unregistered", "effect": "NoExecute"}));
-        }
-        for (k, v) in &m.tags {
-            if let Some(label) = k.strip_prefix(NODE_TEMPLATE_LABEL) {
-                labels[label] = json!(v);
-            } else if let Some(key) = k.strip_prefix(NODE_TEMPLATE_TAINT) {
-                let (value, effect) = v.rsplit_once(':').unwrap_or(("", v.as_str()));
-                taints.push(json!({"key": key, "value": value, "effect": effect}));
-            }
-        }
-        if let Some(c) = &claim {
-            for field in ["taints", "startupTaints"] {
-                taints.extend(c["spec"][field].as_array().into_iter().flatten().cloned());
-            }
-        }
-        // The EBS node plugin labels the nodes it runs on with its topology key.
-        if m.ebs_volume_limit.is_some() {
-            labels[EBS_ZONE_LABEL] = json!(m.zone);
-        }
         let version = kube.store().kubernetes_version().to_string();
-        let node = json!({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": m.node_name, "labels": labels},
-            "spec": {"providerID": m.provider_id(), "taints": taints},
-            "status": {
-                "capacity": m.capacity,
-                "allocatable": m.allocatable,
-                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
-                "addresses": node_addresses(&m.node_name),
-                // What `kubectl get nodes -o wide` prints; the image's OS and kernel are not simulated.
-                "nodeInfo": {
-                    "kubeletVersion": format!("v{version}.0-eks"),
-                    "containerRuntimeVersion": "containerd://1.7.27",
-                    "architecture": m.arch,
-                    "operatingSystem": "linux",
-                },
-            },
-        });
+        let node = node_object(m, claim.as_ref(), &version);
+        let taints: Vec<Value> = node["spec"]["taints"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let created_labels = node["metadata"]["labels"].clone();
         let created = kube.store().create("Node", node, now);
         if let (Ok(created), Some(count)) = (&created, m.ebs_volume_limit) {

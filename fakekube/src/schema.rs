@@ -81,9 +81,49 @@ impl Crds {
                 "CustomResourceDefinition for {kind} has no openAPIV3Schema"
             ));
         }
+        // kube-apiserver refuses a CRD whose defaults its own schema (CEL rules included) refuses.
+        let mut refused = Vec::new();
+        self.check_defaults(
+            &schema,
+            "spec.validation.openAPIV3Schema".to_string(),
+            &mut refused,
+        );
+        if !refused.is_empty() {
+            return Err(format!(
+                "The CustomResourceDefinition for {kind} is invalid: \n* {}",
+                refused.join("\n* ")
+            ));
+        }
         self.schemas.insert(kind.to_string(), schema);
         self.definitions.insert(kind.to_string(), crd.clone());
         Ok(())
+    }
+
+    /// Every `default` under `schema` validated against the schema it sits in, as kube-apiserver does when a
+    /// CRD is written; each failure as `<schema path>.default: <message>`.
+    fn check_defaults(&self, schema: &Value, at: String, refused: &mut Vec<String>) {
+        if let Some(d) = schema.get("default") {
+            let mut errors = Vec::new();
+            let mut v = Validator {
+                rules: &self.rules,
+                errors: &mut errors,
+            };
+            v.node(schema, d, None, &mut Vec::new(), false);
+            for e in errors {
+                refused.push(format!("{at}.default: {}", e.message));
+            }
+        }
+        if let Some(props) = schema["properties"].as_object() {
+            for (name, sub) in props {
+                self.check_defaults(sub, format!("{at}.properties[{name}]"), refused);
+            }
+        }
+        if let Some(items) = schema.get("items").filter(|i| i.is_object()) {
+            self.check_defaults(items, format!("{at}.items"), refused);
+        }
+        if let Some(extra) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+            self.check_defaults(extra, format!("{at}.additionalProperties"), refused);
+        }
     }
 
     /// The installed CustomResourceDefinitions, by kind.
@@ -450,6 +490,30 @@ mod tests {
         let mut obj = obj;
         let e = crds().admit("Thing", &mut obj, old.as_ref());
         (obj, e.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn a_crd_whose_default_breaks_its_own_rules_is_refused() {
+        let crd = |default: Value| {
+            json!({"spec": {"names": {"kind": "Terms"}, "versions": [{"name": "v1", "storage": true, "schema": {"openAPIV3Schema": {
+            "type": "object",
+            "properties": {"spec": {"type": "object", "properties": {
+                "terms": {"type": "array", "items": {"type": "string"}, "default": default,
+                          "x-kubernetes-validations": [{"rule": "self.size() != 0", "message": "terms cannot be empty"}]},
+                "more": {"type": "array", "items": {"type": "string"}, "default": default, "minItems": 1}
+            }}}}}}]}})
+        };
+        let err = Crds::default().install(&crd(json!([]))).unwrap_err();
+        assert!(
+            err.contains(
+                "spec.validation.openAPIV3Schema.properties[spec].properties[terms].default: "
+            ) && err.contains("terms cannot be empty")
+                && err.contains(
+                    "properties[more].default: Invalid value: 0: should have at least 1 items"
+                ),
+            "{err}"
+        );
+        Crds::default().install(&crd(json!(["a"]))).unwrap();
     }
 
     #[test]

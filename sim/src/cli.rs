@@ -6,11 +6,13 @@ use crate::{RunOptions, Scenario, duration, simulate};
 
 pub const USAGE: &str = "\
 usage: cargo xtask sim FILE [--seed N | --seeds A..B] [--until T] [--trace PATH] [--report PATH.html] [--quiet]
-                            [--autoscaler dovetail|ca-baseline] [--wire] [--serve [ADDR] [--speed N] [--kubeconfig PATH]]
+                            [--autoscaler dovetail|ca-baseline] [--wire]
+                            [--serve [ADDR] [--speed N] [--kubeconfig PATH] [--aws-addr ADDR]]
   run a scenario and print its trace and summary (a progress bar on a terminal); with --seeds, run seeds
   A to B-1 (on every core) and print one line per seed and the worst seed per metric; with --serve, run it
   paced to the wall clock (N times real time, default 1) and serve its API to kubectl at ADDR (default
-  127.0.0.1:6443), writing a kubeconfig; kubectl's writes act on the run and show in the trace; --wire runs
+  127.0.0.1:6443), writing a kubeconfig, and its EC2 / SQS / SSM to the AWS CLI at --aws-addr (default
+  127.0.0.1:4566); kubectl's and the CLI's writes act on the run and show in the trace; --wire runs
   the controller's real kube-rs client over the simulated network against the simulated API server
   exit codes: 0 all expectations and invariants held, 1 one failed or the run broke, 2 bad input";
 
@@ -111,6 +113,9 @@ pub fn sim_command_with(
             "--serve" => {
                 let mut serve = options.serve.take().unwrap_or_default();
                 serve.addr = std::net::SocketAddr::from(([127, 0, 0, 1], 6443));
+                if !args.iter().any(|a| a == "--aws-addr") {
+                    serve.aws_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 4566));
+                }
                 if let Some(next) = it.clone().next()
                     && let Some(addr) = parse_addr(next)
                 {
@@ -130,6 +135,14 @@ pub fn sim_command_with(
                         "--speed needs a positive number such as 10 (10x real time)",
                     );
                 }
+            },
+            "--aws-addr" => match it.next().and_then(|a| parse_addr(a)) {
+                Some(addr) => {
+                    let mut serve = options.serve.take().unwrap_or_default();
+                    serve.aws_addr = addr;
+                    options.serve = Some(serve);
+                }
+                None => return usage_error("--aws-addr needs an address such as 127.0.0.1:4566"),
             },
             "--kubeconfig" => match it.next() {
                 Some(p) => {
@@ -168,7 +181,7 @@ pub fn sim_command_with(
     };
     if let Some(serve) = &mut options.serve {
         if !args.iter().any(|a| a == "--serve") {
-            return usage_error("--speed and --kubeconfig go with --serve");
+            return usage_error("--speed, --kubeconfig and --aws-addr go with --serve");
         }
         if seeds.is_some() {
             return usage_error("--serve runs one seed; leave out --seeds");

@@ -1,6 +1,7 @@
 //! `--serve`: a run paced to the wall clock whose API server kubectl can reach — fakekube's HTTP front on
-//! loopback TCP, served from a thread of its own — with every write a client makes acting on the running
-//! simulation and written to the trace as a `kubectl` line. Such a run is not deterministic (people type
+//! loopback TCP, served from a thread of its own, and fakecloud's EC2 / SQS / SSM front beside it for the
+//! AWS CLI — with every write a client makes acting on the running simulation and written to the trace as
+//! a `kubectl` (or `aws`) line. Such a run is not deterministic (people type
 //! when they type); everything else about it is the scenario's.
 
 use std::net::SocketAddr;
@@ -12,6 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dovetail::clock::Clock;
 use dovetail::journal::Journal;
+use fakecloud::FakeCloud;
+use fakecloud::http::AwsFront;
 use fakekube::FakeKube;
 use fakekube::http::ApiServer;
 use jiff::Timestamp;
@@ -24,6 +27,8 @@ use crate::trace::Trace;
 pub struct Serve {
     /// Where to listen (`127.0.0.1:0`: any free port).
     pub addr: SocketAddr,
+    /// Where the AWS endpoint (EC2, SQS, SSM) listens.
+    pub aws_addr: SocketAddr,
     /// Simulated seconds per wall-clock second.
     pub speed: f64,
     /// Where to write the kubeconfig (default: the system's temporary directory).
@@ -41,6 +46,7 @@ impl std::fmt::Debug for Serve {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Serve")
             .field("addr", &self.addr)
+            .field("aws_addr", &self.aws_addr)
             .field("speed", &self.speed)
             .field("kubeconfig", &self.kubeconfig)
             .finish()
@@ -51,6 +57,7 @@ impl Default for Serve {
     fn default() -> Self {
         Serve {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            aws_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             speed: 1.0,
             kubeconfig: None,
             stop: Arc::default(),
@@ -64,14 +71,17 @@ impl Default for Serve {
 pub struct Serving {
     pub addr: SocketAddr,
     pub kubeconfig: PathBuf,
+    /// The AWS endpoint (`AWS_ENDPOINT_URL`): EC2, SQS and SSM.
+    pub aws_addr: SocketAddr,
 }
 
 impl Serving {
     /// What to tell the person at the terminal.
     pub fn instructions(&self) -> String {
         format!(
-            "serving the simulated cluster's API at http://{addr}\n  export KUBECONFIG={kc}\n  kubectl get nodes,nodeclaims,nodepools -o wide\n  (Ctrl-C ends the run and prints the summary)\n",
+            "serving the simulated cluster's API at http://{addr} and its AWS (EC2, SQS, SSM) at http://{aws}\n  export KUBECONFIG={kc}\n  kubectl get nodes,nodeclaims,nodepools -o wide\n  export AWS_ENDPOINT_URL=http://{aws} AWS_ACCESS_KEY_ID=sim AWS_SECRET_ACCESS_KEY=sim AWS_DEFAULT_REGION=us-east-1\n  aws ec2 describe-instances\n  (Ctrl-C ends the run and prints the summary)\n",
             addr = self.addr,
+            aws = self.aws_addr,
             kc = self.kubeconfig.display()
         )
     }
@@ -109,6 +119,7 @@ struct ServeJournal {
 
 impl Journal for ServeJournal {
     fn record(&self, source: &'static str, line: String) {
+        // Both fronts write here: kubectl's lines and the AWS CLI's.
         self.trace.push_at(self.clock.elapsed(), source, line);
     }
 }
@@ -133,6 +144,7 @@ impl Front {
     pub(crate) fn start(
         serve: &Serve,
         kube: FakeKube,
+        cloud: &FakeCloud,
         trace: Trace,
         epoch: Timestamp,
     ) -> Result<Front, SimError> {
@@ -140,17 +152,19 @@ impl Front {
             epoch,
             elapsed_ms: Arc::default(),
         };
-        let server =
-            ApiServer::new(kube, Arc::new(clock.clone())).with_journal(Arc::new(ServeJournal {
-                trace,
-                clock: clock.clone(),
-            }));
-        let listener = std::net::TcpListener::bind(serve.addr)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|e| SimError::Run(format!("--serve: cannot listen on {}: {e}", serve.addr)))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| SimError::Run(format!("--serve: {e}")))?;
+        let journal = Arc::new(ServeJournal {
+            trace,
+            clock: clock.clone(),
+        });
+        let server = ApiServer::new(kube, Arc::new(clock.clone())).with_journal(journal.clone());
+        let aws = AwsFront::new(
+            cloud
+                .with_clock(Arc::new(clock.clone()))
+                .with_journal(journal.clone()),
+        )
+        .with_journal(journal);
+        let (listener, addr) = bind(serve.addr)?;
+        let (aws_listener, aws_addr) = bind(serve.aws_addr)?;
         let kubeconfig = serve.kubeconfig.clone().unwrap_or_else(|| {
             std::env::temp_dir().join(format!("dovetail-sim-{}.kubeconfig", addr.port()))
         });
@@ -171,7 +185,10 @@ impl Front {
                 return;
             };
             rt.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                let (Ok(listener), Ok(aws_listener)) = (
+                    tokio::net::TcpListener::from_std(listener),
+                    tokio::net::TcpListener::from_std(aws_listener),
+                ) else {
                     stop.store(true, Ordering::Relaxed);
                     return;
                 };
@@ -180,12 +197,17 @@ impl Front {
                     _ = done => {}
                     _ = tokio::signal::ctrl_c() => stop.store(true, Ordering::Relaxed),
                     _ = fakekube::http::serve(listener, server) => {}
+                    _ = fakecloud::http::serve(aws_listener, aws) => {}
                 }
             });
         };
         let thread = std::thread::spawn(answer_kubectl); // allow-nondeterminism: --serve serves kubectl from a thread outside the simulation
         if let Some(ready) = &serve.ready {
-            ready(&Serving { addr, kubeconfig });
+            ready(&Serving {
+                addr,
+                kubeconfig,
+                aws_addr,
+            });
         }
         Ok(Front {
             clock,
@@ -209,6 +231,17 @@ impl Front {
         }
         self.stop.load(Ordering::Relaxed)
     }
+}
+
+/// A non-blocking listener on `addr`, and the address it got.
+fn bind(addr: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr), SimError> {
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| SimError::Run(format!("--serve: cannot listen on {addr}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| SimError::Run(format!("--serve: {e}")))?;
+    Ok((listener, local))
 }
 
 impl Drop for Front {

@@ -65,28 +65,35 @@ impl MachineCache {
     }
 }
 
-fn machines(cloud: &FakeCloud) -> Vec<Machine> {
+/// The machines whose kubelets run, as each kubelet sees its machine: every instance past `pending` that
+/// boots into this cluster — a node group's, or one launched with user data (the bootstrap that joins it).
+/// Another owner's instance, or one launched bare (say with the AWS CLI against a served run), never joins.
+pub fn machines(cloud: &FakeCloud) -> Vec<Machine> {
     cloud.with_instances(|all| {
-        all.filter(|r| r.instance.state != InstanceState::Pending && !r.foreign)
-            .filter_map(|r| {
-                let entry = cloud.entry(&r.instance.instance_type)?;
-                let (capacity, allocatable) = fakecloud::kubelet::resources(entry, &r.user_data);
-                Some(Machine {
-                    instance_id: r.instance.id.clone(),
-                    node_name: r.instance.private_dns_name.clone(),
-                    zone: r.instance.zone.clone(),
-                    region: cloud.config().region.clone(),
-                    instance_type: r.instance.instance_type.clone(),
-                    capacity_type: r.instance.capacity_type.as_str().to_string(),
-                    arch: entry.arch.clone(),
-                    running: r.instance.state == InstanceState::Running,
-                    capacity,
-                    allocatable,
-                    tags: r.instance.tags.clone(),
-                    ebs_volume_limit: Some(fakecloud::kubelet::csi_ebs_volume_limit(entry)),
-                })
+        all.filter(|r| {
+            r.instance.state != InstanceState::Pending
+                && !r.foreign
+                && (r.node_group || !r.user_data.trim().is_empty())
+        })
+        .filter_map(|r| {
+            let entry = cloud.entry(&r.instance.instance_type)?;
+            let (capacity, allocatable) = fakecloud::kubelet::resources(entry, &r.user_data);
+            Some(Machine {
+                instance_id: r.instance.id.clone(),
+                node_name: r.instance.private_dns_name.clone(),
+                zone: r.instance.zone.clone(),
+                region: cloud.config().region.clone(),
+                instance_type: r.instance.instance_type.clone(),
+                capacity_type: r.instance.capacity_type.as_str().to_string(),
+                arch: entry.arch.clone(),
+                running: r.instance.state == InstanceState::Running,
+                capacity,
+                allocatable,
+                tags: r.instance.tags.clone(),
+                ebs_volume_limit: Some(fakecloud::kubelet::csi_ebs_volume_limit(entry)),
             })
-            .collect()
+        })
+        .collect()
     })
 }
 
@@ -995,7 +1002,7 @@ pub fn run(
         });
     }
     let front = serve
-        .map(|s| crate::serve::Front::start(s, kube.clone(), trace.clone(), clock.epoch()))
+        .map(|s| crate::serve::Front::start(s, kube.clone(), &cloud, trace.clone(), clock.epoch()))
         .transpose()?;
     let stopped = drive(
         &mut sim,

@@ -1,9 +1,11 @@
 //! `cargo xtask`: the project's commands — `sim` runs a scenario, `bench` measures, `migrate` converts old
-//! Karpenter manifests, `ci` runs what CI runs.
+//! Karpenter manifests, `image` builds the controller's container image, `ci` runs what CI runs.
 
 mod bench;
 mod consolidation;
 mod crds;
+mod e2e;
+mod image;
 mod parallel;
 mod table;
 
@@ -26,6 +28,13 @@ commands:
         convert Karpenter v1alpha5 Provisioner + AWSNodeTemplate and v1beta1 NodePool + EC2NodeClass
         manifests to v1: the YAML to stdout, a line per field (converted, defaulted, no equivalent) to
         stderr (exit 0; 2 when a file cannot be read)
+  e2e   the dovetail binary against a real control plane (etcd, kube-apiserver, kube-controller-manager,
+        kube-scheduler built from tools/controlplane with Go, cached in target/tools) and the fake AWS served
+        on loopback, with fake kubelets: CRDs, a refused NodePool, provisioning, consolidation, /metrics
+  image [--dev]
+        build the controller's container image with podman (the release binary — with --dev the debug one —
+        the libraries it links and the CA bundle on FROM scratch), tagged as deploy/ and the chart expect;
+        prints its size
   crds  write the CRDs generated from the Rust types to deploy/crds/ (a test fails when they are stale)
   ci    run what CI runs: fmt check, clippy -D warnings, the test suite";
 
@@ -58,6 +67,35 @@ fn main() -> ExitCode {
             ExitCode::from(out.code)
         }
         Some("ci") => ci(),
+        Some("e2e") => {
+            let root = table::root();
+            let result = e2e::build_binary(&root).and_then(|bin| e2e::run(&root, &bin));
+            match result {
+                Ok(report) => {
+                    for (what, at) in report.steps {
+                        println!("{:>7.1}s  {what}", at.as_secs_f64());
+                    }
+                    println!("e2e passed");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("e2e failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("image") => {
+            match image::build(&table::root(), args.get(1).is_some_and(|a| a == "--dev")) {
+                Ok((reference, size)) => {
+                    println!("built {reference} ({:.1} MB)", size as f64 / 1e6);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some("migrate") => migrate(&args[1..]),
         Some("crds") => match crds::write(&table::root()) {
             Ok(files) => {

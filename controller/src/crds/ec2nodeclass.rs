@@ -32,14 +32,14 @@ use super::Condition;
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = super::schema::ec2nodeclass_rules()))]
 pub struct EC2NodeClassSpec {
-    #[serde(default)]
+    // Required, as in Karpenter's CRD: no `default` for the API server to check against the rules.
     #[schemars(length(max = 30), extend("x-kubernetes-validations" = [
         {"rule": "self.size() != 0", "message": "subnetSelectorTerms cannot be empty"},
         {"rule": "self.all(t, has(t.tags) || has(t.id))", "message": "a subnet selector term needs 'tags' or 'id'"},
         {"rule": "!self.all(t, has(t.id) && has(t.tags))", "message": "a subnet selector term's 'id' cannot be combined with 'tags'"}
     ]))]
     pub subnet_selector_terms: Vec<SubnetSelectorTerm>,
-    #[serde(default)]
+    // Required, as in Karpenter's CRD: no `default` for the API server to check against the rules.
     #[schemars(length(max = 30), extend("x-kubernetes-validations" = [
         {"rule": "self.size() != 0", "message": "securityGroupSelectorTerms cannot be empty"},
         {"rule": "self.all(t, has(t.tags) || has(t.id) || has(t.name))", "message": "a security group selector term needs 'tags', 'id' or 'name'"},
@@ -54,7 +54,7 @@ pub struct EC2NodeClassSpec {
         {"rule": "!self.all(t, has(t.id) && (has(t.tags) || has(t.ownerID) || has(t.instanceMatchCriteria)))", "message": "a capacity reservation selector term's 'id' cannot be combined with other fields"}
     ]))]
     pub capacity_reservation_selector_terms: Vec<CapacityReservationSelectorTerm>,
-    #[serde(default)]
+    // Required, as in Karpenter's CRD: no `default` for the API server to check against the rules.
     #[schemars(length(min = 1, max = 30), extend("x-kubernetes-validations" = [
         {"rule": "self.all(t, has(t.tags) || has(t.id) || has(t.name) || has(t.alias) || has(t.ssmParameter))", "message": "an AMI selector term needs one of 'tags', 'id', 'name', 'alias' or 'ssmParameter'"},
         {"rule": "!self.exists(t, has(t.id) && (has(t.alias) || has(t.tags) || has(t.name) || has(t.owner)))", "message": "an AMI selector term's 'id' cannot be combined with other fields"},

@@ -1,0 +1,477 @@
+//! `cargo xtask e2e`: the shipped `dovetail` binary against a real Kubernetes control plane (built from the
+//! Go module proxy, see `controlplane.rs`) and the fake EC2 / SQS / SSM served on loopback, with fake
+//! kubelets registering Nodes through the real API. Real time, bounded, cleaned up at the end.
+//!
+//! What it checks, in order: our CRDs are accepted by the real API server and a bad NodePool is refused
+//! with the server's own message; pending pods of a Deployment (marked unschedulable by the real
+//! kube-scheduler) become NodeClaims the server validates, then CreateFleet launches, Nodes register and
+//! the pods run; scaled to zero, the nodes are consolidated away; `/metrics` counts the claims created.
+
+mod controlplane;
+mod kubelet;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fakecloud::http::AwsFront;
+use fakecloud::{Catalog, CloudConfig, FakeCloud};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+
+use controlplane::ControlPlane;
+
+/// The cluster's name, in the fake account's discovery tags and the binary's settings.
+const CLUSTER: &str = "e2e";
+
+const NODE_CLASS_AND_POOL: &str = "
+apiVersion: karpenter.k8s.aws/v1
+kind: EC2NodeClass
+metadata: {name: default}
+spec:
+  amiSelectorTerms: [{alias: al2023@latest}]
+  role: KarpenterNodeRole-e2e
+  subnetSelectorTerms: [{tags: {karpenter.sh/discovery: e2e}}]
+  securityGroupSelectorTerms: [{tags: {karpenter.sh/discovery: e2e}}]
+---
+apiVersion: karpenter.sh/v1
+kind: NodePool
+metadata: {name: default}
+spec:
+  disruption: {consolidationPolicy: WhenEmptyOrUnderutilized, consolidateAfter: 5s}
+  template:
+    spec:
+      nodeClassRef: {group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}
+      expireAfter: Never
+      requirements:
+        - {key: karpenter.sh/capacity-type, operator: In, values: [on-demand]}
+        - {key: node.kubernetes.io/instance-type, operator: In, values: [m5.large, m5.xlarge, m5.2xlarge]}
+";
+
+const BAD_POOL: &str = "
+apiVersion: karpenter.sh/v1
+kind: NodePool
+metadata: {name: too-heavy}
+spec:
+  weight: 500
+  template:
+    spec:
+      nodeClassRef: {group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}
+      requirements: []
+";
+
+const DEPLOYMENT: &str = "
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+        - name: web
+          image: nginx
+          resources: {requests: {cpu: 700m, memory: 1Gi}}
+";
+
+/// What a run measured.
+pub struct Report {
+    pub steps: Vec<(String, Duration)>,
+}
+
+fn gvk_api(client: &kube::Client, group: &str, version: &str, kind: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    Api::all_with(client.clone(), &ApiResource::from_gvk(&gvk))
+}
+
+fn objects(text: &str) -> Result<Vec<DynamicObject>, String> {
+    text.split("\n---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| {
+            serde_saphyr::from_str::<DynamicObject>(d).map_err(|e| format!("test manifest: {e}"))
+        })
+        .collect()
+}
+
+/// Apply one object with server-side apply (field manager `dovetail-e2e`).
+async fn apply(client: &kube::Client, obj: &DynamicObject) -> Result<(), kube::Error> {
+    let types = obj.types.clone().unwrap_or_default();
+    let (group, version) = match types.api_version.split_once('/') {
+        Some((g, v)) => (g.to_string(), v.to_string()),
+        None => (String::new(), types.api_version.clone()),
+    };
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(&group, &version, &types.kind));
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    let api: Api<DynamicObject> = match &obj.metadata.namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    api.patch(
+        &name,
+        &PatchParams::apply("dovetail-e2e").force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Wait (polling every 500 ms) until `check` answers `Some`, or fail after `limit` saying what was awaited.
+async fn until<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, String>>,
+{
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = e,
+        }
+        if started.elapsed() > limit {
+            return Err(format!(
+                "timed out after {limit:?} waiting for {what} {last}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The `dovetail` binary as a child process, killed when dropped.
+struct Controller(Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Run the test; `binary` is the `dovetail` binary to run.
+pub fn run(root: &Path, binary: &Path) -> Result<Report, String> {
+    let mut steps = Vec::new();
+    let started = Instant::now();
+    let bin = controlplane::binary(root)?;
+    steps.push(("control plane binary ready".to_string(), started.elapsed()));
+    let dir = std::env::temp_dir().join(format!("dovetail-e2e-{}", std::process::id()));
+    let cp = ControlPlane::start(&bin, dir.clone())?;
+    steps.push(("kube-apiserver ready".to_string(), started.elapsed()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio: {e}"))?;
+    let result = rt.block_on(scenario(&cp, binary, &dir, started, &mut steps));
+    if let Err(e) = &result {
+        return Err(format!(
+            "{e}\n--- kube-apiserver (last lines) ---\n{}\n--- dovetail (last lines) ---\n{}",
+            cp.log_tail("kube-apiserver"),
+            tail(&dir.join("dovetail.log"))
+        ));
+    }
+    Ok(Report { steps })
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(25)..].join("\n")
+}
+
+async fn scenario(
+    cp: &ControlPlane,
+    binary: &Path,
+    dir: &Path,
+    started: Instant,
+    steps: &mut Vec<(String, Duration)>,
+) -> Result<(), String> {
+    let mut step = |what: &str| steps.push((what.to_string(), started.elapsed()));
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&cp.kubeconfig).map_err(|e| e.to_string())?,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .map_err(|e| format!("kubeconfig: {e}"))?;
+    let client = dovetail_kubeclient::client(config).map_err(|e| format!("client: {e}"))?;
+
+    // Our CRDs, validated by the real API server (structural schema, CEL rules, defaults).
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds"))
+        .map_err(|e| format!("deploy/crds: {e}"))?
+    {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let crd: CustomResourceDefinition =
+            serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        crds.create(&PostParams::default(), &crd)
+            .await
+            .map_err(|e| format!("the API server refused {}: {e}", path.display()))?;
+    }
+    for name in [
+        "nodepools.karpenter.sh",
+        "nodeclaims.karpenter.sh",
+        "ec2nodeclasses.karpenter.k8s.aws",
+    ] {
+        until(
+            &format!("CRD {name} established"),
+            Duration::from_secs(30),
+            || {
+                let crds = crds.clone();
+                async move {
+                    let crd = crds.get(name).await.map_err(|e| e.to_string())?;
+                    let established = crd.status.and_then(|s| s.conditions).is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    });
+                    Ok(established.then_some(()))
+                }
+            },
+        )
+        .await?;
+    }
+    step("CRDs accepted and established");
+
+    // A NodePool the schema refuses: the server's message names the field.
+    let bad = objects(BAD_POOL)?.remove(0);
+    match apply(&client, &bad).await {
+        Ok(()) => return Err("the API server accepted a NodePool with weight 500".into()),
+        Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("spec.weight") => {
+            eprintln!("  refused as expected: {}", s.message);
+        }
+        Err(e) => {
+            return Err(format!(
+                "a bad NodePool was refused, but not for spec.weight: {e}"
+            ));
+        }
+    }
+    for obj in objects(NODE_CLASS_AND_POOL)? {
+        apply(&client, &obj)
+            .await
+            .map_err(|e| format!("apply {:?}: {e}", obj.metadata.name))?;
+    }
+    step("bad NodePool refused; EC2NodeClass and NodePool applied");
+
+    // The fake AWS account, in real time, served on loopback; its kubelets registering through the API.
+    let cloud = FakeCloud::new(
+        CloudConfig {
+            cluster_name: CLUSTER.into(),
+            foreign_instances: 0,
+            launch_latency: (Duration::from_secs(1), Duration::from_secs(2)),
+            shutdown_latency: Duration::from_secs(3),
+            visibility_lag: (Duration::ZERO, Duration::from_millis(500)),
+            ..CloudConfig::default()
+        },
+        Catalog::builtin(),
+        1,
+        Arc::new(dovetail::clock::SystemClock),
+        Arc::new(dovetail::journal::LogJournal),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("bind: {e}"))?;
+    let aws_endpoint = format!(
+        "http://{}",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    tokio::spawn(fakecloud::http::serve(
+        listener,
+        AwsFront::new(cloud.clone()),
+    ));
+    {
+        let cloud = cloud.clone();
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut registered = BTreeSet::new();
+            loop {
+                cloud.step();
+                if let Err(e) = kubelet::step(&client, &cloud, &mut registered).await {
+                    eprintln!("  kubelet: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+
+    // The controller: the binary as shipped, configured as in a cluster.
+    let metrics_port = controlplane::free_port()?;
+    let health_port = controlplane::free_port()?;
+    let log = std::fs::File::create(dir.join("dovetail.log")).map_err(|e| e.to_string())?;
+    let _controller = Controller(
+        Command::new(binary)
+            .env("KUBECONFIG", &cp.kubeconfig)
+            .env("CLUSTER_NAME", CLUSTER)
+            .env("CLUSTER_ENDPOINT", &cp.server)
+            .env("INTERRUPTION_QUEUE", &cloud.config().queue_url)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", &aws_endpoint)
+            .env("AWS_ACCESS_KEY_ID", "e2e")
+            .env("AWS_SECRET_ACCESS_KEY", "e2e")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("METRICS_PORT", metrics_port.to_string())
+            .env("HEALTH_PROBE_PORT", health_port.to_string())
+            .env("POD_NAME", "dovetail-e2e-0")
+            .env("LOG_FORMAT", "text")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", binary.display()))?,
+    );
+    step("dovetail started");
+
+    for obj in objects(DEPLOYMENT)? {
+        apply(&client, &obj)
+            .await
+            .map_err(|e| format!("deployment: {e}"))?;
+    }
+    let claims = gvk_api(&client, "karpenter.sh", "v1", "NodeClaim");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "default");
+    until(
+        "the web pods to run on launched nodes",
+        Duration::from_secs(120),
+        || {
+            let pods = pods.clone();
+            async move {
+                let list = pods
+                    .list(&ListParams::default().labels("app=web"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let running = list
+                    .items
+                    .iter()
+                    .filter(|p| {
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    })
+                    .count();
+                Ok((running == 4).then_some(()))
+            }
+        },
+    )
+    .await?;
+    let created = claims
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| e.to_string())?
+        .items
+        .len();
+    if created == 0 {
+        return Err("the pods run but no NodeClaim exists".into());
+    }
+    step(&format!(
+        "4 pending pods -> {created} NodeClaim(s) -> instances -> nodes -> pods Running"
+    ));
+
+    // /metrics: the claims created, counted.
+    let metrics = http_get(metrics_port, "/metrics").await?;
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("karpenter_nodeclaims_created_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    if counted as usize != created {
+        return Err(format!(
+            "karpenter_nodeclaims_created_total says {counted}, the API has {created} NodeClaims"
+        ));
+    }
+    step("/metrics karpenter_nodeclaims_created_total matches");
+
+    // Scale to zero: the empty nodes are consolidated away, their instances terminated.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), "default");
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 0}})),
+        )
+        .await
+        .map_err(|e| format!("scale to zero: {e}"))?;
+    until(
+        "the NodeClaims to be consolidated away",
+        Duration::from_secs(120),
+        || {
+            let claims = claims.clone();
+            async move {
+                let n = claims
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .items
+                    .len();
+                Ok((n == 0).then_some(()))
+            }
+        },
+    )
+    .await?;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let left = nodes
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| e.to_string())?
+        .items
+        .len();
+    let running = cloud
+        .instances()
+        .iter()
+        .filter(|r| r.instance.state == dovetail::aws::cloud::InstanceState::Running)
+        .count();
+    if left != 0 || running != 0 {
+        return Err(format!(
+            "after consolidation {left} Node(s) and {running} running instance(s) remain"
+        ));
+    }
+    step("scaled to zero -> nodes consolidated, instances terminated");
+    Ok(())
+}
+
+/// GET a path from the controller's HTTP server on loopback (hyper's client, as the rest of the project).
+async fn http_get(port: u16, path: &str) -> Result<String, String> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect to :{port}: {e}"))?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let request = hyper::Request::get(path)
+        .header("host", "127.0.0.1")
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = send
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The `dovetail` binary to test: `target/debug/dovetail` as the test build makes it (`cargo test
+/// --workspace --no-run`: after the test suite, as in CI, nothing is rebuilt; a plain `cargo build` of the
+/// package would unify features differently and compile the AWS SDK again).
+pub fn build_binary(root: &Path) -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(root)
+        .args(["test", "--workspace", "--locked", "--no-run", "--quiet"])
+        .status()
+        .map_err(|e| format!("cargo test --no-run: {e}"))?;
+    if !status.success() {
+        return Err(
+            "building the workspace's test targets (and the dovetail binary) failed".into(),
+        );
+    }
+    Ok(root.join("target/debug/dovetail"))
+}
