@@ -87,7 +87,7 @@ fn place(rootfs: &Path, from: &Path) -> Result<(), String> {
 pub fn build(root: &Path, dev: bool) -> Result<(String, u64), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let binary = if dev {
-        crate::e2e::build_binary(root)?
+        crate::e2e::test_binary(root)?
     } else {
         eprintln!("building the release dovetail binary...");
         run(

@@ -69,7 +69,7 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("e2e") => {
             let root = table::root();
-            let result = e2e::build_binary(&root).and_then(|bin| e2e::run(&root, &bin));
+            let result = e2e::test_binary(&root).and_then(|bin| e2e::run(&root, &bin));
             match result {
                 Ok(report) => {
                     for (what, at) in report.steps {

@@ -178,11 +178,49 @@ pub fn definitions() -> Vec<(
     k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 )> {
     use kube_core::CustomResourceExt;
-    vec![
+    let mut crds = vec![
         ("karpenter.sh_nodepools.yaml", NodePool::crd()),
         ("karpenter.sh_nodeclaims.yaml", NodeClaim::crd()),
         ("karpenter.k8s.aws_ec2nodeclasses.yaml", EC2NodeClass::crd()),
-    ]
+    ];
+    for (_, crd) in &mut crds {
+        for version in &mut crd.spec.versions {
+            let status = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+                .and_then(|s| s.properties.as_mut())
+                .and_then(|p| p.get_mut("status"));
+            if let Some(status) = status {
+                without_rules(status);
+            }
+        }
+    }
+    crds
+}
+
+/// The schema without its CEL rules. A status is written by the controller, not by people, and is not
+/// checked (Karpenter's CRDs carry no rules there either); the types a status shares with a spec (an
+/// EC2NodeClass's `status.amis[].requirements`) would otherwise carry the spec's rules into an unbounded
+/// list of lists, whose estimated CEL cost kube-apiserver refuses (28x over budget, found by `cargo xtask
+/// e2e`).
+fn without_rules(
+    schema: &mut k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps,
+) {
+    schema.x_kubernetes_validations = None;
+    for p in schema.properties.iter_mut().flat_map(|m| m.values_mut()) {
+        without_rules(p);
+    }
+    if let Some(k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(items)) =
+        schema.items.as_mut()
+    {
+        without_rules(items);
+    }
+    if let Some(k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrBool::Schema(extra)) =
+        schema.additional_properties.as_mut()
+    {
+        without_rules(extra);
+    }
 }
 
 /// [`definitions`] as the YAML files committed in `deploy/crds/`.

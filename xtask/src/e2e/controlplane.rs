@@ -59,7 +59,7 @@ pub fn binary(root: &Path) -> Result<PathBuf, String> {
     );
     let status = Command::new("go")
         .current_dir(&src)
-        .env("GOFLAGS", "-mod=readonly")
+        .env("GOFLAGS", "-mod=readonly -buildvcs=false")
         .args(["build", "-trimpath", "-ldflags", &ldflags, "-o"])
         .arg(&out)
         .arg(".")
@@ -218,9 +218,10 @@ impl ControlPlane {
                 format!("--authorization-kubeconfig={k}"),
                 "--leader-elect=false".into(),
                 "--secure-port=0".into(),
-                // Workloads and garbage collection; no node lifecycle (the fake kubelets send no
-                // heartbeats it would trust) and no cloud controllers.
-                "--controllers=deployment-controller,replicaset-controller,garbage-collector-controller,disruption-controller".into(),
+                // Workloads, garbage collection, and node lifecycle (it lifts the not-ready taint the API
+                // server puts on every new Node once the node is Ready; the fake kubelets renew their
+                // Leases); no taint-based eviction and no cloud controllers.
+                "--controllers=deployment-controller,replicaset-controller,garbage-collector-controller,disruption-controller,node-lifecycle-controller".into(),
                 format!("--service-account-private-key-file={}", d(&key)),
                 "-v=1".into(),
             ],

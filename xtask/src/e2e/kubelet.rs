@@ -1,11 +1,13 @@
 //! Fake kubelets for the end-to-end test: for each running instance of the fake EC2 a Node registers
-//! through the real API server (the same Node fakekube's simulated kubelet would register), pods the real
-//! scheduler binds to it are reported Running, pods being deleted on it are finished, and a node whose
-//! instance is gone stops being reported.
+//! through the real API server (the same Node fakekube's simulated kubelet would register) and renews its
+//! Lease in `kube-node-lease` (the heartbeat the node lifecycle controller reads before it lifts the
+//! `not-ready` taint), pods the real scheduler binds to it are reported Running, pods being deleted on it are
+//! finished, and a node whose instance is gone stops being reported.
 
 use std::collections::BTreeSet;
 
 use fakecloud::FakeCloud;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
@@ -72,6 +74,27 @@ pub async fn step(
         .map(|m| &m.node_name)
         .collect();
     registered.retain(|n| alive.contains(n));
+    // Heartbeats: each live kubelet renews its node's Lease.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let renewed = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    for name in registered.iter() {
+        let lease = json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "namespace": "kube-node-lease"},
+            "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": renewed},
+        });
+        leases
+            .patch(
+                name,
+                &PatchParams::apply("fake-kubelet").force(),
+                &Patch::Apply(lease),
+            )
+            .await
+            .map_err(|e| format!("lease of {name}: {e}"))?;
+    }
 
     let pods: Api<Pod> = Api::all(client.clone());
     for pod in pods

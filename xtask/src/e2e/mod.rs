@@ -199,6 +199,66 @@ async fn scenario(
     .await
     .map_err(|e| format!("kubeconfig: {e}"))?;
     let client = dovetail_kubeclient::client(config).map_err(|e| format!("client: {e}"))?;
+    match steps_against(&client, cp, binary, dir, &mut step).await {
+        Ok(()) => Ok(()),
+        Err(e) => Err(format!(
+            "{e}\n--- the cluster ---\n{}",
+            diagnose(&client).await
+        )),
+    }
+}
+
+/// What a failure needs explained: each pod's phase, node and scheduling message; each node's taints.
+async fn diagnose(client: &kube::Client) -> String {
+    let mut out = String::new();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(client.clone());
+    if let Ok(list) = pods.list(&ListParams::default()).await {
+        for p in list.items {
+            let status = p.status.unwrap_or_default();
+            let scheduled = status
+                .conditions
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.type_ == "PodScheduled")
+                .map(|c| format!("{} {}", c.status, c.message.unwrap_or_default()))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "pod {}/{} phase={} node={} scheduled={scheduled}\n",
+                p.metadata.namespace.unwrap_or_default(),
+                p.metadata.name.unwrap_or_default(),
+                status.phase.unwrap_or_default(),
+                p.spec.and_then(|s| s.node_name).unwrap_or_default(),
+            ));
+        }
+    }
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    if let Ok(list) = nodes.list(&ListParams::default()).await {
+        for n in list.items {
+            let spec = n.spec.unwrap_or_default();
+            out.push_str(&format!(
+                "node {} unschedulable={:?} taints={:?} allocatable={:?}\n",
+                n.metadata.name.unwrap_or_default(),
+                spec.unschedulable,
+                spec.taints
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|t| format!("{}:{}", t.key, t.effect))
+                    .collect::<Vec<_>>(),
+                n.status.and_then(|s| s.allocatable).unwrap_or_default(),
+            ));
+        }
+    }
+    out
+}
+
+async fn steps_against(
+    client: &kube::Client,
+    cp: &ControlPlane,
+    binary: &Path,
+    dir: &Path,
+    step: &mut impl FnMut(&str),
+) -> Result<(), String> {
+    let client = client.clone();
 
     // Our CRDs, validated by the real API server (structural schema, CEL rules, defaults).
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -458,20 +518,50 @@ async fn http_get(port: u16, path: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
-/// The `dovetail` binary to test: `target/debug/dovetail` as the test build makes it (`cargo test
-/// --workspace --no-run`: after the test suite, as in CI, nothing is rebuilt; a plain `cargo build` of the
-/// package would unify features differently and compile the AWS SDK again).
-pub fn build_binary(root: &Path) -> Result<PathBuf, String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(root)
-        .args(["test", "--workspace", "--locked", "--no-run", "--quiet"])
-        .status()
-        .map_err(|e| format!("cargo test --no-run: {e}"))?;
-    if !status.success() {
-        return Err(
-            "building the workspace's test targets (and the dovetail binary) failed".into(),
-        );
+/// The `dovetail` binary to test: `target/debug/dovetail`, as the test build leaves it (CI runs the tests
+/// first). It is not built from here: a cargo started inside `cargo xtask` sees the environment `cargo run`
+/// sets and rebuilds much of the workspace (the AWS SDK included) under other fingerprints.
+pub fn test_binary(root: &Path) -> Result<PathBuf, String> {
+    let binary = root.join("target/debug/dovetail");
+    let built = std::fs::metadata(&binary)
+        .and_then(|m| m.modified())
+        .map_err(|_| {
+            format!(
+                "{} is missing: build it first with `cargo test --workspace --no-run` (or `cargo build -p dovetail-operator`)",
+                binary.display()
+            )
+        })?;
+    let newer = ["controller/src", "operator/src", "kubeclient/src"]
+        .iter()
+        .flat_map(|d| newer_sources(&root.join(d), built))
+        .next();
+    if let Some(source) = newer {
+        return Err(format!(
+            "{} is older than {}: rebuild it first with `cargo test --workspace --no-run`",
+            binary.display(),
+            source.display()
+        ));
     }
-    Ok(root.join("target/debug/dovetail"))
+    Ok(binary)
+}
+
+/// The `.rs` files under `dir` changed after `than`.
+fn newer_sources(dir: &Path, than: std::time::SystemTime) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(newer_sources(&path, than));
+        } else if path.extension().is_some_and(|x| x == "rs")
+            && e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m > than)
+        {
+            out.push(path);
+        }
+    }
+    out
 }
