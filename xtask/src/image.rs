@@ -1,6 +1,6 @@
 //! `cargo xtask image`: the controller's container image — the release `dovetail` binary with the shared
 //! libraries it links and the CA bundle, staged into a FROM-scratch `Containerfile` and built with podman,
-//! tagged as the chart and kustomize base expect.
+//! tagged as the chart and kustomize base expect, then run once (`--help`, read-only, non-root).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -141,6 +141,16 @@ pub fn build(root: &Path, dev: bool) -> Result<(String, u64), String> {
         "podman image inspect",
     )?;
     let size = size.trim().parse::<u64>().unwrap_or(0);
+    // It runs: as its non-root user, on a read-only root filesystem, and prints its settings.
+    let help = run(
+        podman(root)?.args(["run", "--rm", "--read-only", &reference, "--help"]),
+        "podman run IMAGE --help",
+    )?;
+    if !help.contains("CLUSTER_NAME") || !help.contains("INTERRUPTION_QUEUE") {
+        return Err(format!(
+            "the image's `dovetail --help` does not list the settings:\n{help}"
+        ));
+    }
     Ok((reference, size))
 }
 
