@@ -4,11 +4,9 @@
 //! loudly, where the AWS CLI is not installed (`.ci/run` installs it: pip install awscli).
 
 use std::process::Command;
-use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use dovetail_sim::serve::{Serve, Serving};
-use dovetail_sim::{RunOptions, Scenario, simulate};
+use dovetail_sim::Scenario;
 
 const SCENARIO: &str = concat!(
     "name: awscli
@@ -107,29 +105,8 @@ fn the_aws_cli_reads_and_drives_a_served_simulation() {
     let scenario = Scenario::parse("awscli.yaml", SCENARIO).unwrap();
     let dir = std::env::temp_dir().join(format!("dovetail-awscli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (tx, rx) = mpsc::channel::<Serving>();
-    let tx = std::sync::Mutex::new(tx);
-    let serve = Serve {
-        speed: 40.0,
-        kubeconfig: Some(dir.join("kubeconfig")),
-        ready: Some(Arc::new(move |s: &Serving| {
-            let _ = tx.lock().unwrap().send(s.clone());
-        })),
-        ..Serve::default()
-    };
-    let stop = serve.stop.clone();
-    let run = std::thread::spawn(move || {
-        simulate(
-            &scenario,
-            &RunOptions {
-                serve: Some(serve),
-                ..RunOptions::default()
-            },
-        )
-    });
-    let serving = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the endpoints are served");
+    let dovetail_tests::ServedRun { serving, stop, run } =
+        dovetail_tests::serve_scenario(scenario, 40.0, &dir);
     let aws = Aws {
         endpoint: format!("http://{}", serving.aws_addr),
     };

@@ -6,11 +6,10 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, mpsc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use dovetail_sim::serve::{Serve, Serving};
-use dovetail_sim::{RunOptions, Scenario, simulate};
+use dovetail_sim::Scenario;
 
 const SCENARIO: &str = concat!(
     "name: kubectl
@@ -125,29 +124,8 @@ fn kubectl_watches_and_drives_a_served_simulation() {
     let scenario = Scenario::parse("kubectl.yaml", SCENARIO).unwrap();
     let dir = std::env::temp_dir().join(format!("dovetail-kubectl-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (tx, rx) = mpsc::channel::<Serving>();
-    let tx = std::sync::Mutex::new(tx);
-    let serve = Serve {
-        speed: 40.0,
-        kubeconfig: Some(dir.join("kubeconfig")),
-        ready: Some(Arc::new(move |s: &Serving| {
-            let _ = tx.lock().unwrap().send(s.clone());
-        })),
-        ..Serve::default()
-    };
-    let stop = serve.stop.clone();
-    let run = std::thread::spawn(move || {
-        simulate(
-            &scenario,
-            &RunOptions {
-                serve: Some(serve),
-                ..RunOptions::default()
-            },
-        )
-    });
-    let serving = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the API is served");
+    let dovetail_tests::ServedRun { serving, stop, run } =
+        dovetail_tests::serve_scenario(scenario, 40.0, &dir);
     let k = Kubectl {
         kubeconfig: serving.kubeconfig.clone(),
     };

@@ -105,3 +105,45 @@ macro_rules! default_node_class_and_pool_head {
 "
     };
 }
+
+/// A scenario run with `--serve` in a thread of its own: where it is served, the flag that ends it, and
+/// the run (join it for the outcome).
+pub struct ServedRun {
+    pub serving: dovetail_sim::serve::Serving,
+    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub run: std::thread::JoinHandle<Result<dovetail_sim::Outcome, dovetail_sim::SimError>>,
+}
+
+/// Start `scenario` served at `speed` times real time (any free ports; the kubeconfig in `dir`) and wait
+/// until its endpoints listen.
+pub fn serve_scenario(
+    scenario: dovetail_sim::Scenario,
+    speed: f64,
+    dir: &std::path::Path,
+) -> ServedRun {
+    use dovetail_sim::serve::{Serve, Serving};
+    let (tx, rx) = std::sync::mpsc::channel::<Serving>();
+    let tx = std::sync::Mutex::new(tx);
+    let serve = Serve {
+        speed,
+        kubeconfig: Some(dir.join("kubeconfig")),
+        ready: Some(std::sync::Arc::new(move |s: &Serving| {
+            let _ = tx.lock().map(|tx| tx.send(s.clone()));
+        })),
+        ..Serve::default()
+    };
+    let stop = serve.stop.clone();
+    let run = std::thread::spawn(move || {
+        dovetail_sim::simulate(
+            &scenario,
+            &dovetail_sim::RunOptions {
+                serve: Some(serve),
+                ..dovetail_sim::RunOptions::default()
+            },
+        )
+    });
+    let serving = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the endpoints are served");
+    ServedRun { serving, stop, run }
+}
