@@ -5,7 +5,8 @@
 //! What it checks, in order: our CRDs are accepted by the real API server and a bad NodePool is refused
 //! with the server's own message; pending pods of a Deployment (marked unschedulable by the real
 //! kube-scheduler) become NodeClaims the server validates, then CreateFleet launches, Nodes register and
-//! the pods run; scaled to zero, the nodes are consolidated away; `/metrics` counts the claims created.
+//! the pods run; `/metrics` counts the claims created; a spot interruption warning on the queue drains and
+//! replaces the node; scaled to zero, the nodes are consolidated away.
 
 mod controlplane;
 mod kubelet;
@@ -440,6 +441,56 @@ async fn steps_against(
         ));
     }
     step("/metrics karpenter_nodeclaims_created_total matches");
+
+    // A spot interruption warning for the node's instance, through the served queue: the controller drains
+    // the node and replaces it before the instance is reclaimed; the pods run again elsewhere.
+    let victim = cloud
+        .instances()
+        .into_iter()
+        .find(|r| {
+            r.instance.state == dovetail::aws::cloud::InstanceState::Running
+                && r.instance.tags.contains_key("karpenter.sh/nodeclaim")
+        })
+        .ok_or("no running instance of the controller's to interrupt")?;
+    let (victim_id, victim_node) = (victim.instance.id, victim.instance.private_dns_name);
+    cloud.inject_message(fakecloud::sqs::spot_interruption_warning(
+        &cloud.config().region,
+        &victim_id,
+        jiff::Timestamp::now(),
+    ));
+    until(
+        "the interrupted node's pods to run on its replacement",
+        Duration::from_secs(90),
+        || {
+            let pods = pods.clone();
+            let cloud = cloud.clone();
+            let (victim_id, victim_node) = (victim_id.clone(), victim_node.clone());
+            async move {
+                let gone = cloud.instances().iter().any(|r| {
+                    r.instance.id == victim_id
+                        && r.instance.state != dovetail::aws::cloud::InstanceState::Running
+                });
+                let list = pods
+                    .list(&ListParams::default().labels("app=web"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let moved = list
+                    .items
+                    .iter()
+                    .filter(|p| {
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                            && p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                                != Some(victim_node.as_str())
+                    })
+                    .count();
+                Ok((gone && moved == 4).then_some(()))
+            }
+        },
+    )
+    .await?;
+    step(&format!(
+        "spot interruption of {victim_id} via SQS -> drained, replaced, instance terminated, pods Running again"
+    ));
 
     // Scale to zero: the empty nodes are consolidated away, their instances terminated.
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
