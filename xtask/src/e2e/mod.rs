@@ -6,7 +6,8 @@
 //! with the server's own message; pending pods of a Deployment (marked unschedulable by the real
 //! kube-scheduler) become NodeClaims the server validates, then CreateFleet launches, Nodes register and
 //! the pods run; `/metrics` counts the claims created; a spot interruption warning on the queue drains and
-//! replaces the node; scaled to zero, the nodes are consolidated away.
+//! replaces the node; of two replicas the second takes the leader's Lease when the first is killed; scaled
+//! to zero, the nodes are consolidated away; SIGTERM releases the Lease.
 
 mod controlplane;
 mod kubelet;
@@ -361,11 +362,16 @@ async fn steps_against(
     }
 
     // The controller: the binary as shipped, configured as in a cluster.
-    let metrics_port = controlplane::free_port()?;
-    let health_port = controlplane::free_port()?;
-    let log = std::fs::File::create(dir.join("dovetail.log")).map_err(|e| e.to_string())?;
-    let _controller = Controller(
-        Command::new(binary)
+    let start_replica = |replica: u32| -> Result<(Controller, u16), String> {
+        let metrics_port = controlplane::free_port()?;
+        let health_port = controlplane::free_port()?;
+        let log_name = if replica == 0 {
+            "dovetail.log".to_string()
+        } else {
+            format!("dovetail-{replica}.log")
+        };
+        let log = std::fs::File::create(dir.join(log_name)).map_err(|e| e.to_string())?;
+        let child = Command::new(binary)
             .env("KUBECONFIG", &cp.kubeconfig)
             .env("CLUSTER_NAME", CLUSTER)
             .env("CLUSTER_ENDPOINT", &cp.server)
@@ -377,13 +383,15 @@ async fn steps_against(
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("METRICS_PORT", metrics_port.to_string())
             .env("HEALTH_PROBE_PORT", health_port.to_string())
-            .env("POD_NAME", "dovetail-e2e-0")
+            .env("POD_NAME", format!("dovetail-e2e-{replica}"))
             .env("LOG_FORMAT", "text")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .map_err(|e| format!("start {}: {e}", binary.display()))?,
-    );
+            .map_err(|e| format!("start {}: {e}", binary.display()))?;
+        Ok((Controller(child), metrics_port))
+    };
+    let (mut first, metrics_port) = start_replica(0)?;
     step("dovetail started");
 
     for obj in objects(DEPLOYMENT)? {
@@ -492,7 +500,46 @@ async fn steps_against(
         "spot interruption of {victim_id} via SQS -> drained, replaced, instance terminated, pods Running again"
     ));
 
-    // Scale to zero: the empty nodes are consolidated away, their instances terminated.
+    // Two replicas: the first holds the Lease; killed, the second takes over.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "kube-system");
+    let holder = |leases: Api<k8s_openapi::api::coordination::v1::Lease>| async move {
+        let lease = leases
+            .get_opt("dovetail-leader-election")
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(
+            lease
+                .and_then(|l| l.spec?.holder_identity)
+                .unwrap_or_default(),
+        )
+    };
+    let now_holding = holder(leases.clone()).await?;
+    if now_holding != "dovetail-e2e-0" {
+        return Err(format!(
+            "the Lease is held by {now_holding:?}, not by the first replica"
+        ));
+    }
+    let (mut second, _) = start_replica(1)?;
+    let _ = first.0.kill();
+    let _ = first.0.wait();
+    let killed = Instant::now();
+    until(
+        "the second replica to take the Lease",
+        Duration::from_secs(60),
+        || {
+            let leases = leases.clone();
+            async move { Ok((holder(leases).await? == "dovetail-e2e-1").then_some(())) }
+        },
+    )
+    .await?;
+    step(&format!(
+        "leader killed -> the second replica holds the Lease after {:.1} s",
+        killed.elapsed().as_secs_f64()
+    ));
+
+    // Scale to zero (the second replica acts now): the empty nodes are consolidated away, their instances
+    // terminated.
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(client.clone(), "default");
     deployments
@@ -538,6 +585,25 @@ async fn steps_against(
         ));
     }
     step("scaled to zero -> nodes consolidated, instances terminated");
+
+    // SIGTERM: the leader lets go of its Lease on the way out.
+    let pid = second.0.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = second.0.wait();
+        (second, status)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let (_second, status) = exited;
+    let status = status.map_err(|e| e.to_string())?;
+    let after = holder(leases.clone()).await?;
+    if !after.is_empty() {
+        return Err(format!(
+            "after SIGTERM ({status}) the Lease is still held by {after:?}"
+        ));
+    }
+    step(&format!("SIGTERM -> exited ({status}), the Lease released"));
     Ok(())
 }
 
