@@ -84,6 +84,13 @@ pub fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("no free port: {e}"))
 }
 
+/// The last `n` lines of a log file (empty if it cannot be read), for an error message.
+pub fn last_lines(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// The running control plane; stopped (and its directory removed) when dropped.
 pub struct ControlPlane {
     children: Vec<(String, Child)>,
@@ -128,10 +135,7 @@ impl ControlPlane {
 
     /// The last lines a component logged, for an error message.
     pub fn log_tail(&self, component: &str) -> String {
-        let text =
-            std::fs::read_to_string(self.dir.join(format!("{component}.log"))).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
+        last_lines(&self.dir.join(format!("{component}.log")), 15)
     }
 
     /// Start everything in `dir` and wait until the API server is ready.

@@ -174,16 +174,10 @@ pub fn run(root: &Path, binary: &Path) -> Result<Report, String> {
         return Err(format!(
             "{e}\n--- kube-apiserver (last lines) ---\n{}\n--- dovetail (last lines) ---\n{}",
             cp.log_tail("kube-apiserver"),
-            tail(&dir.join("dovetail.log"))
+            controlplane::last_lines(&dir.join("dovetail.log"), 25)
         ));
     }
     Ok(Report { steps })
-}
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(25)..].join("\n")
 }
 
 async fn scenario(
