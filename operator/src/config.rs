@@ -16,7 +16,12 @@ pub enum LogFormat {
 
 /// The in-cluster controller. Every flag can also be set by the environment variable shown.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "dovetail", version, about)]
+#[command(
+    name = "dovetail",
+    version,
+    about,
+    after_help = "Other commands:\n  dovetail sim FILE... [flags]   run scenarios in the simulator; snapshot-test them in CI (dovetail sim --help)\n  dovetail migrate FILE...       convert v1alpha5 / v1beta1 Karpenter manifests to v1"
+)]
 pub struct Config {
     /// The EKS cluster's name; instances and launch templates are tagged with it (Karpenter: CLUSTER_NAME).
     #[arg(long, env = "CLUSTER_NAME")]

@@ -12,10 +12,13 @@ pub mod duration;
 pub mod error;
 pub mod expect;
 pub mod html;
+pub mod junit;
+pub mod parallel;
 pub mod random;
 pub mod report;
 pub mod scenario;
 pub mod serve;
+pub mod snapshot;
 pub mod trace;
 #[cfg(feature = "wire")]
 pub mod wire;

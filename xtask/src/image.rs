@@ -1,6 +1,7 @@
 //! `cargo xtask image`: the controller's container image — the release `dovetail` binary with the shared
 //! libraries it links and the CA bundle, staged into a FROM-scratch `Containerfile` and built with podman,
-//! tagged as the chart and kustomize base expect, then run once (`--help`, read-only, non-root).
+//! tagged as the chart and kustomize base expect, then run: `--help` (read-only, non-root), and the
+//! simulator as a user's CI runs it (`dovetail sim --snapshot` on a mounted directory, twice).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -151,7 +152,60 @@ pub fn build(root: &Path, dev: bool) -> Result<(String, u64), String> {
             "the image's `dovetail --help` does not list the settings:\n{help}"
         ));
     }
+    simulate_in(root, &reference)?;
     Ok((reference, size))
+}
+
+/// The simulator in the image, as a user's CI runs it: a directory holding a scenario mounted as the working
+/// directory, `dovetail sim --snapshot` as the invoking user — written (exit 0), unchanged (exit 0), a
+/// NodePool edit (exit 1, the change named), accepted with `--update` (exit 0).
+fn simulate_in(root: &Path, reference: &str) -> Result<(), String> {
+    let work = root.join("target/image/user-ci");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("scenarios"))
+        .map_err(|e| format!("{}: {e}", work.display()))?;
+    let scenario = work.join("scenarios/web.yaml");
+    std::fs::copy(root.join("scenarios/steady-web.yaml"), &scenario)
+        .map_err(|e| format!("scenarios/steady-web.yaml: {e}"))?;
+    let user = run(Command::new("id").arg("-u"), "id -u")?;
+    let w = work.display().to_string();
+    let sim = |extra: &[&str]| -> Result<(Option<i32>, String), String> {
+        let out = podman(root)?
+            .args(["run", "--rm", "--read-only", "--user", user.trim()])
+            .args(["--volume", &format!("{w}:{w}"), "--workdir", &w, reference])
+            .args(["sim", "scenarios/web.yaml", "--until", "10m"])
+            .args(["--snapshot", "snapshots", "--junit", "report.xml"])
+            .args(extra)
+            .output()
+            .map_err(|e| format!("podman run IMAGE sim: {e}"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.code(), text))
+    };
+    let expect = |step: &str, got: (Option<i32>, String), code: i32, says: &str| {
+        if got.0 == Some(code) && got.1.contains(says) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the image's `dovetail sim --snapshot` ({step}) exited {:?}, not {code} saying {says:?}:\n{}",
+                got.0, got.1
+            ))
+        }
+    };
+    expect("first run", sim(&[])?, 0, "(new)")?;
+    expect("second run", sim(&[])?, 0, "unchanged")?;
+    let yaml = std::fs::read_to_string(&scenario).map_err(|e| e.to_string())?;
+    std::fs::write(
+        &scenario,
+        yaml.replace("values: [spot, on-demand]", "values: [on-demand]"),
+    )
+    .map_err(|e| e.to_string())?;
+    expect("NodePool edited", sim(&[])?, 1, "CHANGED: total cost")?;
+    expect("--update", sim(&["--update"])?, 0, "updated")?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@ mod consolidation;
 mod crds;
 mod e2e;
 mod image;
-mod parallel;
 mod table;
 
 use std::io::Write;
@@ -28,9 +27,13 @@ commands:
         convert Karpenter v1alpha5 Provisioner + AWSNodeTemplate and v1beta1 NodePool + EC2NodeClass
         manifests to v1: the YAML to stdout, a line per field (converted, defaulted, no equivalent) to
         stderr (exit 0; 2 when a file cannot be read)
-  e2e   the dovetail binary against a real control plane (etcd, kube-apiserver, kube-controller-manager,
+  e2e [--image]
+        the dovetail binary against a real control plane (etcd, kube-apiserver, kube-controller-manager,
         kube-scheduler built from tools/controlplane with Go, cached in target/tools) and the fake AWS served
-        on loopback, with fake kubelets: CRDs, a refused NodePool, provisioning, consolidation, /metrics
+        on loopback, with fake kubelets: CRDs, refused and unusable NodePools, provisioning, a malformed
+        queue message, a spot interruption through a PDB, leader failover, consolidation, /metrics, SIGTERM.
+        With --image the image is built from the test build's binary (as `image --dev`) and the replica
+        that takes over runs it under podman (--network host)
   image [--dev]
         build the controller's container image with podman (the release binary — with --dev the debug one —
         the libraries it links and the CA bundle on FROM scratch), tagged as deploy/ and the chart expect;
@@ -59,8 +62,8 @@ fn main() -> ExitCode {
         Some("sim") => {
             let out = dovetail_sim::cli::sim_command_with(
                 &args[1..],
-                &parallel::seeds,
-                parallel::progress_line(),
+                &dovetail_sim::parallel::seeds,
+                dovetail_sim::parallel::progress_line(),
             );
             let _ = std::io::stdout().write_all(out.stdout.as_bytes());
             let _ = std::io::stderr().write_all(out.stderr.as_bytes());
@@ -69,7 +72,21 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("e2e") => {
             let root = table::root();
-            let result = e2e::test_binary(&root).and_then(|bin| e2e::run(&root, &bin));
+            let image = args.get(1).is_some_and(|a| a == "--image");
+            let result = e2e::test_binary(&root).and_then(|bin| {
+                let first = e2e::Launcher::Binary(bin.clone());
+                let second = if image {
+                    let (reference, size) = image::build(&root, true)?;
+                    println!("built {reference} ({:.1} MB)", size as f64 / 1e6);
+                    e2e::Launcher::Image {
+                        root: root.clone(),
+                        reference,
+                    }
+                } else {
+                    e2e::Launcher::Binary(bin)
+                };
+                e2e::run(&root, first, second)
+            });
             match result {
                 Ok(report) => {
                     for (what, at) in report.steps {

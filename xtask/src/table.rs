@@ -31,7 +31,7 @@ fn load(path: &Path) -> Result<Scenario, String> {
 
 /// Runs the jobs on every core, keeping the input order.
 fn run_all(jobs: &[(String, Scenario, Autoscaler)]) -> Vec<Result<Metrics, String>> {
-    crate::parallel::map(jobs, |(name, scenario, autoscaler)| {
+    dovetail_sim::parallel::map(jobs, |(name, scenario, autoscaler)| {
         let t = Instant::now();
         let options = RunOptions {
             autoscaler: *autoscaler,

@@ -1,85 +1,30 @@
-//! `cargo xtask e2e`: the shipped `dovetail` binary against a real Kubernetes control plane (built from the
-//! Go module proxy, see `controlplane.rs`) and the fake EC2 / SQS / SSM served on loopback, with fake
-//! kubelets registering Nodes through the real API. Real time, bounded, cleaned up at the end.
+//! `cargo xtask e2e`: the shipped `dovetail` binary (and with `--image` its container image under podman)
+//! against a real Kubernetes control plane (built from the Go module proxy, see `controlplane.rs`) and the
+//! fake EC2 / SQS / SSM served on loopback, with fake kubelets registering Nodes through the real API. Real
+//! time, bounded, cleaned up at the end.
 //!
-//! What it checks, in order: our CRDs are accepted by the real API server and a bad NodePool is refused
-//! with the server's own message; pending pods of a Deployment (marked unschedulable by the real
-//! kube-scheduler) become NodeClaims the server validates, then CreateFleet launches, Nodes register and
-//! the pods run; `/metrics` counts the claims created; a spot interruption warning on the queue drains and
-//! replaces the node; of two replicas the second takes the leader's Lease when the first is killed; scaled
-//! to zero, the nodes are consolidated away; SIGTERM releases the Lease.
+//! What it checks, in order (`steps.rs`): our CRDs are accepted by the real API server and a bad NodePool
+//! is refused with the server's own message; a NodePool the server accepts but Dovetail cannot use says
+//! `Ready=False`; pending pods of a Deployment (marked unschedulable by the real kube-scheduler) become
+//! NodeClaims the server validates, then CreateFleet launches, Nodes register and the pods run; `/metrics`
+//! counts the claims created; a malformed queue message is deleted and counted; a spot interruption warning
+//! drains and replaces the node through a PodDisruptionBudget's 429s and a second writer's 409s; of two
+//! replicas the second takes the leader's Lease when the first is killed; scaled to zero, the nodes are
+//! consolidated away; SIGTERM releases the Lease.
 
 mod controlplane;
 mod kubelet;
+mod replica;
+mod steps;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fakecloud::http::AwsFront;
-use fakecloud::{Catalog, CloudConfig, FakeCloud};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 
 use controlplane::ControlPlane;
-
-/// The cluster's name, in the fake account's discovery tags and the binary's settings.
-const CLUSTER: &str = "e2e";
-
-const NODE_CLASS_AND_POOL: &str = "
-apiVersion: karpenter.k8s.aws/v1
-kind: EC2NodeClass
-metadata: {name: default}
-spec:
-  amiSelectorTerms: [{alias: al2023@latest}]
-  role: KarpenterNodeRole-e2e
-  subnetSelectorTerms: [{tags: {karpenter.sh/discovery: e2e}}]
-  securityGroupSelectorTerms: [{tags: {karpenter.sh/discovery: e2e}}]
----
-apiVersion: karpenter.sh/v1
-kind: NodePool
-metadata: {name: default}
-spec:
-  disruption: {consolidationPolicy: WhenEmptyOrUnderutilized, consolidateAfter: 5s}
-  template:
-    spec:
-      nodeClassRef: {group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}
-      expireAfter: Never
-      requirements:
-        - {key: karpenter.sh/capacity-type, operator: In, values: [on-demand]}
-        - {key: node.kubernetes.io/instance-type, operator: In, values: [m5.large, m5.xlarge, m5.2xlarge]}
-";
-
-const BAD_POOL: &str = "
-apiVersion: karpenter.sh/v1
-kind: NodePool
-metadata: {name: too-heavy}
-spec:
-  weight: 500
-  template:
-    spec:
-      nodeClassRef: {group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}
-      requirements: []
-";
-
-const DEPLOYMENT: &str = "
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: default}
-spec:
-  replicas: 4
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers:
-        - name: web
-          image: nginx
-          resources: {requests: {cpu: 700m, memory: 1Gi}}
-";
+pub use replica::Launcher;
 
 /// What a run measured.
 pub struct Report {
@@ -145,18 +90,8 @@ where
     }
 }
 
-/// The `dovetail` binary as a child process, killed when dropped.
-struct Controller(Child);
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Run the test; `binary` is the `dovetail` binary to run.
-pub fn run(root: &Path, binary: &Path) -> Result<Report, String> {
+/// Run the test: the first replica started by `first`, the one that takes over by `second`.
+pub fn run(root: &Path, first: Launcher, second: Launcher) -> Result<Report, String> {
     let mut steps = Vec::new();
     let started = Instant::now();
     let bin = controlplane::binary(root)?;
@@ -169,12 +104,13 @@ pub fn run(root: &Path, binary: &Path) -> Result<Report, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("tokio: {e}"))?;
-    let result = rt.block_on(scenario(&cp, binary, &dir, started, &mut steps));
+    let result = rt.block_on(scenario(&cp, first, second, &dir, started, &mut steps));
     if let Err(e) = &result {
         return Err(format!(
-            "{e}\n--- kube-apiserver (last lines) ---\n{}\n--- dovetail (last lines) ---\n{}",
+            "{e}\n--- kube-apiserver (last lines) ---\n{}\n--- dovetail (last lines) ---\n{}\n--- dovetail, second replica (last lines) ---\n{}",
             cp.log_tail("kube-apiserver"),
-            controlplane::last_lines(&dir.join("dovetail.log"), 25)
+            controlplane::last_lines(&dir.join("dovetail.log"), 25),
+            controlplane::last_lines(&dir.join("dovetail-1.log"), 25)
         ));
     }
     Ok(Report { steps })
@@ -182,7 +118,8 @@ pub fn run(root: &Path, binary: &Path) -> Result<Report, String> {
 
 async fn scenario(
     cp: &ControlPlane,
-    binary: &Path,
+    first: Launcher,
+    second: Launcher,
     dir: &Path,
     started: Instant,
     steps: &mut Vec<(String, Duration)>,
@@ -195,7 +132,8 @@ async fn scenario(
     .await
     .map_err(|e| format!("kubeconfig: {e}"))?;
     let client = dovetail_kubeclient::client(config).map_err(|e| format!("client: {e}"))?;
-    match steps_against(&client, cp, binary, dir, &mut step).await {
+    let mut e2e = steps::E2e::new(client.clone(), cp, dir, first, second);
+    match e2e.run(&mut step).await {
         Ok(()) => Ok(()),
         Err(e) => Err(format!(
             "{e}\n--- the cluster ---\n{}",
@@ -245,360 +183,6 @@ async fn diagnose(client: &kube::Client) -> String {
         }
     }
     out
-}
-
-async fn steps_against(
-    client: &kube::Client,
-    cp: &ControlPlane,
-    binary: &Path,
-    dir: &Path,
-    step: &mut impl FnMut(&str),
-) -> Result<(), String> {
-    let client = client.clone();
-
-    // Our CRDs, validated by the real API server (structural schema, CEL rules, defaults).
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds"))
-        .map_err(|e| format!("deploy/crds: {e}"))?
-    {
-        let path = entry.map_err(|e| e.to_string())?.path();
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let crd: CustomResourceDefinition =
-            serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        crds.create(&PostParams::default(), &crd)
-            .await
-            .map_err(|e| format!("the API server refused {}: {e}", path.display()))?;
-    }
-    for name in [
-        "nodepools.karpenter.sh",
-        "nodeclaims.karpenter.sh",
-        "ec2nodeclasses.karpenter.k8s.aws",
-    ] {
-        until(
-            &format!("CRD {name} established"),
-            Duration::from_secs(30),
-            || {
-                let crds = crds.clone();
-                async move {
-                    let crd = crds.get(name).await.map_err(|e| e.to_string())?;
-                    let established = crd.status.and_then(|s| s.conditions).is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                    });
-                    Ok(established.then_some(()))
-                }
-            },
-        )
-        .await?;
-    }
-    step("CRDs accepted and established");
-
-    // A NodePool the schema refuses: the server's message names the field.
-    let bad = objects(BAD_POOL)?.remove(0);
-    match apply(&client, &bad).await {
-        Ok(()) => return Err("the API server accepted a NodePool with weight 500".into()),
-        Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("spec.weight") => {
-            eprintln!("  refused as expected: {}", s.message);
-        }
-        Err(e) => {
-            return Err(format!(
-                "a bad NodePool was refused, but not for spec.weight: {e}"
-            ));
-        }
-    }
-    for obj in objects(NODE_CLASS_AND_POOL)? {
-        apply(&client, &obj)
-            .await
-            .map_err(|e| format!("apply {:?}: {e}", obj.metadata.name))?;
-    }
-    step("bad NodePool refused; EC2NodeClass and NodePool applied");
-
-    // The fake AWS account, in real time, served on loopback; its kubelets registering through the API.
-    let cloud = FakeCloud::new(
-        CloudConfig {
-            cluster_name: CLUSTER.into(),
-            foreign_instances: 0,
-            launch_latency: (Duration::from_secs(1), Duration::from_secs(2)),
-            shutdown_latency: Duration::from_secs(3),
-            visibility_lag: (Duration::ZERO, Duration::from_millis(500)),
-            ..CloudConfig::default()
-        },
-        Catalog::builtin(),
-        1,
-        Arc::new(dovetail::clock::SystemClock),
-        Arc::new(dovetail::journal::LogJournal),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| format!("bind: {e}"))?;
-    let aws_endpoint = format!(
-        "http://{}",
-        listener.local_addr().map_err(|e| e.to_string())?
-    );
-    tokio::spawn(fakecloud::http::serve(
-        listener,
-        AwsFront::new(cloud.clone()),
-    ));
-    {
-        let cloud = cloud.clone();
-        let client = client.clone();
-        tokio::spawn(async move {
-            let mut registered = BTreeSet::new();
-            loop {
-                cloud.step();
-                if let Err(e) = kubelet::step(&client, &cloud, &mut registered).await {
-                    eprintln!("  kubelet: {e}");
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        });
-    }
-
-    // The controller: the binary as shipped, configured as in a cluster.
-    let start_replica = |replica: u32| -> Result<(Controller, u16), String> {
-        let metrics_port = controlplane::free_port()?;
-        let health_port = controlplane::free_port()?;
-        let log_name = if replica == 0 {
-            "dovetail.log".to_string()
-        } else {
-            format!("dovetail-{replica}.log")
-        };
-        let log = std::fs::File::create(dir.join(log_name)).map_err(|e| e.to_string())?;
-        let child = Command::new(binary)
-            .env("KUBECONFIG", &cp.kubeconfig)
-            .env("CLUSTER_NAME", CLUSTER)
-            .env("CLUSTER_ENDPOINT", &cp.server)
-            .env("INTERRUPTION_QUEUE", &cloud.config().queue_url)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ENDPOINT_URL", &aws_endpoint)
-            .env("AWS_ACCESS_KEY_ID", "e2e")
-            .env("AWS_SECRET_ACCESS_KEY", "e2e")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("METRICS_PORT", metrics_port.to_string())
-            .env("HEALTH_PROBE_PORT", health_port.to_string())
-            .env("POD_NAME", format!("dovetail-e2e-{replica}"))
-            .env("LOG_FORMAT", "text")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("start {}: {e}", binary.display()))?;
-        Ok((Controller(child), metrics_port))
-    };
-    let (mut first, metrics_port) = start_replica(0)?;
-    step("dovetail started");
-
-    for obj in objects(DEPLOYMENT)? {
-        apply(&client, &obj)
-            .await
-            .map_err(|e| format!("deployment: {e}"))?;
-    }
-    let claims = gvk_api(&client, "karpenter.sh", "v1", "NodeClaim");
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "default");
-    until(
-        "the web pods to run on launched nodes",
-        Duration::from_secs(120),
-        || {
-            let pods = pods.clone();
-            async move {
-                let list = pods
-                    .list(&ListParams::default().labels("app=web"))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let running = list
-                    .items
-                    .iter()
-                    .filter(|p| {
-                        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                    })
-                    .count();
-                Ok((running == 4).then_some(()))
-            }
-        },
-    )
-    .await?;
-    let created = claims
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| e.to_string())?
-        .items
-        .len();
-    if created == 0 {
-        return Err("the pods run but no NodeClaim exists".into());
-    }
-    step(&format!(
-        "4 pending pods -> {created} NodeClaim(s) -> instances -> nodes -> pods Running"
-    ));
-
-    // /metrics: the claims created, counted.
-    let metrics = http_get(metrics_port, "/metrics").await?;
-    let counted: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("karpenter_nodeclaims_created_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    if counted as usize != created {
-        return Err(format!(
-            "karpenter_nodeclaims_created_total says {counted}, the API has {created} NodeClaims"
-        ));
-    }
-    step("/metrics karpenter_nodeclaims_created_total matches");
-
-    // A spot interruption warning for the node's instance, through the served queue: the controller drains
-    // the node and replaces it before the instance is reclaimed; the pods run again elsewhere.
-    let victim = cloud
-        .instances()
-        .into_iter()
-        .find(|r| {
-            r.instance.state == dovetail::aws::cloud::InstanceState::Running
-                && r.instance.tags.contains_key("karpenter.sh/nodeclaim")
-        })
-        .ok_or("no running instance of the controller's to interrupt")?;
-    let (victim_id, victim_node) = (victim.instance.id, victim.instance.private_dns_name);
-    cloud.inject_message(fakecloud::sqs::spot_interruption_warning(
-        &cloud.config().region,
-        &victim_id,
-        jiff::Timestamp::now(),
-    ));
-    until(
-        "the interrupted node's pods to run on its replacement",
-        Duration::from_secs(90),
-        || {
-            let pods = pods.clone();
-            let cloud = cloud.clone();
-            let (victim_id, victim_node) = (victim_id.clone(), victim_node.clone());
-            async move {
-                let gone = cloud.instances().iter().any(|r| {
-                    r.instance.id == victim_id
-                        && r.instance.state != dovetail::aws::cloud::InstanceState::Running
-                });
-                let list = pods
-                    .list(&ListParams::default().labels("app=web"))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let moved = list
-                    .items
-                    .iter()
-                    .filter(|p| {
-                        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                            && p.spec.as_ref().and_then(|s| s.node_name.as_deref())
-                                != Some(victim_node.as_str())
-                    })
-                    .count();
-                Ok((gone && moved == 4).then_some(()))
-            }
-        },
-    )
-    .await?;
-    step(&format!(
-        "spot interruption of {victim_id} via SQS -> drained, replaced, instance terminated, pods Running again"
-    ));
-
-    // Two replicas: the first holds the Lease; killed, the second takes over.
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(client.clone(), "kube-system");
-    let holder = |leases: Api<k8s_openapi::api::coordination::v1::Lease>| async move {
-        let lease = leases
-            .get_opt("dovetail-leader-election")
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(
-            lease
-                .and_then(|l| l.spec?.holder_identity)
-                .unwrap_or_default(),
-        )
-    };
-    let now_holding = holder(leases.clone()).await?;
-    if now_holding != "dovetail-e2e-0" {
-        return Err(format!(
-            "the Lease is held by {now_holding:?}, not by the first replica"
-        ));
-    }
-    let (mut second, _) = start_replica(1)?;
-    let _ = first.0.kill();
-    let _ = first.0.wait();
-    let killed = Instant::now();
-    until(
-        "the second replica to take the Lease",
-        Duration::from_secs(60),
-        || {
-            let leases = leases.clone();
-            async move { Ok((holder(leases).await? == "dovetail-e2e-1").then_some(())) }
-        },
-    )
-    .await?;
-    step(&format!(
-        "leader killed -> the second replica holds the Lease after {:.1} s",
-        killed.elapsed().as_secs_f64()
-    ));
-
-    // Scale to zero (the second replica acts now): the empty nodes are consolidated away, their instances
-    // terminated.
-    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
-        Api::namespaced(client.clone(), "default");
-    deployments
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"replicas": 0}})),
-        )
-        .await
-        .map_err(|e| format!("scale to zero: {e}"))?;
-    until(
-        "the NodeClaims to be consolidated away",
-        Duration::from_secs(120),
-        || {
-            let claims = claims.clone();
-            async move {
-                let n = claims
-                    .list(&ListParams::default())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .items
-                    .len();
-                Ok((n == 0).then_some(()))
-            }
-        },
-    )
-    .await?;
-    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
-    let left = nodes
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| e.to_string())?
-        .items
-        .len();
-    let running = cloud
-        .instances()
-        .iter()
-        .filter(|r| r.instance.state == dovetail::aws::cloud::InstanceState::Running)
-        .count();
-    if left != 0 || running != 0 {
-        return Err(format!(
-            "after consolidation {left} Node(s) and {running} running instance(s) remain"
-        ));
-    }
-    step("scaled to zero -> nodes consolidated, instances terminated");
-
-    // SIGTERM: the leader lets go of its Lease on the way out.
-    let pid = second.0.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let exited = tokio::task::spawn_blocking(move || {
-        let status = second.0.wait();
-        (second, status)
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    let (_second, status) = exited;
-    let status = status.map_err(|e| e.to_string())?;
-    let after = holder(leases.clone()).await?;
-    if !after.is_empty() {
-        return Err(format!(
-            "after SIGTERM ({status}) the Lease is still held by {after:?}"
-        ));
-    }
-    step(&format!("SIGTERM -> exited ({status}), the Lease released"));
-    Ok(())
 }
 
 /// GET a path from the controller's HTTP server on loopback (hyper's client, as the rest of the project).

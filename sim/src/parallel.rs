@@ -1,13 +1,14 @@
-//! Simulations on every core (each run is single-threaded and seeded, so a result does not depend on the
-//! thread that computed it) and the progress line shown on a terminal.
+//! Simulations on every core for `dovetail sim` and `cargo xtask` (each run is single-threaded and seeded, so
+//! a result does not depend on the thread that computed it) and the progress line shown on a terminal. The
+//! threads and the wall clock here are outside any run.
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dovetail_sim::report::Metrics;
-use dovetail_sim::{Progress, RunOptions, Scenario, SimError};
+use crate::report::Metrics;
+use crate::{Progress, RunOptions, Scenario, SimError};
 
 /// `f` over `items` on as many threads as there are cores, results in input order.
 pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
@@ -48,7 +49,7 @@ pub fn seeds(
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let out = map(seeds, |seed| {
-        let r = dovetail_sim::cli::sequential(scenario, options, std::slice::from_ref(seed))
+        let r = crate::cli::sequential(scenario, options, std::slice::from_ref(seed))
             .pop()
             .expect("one seed, one result");
         let n = done.fetch_add(1, Ordering::SeqCst) + 1;
@@ -90,8 +91,8 @@ pub fn progress_line() -> Option<Progress> {
             "\r  [{}{}] {} / {}  {:.0}x ",
             "#".repeat(filled),
             " ".repeat(width - filled),
-            dovetail_sim::duration::human(at),
-            dovetail_sim::duration::human(total),
+            crate::duration::human(at),
+            crate::duration::human(total),
             at.as_secs_f64() / wall
         );
         if at >= total {
