@@ -1,6 +1,5 @@
 //! The in-cluster `dovetail` binary.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -11,15 +10,7 @@ fn main() -> ExitCode {
     // FILE...` converts old Karpenter manifests; everything else runs the controller.
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("sim") {
-        let out = dovetail_sim::cli::sim_command_with(
-            &args[1..],
-            &dovetail_sim::parallel::seeds,
-            dovetail_sim::parallel::progress_line(),
-        );
-        // A closed pipe (`| head`) is not an error worth a panic.
-        let _ = std::io::stdout().write_all(out.stdout.as_bytes());
-        let _ = std::io::stderr().write_all(out.stderr.as_bytes());
-        return ExitCode::from(out.code);
+        return ExitCode::from(dovetail_sim::cli::main(&args[1..]));
     }
     if args.first().map(String::as_str) == Some("migrate") {
         return match dovetail::crds::migrate::run(&args[1..]) {

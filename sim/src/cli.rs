@@ -73,6 +73,20 @@ pub fn sequential(
         .collect()
 }
 
+/// The command as a process runs it (`dovetail sim`, `cargo xtask sim`): sweeps on every core, a progress
+/// line on a terminal, the output written (a closed pipe, as with `| head`, is no error); the exit code.
+pub fn main(args: &[String]) -> u8 {
+    use std::io::Write;
+    let out = sim_command_with(
+        args,
+        &crate::parallel::seeds,
+        crate::parallel::progress_line(),
+    );
+    let _ = std::io::stdout().write_all(out.stdout.as_bytes());
+    let _ = std::io::stderr().write_all(out.stderr.as_bytes());
+    out.code
+}
+
 pub fn sim_command(args: &[String]) -> CliOutput {
     sim_command_with(args, &sequential, None)
 }

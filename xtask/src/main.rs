@@ -59,16 +59,7 @@ fn migrate(files: &[String]) -> ExitCode {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("sim") => {
-            let out = dovetail_sim::cli::sim_command_with(
-                &args[1..],
-                &dovetail_sim::parallel::seeds,
-                dovetail_sim::parallel::progress_line(),
-            );
-            let _ = std::io::stdout().write_all(out.stdout.as_bytes());
-            let _ = std::io::stderr().write_all(out.stderr.as_bytes());
-            ExitCode::from(out.code)
-        }
+        Some("sim") => ExitCode::from(dovetail_sim::cli::main(&args[1..])),
         Some("ci") => ci(),
         Some("e2e") => {
             let root = table::root();

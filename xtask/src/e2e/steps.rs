@@ -513,7 +513,6 @@ impl<'a> E2e<'a> {
                         break;
                     }
                     writes += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 writes
             })
