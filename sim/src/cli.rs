@@ -345,8 +345,7 @@ fn run_one(a: &Args, file: &Path, scenario: &Scenario, seed: u64) -> Result<Run,
         seed: Some(seed),
         ..a.options.clone()
     };
-    // allow-nondeterminism: JUnit's `time` is the wall time of a run, measured outside it.
-    let started = std::time::Instant::now();
+    let started = std::time::Instant::now(); // allow-nondeterminism: JUnit's `time` is a run's wall time, measured outside it
     let outcome =
         simulate(scenario, &opts).map_err(|e| fail(e.exit_code(), format!("error: {e}\n")))?;
     let seconds = started.elapsed().as_secs_f64();
@@ -472,22 +471,10 @@ impl Run {
             };
             serde_json::json!({"path": path.display().to_string(), "status": status, "figures": figures, "diff": diff})
         });
-        serde_json::json!({
-            "file": self.file.display().to_string(),
-            "scenario": self.scenario,
-            "seed": self.seed,
-            "passed": self.outcome.passed,
-            "failures": self.failures(),
-            "cost_total": m.cost_total,
-            "lower_bound_total": m.lower_bound_total,
-            "pending_p50_seconds": m.pending_p50.as_secs_f64(),
-            "pending_p99_seconds": m.pending_p99.as_secs_f64(),
-            "pending_max_seconds": m.pending_max.as_secs_f64(),
-            "evictions": m.evictions,
-            "launches": m.launches,
-            "violations": m.violations,
-            "snapshot": snapshot,
-        })
+        let mut out = run_json(&self.file, &self.scenario, self.seed, m);
+        out["failures"] = self.failures().into();
+        out["snapshot"] = snapshot.into();
+        out
     }
 
     fn junit(&self) -> crate::junit::Case {
@@ -508,6 +495,29 @@ impl Run {
             failure: (!messages.is_empty()).then(|| (messages.join("; "), details)),
         }
     }
+}
+
+/// One run's figures for `--format json` (single runs add their failures and snapshot).
+fn run_json(
+    file: &Path,
+    scenario: &str,
+    seed: u64,
+    m: &crate::report::Metrics,
+) -> serde_json::Value {
+    serde_json::json!({
+        "file": file.display().to_string(),
+        "scenario": scenario,
+        "seed": seed,
+        "passed": m.passed,
+        "cost_total": m.cost_total,
+        "lower_bound_total": m.lower_bound_total,
+        "pending_p50_seconds": m.pending_p50.as_secs_f64(),
+        "pending_p99_seconds": m.pending_p99.as_secs_f64(),
+        "pending_max_seconds": m.pending_max.as_secs_f64(),
+        "evictions": m.evictions,
+        "launches": m.launches,
+        "violations": m.violations,
+    })
 }
 
 /// Print the runs as asked, write the JUnit file, and exit 1 if any failed.
@@ -612,14 +622,7 @@ fn sweeps(
                     )
                 }),
             });
-            json.push(serde_json::json!({
-                "file": file.display().to_string(), "scenario": scenario.name, "seed": seed,
-                "passed": m.passed, "cost_total": m.cost_total, "lower_bound_total": m.lower_bound_total,
-                "pending_p50_seconds": m.pending_p50.as_secs_f64(),
-                "pending_p99_seconds": m.pending_p99.as_secs_f64(),
-                "pending_max_seconds": m.pending_max.as_secs_f64(),
-                "evictions": m.evictions, "launches": m.launches, "violations": m.violations,
-            }));
+            json.push(run_json(file, &scenario.name, *seed, m));
         }
         if a.files.len() > 1 {
             out.stdout.push_str(&format!("== {}\n", file.display()));

@@ -46,7 +46,7 @@ pub fn seeds(
     seeds: &[u64],
 ) -> Vec<Result<Metrics, SimError>> {
     let done = AtomicUsize::new(0);
-    let started = Instant::now();
+    let started = Instant::now(); // allow-nondeterminism: the sweep's progress line shows wall time, outside any run
     let tty = std::io::stderr().is_terminal();
     let out = map(seeds, |seed| {
         let r = crate::cli::sequential(scenario, options, std::slice::from_ref(seed))
@@ -75,14 +75,14 @@ pub fn progress_line() -> Option<Progress> {
     if !std::io::stderr().is_terminal() {
         return None;
     }
-    let started = Instant::now();
-    let last = Mutex::new(Instant::now() - Duration::from_secs(1));
+    let started = Instant::now(); // allow-nondeterminism: the progress line's speed is sim time over wall time
+    let last = Mutex::new(Instant::now() - Duration::from_secs(1)); // allow-nondeterminism: redrawn at most every 200 ms of wall time
     Some(Progress(Arc::new(move |at: Duration, total: Duration| {
         let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
         if last.elapsed() < Duration::from_millis(200) && at < total {
             return;
         }
-        *last = Instant::now();
+        *last = Instant::now(); // allow-nondeterminism: redrawn at most every 200 ms of wall time
         let wall = started.elapsed().as_secs_f64().max(1e-3);
         let share = at.as_secs_f64() / total.as_secs_f64().max(1e-9);
         let width = 30;
