@@ -181,6 +181,21 @@ fn new_actions_are_checked() {
             "timeline[0].controller_down.for",
             "unit",
         ),
+        (
+            "    node_fault: {fault: gpu_on_fire}\n",
+            "timeline[0].node_fault.fault",
+            "kubelet_stopped, kubelet_not_ready, accelerator_failed",
+        ),
+        (
+            "    node_fault: {fault: kubelet_stopped, for: 10}\n",
+            "timeline[0].node_fault.for",
+            "unit",
+        ),
+        (
+            "    node_fault: {fault: kubelet_stopped, pick: random}\n",
+            "timeline[0].node_fault.pick",
+            "oldest or newest",
+        ),
     ];
     for (i, (action, field, hint)) in cases.iter().enumerate() {
         let text = steady_web().replace("timeline:\n", &format!("timeline:\n  - at: 1m\n{action}"));
@@ -518,6 +533,32 @@ fn what_kubernetes_refuses_in_a_built_in_kind_stops_the_load_with_its_line() {
     assert_eq!(out.code, 2, "{out:?}");
     assert!(
         out.stderr.contains("spec.template.metadata.labels: Deployment web: Invalid value: `selector` does not match template `labels`"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_wrong_shape_names_the_field_it_is_in() {
+    let text = steady_web().replace("expect:\n", "expect:\n  pods_pending_at_end: 0\n");
+    let out = run(&write("shape.yaml", &text));
+    assert_eq!(out.code, 2, "{out:?}");
+    let line = line_of(&text, "pods_pending_at_end: 0");
+    assert!(
+        out.stderr.contains(&format!(
+            "shape.yaml:{line}:24: expect.pods_pending_at_end: "
+        )),
+        "{}",
+        out.stderr
+    );
+    let text = steady_web().replace(
+        "timeline:\n",
+        "timeline:\n  - at: 1m\n    drain: {nodes: 3}\n",
+    );
+    let out = run(&write("unknown.yaml", &text));
+    assert!(
+        out.stderr.contains(": timeline[0].drain.nodes: ")
+            && out.stderr.contains("unknown field `nodes`"),
         "{}",
         out.stderr
     );

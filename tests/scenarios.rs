@@ -742,3 +742,187 @@ fn legacy_migrated_seed_42() {
     );
     insta::assert_snapshot!("legacy-migrated.seed-42", text);
 }
+
+/// The node a `node-fault` line names, and when the fault was injected.
+fn fault_on(text: &str, fault: &str) -> Vec<(f64, String)> {
+    text.lines()
+        .filter(|l| l.contains(&format!("node-fault {fault} on node ")))
+        .filter_map(|l| {
+            let node = l.split("on node ").nth(1)?.split(' ').next()?.to_string();
+            Some((at(l)?, node))
+        })
+        .collect()
+}
+
+#[test]
+fn node_repair_seed_42() {
+    let out = simulate_scenario("node-repair.yaml", 42, dovetail_sim::Autoscaler::Dovetail);
+    let text = format!("{}{}", out.trace, out.summary);
+    let repaired = |node: &str| {
+        let prefix = format!("repair     node/{node} ");
+        text.lines()
+            .find(|l| l.contains(&prefix) && l.contains("replacing"))
+            .and_then(|l| Some((at(l)?, l.to_string())))
+    };
+    // The hung kubelet: Ready=Unknown after the 50 s grace period, replaced 30 minutes after that.
+    let [(hung_at, hung)] = &fault_on(&text, "kubelet_stopped")[..] else {
+        panic!("one kubelet_stopped fault")
+    };
+    let (unknown, _) = first(&text, &format!("node {hung} Ready=Unknown")).expect("Unknown");
+    assert!((unknown - hung_at - 50.0).abs() < 1.0, "{unknown}");
+    let (at_, line) = repaired(hung).expect("the hung node is repaired");
+    assert!(at_ >= unknown + 1800.0 && at_ < unknown + 1802.0, "{line}");
+    assert!(
+        line.contains("Ready=Unknown for 30m (tolerated 30m)"),
+        "{line}"
+    );
+    // Its pod was evicted by the taint manager 5 minutes after the taint and placed on a new node at
+    // once (the unreachable taint keeps the planner off the node).
+    let (lost, _) = first(
+        &text,
+        &format!("node {hung} unreachable for 5m: 1 pods lost"),
+    )
+    .expect("evicted");
+    assert!((lost - unknown - 300.0).abs() < 1.0);
+    let provision = text
+        .lines()
+        .find(|l| l.contains("provision  batch") && at(l).is_some_and(|t| t > lost))
+        .expect("a batch after the eviction");
+    assert!(provision.contains("new-claims=1"), "{provision}");
+
+    // The accelerator: replaced after 10 minutes, its pod deleted though the PDB allows no eviction.
+    let [(_, gpu)] = &fault_on(&text, "accelerator_failed")[..] else {
+        panic!("one accelerator fault")
+    };
+    let (failed, _) =
+        first(&text, &format!("node {gpu} AcceleratedHardwareReady=False")).expect("shown");
+    let (at_, _) = repaired(gpu).expect("the GPU node is repaired");
+    assert!(at_ >= failed + 600.0 && at_ < failed + 602.0);
+    let (deleted, line) = first(
+        &text,
+        &format!("node/{gpu} termination timestamp: deleted 1 pods"),
+    )
+    .expect("forced");
+    assert!(deleted - at_ < 5.0, "{line}");
+    assert!(!text.contains(&format!("node/{gpu} eviction refused")));
+
+    // Two of three batch nodes NotReady: refused until one recovers, then the other is replaced.
+    let broken = fault_on(&text, "kubelet_not_ready");
+    assert_eq!(broken.len(), 2);
+    let (healed, _) =
+        first(&text, &format!("node {} recovered", broken[0].1)).expect("one recovers");
+    let (blocked, line) = first(
+        &text,
+        "unhealthy: more than 20% of the nodes of nodepool/batch",
+    )
+    .expect("refused");
+    assert!(
+        blocked >= broken[0].0 + 1800.0 && blocked < healed,
+        "{line}"
+    );
+    assert!(text.contains("NodeRepairBlocked: more than 20% of the nodes of nodepool/batch"));
+    assert!(repaired(&broken[0].1).is_none(), "the recovered node stays");
+    let (at_, _) =
+        repaired(&broken[1].1).expect("the other is repaired once the pool is healthy enough");
+    assert!(at_ >= healed && at_ < healed + 2.0);
+
+    let m = &out.controller_metrics;
+    let unhealthy = |condition: &str| {
+        m.series(dovetail::metrics::NODECLAIMS_UNHEALTHY_DISRUPTED)
+            .iter()
+            .filter(|(l, _)| l.iter().any(|(k, v)| *k == "condition" && v == condition))
+            .map(|(_, v)| v)
+            .sum::<f64>()
+    };
+    assert_eq!(unhealthy("ready"), 2.0);
+    assert_eq!(unhealthy("accelerated_hardware_ready"), 1.0);
+    assert!(out.passed && !text.contains("VIOLATION"));
+    insta::assert_snapshot!("node-repair.seed-42", text);
+}
+
+#[test]
+fn node_repair_is_off_unless_its_gate_is_on() {
+    let path = dovetail_tests::root().join("scenarios/node-repair.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let without = yaml.replace(
+        "  FEATURE_GATES: NodeRepair=true\n",
+        "  BATCH_IDLE_DURATION: 1s\n",
+    );
+    assert_ne!(yaml, without);
+    let scenario = dovetail_sim::Scenario::parse("node-repair.yaml", &without).unwrap();
+    let out = dovetail_sim::simulate(&scenario, &Default::default()).unwrap();
+    assert!(!out.trace.contains("repair     "), "nothing is repaired");
+    assert!(
+        out.summary
+            .contains("disruptions.unhealthy 3..3 (got 0): FAILED"),
+        "{}",
+        out.summary
+    );
+}
+
+#[test]
+fn static_pool_seed_42() {
+    let text = run_scenario("static-pool.yaml", 42);
+    let created: Vec<f64> = text
+        .lines()
+        .filter(|l| l.contains("create nodeclaim/ingress-"))
+        .filter_map(at)
+        .collect();
+    // Three before any pod asks, one replacing the deleted node, one for the fourth replica: no more,
+    // though six were asked for (limits.nodes: 4).
+    assert_eq!(created.len(), 5, "{created:?}");
+    assert!(created[..3].iter().all(|t| *t < 2.0));
+    assert!(
+        text.lines()
+            .filter(|l| l.contains("create nodeclaim/ingress-"))
+            .all(|l| l.contains("pool=ingress pods=0")),
+        "static claims are made for no pod"
+    );
+    let (deleted, _) = first(&text, "(kubectl delete node)").expect("a node is deleted");
+    assert!(created[3] > deleted && created[3] < deleted + 5.0);
+    // Raised to 4 replicas at 15 minutes.
+    assert!(created[4] >= 900.0 && created[4] < 905.0);
+    // Lowered to 2, the two empty nodes go; to 1, the one with fewer pods, whose pod moves.
+    let lowered: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with('+') && l.contains("for 2 replicas: deleting"))
+        .collect();
+    assert_eq!(lowered.len(), 2);
+    assert!(lowered.iter().all(|l| l.ends_with("(empty)")));
+    let (last, line) = first(&text, "for 1 replicas: deleting").expect("lowered to 1");
+    assert!(line.ends_with("(1 pods to move)"), "{line}");
+    assert!(
+        text.lines()
+            .filter(|l| l.contains("bind pod/default/ingress-"))
+            .filter_map(at)
+            .any(|t| t > last && t < last + 10.0),
+        "the ingress pod moves at once"
+    );
+    // Never consolidated, though empty for most of the run.
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains(" disruption ") && l.contains("ingress-"))
+    );
+    assert!(!text.contains("VIOLATION"));
+    insta::assert_snapshot!("static-pool.seed-42", text);
+}
+
+#[test]
+fn a_static_pool_needs_its_gate() {
+    let path = dovetail_tests::root().join("scenarios/static-pool.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let without = yaml.replace(
+        "  FEATURE_GATES: StaticCapacity=true\n",
+        "  BATCH_IDLE_DURATION: 1s\n",
+    );
+    assert_ne!(yaml, without);
+    let scenario = dovetail_sim::Scenario::parse("static-pool.yaml", &without).unwrap();
+    let out = dovetail_sim::simulate(&scenario, &Default::default()).unwrap();
+    assert!(!out.trace.contains("create nodeclaim/ingress-"));
+    assert!(
+        out.trace
+            .contains("needs the StaticCapacity feature gate (FEATURE_GATES=StaticCapacity=true)"),
+        "the pool says why it launches nothing"
+    );
+}

@@ -43,11 +43,8 @@ pub struct Settings {
     /// fit, relaxing the claim's minValues and annotating it `karpenter.sh/nodeclaim-min-values-relaxed`
     /// (false: Strict, Karpenter's default — such pods wait).
     pub min_values_best_effort: bool,
-    /// Replace a spot node with a cheaper spot node (Karpenter's `SpotToSpotConsolidation` feature gate,
-    /// off there by default, on here): a single node only when at least 15 cheaper types can take its
-    /// pods, and the replacement may launch only the 15 cheapest, so it does not race to the most
-    /// interrupted type.
-    pub spot_to_spot: bool,
+    /// Karpenter's feature gates (`FEATURE_GATES`).
+    pub feature_gates: FeatureGates,
     /// Act only while holding this Lease (None: a single replica acts alone).
     pub leader_election: Option<LeaderElection>,
 }
@@ -67,17 +64,44 @@ impl Default for Settings {
             consolidation_balance: Some(0.25),
             balanced_k: 2,
             min_values_best_effort: false,
-            spot_to_spot: true,
+            feature_gates: FeatureGates::default(),
             leader_election: None,
         }
     }
 }
 
-/// Karpenter's `FEATURE_GATES` syntax (`SpotToSpotConsolidation=true,NodeRepair=false`): whether spot-to-spot
-/// consolidation is on. Karpenter's other gates are accepted, so a Karpenter values file works, without
-/// effect here.
-pub fn parse_feature_gates(s: &str) -> Result<bool, String> {
-    let mut spot_to_spot = true;
+/// Karpenter's feature gates (`FEATURE_GATES`), with Karpenter's defaults except where said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureGates {
+    /// Replace a spot node with a cheaper spot node (`SpotToSpotConsolidation`; off in Karpenter, on
+    /// here): a single node only when at least 15 cheaper types can take its pods, and the replacement
+    /// may launch only the 15 cheapest, so it does not race to the most interrupted type.
+    pub spot_to_spot_consolidation: bool,
+    /// Replace nodes the cloud provider's repair policies call unhealthy (`NodeRepair`, off by default
+    /// as in Karpenter): see `node::health`.
+    pub node_repair: bool,
+    /// Keep `spec.replicas` nodes in static NodePools (`StaticCapacity`, off by default as in Karpenter):
+    /// see `nodepool::static_capacity`.
+    pub static_capacity: bool,
+}
+
+impl Default for FeatureGates {
+    fn default() -> Self {
+        FeatureGates {
+            spot_to_spot_consolidation: true,
+            node_repair: false,
+            static_capacity: false,
+        }
+    }
+}
+
+/// Gates Karpenter has that Dovetail accepts (so a Karpenter values file works) but does not act on yet.
+pub const ACCEPTED_GATES: [&str; 3] = ["ReservedCapacity", "NodeOverlay", "CapacityBuffer"];
+
+/// Karpenter's `FEATURE_GATES` syntax (`SpotToSpotConsolidation=true,NodeRepair=false`): gates not named
+/// keep their defaults; an unknown gate or a value other than true/false is an error naming it.
+pub fn parse_feature_gates(s: &str) -> Result<FeatureGates, String> {
+    let mut gates = FeatureGates::default();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (name, value) = part
             .split_once('=')
@@ -87,12 +111,14 @@ pub fn parse_feature_gates(s: &str) -> Result<bool, String> {
             .parse()
             .map_err(|_| format!("`{part}`: the value must be true or false"))?;
         match name.trim() {
-            "SpotToSpotConsolidation" => spot_to_spot = value,
-            "NodeRepair" | "ReservedCapacity" | "StaticCapacity" | "NodeOverlay" => {}
+            "SpotToSpotConsolidation" => gates.spot_to_spot_consolidation = value,
+            "NodeRepair" => gates.node_repair = value,
+            "StaticCapacity" => gates.static_capacity = value,
+            other if ACCEPTED_GATES.contains(&other) => {}
             other => return Err(format!("unknown feature gate `{other}`")),
         }
     }
-    Ok(spot_to_spot)
+    Ok(gates)
 }
 
 impl Settings {
@@ -104,7 +130,7 @@ impl Settings {
             "CLUSTER_NAME" => self.cluster_name = value.to_string(),
             "BATCH_IDLE_DURATION" => self.batch_idle = duration(value)?,
             "BATCH_MAX_DURATION" => self.batch_max = duration(value)?,
-            "FEATURE_GATES" => self.spot_to_spot = parse_feature_gates(value)?,
+            "FEATURE_GATES" => self.feature_gates = parse_feature_gates(value)?,
             "CONSOLIDATION_BALANCE" => {
                 let v: f64 = value
                     .parse()
@@ -209,5 +235,33 @@ impl LeaderElection {
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_gates_keep_their_defaults_unless_named() {
+        let d = parse_feature_gates("").unwrap();
+        assert!(d.spot_to_spot_consolidation && !d.node_repair);
+        let g = parse_feature_gates("NodeRepair=true, ReservedCapacity=false").unwrap();
+        assert!(g.node_repair && g.spot_to_spot_consolidation);
+        let g = parse_feature_gates("SpotToSpotConsolidation=false,CapacityBuffer=true").unwrap();
+        assert!(!g.spot_to_spot_consolidation && !g.node_repair);
+        assert!(
+            parse_feature_gates("NodeRepair=yes")
+                .unwrap_err()
+                .contains("true or false")
+        );
+        assert!(
+            parse_feature_gates("Warp=true")
+                .unwrap_err()
+                .contains("unknown feature gate `Warp`")
+        );
+        let mut s = Settings::default();
+        s.set("FEATURE_GATES", "NodeRepair=true").unwrap();
+        assert!(s.feature_gates.node_repair);
     }
 }

@@ -61,7 +61,11 @@ pub const NODECLAIMS_TERMINATED: MetricDef = counter(
 );
 pub const NODECLAIMS_DISRUPTED: MetricDef = counter(
     "karpenter_nodeclaims_disrupted_total",
-    "NodeClaims disrupted, by reason (underutilized, empty, drifted, expired, interruption) and nodepool.",
+    "NodeClaims disrupted, by reason (underutilized, empty, drifted, expired, interruption, unhealthy) and nodepool.",
+);
+pub const NODECLAIMS_UNHEALTHY_DISRUPTED: MetricDef = counter(
+    "karpenter_nodeclaims_unhealthy_disrupted_total",
+    "NodeClaims node repair replaced, by the condition that made the node unhealthy, nodepool, capacity_type and image_id.",
 );
 pub const DISRUPTION_DECISIONS: MetricDef = counter(
     "karpenter_voluntary_disruption_decisions_total",
@@ -128,6 +132,7 @@ pub const DEFINITIONS: &[MetricDef] = &[
     NODECLAIMS_INITIALIZED,
     NODECLAIMS_TERMINATED,
     NODECLAIMS_DISRUPTED,
+    NODECLAIMS_UNHEALTHY_DISRUPTED,
     DISRUPTION_DECISIONS,
     CONSOLIDATION_MOVES,
     CONSOLIDATION_SCORE,

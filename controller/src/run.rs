@@ -14,9 +14,10 @@ use crate::context::Context;
 use crate::disruption::{DISRUPTION_INTERVAL, Disruption};
 use crate::error::ControllerError;
 use crate::kube::{Kind, WatchEvent};
-use crate::node::Terminator;
+use crate::node::{NodeHealth, Terminator};
 use crate::nodeclaim::{GarbageCollector, Lifecycle, gc};
 use crate::nodepool::status::NodePoolStatus;
+use crate::provisioning::static_capacity::StaticCapacity;
 use crate::provisioning::{Batcher, Provisioner};
 use crate::state::{Change, ClusterState, is_provisionable};
 
@@ -32,8 +33,10 @@ pub(crate) struct Controller {
     lifecycle: Lifecycle,
     gc: GarbageCollector,
     terminator: Terminator,
+    health: NodeHealth,
     disruption: Disruption,
     nodepools: NodePoolStatus,
+    statics: StaticCapacity,
     elector: crate::leader::Elector,
     lost_lease: bool,
     next_disruption: Duration,
@@ -59,8 +62,10 @@ impl Controller {
             lifecycle: Lifecycle,
             gc: GarbageCollector,
             terminator: Terminator::default(),
+            health: NodeHealth::default(),
             disruption: Disruption::default(),
             nodepools: NodePoolStatus::default(),
+            statics: StaticCapacity::default(),
             elector: crate::leader::Elector::default(),
             lost_lease: false,
             // The first pass waits for the catalog and the node classes to be read.
@@ -259,6 +264,15 @@ impl Controller {
         }
         if now >= self.next_lifecycle {
             if let Err(e) = self
+                .statics
+                .reconcile(&mut self.ctx, &mut self.state, &self.provider)
+                .await
+            {
+                self.ctx
+                    .journal
+                    .record("static", format!("pass failed: {e}; retrying"));
+            }
+            if let Err(e) = self
                 .lifecycle
                 .reconcile(&mut self.ctx, &mut self.state, &mut self.provider)
                 .await
@@ -275,6 +289,16 @@ impl Controller {
                 self.ctx
                     .journal
                     .record("termination", format!("pass failed: {e}"));
+            }
+            // Node repair deletes claims the lifecycle finalizes on its next pass.
+            if let Err(e) = self
+                .health
+                .reconcile(&self.ctx, &self.state, &self.provider)
+                .await
+            {
+                self.ctx
+                    .journal
+                    .record("repair", format!("pass failed: {e}; retrying"));
             }
             self.nodepools.sync(&self.ctx, &mut self.state).await;
             self.next_lifecycle = self.now() + self.ctx.settings.lifecycle_interval;

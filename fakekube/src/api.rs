@@ -243,9 +243,28 @@ impl FakeKube {
     }
 }
 
+/// Whether a Node reports itself unhealthy: Ready not True, or another `...Ready` condition False (the
+/// node monitoring agent's).
+fn node_unhealthy(node: &Value) -> bool {
+    let conditions = node["status"]["conditions"].as_array();
+    let ready = conditions
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True");
+    let component_failed = conditions.into_iter().flatten().any(|c| {
+        c["type"]
+            .as_str()
+            .is_some_and(|t| t != "Ready" && t.ends_with("Ready"))
+            && c["status"] == "False"
+    });
+    !ready || component_failed
+}
+
 impl FakeKube {
     /// A plain DELETE of a pod a budget protects is allowed only as Karpenter documents it: the pod's
-    /// node is being deleted and its NodeClaim sets a terminationGracePeriod. Anything else is recorded.
+    /// node is being deleted and its NodeClaim sets a terminationGracePeriod, or node repair replaces
+    /// it (the node is unhealthy and the claim carries a termination timestamp). Anything else is
+    /// recorded.
     fn audit_pod_delete(&self, key: &ObjectKey) {
         let st = self.store();
         let Some(pod) = st.get("Pod", &key.namespace, &key.name).cloned() else {
@@ -258,17 +277,107 @@ impl FakeKube {
         let node_deleting = st
             .get("Node", "", node_name)
             .is_some_and(|n| !n["metadata"]["deletionTimestamp"].is_null());
-        let grace_set = st.iter("NodeClaim").any(|c| {
-            c["status"]["nodeName"] == node_name && c["spec"]["terminationGracePeriod"].is_string()
-        });
+        let claim = st
+            .iter("NodeClaim")
+            .find(|c| c["status"]["nodeName"] == node_name);
+        let grace_set = claim.is_some_and(|c| c["spec"]["terminationGracePeriod"].is_string());
+        // Node repair's forceful termination, as Karpenter documents it: the node is unhealthy and its
+        // claim carries a termination timestamp.
+        let repaired = claim.is_some_and(|c| {
+            c["metadata"]["annotations"]["karpenter.sh/nodeclaim-termination-timestamp"].is_string()
+        }) && st.get("Node", "", node_name).is_some_and(node_unhealthy);
         drop(st);
         let mut audit = self.audit_mut();
-        if node_deleting && grace_set {
+        if node_deleting && (grace_set || repaired) {
             audit.forced += 1;
         } else {
             audit
                 .violations
                 .push(format!("pod {key} deleted around its budget: {blocker}"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::ChaCha8Rng;
+    use rand_chacha::rand_core::SeedableRng;
+    use serde_json::json;
+
+    struct Fixed;
+    #[async_trait]
+    impl Clock for Fixed {
+        fn now(&self) -> Timestamp {
+            Timestamp::UNIX_EPOCH
+        }
+        async fn sleep(&self, _: Duration) {}
+    }
+
+    /// A pod a budget protects on a node being deleted, its claim stamped for termination; the node's
+    /// Ready condition as given.
+    fn cluster(ready: &str) -> FakeKube {
+        let kube = FakeKube::new(
+            Store::new(ChaCha8Rng::seed_from_u64(1)),
+            Arc::new(Fixed),
+            Duration::ZERO,
+        );
+        let now = Timestamp::UNIX_EPOCH;
+        let mut st = kube.store();
+        st.create("Node", json!({"metadata": {"name": "n1", "finalizers": ["karpenter.sh/termination"]},
+            "status": {"allocatable": {"pods": "110"}, "conditions": [{"type": "Ready", "status": ready}]}}), now)
+            .unwrap();
+        st.create("NodeClaim", json!({"apiVersion": "karpenter.sh/v1", "metadata": {"name": "c1",
+            "annotations": {"karpenter.sh/nodeclaim-termination-timestamp": "1970-01-01T00:00:00Z"}},
+            "spec": {"nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "default"},
+                "requirements": []},
+            "status": {"nodeName": "n1"}}), now)
+            .unwrap();
+        st.create(
+            "PodDisruptionBudget",
+            json!({"metadata": {"name": "web", "namespace": "default"},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}}),
+            now,
+        )
+        .unwrap();
+        st.create(
+            "Pod",
+            json!({"metadata": {"name": "web-1", "namespace": "default", "labels": {"app": "web"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}),
+            now,
+        )
+        .unwrap();
+        st.delete("Node", "", "n1", now).unwrap();
+        drop(st);
+        kube
+    }
+
+    #[test]
+    fn node_repair_may_delete_past_a_budget_only_on_an_unhealthy_node() {
+        let key = ObjectKey::namespaced("default", "web-1");
+        let options = crate::store::DeleteOptions::default();
+        let sick = cluster("Unknown");
+        sick.delete_now("Pod", &key, Timestamp::UNIX_EPOCH, &options)
+            .unwrap();
+        let audit = sick.audit();
+        assert_eq!(
+            (audit.forced, audit.violations.len()),
+            (1, 0),
+            "{:?}",
+            audit.violations
+        );
+        // The same delete on a healthy node is a repair of nothing: a violation.
+        let healthy = cluster("True");
+        healthy
+            .delete_now("Pod", &key, Timestamp::UNIX_EPOCH, &options)
+            .unwrap();
+        let audit = healthy.audit();
+        assert_eq!(audit.forced, 0);
+        assert!(
+            audit.violations[0].contains("deleted around its budget"),
+            "{:?}",
+            audit.violations
+        );
     }
 }

@@ -12,6 +12,7 @@ use rand_chacha::rand_core::Rng;
 use serde_json::{Value, json};
 
 use crate::api::FakeKube;
+use crate::node_faults::{ActiveFault, NodeFault};
 
 /// One machine as the kubelet running on it sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,6 +143,8 @@ pub struct Kubelets {
     finished: std::collections::BTreeSet<String>,
     /// The store's resourceVersion after the last pod scan.
     pods_rv: Option<u64>,
+    /// node name -> the fault in force on it (a timeline's `node_fault`).
+    faults: BTreeMap<String, ActiveFault>,
 }
 
 /// EC2 tag prefixes by which a node group states its nodes' labels and taints (`value:Effect`); the
@@ -259,6 +262,86 @@ impl Kubelets {
             startup_done: std::collections::BTreeSet::new(),
             finished: std::collections::BTreeSet::new(),
             pods_rv: None,
+            faults: BTreeMap::new(),
+        }
+    }
+
+    /// Inject a fault on a node whose instance keeps running, healing after `lasting` if given.
+    pub fn fault(
+        &mut self,
+        node: &str,
+        fault: NodeFault,
+        now: Timestamp,
+        lasting: Option<Duration>,
+    ) {
+        self.faults.insert(
+            node.to_string(),
+            ActiveFault {
+                fault,
+                since: now,
+                until: lasting.map(|d| add(now, d)),
+                shown: false,
+            },
+        );
+    }
+
+    /// Faults: shown on the Node when due, healed when over, pods of a silent kubelet evicted in time.
+    fn step_faults(&mut self, kube: &FakeKube, machines: &[Machine], now: Timestamp) {
+        let running: std::collections::BTreeSet<&str> = machines
+            .iter()
+            .filter(|m| m.running)
+            .map(|m| m.node_name.as_str())
+            .collect();
+        let names: Vec<String> = self.faults.keys().cloned().collect();
+        for node in names {
+            let Some(f) = self.faults.get(&node).cloned() else {
+                continue;
+            };
+            // A fault ends with its machine: a dead instance is the kubelet model's own case.
+            if !running.contains(node.as_str()) || kube.store().get("Node", "", &node).is_none() {
+                self.faults.remove(&node);
+                continue;
+            }
+            if f.until.is_some_and(|u| now >= u) {
+                if f.shown {
+                    f.fault.write(kube, &node, false, now);
+                }
+                self.faults.remove(&node);
+                self.lost.remove(&node);
+                self.journal.record(
+                    "cluster",
+                    format!("node {node} recovered ({} over)", f.fault.name()),
+                );
+                continue;
+            }
+            if !f.shown && now >= add(f.since, f.fault.shows_after()) {
+                f.fault.write(kube, &node, true, now);
+                if let Some(active) = self.faults.get_mut(&node) {
+                    active.shown = true;
+                }
+                if f.fault.kubelet_down() {
+                    self.lost.entry(node.clone()).or_insert(now);
+                }
+                let (what, taint) = match f.fault {
+                    NodeFault::KubeletStopped => (
+                        "Ready=Unknown: kubelet stopped posting status".to_string(),
+                        f.fault.taint(),
+                    ),
+                    NodeFault::KubeletNotReady => (
+                        "Ready=False: kubelet reports NotReady".to_string(),
+                        f.fault.taint(),
+                    ),
+                    NodeFault::Agent(c) => (format!("{c}=False: node monitoring agent"), None),
+                };
+                let taint = taint
+                    .map(|t| format!("; tainted {t}:NoSchedule,NoExecute"))
+                    .unwrap_or_default();
+                self.journal
+                    .record("cluster", format!("node {node} {what}{taint}"));
+            }
+            if f.fault.kubelet_down() {
+                self.evict_lost_pods(kube, &node, now);
+            }
         }
     }
 
@@ -271,6 +354,9 @@ impl Kubelets {
     }
 
     pub fn step(&mut self, kube: &FakeKube, machines: &[Machine], now: Timestamp) {
+        if !self.faults.is_empty() {
+            self.step_faults(kube, machines, now);
+        }
         for m in machines {
             self.step_machine(kube, m, now);
         }
@@ -328,22 +414,7 @@ impl Kubelets {
             (false, Some(node)) => {
                 if is_ready(&node) {
                     // The node lifecycle controller's view of a dead kubelet: Unknown, and the unreachable taint.
-                    let status = json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status."}]}});
-                    let mut taints: Vec<Value> = node["spec"]["taints"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default();
-                    taints.push(json!({"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "timeAdded": now.to_string()}));
-                    let mut st = kube.store();
-                    let _ = st.patch("Node", "", &m.node_name, &status, true);
-                    let _ = st.patch(
-                        "Node",
-                        "",
-                        &m.node_name,
-                        &json!({"spec": {"taints": taints}}),
-                        false,
-                    );
-                    drop(st);
+                    NodeFault::KubeletStopped.write(kube, &m.node_name, true, now);
                     self.lost.entry(m.node_name.clone()).or_insert(now);
                     self.journal.record(
                         "cluster",
@@ -369,7 +440,16 @@ impl Kubelets {
             .as_ref()
             .and_then(|n| kube.store().get("NodeClaim", "", n).cloned());
         let version = kube.store().kubernetes_version().to_string();
-        let node = node_object(m, claim.as_ref(), &version);
+        let mut node = node_object(m, claim.as_ref(), &version);
+        // The kubelet stamps its conditions: node repair measures how long a condition has held.
+        for c in node["status"]["conditions"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            c["lastHeartbeatTime"] = json!(now.to_string());
+            c["lastTransitionTime"] = json!(now.to_string());
+        }
         let taints: Vec<Value> = node["spec"]["taints"]
             .as_array()
             .cloned()
@@ -455,6 +535,15 @@ impl Kubelets {
         }
     }
 
+    /// Whether the node's kubelet starts no pods: its machine is gone or a fault keeps it down.
+    fn kubelet_down(&self, node: &str) -> bool {
+        self.lost.contains_key(node)
+            || self
+                .faults
+                .get(node)
+                .is_some_and(|f| f.fault.kubelet_down())
+    }
+
     /// Taint-based eviction: pods on an unreachable node are deleted once their toleration runs out.
     fn evict_lost_pods(&mut self, kube: &FakeKube, node: &str, now: Timestamp) {
         let Some(since) = self.lost.get(node) else {
@@ -491,10 +580,14 @@ impl Kubelets {
             let _ = st.delete("Pod", ns, name, now);
         }
         drop(st);
+        let how = match self.faults.get(node).map(|f| f.fault) {
+            Some(NodeFault::KubeletNotReady) => "not ready",
+            _ => "unreachable",
+        };
         if !doomed.is_empty() {
             self.journal.record(
                 "cluster",
-                format!("node {node} unreachable for 5m: {} pods lost", doomed.len()),
+                format!("node {node} {how} for 5m: {} pods lost", doomed.len()),
             );
         }
     }
@@ -542,9 +635,7 @@ impl Kubelets {
                     Some("Running" | "Succeeded" | "Failed")
                 )
                 || !p["metadata"]["deletionTimestamp"].is_null()
-                || self
-                    .lost
-                    .contains_key(p["spec"]["nodeName"].as_str().unwrap_or_default())
+                || self.kubelet_down(p["spec"]["nodeName"].as_str().unwrap_or_default())
             {
                 continue;
             }

@@ -10,6 +10,7 @@ pub mod disruption;
 pub mod http;
 pub mod kubelet;
 pub mod merge;
+pub mod node_faults;
 pub mod placement;
 pub mod plugins;
 pub mod quantity;
@@ -24,4 +25,5 @@ pub mod workloads;
 
 pub use api::FakeKube;
 pub use kubelet::{Kubelets, Machine};
+pub use node_faults::NodeFault;
 pub use store::{Store, StoreError};

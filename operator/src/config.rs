@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use dovetail::context::FeatureGates;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -115,16 +116,8 @@ pub struct Config {
     pub min_values_policy: String,
 }
 
-/// Karpenter's feature gates that Dovetail reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FeatureGates {
-    pub spot_to_spot_consolidation: bool,
-}
-
 fn feature_gates(s: &str) -> Result<FeatureGates, String> {
-    Ok(FeatureGates {
-        spot_to_spot_consolidation: dovetail::context::parse_feature_gates(s)?,
-    })
+    dovetail::context::parse_feature_gates(s)
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -160,7 +153,7 @@ impl Config {
                 .then_some(self.consolidation_balance),
             balanced_k: self.balanced_k,
             min_values_best_effort: self.min_values_policy == "BestEffort",
-            spot_to_spot: self.feature_gates.spot_to_spot_consolidation,
+            feature_gates: self.feature_gates,
             leader_election: (!self.disable_leader_election).then(|| {
                 let mut le =
                     dovetail::leader::LeaderElection::new(&self.system_namespace, &self.pod_name);
@@ -194,7 +187,7 @@ mod tests {
             (s.cluster_endpoint, s.cluster_ca_bundle, s.cluster_cidr),
             (None, None, None)
         );
-        assert!(s.spot_to_spot);
+        assert!(s.feature_gates.spot_to_spot_consolidation && !s.feature_gates.node_repair);
         let le = s.leader_election.expect("leader election is on by default");
         assert_eq!(
             (le.namespace.as_str(), le.name.as_str()),
@@ -232,7 +225,7 @@ mod tests {
         );
         assert_eq!(s.cluster_cidr.as_deref(), Some("10.100.0.0/16"));
         assert_eq!(s.batch_max, Duration::from_secs(30));
-        assert!(!s.spot_to_spot && s.leader_election.is_none());
+        assert!(!s.feature_gates.spot_to_spot_consolidation && s.leader_election.is_none());
         assert_eq!(s.consolidation_balance, None);
         let e = parse(&["--cluster-name", "x", "--batch-idle-duration", "soon"]).unwrap_err();
         assert!(e.to_string().contains("--batch-idle-duration"), "{e}");

@@ -119,7 +119,8 @@ pub struct Expectations {
     pub capacity_types: Option<AllowDeny>,
     pub zones: Option<AllowDeny>,
     pub placement: Vec<Placement>,
-    /// NodeClaims disrupted by reason (`empty`, `underutilized`, `drifted`, `expired`, `interruption`):
+    /// NodeClaims disrupted by reason (`empty`, `underutilized`, `drifted`, `expired`, `interruption`,
+    /// `unhealthy`):
     /// (min, max).
     pub disruptions: BTreeMap<String, (Option<u32>, Option<u32>)>,
     /// Pod-minutes of pods that should run and did not (pending or starting), summed over the run.
@@ -130,12 +131,13 @@ pub struct Expectations {
 }
 
 /// The disruption reasons `karpenter_nodeclaims_disrupted_total` counts.
-pub const DISRUPTION_REASONS: [&str; 5] = [
+pub const DISRUPTION_REASONS: [&str; 6] = [
     "empty",
     "underutilized",
     "drifted",
     "expired",
     "interruption",
+    "unhealthy",
 ];
 
 /// What the checks read at the end of a run.

@@ -65,6 +65,24 @@ struct RawDrain {
     pick: Option<Spanned<String>>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNodeFault {
+    /// kubelet_stopped, kubelet_not_ready, accelerator_failed, ... (`fakekube::NodeFault::NAMES`).
+    fault: Spanned<String>,
+    #[serde(default)]
+    node: Option<String>,
+    #[serde(default = "one")]
+    count: u32,
+    #[serde(default)]
+    nodepool: Option<String>,
+    #[serde(default)]
+    pick: Option<Spanned<String>>,
+    /// The fault heals after this long (default: it lasts).
+    #[serde(default, rename = "for")]
+    for_: Option<Spanned<String>>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCloud {
@@ -241,6 +259,8 @@ struct RawEvent {
     delete_pods: Option<RawDeletePods>,
     #[serde(default)]
     drain: Option<RawDrain>,
+    #[serde(default)]
+    node_fault: Option<RawNodeFault>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -466,6 +486,8 @@ struct RawDisruptions {
     expired: Option<RawMinMax>,
     #[serde(default)]
     interruption: Option<RawMinMax>,
+    #[serde(default)]
+    unhealthy: Option<RawMinMax>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -566,6 +588,16 @@ pub enum Action {
         count: u32,
         nodepool: Option<String>,
         newest_first: bool,
+    },
+    /// Something goes wrong on nodes whose instances keep running (a named node, or `count` nodes of a
+    /// pool or any, oldest or newest first), healing after `for_` if given.
+    NodeFault {
+        fault: fakekube::NodeFault,
+        node: Option<String>,
+        count: u32,
+        nodepool: Option<String>,
+        newest_first: bool,
+        for_: Option<Duration>,
     },
 }
 
@@ -1070,6 +1102,7 @@ impl Loader<'_> {
             ("drifted", &d.drifted),
             ("expired", &d.expired),
             ("interruption", &d.interruption),
+            ("unhealthy", &d.unhealthy),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.as_ref().map(|m| (k.to_string(), (m.min, m.max))))
@@ -1201,7 +1234,7 @@ impl Loader<'_> {
             )
         })?;
         let docs: Vec<Spanned<Node>> =
-            serde_saphyr::from_multiple(&text).map_err(|e| serde_error(&shown, e))?;
+            serde_saphyr::from_multiple(&text).map_err(|e| serde_error(&shown, e, ""))?;
         let inner = Loader {
             file: &shown,
             dir: Some(dir),
@@ -1631,19 +1664,27 @@ fn file_reference(node: &Spanned<Node>) -> Option<(&str, Pos)> {
     }
 }
 
-fn serde_error(file: &str, e: serde_saphyr::Error) -> SimError {
+fn serde_error(file: &str, e: serde_saphyr::Error, path: &str) -> SimError {
     let (line, column) = e
         .location()
         .map_or((0, 0), |l| (l.line() as u32, l.column() as u32));
     // serde's messages carry the field (`unknown field `x`, expected one of ...`); keep the first line.
     let message = e.to_string();
     let first = message.lines().next().unwrap_or_default().to_string();
-    let field = first
-        .split('`')
-        .nth(1)
-        .filter(|_| first.contains("field"))
-        .unwrap_or("")
-        .to_string();
+    let named = first.split('`').nth(1).filter(|_| first.contains("field"));
+    // Where the document stopped fitting, without the `value` of the position wrappers; an unknown
+    // field is the path's last key already.
+    let path = path
+        .split('.')
+        .filter(|seg| !seg.is_empty() && *seg != "value")
+        .collect::<Vec<_>>()
+        .join(".");
+    let field = match named {
+        Some(f) if path.is_empty() => f.to_string(),
+        Some(f) if path == f || path.ends_with(&format!(".{f}")) => path,
+        Some(f) => format!("{path}.{f}"),
+        None => path,
+    };
     SimError::Scenario {
         file: file.to_string(),
         line,
@@ -1668,7 +1709,15 @@ impl Scenario {
     }
 
     fn parse_in(file: &str, text: &str, dir: Option<&Path>) -> Result<Scenario, SimError> {
-        let raw: RawScenario = serde_saphyr::from_str(text).map_err(|e| serde_error(file, e))?;
+        // The path to where the document stopped fitting the schema names the field in the error.
+        let mut path = String::new();
+        let raw: RawScenario = serde_saphyr::with_deserializer_from_str(text, |de| {
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                path = e.path().to_string();
+                e.into_inner()
+            })
+        })
+        .map_err(|e| serde_error(file, e, &path))?;
         let l = Loader {
             file,
             dir,
@@ -1818,6 +1867,7 @@ impl Scenario {
                 e.settings.is_some(),
                 e.delete_pods.is_some(),
                 e.drain.is_some(),
+                e.node_fault.is_some(),
             ]
             .iter()
             .filter(|b| **b)
@@ -1826,7 +1876,7 @@ impl Scenario {
                 return Err(l.err(
                     pos(ev),
                     &field,
-                    "each timeline entry needs exactly one action: scale, apply, spot_interruption, capacity_shortage, kms_key_disabled, api_throttle, api_outage, vcpu_quota, ami_release, kube_outage, watch_disconnect, queue_message, delete, delete_nodes, controller_restart, controller_down, settings, delete_pods or drain",
+                    "each timeline entry needs exactly one action: scale, apply, spot_interruption, capacity_shortage, kms_key_disabled, api_throttle, api_outage, vcpu_quota, ami_release, kube_outage, watch_disconnect, queue_message, delete, delete_nodes, controller_restart, controller_down, settings, delete_pods, drain or node_fault",
                 ));
             }
             let action = if let Some(s) = &e.scale {
@@ -2058,6 +2108,39 @@ impl Scenario {
                     newest_first: match &d.pick {
                         Some(p) => l.pick(p, &format!("{field}.drain.pick"))?,
                         None => false,
+                    },
+                }
+            } else if let Some(f) = &e.node_fault {
+                let Some(fault) = fakekube::NodeFault::parse(&f.fault.value) else {
+                    return Err(l.err(
+                        pos(&f.fault),
+                        &format!("{field}.node_fault.fault"),
+                        format!(
+                            "unknown fault `{}`; use one of {}",
+                            f.fault.value,
+                            fakekube::NodeFault::NAMES.join(", ")
+                        ),
+                    ));
+                };
+                if f.count == 0 {
+                    return Err(l.err(
+                        pos(ev),
+                        &format!("{field}.node_fault.count"),
+                        "count must be at least 1",
+                    ));
+                }
+                Action::NodeFault {
+                    fault,
+                    node: f.node.clone(),
+                    count: f.count,
+                    nodepool: f.nodepool.clone(),
+                    newest_first: match &f.pick {
+                        Some(p) => l.pick(p, &format!("{field}.node_fault.pick"))?,
+                        None => false,
+                    },
+                    for_: match &f.for_ {
+                        Some(d) => Some(l.duration(d, &format!("{field}.node_fault.for"))?),
+                        None => None,
                     },
                 }
             } else {

@@ -519,6 +519,7 @@ struct WorkloadParts {
     faults: Arc<Mutex<ControllerFaults>>,
     settings: Arc<Mutex<Vec<(String, String)>>>,
     drains: Arc<Mutex<crate::drain::Drains>>,
+    kubelets: Arc<Mutex<Kubelets>>,
 }
 
 /// How long a settings rollout keeps the controller down (a Deployment's pod replaced).
@@ -549,6 +550,7 @@ async fn workload_host(p: WorkloadParts) -> turmoil::Result {
         faults,
         settings,
         drains,
+        kubelets,
     } = p;
     for note in notes {
         trace.push("load", note);
@@ -708,6 +710,35 @@ async fn workload_host(p: WorkloadParts) -> turmoil::Result {
                         format!("drain node {n}: cordoned (kubectl drain)"),
                     );
                     lock(&drains).start(&kube, &n, clock.elapsed());
+                }
+            }
+            Action::NodeFault {
+                fault,
+                node,
+                count,
+                nodepool,
+                newest_first,
+                for_,
+            } => {
+                let picked = match node {
+                    Some(n) => vec![n],
+                    None => pick_nodes(&kube, count, nodepool.as_deref(), newest_first),
+                };
+                if picked.is_empty() {
+                    trace.push(
+                        "fault",
+                        format!("node-fault {}: no node matches", fault.name()),
+                    );
+                }
+                let lasting = for_
+                    .map(|d| format!(" for {}s", d.as_secs()))
+                    .unwrap_or_default();
+                for n in picked {
+                    trace.push(
+                        "fault",
+                        format!("node-fault {} on node {n}{lasting}", fault.name()),
+                    );
+                    lock(&kubelets).fault(&n, fault, now, for_);
                 }
             }
             Action::Settings(changed) => {
@@ -886,6 +917,12 @@ pub fn run(
     // Replica 0 is the host the timeline crashes; with more than one, every replica elects over a Lease.
     let settings = Arc::new(Mutex::new(scenario.settings.clone()));
     let drains = Arc::new(Mutex::new(crate::drain::Drains::default()));
+    // The cluster host steps the kubelets; the timeline's node faults reach them too.
+    let kubelets = Arc::new(Mutex::new(Kubelets::new(
+        ChaCha8Rng::seed_from_u64(kubelet_seed),
+        scenario.cloud.boot_to_ready,
+        Arc::new(trace.clone()),
+    )));
     let replicas = if autoscaler == Autoscaler::Dovetail {
         scenario.controller_replicas.max(1)
     } else {
@@ -922,13 +959,8 @@ pub fn run(
     {
         let (kube, cloud, trace) = (kube.clone(), cloud.clone(), trace.clone());
         let interval = scenario.scheduler_interval;
-        let boot = scenario.cloud.boot_to_ready;
         let scheduler = Arc::new(Mutex::new(Scheduler::new(Arc::new(trace.clone()))));
-        let kubelets = Arc::new(Mutex::new(Kubelets::new(
-            ChaCha8Rng::seed_from_u64(kubelet_seed),
-            boot,
-            Arc::new(trace.clone()),
-        )));
+        let kubelets = kubelets.clone();
         let workloads = Arc::new(Mutex::new(Workloads::new(Arc::new(trace.clone()))));
         let obs = observations.clone();
         let machines = Arc::new(Mutex::new(MachineCache::default()));
@@ -958,6 +990,7 @@ pub fn run(
         let faults = faults.clone();
         let settings = settings.clone();
         let drains = drains.clone();
+        let kubelets = kubelets.clone();
         sim.host("workload", move || {
             workload_host(WorkloadParts {
                 kube: kube.clone(),
@@ -970,6 +1003,7 @@ pub fn run(
                 faults: faults.clone(),
                 settings: settings.clone(),
                 drains: drains.clone(),
+                kubelets: kubelets.clone(),
             })
         });
     }

@@ -29,7 +29,9 @@ use self::cloud::{Cloud, DescribeInstancesRequest};
 use self::health::LaunchHealth;
 use self::launch::{KnownTemplates, UnavailableOfferings};
 use self::nodeclass::ClassCache;
-use crate::cloudprovider::{CloudProvider, Instance, InstanceType, Launch, NodeClassReadiness};
+use crate::cloudprovider::{
+    CloudProvider, Instance, InstanceType, Launch, NodeClassReadiness, RepairPolicy,
+};
 use crate::context::Context;
 use crate::crds::{NodeClaim, labels};
 use crate::error::ControllerError;
@@ -158,6 +160,28 @@ impl AwsProvider {
             .await;
     }
 }
+
+/// What makes an EC2 node unhealthy, as Karpenter's AWS provider says: the kubelet's Ready False or
+/// Unknown for 30 minutes, and the EKS node monitoring agent's conditions (accelerated hardware for 10
+/// minutes, the others 30).
+const REPAIR_POLICIES: [RepairPolicy; 7] = {
+    const fn policy(condition: &'static str, status: &'static str, minutes: u64) -> RepairPolicy {
+        RepairPolicy {
+            condition,
+            status,
+            toleration: Duration::from_secs(minutes * 60),
+        }
+    }
+    [
+        policy("Ready", "False", 30),
+        policy("Ready", "Unknown", 30),
+        policy("AcceleratedHardwareReady", "False", 10),
+        policy("StorageReady", "False", 30),
+        policy("NetworkingReady", "False", 30),
+        policy("KernelReady", "False", 30),
+        policy("ContainerRuntimeReady", "False", 30),
+    ]
+};
 
 #[async_trait]
 impl CloudProvider for AwsProvider {
@@ -301,6 +325,10 @@ impl CloudProvider for AwsProvider {
 
     async fn registered(&mut self, ctx: &Context, state: &mut ClusterState, claim: &NodeClaim) {
         self.health.registered(ctx, state, claim).await;
+    }
+
+    fn repair_policies(&self) -> &'static [RepairPolicy] {
+        &REPAIR_POLICIES
     }
 
     fn decision_inputs(&self) -> String {

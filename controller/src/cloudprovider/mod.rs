@@ -127,6 +127,17 @@ pub enum NodeClassReadiness {
     Ready(BTreeSet<String>),
 }
 
+/// A node condition that makes a node unhealthy once it has held `toleration` (Karpenter's RepairPolicy):
+/// node repair replaces such a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepairPolicy {
+    /// The Node condition's type (`Ready`, `AcceleratedHardwareReady`, ...).
+    pub condition: &'static str,
+    /// The status that is unhealthy (`False` or `Unknown`).
+    pub status: &'static str,
+    pub toleration: Duration,
+}
+
 /// The cloud as the provider-neutral controllers use it. Methods that take the `Context` may call the
 /// cloud's API; the others answer from what the provider already knows.
 #[async_trait]
@@ -194,6 +205,12 @@ pub trait CloudProvider: Send + Sync {
 
     /// A claim's node registered: its node class launches healthily.
     async fn registered(&mut self, ctx: &Context, state: &mut ClusterState, claim: &NodeClaim);
+
+    /// The node conditions that make a node unhealthy, and for how long each is tolerated (empty: this
+    /// cloud repairs nothing).
+    fn repair_policies(&self) -> &'static [RepairPolicy] {
+        &[]
+    }
 
     /// What disruption decisions read from the provider (catalog, unavailable offerings, node class
     /// resolutions), as text: equal text, equal decisions.

@@ -47,6 +47,9 @@ pub mod labels {
     pub const DISRUPTED_TAINT: &str = "karpenter.sh/disrupted";
     /// Annotation on a NodeClaim: the hash of its NodePool's template when it was created.
     pub const POOL_HASH: &str = "karpenter.sh/nodepool-hash";
+    /// When a NodeClaim's drain must end: pods still there are deleted, not evicted (Karpenter sets it
+    /// from the terminationGracePeriod, and node repair to the moment it repairs).
+    pub const TERMINATION_TIMESTAMP: &str = "karpenter.sh/nodeclaim-termination-timestamp";
     /// Annotation on a NodeClaim launched with fewer types than a `minValues` asked (BestEffort policy).
     pub const MIN_VALUES_RELAXED: &str = "karpenter.sh/nodeclaim-min-values-relaxed";
     /// Annotation on a consolidation replacement: the hourly price it must stay under (what it replaces).

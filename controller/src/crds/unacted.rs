@@ -3,8 +3,8 @@
 
 use super::{EC2NodeClassSpec, NodePoolSpec};
 
-/// The set fields of a NodePool that Dovetail does not act on (none today: `replicas`, which it cannot yet
-/// honour, is refused instead by `nodepool::validation`).
+/// The set fields of a NodePool that Dovetail does not act on (none today: `replicas` is acted on behind
+/// the `StaticCapacity` gate, and refused by `nodepool::validation` with the gate off).
 pub fn nodepool(_spec: &NodePoolSpec) -> Vec<&'static str> {
     Vec::new()
 }

@@ -328,6 +328,19 @@ impl View<'_> {
             if node.metadata.deletion_timestamp.is_some() || tainted || !node_ready(node) {
                 continue;
             }
+            // A static pool's nodes are its replica count's to keep: never consolidated (as in
+            // Karpenter), and not yet replaced for drift here (expiry still replaces them).
+            let pool_name = claim
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(labels::NODEPOOL));
+            if pool_name
+                .and_then(|p| self.state.nodepools.get(p))
+                .is_some_and(|p| p.spec.replicas.is_some())
+            {
+                continue;
+            }
             if node_says_no {
                 refuse(format!(
                     "the node has the {} annotation",

@@ -70,12 +70,7 @@ impl View<'_> {
                 &leaving,
                 self.provider.instance_types(),
             ),
-            pools: inputs::pool_options(
-                self.state,
-                self.provider,
-                self.ctx.settings.min_values_best_effort,
-            )
-            .usable,
+            pools: inputs::pool_options(self.state, self.provider, &self.ctx.settings).usable,
             pods,
             pool_totals: self.pool_totals(),
         }
@@ -101,21 +96,18 @@ impl View<'_> {
             &leaving,
             self.provider.instance_types(),
         );
-        let pools: Vec<PoolOptions<'_>> = inputs::pool_options(
-            self.state,
-            self.provider,
-            self.ctx.settings.min_values_best_effort,
-        )
-        .usable
-        .into_iter()
-        .filter(|p| {
-            self.state.nodepools.get(&p.name).is_none_or(|pool| {
-                self.provider
-                    .launch_problem(&pool.spec.template.spec.node_class_ref.name)
-                    .is_none()
-            })
-        })
-        .collect();
+        let pools: Vec<PoolOptions<'_>> =
+            inputs::pool_options(self.state, self.provider, &self.ctx.settings)
+                .usable
+                .into_iter()
+                .filter(|p| {
+                    self.state.nodepools.get(&p.name).is_none_or(|pool| {
+                        self.provider
+                            .launch_problem(&pool.spec.template.spec.node_class_ref.name)
+                            .is_none()
+                    })
+                })
+                .collect();
         !crate::scheduling::plan(&pending, &existing, &pools)
             .claims
             .is_empty()
@@ -187,7 +179,7 @@ impl View<'_> {
 
     /// Consolidation's verdict on a simulation: delete when every pod fits elsewhere; replace with one
     /// strictly cheaper node otherwise (spot nodes only by spot, under [`SPOT_TO_SPOT_TYPES`]'s rule, and
-    /// not at all with `Settings::spot_to_spot` off, Karpenter's default); anything else is no action.
+    /// not at all with the `SpotToSpotConsolidation` gate off, Karpenter's default); anything else is no action.
     /// Returns the action and the saving per hour, or why there is none (Karpenter's `Unconsolidatable`
     /// messages, in substance). Several nodes replaced by one never get a type one of them already is when
     /// deleting the others would do (Karpenter's `filterOutSameInstanceType`).
@@ -217,7 +209,7 @@ impl View<'_> {
                         .requirements
                         .get(labels::CAPACITY_TYPE)
                         .is_none_or(|r| r.has(CapacityType::Spot.as_str()));
-                    if !self.ctx.settings.spot_to_spot {
+                    if !self.ctx.settings.feature_gates.spot_to_spot_consolidation {
                         return Err("spot-to-spot consolidation is disabled: a spot node is not replaced by another spot node".into());
                     }
                     if spot < cands.len() {

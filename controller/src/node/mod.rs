@@ -1,7 +1,8 @@
-//! Nodes: the termination controller and the drain rules it follows, and the disrupted taint that
-//! termination and disruption both write.
+//! Nodes: the termination controller and the drain rules it follows, node repair, and the disrupted
+//! taint that termination and disruption both write.
 
 pub mod drain;
+pub mod health;
 pub(crate) mod termination;
 
 use k8s_openapi::api::core::v1::Node;
@@ -13,6 +14,7 @@ use crate::error::ControllerError;
 use crate::kube::{Kind, ObjectKey};
 use crate::state::ClusterState;
 
+pub(crate) use health::NodeHealth;
 pub(crate) use termination::Terminator;
 
 /// Add or remove `karpenter.sh/disrupted:NoSchedule`, keeping the node's other taints, and update the

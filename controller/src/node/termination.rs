@@ -135,11 +135,23 @@ impl Terminator {
             .termination_grace_period
             .as_deref()
             .and_then(|g| crate::duration::parse_or_never(g).ok().flatten());
-        let deadline = grace.and_then(|g| {
+        let from_grace = grace.and_then(|g| {
             jiff::SignedDuration::try_from(g)
                 .ok()
                 .and_then(|g| deleted_at.checked_add(g).ok())
         });
+        // The claim's termination timestamp (node repair sets it to when it repaired) ends the drain too.
+        let stamped = claim
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(labels::TERMINATION_TIMESTAMP))
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+        let (deadline, deadline_by) = match (from_grace, stamped) {
+            (Some(g), Some(t)) if g <= t => (Some(g), "terminationGracePeriod"),
+            (_, Some(t)) => (Some(t), "termination timestamp"),
+            (g, None) => (g, "terminationGracePeriod"),
+        };
         // A node whose kubelet is gone cannot shut its pods down; Kubernetes removes them itself.
         let kubelet_gone =
             has_taint(&node, UNREACHABLE_TAINT) || state.instance_gone.contains(&claim_name);
@@ -164,14 +176,15 @@ impl Terminator {
             .and_then(|s| s.conditions.iter().find(|c| c.type_ == "DisruptionReason"))
             .and_then(|c| c.reason.clone())
             .unwrap_or_default();
-        self.carry_out_drain(ctx, &node, &step, &reason).await?;
+        self.carry_out_drain(ctx, &node, &step, &reason, deadline_by)
+            .await?;
         if !step.drained {
             return Ok(());
         }
         let waited = crate::clock::since(now, deleted_at);
         let forced = if step.remaining > 0 && !kubelet_gone {
             format!(
-                "; terminationGracePeriod ran out with {} pods left",
+                "; its termination time came with {} pods left",
                 step.remaining
             )
         } else {
@@ -225,13 +238,15 @@ impl Terminator {
             .await
     }
 
-    /// Evict and delete as the step says; refused evictions wait their retry time.
+    /// Evict and delete as the step says; refused evictions wait their retry time. `deadline_by` names
+    /// what set the deadline that turns evictions into deletions.
     async fn carry_out_drain(
         &mut self,
         ctx: &Context,
         node: &Node,
         step: &DrainStep,
         reason: &str,
+        deadline_by: &str,
     ) -> Result<(), ControllerError> {
         let name = node.metadata.name.clone().unwrap_or_default();
         let now = ctx.now();
@@ -293,7 +308,7 @@ impl Terminator {
             ctx.journal.record(
                 "termination",
                 format!(
-                    "node/{name} terminationGracePeriod: deleted {} pods ({})",
+                    "node/{name} {deadline_by}: deleted {} pods ({})",
                     deleted.len(),
                     list(&deleted)
                 ),

@@ -142,7 +142,12 @@ impl NodePoolStatus {
         let pools = live_pools(state);
         for pool in pools {
             let name = pool.metadata.name.clone().unwrap_or_default();
-            let invalid = validate(&pool, provider.instance_types()).err();
+            let invalid = validate(
+                &pool,
+                provider.instance_types(),
+                &ctx.settings.feature_gates,
+            )
+            .err();
             let class = node_class_problem(provider, state, &pool);
             let class_known = !matches!(
                 provider.node_class(state, &pool.spec.template.spec.node_class_ref.name),

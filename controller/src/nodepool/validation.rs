@@ -19,8 +19,18 @@ pub type Problem = (&'static str, String);
 
 /// The static checks of a pool's spec; `types` is the instance-type catalog (empty until it is read,
 /// when the catalog check waits). Returns the parsed requirements, so callers parse them once.
-pub fn validate(pool: &NodePool, types: &[InstanceType]) -> Result<Requirements, Problem> {
+pub fn validate(
+    pool: &NodePool,
+    types: &[InstanceType],
+    gates: &crate::context::FeatureGates,
+) -> Result<Requirements, Problem> {
     fields(pool).map_err(|e| ("InvalidField", e))?;
+    if pool.spec.replicas.is_some() && !gates.static_capacity {
+        return Err((
+            "StaticCapacityDisabled",
+            "spec.replicas: a static NodePool needs the StaticCapacity feature gate (FEATURE_GATES=StaticCapacity=true)".into(),
+        ));
+    }
     let field = "spec.template.spec.requirements";
     let reqs = Requirements::from_node_selector(&pool.spec.template.spec.requirements)
         .map_err(|e| ("InvalidRequirements", format!("{field}: {e}")))?;
@@ -69,11 +79,8 @@ pub fn validate(pool: &NodePool, types: &[InstanceType]) -> Result<Requirements,
 fn fields(pool: &NodePool) -> Result<(), String> {
     use crate::crds::nodepool::policy;
     let spec = &pool.spec;
-    if spec.replicas.is_some() {
-        return Err(
-            "spec.replicas: static NodePools are not supported by Dovetail yet; remove `replicas` to provision for pending pods"
-                .into(),
-        );
+    if spec.replicas.is_some_and(|r| r < 0) {
+        return Err("spec.replicas: must be 0 or more".into());
     }
     if let Some(d) = &spec.disruption {
         if let Some(p) = d.consolidation_policy.as_deref()
@@ -142,6 +149,10 @@ fn type_possible(it: &InstanceType, reqs: &Requirements) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gates() -> crate::context::FeatureGates {
+        crate::context::FeatureGates::default()
+    }
     use std::collections::BTreeMap;
 
     use crate::cloudprovider::{CapacityType, Offering};
@@ -183,7 +194,7 @@ spec:
         let p = pool(&format!(
             "{BASE}        - {{key: karpenter.k8s.aws/instance-category, operator: In, values: [m]}}\n"
         ));
-        assert!(validate(&p, &catalog()).is_ok());
+        assert!(validate(&p, &catalog(), &gates()).is_ok());
     }
 
     #[test]
@@ -191,11 +202,11 @@ spec:
         let p = pool(&format!(
             "{BASE}        - {{key: karpenter.k8s.aws/instance-category, operator: In, values: [z]}}\n"
         ));
-        let (reason, message) = validate(&p, &catalog()).unwrap_err();
+        let (reason, message) = validate(&p, &catalog(), &gates()).unwrap_err();
         assert_eq!(reason, "NoInstanceTypes");
         assert!(message.contains("instance-category"), "{message}");
         // Before the catalog is read only the static checks run.
-        assert!(validate(&p, &[]).is_ok());
+        assert!(validate(&p, &[], &gates()).is_ok());
     }
 
     #[test]
@@ -203,7 +214,7 @@ spec:
         let p = pool(&format!(
             "{BASE}        - {{key: karpenter.sh/capacity-type, operator: In, values: [spot]}}\n        - {{key: karpenter.sh/capacity-type, operator: NotIn, values: [spot]}}\n"
         ));
-        let (reason, message) = validate(&p, &[]).unwrap_err();
+        let (reason, message) = validate(&p, &[], &gates()).unwrap_err();
         assert_eq!(reason, "ImpossibleRequirements");
         assert!(message.contains("karpenter.sh/capacity-type"), "{message}");
     }
@@ -215,7 +226,7 @@ spec:
         let p = pool(&format!(
             "{base}  disruption:\n    consolidationPolicy: WhenEmtpy\n"
         ));
-        let (reason, message) = validate(&p, &[]).unwrap_err();
+        let (reason, message) = validate(&p, &[], &gates()).unwrap_err();
         assert_eq!(reason, "InvalidField");
         assert_eq!(
             message,
@@ -224,19 +235,29 @@ spec:
         let p = pool(&format!(
             "{base}  disruption:\n    consolidationPolicy: Balanced\n"
         ));
-        assert!(validate(&p, &[]).is_ok());
+        assert!(validate(&p, &[], &gates()).is_ok());
         let p = pool(&format!("{base}  replicas: 3\n"));
+        let (reason, message) = validate(&p, &[], &gates()).unwrap_err();
+        assert_eq!(reason, "StaticCapacityDisabled");
         assert!(
-            validate(&p, &[])
-                .unwrap_err()
-                .1
-                .starts_with("spec.replicas")
+            message.contains("FEATURE_GATES=StaticCapacity=true"),
+            "{message}"
+        );
+        let on = crate::context::FeatureGates {
+            static_capacity: true,
+            ..gates()
+        };
+        assert!(validate(&p, &[], &on).is_ok());
+        let p = pool(&format!("{base}  replicas: -1\n"));
+        assert_eq!(
+            validate(&p, &[], &on).unwrap_err().1,
+            "spec.replicas: must be 0 or more"
         );
         let p = pool(&format!(
             "{base}      taints: [{{key: a, effect: NoScheduel}}]\n"
         ));
         assert!(
-            validate(&p, &[])
+            validate(&p, &[], &gates())
                 .unwrap_err()
                 .1
                 .starts_with("spec.template.spec.taints[0].effect")
@@ -248,7 +269,7 @@ spec:
         let p = pool(&format!(
             "{BASE}        - {{key: kubernetes.io/arch, operator: In, values: [amd64]}}\n  disruption:\n    budgets:\n      - {{nodes: \"0\", schedule: \"0 25 * * *\", duration: 8h}}\n"
         ));
-        let (reason, message) = validate(&p, &catalog()).unwrap_err();
+        let (reason, message) = validate(&p, &catalog(), &gates()).unwrap_err();
         assert_eq!(reason, "InvalidBudget");
         assert!(
             message.starts_with("spec.disruption.budgets[0].schedule"),

@@ -224,6 +224,9 @@ pub(crate) fn pending_pod_or_log(
 /// The NodePools the planner may launch from, and those it may not with why (for explanations).
 pub(crate) struct Pools<'a> {
     pub usable: Vec<PoolOptions<'a>>,
+    /// Static pools (`spec.replicas`): their nodes come from their replica count, never for pending
+    /// pods (pods may still land on them as on any node).
+    pub statics: Vec<PoolOptions<'a>>,
     pub skipped: Vec<(String, String)>,
 }
 
@@ -232,9 +235,12 @@ pub(crate) struct Pools<'a> {
 pub(crate) fn pool_options<'a>(
     state: &ClusterState,
     provider: &'a dyn CloudProvider,
-    min_values_best_effort: bool,
+    settings: &crate::context::Settings,
 ) -> Pools<'a> {
+    let min_values_best_effort = settings.min_values_best_effort;
+    let gates = &settings.feature_gates;
     let mut out = Vec::new();
+    let mut statics = Vec::new();
     let mut skipped = Vec::new();
     for pool in state.nodepools.values() {
         let name = pool.metadata.name.clone().unwrap_or_default();
@@ -246,7 +252,7 @@ pub(crate) fn pool_options<'a>(
         }
         // What the NodePool's status reports as ValidationSucceeded=False launches nothing.
         let mut requirements =
-            match crate::nodepool::validation::validate(pool, provider.instance_types()) {
+            match crate::nodepool::validation::validate(pool, provider.instance_types(), gates) {
                 Ok(r) => r,
                 Err((_, why)) => {
                     skipped.push((name, why));
@@ -288,7 +294,12 @@ pub(crate) fn pool_options<'a>(
                     .collect(),
             ))
         });
-        out.push(PoolOptions {
+        let into = if pool.spec.replicas.is_some() {
+            &mut statics
+        } else {
+            &mut out
+        };
+        into.push(PoolOptions {
             name,
             weight: pool.spec.weight.unwrap_or(0),
             requirements,
@@ -315,6 +326,7 @@ pub(crate) fn pool_options<'a>(
     }
     Pools {
         usable: out,
+        statics,
         skipped,
     }
 }
@@ -450,11 +462,12 @@ pub(crate) fn existing_capacity(
                 }
             }
         }
+        let node = status.node_name.as_deref().and_then(|n| state.nodes.get(n));
         out.push(ExistingCapacity {
             name: format!("nodeclaim/{name}"),
             available,
             labels,
-            taints: claim.spec.taints.clone(),
+            taints: claim_taints(claim, node),
             pods,
         });
     }
@@ -517,6 +530,57 @@ pub fn existing_pod(key: &ObjectKey, pod: &Pod) -> ExistingPod {
 
 /// A node without a NodeClaim as room for pods: None unless it is Ready, schedulable and reports its
 /// allocatable. `used` is what its bound pods request.
+/// Taints Karpenter expects to go while a node initializes: the node lifecycle controller's not-ready and
+/// unreachable taints, the cloud controller's uninitialized taint, Dovetail's unregistered taint and the
+/// node readiness controller's `readiness.k8s.io/` family.
+fn ephemeral_taint(t: &crate::crds::Taint) -> bool {
+    matches!(
+        (t.key.as_str(), t.effect.as_str()),
+        ("node.kubernetes.io/not-ready", "NoSchedule" | "NoExecute")
+            | ("node.kubernetes.io/unreachable", "NoSchedule")
+            | (labels::UNREGISTERED_TAINT, "NoExecute")
+    ) || (t.key == "node.cloudprovider.kubernetes.io/uninitialized"
+        && t.effect == "NoSchedule"
+        && t.value.as_deref() == Some("true"))
+        || t.key.starts_with("readiness.k8s.io/")
+}
+
+/// The taints that keep pods off a claim's capacity, as Karpenter's cluster state reads them: the Node's
+/// once it registered (a node tainted unreachable, or by hand, takes no pods that do not tolerate it),
+/// the claim's before; until the node is initialized, taints expected to go (the ephemeral ones and the
+/// claim's startup taints) are not held against it.
+fn claim_taints(
+    claim: &crate::crds::NodeClaim,
+    node: Option<&k8s_openapi::api::core::v1::Node>,
+) -> Vec<crate::crds::Taint> {
+    let taints: Vec<crate::crds::Taint> = match node {
+        Some(node) => crate::state::node_taints_without(node, labels::UNREGISTERED_TAINT)
+            .into_iter()
+            .map(|t| crate::crds::Taint {
+                key: t.key,
+                value: t.value,
+                effect: t.effect,
+                time_added: None,
+            })
+            .collect(),
+        None => claim.spec.taints.clone(),
+    };
+    if claim.condition_true(crate::crds::nodeclaim::conditions::INITIALIZED) {
+        return taints;
+    }
+    taints
+        .into_iter()
+        .filter(|t| {
+            !ephemeral_taint(t)
+                && !claim
+                    .spec
+                    .startup_taints
+                    .iter()
+                    .any(|s| s.key == t.key && s.effect == t.effect && s.value == t.value)
+        })
+        .collect()
+}
+
 pub fn node_capacity(
     name: &str,
     node: &k8s_openapi::api::core::v1::Node,
@@ -630,5 +694,39 @@ mod tests {
             ]
         );
         assert_eq!(required_alternatives(&p), 2);
+    }
+
+    #[test]
+    fn a_registered_claim_is_held_to_its_nodes_taints() {
+        let claim = |initialized: bool| -> crate::crds::NodeClaim {
+            let status = if initialized { "True" } else { "Unknown" };
+            serde_json::from_value(json!({"apiVersion": "karpenter.sh/v1", "kind": "NodeClaim",
+                "metadata": {"name": "c"},
+                "spec": {"nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "default"},
+                    "requirements": [],
+                    "taints": [{"key": "team", "value": "a", "effect": "NoSchedule"}],
+                    "startupTaints": [{"key": "cni", "effect": "NoSchedule"}]},
+                "status": {"nodeName": "n", "conditions": [{"type": "Initialized", "status": status}]}}))
+            .unwrap()
+        };
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
+        "metadata": {"name": "n"},
+        "spec": {"taints": [
+            {"key": "team", "value": "a", "effect": "NoSchedule"},
+            {"key": "cni", "effect": "NoSchedule"},
+            {"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"},
+            {"key": "karpenter.sh/unregistered", "effect": "NoExecute"},
+        ]}}))
+        .unwrap();
+        let keys = |ts: Vec<crate::crds::Taint>| ts.into_iter().map(|t| t.key).collect::<Vec<_>>();
+        // Initialized: every taint on the node counts but Dovetail's own unregistered one.
+        assert_eq!(
+            keys(claim_taints(&claim(true), Some(&node))),
+            ["team", "cni", "node.kubernetes.io/unreachable"]
+        );
+        // Still initializing: ephemeral and startup taints are expected to go.
+        assert_eq!(keys(claim_taints(&claim(false), Some(&node))), ["team"]);
+        // Not registered: the claim's own taints.
+        assert_eq!(keys(claim_taints(&claim(false), None)), ["team"]);
     }
 }

@@ -1,8 +1,10 @@
-//! Provisioning: batch pending pods, plan new NodeClaims for them with the scheduling core, create them.
+//! Provisioning: batch pending pods, plan new NodeClaims for them with the scheduling core, create them;
+//! keep static pools at their replica count.
 
 pub mod batcher;
 pub mod inputs;
 pub(crate) mod provisioner;
+pub(crate) mod static_capacity;
 pub mod volumes;
 
 pub use batcher::Batcher;

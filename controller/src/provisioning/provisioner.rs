@@ -95,7 +95,7 @@ impl Provisioner {
             return Ok(());
         }
         let existing = inputs::existing_capacity(ctx, state, &leaving, provider.instance_types());
-        let pools = inputs::pool_options(state, provider, ctx.settings.min_values_best_effort);
+        let pools = inputs::pool_options(state, provider, &ctx.settings);
         for (name, why) in &pools.skipped {
             if self.skipped.get(name) != Some(why) {
                 ctx.journal

@@ -737,6 +737,50 @@ fn claim_types_by_price(
         .collect()
 }
 
+/// A claim of a static pool (`spec.replicas`), made for no pod: the pool's requirements and every type it
+/// allows that holds its DaemonSet pods, cheapest first (its `nodes` limit is the caller's to count).
+pub fn static_claim(pool: &PoolOptions) -> Result<ClaimPlan, String> {
+    let reqs = &pool.requirements;
+    let total = pool.daemon_overhead.clone();
+    let mut types: Vec<(f64, &InstanceType)> = pool
+        .instance_types
+        .iter()
+        .map(|it| &**it)
+        .filter(|it| type_allowed(it, reqs) && it.allocatable.fits(&total))
+        .map(|it| (cheapest_price(it, reqs), it))
+        .collect();
+    if types.is_empty() {
+        return Err(format!(
+            "no instance type offered in the allowed zones and capacity types matches the requirements and holds the daemonset overhead {total}"
+        ));
+    }
+    types.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.name.cmp(&b.1.name)));
+    let chosen: Vec<&InstanceType> = types.iter().map(|(_, it)| *it).collect();
+    let min_values_relaxed = if min_values_hold(&chosen, reqs) {
+        BTreeMap::new()
+    } else if pool.min_values_best_effort {
+        min_values_shortfall(&chosen, reqs)
+    } else {
+        let short = min_values_shortfall(&chosen, reqs);
+        let what: Vec<String> = short
+            .iter()
+            .map(|(k, have)| format!("{k} has {have} values"))
+            .collect();
+        return Err(format!(
+            "minValues cannot be met ({}; MIN_VALUES_POLICY=Strict)",
+            what.join(", ")
+        ));
+    };
+    Ok(ClaimPlan {
+        pool: pool.name.clone(),
+        pods: Vec::new(),
+        requests: total,
+        requirements: reqs.clone(),
+        instance_types: chosen.iter().map(|it| it.name.clone()).collect(),
+        min_values_relaxed,
+    })
+}
+
 /// Pack `pods` onto `existing` capacity first, then onto as few new claims as the pools allow.
 pub fn plan(pods: &[PendingPod], existing: &[ExistingCapacity], pools: &[PoolOptions]) -> Plan {
     let existing: Vec<&ExistingCapacity> = existing.iter().collect();
