@@ -837,6 +837,12 @@ fn node_repair_seed_42() {
     assert_eq!(unhealthy("ready"), 2.0);
     assert_eq!(unhealthy("accelerated_hardware_ready"), 1.0);
     assert!(out.passed && !text.contains("VIOLATION"));
+    // Every pool here labels its nodes (`pool: web`): the bound still finds their types.
+    let m = &out.metrics;
+    assert!(
+        m.lower_bound_total > 0.0 && m.lower_bound_total < m.cost_total,
+        "{m:?}"
+    );
     insta::assert_snapshot!("node-repair.seed-42", text);
 }
 

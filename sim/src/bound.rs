@@ -56,7 +56,11 @@ pub fn columns(cloud: &FakeCloud, kube: &FakeKube) -> Vec<Column> {
             let mut l = t.labels.clone();
             l.insert(labels::ZONE.into(), zone.into());
             l.insert(labels::CAPACITY_TYPE.into(), ct.as_str().into());
-            pools.iter().any(|p| p.matches_labels(&l))
+            // A label the type does not carry (a template's `team: web`) is the node's, given by the
+            // pool: it neither allows nor rules out the type.
+            pools
+                .iter()
+                .any(|p| p.0.values().all(|r| l.get(&r.key).is_none_or(|v| r.has(v))))
         };
         let Some(best) = t
             .offerings
@@ -369,6 +373,13 @@ impl Bounder {
                     r
                 }
             };
+            // A pod bigger than every allowed type in some resource can never run anywhere: it is no
+            // demand any fleet could meet.
+            let fits_somewhere = (0..RESOURCES.len())
+                .all(|i| req[i] <= EPS || self.columns.iter().any(|c| c.supply[i] + EPS >= req[i]));
+            if !fits_somewhere {
+                continue;
+            }
             for (t, r) in total.iter_mut().zip(req) {
                 *t += r;
             }
