@@ -35,6 +35,9 @@ pub(crate) struct Candidate {
     pub daemon_unfit: Vec<String>,
     /// The pool allows consolidation and the node has been stable for `consolidateAfter`.
     pub consolidatable: bool,
+    /// The node belongs to a static pool (`spec.replicas`): only drift replaces it, by a claim of the
+    /// pool's own.
+    pub static_pool: bool,
     /// The pool's policy is `WhenEmpty`.
     pub only_when_empty: bool,
     /// The pool's policy is `Balanced`: a move must score at least 1/k (`balance`).
@@ -328,19 +331,6 @@ impl View<'_> {
             if node.metadata.deletion_timestamp.is_some() || tainted || !node_ready(node) {
                 continue;
             }
-            // A static pool's nodes are its replica count's to keep: never consolidated (as in
-            // Karpenter), and not yet replaced for drift here (expiry still replaces them).
-            let pool_name = claim
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(labels::NODEPOOL));
-            if pool_name
-                .and_then(|p| self.state.nodepools.get(p))
-                .is_some_and(|p| p.spec.replicas.is_some())
-            {
-                continue;
-            }
             if node_says_no {
                 refuse(format!(
                     "the node has the {} annotation",
@@ -401,10 +391,14 @@ impl View<'_> {
                         .map(|t| std::time::Duration::try_from(t.as_duration()).unwrap_or_default())
                         .unwrap_or_default(),
                 );
-            let consolidatable = match after {
-                Ok(Some(d)) => now >= stable_since + d,
-                _ => false,
-            };
+            // A static pool's nodes are its replica count's to keep: never consolidated, only replaced
+            // when drifted (as in Karpenter).
+            let static_pool = pool.spec.replicas.is_some();
+            let consolidatable = !static_pool
+                && match after {
+                    Ok(Some(d)) => now >= stable_since + d,
+                    _ => false,
+                };
             let instance_type = claim_labels
                 .get(labels::INSTANCE_TYPE)
                 .cloned()
@@ -417,7 +411,12 @@ impl View<'_> {
                 instance_type,
                 capacity_type: capacity_type_of(claim_labels),
                 drifted: self.drift(claim, facts),
-                daemon_unfit: unfit.get(node_name.as_str()).cloned().unwrap_or_default(),
+                daemon_unfit: if static_pool {
+                    Vec::new()
+                } else {
+                    unfit.get(node_name.as_str()).cloned().unwrap_or_default()
+                },
+                static_pool,
                 consolidatable,
                 only_when_empty: policy == Some(crate::crds::nodepool::policy::WHEN_EMPTY),
                 balanced: policy == Some(crate::crds::nodepool::policy::BALANCED),

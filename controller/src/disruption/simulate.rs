@@ -40,6 +40,8 @@ fn same_type_ceiling(cands: &[&Candidate], replacement_types: &[String]) -> f64 
 pub(crate) struct Snapshot<'a> {
     existing: Vec<ExistingCapacity>,
     pools: Vec<PoolOptions<'a>>,
+    /// Static pools: only their own drift replacements come from them.
+    statics: Vec<PoolOptions<'a>>,
     pods: BTreeMap<String, Vec<PendingPod>>,
     /// Each pool's cost per hour and disruption cost, for the consolidation score.
     pool_totals: BTreeMap<String, (f64, f64)>,
@@ -63,6 +65,7 @@ impl View<'_> {
                 (c.node.clone(), pending)
             })
             .collect();
+        let options = inputs::pool_options(self.state, self.provider, &self.ctx.settings);
         Snapshot {
             existing: inputs::existing_capacity(
                 self.ctx,
@@ -70,7 +73,8 @@ impl View<'_> {
                 &leaving,
                 self.provider.instance_types(),
             ),
-            pools: inputs::pool_options(self.state, self.provider, &self.ctx.settings).usable,
+            pools: options.usable,
+            statics: options.statics,
             pods,
             pool_totals: self.pool_totals(),
         }
@@ -342,6 +346,10 @@ impl View<'_> {
         cands: &[&Candidate],
     ) -> Result<Command, String> {
         match reason {
+            Reason::Drifted if cands.iter().any(|c| c.static_pool) => match cands {
+                [c] => self.static_drift(snap, c),
+                _ => Err("static nodes are replaced one at a time".into()),
+            },
             Reason::Drifted | Reason::DaemonSetUnfit => {
                 let plan = self.simulate(snap, cands);
                 if let Some((_, why)) = plan.unschedulable.first() {
@@ -370,6 +378,44 @@ impl View<'_> {
                 Ok(self.command(reason, cands, action, savings))
             }
         }
+    }
+
+    /// Karpenter's static drift: a drifted node of a static pool is replaced by a claim of the pool's own
+    /// (its pods follow once it is up), not while the pool is above its replica count, and only where
+    /// `limits.nodes` leaves room for the replacement beside it.
+    fn static_drift(&self, snap: &Snapshot<'_>, c: &Candidate) -> Result<Command, String> {
+        let pool = self
+            .state
+            .nodepools
+            .get(&c.pool)
+            .ok_or("its NodePool is gone")?;
+        let replicas = usize::try_from(pool.spec.replicas.unwrap_or(0)).unwrap_or(0);
+        let live = crate::provisioning::static_capacity::live_claims(self.state, &c.pool).len();
+        if live > replicas {
+            return Err(format!(
+                "nodepool/{} is scaling down ({live} nodeclaims for {replicas} replicas)",
+                c.pool
+            ));
+        }
+        if crate::provisioning::static_capacity::nodes_left(pool, live) == Some(0) {
+            return Err(format!(
+                "nodepool/{}'s limits.nodes leaves no room for a replacement",
+                c.pool
+            ));
+        }
+        let options = snap
+            .statics
+            .iter()
+            .find(|p| p.name == c.pool)
+            .ok_or("its NodePool cannot launch now")?;
+        let plan = crate::scheduling::planner::static_claim(options)?;
+        let savings = c.price - self.plan_price(&plan);
+        Ok(self.command(
+            Reason::Drifted,
+            &[c],
+            Action::Replace(vec![plan], None),
+            savings,
+        ))
     }
 
     /// A fingerprint of everything [`Self::choose`] reads: the cluster, the candidates, the budgets left

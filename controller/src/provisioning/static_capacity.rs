@@ -15,12 +15,21 @@ use crate::kube::{Kind, ObjectKey};
 use crate::node::drain::{Disposition, DrainGroup};
 use crate::state::ClusterState;
 
-/// A static pool's live claims (not being deleted), by name.
-fn live_claims<'a>(state: &'a ClusterState, pool: &str) -> Vec<&'a NodeClaim> {
+/// A static pool's live claims: not being deleted, and not being replaced for drift (their node tainted
+/// `karpenter.sh/disrupted`; the replacement counts instead).
+pub(crate) fn live_claims<'a>(state: &'a ClusterState, pool: &str) -> Vec<&'a NodeClaim> {
+    let leaving = |c: &NodeClaim| {
+        c.status
+            .as_ref()
+            .and_then(|s| s.node_name.as_ref())
+            .and_then(|n| state.nodes.get(n))
+            .and_then(|n| n.spec.as_ref()?.taints.as_ref())
+            .is_some_and(|ts| ts.iter().any(|t| t.key == labels::DISRUPTED_TAINT))
+    };
     state
         .nodeclaims
         .values()
-        .filter(|c| c.metadata.deletion_timestamp.is_none())
+        .filter(|c| c.metadata.deletion_timestamp.is_none() && !leaving(c))
         .filter(|c| {
             c.metadata
                 .labels
@@ -83,7 +92,7 @@ fn do_not_disrupt(pod: &Pod) -> bool {
 }
 
 /// How many claims `limits.nodes` still allows the pool (None: no such limit).
-fn nodes_left(pool: &NodePool, live: usize) -> Option<usize> {
+pub(crate) fn nodes_left(pool: &NodePool, live: usize) -> Option<usize> {
     let limit = pool.spec.limits.as_ref()?.get("nodes")?;
     let n = crate::quantity::parse(&limit.0).ok()?.units();
     Some(usize::try_from(n).unwrap_or(0).saturating_sub(live))
