@@ -545,6 +545,20 @@ fn ephemeral_taint(t: &crate::crds::Taint) -> bool {
         || t.key.starts_with("readiness.k8s.io/")
 }
 
+/// A node's taints as the planner holds them against pods: all but the unregistered taint, which goes as
+/// soon as Dovetail syncs the node and does not keep pods off.
+fn held_taints(node: &k8s_openapi::api::core::v1::Node) -> Vec<crate::crds::Taint> {
+    crate::state::node_taints_without(node, labels::UNREGISTERED_TAINT)
+        .into_iter()
+        .map(|t| crate::crds::Taint {
+            key: t.key,
+            value: t.value,
+            effect: t.effect,
+            time_added: None,
+        })
+        .collect()
+}
+
 /// The taints that keep pods off a claim's capacity, as Karpenter's cluster state reads them: the Node's
 /// once it registered (a node tainted unreachable, or by hand, takes no pods that do not tolerate it),
 /// the claim's before; until the node is initialized, taints expected to go (the ephemeral ones and the
@@ -554,15 +568,7 @@ fn claim_taints(
     node: Option<&k8s_openapi::api::core::v1::Node>,
 ) -> Vec<crate::crds::Taint> {
     let taints: Vec<crate::crds::Taint> = match node {
-        Some(node) => crate::state::node_taints_without(node, labels::UNREGISTERED_TAINT)
-            .into_iter()
-            .map(|t| crate::crds::Taint {
-                key: t.key,
-                value: t.value,
-                effect: t.effect,
-                time_added: None,
-            })
-            .collect(),
+        Some(node) => held_taints(node),
         None => claim.spec.taints.clone(),
     };
     if claim.condition_true(crate::crds::nodeclaim::conditions::INITIALIZED) {
@@ -599,16 +605,7 @@ pub fn node_capacity(
     let alloc = node.status.as_ref().and_then(|s| s.allocatable.as_ref())?;
     let mut available = Resources::parse(alloc).unwrap_or_default();
     available.sub(used);
-    // The unregistered taint goes as soon as Dovetail syncs the node; it does not keep pods off.
-    let taints = crate::state::node_taints_without(node, labels::UNREGISTERED_TAINT)
-        .into_iter()
-        .map(|t| crate::crds::Taint {
-            key: t.key,
-            value: t.value,
-            effect: t.effect,
-            time_added: None,
-        })
-        .collect();
+    let taints = held_taints(node);
     Some(ExistingCapacity {
         name: format!("node/{name}"),
         available,
