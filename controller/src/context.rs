@@ -243,25 +243,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn feature_gates_keep_their_defaults_unless_named() {
-        let d = parse_feature_gates("").unwrap();
+    fn feature_gates_keep_their_defaults_unless_named() -> Result<(), String> {
+        let d = parse_feature_gates("")?;
         assert!(d.spot_to_spot_consolidation && !d.node_repair);
-        let g = parse_feature_gates("NodeRepair=true, ReservedCapacity=false").unwrap();
+        let g = parse_feature_gates("NodeRepair=true, ReservedCapacity=false")?;
         assert!(g.node_repair && g.spot_to_spot_consolidation);
-        let g = parse_feature_gates("SpotToSpotConsolidation=false,CapacityBuffer=true").unwrap();
+        let g = parse_feature_gates("SpotToSpotConsolidation=false,CapacityBuffer=true")?;
         assert!(!g.spot_to_spot_consolidation && !g.node_repair);
-        assert!(
-            parse_feature_gates("NodeRepair=yes")
-                .unwrap_err()
-                .contains("true or false")
-        );
+        assert!(parse_feature_gates("NodeRepair=yes").is_err_and(|e| e.contains("true or false")));
         assert!(
             parse_feature_gates("Warp=true")
-                .unwrap_err()
-                .contains("unknown feature gate `Warp`")
+                .is_err_and(|e| e.contains("unknown feature gate `Warp`"))
         );
         let mut s = Settings::default();
-        s.set("FEATURE_GATES", "NodeRepair=true").unwrap();
+        s.set("FEATURE_GATES", "NodeRepair=true")?;
         assert!(s.feature_gates.node_repair);
+        Ok(())
     }
 }

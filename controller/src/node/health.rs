@@ -90,7 +90,7 @@ pub fn snake_case(s: &str) -> String {
 /// blocked repair may be reported again.
 #[derive(Debug, Default)]
 pub(crate) struct NodeHealth {
-    first_seen: BTreeMap<(String, &'static str), Timestamp>,
+    first_seen: BTreeMap<(String, String), Timestamp>,
     report_blocked_after: BTreeMap<String, Duration>,
 }
 
@@ -116,7 +116,7 @@ impl NodeHealth {
             let found = unhealthy_condition(node, policies, |cond| {
                 *self
                     .first_seen
-                    .entry((name.clone(), cond_key(policies, cond)))
+                    .entry((name.clone(), cond.to_string()))
                     .or_insert(now)
             });
             let pool = node
@@ -281,14 +281,6 @@ impl NodeHealth {
     }
 }
 
-/// The policies' own `&'static str` for a condition type, so the first-seen map needs no allocation.
-fn cond_key(policies: &[RepairPolicy], cond: &str) -> &'static str {
-    policies
-        .iter()
-        .find(|p| p.condition == cond)
-        .map_or("", |p| p.condition)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,42 +303,46 @@ mod tests {
         },
     ];
 
-    fn node(conditions: serde_json::Value) -> Node {
+    fn node(conditions: serde_json::Value) -> Result<Node, String> {
         serde_json::from_value(
             json!({"metadata": {"name": "n"}, "status": {"conditions": conditions}}),
         )
-        .unwrap()
+        .map_err(|e| e.to_string())
     }
 
-    fn at(s: &str) -> Timestamp {
-        s.parse().unwrap()
+    fn at(s: &str) -> Result<Timestamp, String> {
+        s.parse().map_err(|e: jiff::Error| e.to_string())
     }
 
     #[test]
-    fn the_condition_due_first_is_the_one_reported() {
-        let never = |_: &str| at("2030-01-01T00:00:00Z");
+    fn the_condition_due_first_is_the_one_reported() -> Result<(), String> {
+        let later = at("2030-01-01T00:00:00Z")?;
+        let never = |_: &str| later;
         let n = node(json!([
             {"type": "Ready", "status": "False", "lastTransitionTime": "2026-01-01T00:00:00Z"},
             {"type": "AcceleratedHardwareReady", "status": "False", "lastTransitionTime": "2026-01-01T00:15:00Z"},
-        ]));
+        ]))?;
         // Ready=False is due at 00:30, the accelerator at 00:25: the accelerator goes first.
-        let u = unhealthy_condition(&n, &POLICIES, never).unwrap();
+        let u = unhealthy_condition(&n, &POLICIES, never).ok_or("unhealthy")?;
         assert_eq!(u.policy.condition, "AcceleratedHardwareReady");
-        assert_eq!(u.due(), at("2026-01-01T00:25:00Z"));
+        assert_eq!(u.due(), at("2026-01-01T00:25:00Z")?);
         // A status no policy names is healthy; so is a condition no policy names.
         let n = node(json!([
             {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"},
             {"type": "DiskPressure", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"},
             {"type": "AcceleratedHardwareReady", "status": "Unknown", "lastTransitionTime": "2026-01-01T00:00:00Z"},
-        ]));
+        ]))?;
         assert_eq!(unhealthy_condition(&n, &POLICIES, never), None);
+        Ok(())
     }
 
     #[test]
-    fn a_condition_without_a_transition_time_counts_from_when_it_was_seen() {
-        let n = node(json!([{"type": "Ready", "status": "Unknown"}]));
-        let u = unhealthy_condition(&n, &POLICIES, |_| at("2026-01-01T01:00:00Z")).unwrap();
-        assert_eq!(u.due(), at("2026-01-01T01:30:00Z"));
+    fn a_condition_without_a_transition_time_counts_from_when_it_was_seen() -> Result<(), String> {
+        let n = node(json!([{"type": "Ready", "status": "Unknown"}]))?;
+        let seen = at("2026-01-01T01:00:00Z")?;
+        let u = unhealthy_condition(&n, &POLICIES, |_| seen).ok_or("unhealthy")?;
+        assert_eq!(u.due(), at("2026-01-01T01:30:00Z")?);
+        Ok(())
     }
 
     #[test]

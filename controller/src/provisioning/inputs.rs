@@ -694,8 +694,8 @@ mod tests {
     }
 
     #[test]
-    fn a_registered_claim_is_held_to_its_nodes_taints() {
-        let claim = |initialized: bool| -> crate::crds::NodeClaim {
+    fn a_registered_claim_is_held_to_its_nodes_taints() -> Result<(), serde_json::Error> {
+        let claim = |initialized: bool| -> Result<crate::crds::NodeClaim, serde_json::Error> {
             let status = if initialized { "True" } else { "Unknown" };
             serde_json::from_value(json!({"apiVersion": "karpenter.sh/v1", "kind": "NodeClaim",
                 "metadata": {"name": "c"},
@@ -704,7 +704,6 @@ mod tests {
                     "taints": [{"key": "team", "value": "a", "effect": "NoSchedule"}],
                     "startupTaints": [{"key": "cni", "effect": "NoSchedule"}]},
                 "status": {"nodeName": "n", "conditions": [{"type": "Initialized", "status": status}]}}))
-            .unwrap()
         };
         let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
         "metadata": {"name": "n"},
@@ -713,17 +712,17 @@ mod tests {
             {"key": "cni", "effect": "NoSchedule"},
             {"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"},
             {"key": "karpenter.sh/unregistered", "effect": "NoExecute"},
-        ]}}))
-        .unwrap();
+        ]}}))?;
         let keys = |ts: Vec<crate::crds::Taint>| ts.into_iter().map(|t| t.key).collect::<Vec<_>>();
         // Initialized: every taint on the node counts but Dovetail's own unregistered one.
         assert_eq!(
-            keys(claim_taints(&claim(true), Some(&node))),
+            keys(claim_taints(&claim(true)?, Some(&node))),
             ["team", "cni", "node.kubernetes.io/unreachable"]
         );
         // Still initializing: ephemeral and startup taints are expected to go.
-        assert_eq!(keys(claim_taints(&claim(false), Some(&node))), ["team"]);
+        assert_eq!(keys(claim_taints(&claim(false)?, Some(&node))), ["team"]);
         // Not registered: the claim's own taints.
-        assert_eq!(keys(claim_taints(&claim(false), None)), ["team"]);
+        assert_eq!(keys(claim_taints(&claim(false)?, None)), ["team"]);
+        Ok(())
     }
 }

@@ -123,6 +123,7 @@ impl StaticCapacity {
             .collect();
         self.said
             .retain(|n, _| statics.iter().any(|(s, _, _)| s == n));
+        let mut options = None;
         for (name, pool, replicas) in statics {
             let desired = usize::try_from(replicas).unwrap_or(0);
             let live = live_claims(state, &name);
@@ -147,7 +148,10 @@ impl StaticCapacity {
             }
             let wanted = desired - have;
             let allowed = nodes_left(&pool, have).map_or(wanted, |left| wanted.min(left));
-            let pools = super::inputs::pool_options(state, provider, &ctx.settings);
+            // What the static pools can launch, read once per pass: nothing `static_claim` reads changes
+            // as claims are created.
+            let pools = options
+                .get_or_insert_with(|| super::inputs::pool_options(state, provider, &ctx.settings));
             let plan = match pools.statics.iter().find(|p| p.name == name) {
                 Some(opts) => crate::scheduling::planner::static_claim(opts),
                 None => Err(pools
