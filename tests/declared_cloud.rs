@@ -130,6 +130,18 @@ fn declared_cloud_mistakes_stop_the_load_naming_the_field() {
             "free_address",
             "unknown field",
         ),
+        (
+            "offered: false}\n",
+            "offered: false}\n  capacity_reservations:\n    - {instance_type: c5.large, zone: us-east-1a, count: 0}\n",
+            "cloud.capacity_reservations[0].count",
+            "at least one instance",
+        ),
+        (
+            "offered: false}\n",
+            "offered: false}\n  capacity_reservations:\n    - {instance_type: c5.huge, zone: us-east-1a, count: 1}\n",
+            "cloud.capacity_reservations[0].instance_type",
+            "catalog",
+        ),
     ] {
         assert!(CLOUD.contains(from), "{from}");
         let e = scenario(&CLOUD.replace(from, to)).err().unwrap_or_default();

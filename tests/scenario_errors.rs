@@ -196,6 +196,41 @@ fn new_actions_are_checked() {
             "timeline[0].node_fault.pick",
             "oldest or newest",
         ),
+        (
+            "    capacity_reservation: {instance_type: m5.large, zone: us-east-9z, count: 1}\n",
+            "timeline[0].capacity_reservation.zone",
+            "not one of cloud.zones",
+        ),
+        (
+            "    capacity_reservation: {instance_type: m5.huge, zone: us-east-1a, count: 1}\n",
+            "timeline[0].capacity_reservation.instance_type",
+            "not in the simulator's catalog",
+        ),
+        (
+            "    capacity_reservation: {instance_type: m5.large, zone: us-east-1a, count: 1, reservation_type: capacity-block}\n",
+            "timeline[0].capacity_reservation.lasts",
+            "how long it `lasts`",
+        ),
+        (
+            "    capacity_reservation: {instance_type: m5.large, zone: us-east-1a, count: 1, instance_match_criteria: sometimes}\n",
+            "timeline[0].capacity_reservation.instance_match_criteria",
+            "open or targeted",
+        ),
+        (
+            "    capacity_reservation: {instance_type: m5.large, zone: us-east-1a, count: 1, reservation_type: capacity-block, lasts: 1h, interruptible: true}\n",
+            "timeline[0].capacity_reservation.interruptible",
+            "cannot be interruptible",
+        ),
+        (
+            "    capacity_reservation: {id: CR-1, instance_type: m5.large, zone: us-east-1a, count: 1}\n",
+            "timeline[0].capacity_reservation.id",
+            "`cr-` then lowercase",
+        ),
+        (
+            "    reclaim_capacity_reservation: {id: cr-1, count: 0}\n",
+            "timeline[0].reclaim_capacity_reservation.count",
+            "at least 1",
+        ),
     ];
     for (i, (action, field, hint)) in cases.iter().enumerate() {
         let text = steady_web().replace("timeline:\n", &format!("timeline:\n  - at: 1m\n{action}"));

@@ -944,3 +944,153 @@ fn a_static_pool_needs_its_gate() {
         "the pool says why it launches nothing"
     );
 }
+
+#[test]
+fn reserved_first_seed_42() {
+    let out = simulate_scenario(
+        "reserved-first.yaml",
+        42,
+        dovetail_sim::Autoscaler::Dovetail,
+    );
+    assert!(out.passed, "{}", out.summary);
+    let text = format!("{}{}", out.trace, out.summary);
+    let web: Vec<(f64, bool)> = text
+        .lines()
+        .filter(|l| l.contains(" lifecycle  launched nodeclaim/web-"))
+        .filter_map(|l| Some((at(l)?, l.contains(" reserved "))))
+        .collect();
+    // The sale: four reserved launches (the reservation's count), then on-demand; each reserved node
+    // launched before any on-demand one of the same wave.
+    let wave1: Vec<bool> = web.iter().filter(|w| w.0 < 1200.0).map(|w| w.1).collect();
+    assert_eq!(wave1.iter().filter(|r| **r).count(), 4, "{web:?}");
+    assert!(wave1.len() > 4, "the rest goes on-demand: {web:?}");
+    let last_reserved = web.iter().filter(|w| w.0 < 1200.0 && w.1).map(|w| w.0);
+    let first_od = web.iter().filter(|w| w.0 < 1200.0 && !w.1).map(|w| w.0);
+    assert!(
+        last_reserved.fold(0.0, f64::max) <= first_od.fold(f64::INFINITY, f64::min),
+        "{web:?}"
+    );
+    // Reserved claims were filled only as far as an m6i.2xlarge holds: one type, pinned.
+    assert!(
+        text.lines()
+            .filter(|l| l.contains("create nodeclaim/web-") && l.contains("pods=5"))
+            .all(|l| l.ends_with("types=m6i.2xlarge")),
+        "reserved claims carry the reserved type only"
+    );
+    // The open reservation no class selects took the batch pool's launches, billed nothing more.
+    let absorbed = text
+        .lines()
+        .filter(|l| {
+            l.starts_with('+')
+                && l.contains("m5.xlarge us-east-1b on-demand 0.0000/h in cr-0open00000000001")
+        })
+        .count();
+    assert_eq!(absorbed, 2);
+    // Scale-down: the on-demand web node goes before any reserved one; nothing reserved is replaced.
+    let deletes: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("disruption executed:") && l.contains("m6i."))
+        .collect();
+    assert!(
+        deletes.first().is_some_and(|l| l.contains(" on-demand ")),
+        "{deletes:?}"
+    );
+    assert!(
+        !text.contains("decided: Underutilized replace"),
+        "reserved nodes are not replaced"
+    );
+    // The second wave uses the room the scale-down gave back, before on-demand.
+    let wave2: Vec<bool> = web.iter().filter(|w| w.0 >= 2100.0).map(|w| w.1).collect();
+    assert!(wave2.iter().filter(|r| **r).count() >= 1, "{web:?}");
+    // The node class reports its reservation, and the nodes carry the reservation's labels.
+    let classes = &out.objects["EC2NodeClass"];
+    let sale = classes
+        .iter()
+        .find(|c| c["metadata"]["name"] == "sale")
+        .expect("the sale class");
+    assert_eq!(
+        sale["status"]["capacityReservations"][0]["id"],
+        "cr-0sale00000000001"
+    );
+    assert!(sale["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "CapacityReservationsReady" && c["status"] == "True")
+    }));
+    let claims = &out.objects["NodeClaim"];
+    assert!(claims.iter().any(|c| {
+        c["metadata"]["labels"]["karpenter.sh/capacity-type"] == "reserved"
+            && c["metadata"]["labels"]["karpenter.k8s.aws/capacity-reservation-id"]
+                == "cr-0sale00000000001"
+            && c["metadata"]["labels"]["karpenter.k8s.aws/capacity-reservation-type"] == "default"
+    }));
+    insta::assert_snapshot!("reserved-first.seed-42", text);
+}
+
+#[test]
+fn reserved_capacity_is_off_with_its_gate() {
+    let path = dovetail_tests::root().join("scenarios/reserved-first.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let without = yaml.replace(
+        "seed: 42\n",
+        "seed: 42\nsettings:\n  FEATURE_GATES: ReservedCapacity=false\n",
+    );
+    assert_ne!(yaml, without);
+    let scenario = dovetail_sim::Scenario::parse("reserved-first.yaml", &without).unwrap();
+    let out = dovetail_sim::simulate(&scenario, &Default::default()).unwrap();
+    // No launch targets the reservation; the selector is reported as not acted on.
+    assert!(!out.trace.contains("in cr-0sale00000000001"));
+    assert!(
+        !out.trace.contains("launched nodeclaim/web-") || !out.trace.contains(" reserved 0.0000/h")
+    );
+    assert!(
+        out.trace
+            .contains("not acted on by Dovetail: spec.capacityReservationSelectorTerms"),
+        "the class says its selector is not acted on"
+    );
+    // Open reservations still absorb on-demand launches: that is EC2's default, not the gate's.
+    assert!(out.trace.contains("in cr-0open00000000001"));
+}
+
+#[test]
+fn capacity_block_ends_seed_42() {
+    let text = run_scenario("capacity-block-ends.yaml", 42);
+    let (warned, _) = first(&text, "capacity block cr-0b10c0000000001 ends at").expect("warned");
+    // The block's nodes drain 40 minutes before its end (20m), within a minute of the status saying so.
+    let drained: Vec<f64> = text
+        .lines()
+        .filter(|l| l.contains("draining nodeclaim/training-"))
+        .filter_map(at)
+        .collect();
+    assert_eq!(drained.len(), 2, "both block nodes");
+    assert!(
+        drained
+            .iter()
+            .all(|t| *t >= 1200.0 && *t < 1260.0 && *t >= warned - 1.0)
+    );
+    // Both trainers are off the block before EC2 reclaims it (30m), one at a time within their PDB.
+    let evicted: Vec<f64> = text
+        .lines()
+        .filter(|l| l.contains("evicted 1 pods (pod/default/trainer-"))
+        .filter_map(at)
+        .collect();
+    assert_eq!(evicted.len(), 2);
+    assert!(evicted.iter().all(|t| *t < 1800.0), "{evicted:?}");
+    assert!(text.contains("would violate the pod's disruption budget default/trainer"));
+    assert!(
+        !text.contains("Server.CapacityBlockExpiration"),
+        "nothing left for EC2 to reclaim"
+    );
+    // Their replacements are on-demand p3.8xlarge: the block is expiring.
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("launched nodeclaim/training-") && l.contains(" on-demand "))
+            .count(),
+        2
+    );
+    // The interruptible reservation's reclaim drains its node within the two-minute warning.
+    let (reclaimed, _) = first(&text, "reclaims 1: i-").expect("a reclaim");
+    let (drained, _) =
+        first(&text, "capacity-reservation-interruption for i-").expect("the warning is acted on");
+    assert!(drained - reclaimed < 5.0);
+    insta::assert_snapshot!("capacity-block-ends.seed-42", text);
+}

@@ -50,6 +50,8 @@ keeps_its_expectations! {
     node_repair => "node-repair.yaml",
     orphans => "orphans.yaml",
     pdb_drain => "pdb-drain.yaml",
+    reserved_first => "reserved-first.yaml",
+    capacity_block_ends => "capacity-block-ends.yaml",
     spot_storm => "spot-storm.yaml",
     static_pool => "static-pool.yaml",
     steady_web => "steady-web.yaml",

@@ -83,6 +83,9 @@ pub struct FeatureGates {
     /// Keep `spec.replicas` nodes in static NodePools (`StaticCapacity`, off by default as in Karpenter):
     /// see `nodepool::static_capacity`.
     pub static_capacity: bool,
+    /// Launch into the capacity reservations node classes select, as `reserved` capacity
+    /// (`ReservedCapacity`, on by default as in Karpenter): see `aws::reservation`.
+    pub reserved_capacity: bool,
 }
 
 impl Default for FeatureGates {
@@ -91,12 +94,13 @@ impl Default for FeatureGates {
             spot_to_spot_consolidation: true,
             node_repair: false,
             static_capacity: false,
+            reserved_capacity: true,
         }
     }
 }
 
 /// Gates Karpenter has that Dovetail accepts (so a Karpenter values file works) but does not act on yet.
-pub const ACCEPTED_GATES: [&str; 3] = ["ReservedCapacity", "NodeOverlay", "CapacityBuffer"];
+pub const ACCEPTED_GATES: [&str; 2] = ["NodeOverlay", "CapacityBuffer"];
 
 /// Karpenter's `FEATURE_GATES` syntax (`SpotToSpotConsolidation=true,NodeRepair=false`): gates not named
 /// keep their defaults; an unknown gate or a value other than true/false is an error naming it.
@@ -114,6 +118,7 @@ pub fn parse_feature_gates(s: &str) -> Result<FeatureGates, String> {
             "SpotToSpotConsolidation" => gates.spot_to_spot_consolidation = value,
             "NodeRepair" => gates.node_repair = value,
             "StaticCapacity" => gates.static_capacity = value,
+            "ReservedCapacity" => gates.reserved_capacity = value,
             other if ACCEPTED_GATES.contains(&other) => {}
             other => return Err(format!("unknown feature gate `{other}`")),
         }
@@ -245,9 +250,9 @@ mod tests {
     #[test]
     fn feature_gates_keep_their_defaults_unless_named() -> Result<(), String> {
         let d = parse_feature_gates("")?;
-        assert!(d.spot_to_spot_consolidation && !d.node_repair);
+        assert!(d.spot_to_spot_consolidation && !d.node_repair && d.reserved_capacity);
         let g = parse_feature_gates("NodeRepair=true, ReservedCapacity=false")?;
-        assert!(g.node_repair && g.spot_to_spot_consolidation);
+        assert!(g.node_repair && g.spot_to_spot_consolidation && !g.reserved_capacity);
         let g = parse_feature_gates("SpotToSpotConsolidation=false,CapacityBuffer=true")?;
         assert!(!g.spot_to_spot_consolidation && !g.node_repair);
         assert!(parse_feature_gates("NodeRepair=yes").is_err_and(|e| e.contains("true or false")));

@@ -45,6 +45,8 @@ pub struct CloudConfig {
     pub offerings: Vec<OfferingRule>,
     /// Instances of the cluster's node groups, running from the start (one entry per instance).
     pub existing_instances: Vec<ExistingInstance>,
+    /// Capacity reservations of the account (On-Demand Capacity Reservations and Capacity Blocks).
+    pub capacity_reservations: Vec<crate::reservations::ReservationSpec>,
 }
 
 /// A node group's instance: its nodes register with the labels and taints its tags give
@@ -113,6 +115,7 @@ impl Default for CloudConfig {
             images: Vec::new(),
             offerings: Vec::new(),
             existing_instances: Vec::new(),
+            capacity_reservations: Vec::new(),
         }
     }
 }

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dovetail::aws::cloud::{
-    CapacityType, Cloud, CloudError, CreateFleetOutput, CreateFleetRequest,
-    DescribeInstancesOutput, DescribeInstancesRequest, FleetError, FleetOverride, Image,
-    ImageQuery, Instance, InstanceState, InstanceTypeInfo, InstanceTypeOffering, LaunchTemplate,
-    LaunchTemplateData, QueueMessage, SecurityGroup, SpotPrice, StateReason, Subnet, TagFilter,
+    CapacityReservation, CapacityReservationQuery, CapacityType, Cloud, CloudError,
+    CreateFleetOutput, CreateFleetRequest, DescribeInstancesOutput, DescribeInstancesRequest,
+    FleetError, FleetOverride, Image, ImageQuery, Instance, InstanceState, InstanceTypeInfo,
+    InstanceTypeOffering, LaunchTemplate, LaunchTemplateData, QueueMessage, ReservationType,
+    SecurityGroup, SpotPrice, StateReason, Subnet, TagFilter,
 };
 use dovetail::clock::Clock;
 use dovetail::journal::Journal;
@@ -20,6 +21,9 @@ use rand_chacha::rand_core::{Rng, SeedableRng};
 
 use crate::catalog::{Catalog, CatalogEntry};
 use crate::config::CloudConfig;
+use crate::reservations::{
+    self, BLOCK_RECLAIM, BLOCK_WARNING, INTERRUPTIBLE_WARNING, Reservation, ReservationSpec,
+};
 use crate::sqs::{self, Queue};
 
 /// An instance with what the simulation needs beyond the EC2 view.
@@ -38,8 +42,10 @@ pub struct InstanceRecord {
     pub node_group: bool,
     /// Its launch template's KMS key was unusable: it dies before it ever runs.
     pub kms_failure: bool,
-    /// A spot reclaim is scheduled at this time.
+    /// A reclaim (spot, or an interruptible reservation's) is scheduled at this time.
     pub reclaim_at: Option<Timestamp>,
+    /// The state reason code the reclaim terminates it with.
+    pub reclaim_code: &'static str,
     /// The user data it booted with (its launch template's): what its kubelet is configured from.
     pub user_data: String,
 }
@@ -73,6 +79,7 @@ struct State {
     launch_templates: BTreeMap<String, LaunchTemplate>,
     disabled_keys: BTreeMap<String, Timestamp>,
     instances: BTreeMap<String, InstanceRecord>,
+    reservations: BTreeMap<String, Reservation>,
     queue: Queue,
     throttle: Option<(f64, Timestamp)>,
     outage_until: Option<Timestamp>,
@@ -105,6 +112,11 @@ fn sample(rng: &mut ChaCha8Rng, (lo, hi): (Duration, Duration)) -> Duration {
 
 fn unit(rng: &mut ChaCha8Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn sub(ts: Timestamp, d: Duration) -> Timestamp {
+    ts.checked_sub(jiff::SignedDuration::try_from(d).unwrap_or_default())
+        .unwrap_or(ts)
 }
 
 fn add(ts: Timestamp, d: Duration) -> Timestamp {
@@ -194,24 +206,13 @@ impl FakeCloud {
                         Some(false) => {
                             offerings.remove(&key);
                         }
-                        Some(true) if !offerings.contains(&key) => {
-                            offerings.insert(key.clone());
-                            for (ct, depth) in [
-                                (CapacityType::Spot, config.spot_depth.1),
-                                (CapacityType::OnDemand, config.on_demand_depth),
-                            ] {
-                                pools.insert(
-                                    (name.clone(), zone.clone(), ct),
-                                    Pool {
-                                        depth,
-                                        short_until: None,
-                                    },
-                                );
-                            }
-                            spot_prices.entry(key.clone()).or_insert_with(|| {
-                                clamp_spot(entry.on_demand_price, entry.on_demand_price * 0.5)
-                            });
-                        }
+                        Some(true) => offer(
+                            (&mut offerings, &mut pools, &mut spot_prices),
+                            &config,
+                            name,
+                            zone,
+                            entry.on_demand_price,
+                        ),
                         _ => {}
                     }
                     if let Some(price) = rule.spot_price {
@@ -297,6 +298,7 @@ impl FakeCloud {
             launch_templates: BTreeMap::new(),
             disabled_keys: BTreeMap::new(),
             instances: BTreeMap::new(),
+            reservations: BTreeMap::new(),
             queue: Queue::default(),
             throttle: None,
             outage_until: None,
@@ -318,8 +320,228 @@ impl FakeCloud {
             let mut st = cloud.lock();
             cloud.add_foreign_instances(&mut st, now);
             cloud.add_node_group_instances(&mut st, now);
+            for spec in cloud.config.capacity_reservations.clone() {
+                cloud.add_reservation(&mut st, &spec, now);
+            }
         }
         cloud
+    }
+
+    fn add_reservation(&self, st: &mut State, spec: &ReservationSpec, now: Timestamp) -> String {
+        let id = spec.id.clone().unwrap_or_else(|| hex_id("cr", &mut st.rng));
+        let start = add(now, spec.starts_after);
+        // EC2 sells reservations only where the type is offered: a declared one makes it so.
+        if let Some(entry) = self.catalog.types.get(&spec.instance_type) {
+            let State {
+                offerings,
+                pools,
+                spot_prices,
+                ..
+            } = &mut *st;
+            offer(
+                (offerings, pools, spot_prices),
+                &self.config,
+                &spec.instance_type,
+                &spec.zone,
+                entry.on_demand_price,
+            );
+        }
+        st.reservations.insert(
+            id.clone(),
+            Reservation {
+                id: id.clone(),
+                instance_type: spec.instance_type.clone(),
+                zone: spec.zone.clone(),
+                owner_id: spec.owner_id.clone(),
+                count: spec.count,
+                instance_match_criteria: spec.instance_match_criteria.clone(),
+                kind: spec.kind,
+                tags: spec.tags.clone(),
+                start,
+                end: spec.lasts.map(|d| add(start, d)),
+                cancelled_at: None,
+                warned: false,
+            },
+        );
+        id
+    }
+
+    /// A reservation bought now (a scenario's timeline); its id.
+    pub fn create_capacity_reservation(&self, spec: &ReservationSpec) -> String {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        let id = self.add_reservation(&mut st, spec, now);
+        drop(st);
+        self.journal.record(
+            "cloud",
+            format!(
+                "capacity reservation {id} {} {} x{} {} {}",
+                spec.instance_type,
+                spec.zone,
+                spec.count,
+                spec.instance_match_criteria,
+                spec.kind.ec2_type()
+            ),
+        );
+        id
+    }
+
+    /// Cancel a reservation: its instances keep running, as on-demand ones (a Capacity Block's are
+    /// terminated, as at its end). False when there is no such active reservation.
+    pub fn cancel_capacity_reservation(&self, id: &str) -> bool {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        let Some(r) = st.reservations.get_mut(id).filter(|r| r.is_active(now)) else {
+            return false;
+        };
+        r.cancelled_at = Some(now);
+        let block = r.kind == ReservationType::CapacityBlock;
+        let lines = self.leave_reservation(&mut st, id, block, now);
+        drop(st);
+        self.journal
+            .record("cloud", format!("capacity reservation {id} cancelled"));
+        for l in lines {
+            self.journal.record("cloud", l);
+        }
+        true
+    }
+
+    /// The owner of an interruptible reservation takes `count` instances' worth back: that many of the
+    /// instances in it (newest first) are warned and terminated two minutes later, and the reservation
+    /// shrinks by `count`. The instances chosen.
+    pub fn reclaim_capacity_reservation(&self, id: &str, count: u32) -> Vec<String> {
+        let now = self.clock.now();
+        let region = self.config.region.clone();
+        let mut st = self.lock();
+        let Some(r) = st.reservations.get_mut(id).filter(|r| r.is_active(now)) else {
+            return Vec::new();
+        };
+        r.count = r.count.saturating_sub(count);
+        let mut inside: Vec<(Timestamp, String)> = st
+            .instances
+            .values()
+            .filter(|rec| {
+                rec.instance.capacity_reservation_id.as_deref() == Some(id)
+                    && matches!(
+                        rec.instance.state,
+                        InstanceState::Pending | InstanceState::Running
+                    )
+                    && rec.reclaim_at.is_none()
+            })
+            .map(|rec| (rec.instance.launch_time, rec.instance.id.clone()))
+            .collect();
+        inside.sort_by(|a, b| b.cmp(a));
+        let chosen: Vec<String> = inside
+            .into_iter()
+            .take(count as usize)
+            .map(|(_, i)| i)
+            .collect();
+        let at = add(now, INTERRUPTIBLE_WARNING);
+        for i in &chosen {
+            if let Some(rec) = st.instances.get_mut(i) {
+                rec.reclaim_at = Some(at);
+                rec.reclaim_code = "Server.CapacityReservationInterruption";
+            }
+            st.queue
+                .send(reservations::interruption_warning(&region, i, at, now), now);
+        }
+        drop(st);
+        self.journal.record(
+            "cloud",
+            format!(
+                "capacity reservation {id} reclaims {count}: {}",
+                if chosen.is_empty() {
+                    "no instance in it".to_string()
+                } else {
+                    chosen.join(",")
+                }
+            ),
+        );
+        chosen
+    }
+
+    /// Instances leave a reservation that ended: a Capacity Block's are terminated, the others run on
+    /// as on-demand instances outside it. Trace lines for what happened.
+    fn leave_reservation(
+        &self,
+        st: &mut State,
+        id: &str,
+        terminate: bool,
+        now: Timestamp,
+    ) -> Vec<String> {
+        let region = self.config.region.clone();
+        let State {
+            instances, queue, ..
+        } = st;
+        let mut lines = Vec::new();
+        for rec in instances.values_mut() {
+            if rec.instance.capacity_reservation_id.as_deref() != Some(id)
+                || !matches!(
+                    rec.instance.state,
+                    InstanceState::Pending | InstanceState::Running
+                )
+            {
+                continue;
+            }
+            if terminate {
+                rec.instance.state = InstanceState::ShuttingDown;
+                rec.instance.state_reason = Some(StateReason {
+                    code: "Server.CapacityBlockExpiration".into(),
+                    message: "Server.CapacityBlockExpiration: the Capacity Block is ending".into(),
+                });
+                rec.transition_at = add(now, self.config.shutdown_latency);
+                queue.send(
+                    sqs::state_change(&region, &rec.instance.id, "shutting-down", now),
+                    now,
+                );
+                lines.push(format!(
+                    "capacity block {id} ends: terminating {}",
+                    rec.instance.id
+                ));
+            } else {
+                rec.instance.capacity_reservation_id = None;
+                rec.instance.instance_lifecycle = None;
+                rec.price = self
+                    .catalog
+                    .types
+                    .get(&rec.instance.instance_type)
+                    .map_or(0.0, |e| e.on_demand_price);
+                lines.push(format!(
+                    "{} leaves capacity reservation {id}: on-demand now",
+                    rec.instance.id
+                ));
+            }
+        }
+        lines
+    }
+
+    /// What the account pays per hour for its reservations: every active one's whole count at the
+    /// on-demand price, used or not (instances in them cost nothing more).
+    pub fn reservation_cost_per_hour(&self) -> f64 {
+        let now = self.clock.now();
+        let st = self.lock();
+        st.reservations
+            .values()
+            .filter(|r| r.is_active(now))
+            .map(|r| {
+                f64::from(r.count)
+                    * self
+                        .catalog
+                        .types
+                        .get(&r.instance_type)
+                        .map_or(0.0, |e| e.on_demand_price)
+            })
+            .sum()
+    }
+
+    /// Every reservation as DescribeCapacityReservations would show it now, any state.
+    pub fn capacity_reservations(&self) -> Vec<CapacityReservation> {
+        let now = self.clock.now();
+        let st = self.lock();
+        st.reservations
+            .values()
+            .map(|r| r.describe(reservation_used(&st, &r.id), now))
+            .collect()
     }
 
     fn add_foreign_instances(&self, st: &mut State, now: Timestamp) {
@@ -347,10 +569,13 @@ impl FakeCloud {
                 .map_or(0.0, |e| e.on_demand_price);
             if let Some(rec) = self.place(
                 st,
-                &name,
-                &zone,
-                CapacityType::OnDemand,
-                price,
+                Placement {
+                    instance_type: &name,
+                    zone: &zone,
+                    ct: CapacityType::OnDemand,
+                    price,
+                    reservation: None,
+                },
                 tags,
                 None,
                 now,
@@ -368,7 +593,9 @@ impl FakeCloud {
     fn add_node_group_instances(&self, st: &mut State, now: Timestamp) {
         for e in &self.config.existing_instances {
             let price = match e.capacity_type {
-                CapacityType::OnDemand => self.entry(&e.instance_type).map(|x| x.on_demand_price),
+                CapacityType::OnDemand | CapacityType::Reserved => {
+                    self.entry(&e.instance_type).map(|x| x.on_demand_price)
+                }
                 CapacityType::Spot => st
                     .spot_prices
                     .get(&(e.instance_type.clone(), e.zone.clone()))
@@ -377,10 +604,13 @@ impl FakeCloud {
             .unwrap_or(0.0);
             if let Some(rec) = self.place(
                 st,
-                &e.instance_type,
-                &e.zone,
-                e.capacity_type,
-                price,
+                Placement {
+                    instance_type: &e.instance_type,
+                    zone: &e.zone,
+                    ct: e.capacity_type,
+                    price,
+                    reservation: None,
+                },
                 e.tags.clone(),
                 None,
                 now,
@@ -465,15 +695,26 @@ impl FakeCloud {
                 ),
             ));
         }
-        let ct = request.capacity_type;
+        // A reserved launch is an on-demand one into the reservation its launch template names.
+        let ct = match request.capacity_type {
+            CapacityType::Spot => CapacityType::Spot,
+            CapacityType::OnDemand | CapacityType::Reserved => CapacityType::OnDemand,
+        };
         let mut errors: Vec<FleetError> = Vec::new();
         let mut instances = Vec::new();
         for _ in 0..request.target_capacity {
             // Filter the overrides the way EC2 does before choosing among them.
-            let mut usable: Vec<(f64, u32, f64, usize)> = Vec::new();
+            let mut usable: Vec<(f64, u32, f64, usize, Option<String>)> = Vec::new();
             let quota = st.vcpu_quota.get(&ct).copied().unwrap_or(u32::MAX);
             let in_use = self.vcpus_in_use(&st, ct);
             for (i, o) in request.overrides.iter().enumerate() {
+                let into = match reservation_for(&st, o, ct, request.reservation, now) {
+                    Ok(into) => into,
+                    Err((code, message)) => {
+                        errors.push(fleet_error(code, message, o));
+                        continue;
+                    }
+                };
                 let Some(price) = self.price(&st, &o.instance_type, &o.zone, ct) else {
                     errors.push(fleet_error(
                         "Unsupported",
@@ -509,7 +750,7 @@ impl FakeCloud {
                             "MaxSpotInstanceCountExceeded",
                             "Max spot instance count exceeded",
                         ),
-                        CapacityType::OnDemand => (
+                        CapacityType::OnDemand | CapacityType::Reserved => (
                             "VcpuLimitExceeded",
                             "You have requested more vCPU capacity than your current vCPU limit",
                         ),
@@ -519,6 +760,11 @@ impl FakeCloud {
                         format!("{what} ({in_use} of {quota} vCPUs in use)"),
                         o,
                     ));
+                    continue;
+                }
+                if into.is_some() {
+                    // Reserved capacity is there by definition, and already paid for.
+                    usable.push((0.0, u32::MAX, o.priority.unwrap_or(f64::MAX), i, into));
                     continue;
                 }
                 let pool = st.pools.get(&(o.instance_type.clone(), o.zone.clone(), ct));
@@ -533,18 +779,18 @@ impl FakeCloud {
                     ));
                     continue;
                 }
-                usable.push((price, depth, o.priority.unwrap_or(f64::MAX), i));
+                usable.push((price, depth, o.priority.unwrap_or(f64::MAX), i, None));
             }
             let choice = match ct {
                 // lowest-price: the cheapest pool; ties by priority, then by the order given.
-                CapacityType::OnDemand => usable
+                CapacityType::OnDemand | CapacityType::Reserved => usable
                     .iter()
                     .min_by(|a, b| {
                         a.0.total_cmp(&b.0)
                             .then(a.2.total_cmp(&b.2))
                             .then(a.3.cmp(&b.3))
                     })
-                    .copied(),
+                    .cloned(),
                 // price-capacity-optimized: the pools with the most spare capacity first (here: at least half
                 // the deepest), then the cheapest of those.
                 CapacityType::Spot => {
@@ -553,20 +799,23 @@ impl FakeCloud {
                         .iter()
                         .filter(|u| u.1 * 2 >= deepest)
                         .min_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)).then(a.3.cmp(&b.3)))
-                        .copied()
+                        .cloned()
                 }
             };
-            let Some((price, _, _, idx)) = choice else {
+            let Some((price, _, _, idx, into)) = choice else {
                 break;
             };
             let o = &request.overrides[idx];
             let template = st.launch_templates.get(&o.launch_template_name).cloned();
             if let Some(rec) = self.place(
                 &mut st,
-                &o.instance_type,
-                &o.zone,
-                ct,
-                price,
+                Placement {
+                    instance_type: &o.instance_type,
+                    zone: &o.zone,
+                    ct,
+                    price,
+                    reservation: into.as_deref(),
+                },
                 request.tags.clone(),
                 template.as_ref(),
                 now,
@@ -601,10 +850,15 @@ impl FakeCloud {
                 .into_iter()
                 .find(|r| r.instance.id == i.id)
                 .map_or(0.0, |r| r.price);
+            let within = i
+                .capacity_reservation_id
+                .as_ref()
+                .map(|r| format!(" in {r}"))
+                .unwrap_or_default();
             self.journal.record(
                 "cloud",
                 format!(
-                    "launch {} {} {} {} {price:.4}/h{owner}",
+                    "launch {} {} {} {} {price:.4}/h{within}{owner}",
                     i.id, i.instance_type, i.zone, ct
                 ),
             );
@@ -758,6 +1012,7 @@ impl FakeCloud {
         for id in &ids {
             if let Some(r) = st.instances.get_mut(id) {
                 r.reclaim_at = Some(at);
+                r.reclaim_code = "Server.SpotInstanceTermination";
             }
             let body = sqs::spot_interruption_warning(&self.config.region, id, now);
             st.queue.send(body, now);
@@ -911,8 +1166,8 @@ impl FakeCloud {
             {
                 rec.instance.state = InstanceState::ShuttingDown;
                 rec.instance.state_reason = Some(StateReason {
-                    code: "Server.SpotInstanceTermination".into(),
-                    message: "Server.SpotInstanceTermination: Spot instance termination".into(),
+                    code: rec.reclaim_code.into(),
+                    message: format!("{}: the capacity was reclaimed", rec.reclaim_code),
                 });
                 rec.transition_at = add(now, self.config.shutdown_latency);
                 queue.send(
@@ -970,6 +1225,38 @@ impl FakeCloud {
                 pool.short_until = None;
             }
         }
+        // Reservations that end: a Capacity Block warns 40 minutes ahead and reclaims from 30 minutes
+        // ahead; a default one's instances run on outside it once it expires.
+        let mut ending: Vec<(String, bool)> = Vec::new();
+        let State {
+            reservations: all,
+            queue,
+            ..
+        } = &mut *st;
+        for r in all.values_mut() {
+            let Some(end) = r.end else { continue };
+            if r.cancelled_at.is_some() {
+                continue;
+            }
+            if r.kind == ReservationType::CapacityBlock {
+                if !r.warned && now >= sub(end, BLOCK_WARNING) {
+                    r.warned = true;
+                    let body = reservations::block_expiration_warning(&region, &r.id, end, now);
+                    queue.send(body, now);
+                    lines.push(format!("capacity block {} ends at {end}: warned", r.id));
+                }
+                if now >= sub(end, BLOCK_RECLAIM) {
+                    r.cancelled_at = Some(end);
+                    ending.push((r.id.clone(), true));
+                }
+            } else if now >= end {
+                r.cancelled_at = Some(end);
+                ending.push((r.id.clone(), false));
+            }
+        }
+        for (id, terminate) in ending {
+            lines.extend(self.leave_reservation(&mut st, &id, terminate, now));
+        }
         if now >= st.next_price_move {
             st.next_price_move = add(now, self.config.spot_price_interval);
             let State {
@@ -1025,7 +1312,9 @@ impl FakeCloud {
             return None;
         }
         match ct {
-            CapacityType::OnDemand => self.entry(instance_type).map(|e| e.on_demand_price),
+            CapacityType::OnDemand | CapacityType::Reserved => {
+                self.entry(instance_type).map(|e| e.on_demand_price)
+            }
             CapacityType::Spot => st
                 .spot_prices
                 .get(&(instance_type.to_string(), zone.to_string()))
@@ -1052,14 +1341,22 @@ impl FakeCloud {
     fn place(
         &self,
         st: &mut State,
-        instance_type: &str,
-        zone: &str,
-        ct: CapacityType,
-        price: f64,
+        at: Placement,
         tags: BTreeMap<String, String>,
         template: Option<&LaunchTemplate>,
         now: Timestamp,
     ) -> Option<InstanceRecord> {
+        let Placement {
+            instance_type,
+            zone,
+            ct,
+            price,
+            reservation,
+        } = at;
+        let lifecycle = match reservation {
+            Some(id) => st.reservations.get(id).and_then(Reservation::lifecycle),
+            None => (ct == CapacityType::Spot).then(|| "spot".to_string()),
+        };
         let State {
             rng,
             subnets,
@@ -1075,7 +1372,9 @@ impl FakeCloud {
         subnet.next_host += 1;
         let [a, b, c] = subnet.cidr_base;
         let ip = format!("{a}.{b}.{}.{}", u32::from(c) + host / 256, host % 256);
-        if let Some(p) = pools.get_mut(&(instance_type.to_string(), zone.to_string(), ct)) {
+        if reservation.is_none()
+            && let Some(p) = pools.get_mut(&(instance_type.to_string(), zone.to_string(), ct))
+        {
             p.depth = p.depth.saturating_sub(1);
         }
         let id = hex_id("i", rng);
@@ -1104,6 +1403,13 @@ impl FakeCloud {
                 .unwrap_or_default(),
             launch_time: now,
             tags,
+            capacity_reservation_id: reservation.map(str::to_string),
+            capacity_reservation_preference: (ct != CapacityType::Spot).then(|| {
+                template
+                    .and_then(|t| t.data.capacity_reservation.as_ref())
+                    .map_or_else(|| "open".to_string(), |c| c.preference.clone())
+            }),
+            instance_lifecycle: lifecycle,
         };
         let rec = InstanceRecord {
             instance,
@@ -1114,6 +1420,7 @@ impl FakeCloud {
             node_group: false,
             kms_failure,
             reclaim_at: None,
+            reclaim_code: "",
             user_data: template
                 .map(|t| t.data.user_data.clone())
                 .unwrap_or_default(),
@@ -1121,6 +1428,152 @@ impl FakeCloud {
         instances.insert(id, rec.clone());
         Some(rec)
     }
+}
+
+/// The parts of the state that say what is offered where: offerings, pools, spot prices.
+type Market<'a> = (
+    &'a mut BTreeSet<(String, String)>,
+    &'a mut BTreeMap<PoolKey, Pool>,
+    &'a mut BTreeMap<(String, String), f64>,
+);
+
+/// Offer a type in a zone that does not offer it yet: open pools of the configured depths, spot at half
+/// the on-demand price.
+fn offer(
+    (offerings, pools, spot_prices): Market<'_>,
+    config: &CloudConfig,
+    name: &str,
+    zone: &str,
+    on_demand_price: f64,
+) {
+    let key = (name.to_string(), zone.to_string());
+    if !offerings.insert(key.clone()) {
+        return;
+    }
+    for (ct, depth) in [
+        (CapacityType::Spot, config.spot_depth.1),
+        (CapacityType::OnDemand, config.on_demand_depth),
+    ] {
+        pools.insert(
+            (key.0.clone(), key.1.clone(), ct),
+            Pool {
+                depth,
+                short_until: None,
+            },
+        );
+    }
+    spot_prices
+        .entry(key)
+        .or_insert_with(|| clamp_spot(on_demand_price, on_demand_price * 0.5));
+}
+
+/// Where and how one instance is placed.
+struct Placement<'a> {
+    instance_type: &'a str,
+    zone: &'a str,
+    ct: CapacityType,
+    price: f64,
+    /// The capacity reservation it runs in.
+    reservation: Option<&'a str>,
+}
+
+/// Instances running (or about to) in a reservation.
+fn reservation_used(st: &State, id: &str) -> u32 {
+    st.instances
+        .values()
+        .filter(|r| {
+            r.instance.capacity_reservation_id.as_deref() == Some(id)
+                && matches!(
+                    r.instance.state,
+                    InstanceState::Pending | InstanceState::Running
+                )
+        })
+        .count() as u32
+}
+
+/// The reservation an override launches into, as EC2 decides it from the launch template's
+/// CapacityReservationSpecification and InstanceMarketOptions: the target when one is named (or why
+/// not), else for on-demand under the `open` preference the first active open default reservation of the
+/// type and zone with room.
+fn reservation_for(
+    st: &State,
+    o: &FleetOverride,
+    ct: CapacityType,
+    kind: Option<ReservationType>,
+    now: Timestamp,
+) -> Result<Option<String>, (&'static str, String)> {
+    let data = st
+        .launch_templates
+        .get(&o.launch_template_name)
+        .map(|t| &t.data);
+    let spec = data.and_then(|d| d.capacity_reservation.as_ref());
+    let market = data.and_then(|d| d.market_type.as_deref());
+    if ct == CapacityType::Spot {
+        return Ok(None);
+    }
+    if let Some(id) = spec.and_then(|s| s.target_id.as_ref()) {
+        let Some(r) = st.reservations.get(id) else {
+            return Err((
+                "InvalidCapacityReservationId.NotFound",
+                format!("The capacity reservation ID '{id}' does not exist"),
+            ));
+        };
+        if r.instance_type != o.instance_type || r.zone != o.zone {
+            return Err((
+                "InvalidParameterValue",
+                format!(
+                    "capacity reservation {id} holds {} in {}, not {} in {}",
+                    r.instance_type, r.zone, o.instance_type, o.zone
+                ),
+            ));
+        }
+        let wants_block = market == Some("capacity-block");
+        let is_block = r.kind == ReservationType::CapacityBlock;
+        if wants_block != is_block || (is_block && kind != Some(ReservationType::CapacityBlock)) {
+            return Err((
+                "InvalidParameterValue",
+                format!(
+                    "capacity reservation {id} is {}: launch it with market type {} and target capacity type {}",
+                    if is_block {
+                        "a Capacity Block"
+                    } else {
+                        "not a Capacity Block"
+                    },
+                    if is_block { "capacity-block" } else { "unset" },
+                    if is_block {
+                        "capacity-block"
+                    } else {
+                        "on-demand"
+                    },
+                ),
+            ));
+        }
+        if !r.launchable(now) || reservation_used(st, id) >= r.count {
+            return Err((
+                "ReservationCapacityExceeded",
+                format!(
+                    "Insufficient capacity in capacity reservation {id} ({})",
+                    r.state(now)
+                ),
+            ));
+        }
+        return Ok(Some(id.clone()));
+    }
+    if spec.is_some_and(|s| s.preference != "open") {
+        return Ok(None);
+    }
+    Ok(st
+        .reservations
+        .values()
+        .find(|r| {
+            r.kind == ReservationType::Default
+                && r.instance_match_criteria == "open"
+                && r.instance_type == o.instance_type
+                && r.zone == o.zone
+                && r.launchable(now)
+                && reservation_used(st, &r.id) < r.count
+        })
+        .map(|r| r.id.clone()))
 }
 
 /// EC2's answer when a call names an instance it does not (yet) show: eventual consistency included.
@@ -1150,6 +1603,10 @@ fn sample_u32(rng: &mut ChaCha8Rng, (lo, hi): (u32, u32)) -> u32 {
 }
 
 fn release(pools: &mut BTreeMap<PoolKey, Pool>, i: &Instance) {
+    // An instance in a reservation took nothing from the open pool.
+    if i.capacity_reservation_id.is_some() {
+        return;
+    }
     if let Some(p) = pools.get_mut(&(i.instance_type.clone(), i.zone.clone(), i.capacity_type)) {
         p.depth += 1;
     }
@@ -1209,6 +1666,27 @@ impl Cloud for FakeCloud {
             .iter()
             .filter(|g| filter.matches(&g.id, &g.name, &g.tags))
             .cloned()
+            .collect())
+    }
+
+    async fn describe_capacity_reservations(
+        &self,
+        query: CapacityReservationQuery,
+    ) -> Result<Vec<CapacityReservation>, CloudError> {
+        self.api_call("DescribeCapacityReservations").await?;
+        let now = self.clock.now();
+        let st = self.lock();
+        if let Some(id) = query.ids.iter().find(|i| !st.reservations.contains_key(*i)) {
+            return Err(CloudError::new(
+                "InvalidCapacityReservationId.NotFound",
+                format!("The capacity reservation ID '{id}' does not exist"),
+            ));
+        }
+        Ok(st
+            .reservations
+            .values()
+            .map(|r| r.describe(reservation_used(&st, &r.id), now))
+            .filter(|r| query.matches(r))
             .collect())
     }
 

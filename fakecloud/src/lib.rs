@@ -33,8 +33,15 @@
 //! - On the wire (`http`): EC2's Query protocol and SQS's / SSM's JSON protocols over the same fake, for the
 //!   AWS CLI and aws-sdk-rust, SigV4 signatures required (not verified).
 //!
+//! - Capacity reservations (`reservations.rs`): On-Demand Capacity Reservations (open / targeted,
+//!   interruptible) and Capacity Blocks per type and zone, with counts and windows; DescribeCapacityReservations
+//!   by id / owner / tag / match criteria; targeted launches (`ReservationCapacityExceeded` when full), open
+//!   reservations absorbing on-demand launches that leave the preference `open`; a default reservation's end
+//!   leaves its instances on-demand, a Capacity Block warns 40 minutes ahead and reclaims from 30; an
+//!   interruptible reservation reclaimed with a 2-minute warning; reservations billed whole while active.
+//!
 //! # What is not modelled (yet)
-//! Capacity reservations, EBS volumes as resources, ENIs and prefix delegation, placement groups, instance
+//! EBS volumes as resources, ENIs and prefix delegation, placement groups, instance
 //! store, per-account API rate buckets (throttling is a flat rate), IMDS, spot price history older than the
 //! latest price, SQS long polling and FIFO queues, the Pricing API's shape (prices come as a map), EC2
 //! actions beyond the adapter's (RunInstances, fleets of type `maintain` / `request`), launch template
@@ -46,6 +53,7 @@ pub mod ec2;
 pub mod http;
 pub mod images;
 pub mod kubelet;
+pub mod reservations;
 pub mod sqs;
 
 pub use catalog::{Catalog, CatalogEntry};

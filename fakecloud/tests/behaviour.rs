@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dovetail::aws::cloud::{
-    BlockDevice, CapacityType, Cloud, CreateFleetRequest, DescribeInstancesRequest, FleetOverride,
-    ImageQuery, InstanceState, LaunchTemplateData, TagFilter,
+    BlockDevice, CapacityReservationQuery, CapacityReservationSpec, CapacityType, Cloud,
+    CreateFleetRequest, DescribeInstancesRequest, FleetOverride, ImageQuery, InstanceState,
+    LaunchTemplateData, ReservationType, TagFilter,
 };
 use dovetail::clock::{Clock, ManualClock};
 use dovetail::journal::Journal;
+use fakecloud::reservations::ReservationSpec;
 use fakecloud::{Catalog, CloudConfig, FakeCloud};
 use futures::executor::block_on;
 use jiff::Timestamp;
@@ -85,6 +87,7 @@ fn fleet(ct: CapacityType, overrides: Vec<FleetOverride>, target: u32) -> Create
         client_token: "t".into(),
         context: None,
         capacity_type: ct,
+        reservation: None,
         overrides,
         target_capacity: target,
         tags: [("karpenter.sh/nodeclaim".to_string(), "c".to_string())].into(),
@@ -601,4 +604,319 @@ fn a_fleet_without_its_launch_template_is_refused() {
     )))
     .unwrap_err();
     assert_eq!(err.code, "InvalidLaunchTemplateName.NotFoundException");
+}
+
+fn reservation(
+    id: &str,
+    t: &str,
+    count: u32,
+    criteria: &str,
+    kind: ReservationType,
+) -> ReservationSpec {
+    ReservationSpec {
+        id: Some(id.into()),
+        instance_type: t.into(),
+        zone: "us-east-1a".into(),
+        count,
+        instance_match_criteria: criteria.into(),
+        kind,
+        owner_id: "123456789012".into(),
+        tags: [("purpose".to_string(), "sale".to_string())].into(),
+        starts_after: Duration::ZERO,
+        lasts: None,
+    }
+}
+
+fn targeting(cloud: &FakeCloud, name: &str, id: &str, market: Option<&str>) {
+    let data = LaunchTemplateData {
+        image_id: "ami-1".into(),
+        capacity_reservation: Some(CapacityReservationSpec {
+            preference: "capacity-reservations-only".into(),
+            target_id: Some(id.into()),
+        }),
+        market_type: market.map(String::from),
+        ..Default::default()
+    };
+    block_on(cloud.create_launch_template(name.into(), data)).unwrap();
+}
+
+#[test]
+fn a_targeted_reservation_fills_then_answers_reservation_capacity_exceeded() {
+    let mut cfg = config();
+    cfg.capacity_reservations = vec![reservation(
+        "cr-1",
+        "m5.large",
+        2,
+        "targeted",
+        ReservationType::Default,
+    )];
+    let (cloud, _) = cloud_with(cfg, 1);
+    targeting(&cloud, "lt-cr", "cr-1", None);
+    let mut o = over(&cloud, "m5.large", "us-east-1a");
+    o.launch_template_name = "lt-cr".into();
+    let mut request = fleet(CapacityType::OnDemand, vec![o], 1);
+    request.reservation = Some(ReservationType::Default);
+    for _ in 0..2 {
+        let out = block_on(cloud.create_fleet(request.clone())).unwrap();
+        let i = &out.instances[0];
+        assert_eq!(i.capacity_reservation_id.as_deref(), Some("cr-1"));
+        assert_eq!(
+            i.capacity_reservation_preference.as_deref(),
+            Some("capacity-reservations-only")
+        );
+    }
+    let listed = block_on(
+        cloud.describe_capacity_reservations(CapacityReservationQuery {
+            tags: [("purpose".to_string(), "*".to_string())].into(),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (
+            listed[0].total_instance_count,
+            listed[0].available_instance_count
+        ),
+        (2, 0)
+    );
+    let out = block_on(cloud.create_fleet(request)).unwrap();
+    assert!(out.instances.is_empty());
+    assert_eq!(out.errors[0].code, "ReservationCapacityExceeded");
+    // Nothing was billed per instance: the reservation is paid whole.
+    assert!(cloud.instances().iter().all(|r| r.price == 0.0));
+    let od = cloud.entry("m5.large").unwrap().on_demand_price;
+    assert!((cloud.reservation_cost_per_hour() - 2.0 * od).abs() < 1e-9);
+    let unknown = block_on(
+        cloud.describe_capacity_reservations(CapacityReservationQuery {
+            ids: vec!["cr-404".into()],
+            ..Default::default()
+        }),
+    );
+    assert_eq!(
+        unknown.unwrap_err().code,
+        "InvalidCapacityReservationId.NotFound"
+    );
+}
+
+#[test]
+fn an_open_reservation_absorbs_on_demand_launches_that_leave_the_default() {
+    let mut cfg = config();
+    cfg.capacity_reservations = vec![reservation(
+        "cr-open",
+        "m5.large",
+        1,
+        "open",
+        ReservationType::Default,
+    )];
+    let (cloud, _) = cloud_with(cfg, 1);
+    template(&cloud, "lt", None);
+    let launch = || {
+        block_on(cloud.create_fleet(fleet(
+            CapacityType::OnDemand,
+            vec![over(&cloud, "m5.large", "us-east-1a")],
+            1,
+        )))
+        .unwrap()
+        .instances
+        .remove(0)
+    };
+    let first = launch();
+    assert_eq!(first.capacity_reservation_id.as_deref(), Some("cr-open"));
+    assert_eq!(
+        first.capacity_reservation_preference.as_deref(),
+        Some("open")
+    );
+    let second = launch();
+    assert_eq!(
+        second.capacity_reservation_id, None,
+        "the reservation holds one"
+    );
+    // A template that opts out (`none`, Karpenter's on-demand launches) never lands in it.
+    let (cloud, _) = cloud_with(
+        CloudConfig {
+            capacity_reservations: vec![reservation(
+                "cr-open",
+                "m5.large",
+                1,
+                "open",
+                ReservationType::Default,
+            )],
+            ..config()
+        },
+        1,
+    );
+    let data = LaunchTemplateData {
+        capacity_reservation: Some(CapacityReservationSpec {
+            preference: "none".into(),
+            target_id: None,
+        }),
+        ..Default::default()
+    };
+    block_on(cloud.create_launch_template("lt".into(), data)).unwrap();
+    let out = block_on(cloud.create_fleet(fleet(
+        CapacityType::OnDemand,
+        vec![over(&cloud, "m5.large", "us-east-1a")],
+        1,
+    )))
+    .unwrap();
+    assert_eq!(out.instances[0].capacity_reservation_id, None);
+}
+
+#[test]
+fn a_capacity_block_warns_forty_minutes_ahead_and_reclaims_from_thirty() {
+    let mut cfg = config();
+    let mut block = reservation(
+        "cr-blk",
+        "p3.8xlarge",
+        1,
+        "targeted",
+        ReservationType::CapacityBlock,
+    );
+    block.lasts = Some(Duration::from_secs(2 * 3600));
+    cfg.capacity_reservations = vec![block];
+    let (cloud, clock) = cloud_with(cfg, 1);
+    targeting(&cloud, "lt-blk", "cr-blk", Some("capacity-block"));
+    let mut o = over(&cloud, "p3.8xlarge", "us-east-1a");
+    o.launch_template_name = "lt-blk".into();
+    // Without the capacity-block target capacity type EC2 refuses the block.
+    let plain =
+        block_on(cloud.create_fleet(fleet(CapacityType::OnDemand, vec![o.clone()], 1))).unwrap();
+    assert_eq!(plain.errors[0].code, "InvalidParameterValue");
+    let mut request = fleet(CapacityType::OnDemand, vec![o], 1);
+    request.reservation = Some(ReservationType::CapacityBlock);
+    let out = block_on(cloud.create_fleet(request)).unwrap();
+    let id = out.instances[0].id.clone();
+    assert_eq!(
+        out.instances[0].instance_lifecycle.as_deref(),
+        Some("capacity-block")
+    );
+    clock.advance(Duration::from_secs(79 * 60));
+    cloud.step();
+    let queue = |cloud: &FakeCloud| {
+        block_on(cloud.receive_messages(&cloud.config().queue_url, 10, Duration::from_secs(1)))
+            .unwrap()
+    };
+    assert!(
+        queue(&cloud)
+            .iter()
+            .all(|m| !m.body.contains("Capacity Block Expiration Warning"))
+    );
+    clock.advance(Duration::from_secs(60));
+    cloud.step();
+    assert!(
+        queue(&cloud)
+            .iter()
+            .any(|m| m.body.contains("Capacity Block Expiration Warning"))
+    );
+    let state = |cloud: &FakeCloud| {
+        cloud
+            .instances()
+            .into_iter()
+            .find(|r| r.instance.id == id)
+            .unwrap()
+            .instance
+            .state
+    };
+    clock.advance(Duration::from_secs(9 * 60));
+    cloud.step();
+    assert_eq!(
+        state(&cloud),
+        InstanceState::Running,
+        "31 minutes before the end"
+    );
+    clock.advance(Duration::from_secs(60));
+    cloud.step();
+    assert_eq!(
+        state(&cloud),
+        InstanceState::ShuttingDown,
+        "30 minutes before the end"
+    );
+}
+
+#[test]
+fn an_interruptible_reservation_is_reclaimed_with_a_two_minute_warning() {
+    let mut cfg = config();
+    cfg.capacity_reservations = vec![reservation(
+        "cr-int",
+        "m5.large",
+        2,
+        "targeted",
+        ReservationType::Interruptible,
+    )];
+    let (cloud, clock) = cloud_with(cfg, 1);
+    targeting(
+        &cloud,
+        "lt-int",
+        "cr-int",
+        Some("interruptible-capacity-reservation"),
+    );
+    let mut o = over(&cloud, "m5.large", "us-east-1a");
+    o.launch_template_name = "lt-int".into();
+    let mut request = fleet(CapacityType::OnDemand, vec![o], 2);
+    request.reservation = Some(ReservationType::Interruptible);
+    let out = block_on(cloud.create_fleet(request)).unwrap();
+    assert_eq!(out.instances.len(), 2);
+    clock.advance(Duration::from_secs(10));
+    cloud.step();
+    let taken = cloud.reclaim_capacity_reservation("cr-int", 1);
+    assert_eq!(taken.len(), 1);
+    let messages =
+        block_on(cloud.receive_messages(&cloud.config().queue_url, 10, Duration::from_secs(1)))
+            .unwrap();
+    assert!(messages.iter().any(|m| {
+        m.body
+            .contains("EC2 Capacity Reservation Instance Interruption Warning")
+            && m.body.contains(&taken[0])
+    }));
+    let state = |cloud: &FakeCloud| {
+        cloud
+            .instances()
+            .into_iter()
+            .find(|r| r.instance.id == taken[0])
+            .unwrap()
+            .instance
+            .state
+    };
+    clock.advance(Duration::from_secs(119));
+    cloud.step();
+    assert_eq!(state(&cloud), InstanceState::Running);
+    clock.advance(Duration::from_secs(1));
+    cloud.step();
+    assert_eq!(state(&cloud), InstanceState::ShuttingDown);
+    let listed =
+        block_on(cloud.describe_capacity_reservations(CapacityReservationQuery::default()))
+            .unwrap();
+    assert_eq!(listed[0].total_instance_count, 1, "the owner took one back");
+}
+
+#[test]
+fn a_default_reservation_that_ends_leaves_its_instances_on_demand() {
+    let mut cfg = config();
+    let mut r = reservation(
+        "cr-end",
+        "m5.large",
+        1,
+        "targeted",
+        ReservationType::Default,
+    );
+    r.lasts = Some(Duration::from_secs(3600));
+    cfg.capacity_reservations = vec![r];
+    let (cloud, clock) = cloud_with(cfg, 1);
+    targeting(&cloud, "lt-cr", "cr-end", None);
+    let mut o = over(&cloud, "m5.large", "us-east-1a");
+    o.launch_template_name = "lt-cr".into();
+    let out = block_on(cloud.create_fleet(fleet(CapacityType::OnDemand, vec![o], 1))).unwrap();
+    let id = out.instances[0].id.clone();
+    clock.advance(Duration::from_secs(3600));
+    cloud.step();
+    let rec = cloud
+        .instances()
+        .into_iter()
+        .find(|r| r.instance.id == id)
+        .unwrap();
+    assert_eq!(rec.instance.state, InstanceState::Running);
+    assert_eq!(rec.instance.capacity_reservation_id, None);
+    assert!(rec.price > 0.0, "billed on-demand now");
+    assert_eq!(cloud.reservation_cost_per_hour(), 0.0);
 }

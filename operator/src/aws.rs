@@ -10,10 +10,11 @@ use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_ec2::types as ec2;
 use dovetail::aws::cloud::ImageQuery;
 use dovetail::aws::cloud::{
-    CapacityType, Cloud, CloudError, CreateFleetOutput, CreateFleetRequest,
-    DescribeInstancesOutput, DescribeInstancesRequest, FleetError, Image, Instance, InstanceState,
-    InstanceTypeInfo, InstanceTypeOffering, LaunchTemplate, LaunchTemplateData, QueueMessage,
-    SecurityGroup, SpotPrice, StateReason, Subnet, TagFilter,
+    CapacityReservation, CapacityReservationQuery, CapacityType, Cloud, CloudError,
+    CreateFleetOutput, CreateFleetRequest, DescribeInstancesOutput, DescribeInstancesRequest,
+    FleetError, Image, Instance, InstanceState, InstanceTypeInfo, InstanceTypeOffering,
+    LaunchTemplate, LaunchTemplateData, QueueMessage, ReservationType, SecurityGroup, SpotPrice,
+    StateReason, Subnet, TagFilter,
 };
 use dovetail::metrics::{CLOUDPROVIDER_ERRORS, Metrics};
 
@@ -149,6 +150,40 @@ fn instance_of(i: &ec2::Instance) -> Instance {
         image_id: i.image_id().unwrap_or_default().to_string(),
         launch_time: timestamp(i.launch_time()),
         tags: tags_of(i.tags()),
+        capacity_reservation_id: i.capacity_reservation_id().map(str::to_string),
+        capacity_reservation_preference: i
+            .capacity_reservation_specification()
+            .and_then(|s| s.capacity_reservation_preference())
+            .map(|p| p.as_str().to_string()),
+        instance_lifecycle: i.instance_lifecycle().map(|l| l.as_str().to_string()),
+    }
+}
+
+fn capacity_reservation_of(r: &ec2::CapacityReservation) -> CapacityReservation {
+    let ts = |t: Option<&aws_smithy_types::DateTime>| t.map(|t| timestamp(Some(t)));
+    CapacityReservation {
+        id: r.capacity_reservation_id().unwrap_or_default().to_string(),
+        instance_type: r.instance_type().unwrap_or_default().to_string(),
+        zone: r.availability_zone().unwrap_or_default().to_string(),
+        owner_id: r.owner_id().unwrap_or_default().to_string(),
+        total_instance_count: r.total_instance_count().unwrap_or(0).max(0) as u32,
+        available_instance_count: r.available_instance_count().unwrap_or(0).max(0) as u32,
+        instance_match_criteria: r
+            .instance_match_criteria()
+            .map(|m| m.as_str().to_string())
+            .unwrap_or_default(),
+        reservation_type: r
+            .reservation_type()
+            .map_or("default", |t| t.as_str())
+            .to_string(),
+        interruptible: r.interruptible().unwrap_or(false),
+        state: r
+            .state()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+        start_date: ts(r.start_date()),
+        end_date: ts(r.end_date()),
+        tags: tags_of(r.tags()),
     }
 }
 
@@ -404,6 +439,36 @@ impl Cloud for AwsCloud {
             .collect())
     }
 
+    async fn describe_capacity_reservations(
+        &self,
+        q: CapacityReservationQuery,
+    ) -> Result<Vec<CapacityReservation>, CloudError> {
+        let mut filters = vec![filter("state", vec!["active".into()])];
+        if let Some(owner) = &q.owner_id {
+            filters.push(filter("owner-id", vec![owner.clone()]));
+        }
+        for (k, v) in &q.tags {
+            if v == "*" {
+                filters.push(filter("tag-key", vec![k.clone()]));
+            } else {
+                filters.push(filter(&format!("tag:{k}"), vec![v.clone()]));
+            }
+        }
+        if let Some(m) = &q.instance_match_criteria {
+            filters.push(filter("instance-match-criteria", vec![m.clone()]));
+        }
+        // EC2 refuses MaxResults beside ids.
+        let call = self
+            .ec2
+            .describe_capacity_reservations()
+            .set_filters(Some(filters))
+            .set_capacity_reservation_ids((!q.ids.is_empty()).then(|| q.ids.clone()))
+            .set_max_results(q.ids.is_empty().then_some(1000));
+        let items: Vec<ec2::CapacityReservation> =
+            every_item!(self, call, "DescribeCapacityReservations");
+        Ok(items.iter().map(capacity_reservation_of).collect())
+    }
+
     async fn get_parameter(&self, name: &str) -> Result<String, CloudError> {
         let out = self
             .ssm
@@ -499,6 +564,23 @@ impl Cloud for AwsCloud {
                     .enabled(data.detailed_monitoring)
                     .build(),
             )
+            .set_capacity_reservation_specification(data.capacity_reservation.as_ref().map(|c| {
+                ec2::LaunchTemplateCapacityReservationSpecificationRequest::builder()
+                    .capacity_reservation_preference(ec2::CapacityReservationPreference::from(
+                        c.preference.as_str(),
+                    ))
+                    .set_capacity_reservation_target(c.target_id.as_ref().map(|id| {
+                        ec2::CapacityReservationTarget::builder()
+                            .capacity_reservation_id(id)
+                            .build()
+                    }))
+                    .build()
+            }))
+            .set_instance_market_options(data.market_type.as_deref().map(|m| {
+                ec2::LaunchTemplateInstanceMarketOptionsRequest::builder()
+                    .market_type(ec2::MarketType::from(m))
+                    .build()
+            }))
             .set_cpu_options(data.nested_virtualization.as_deref().map(|n| {
                 ec2::LaunchTemplateCpuOptionsRequest::builder()
                     .nested_virtualization(ec2::NestedVirtualizationSpecification::from(n))
@@ -615,10 +697,19 @@ impl Cloud for AwsCloud {
                     .build()
             })
             .collect();
-        let capacity_type = match request.capacity_type {
-            CapacityType::Spot => ec2::DefaultTargetCapacityType::Spot,
-            CapacityType::OnDemand => ec2::DefaultTargetCapacityType::OnDemand,
+        let capacity_type = match (request.capacity_type, request.reservation) {
+            (CapacityType::Spot, _) => ec2::DefaultTargetCapacityType::Spot,
+            (_, Some(ReservationType::CapacityBlock)) => {
+                ec2::DefaultTargetCapacityType::CapacityBlock
+            }
+            (_, Some(ReservationType::Interruptible)) => {
+                ec2::DefaultTargetCapacityType::ReservedCapacity
+            }
+            _ => ec2::DefaultTargetCapacityType::OnDemand,
         };
+        // A Capacity Block takes no on-demand options; an interruptible reservation names its type.
+        let on_demand_options =
+            matches!(request.reservation, None | Some(ReservationType::Default));
         let tags = sdk_tags(&request.tags);
         let mut call = self
             .ec2
@@ -638,14 +729,23 @@ impl Cloud for AwsCloud {
                     .allocation_strategy(ec2::SpotAllocationStrategy::PriceCapacityOptimized)
                     .build(),
             )
-            .on_demand_options(
+            .set_on_demand_options(on_demand_options.then(|| {
                 ec2::OnDemandOptionsRequest::builder()
                     .allocation_strategy(if prioritized {
                         ec2::FleetOnDemandAllocationStrategy::Prioritized
                     } else {
                         ec2::FleetOnDemandAllocationStrategy::LowestPrice
                     })
-                    .build(),
+                    .build()
+            }))
+            .set_reserved_capacity_options(
+                (request.reservation == Some(ReservationType::Interruptible)).then(|| {
+                    ec2::ReservedCapacityOptionsRequest::builder()
+                        .reservation_types(
+                            ec2::FleetReservationType::InterruptibleCapacityReservation,
+                        )
+                        .build()
+                }),
             );
         for resource in [ec2::ResourceType::Instance, ec2::ResourceType::Volume] {
             call = call.tag_specifications(
@@ -708,6 +808,9 @@ impl Cloud for AwsCloud {
                     image_id: String::new(),
                     launch_time: jiff::Timestamp::now(),
                     tags: request.tags.clone(),
+                    capacity_reservation_id: None,
+                    capacity_reservation_preference: None,
+                    instance_lifecycle: None,
                 });
             }
         }

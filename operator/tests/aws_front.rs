@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dovetail::aws::cloud::{
-    BlockDevice, CapacityType, Cloud, CreateFleetRequest, DescribeInstancesRequest, FleetOverride,
-    ImageQuery, InstanceMetadata, InstanceState, LaunchTemplateData, PrimaryInterface, TagFilter,
+    BlockDevice, CapacityReservationQuery, CapacityReservationSpec, CapacityType, Cloud,
+    CreateFleetRequest, DescribeInstancesRequest, FleetOverride, ImageQuery, InstanceMetadata,
+    InstanceState, LaunchTemplateData, PrimaryInterface, ReservationType, TagFilter,
 };
 use dovetail::clock::SystemClock;
 use dovetail::journal::Journal;
@@ -29,6 +30,34 @@ fn fake() -> FakeCloud {
         visibility_lag: (Duration::ZERO, Duration::ZERO),
         launch_latency: (Duration::from_millis(10), Duration::from_millis(10)),
         cluster_name: "wire".into(),
+        // Every type in every zone, so the reservations' types are offered where they are.
+        offering_probability: 1.0,
+        capacity_reservations: vec![
+            fakecloud::reservations::ReservationSpec {
+                id: Some("cr-0wire00000000001".into()),
+                instance_type: "m5.large".into(),
+                zone: "us-east-1a".into(),
+                count: 2,
+                instance_match_criteria: "targeted".into(),
+                kind: dovetail::aws::cloud::ReservationType::Default,
+                owner_id: "123456789012".into(),
+                tags: tags(&[("purpose", "sale")]),
+                starts_after: Duration::ZERO,
+                lasts: None,
+            },
+            fakecloud::reservations::ReservationSpec {
+                id: Some("cr-0b10c0000000001".into()),
+                instance_type: "p3.8xlarge".into(),
+                zone: "us-east-1a".into(),
+                count: 1,
+                instance_match_criteria: "targeted".into(),
+                kind: dovetail::aws::cloud::ReservationType::CapacityBlock,
+                owner_id: "123456789012".into(),
+                tags: tags(&[("purpose", "training")]),
+                starts_after: Duration::ZERO,
+                lasts: Some(Duration::from_secs(3 * 3600)),
+            },
+        ],
         ..CloudConfig::default()
     };
     FakeCloud::new(
@@ -133,6 +162,45 @@ async fn every_describe_over_the_wire_answers_what_the_fake_does() {
     direct.retain(|i| glob_name(&i.name));
     assert_eq!(images, direct);
 
+    // Capacity reservations as Karpenter queries them: by id (no MaxResults), by tags with `*`, by match
+    // criteria; an unknown id answers NotFound.
+    for query in [
+        CapacityReservationQuery {
+            ids: vec!["cr-0wire00000000001".into()],
+            ..Default::default()
+        },
+        CapacityReservationQuery {
+            tags: tags(&[("purpose", "*")]),
+            owner_id: Some("123456789012".into()),
+            ..Default::default()
+        },
+        CapacityReservationQuery {
+            instance_match_criteria: Some("targeted".into()),
+            tags: tags(&[("purpose", "training")]),
+            ..Default::default()
+        },
+    ] {
+        let over = wire
+            .describe_capacity_reservations(query.clone())
+            .await
+            .unwrap();
+        assert!(!over.is_empty(), "{query:?}");
+        assert_eq!(
+            over,
+            cloud.describe_capacity_reservations(query).await.unwrap()
+        );
+    }
+    assert_eq!(
+        wire.describe_capacity_reservations(CapacityReservationQuery {
+            ids: vec!["cr-0nothere".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .code,
+        "InvalidCapacityReservationId.NotFound"
+    );
+
     // SSM: a published parameter, and a missing one by its code.
     let name = "/aws/service/eks/optimized-ami/1.33/amazon-linux-2023/x86_64/standard/recommended/image_id";
     assert_eq!(
@@ -189,6 +257,8 @@ async fn launches_terminations_and_the_queue_over_the_wire() {
         detailed_monitoring: true,
         network_interface: None,
         nested_virtualization: None,
+        capacity_reservation: None,
+        market_type: None,
     };
     let lt = wire
         .create_launch_template("dovetail/wire/1".into(), data.clone())
@@ -239,6 +309,7 @@ async fn launches_terminations_and_the_queue_over_the_wire() {
             client_token: "token-1".into(),
             context: None,
             capacity_type: CapacityType::OnDemand,
+            reservation: None,
             overrides: ["m5.large", "m5.xlarge"]
                 .iter()
                 .map(|t| FleetOverride {
@@ -277,6 +348,61 @@ async fn launches_terminations_and_the_queue_over_the_wire() {
     let mut want = ids.clone();
     want.sort();
     assert_eq!(found, want);
+
+    // A reserved launch: the template targets the reservation (and says so on the wire), the instance
+    // comes back in it.
+    let in_a = cloud
+        .describe_subnets()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.zone == "us-east-1a")
+        .unwrap();
+    let targeted = LaunchTemplateData {
+        capacity_reservation: Some(CapacityReservationSpec {
+            preference: "capacity-reservations-only".into(),
+            target_id: Some("cr-0b10c0000000001".into()),
+        }),
+        market_type: Some("capacity-block".into()),
+        ..data.clone()
+    };
+    wire.create_launch_template("dovetail/wire/block".into(), targeted.clone())
+        .await
+        .unwrap();
+    let stored = cloud
+        .describe_launch_templates(vec!["dovetail/wire/block".into()])
+        .await
+        .unwrap();
+    assert_eq!(stored[0].data, targeted);
+    let block = wire
+        .create_fleet(CreateFleetRequest {
+            client_token: "token-block".into(),
+            context: None,
+            capacity_type: CapacityType::OnDemand,
+            reservation: Some(ReservationType::CapacityBlock),
+            overrides: vec![FleetOverride {
+                launch_template_name: "dovetail/wire/block".into(),
+                instance_type: "p3.8xlarge".into(),
+                subnet_id: in_a.id.clone(),
+                zone: in_a.zone.clone(),
+                priority: None,
+            }],
+            target_capacity: 1,
+            tags: tags(&[("karpenter.sh/nodeclaim", "training-abc")]),
+        })
+        .await
+        .unwrap();
+    assert_eq!(block.instances.len(), 1, "{block:?}");
+    let i = &block.instances[0];
+    assert_eq!(
+        i.capacity_reservation_id.as_deref(),
+        Some("cr-0b10c0000000001")
+    );
+    assert_eq!(i.instance_lifecycle.as_deref(), Some("capacity-block"));
+    assert_eq!(
+        i.capacity_reservation_preference.as_deref(),
+        Some("capacity-reservations-only")
+    );
     // Paging: one instance a page... EC2's minimum page is 5, and the fake says so.
     assert_eq!(
         wire.describe_instances(DescribeInstancesRequest {

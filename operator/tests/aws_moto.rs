@@ -234,6 +234,8 @@ async fn the_cloud_adapter_against_moto() {
             connection_tracking: Some((Some(3600), None, None)),
         }),
         nested_virtualization: None,
+        capacity_reservation: None,
+        market_type: None,
     };
     let template = cloud
         .create_launch_template("dovetail-moto-default".into(), data)
@@ -257,6 +259,7 @@ async fn the_cloud_adapter_against_moto() {
             client_token: "dovetail-moto-1".into(),
             context: None,
             capacity_type: CapacityType::OnDemand,
+            reservation: None,
             overrides: vec![FleetOverride {
                 launch_template_name: "dovetail-moto-default".into(),
                 instance_type: "m5.large".into(),

@@ -100,7 +100,9 @@ impl Sample {
             pods,
             pods_pending,
             pods_not_running,
-            cost_per_hour: billed.iter().fold(0.0, |a, b| a + b.0),
+            // Reservations are paid whole while active; instances in them cost nothing more.
+            cost_per_hour: billed.iter().fold(0.0, |a, b| a + b.0)
+                + cloud.reservation_cost_per_hour(),
             lower_bound_per_hour: 0.0,
         }
     }
@@ -197,7 +199,15 @@ impl Observations {
                 .map(|r| Launched {
                     instance_type: r.instance.instance_type.clone(),
                     zone: r.instance.zone.clone(),
-                    capacity_type: r.instance.capacity_type.as_str().to_string(),
+                    // A launch that targeted a reservation is `reserved`, as its node is labelled (one an
+                    // open reservation absorbed stays `on-demand`).
+                    capacity_type: if r.instance.capacity_reservation_preference.as_deref()
+                        == Some("capacity-reservations-only")
+                    {
+                        "reserved".to_string()
+                    } else {
+                        r.instance.capacity_type.as_str().to_string()
+                    },
                 })
                 .collect()
         });

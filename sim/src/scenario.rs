@@ -118,6 +118,50 @@ struct RawCloud {
     offerings: Vec<Spanned<RawOffering>>,
     #[serde(default)]
     existing_instances: Vec<Spanned<RawExisting>>,
+    #[serde(default)]
+    capacity_reservations: Vec<Spanned<RawReservation>>,
+}
+
+/// A capacity reservation of the account: an On-Demand Capacity Reservation or a Capacity Block.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReservation {
+    #[serde(default)]
+    id: Option<Spanned<String>>,
+    instance_type: Spanned<String>,
+    zone: Spanned<String>,
+    count: u32,
+    /// `open` or `targeted` (default).
+    #[serde(default)]
+    instance_match_criteria: Option<Spanned<String>>,
+    /// `default` (an ODCR, the default) or `capacity-block`.
+    #[serde(default)]
+    reservation_type: Option<Spanned<String>>,
+    #[serde(default)]
+    interruptible: bool,
+    #[serde(default)]
+    owner_id: Option<String>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    /// When it becomes active, from the start (or from its timeline event).
+    #[serde(default)]
+    starts_after: Option<Spanned<String>>,
+    /// How long it lasts once active (default: until cancelled; a Capacity Block needs one).
+    #[serde(default)]
+    lasts: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReservationId {
+    id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReclaim {
+    id: String,
+    count: Spanned<u32>,
 }
 
 /// Instances of a node group the cluster already runs (a managed node group), as many as `count`.
@@ -261,6 +305,12 @@ struct RawEvent {
     drain: Option<RawDrain>,
     #[serde(default)]
     node_fault: Option<RawNodeFault>,
+    #[serde(default)]
+    capacity_reservation: Option<Spanned<RawReservation>>,
+    #[serde(default)]
+    cancel_capacity_reservation: Option<RawReservationId>,
+    #[serde(default)]
+    reclaim_capacity_reservation: Option<RawReclaim>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -599,6 +649,15 @@ pub enum Action {
         newest_first: bool,
         for_: Option<Duration>,
     },
+    /// The account buys a capacity reservation.
+    CreateReservation(fakecloud::reservations::ReservationSpec),
+    /// A capacity reservation is cancelled (its instances run on as on-demand; a block's end).
+    CancelReservation(String),
+    /// The owner of an interruptible reservation takes `count` instances' worth back.
+    ReclaimReservation {
+        id: String,
+        count: u32,
+    },
 }
 
 /// Pods a `delete_pods` action picks: by selector, in a namespace and zone when given, at most `count`.
@@ -671,6 +730,7 @@ pub struct CloudSpec {
     pub images: Vec<dovetail::aws::cloud::Image>,
     pub offerings: Vec<fakecloud::config::OfferingRule>,
     pub existing_instances: Vec<fakecloud::config::ExistingInstance>,
+    pub capacity_reservations: Vec<fakecloud::reservations::ReservationSpec>,
 }
 
 pub use crate::expect::Expectations;
@@ -1036,6 +1096,22 @@ impl Loader<'_> {
                     });
             }
         }
+        for (i, r) in raw.capacity_reservations.iter().enumerate() {
+            let spec = self.reservation(r, &format!("cloud.capacity_reservations[{i}]"), cloud)?;
+            if let Some(id) = &spec.id
+                && cloud
+                    .capacity_reservations
+                    .iter()
+                    .any(|c| c.id.as_ref() == Some(id))
+            {
+                return Err(self.err(
+                    pos(r),
+                    &format!("cloud.capacity_reservations[{i}].id"),
+                    format!("`{id}` is declared twice"),
+                ));
+            }
+            cloud.capacity_reservations.push(spec);
+        }
         for (i, o) in raw.offerings.iter().enumerate() {
             let r = &o.value;
             if let Some(z) = r.zones.iter().find(|z| !cloud.zones.contains(z)) {
@@ -1070,6 +1146,133 @@ impl Loader<'_> {
             });
         }
         Ok(())
+    }
+
+    /// A reservation as declared (in `cloud:` or on the timeline), checked.
+    fn reservation(
+        &self,
+        raw: &Spanned<RawReservation>,
+        field: &str,
+        cloud: &CloudSpec,
+    ) -> Result<fakecloud::reservations::ReservationSpec, SimError> {
+        use dovetail::aws::cloud::ReservationType;
+        let r = &raw.value;
+        let catalog = fakecloud::catalog::Catalog::builtin();
+        if !catalog.types.contains_key(&r.instance_type.value) {
+            return Err(self.err(
+                pos(&r.instance_type),
+                &format!("{field}.instance_type"),
+                format!(
+                    "`{}` is not in the simulator's catalog",
+                    r.instance_type.value
+                ),
+            ));
+        }
+        if !cloud.zones.contains(&r.zone.value) {
+            return Err(self.err(
+                pos(&r.zone),
+                &format!("{field}.zone"),
+                format!(
+                    "`{}` is not one of cloud.zones ({})",
+                    r.zone.value,
+                    cloud.zones.join(", ")
+                ),
+            ));
+        }
+        if r.count == 0 {
+            return Err(self.err(
+                pos(raw),
+                &format!("{field}.count"),
+                "a reservation holds at least one instance",
+            ));
+        }
+        if let Some(id) = &r.id
+            && !(id.value.starts_with("cr-")
+                && id.value.len() > 3
+                && id.value[3..]
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()))
+        {
+            return Err(self.err(
+                pos(id),
+                &format!("{field}.id"),
+                format!(
+                    "`{}`: a reservation id is `cr-` then lowercase letters and digits",
+                    id.value
+                ),
+            ));
+        }
+        let criteria = match &r.instance_match_criteria {
+            None => "targeted".to_string(),
+            Some(m) if m.value == "open" || m.value == "targeted" => m.value.clone(),
+            Some(m) => {
+                return Err(self.err(
+                    pos(m),
+                    &format!("{field}.instance_match_criteria"),
+                    format!("`{}`: open or targeted", m.value),
+                ));
+            }
+        };
+        let block = match &r.reservation_type {
+            None => false,
+            Some(t) if t.value == "default" => false,
+            Some(t) if t.value == "capacity-block" => true,
+            Some(t) => {
+                return Err(self.err(
+                    pos(t),
+                    &format!("{field}.reservation_type"),
+                    format!("`{}`: default or capacity-block", t.value),
+                ));
+            }
+        };
+        let kind = match (block, r.interruptible) {
+            (true, true) => {
+                return Err(self.err(
+                    pos(raw),
+                    &format!("{field}.interruptible"),
+                    "a Capacity Block cannot be interruptible",
+                ));
+            }
+            (true, false) => ReservationType::CapacityBlock,
+            (false, true) => ReservationType::Interruptible,
+            (false, false) => ReservationType::Default,
+        };
+        if block && criteria != "targeted" {
+            return Err(self.err(
+                pos(raw),
+                &format!("{field}.instance_match_criteria"),
+                "a Capacity Block is always targeted",
+            ));
+        }
+        let lasts = match &r.lasts {
+            Some(d) => Some(self.duration(d, &format!("{field}.lasts"))?),
+            None if block => {
+                return Err(self.err(
+                    pos(raw),
+                    &format!("{field}.lasts"),
+                    "a Capacity Block has an end: say how long it `lasts`",
+                ));
+            }
+            None => None,
+        };
+        Ok(fakecloud::reservations::ReservationSpec {
+            id: r.id.as_ref().map(|i| i.value.clone()),
+            instance_type: r.instance_type.value.clone(),
+            zone: r.zone.value.clone(),
+            count: r.count,
+            instance_match_criteria: criteria,
+            kind,
+            owner_id: r
+                .owner_id
+                .clone()
+                .unwrap_or_else(|| fakecloud::sqs::ACCOUNT.to_string()),
+            tags: r.tags.clone(),
+            starts_after: match &r.starts_after {
+                Some(d) => self.duration(d, &format!("{field}.starts_after"))?,
+                None => Duration::ZERO,
+            },
+            lasts,
+        })
     }
 
     fn selector(
@@ -1185,16 +1388,19 @@ impl Loader<'_> {
     }
 
     fn capacity_type(&self, s: &Spanned<String>, field: &str) -> Result<CapacityType, SimError> {
-        CapacityType::parse(&s.value).ok_or_else(|| {
-            self.err(
-                pos(s),
-                field,
-                format!(
-                    "`{}` is not a capacity type; use spot or on-demand",
-                    s.value
-                ),
-            )
-        })
+        // `reserved` capacity is declared as `capacity_reservations`, not as a market.
+        CapacityType::parse(&s.value)
+            .filter(|c| *c != CapacityType::Reserved)
+            .ok_or_else(|| {
+                self.err(
+                    pos(s),
+                    field,
+                    format!(
+                        "`{}` is not a capacity type; use spot or on-demand",
+                        s.value
+                    ),
+                )
+            })
     }
 
     fn range(&self, s: &Spanned<String>, field: &str) -> Result<(Duration, Duration), SimError> {
@@ -1796,6 +2002,7 @@ impl Scenario {
             images: Vec::new(),
             offerings: Vec::new(),
             existing_instances: Vec::new(),
+            capacity_reservations: Vec::new(),
         };
         if let Some(z) = raw.cloud.zones.as_ref().filter(|z| z.value.is_empty()) {
             return Err(l.err(pos(z), "cloud.zones", "at least one zone is needed"));
@@ -1868,6 +2075,9 @@ impl Scenario {
                 e.delete_pods.is_some(),
                 e.drain.is_some(),
                 e.node_fault.is_some(),
+                e.capacity_reservation.is_some(),
+                e.cancel_capacity_reservation.is_some(),
+                e.reclaim_capacity_reservation.is_some(),
             ]
             .iter()
             .filter(|b| **b)
@@ -1876,7 +2086,7 @@ impl Scenario {
                 return Err(l.err(
                     pos(ev),
                     &field,
-                    "each timeline entry needs exactly one action: scale, apply, spot_interruption, capacity_shortage, kms_key_disabled, api_throttle, api_outage, vcpu_quota, ami_release, kube_outage, watch_disconnect, queue_message, delete, delete_nodes, controller_restart, controller_down, settings, delete_pods, drain or node_fault",
+                    "each timeline entry needs exactly one action: scale, apply, spot_interruption, capacity_shortage, kms_key_disabled, api_throttle, api_outage, vcpu_quota, ami_release, kube_outage, watch_disconnect, queue_message, delete, delete_nodes, controller_restart, controller_down, settings, delete_pods, drain, node_fault, capacity_reservation, cancel_capacity_reservation or reclaim_capacity_reservation",
                 ));
             }
             let action = if let Some(s) = &e.scale {
@@ -2142,6 +2352,26 @@ impl Scenario {
                         Some(d) => Some(l.duration(d, &format!("{field}.node_fault.for"))?),
                         None => None,
                     },
+                }
+            } else if let Some(r) = &e.capacity_reservation {
+                Action::CreateReservation(l.reservation(
+                    r,
+                    &format!("{field}.capacity_reservation"),
+                    &cloud,
+                )?)
+            } else if let Some(c) = &e.cancel_capacity_reservation {
+                Action::CancelReservation(c.id.clone())
+            } else if let Some(c) = &e.reclaim_capacity_reservation {
+                if c.count.value == 0 {
+                    return Err(l.err(
+                        pos(&c.count),
+                        &format!("{field}.reclaim_capacity_reservation.count"),
+                        "count must be at least 1",
+                    ));
+                }
+                Action::ReclaimReservation {
+                    id: c.id.clone(),
+                    count: c.count.value,
                 }
             } else {
                 unreachable!("exactly one action was counted above")

@@ -594,6 +594,20 @@ async fn workload_host(p: WorkloadParts) -> turmoil::Result {
             Action::SpotInterruption { zone, fraction } => {
                 cloud.spot_interruption(zone.as_deref(), fraction);
             }
+            Action::CreateReservation(spec) => {
+                cloud.create_capacity_reservation(&spec);
+            }
+            Action::CancelReservation(id) => {
+                if !cloud.cancel_capacity_reservation(&id) {
+                    trace.push(
+                        "cloud",
+                        format!("cancel capacity reservation {id}: no such active reservation"),
+                    );
+                }
+            }
+            Action::ReclaimReservation { id, count } => {
+                cloud.reclaim_capacity_reservation(&id, count);
+            }
             Action::CapacityShortage {
                 instance_types,
                 zones,
@@ -865,6 +879,7 @@ pub fn run(
             images: scenario.cloud.images.clone(),
             offerings: scenario.cloud.offerings.clone(),
             existing_instances: scenario.cloud.existing_instances.clone(),
+            capacity_reservations: scenario.cloud.capacity_reservations.clone(),
             // Subnets and security groups are tagged for the cluster the controller is told it runs.
             cluster_name: scenario
                 .settings

@@ -84,7 +84,12 @@ pub struct CreateFleetRequest {
     pub client_token: String,
     /// The account context to launch in (`spec.context`: Outposts and the like).
     pub context: Option<String>,
+    /// `OnDemand` or `Spot` (a reserved launch is on-demand into the reservation its launch template
+    /// targets).
     pub capacity_type: CapacityType,
+    /// A launch into capacity reservations: which kind, for the fleet's DefaultTargetCapacityType
+    /// (`on-demand`, `capacity-block`, `reserved-capacity` for interruptible reservations).
+    pub reservation: Option<ReservationType>,
     pub overrides: Vec<FleetOverride>,
     pub target_capacity: u32,
     pub tags: BTreeMap<String, String>,
@@ -103,6 +108,84 @@ pub struct FleetError {
 pub struct CreateFleetOutput {
     pub instances: Vec<Instance>,
     pub errors: Vec<FleetError>,
+}
+
+/// The kind of a capacity reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ReservationType {
+    /// An On-Demand Capacity Reservation (`default`).
+    Default,
+    /// A Capacity Block (ML capacity bought for a fixed window, reclaimed at its end).
+    CapacityBlock,
+    /// An interruptible ODCR: capacity its owner lends and may reclaim.
+    Interruptible,
+}
+
+impl ReservationType {
+    /// EC2's ReservationType (an interruptible ODCR is a `default` one with `Interruptible` set).
+    pub fn ec2_type(self) -> &'static str {
+        match self {
+            ReservationType::CapacityBlock => "capacity-block",
+            ReservationType::Default | ReservationType::Interruptible => "default",
+        }
+    }
+}
+
+/// DescribeCapacityReservations entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapacityReservation {
+    pub id: String,
+    pub instance_type: String,
+    pub zone: String,
+    pub owner_id: String,
+    pub total_instance_count: u32,
+    pub available_instance_count: u32,
+    /// `open` (any matching launch may run in it) or `targeted` (only launches naming it).
+    pub instance_match_criteria: String,
+    /// EC2's ReservationType: `default` or `capacity-block`.
+    pub reservation_type: String,
+    pub interruptible: bool,
+    /// `active`, `expired`, `cancelled`, `pending`, `scheduled`, ...
+    pub state: String,
+    pub start_date: Option<jiff::Timestamp>,
+    pub end_date: Option<jiff::Timestamp>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A DescribeCapacityReservations query as Karpenter sends it: `state=active` always, then either ids or
+/// the owner, tags (`*` meaning any value: `tag-key`) and instance match criteria.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CapacityReservationQuery {
+    pub ids: Vec<String>,
+    pub owner_id: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub instance_match_criteria: Option<String>,
+}
+
+impl CapacityReservationQuery {
+    /// Whether a reservation answers the query (EC2's filters, as the fake and the front apply them).
+    pub fn matches(&self, r: &CapacityReservation) -> bool {
+        r.state == "active"
+            && (self.ids.is_empty() || self.ids.contains(&r.id))
+            && self.owner_id.as_ref().is_none_or(|o| *o == r.owner_id)
+            && self
+                .instance_match_criteria
+                .as_ref()
+                .is_none_or(|m| *m == r.instance_match_criteria)
+            && self
+                .tags
+                .iter()
+                .all(|(k, v)| r.tags.get(k).is_some_and(|t| v == "*" || t == v))
+    }
+}
+
+/// A launch template's CapacityReservationSpecification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapacityReservationSpec {
+    /// `capacity-reservations-only`, `open` or `none`.
+    pub preference: String,
+    /// CapacityReservationTarget: the one reservation the instance must run in.
+    pub target_id: Option<String>,
 }
 
 /// Why an instance is in its state, e.g. `Client.InternalError` for a launch a KMS key broke.
@@ -126,6 +209,12 @@ pub struct Instance {
     pub image_id: String,
     pub launch_time: jiff::Timestamp,
     pub tags: BTreeMap<String, String>,
+    /// The capacity reservation the instance runs in, if any.
+    pub capacity_reservation_id: Option<String>,
+    /// Its CapacityReservationSpecification's preference (`open` when the launch left EC2's default).
+    pub capacity_reservation_preference: Option<String>,
+    /// EC2's InstanceLifecycle: `spot`, `capacity-block`, `interruptible-capacity-reservation`, or none.
+    pub instance_lifecycle: Option<String>,
 }
 
 impl Instance {
@@ -236,6 +325,11 @@ pub struct LaunchTemplateData {
     pub network_interface: Option<PrimaryInterface>,
     /// CPU option `NestedVirtualization`: `enabled` / `disabled`.
     pub nested_virtualization: Option<String>,
+    /// None leaves EC2's default (`open`: the instance runs in any open reservation of its type and zone
+    /// with room).
+    pub capacity_reservation: Option<CapacityReservationSpec>,
+    /// InstanceMarketOptions' MarketType: `capacity-block` or `interruptible-capacity-reservation`.
+    pub market_type: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,6 +441,11 @@ pub trait Cloud: Send + Sync + 'static {
         filter: TagFilter,
     ) -> Result<Vec<SecurityGroup>, CloudError>;
     async fn describe_images(&self, query: ImageQuery) -> Result<Vec<Image>, CloudError>;
+    /// DescribeCapacityReservations, every page (an id EC2 does not know answers NotFound).
+    async fn describe_capacity_reservations(
+        &self,
+        query: CapacityReservationQuery,
+    ) -> Result<Vec<CapacityReservation>, CloudError>;
     /// SSM GetParameter: the parameter's value; a missing one is the error `ParameterNotFound`.
     async fn get_parameter(&self, name: &str) -> Result<String, CloudError>;
     async fn create_launch_template(

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use super::AwsProvider;
 use super::ami::{self, Ami};
 use super::cloud::{
-    CapacityType, CreateFleetRequest, DescribeInstancesRequest, FleetOverride, Instance,
-    InstanceState,
+    CapacityReservationSpec, CapacityType, CreateFleetRequest, DescribeInstancesRequest,
+    FleetOverride, Instance, InstanceState, ReservationType,
 };
 use super::launch;
 use crate::cloudprovider::{InstanceType, Launch, LaunchFailure};
@@ -16,7 +16,7 @@ use crate::crds::{EC2NodeClass, NodeClaim, labels};
 use crate::error::ControllerError;
 use crate::names;
 use crate::scheduling::Requirements;
-use crate::scheduling::planner::capacity_types;
+use crate::scheduling::planner::{capacity_types, reservation_allowed};
 use crate::state::ClusterState;
 
 /// The tag that marks what this controller owns: `kubernetes.io/cluster/<name>: owned`.
@@ -31,14 +31,37 @@ pub(crate) fn cluster_tag(ctx: &Context) -> (String, String) {
     )
 }
 
+/// The reservation an instance runs in as `reserved` capacity: Karpenter's rule, only one launched
+/// targeting it (`capacity-reservations-only`) and only with the ReservedCapacity gate on — an on-demand
+/// launch an open reservation absorbed stays on-demand (calling it reserved would make it drift).
+fn reserved_in(i: &Instance, gate: bool) -> Option<(&str, ReservationType)> {
+    if !gate || i.capacity_reservation_preference.as_deref() != Some("capacity-reservations-only") {
+        return None;
+    }
+    let kind = match i.instance_lifecycle.as_deref() {
+        Some("capacity-block") => ReservationType::CapacityBlock,
+        Some("interruptible-capacity-reservation") => ReservationType::Interruptible,
+        _ => ReservationType::Default,
+    };
+    i.capacity_reservation_id.as_deref().map(|id| (id, kind))
+}
+
 /// An EC2 instance as the provider-neutral controllers see it.
-pub(super) fn neutral(i: &Instance) -> crate::cloudprovider::Instance {
+pub(super) fn neutral(i: &Instance, reserved_gate: bool) -> crate::cloudprovider::Instance {
+    let reserved = reserved_in(i, reserved_gate);
     crate::cloudprovider::Instance {
         id: i.id.clone(),
         provider_id: i.provider_id(),
         instance_type: i.instance_type.clone(),
         zone: i.zone.clone(),
-        capacity_type: i.capacity_type,
+        capacity_type: match (reserved, i.capacity_type) {
+            (Some(_), _) => CapacityType::Reserved,
+            (None, CapacityType::Spot) => CapacityType::Spot,
+            (None, _) => CapacityType::OnDemand,
+        },
+        offering_labels: reserved
+            .map(|(id, kind)| super::reservation::offering_labels(id, kind))
+            .unwrap_or_default(),
         image_id: i.image_id.clone(),
         state: i.state,
         state_reason: i.state_reason.as_ref().map(|r| r.code.clone()),
@@ -47,13 +70,34 @@ pub(super) fn neutral(i: &Instance) -> crate::cloudprovider::Instance {
     }
 }
 
-/// The fleet a claim may launch: one capacity type (spot when allowed and offered, as Karpenter prefers),
-/// and every allowed (type, zone) override, cheapest first.
+/// A reserved launch's one reservation: its id and kind.
+type Target = Option<(String, ReservationType)>;
+
+/// The kind of reservation a reserved offering is, from its labels.
+fn reservation_kind(o: &crate::cloudprovider::Offering) -> ReservationType {
+    let label = |k: &str| {
+        o.reservation
+            .as_ref()
+            .and_then(|r| r.labels.get(k))
+            .map(String::as_str)
+    };
+    if label(labels::CAPACITY_RESERVATION_TYPE) == Some("capacity-block") {
+        ReservationType::CapacityBlock
+    } else if label(labels::CAPACITY_RESERVATION_INTERRUPTIBLE) == Some("true") {
+        ReservationType::Interruptible
+    } else {
+        ReservationType::Default
+    }
+}
+
+/// The fleet a claim may launch: one capacity type (reserved, then spot, then on-demand, as Karpenter
+/// prefers), and every allowed (type, zone) override, cheapest first. A reserved fleet launches into one
+/// reservation (the cheapest allowed one: CreateFleet takes one market per call).
 fn fleet_overrides(
     claim: &NodeClaim,
     types: &[InstanceType],
     subnets: &BTreeMap<String, String>,
-) -> Option<(CapacityType, Vec<FleetOverride>)> {
+) -> Option<(CapacityType, Target, Vec<FleetOverride>)> {
     // A claim that does not parse was not written by us; launch nothing rather than guess.
     let reqs = Requirements::from_node_selector(&claim.spec.requirements).ok()?;
     let type_ok = |name: &str| reqs.get(labels::INSTANCE_TYPE).is_none_or(|r| r.has(name));
@@ -66,7 +110,7 @@ fn fleet_overrides(
         .and_then(|a| a.get(labels::MAX_PRICE))
         .and_then(|p| p.parse::<f64>().ok())
         .unwrap_or(f64::INFINITY);
-    let candidates = |ct: CapacityType| -> Vec<(f64, FleetOverride)> {
+    let candidates = |ct: CapacityType| -> Vec<(f64, Target, FleetOverride)> {
         let mut out = Vec::new();
         for it in types.iter().filter(|it| type_ok(&it.name)) {
             for o in &it.offerings {
@@ -74,6 +118,7 @@ fn fleet_overrides(
                     || !o.available
                     || !zone_ok(&o.zone)
                     || o.price >= max_price
+                    || !reservation_allowed(o, &reqs)
                 {
                     continue;
                 }
@@ -82,6 +127,9 @@ fn fleet_overrides(
                 };
                 out.push((
                     o.price,
+                    o.reservation
+                        .as_ref()
+                        .map(|r| (r.id.clone(), reservation_kind(o))),
                     FleetOverride {
                         launch_template_name: String::new(),
                         instance_type: it.name.clone(),
@@ -94,34 +142,43 @@ fn fleet_overrides(
         }
         out.sort_by(|a, b| {
             a.0.total_cmp(&b.0)
-                .then_with(|| a.1.instance_type.cmp(&b.1.instance_type))
-                .then_with(|| a.1.zone.cmp(&b.1.zone))
+                .then_with(|| a.2.instance_type.cmp(&b.2.instance_type))
+                .then_with(|| a.2.zone.cmp(&b.2.zone))
+                .then_with(|| a.1.cmp(&b.1))
         });
+        if let Some(first) = out.first().and_then(|c| c.1.clone()) {
+            out.retain(|c| c.1.as_ref() == Some(&first));
+        }
         out
     };
     // Karpenter's rule: when on-demand is allowed too, spot is only worth it where it is cheaper than the
     // cheapest on-demand offering.
     let od_floor = capacity_types(&reqs)
         .contains(&CapacityType::OnDemand)
-        .then(|| candidates(CapacityType::OnDemand).first().map(|(p, _)| *p))
+        .then(|| {
+            candidates(CapacityType::OnDemand)
+                .first()
+                .map(|(p, _, _)| *p)
+        })
         .flatten();
     for ct in capacity_types(&reqs) {
         let mut c = candidates(ct);
         if ct == CapacityType::Spot
             && let Some(floor) = od_floor
         {
-            c.retain(|(p, _)| *p < floor);
+            c.retain(|(p, _, _)| *p < floor);
         }
         if !c.is_empty() {
+            let target = c.first().and_then(|c| c.1.clone());
             let overrides = c
                 .into_iter()
                 .enumerate()
-                .map(|(i, (_, mut o))| {
+                .map(|(i, (_, _, mut o))| {
                     o.priority = Some(i as f64);
                     o
                 })
                 .collect();
-            return Some((ct, overrides));
+            return Some((ct, target, overrides));
         }
     }
     None
@@ -155,6 +212,7 @@ impl AwsProvider {
         ctx: &Context,
         class: &EC2NodeClass,
         image: &Ami,
+        target: &Target,
     ) -> Result<String, ControllerError> {
         let class_name = class.metadata.name.clone().unwrap_or_default();
         let resolved = self
@@ -170,13 +228,27 @@ impl AwsProvider {
         let (key, value) = cluster_tag(ctx);
         tags.insert(key, value);
         tags.insert(labels::NODECLASS.to_string(), class_name.clone());
-        let data = launch::template_data(
+        let mut data = launch::template_data(
             class,
             &super::userdata::Cluster::of(&ctx.settings),
             &image.id,
             &groups,
             &tags,
         );
+        // A reserved launch targets its one reservation; any other leaves EC2's default preference
+        // (`open`), so open reservations absorb on-demand launches rather than sit idle — where Karpenter
+        // opts every other launch out of them (`none`, aws/karpenter-provider-aws#8176).
+        if let Some((id, kind)) = target {
+            data.capacity_reservation = Some(CapacityReservationSpec {
+                preference: "capacity-reservations-only".into(),
+                target_id: Some(id.clone()),
+            });
+            data.market_type = match kind {
+                ReservationType::CapacityBlock => Some("capacity-block".into()),
+                ReservationType::Interruptible => Some("interruptible-capacity-reservation".into()),
+                ReservationType::Default => None,
+            };
+        }
         let name = launch::template_name(&ctx.settings.cluster_name, &class_name, &data);
         if self.known_templates.0.contains(&name) {
             return Ok(name);
@@ -223,13 +295,14 @@ impl AwsProvider {
         if self.health.paused_until(class_name, now).is_some() {
             return Ok(Launch::Waiting);
         }
+        let gate = ctx.settings.feature_gates.reserved_capacity;
         if let Some(instance) = self.predecessor_instance(ctx, claim).await? {
-            return Ok(Launch::Adopted(neutral(&instance)));
+            return Ok(Launch::Adopted(neutral(&instance, gate)));
         }
         self.refresh_offering_availability(now);
         let subnets = self.subnets_by_zone(ctx, &class).await?;
-        let Some((capacity_type, overrides)) =
-            fleet_overrides(claim, &self.instance_types, &subnets)
+        let types = self.launch_types(class_name);
+        let Some((capacity_type, target, overrides)) = fleet_overrides(claim, &types, &subnets)
         else {
             return Ok(Launch::NoOffering);
         };
@@ -273,7 +346,10 @@ impl AwsProvider {
         }
         let mut templates = Vec::new();
         for ami in &chosen {
-            templates.push(self.ensure_launch_template(ctx, &class, ami).await?);
+            templates.push(
+                self.ensure_launch_template(ctx, &class, ami, &target)
+                    .await?,
+            );
         }
         let overrides: Vec<FleetOverride> = kept
             .into_iter()
@@ -302,7 +378,12 @@ impl AwsProvider {
         let request = CreateFleetRequest {
             client_token: names::token(&mut ctx.rng),
             context: class.spec.context.clone(),
-            capacity_type,
+            // A reserved launch is an on-demand one into the reservation its template targets.
+            capacity_type: match capacity_type {
+                CapacityType::Reserved => CapacityType::OnDemand,
+                ct => ct,
+            },
+            reservation: target.as_ref().map(|(_, kind)| *kind),
             overrides,
             target_capacity: 1,
             tags,
@@ -318,8 +399,20 @@ impl AwsProvider {
             }
             Err(e) => return Err(e.into()),
         };
-        // Pools that failed are remembered even when another pool delivered.
-        let marked = self.unavailable.record(capacity_type, &output.errors, now);
+        // Pools that failed are remembered even when another pool delivered; a full reservation is
+        // remembered as full until EC2 says otherwise.
+        let marked = if let Some((id, _)) = &target {
+            let full = output
+                .errors
+                .iter()
+                .any(|e| launch::is_capacity_error(&e.code));
+            if full {
+                self.classes.availability.full(id);
+            }
+            usize::from(full)
+        } else {
+            self.unavailable.record(capacity_type, &output.errors, now)
+        };
         let Some(instance) = output.instances.into_iter().next() else {
             let mut codes: Vec<String> = output.errors.iter().map(|e| e.code.clone()).collect();
             codes.sort();
@@ -340,7 +433,36 @@ impl AwsProvider {
                 unavailable_marked: marked,
             }));
         };
-        Ok(Launch::Launched(neutral(&instance)))
+        if let Some(id) = &instance.capacity_reservation_id {
+            self.classes.availability.launched(id);
+        }
+        Ok(Launch::Launched(neutral(&instance, gate)))
+    }
+
+    /// The catalog's types with the `reserved` offerings of the class's reservations, with their room as
+    /// last known (the claim launching is the one counting on it: nothing pending is taken off).
+    fn launch_types(&self, class: &str) -> Vec<InstanceType> {
+        let resolved = self.classes.get(class);
+        let reservations = resolved
+            .and_then(|r| r.reservations.as_deref())
+            .unwrap_or_default();
+        let zones = resolved.map(|r| r.zones()).unwrap_or_default();
+        self.instance_types
+            .iter()
+            .map(|it| {
+                let mut t = it.clone();
+                if reservations.iter().any(|r| r.instance_type == it.name) {
+                    t.offerings.extend(super::reservation::offerings(
+                        reservations,
+                        &self.classes.availability,
+                        &BTreeMap::new(),
+                        it,
+                        &zones,
+                    ));
+                }
+                t
+            })
+            .collect()
     }
 
     /// An instance a previous controller process launched for this claim but never recorded (it stopped
@@ -401,6 +523,7 @@ mod tests {
                     capacity_type: *ct,
                     price: *price,
                     available: *available,
+                    reservation: None,
                 })
                 .collect(),
         }
@@ -459,7 +582,7 @@ mod tests {
             ),
         ];
         let both = claim(&[(labels::CAPACITY_TYPE, &["spot", "on-demand"])]);
-        let (ct, o) = fleet_overrides(&both, &types, &subnets(&["a", "b"])).unwrap();
+        let (ct, _, o) = fleet_overrides(&both, &types, &subnets(&["a", "b"])).unwrap();
         assert_eq!(ct, Spot);
         let got: Vec<(&str, &str, f64)> = o
             .iter()
@@ -496,14 +619,14 @@ mod tests {
             it("r5.large", &[("a", Spot, 0.11, true)]),
         ];
         let both = claim(&[(labels::CAPACITY_TYPE, &["spot", "on-demand"])]);
-        let (_, o) = fleet_overrides(&both, &types, &subnets(&["a"])).unwrap();
+        let (_, _, o) = fleet_overrides(&both, &types, &subnets(&["a"])).unwrap();
         assert_eq!(
             o.len(),
             1,
             "r5 spot at 0.11 costs more than m5 on-demand at 0.096"
         );
         let spot_only = claim(&[(labels::CAPACITY_TYPE, &["spot"])]);
-        let (_, o) = fleet_overrides(&spot_only, &types, &subnets(&["a"])).unwrap();
+        let (_, _, o) = fleet_overrides(&spot_only, &types, &subnets(&["a"])).unwrap();
         assert_eq!(o.len(), 2, "with spot only there is no on-demand floor");
     }
 
@@ -525,7 +648,7 @@ mod tests {
             (labels::INSTANCE_TYPE, &["m5.large"]),
             (labels::ZONE, &["b"]),
         ]);
-        let (ct, o) = fleet_overrides(&c, &types, &subnets(&["a", "b"])).unwrap();
+        let (ct, _, o) = fleet_overrides(&c, &types, &subnets(&["a", "b"])).unwrap();
         assert_eq!(ct, OnDemand);
         assert_eq!(o.len(), 1);
         assert_eq!(

@@ -234,6 +234,7 @@ pub fn build(
                         capacity_type: CapacityType::OnDemand,
                         price: od_price,
                         available: true,
+                        reservation: None,
                     });
                 }
                 if info.supported_usage_classes.contains(&CapacityType::Spot)
@@ -244,6 +245,7 @@ pub fn build(
                         capacity_type: CapacityType::Spot,
                         price: *price,
                         available: true,
+                        reservation: None,
                     });
                 }
             }

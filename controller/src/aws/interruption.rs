@@ -33,6 +33,8 @@ pub enum Notice {
     Stopping(String),
     /// EC2 suggests moving off a spot instance; Karpenter only records it.
     RebalanceRecommendation,
+    /// Two minutes before EC2 reclaims an instance of an interruptible capacity reservation.
+    CapacityReservationInterruption,
 }
 
 impl Notice {
@@ -42,6 +44,7 @@ impl Notice {
             Notice::ScheduledChange => "scheduled-change".into(),
             Notice::Stopping(state) => format!("state-change {state}"),
             Notice::RebalanceRecommendation => "rebalance-recommendation".into(),
+            Notice::CapacityReservationInterruption => "capacity-reservation-interruption".into(),
         }
     }
 
@@ -52,6 +55,7 @@ impl Notice {
             Notice::ScheduledChange => "scheduled_change",
             Notice::Stopping(_) => "instance_stopped",
             Notice::RebalanceRecommendation => "rebalance_recommendation",
+            Notice::CapacityReservationInterruption => "capacity_reservation_interrupted",
         }
     }
 }
@@ -79,6 +83,9 @@ pub fn parse(body: &str) -> Result<Parsed, String> {
     Ok(match detail_type {
         "EC2 Spot Instance Interruption Warning" => {
             Parsed::Notice(Notice::SpotInterruption, instance()?)
+        }
+        "EC2 Capacity Reservation Instance Interruption Warning" => {
+            Parsed::Notice(Notice::CapacityReservationInterruption, instance()?)
         }
         "EC2 Instance Rebalance Recommendation" => {
             Parsed::Notice(Notice::RebalanceRecommendation, instance()?)
@@ -293,6 +300,7 @@ impl AwsProvider {
             let reason = match notice {
                 Notice::SpotInterruption => "SpotInterrupted",
                 Notice::ScheduledChange => "InstanceScheduledChange",
+                Notice::CapacityReservationInterruption => "CapacityReservationInterrupted",
                 _ => "InstanceStopping",
             };
             crate::events::emit(
@@ -327,6 +335,27 @@ mod tests {
     fn event(detail_type: &str, detail: serde_json::Value) -> String {
         serde_json::json!({"version": "0", "detail-type": detail_type, "source": "aws.ec2", "detail": detail})
             .to_string()
+    }
+
+    #[test]
+    fn a_reclaimed_reservation_is_an_interruption() {
+        let body = event(
+            "EC2 Capacity Reservation Instance Interruption Warning",
+            serde_json::json!({"instance-id": "i-9", "instance-action": "terminate"}),
+        );
+        assert_eq!(
+            parse(&body),
+            Ok(Parsed::Notice(
+                Notice::CapacityReservationInterruption,
+                vec!["i-9".into()]
+            ))
+        );
+        // The block's own warning needs nothing: its nodes are drained by the expiration check.
+        let warning = event(
+            "Capacity Block Expiration Warning",
+            serde_json::json!({"capacity-reservation-id": "cr-1"}),
+        );
+        assert!(matches!(parse(&warning), Ok(Parsed::Ignored(_))));
     }
 
     #[test]

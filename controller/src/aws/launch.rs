@@ -24,6 +24,7 @@ pub fn is_capacity_error(code: &str) -> bool {
             | "UnfulfillableCapacity"
             | "Unsupported"
             | "InsufficientFreeAddressesInSubnet"
+            | "ReservationCapacityExceeded"
     )
 }
 
@@ -218,13 +219,18 @@ pub fn template_data(
             .cpu_options
             .as_ref()
             .and_then(|c| c.nested_virtualization.clone()),
+        capacity_reservation: None,
+        market_type: None,
     }
 }
 
 /// A launch template name derived from its content, so equal content reuses one template instead of
 /// creating a new one per launch (Karpenter's launch-template churn).
 pub fn template_name(cluster: &str, class: &str, data: &LaunchTemplateData) -> String {
-    let h = crate::names::fnv1a(&format!("{data:?}"));
+    // Fields added since are left out while unset, so an upgrade keeps the names of the templates it
+    // already made (and reuses them) rather than creating every one anew.
+    let text = format!("{data:?}").replace(", capacity_reservation: None, market_type: None", "");
+    let h = crate::names::fnv1a(&text);
     format!("dovetail/{cluster}/{class}/{h:016x}")
 }
 

@@ -15,6 +15,7 @@ pub mod instancetype;
 pub mod interruption;
 pub mod launch;
 pub mod nodeclass;
+pub mod reservation;
 pub mod userdata;
 pub mod validation;
 pub mod vpclimits;
@@ -30,7 +31,7 @@ use self::health::LaunchHealth;
 use self::launch::{KnownTemplates, UnavailableOfferings};
 use self::nodeclass::ClassCache;
 use crate::cloudprovider::{
-    CloudProvider, Instance, InstanceType, Launch, NodeClassReadiness, RepairPolicy,
+    CloudProvider, Instance, InstanceType, Launch, NodeClassReadiness, Offering, RepairPolicy,
 };
 use crate::context::Context;
 use crate::crds::{NodeClaim, labels};
@@ -158,7 +159,33 @@ impl AwsProvider {
         self.classes
             .reconcile(ctx, self.cloud.as_ref(), state)
             .await;
+        self.reconcile_reservations(ctx, state).await;
     }
+}
+
+/// Claims not launched yet that count on a reservation (pinned to one id), by reservation: room they will
+/// take that EC2's count does not show yet.
+fn reservations_pending(state: &ClusterState) -> BTreeMap<String, u32> {
+    let mut out = BTreeMap::new();
+    for claim in state.nodeclaims.values() {
+        let launched = claim
+            .status
+            .as_ref()
+            .is_some_and(|s| s.provider_id.is_some());
+        if launched || claim.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        if let Some(r) = claim
+            .spec
+            .requirements
+            .iter()
+            .find(|r| r.key == labels::CAPACITY_RESERVATION_ID && r.operator == "In")
+            && let [id] = r.values.as_slice()
+        {
+            *out.entry(id.clone()).or_insert(0) += 1;
+        }
+    }
+    out
 }
 
 /// What makes an EC2 node unhealthy, as Karpenter's AWS provider says: the kubelet's Ready False or
@@ -203,6 +230,31 @@ impl CloudProvider for AwsProvider {
         class.spec.kubelet.as_ref()?;
         let info = self.infos.get(&it.name)?;
         Some(instancetype::capacity_and_allocatable(info, Some(class)))
+    }
+
+    fn class_offerings(
+        &self,
+        state: &ClusterState,
+        class: &str,
+        it: &InstanceType,
+    ) -> Vec<Offering> {
+        let Some(resolved) = self.classes.get(class) else {
+            return Vec::new();
+        };
+        let Some(reservations) = resolved
+            .reservations
+            .as_ref()
+            .filter(|r| r.iter().any(|r| r.instance_type == it.name))
+        else {
+            return Vec::new();
+        };
+        reservation::offerings(
+            reservations,
+            &self.classes.availability,
+            &reservations_pending(state),
+            it,
+            &resolved.zones(),
+        )
     }
 
     fn node_class(&self, state: &ClusterState, name: &str) -> NodeClassReadiness {
@@ -265,7 +317,10 @@ impl CloudProvider for AwsProvider {
                 })
                 .await?;
             for i in page.instances {
-                out.insert(i.id.clone(), fleet::neutral(&i));
+                out.insert(
+                    i.id.clone(),
+                    fleet::neutral(&i, ctx.settings.feature_gates.reserved_capacity),
+                );
             }
             token = page.next_token;
             if token.is_none() {

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use super::ami::{self, Ami, SsmCache};
 use super::cloud::{Cloud, SecurityGroup, Subnet};
 use super::launch;
+use super::reservation::{self, Reservation};
 use crate::context::Context;
 use crate::crds::EC2NodeClass;
 use crate::error::ControllerError;
@@ -33,6 +34,9 @@ pub struct Resolved {
     pub invalid: Option<String>,
     /// Fields set in the spec that Dovetail does not act on (`crds::unacted`).
     pub unacted: Vec<&'static str>,
+    /// The capacity reservations the class selects (ReservedCapacity gate on), by id; None with the gate
+    /// off (no `CapacityReservationsReady` condition then, as in Karpenter).
+    pub reservations: Option<Vec<Reservation>>,
 }
 
 impl Resolved {
@@ -73,6 +77,15 @@ impl Resolved {
                     .unwrap_or_else(|| "spec.amiSelectorTerms did not match any image".into()),
             ),
         ];
+        if self.reservations.is_some() {
+            // Listing them worked (a failure fails the whole resolution); none selected is fine.
+            out.push((
+                "CapacityReservationsReady",
+                true,
+                "CapacityReservationsNotFound",
+                String::new(),
+            ));
+        }
         let failing: Vec<&str> = out.iter().filter(|c| !c.1).map(|c| c.0).collect();
         let ready = failing.is_empty();
         out.push((
@@ -101,9 +114,9 @@ impl Resolved {
         (!problems.is_empty()).then(|| problems.join("; "))
     }
 
-    /// The status fields Karpenter reports: subnets, security groups, images.
+    /// The status fields Karpenter reports: subnets, security groups, images, capacity reservations.
     fn status_fields(&self) -> Value {
-        json!({
+        let mut v = json!({
             "subnets": self.subnets.iter().map(|s| json!({"id": s.id, "zone": s.zone})).collect::<Vec<_>>(),
             "securityGroups": self.security_groups.iter().map(|g| json!({"id": g.id, "name": g.name})).collect::<Vec<_>>(),
             "amis": self.amis.iter().map(|a| {
@@ -117,7 +130,11 @@ impl Resolved {
                 }
                 ami
             }).collect::<Vec<_>>(),
-        })
+        });
+        if let Some(r) = &self.reservations {
+            v["capacityReservations"] = reservation::status(r);
+        }
+        v
     }
 }
 
@@ -131,6 +148,8 @@ pub struct ClassCache {
     k8s_version: Option<(Duration, String)>,
     /// When cached `@latest` values were last checked for deprecated images.
     invalidated_at: Option<Duration>,
+    /// Room in each capacity reservation, as EC2 last said and our launches since.
+    pub availability: reservation::Availability,
 }
 
 impl ClassCache {
@@ -182,17 +201,64 @@ impl ClassCache {
         }
         let selection =
             ami::resolve(cloud, &mut self.ssm, now, ctx.clock.now(), class, &k8s).await?;
+        let gated = ctx.settings.feature_gates.reserved_capacity;
+        let reservations = if gated {
+            Some(self.reservations(ctx, cloud, class).await?)
+        } else {
+            None
+        };
+        let mut unacted = crate::crds::unacted::ec2nodeclass(&class.spec);
+        if gated {
+            unacted.retain(|f| *f != "spec.capacityReservationSelectorTerms");
+        }
         let resolved = Resolved {
             subnets,
             security_groups: groups.into_values().collect(),
             amis: selection.amis,
             ami_problem: selection.problem,
             invalid: super::validation::validate(class).err(),
-            unacted: crate::crds::unacted::ec2nodeclass(&class.spec),
+            unacted,
+            reservations,
         };
         self.resolved
             .insert(name, (ctx.now(), print, resolved.clone()));
         Ok(resolved)
+    }
+
+    /// The reservations the class's terms select, active and not past their end, by id; their room synced
+    /// from EC2's count. One EC2 cannot parse is left out and said once per resolution.
+    async fn reservations(
+        &mut self,
+        ctx: &Context,
+        cloud: &dyn Cloud,
+        class: &EC2NodeClass,
+    ) -> Result<Vec<Reservation>, ControllerError> {
+        let name = class.metadata.name.clone().unwrap_or_default();
+        let now = ctx.clock.now();
+        let mut found: BTreeMap<String, Reservation> = BTreeMap::new();
+        for q in reservation::queries(&class.spec.capacity_reservation_selector_terms) {
+            let listed = match cloud.describe_capacity_reservations(q).await {
+                Ok(l) => l,
+                // A reservation named by id that is gone selects nothing.
+                Err(e) if e.code == "InvalidCapacityReservationId.NotFound" => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+            for r in listed {
+                if r.end_date.is_some_and(|end| end <= now) {
+                    continue;
+                }
+                match reservation::from_ec2(&r, now) {
+                    Ok(parsed) => {
+                        self.availability.sync(&r.id, r.available_instance_count);
+                        found.insert(parsed.id.clone(), parsed);
+                    }
+                    Err(why) => ctx
+                        .journal
+                        .record("nodeclass", format!("ec2nodeclass/{name}: {why}")),
+                }
+            }
+        }
+        Ok(found.into_values().collect())
     }
 
     /// The cluster's Kubernetes version, read from the API server at most once an hour.
@@ -293,9 +359,15 @@ async fn write_class_status(
     let conditions = crate::conditions::merge(&old_conditions, &wanted, &now);
     let mut desired = resolved.status_fields();
     desired["conditions"] = json!(conditions);
-    let unchanged = ["subnets", "securityGroups", "amis", "conditions"]
-        .iter()
-        .all(|k| current[*k] == desired[*k] || (current[*k].is_null() && desired[*k] == json!([])));
+    let unchanged = [
+        "subnets",
+        "securityGroups",
+        "amis",
+        "capacityReservations",
+        "conditions",
+    ]
+    .iter()
+    .all(|k| current[*k] == desired[*k] || (current[*k].is_null() && desired[*k] == json!([])));
     if unchanged {
         return;
     }

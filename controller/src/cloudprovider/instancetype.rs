@@ -13,6 +13,17 @@ pub struct Offering {
     /// USD per hour.
     pub price: f64,
     pub available: bool,
+    /// Set on `reserved` offerings only: the capacity reservation it launches into.
+    pub reservation: Option<ReservedOffering>,
+}
+
+/// A capacity reservation as an offering: the labels its nodes carry (among them the id) and how many
+/// more instances it can take now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReservedOffering {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -26,7 +37,8 @@ pub struct InstanceType {
 }
 
 impl InstanceType {
-    /// The listed price of one offering (available or not): what a running node of it costs.
+    /// The listed price of one offering (available or not): what a running node of it costs (for
+    /// `reserved`, any of the type's reservations in the zone: they are priced alike).
     pub fn price(&self, zone: &str, ct: CapacityType) -> Option<f64> {
         self.offerings
             .iter()

@@ -16,13 +16,15 @@ pub use crate::error::CloudError;
 use crate::error::ControllerError;
 use crate::state::ClusterState;
 
-pub use instancetype::{InstanceType, Offering};
+pub use instancetype::{InstanceType, Offering, ReservedOffering};
 
-/// `on-demand` or `spot`, as the `karpenter.sh/capacity-type` label spells them.
+/// `on-demand`, `spot` or `reserved` (capacity bought ahead: a capacity reservation), as the
+/// `karpenter.sh/capacity-type` label spells them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CapacityType {
     OnDemand,
     Spot,
+    Reserved,
 }
 
 impl CapacityType {
@@ -30,6 +32,7 @@ impl CapacityType {
         match self {
             CapacityType::OnDemand => "on-demand",
             CapacityType::Spot => "spot",
+            CapacityType::Reserved => "reserved",
         }
     }
 
@@ -37,6 +40,7 @@ impl CapacityType {
         match s {
             "on-demand" => Some(CapacityType::OnDemand),
             "spot" => Some(CapacityType::Spot),
+            "reserved" => Some(CapacityType::Reserved),
             _ => None,
         }
     }
@@ -85,6 +89,9 @@ pub struct Instance {
     pub launch_time: jiff::Timestamp,
     /// The NodeClaim the instance was launched for, as tagged on it.
     pub nodeclaim: Option<String>,
+    /// Labels the offering gives its node beyond type, zone and capacity type (a reservation's id, type,
+    /// interruptibility).
+    pub offering_labels: BTreeMap<String, String>,
 }
 
 /// What one launch attempt for a NodeClaim came to.
@@ -162,6 +169,17 @@ pub trait CloudProvider: Send + Sync {
     /// Whether the named node class can launch, and where.
     fn node_class(&self, state: &ClusterState, name: &str) -> NodeClassReadiness;
 
+    /// Offerings a node class adds to an instance type beyond the catalog's (AWS: the `reserved` ones of
+    /// the capacity reservations it selects, with their room).
+    fn class_offerings(
+        &self,
+        _state: &ClusterState,
+        _class: &str,
+        _it: &InstanceType,
+    ) -> Vec<Offering> {
+        Vec::new()
+    }
+
     /// Launch (or adopt) the instance for a NodeClaim. `ctx` is mutable for the seeded RNG (client tokens).
     async fn create(
         &mut self,
@@ -215,4 +233,26 @@ pub trait CloudProvider: Send + Sync {
     /// What disruption decisions read from the provider (catalog, unavailable offerings, node class
     /// resolutions), as text: equal text, equal decisions.
     fn decision_inputs(&self) -> String;
+}
+
+/// An instance type as nodes of a class would be: sized by the class's kubelet settings, with the
+/// offerings the class adds (its capacity reservations).
+pub fn class_type<'a>(
+    provider: &(impl CloudProvider + ?Sized),
+    state: &ClusterState,
+    class: &str,
+    it: &'a InstanceType,
+) -> std::borrow::Cow<'a, InstanceType> {
+    let sized = provider.sized_for(state, class, it);
+    let extra = provider.class_offerings(state, class, it);
+    if sized.is_none() && extra.is_empty() {
+        return std::borrow::Cow::Borrowed(it);
+    }
+    let mut t = it.clone();
+    if let Some((capacity, allocatable)) = sized {
+        t.capacity = capacity;
+        t.allocatable = allocatable;
+    }
+    t.offerings.extend(extra);
+    std::borrow::Cow::Owned(t)
 }

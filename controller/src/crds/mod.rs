@@ -20,6 +20,18 @@ pub use nodepool::{NodePool, NodePoolSpec};
 pub mod labels {
     pub const NODEPOOL: &str = "karpenter.sh/nodepool";
     pub const CAPACITY_TYPE: &str = "karpenter.sh/capacity-type";
+    /// The reservation a `reserved` node runs in, its type (`default` / `capacity-block`) and whether EC2
+    /// may reclaim it: offering labels, set only on reserved capacity.
+    pub const CAPACITY_RESERVATION_ID: &str = "karpenter.k8s.aws/capacity-reservation-id";
+    pub const CAPACITY_RESERVATION_TYPE: &str = "karpenter.k8s.aws/capacity-reservation-type";
+    pub const CAPACITY_RESERVATION_INTERRUPTIBLE: &str =
+        "karpenter.k8s.aws/capacity-reservation-interruptible";
+    /// Labels only a reserved offering carries: a node of any other offering lacks them.
+    pub const RESERVATION_LABELS: [&str; 3] = [
+        CAPACITY_RESERVATION_ID,
+        CAPACITY_RESERVATION_TYPE,
+        CAPACITY_RESERVATION_INTERRUPTIBLE,
+    ];
     pub const REGISTERED: &str = "karpenter.sh/registered";
     pub const INITIALIZED: &str = "karpenter.sh/initialized";
     pub const DO_NOT_DISRUPT: &str = "karpenter.sh/do-not-disrupt";

@@ -164,20 +164,36 @@ impl View<'_> {
         plan_on(&pending, &existing, &snap.pools)
     }
 
-    /// The cheapest allowed price of one type by name (infinity when unknown or not offered).
-    fn type_price(&self, name: &str, reqs: &crate::scheduling::Requirements) -> f64 {
-        self.provider
+    /// The cheapest allowed price of one type by name as a pool's node class offers it (its capacity
+    /// reservations included); infinity when unknown or not offered.
+    fn type_price(&self, pool: &str, name: &str, reqs: &crate::scheduling::Requirements) -> f64 {
+        let Some(it) = self
+            .provider
             .instance_types()
             .iter()
             .find(|t| t.name == name)
-            .map_or(f64::INFINITY, |t| cheapest_price(t, reqs))
+        else {
+            return f64::INFINITY;
+        };
+        match self.state.nodepools.get(pool) {
+            Some(p) => cheapest_price(
+                &crate::cloudprovider::class_type(
+                    self.provider,
+                    self.state,
+                    &p.spec.template.spec.node_class_ref.name,
+                    it,
+                ),
+                reqs,
+            ),
+            None => cheapest_price(it, reqs),
+        }
     }
 
     /// The cheapest price of a planned claim's types under its requirements.
     fn plan_price(&self, plan: &crate::scheduling::ClaimPlan) -> f64 {
         plan.instance_types
             .iter()
-            .map(|n| self.type_price(n, &plan.requirements))
+            .map(|n| self.type_price(&plan.pool, n, &plan.requirements))
             .fold(f64::INFINITY, f64::min)
     }
 
@@ -234,7 +250,7 @@ impl View<'_> {
                 // Only types that make it cheaper may be launched.
                 claim
                     .instance_types
-                    .retain(|t| self.type_price(t, &reqs) < total);
+                    .retain(|t| self.type_price(&claim.pool, t, &reqs) < total);
                 if claim.instance_types.is_empty() {
                     return Err("no cheaper instance type can take its pods".into());
                 }
@@ -242,7 +258,7 @@ impl View<'_> {
                     let max = same_type_ceiling(cands, &claim.instance_types);
                     claim
                         .instance_types
-                        .retain(|t| self.type_price(t, &reqs) < max);
+                        .retain(|t| self.type_price(&claim.pool, t, &reqs) < max);
                     if claim.instance_types.is_empty() {
                         return Err("the one replacement would be of a type these nodes already are; deleting the others does as well".into());
                     }
@@ -257,7 +273,7 @@ impl View<'_> {
                     let mut by_price: Vec<(f64, String)> = claim
                         .instance_types
                         .iter()
-                        .map(|t| (self.type_price(t, &reqs), t.clone()))
+                        .map(|t| (self.type_price(&claim.pool, t, &reqs), t.clone()))
                         .collect();
                     by_price.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
                     by_price.truncate(SPOT_TO_SPOT_TYPES);
@@ -293,6 +309,13 @@ impl View<'_> {
             return Ok(None);
         }
         let pool = &cands[0].pool;
+        // Moving pods to save nothing is churn, whatever the pool costs (reserved nodes are all but free:
+        // a pool of them costs nothing to score against).
+        if savings <= 0.0 {
+            return Err(format!(
+                "moves pods to save nothing on nodepool/{pool} (its nodes cost nothing more to keep)"
+            ));
+        }
         let (cost, pool_disruption) = snap.pool_totals.get(pool).copied().unwrap_or_default();
         let disruption: f64 = cands.iter().map(|c| c.disruption).sum();
         let Some(score) = super::balance::Score::new(savings, disruption, cost, pool_disruption)

@@ -155,27 +155,31 @@ async fn mark_launched(
     let it = provider
         .instance_types()
         .iter()
-        .find(|t| t.name == instance.instance_type);
-    let (capacity, allocatable) = it
+        .find(|t| t.name == instance.instance_type)
         .map(|t| {
-            let (c, a) = provider
-                .sized_for(state, &claim.spec.node_class_ref.name, t)
-                .unwrap_or_else(|| (t.capacity.clone(), t.allocatable.clone()));
-            (c.to_quantities(), a.to_quantities())
-        })
+            crate::cloudprovider::class_type(provider, state, &claim.spec.node_class_ref.name, t)
+        });
+    let (capacity, allocatable) = it
+        .as_ref()
+        .map(|t| (t.capacity.to_quantities(), t.allocatable.to_quantities()))
         .unwrap_or_default();
     let price = it
+        .as_ref()
         .and_then(|t| t.price(&instance.zone, instance.capacity_type))
         .unwrap_or(0.0);
+    let mut new_labels = json!({
+        labels::INSTANCE_TYPE: instance.instance_type,
+        labels::ZONE: instance.zone,
+        labels::CAPACITY_TYPE: instance.capacity_type.as_str(),
+    });
+    for (k, v) in &instance.offering_labels {
+        new_labels[k] = json!(v);
+    }
     ctx.kube
         .patch(
             Kind::NodeClaim,
             &key,
-            json!({"metadata": {"labels": {
-                labels::INSTANCE_TYPE: instance.instance_type,
-                labels::ZONE: instance.zone,
-                labels::CAPACITY_TYPE: instance.capacity_type.as_str(),
-            }}}),
+            json!({"metadata": {"labels": new_labels}}),
         )
         .await?;
     let now = ctx.clock.now().to_string();

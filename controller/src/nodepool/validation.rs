@@ -185,6 +185,7 @@ spec:
                 capacity_type: CapacityType::Spot,
                 price: 0.03,
                 available: false,
+                reservation: None,
             }],
         }]
     }

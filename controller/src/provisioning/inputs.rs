@@ -307,16 +307,7 @@ pub(crate) fn pool_options<'a>(
             instance_types: provider
                 .instance_types()
                 .iter()
-                .map(|it| match provider.sized_for(state, class_name, it) {
-                    Some((capacity, allocatable)) => {
-                        std::borrow::Cow::Owned(crate::cloudprovider::InstanceType {
-                            capacity,
-                            allocatable,
-                            ..it.clone()
-                        })
-                    }
-                    None => std::borrow::Cow::Borrowed(it),
-                })
+                .map(|it| crate::cloudprovider::class_type(provider, state, class_name, it))
                 .collect(),
             daemon_overhead,
             daemon_ports,

@@ -148,6 +148,9 @@ struct OpenClaim<'a> {
     ports: Vec<HostPort>,
     /// Pods counted by a group whose domain this claim has not chosen yet (group -> pods).
     unrecorded: BTreeMap<usize, u32>,
+    /// The capacity reservation whose slot the claim holds: pods that would leave it no type of that
+    /// reservation go elsewhere (Karpenter's strict reserved-offering mode).
+    reserved: Option<String>,
 }
 
 impl<'a> OpenClaim<'a> {
@@ -198,13 +201,32 @@ fn allowed_offerings<'a>(
         o.available
             && zone.is_none_or(|r| r.has(&o.zone))
             && ct.is_none_or(|r| r.has(o.capacity_type.as_str()))
+            && reservation_allowed(o, reqs)
+    })
+}
+
+/// The reservation labels live on offerings: a reserved offering's must satisfy the requirements, and any
+/// other offering's node lacks them, which only a requirement allowing absence accepts.
+pub fn reservation_allowed(o: &Offering, reqs: &Requirements) -> bool {
+    labels::RESERVATION_LABELS.iter().all(|key| {
+        reqs.get(key).is_none_or(|r| {
+            r.satisfied_by(
+                o.reservation
+                    .as_ref()
+                    .and_then(|res| res.labels.get(*key))
+                    .map(String::as_str),
+            )
+        })
     })
 }
 
 /// Whether an instance type can satisfy the requirements: its labels, and at least one offering.
 fn type_allowed(it: &InstanceType, reqs: &Requirements) -> bool {
     let label_ok = reqs.0.values().all(|r| {
-        if r.key == labels::ZONE || r.key == labels::CAPACITY_TYPE {
+        if r.key == labels::ZONE
+            || r.key == labels::CAPACITY_TYPE
+            || labels::RESERVATION_LABELS.contains(&r.key.as_str())
+        {
             return true;
         }
         match it.labels.get(&r.key) {
@@ -488,6 +510,18 @@ fn try_claim<'a>(
                 Some(still)
             }
         };
+        if let Some(id) = &claim.reserved {
+            let reqs = narrowed.as_ref().unwrap_or(&claim.requirements);
+            let still = types.as_deref().unwrap_or(&claim.types);
+            let keeps = still.iter().any(|it| {
+                allowed_offerings(it, reqs)
+                    .any(|o| o.reservation.as_ref().is_some_and(|r| r.id == *id))
+            });
+            if !keeps {
+                // The claim only fills and narrows: this shape never fits it again.
+                continue;
+            }
+        }
         if let Some(alone) = alone.filter(|_| scarce_request(pod)) {
             let reqs = narrowed.as_ref().unwrap_or(&claim.requirements);
             let still = types.as_deref().unwrap_or(&claim.types);
@@ -711,9 +745,10 @@ fn claim_types_by_price(
     c: &OpenClaim,
 ) -> Vec<String> {
     let key = format!(
-        "{:?}|{:?}",
+        "{:?}|{:?}|{:?}",
         c.requirements.get(labels::ZONE),
-        c.requirements.get(labels::CAPACITY_TYPE)
+        c.requirements.get(labels::CAPACITY_TYPE),
+        c.requirements.get(labels::CAPACITY_RESERVATION_ID)
     );
     let sorted = memo.entry((pool_ix, key)).or_insert_with(|| {
         let mut v: Vec<(f64, &str, usize)> = pool
@@ -823,6 +858,8 @@ pub fn plan_on(pods: &[PendingPod], existing: &[&ExistingCapacity], pools: &[Poo
     let mut remaining: Vec<Option<Resources>> =
         by_pref.iter().map(|p| p.remaining_limits.clone()).collect();
     let mut open: Vec<OpenClaim> = Vec::new();
+    // Room left in each capacity reservation, shared by every pool: a new claim takes a slot.
+    let mut room = reservation_room(&by_pref);
     let mut memo: TypeMemo = BTreeMap::new();
     // Per shape and relaxation step: a candidate that turned a shape away at a step for good stays skipped.
     let mut cursors: Vec<Vec<Cursor>> = Vec::new();
@@ -961,7 +998,9 @@ pub fn plan_on(pods: &[PendingPod], existing: &[&ExistingCapacity], pools: &[Poo
                                 .chain(pod.host_ports.iter().cloned())
                                 .collect(),
                             unrecorded: BTreeMap::new(),
+                            reserved: None,
                         };
+                        claim.reserved = take_reservation(&claim, &mut room);
                         let at = At::Claim {
                             reqs: &claim.requirements,
                             unrecorded: None,
@@ -993,7 +1032,20 @@ pub fn plan_on(pods: &[PendingPod], existing: &[&ExistingCapacity], pools: &[Poo
                 .collect()
         })
         .collect();
-    out.claims = open
+    // Claims are pinned to the reservation they hold, or kept off reserved capacity.
+    let mut settled = Vec::with_capacity(open.len());
+    for mut c in open {
+        match settle_reservation(&mut c) {
+            Ok(()) => settled.push(c),
+            Err(why) => {
+                let why = format!("nodepool \"{}\": {why}", by_pref[c.pool].name);
+                for pod in c.pods {
+                    out.unschedulable.push((pod, why.clone()));
+                }
+            }
+        }
+    }
+    out.claims = settled
         .into_iter()
         .map(|c| ClaimPlan {
             pool: by_pref[c.pool].name.clone(),
@@ -1013,15 +1065,115 @@ pub fn plan_on(pods: &[PendingPod], existing: &[&ExistingCapacity], pools: &[Poo
     out
 }
 
-/// The capacity types a claim's requirements allow, spot first (Karpenter prefers spot when allowed).
+/// How many more instances each capacity reservation the pools' offerings name can take (the least any
+/// pool's copy says, should two views differ).
+fn reservation_room(pools: &[&PoolOptions]) -> BTreeMap<String, u32> {
+    let mut room: BTreeMap<String, u32> = BTreeMap::new();
+    for res in pools
+        .iter()
+        .flat_map(|p| p.instance_types.iter())
+        .flat_map(|it| it.offerings.iter())
+        .filter_map(|o| o.reservation.as_ref())
+    {
+        room.entry(res.id.clone())
+            .and_modify(|n| *n = (*n).min(res.capacity))
+            .or_insert(res.capacity);
+    }
+    room
+}
+
+/// A new claim that may run on reserved capacity takes one slot of the cheapest reservation its types
+/// and requirements allow that still has room (so two claims never count on one slot).
+fn take_reservation(c: &OpenClaim, room: &mut BTreeMap<String, u32>) -> Option<String> {
+    if !capacity_types(&c.requirements).contains(&CapacityType::Reserved) {
+        return None;
+    }
+    let id = c
+        .types
+        .iter()
+        .flat_map(|it| allowed_offerings(it, &c.requirements))
+        .filter_map(|o| o.reservation.as_ref().map(|r| (o.price, &r.id)))
+        .filter(|(_, id)| room.get(*id).is_some_and(|n| *n > 0))
+        .min_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)))
+        .map(|(_, id)| id.clone())?;
+    if let Some(n) = room.get_mut(&id) {
+        *n -= 1;
+    }
+    Some(id)
+}
+
+/// A claim holding a reservation is pinned to it: capacity type `reserved`, the reservation's labels,
+/// the types it holds. One that may run on reserved capacity but holds none keeps its other capacity
+/// types; with none, it cannot launch.
+fn settle_reservation(c: &mut OpenClaim) -> Result<(), String> {
+    let allowed = capacity_types(&c.requirements);
+    if !allowed.contains(&CapacityType::Reserved) {
+        return Ok(());
+    }
+    let best = c.reserved.as_ref().and_then(|id| {
+        c.types
+            .iter()
+            .flat_map(|it| it.offerings.iter())
+            .filter_map(|o| o.reservation.as_ref())
+            .find(|r| r.id == *id)
+            .cloned()
+    });
+    let mut reqs = c.requirements.clone();
+    match &best {
+        Some(r) => {
+            reqs.add(Requirement::in_values(
+                labels::CAPACITY_TYPE,
+                [CapacityType::Reserved.as_str()],
+            ));
+            for (k, v) in &r.labels {
+                reqs.add(Requirement::in_values(k, [v.clone()]));
+            }
+        }
+        None => {
+            let rest: Vec<&str> = allowed
+                .iter()
+                .filter(|ct| **ct != CapacityType::Reserved)
+                .map(|ct| ct.as_str())
+                .collect();
+            if rest.is_empty() {
+                return Err(
+                    "every capacity reservation its instance types may launch into is full".into(),
+                );
+            }
+            reqs.add(Requirement::in_values(labels::CAPACITY_TYPE, rest));
+        }
+    }
+    let types: Vec<&InstanceType> = c
+        .types
+        .iter()
+        .copied()
+        .filter(|it| type_allowed(it, &reqs))
+        .collect();
+    if types.is_empty() {
+        return Err(
+            "every capacity reservation its instance types may launch into is full, and no other offering is allowed"
+                .into(),
+        );
+    }
+    c.requirements = reqs;
+    c.set_types(types);
+    Ok(())
+}
+
+/// The capacity types a claim's requirements allow, in Karpenter's order of preference: reserved (already
+/// paid for), spot, on-demand.
 pub fn capacity_types(reqs: &Requirements) -> Vec<CapacityType> {
-    [CapacityType::Spot, CapacityType::OnDemand]
-        .into_iter()
-        .filter(|c| {
-            reqs.get(labels::CAPACITY_TYPE)
-                .is_none_or(|r| r.has(c.as_str()))
-        })
-        .collect()
+    [
+        CapacityType::Reserved,
+        CapacityType::Spot,
+        CapacityType::OnDemand,
+    ]
+    .into_iter()
+    .filter(|c| {
+        reqs.get(labels::CAPACITY_TYPE)
+            .is_none_or(|r| r.has(c.as_str()))
+    })
+    .collect()
 }
 
 mod groups;

@@ -9,7 +9,7 @@ use crate::crds::labels;
 
 /// Labels Karpenter knows how to provide: a pod may require them even if a NodePool says nothing of them.
 /// (`kubernetes.io/hostname` is not one: every node gets its own, so no new node can be made to match.)
-pub const WELL_KNOWN: [&str; 17] = [
+pub const WELL_KNOWN: [&str; 20] = [
     labels::ZONE,
     labels::REGION,
     labels::INSTANCE_TYPE,
@@ -27,6 +27,9 @@ pub const WELL_KNOWN: [&str; 17] = [
     labels::INSTANCE_GPU_COUNT,
     labels::INSTANCE_GPU_NAME,
     "topology.k8s.aws/zone-id",
+    labels::CAPACITY_RESERVATION_ID,
+    labels::CAPACITY_RESERVATION_TYPE,
+    labels::CAPACITY_RESERVATION_INTERRUPTIBLE,
 ];
 
 /// Label domains whose labels only the cluster's own components set, and the sub-domains excepted from that.

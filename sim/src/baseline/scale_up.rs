@@ -272,6 +272,7 @@ impl Baseline {
             client_token: format!("ca-{}-{}", group.name, now.as_millis()),
             context: None,
             capacity_type: CapacityType::OnDemand,
+            reservation: None,
             overrides: vec![FleetOverride {
                 launch_template_name: self.template.clone(),
                 instance_type: group.instance_type.clone(),

@@ -34,12 +34,14 @@ fn it(name: &str, cpu_m: i128, mem: &str, pods: i128, price: f64) -> InstanceTyp
                         capacity_type: CapacityType::OnDemand,
                         price,
                         available: true,
+                        reservation: None,
                     },
                     Offering {
                         zone: z.to_string(),
                         capacity_type: CapacityType::Spot,
                         price: price * 0.4,
                         available: true,
+                        reservation: None,
                     },
                 ]
             })
@@ -1101,5 +1103,169 @@ fn a_static_claim_lists_every_type_that_holds_the_daemons_cheapest_first() -> Re
     p.requirements
         .add(req(labels::INSTANCE_FAMILY, "In", &["nothing"]));
     assert!(static_claim(&p).is_err_and(|e| e.contains("no instance type")));
+    Ok(())
+}
+
+/// A type with a capacity reservation of `room` in z1 (Karpenter's price: on-demand / 10^7).
+fn reserved_type(name: &str, cpu_m: i128, price: f64, id: &str, room: u32) -> InstanceType {
+    let mut t = it(name, cpu_m, "30Gi", 50, price);
+    t.offerings.push(Offering {
+        zone: "z1".into(),
+        capacity_type: CapacityType::Reserved,
+        price: price / 1e7,
+        available: room > 0,
+        reservation: Some(crate::cloudprovider::ReservedOffering {
+            id: id.into(),
+            labels: [
+                (labels::CAPACITY_RESERVATION_ID.to_string(), id.to_string()),
+                (
+                    labels::CAPACITY_RESERVATION_TYPE.to_string(),
+                    "default".to_string(),
+                ),
+            ]
+            .into(),
+            capacity: room,
+        }),
+    });
+    t
+}
+
+fn reserving_pool<'a>(types: Vec<&'a InstanceType>, cts: &[&str]) -> PoolOptions<'a> {
+    let mut p = pool("default", types);
+    p.requirements.0.insert(
+        labels::CAPACITY_TYPE.into(),
+        req(labels::CAPACITY_TYPE, "In", cts),
+    );
+    p
+}
+
+fn allowed(c: &ClaimPlan, key: &str) -> Vec<String> {
+    c.requirements
+        .get(key)
+        .and_then(|r| r.finite_values())
+        .map(|v| v.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn reserved_capacity_is_used_while_it_has_room_then_on_demand() -> Result<(), String> {
+    // Karpenter's scheduling suite: with room for two, two claims are pinned to the reservation and the
+    // third falls back to on-demand in the same pass.
+    let r = reserved_type("m.2xlarge", 7900, 0.40, "cr-1", 2);
+    let pods: Vec<PendingPod> = (0..3).map(|i| pod(&format!("p{i}"), 6000, "1Gi")).collect();
+    let p = plan(
+        &pods,
+        &[],
+        &[reserving_pool(vec![&r], &["reserved", "on-demand"])],
+    );
+    assert!(p.unschedulable.is_empty(), "{:?}", p.unschedulable);
+    assert_eq!(p.claims.len(), 3);
+    let kinds: Vec<Vec<String>> = p
+        .claims
+        .iter()
+        .map(|c| allowed(c, labels::CAPACITY_TYPE))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            vec!["reserved".to_string()],
+            vec!["reserved".to_string()],
+            vec!["on-demand".to_string()]
+        ]
+    );
+    assert_eq!(
+        allowed(&p.claims[0], labels::CAPACITY_RESERVATION_ID),
+        vec!["cr-1".to_string()]
+    );
+    assert!(
+        p.claims[2]
+            .requirements
+            .get(labels::CAPACITY_RESERVATION_ID)
+            .is_none()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_reserved_claim_fills_only_as_far_as_its_reserved_type_holds() -> Result<(), String> {
+    // Strict mode: a pod that would leave the claim no type of its reservation goes to another claim
+    // rather than growing it onto a larger, unreserved type.
+    let small = reserved_type("m.xlarge", 3900, 0.20, "cr-1", 1);
+    let big = it("m.4xlarge", 15900, "60Gi", 100, 0.80);
+    let pods: Vec<PendingPod> = (0..6).map(|i| pod(&format!("p{i}"), 1000, "1Gi")).collect();
+    let p = plan(
+        &pods,
+        &[],
+        &[reserving_pool(
+            vec![&small, &big],
+            &["reserved", "on-demand"],
+        )],
+    );
+    assert!(p.unschedulable.is_empty());
+    let reserved: Vec<&ClaimPlan> = p
+        .claims
+        .iter()
+        .filter(|c| allowed(c, labels::CAPACITY_TYPE) == vec!["reserved".to_string()])
+        .collect();
+    assert_eq!(reserved.len(), 1);
+    assert_eq!(reserved[0].pods.len(), 3, "3.9 cpu hold three 1-cpu pods");
+    assert_eq!(reserved[0].instance_types, vec!["m.xlarge".to_string()]);
+    let rest: usize = p
+        .claims
+        .iter()
+        .filter(|c| allowed(c, labels::CAPACITY_TYPE) == vec!["on-demand".to_string()])
+        .map(|c| c.pods.len())
+        .sum();
+    assert_eq!(rest, 3);
+    Ok(())
+}
+
+#[test]
+fn reservations_need_the_pool_to_allow_reserved() -> Result<(), String> {
+    let r = reserved_type("m.2xlarge", 7900, 0.40, "cr-1", 5);
+    let pods = vec![pod("a", 6000, "1Gi")];
+    // The default on-demand requirement: the reservation is not this pool's to use.
+    let p = plan(&pods, &[], &[pool("default", vec![&r])]);
+    assert_eq!(p.claims.len(), 1);
+    assert!(
+        p.claims[0]
+            .requirements
+            .get(labels::CAPACITY_RESERVATION_ID)
+            .is_none()
+    );
+    assert_eq!(
+        allowed(&p.claims[0], labels::CAPACITY_TYPE),
+        vec!["on-demand".to_string()]
+    );
+    Ok(())
+}
+
+#[test]
+fn a_pod_selecting_a_reservation_lands_only_in_it() -> Result<(), String> {
+    let r = reserved_type("m.2xlarge", 7900, 0.40, "cr-1", 1);
+    let pick = |n: &str| {
+        with_req(
+            pod(n, 6000, "1Gi"),
+            req(labels::CAPACITY_RESERVATION_ID, "In", &["cr-1"]),
+        )
+    };
+    let pools = [reserving_pool(vec![&r], &["reserved", "on-demand"])];
+    let p = plan(&[pick("a"), pick("b")], &[], &pools);
+    assert_eq!(p.claims.len(), 1, "one slot of cr-1");
+    assert_eq!(
+        allowed(&p.claims[0], labels::CAPACITY_TYPE),
+        vec!["reserved".to_string()]
+    );
+    assert_eq!(
+        p.unschedulable.len(),
+        1,
+        "an on-demand node would lack the label"
+    );
+    // A pool allowing only reserved capacity cannot launch once the room is taken.
+    let only = [reserving_pool(vec![&r], &["reserved"])];
+    let p = plan(&[pod("c", 6000, "1Gi"), pod("d", 6000, "1Gi")], &[], &only);
+    assert_eq!(p.claims.len(), 1);
+    let why = &p.unschedulable.first().ok_or("one pod left over")?.1;
+    assert!(why.contains("capacity reservation"), "{why}");
     Ok(())
 }
