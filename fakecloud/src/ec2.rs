@@ -329,7 +329,9 @@ impl FakeCloud {
 
     fn add_reservation(&self, st: &mut State, spec: &ReservationSpec, now: Timestamp) -> String {
         let id = spec.id.clone().unwrap_or_else(|| hex_id("cr", &mut st.rng));
+        // EC2 keeps reservation times to the second.
         let start = add(now, spec.starts_after);
+        let start = Timestamp::from_second(start.as_second()).unwrap_or(start);
         // EC2 sells reservations only where the type is offered: a declared one makes it so.
         if let Some(entry) = self.catalog.types.get(&spec.instance_type) {
             let State {

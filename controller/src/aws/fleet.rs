@@ -658,4 +658,134 @@ mod tests {
         let nowhere = claim(&[(labels::ZONE, &["z"])]);
         assert!(fleet_overrides(&nowhere, &types, &subnets(&["a", "b"])).is_none());
     }
+
+    fn with_reservation(
+        mut t: InstanceType,
+        zone: &str,
+        id: &str,
+        kind: ReservationType,
+    ) -> InstanceType {
+        let od = t
+            .offerings
+            .iter()
+            .find(|o| o.capacity_type == OnDemand)
+            .map_or(0.1, |o| o.price);
+        t.offerings.push(Offering {
+            zone: zone.into(),
+            capacity_type: CapacityType::Reserved,
+            price: od / 1e7,
+            available: true,
+            reservation: Some(crate::cloudprovider::ReservedOffering {
+                id: id.into(),
+                labels: super::super::reservation::offering_labels(id, kind),
+                capacity: 1,
+                rank: 0,
+            }),
+        });
+        t
+    }
+
+    #[test]
+    fn a_reserved_claim_launches_into_its_one_reservation() -> Result<(), String> {
+        let types = [
+            with_reservation(
+                it(
+                    "m5.large",
+                    &[("a", OnDemand, 0.096, true), ("b", OnDemand, 0.096, true)],
+                ),
+                "a",
+                "cr-1",
+                ReservationType::CapacityBlock,
+            ),
+            with_reservation(
+                it("m5.xlarge", &[("a", OnDemand, 0.192, true)]),
+                "a",
+                "cr-2",
+                ReservationType::Default,
+            ),
+        ];
+        let pinned = claim(&[
+            (labels::CAPACITY_TYPE, &["reserved"]),
+            (labels::CAPACITY_RESERVATION_ID, &["cr-2"]),
+        ]);
+        let (ct, target, o) =
+            fleet_overrides(&pinned, &types, &subnets(&["a", "b"])).ok_or("a fleet")?;
+        assert_eq!(ct, CapacityType::Reserved);
+        assert_eq!(target, Some(("cr-2".to_string(), ReservationType::Default)));
+        assert_eq!(o.len(), 1);
+        assert_eq!(
+            (o[0].instance_type.as_str(), o[0].zone.as_str()),
+            ("m5.xlarge", "a")
+        );
+        // Allowed both ways and unpinned: reserved first (the cheapest reservation), one reservation per
+        // fleet, as CreateFleet takes one market.
+        let both = claim(&[(labels::CAPACITY_TYPE, &["reserved", "on-demand"])]);
+        let (ct, target, o) =
+            fleet_overrides(&both, &types, &subnets(&["a", "b"])).ok_or("a fleet")?;
+        assert_eq!(ct, CapacityType::Reserved);
+        assert_eq!(
+            target,
+            Some(("cr-1".to_string(), ReservationType::CapacityBlock))
+        );
+        assert!(o.iter().all(|o| o.instance_type == "m5.large"));
+        // The default on-demand claim never targets a reservation.
+        let od = claim(&[(labels::CAPACITY_TYPE, &["on-demand"])]);
+        let (ct, target, _) =
+            fleet_overrides(&od, &types, &subnets(&["a", "b"])).ok_or("a fleet")?;
+        assert_eq!((ct, target), (OnDemand, None));
+        Ok(())
+    }
+
+    #[test]
+    fn a_full_reservation_falls_back_to_on_demand() -> Result<(), String> {
+        let mut t = with_reservation(
+            it("m5.large", &[("a", OnDemand, 0.096, true)]),
+            "a",
+            "cr-1",
+            ReservationType::Default,
+        );
+        if let Some(o) = t.offerings.last_mut() {
+            o.available = false;
+        }
+        let both = claim(&[(labels::CAPACITY_TYPE, &["reserved", "on-demand"])]);
+        let (ct, target, _) = fleet_overrides(&both, &[t], &subnets(&["a"])).ok_or("a fleet")?;
+        assert_eq!((ct, target), (OnDemand, None));
+        Ok(())
+    }
+
+    #[test]
+    fn only_a_targeted_launch_is_reserved() {
+        let mut i = Instance {
+            id: "i-1".into(),
+            instance_type: "m5.large".into(),
+            zone: "a".into(),
+            subnet_id: "s".into(),
+            capacity_type: OnDemand,
+            state: InstanceState::Running,
+            state_reason: None,
+            private_ip: String::new(),
+            private_dns_name: String::new(),
+            image_id: String::new(),
+            launch_time: jiff::Timestamp::UNIX_EPOCH,
+            tags: BTreeMap::new(),
+            capacity_reservation_id: Some("cr-1".into()),
+            capacity_reservation_preference: Some("open".into()),
+            instance_lifecycle: None,
+        };
+        // An open reservation absorbed it: on-demand, no reservation labels (it would drift otherwise).
+        assert_eq!(neutral(&i, true).capacity_type, OnDemand);
+        assert!(neutral(&i, true).offering_labels.is_empty());
+        i.capacity_reservation_preference = Some("capacity-reservations-only".into());
+        i.instance_lifecycle = Some("capacity-block".into());
+        let n = neutral(&i, true);
+        assert_eq!(n.capacity_type, CapacityType::Reserved);
+        assert_eq!(
+            n.offering_labels
+                .get(labels::CAPACITY_RESERVATION_TYPE)
+                .map(String::as_str),
+            Some("capacity-block")
+        );
+        // With the gate off, Karpenter's rule: on-demand whatever EC2 says.
+        assert_eq!(neutral(&i, false).capacity_type, OnDemand);
+    }
 }

@@ -223,6 +223,11 @@ pub fn offerings(
                     id: r.id.clone(),
                     labels: r.labels(),
                     capacity: room,
+                    rank: match r.kind {
+                        ReservationType::Default => 0,
+                        ReservationType::CapacityBlock => 1,
+                        ReservationType::Interruptible => 2,
+                    },
                 }),
             }
         })

@@ -24,6 +24,9 @@ pub struct ReservedOffering {
     pub id: String,
     pub labels: BTreeMap<String, String>,
     pub capacity: u32,
+    /// Among reservations of equal price, lower is taken first (AWS: ODCRs, then Capacity Blocks, then
+    /// interruptible ODCRs, as Karpenter orders them).
+    pub rank: u8,
 }
 
 #[derive(Debug, Clone, PartialEq)]

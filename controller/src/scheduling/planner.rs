@@ -1092,10 +1092,14 @@ fn take_reservation(c: &OpenClaim, room: &mut BTreeMap<String, u32>) -> Option<S
         .types
         .iter()
         .flat_map(|it| allowed_offerings(it, &c.requirements))
-        .filter_map(|o| o.reservation.as_ref().map(|r| (o.price, &r.id)))
-        .filter(|(_, id)| room.get(*id).is_some_and(|n| *n > 0))
-        .min_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)))
-        .map(|(_, id)| id.clone())?;
+        .filter_map(|o| o.reservation.as_ref().map(|r| (o.price, r.rank, &r.id)))
+        .filter(|(_, _, id)| room.get(*id).is_some_and(|n| *n > 0))
+        .min_by(|a, b| {
+            a.0.total_cmp(&b.0)
+                .then(a.1.cmp(&b.1))
+                .then_with(|| a.2.cmp(b.2))
+        })
+        .map(|(_, _, id)| id.clone())?;
     if let Some(n) = room.get_mut(&id) {
         *n -= 1;
     }

@@ -1125,6 +1125,7 @@ fn reserved_type(name: &str, cpu_m: i128, price: f64, id: &str, room: u32) -> In
             ]
             .into(),
             capacity: room,
+            rank: 0,
         }),
     });
     t
@@ -1267,5 +1268,36 @@ fn a_pod_selecting_a_reservation_lands_only_in_it() -> Result<(), String> {
     assert_eq!(p.claims.len(), 1);
     let why = &p.unschedulable.first().ok_or("one pod left over")?.1;
     assert!(why.contains("capacity reservation"), "{why}");
+    Ok(())
+}
+
+#[test]
+fn at_equal_price_an_odcr_is_taken_before_an_interruptible_one() -> Result<(), String> {
+    // Karpenter's partition order: ODCRs, then Capacity Blocks, then interruptible ODCRs.
+    let mut t = reserved_type("m.2xlarge", 7900, 0.40, "cr-a", 1);
+    let mut second = t.offerings.last().cloned().ok_or("a reserved offering")?;
+    if let Some(r) = t.offerings.last_mut().and_then(|o| o.reservation.as_mut()) {
+        r.rank = 2;
+    }
+    if let Some(r) = second.reservation.as_mut() {
+        r.id = "cr-b".into();
+        r.labels
+            .insert(labels::CAPACITY_RESERVATION_ID.into(), "cr-b".into());
+    }
+    t.offerings.push(second);
+    let p = plan(
+        &[pod("a", 6000, "1Gi"), pod("b", 6000, "1Gi")],
+        &[],
+        &[reserving_pool(vec![&t], &["reserved", "on-demand"])],
+    );
+    let ids: Vec<Vec<String>> = p
+        .claims
+        .iter()
+        .map(|c| allowed(c, labels::CAPACITY_RESERVATION_ID))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![vec!["cr-b".to_string()], vec!["cr-a".to_string()]]
+    );
     Ok(())
 }
