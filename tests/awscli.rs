@@ -16,6 +16,8 @@ cloud:
   zones: [us-east-1a, us-east-1b]
   launch_latency: 2s..4s
   boot_to_ready: 20s..30s
+  capacity_reservations:
+    - {id: cr-0c1i00000000001, instance_type: c5.large, zone: us-east-1a, count: 2, tags: {purpose: cli}}
 manifests:
 ",
     dovetail_tests::default_node_class_and_pool_head!(),
@@ -216,6 +218,66 @@ fn the_aws_cli_reads_and_drives_a_served_simulation() {
         state.contains(&image) && state.contains("us-east-1a"),
         "{state}"
     );
+
+    // A capacity reservation, as the CLI lists it, and a launch that targets it.
+    let reservation = aws.ok(&[
+        "ec2",
+        "describe-capacity-reservations",
+        "--filters",
+        "Name=tag:purpose,Values=cli",
+        "Name=state,Values=active",
+        "--query",
+        "CapacityReservations[0].[CapacityReservationId,InstanceType,AvailableInstanceCount,InstanceMatchCriteria]",
+    ]);
+    assert_eq!(
+        reservation.split_whitespace().collect::<Vec<_>>(),
+        ["cr-0c1i00000000001", "c5.large", "2", "targeted"]
+    );
+    aws.ok(&[
+        "ec2",
+        "create-launch-template",
+        "--launch-template-name",
+        "into-the-reservation",
+        "--launch-template-data",
+        &format!("{{\"ImageId\":\"{image}\",\"CapacityReservationSpecification\":{{\"CapacityReservationPreference\":\"capacity-reservations-only\",\"CapacityReservationTarget\":{{\"CapacityReservationId\":\"cr-0c1i00000000001\"}}}}}}"),
+    ]);
+    let reserved = aws.ok(&[
+        "ec2",
+        "create-fleet",
+        "--type",
+        "instant",
+        "--launch-template-configs",
+        &format!("[{{\"LaunchTemplateSpecification\":{{\"LaunchTemplateName\":\"into-the-reservation\",\"Version\":\"$Latest\"}},\"Overrides\":[{{\"InstanceType\":\"c5.large\",\"SubnetId\":\"{subnet}\"}}]}}]"),
+        "--target-capacity-specification",
+        "TotalTargetCapacity=1,DefaultTargetCapacityType=on-demand",
+        "--tag-specifications",
+        "ResourceType=instance,Tags=[{Key=owner,Value=cli-reserved}]",
+        "--query",
+        "Instances[0].InstanceIds[0]",
+    ]);
+    assert!(reserved.starts_with("i-"), "{reserved}");
+    let inside = aws.wait_for(
+        &[
+            "ec2",
+            "describe-instances",
+            "--filters",
+            "Name=tag:owner,Values=cli-reserved",
+            "--query",
+            "Reservations[].Instances[].[CapacityReservationId,CapacityReservationSpecification.CapacityReservationPreference]",
+        ],
+        "the reserved instance to be listed",
+        |o| o.contains("cr-0c1i00000000001"),
+    );
+    assert!(inside.contains("capacity-reservations-only"), "{inside}");
+    let left = aws.ok(&[
+        "ec2",
+        "describe-capacity-reservations",
+        "--capacity-reservation-ids",
+        "cr-0c1i00000000001",
+        "--query",
+        "CapacityReservations[0].AvailableInstanceCount",
+    ]);
+    assert_eq!(left, "1");
     let terminating = aws.ok(&[
         "ec2",
         "terminate-instances",
