@@ -4,6 +4,7 @@ use serde_json::json;
 
 use crate::context::Context;
 use crate::kube::{Kind, ObjectKey};
+use crate::state::ClusterState;
 
 /// `Normal` or `Warning`, as Events spell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,4 +66,26 @@ pub(crate) async fn emit(
             false
         }
     }
+}
+
+/// [`emit`] about a Node by name, with its uid when the cluster state knows it.
+pub(crate) async fn on_node(
+    ctx: &Context,
+    state: &ClusterState,
+    node: &str,
+    event_type: EventType,
+    reason: &str,
+    message: &str,
+) -> bool {
+    let uid = state.nodes.get(node).and_then(|n| n.metadata.uid.clone());
+    emit(
+        ctx,
+        Kind::Node,
+        &ObjectKey::cluster(node),
+        uid,
+        event_type,
+        reason,
+        message,
+    )
+    .await
 }

@@ -198,22 +198,14 @@ fn a_disabled_kms_key_terminates_the_instance_before_it_runs() {
     for _ in 0..100 {
         clock.advance(Duration::from_millis(100));
         cloud.step();
-        let rec = cloud
-            .instances()
-            .into_iter()
-            .find(|r| r.instance.id == id)
-            .unwrap();
+        let rec = record(&cloud, &id);
         assert_ne!(
             rec.instance.state,
             InstanceState::Running,
             "a KMS-broken instance never runs"
         );
     }
-    let rec = cloud
-        .instances()
-        .into_iter()
-        .find(|r| r.instance.id == id)
-        .unwrap();
+    let rec = record(&cloud, &id);
     assert_eq!(rec.instance.state, InstanceState::Terminated);
     assert_eq!(
         rec.instance.state_reason.unwrap().message,
@@ -627,6 +619,28 @@ fn reservation(
     }
 }
 
+fn with_reservation(spec: ReservationSpec) -> (FakeCloud, ManualClock) {
+    cloud_with(
+        CloudConfig {
+            capacity_reservations: vec![spec],
+            ..config()
+        },
+        1,
+    )
+}
+
+fn record(cloud: &FakeCloud, id: &str) -> fakecloud::InstanceRecord {
+    cloud
+        .instances()
+        .into_iter()
+        .find(|r| r.instance.id == id)
+        .unwrap()
+}
+
+fn instance_state(cloud: &FakeCloud, id: &str) -> InstanceState {
+    record(cloud, id).instance.state
+}
+
 fn targeting(cloud: &FakeCloud, name: &str, id: &str, market: Option<&str>) {
     let data = LaunchTemplateData {
         image_id: "ami-1".into(),
@@ -642,15 +656,13 @@ fn targeting(cloud: &FakeCloud, name: &str, id: &str, market: Option<&str>) {
 
 #[test]
 fn a_targeted_reservation_fills_then_answers_reservation_capacity_exceeded() {
-    let mut cfg = config();
-    cfg.capacity_reservations = vec![reservation(
+    let (cloud, _) = with_reservation(reservation(
         "cr-1",
         "m5.large",
         2,
         "targeted",
         ReservationType::Default,
-    )];
-    let (cloud, _) = cloud_with(cfg, 1);
+    ));
     targeting(&cloud, "lt-cr", "cr-1", None);
     let mut o = over(&cloud, "m5.large", "us-east-1a");
     o.launch_template_name = "lt-cr".into();
@@ -701,15 +713,13 @@ fn a_targeted_reservation_fills_then_answers_reservation_capacity_exceeded() {
 
 #[test]
 fn an_open_reservation_absorbs_on_demand_launches_that_leave_the_default() {
-    let mut cfg = config();
-    cfg.capacity_reservations = vec![reservation(
+    let (cloud, _) = with_reservation(reservation(
         "cr-open",
         "m5.large",
         1,
         "open",
         ReservationType::Default,
-    )];
-    let (cloud, _) = cloud_with(cfg, 1);
+    ));
     template(&cloud, "lt", None);
     let launch = || {
         block_on(cloud.create_fleet(fleet(
@@ -733,19 +743,13 @@ fn an_open_reservation_absorbs_on_demand_launches_that_leave_the_default() {
         "the reservation holds one"
     );
     // A template that opts out (`none`, Karpenter's on-demand launches) never lands in it.
-    let (cloud, _) = cloud_with(
-        CloudConfig {
-            capacity_reservations: vec![reservation(
-                "cr-open",
-                "m5.large",
-                1,
-                "open",
-                ReservationType::Default,
-            )],
-            ..config()
-        },
+    let (cloud, _) = with_reservation(reservation(
+        "cr-open",
+        "m5.large",
         1,
-    );
+        "open",
+        ReservationType::Default,
+    ));
     let data = LaunchTemplateData {
         capacity_reservation: Some(CapacityReservationSpec {
             preference: "none".into(),
@@ -765,7 +769,6 @@ fn an_open_reservation_absorbs_on_demand_launches_that_leave_the_default() {
 
 #[test]
 fn a_capacity_block_warns_forty_minutes_ahead_and_reclaims_from_thirty() {
-    let mut cfg = config();
     let mut block = reservation(
         "cr-blk",
         "p3.8xlarge",
@@ -774,8 +777,7 @@ fn a_capacity_block_warns_forty_minutes_ahead_and_reclaims_from_thirty() {
         ReservationType::CapacityBlock,
     );
     block.lasts = Some(Duration::from_secs(2 * 3600));
-    cfg.capacity_reservations = vec![block];
-    let (cloud, clock) = cloud_with(cfg, 1);
+    let (cloud, clock) = with_reservation(block);
     targeting(&cloud, "lt-blk", "cr-blk", Some("capacity-block"));
     let mut o = over(&cloud, "p3.8xlarge", "us-east-1a");
     o.launch_template_name = "lt-blk".into();
@@ -809,15 +811,7 @@ fn a_capacity_block_warns_forty_minutes_ahead_and_reclaims_from_thirty() {
             .iter()
             .any(|m| m.body.contains("Capacity Block Expiration Warning"))
     );
-    let state = |cloud: &FakeCloud| {
-        cloud
-            .instances()
-            .into_iter()
-            .find(|r| r.instance.id == id)
-            .unwrap()
-            .instance
-            .state
-    };
+    let state = |cloud: &FakeCloud| instance_state(cloud, &id);
     clock.advance(Duration::from_secs(9 * 60));
     cloud.step();
     assert_eq!(
@@ -836,15 +830,13 @@ fn a_capacity_block_warns_forty_minutes_ahead_and_reclaims_from_thirty() {
 
 #[test]
 fn an_interruptible_reservation_is_reclaimed_with_a_two_minute_warning() {
-    let mut cfg = config();
-    cfg.capacity_reservations = vec![reservation(
+    let (cloud, clock) = with_reservation(reservation(
         "cr-int",
         "m5.large",
         2,
         "targeted",
         ReservationType::Interruptible,
-    )];
-    let (cloud, clock) = cloud_with(cfg, 1);
+    ));
     targeting(
         &cloud,
         "lt-int",
@@ -869,15 +861,7 @@ fn an_interruptible_reservation_is_reclaimed_with_a_two_minute_warning() {
             .contains("EC2 Capacity Reservation Instance Interruption Warning")
             && m.body.contains(&taken[0])
     }));
-    let state = |cloud: &FakeCloud| {
-        cloud
-            .instances()
-            .into_iter()
-            .find(|r| r.instance.id == taken[0])
-            .unwrap()
-            .instance
-            .state
-    };
+    let state = |cloud: &FakeCloud| instance_state(cloud, &taken[0]);
     clock.advance(Duration::from_secs(119));
     cloud.step();
     assert_eq!(state(&cloud), InstanceState::Running);
@@ -892,7 +876,6 @@ fn an_interruptible_reservation_is_reclaimed_with_a_two_minute_warning() {
 
 #[test]
 fn a_default_reservation_that_ends_leaves_its_instances_on_demand() {
-    let mut cfg = config();
     let mut r = reservation(
         "cr-end",
         "m5.large",
@@ -901,8 +884,7 @@ fn a_default_reservation_that_ends_leaves_its_instances_on_demand() {
         ReservationType::Default,
     );
     r.lasts = Some(Duration::from_secs(3600));
-    cfg.capacity_reservations = vec![r];
-    let (cloud, clock) = cloud_with(cfg, 1);
+    let (cloud, clock) = with_reservation(r);
     targeting(&cloud, "lt-cr", "cr-end", None);
     let mut o = over(&cloud, "m5.large", "us-east-1a");
     o.launch_template_name = "lt-cr".into();
@@ -910,11 +892,7 @@ fn a_default_reservation_that_ends_leaves_its_instances_on_demand() {
     let id = out.instances[0].id.clone();
     clock.advance(Duration::from_secs(3600));
     cloud.step();
-    let rec = cloud
-        .instances()
-        .into_iter()
-        .find(|r| r.instance.id == id)
-        .unwrap();
+    let rec = record(&cloud, &id);
     assert_eq!(rec.instance.state, InstanceState::Running);
     assert_eq!(rec.instance.capacity_reservation_id, None);
     assert!(rec.price > 0.0, "billed on-demand now");

@@ -1033,31 +1033,10 @@ impl Loader<'_> {
                 tags: r.tags.clone(),
             });
         }
-        let catalog = fakecloud::catalog::Catalog::builtin();
         for (i, x) in raw.existing_instances.iter().enumerate() {
             let r = &x.value;
             let field = format!("cloud.existing_instances[{i}]");
-            if !catalog.types.contains_key(&r.instance_type.value) {
-                return Err(self.err(
-                    pos(&r.instance_type),
-                    &format!("{field}.instance_type"),
-                    format!(
-                        "`{}` is not in the simulator's catalog",
-                        r.instance_type.value
-                    ),
-                ));
-            }
-            if !cloud.zones.contains(&r.zone.value) {
-                return Err(self.err(
-                    pos(&r.zone),
-                    &format!("{field}.zone"),
-                    format!(
-                        "`{}` is not one of cloud.zones ({})",
-                        r.zone.value,
-                        cloud.zones.join(", ")
-                    ),
-                ));
-            }
+            self.type_and_zone(&r.instance_type, &r.zone, &field, cloud)?;
             let capacity_type = match &r.capacity_type {
                 Some(c) => self.capacity_type(c, &format!("{field}.capacity_type"))?,
                 None => CapacityType::OnDemand,
@@ -1148,6 +1127,41 @@ impl Loader<'_> {
         Ok(())
     }
 
+    /// An instance type the catalog has, in one of the cloud's zones.
+    fn type_and_zone(
+        &self,
+        instance_type: &Spanned<String>,
+        zone: &Spanned<String>,
+        field: &str,
+        cloud: &CloudSpec,
+    ) -> Result<(), SimError> {
+        if !fakecloud::catalog::Catalog::builtin()
+            .types
+            .contains_key(&instance_type.value)
+        {
+            return Err(self.err(
+                pos(instance_type),
+                &format!("{field}.instance_type"),
+                format!(
+                    "`{}` is not in the simulator's catalog",
+                    instance_type.value
+                ),
+            ));
+        }
+        if !cloud.zones.contains(&zone.value) {
+            return Err(self.err(
+                pos(zone),
+                &format!("{field}.zone"),
+                format!(
+                    "`{}` is not one of cloud.zones ({})",
+                    zone.value,
+                    cloud.zones.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// A reservation as declared (in `cloud:` or on the timeline), checked.
     fn reservation(
         &self,
@@ -1157,28 +1171,7 @@ impl Loader<'_> {
     ) -> Result<fakecloud::reservations::ReservationSpec, SimError> {
         use dovetail::aws::cloud::ReservationType;
         let r = &raw.value;
-        let catalog = fakecloud::catalog::Catalog::builtin();
-        if !catalog.types.contains_key(&r.instance_type.value) {
-            return Err(self.err(
-                pos(&r.instance_type),
-                &format!("{field}.instance_type"),
-                format!(
-                    "`{}` is not in the simulator's catalog",
-                    r.instance_type.value
-                ),
-            ));
-        }
-        if !cloud.zones.contains(&r.zone.value) {
-            return Err(self.err(
-                pos(&r.zone),
-                &format!("{field}.zone"),
-                format!(
-                    "`{}` is not one of cloud.zones ({})",
-                    r.zone.value,
-                    cloud.zones.join(", ")
-                ),
-            ));
-        }
+        self.type_and_zone(&r.instance_type, &r.zone, field, cloud)?;
         if r.count == 0 {
             return Err(self.err(
                 pos(raw),

@@ -237,12 +237,10 @@ impl AwsProvider {
                 ),
             );
             if let Some(node) = node {
-                let uid = state.nodes.get(&node).and_then(|n| n.metadata.uid.clone());
-                crate::events::emit(
+                crate::events::on_node(
                     ctx,
-                    Kind::Node,
-                    &ObjectKey::cluster(&node),
-                    uid,
+                    state,
+                    &node,
                     EventType::Normal,
                     "RebalanceRecommendation",
                     "EC2 recommends moving off this spot instance; Dovetail keeps it until it is interrupted",
@@ -296,18 +294,16 @@ impl AwsProvider {
             ),
         );
         if let Some(node) = &node {
-            let uid = state.nodes.get(node).and_then(|n| n.metadata.uid.clone());
             let reason = match notice {
                 Notice::SpotInterruption => "SpotInterrupted",
                 Notice::ScheduledChange => "InstanceScheduledChange",
                 Notice::CapacityReservationInterruption => "CapacityReservationInterrupted",
                 _ => "InstanceStopping",
             };
-            crate::events::emit(
+            crate::events::on_node(
                 ctx,
-                Kind::Node,
-                &ObjectKey::cluster(node),
-                uid,
+                state,
+                node,
                 EventType::Warning,
                 reason,
                 &format!(

@@ -275,12 +275,10 @@ impl super::AwsProvider {
                 format!("capacity block {id} ends at {end}: draining nodeclaim/{name}"),
             );
             if let Some(node) = claim.status.as_ref().and_then(|s| s.node_name.clone()) {
-                let uid = state.nodes.get(&node).and_then(|n| n.metadata.uid.clone());
-                crate::events::emit(
+                crate::events::on_node(
                     ctx,
-                    Kind::Node,
-                    &ObjectKey::cluster(&node),
-                    uid,
+                    state,
+                    &node,
                     EventType::Normal,
                     "CapacityBlockExpiring",
                     &format!("capacity block {id} ends at {end}: draining the node before EC2 reclaims it"),
