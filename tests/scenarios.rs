@@ -1002,27 +1002,70 @@ fn reserved_first_seed_42() {
     // The second wave uses the room the scale-down gave back, before on-demand.
     let wave2: Vec<bool> = web.iter().filter(|w| w.0 >= 2100.0).map(|w| w.1).collect();
     assert!(wave2.iter().filter(|r| **r).count() >= 1, "{web:?}");
-    // The node class reports its reservation, and the nodes carry the reservation's labels.
-    let classes = &out.objects["EC2NodeClass"];
-    let sale = classes
-        .iter()
-        .find(|c| c["metadata"]["name"] == "sale")
-        .expect("the sale class");
+    // The node class reports its reservation while it is active (at 40m), and none once cancelled.
+    let sale_class = |out: &dovetail_sim::Outcome| {
+        out.objects["EC2NodeClass"]
+            .iter()
+            .find(|c| c["metadata"]["name"] == "sale")
+            .cloned()
+            .expect("the sale class")
+    };
+    let path = dovetail_tests::root().join("scenarios/reserved-first.yaml");
+    let scenario = dovetail_sim::Scenario::load(&path).unwrap();
+    let at_40m = dovetail_sim::simulate(
+        &scenario,
+        &dovetail_sim::RunOptions {
+            until: Some(std::time::Duration::from_secs(2400)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let sale = sale_class(&at_40m);
+    let listed = &sale["status"]["capacityReservations"][0];
+    assert_eq!(listed["id"], "cr-0sale00000000001");
     assert_eq!(
-        sale["status"]["capacityReservations"][0]["id"],
-        "cr-0sale00000000001"
+        (
+            &listed["reservationType"],
+            &listed["state"],
+            &listed["instanceMatchCriteria"]
+        ),
+        (&"default".into(), &"active".into(), &"targeted".into())
     );
     assert!(sale["status"]["conditions"].as_array().is_some_and(|c| {
         c.iter()
             .any(|c| c["type"] == "CapacityReservationsReady" && c["status"] == "True")
     }));
-    let claims = &out.objects["NodeClaim"];
-    assert!(claims.iter().any(|c| {
+    let labelled = at_40m.objects["NodeClaim"].iter().filter(|c| {
         c["metadata"]["labels"]["karpenter.sh/capacity-type"] == "reserved"
             && c["metadata"]["labels"]["karpenter.k8s.aws/capacity-reservation-id"]
                 == "cr-0sale00000000001"
             && c["metadata"]["labels"]["karpenter.k8s.aws/capacity-reservation-type"] == "default"
-    }));
+    });
+    assert_eq!(labelled.count(), 4);
+    assert!(sale_class(&out)["status"]["capacityReservations"].is_null());
+    // Reserved claims carried the reservation's labels (the launch line says so) until the reservation
+    // was cancelled at 45m: then each claim and node left it and is on-demand, its labels gone.
+    assert!(text.contains(" reserved 0.0000/h"));
+    let left = text
+        .lines()
+        .filter(|l| {
+            l.starts_with('+') && l.contains("left capacity reservation cr-0sale00000000001")
+        })
+        .count();
+    assert_eq!(left, 4, "the four reserved nodes");
+    for kind in ["NodeClaim", "Node"] {
+        for o in &out.objects[kind] {
+            let labels = &o["metadata"]["labels"];
+            assert_ne!(
+                labels["karpenter.sh/capacity-type"], "reserved",
+                "{kind} {o}"
+            );
+            assert!(
+                labels["karpenter.k8s.aws/capacity-reservation-id"].is_null(),
+                "{kind} {o}"
+            );
+        }
+    }
     insta::assert_snapshot!("reserved-first.seed-42", text);
 }
 

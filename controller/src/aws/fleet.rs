@@ -435,6 +435,7 @@ impl AwsProvider {
         };
         if let Some(id) = &instance.capacity_reservation_id {
             self.classes.availability.launched(id);
+            self.in_reservation.insert(instance.id.clone(), id.clone());
         }
         Ok(Launch::Launched(neutral(&instance, gate)))
     }

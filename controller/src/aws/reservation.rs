@@ -128,8 +128,11 @@ pub fn from_ec2(r: &CapacityReservation, now: jiff::Timestamp) -> Result<Reserva
     })
 }
 
-/// The class status's `capacityReservations`.
+/// The class status's `capacityReservations` (none: the field goes, as Karpenter leaves it unset).
 pub fn status(reservations: &[Reservation]) -> Value {
+    if reservations.is_empty() {
+        return Value::Null;
+    }
     json!(
         reservations
             .iter()
