@@ -277,6 +277,17 @@ impl AwsProvider {
                 self.refresh_offering_availability(now);
             }
         }
+        if *notice == Notice::CapacityReservationInterruption
+            && let Some(id) = claim
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(crate::crds::labels::CAPACITY_RESERVATION_ID))
+        {
+            // The owner is taking the reservation back: its replacement goes elsewhere (Karpenter marks
+            // the reservation unavailable until EC2 says otherwise).
+            self.classes.availability.full(id);
+        }
         crate::metrics::count_claim(
             &ctx.metrics,
             crate::metrics::NODECLAIMS_DISRUPTED,
