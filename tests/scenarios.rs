@@ -1137,3 +1137,82 @@ fn capacity_block_ends_seed_42() {
     assert!(drained - reclaimed < 5.0);
     insta::assert_snapshot!("capacity-block-ends.seed-42", text);
 }
+
+#[test]
+fn overlay_prices_seed_42() {
+    let out = simulate_scenario(
+        "overlay-prices.yaml",
+        42,
+        dovetail_sim::Autoscaler::Dovetail,
+    );
+    assert!(out.passed, "{}", out.summary);
+    let text = format!("{}{}", out.trace, out.summary);
+    let launched: Vec<(f64, String)> = text
+        .lines()
+        .filter(|l| l.contains(" lifecycle  launched nodeclaim/web-"))
+        .filter_map(|l| Some((at(l)?, l.split_whitespace().nth(5)?.to_string())))
+        .collect();
+    // Before the overlay: the cheapest list price, m6g. After: m7g, both the consolidation replacement and
+    // the burst's new node (the fleet's priorities follow the overlaid price, not EC2's list price).
+    assert!(
+        launched
+            .first()
+            .is_some_and(|(t, ty)| *t < 600.0 && ty.starts_with("m6g.")),
+        "{launched:?}"
+    );
+    let after: Vec<&String> = launched
+        .iter()
+        .filter(|(t, _)| *t > 600.0)
+        .map(|(_, ty)| ty)
+        .collect();
+    assert_eq!(after.len(), 2, "{launched:?}");
+    assert!(
+        after.iter().all(|ty| ty.starts_with("m7g.")),
+        "{launched:?}"
+    );
+    assert!(text.contains("decided: Underutilized replace with 1 (m7g."));
+    // The equal-weight rival is refused whole, and its status says so.
+    let overlays = &out.objects["NodeOverlay"];
+    let status = |name: &str| {
+        overlays
+            .iter()
+            .find(|o| o["metadata"]["name"] == name)
+            .and_then(|o| {
+                o["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "ValidationSucceeded")
+                    .map(|c| (c["status"].clone(), c["reason"].clone()))
+            })
+    };
+    assert_eq!(
+        status("finance-estimate"),
+        Some(("False".into(), "Conflict".into()))
+    );
+    assert_eq!(
+        status("savings-plan"),
+        Some(("True".into(), "ValidationSucceeded".into()))
+    );
+    insta::assert_snapshot!("overlay-prices.seed-42", text);
+}
+
+#[test]
+fn node_overlays_are_ignored_without_their_gate() {
+    let path = dovetail_tests::root().join("scenarios/overlay-prices.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let without = yaml.replace(
+        "  FEATURE_GATES: NodeOverlay=true\n",
+        "  BATCH_IDLE_DURATION: 1s\n",
+    );
+    assert_ne!(yaml, without);
+    let scenario = dovetail_sim::Scenario::parse("overlay-prices.yaml", &without).unwrap();
+    let out = dovetail_sim::simulate(&scenario, &Default::default()).unwrap();
+    assert!(
+        out.trace
+            .lines()
+            .filter(|l| l.contains(" lifecycle  launched "))
+            .all(|l| !l.contains(" m7g.")),
+        "list prices keep m6g"
+    );
+    assert!(!out.trace.contains("nodeoverlay/"));
+}

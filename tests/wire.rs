@@ -49,6 +49,7 @@ keeps_its_expectations! {
     multi_nodepool_gpu => "multi-nodepool-gpu.yaml",
     node_repair => "node-repair.yaml",
     orphans => "orphans.yaml",
+    overlay_prices => "overlay-prices.yaml",
     pdb_drain => "pdb-drain.yaml",
     reserved_first => "reserved-first.yaml",
     capacity_block_ends => "capacity-block-ends.yaml",

@@ -86,6 +86,9 @@ pub struct FeatureGates {
     /// Launch into the capacity reservations node classes select, as `reserved` capacity
     /// (`ReservedCapacity`, on by default as in Karpenter): see `aws::reservation`.
     pub reserved_capacity: bool,
+    /// Apply NodeOverlays' price and capacity adjustments (`NodeOverlay`, off by default as in
+    /// Karpenter): see `nodepool::overlay`.
+    pub node_overlay: bool,
 }
 
 impl Default for FeatureGates {
@@ -95,12 +98,13 @@ impl Default for FeatureGates {
             node_repair: false,
             static_capacity: false,
             reserved_capacity: true,
+            node_overlay: false,
         }
     }
 }
 
 /// Gates Karpenter has that Dovetail accepts (so a Karpenter values file works) but does not act on yet.
-pub const ACCEPTED_GATES: [&str; 2] = ["NodeOverlay", "CapacityBuffer"];
+pub const ACCEPTED_GATES: [&str; 1] = ["CapacityBuffer"];
 
 /// Karpenter's `FEATURE_GATES` syntax (`SpotToSpotConsolidation=true,NodeRepair=false`): gates not named
 /// keep their defaults; an unknown gate or a value other than true/false is an error naming it.
@@ -119,6 +123,7 @@ pub fn parse_feature_gates(s: &str) -> Result<FeatureGates, String> {
             "NodeRepair" => gates.node_repair = value,
             "StaticCapacity" => gates.static_capacity = value,
             "ReservedCapacity" => gates.reserved_capacity = value,
+            "NodeOverlay" => gates.node_overlay = value,
             other if ACCEPTED_GATES.contains(&other) => {}
             other => return Err(format!("unknown feature gate `{other}`")),
         }
@@ -251,6 +256,7 @@ mod tests {
     fn feature_gates_keep_their_defaults_unless_named() -> Result<(), String> {
         let d = parse_feature_gates("")?;
         assert!(d.spot_to_spot_consolidation && !d.node_repair && d.reserved_capacity);
+        assert!(!d.node_overlay && parse_feature_gates("NodeOverlay=true")?.node_overlay);
         let g = parse_feature_gates("NodeRepair=true, ReservedCapacity=false")?;
         assert!(g.node_repair && g.spot_to_spot_consolidation && !g.reserved_capacity);
         let g = parse_feature_gates("SpotToSpotConsolidation=false,CapacityBuffer=true")?;

@@ -27,6 +27,7 @@ pub enum Kind {
     PersistentVolume,
     StorageClass,
     CSINode,
+    NodeOverlay,
 }
 
 impl Kind {
@@ -45,6 +46,7 @@ impl Kind {
             Kind::PersistentVolume => "PersistentVolume",
             Kind::StorageClass => "StorageClass",
             Kind::CSINode => "CSINode",
+            Kind::NodeOverlay => "NodeOverlay",
         }
     }
 
@@ -61,6 +63,7 @@ impl Kind {
             Kind::Lease => "coordination.k8s.io/v1",
             Kind::NodePool | Kind::NodeClaim => "karpenter.sh/v1",
             Kind::EC2NodeClass => "karpenter.k8s.aws/v1",
+            Kind::NodeOverlay => "karpenter.sh/v1alpha1",
         }
     }
 
@@ -74,6 +77,7 @@ impl Kind {
                 | Kind::PersistentVolume
                 | Kind::StorageClass
                 | Kind::CSINode
+                | Kind::NodeOverlay
         )
     }
 }

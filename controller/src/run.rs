@@ -89,6 +89,12 @@ impl Controller {
     ) -> Result<Vec<(Kind, BoxStream<'static, WatchEvent>)>, ControllerError> {
         let mut streams = Vec::new();
         for kind in ClusterState::WATCHED {
+            // NodeOverlays only with their gate on: a cluster without the gate may well lack the CRD.
+            if kind == Kind::NodeOverlay && !self.ctx.settings.feature_gates.node_overlay {
+                self.state.reset(kind, Vec::new())?;
+                streams.push((kind, futures::stream::pending().boxed()));
+                continue;
+            }
             let list = self.ctx.kube.list(kind).await?;
             self.state.reset(kind, list.items)?;
             streams.push((kind, self.ctx.kube.watch(kind, &list.resource_version)));
@@ -155,8 +161,9 @@ impl Controller {
                 .nodes
                 .get(&key.name)
                 .is_some_and(|n| n.metadata.deletion_timestamp.is_some()),
-            // A changed node class is resolved again at once (its spec fingerprint invalidates the cache).
-            (Kind::EC2NodeClass, Change::Upsert) => {
+            // A changed node class is resolved again at once (its spec fingerprint invalidates the cache);
+            // a changed overlay has its status written at once.
+            (Kind::EC2NodeClass | Kind::NodeOverlay, Change::Upsert) => {
                 self.next_nodeclass = now;
                 false
             }
@@ -245,6 +252,8 @@ impl Controller {
                 .await;
             self.nodepools
                 .reconcile(&self.ctx, &mut self.state, &self.provider)
+                .await;
+            crate::nodepool::overlay::write_statuses(&self.ctx, &mut self.state, &self.provider)
                 .await;
             self.next_nodeclass = self.now() + aws::NODECLASS_RESOLVE_TTL;
         }
@@ -381,9 +390,10 @@ impl Controller {
             pvs,
             storage_classes,
             csinodes,
+            overlays,
         ] = streams
         else {
-            unreachable!("ClusterState::WATCHED has ten kinds")
+            unreachable!("ClusterState::WATCHED has eleven kinds")
         };
         loop {
             let sleep_for = self.next_wake().saturating_sub(self.now());
@@ -400,6 +410,7 @@ impl Controller {
                 e = pvs.1.next() => (pvs.0, e),
                 e = storage_classes.1.next() => (storage_classes.0, e),
                 e = csinodes.1.next() => (csinodes.0, e),
+                e = overlays.1.next() => (overlays.0, e),
                 _ = clock.sleep(sleep_for) => {
                     self.on_timer().await;
                     if self.lost_lease {

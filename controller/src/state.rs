@@ -27,6 +27,8 @@ pub struct ClusterState {
     pub pvs: BTreeMap<String, PersistentVolume>,
     pub storage_classes: BTreeMap<String, StorageClass>,
     pub csinodes: BTreeMap<String, CSINode>,
+    /// NodeOverlays (watched only with the NodeOverlay gate on; empty otherwise).
+    pub nodeoverlays: BTreeMap<String, crate::crds::NodeOverlay>,
     /// Counts every change applied, so a decision can tell it is looking at the same cluster again.
     pub revision: u64,
     /// Claims whose instance is known gone (terminated, interrupted, vanished): their nodes have nothing
@@ -45,7 +47,7 @@ pub enum Change {
 
 impl ClusterState {
     /// The kinds the controller watches.
-    pub const WATCHED: [Kind; 10] = [
+    pub const WATCHED: [Kind; 11] = [
         Kind::Pod,
         Kind::Node,
         Kind::NodeClaim,
@@ -56,6 +58,7 @@ impl ClusterState {
         Kind::PersistentVolume,
         Kind::StorageClass,
         Kind::CSINode,
+        Kind::NodeOverlay,
     ];
 
     /// Replace everything of `kind` with a fresh list.
@@ -71,6 +74,7 @@ impl ClusterState {
             Kind::PersistentVolume => self.pvs.clear(),
             Kind::StorageClass => self.storage_classes.clear(),
             Kind::CSINode => self.csinodes.clear(),
+            Kind::NodeOverlay => self.nodeoverlays.clear(),
             _ => {}
         }
         self.revision += 1;
@@ -121,6 +125,7 @@ impl ClusterState {
             Kind::PersistentVolume => upsert!(self.pvs, key.name),
             Kind::StorageClass => upsert!(self.storage_classes, key.name),
             Kind::CSINode => upsert!(self.csinodes, key.name),
+            Kind::NodeOverlay => upsert!(self.nodeoverlays, key.name),
             _ => {}
         }
         Ok(())

@@ -783,8 +783,15 @@ impl FakeCloud {
                 }
                 usable.push((price, depth, o.priority.unwrap_or(f64::MAX), i, None));
             }
+            // With a priority on every override the caller asked for the `prioritized` strategy.
+            let prioritized = request.overrides.iter().all(|o| o.priority.is_some());
             let choice = match ct {
-                // lowest-price: the cheapest pool; ties by priority, then by the order given.
+                // prioritized: the highest priority (lowest number) that can launch; lowest-price: the
+                // cheapest pool, ties by priority, then by the order given.
+                CapacityType::OnDemand | CapacityType::Reserved if prioritized => usable
+                    .iter()
+                    .min_by(|a, b| a.2.total_cmp(&b.2).then(a.3.cmp(&b.3)))
+                    .cloned(),
                 CapacityType::OnDemand | CapacityType::Reserved => usable
                     .iter()
                     .min_by(|a, b| {

@@ -8,7 +8,8 @@
 //!   spot prices per (type, zone) 30-70% below on-demand, moving by a bounded seeded random walk each hour.
 //! - Capacity pools per (type, zone, capacity type) with finite depth; launches consume, terminations refill;
 //!   scenarios drain pools for a while (`capacity_shortage`).
-//! - CreateFleet `instant`: a launch template (must exist) x overrides; `lowest-price` for on-demand,
+//! - CreateFleet `instant`: a launch template (must exist) x overrides; `lowest-price` for on-demand
+//!   (`prioritized` when every override carries a priority),
 //!   `price-capacity-optimized` for spot (deep pools first, then the cheapest); per-override errors
 //!   (`InsufficientInstanceCapacity`, `MaxSpotInstanceCountExceeded`, `VcpuLimitExceeded`, `Unsupported`,
 //!   `InsufficientFreeAddressesInSubnet`, `UnfulfillableCapacity`) beside partial success; vCPU quotas per

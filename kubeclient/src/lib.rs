@@ -44,6 +44,7 @@ pub fn resource(kind: Kind) -> ApiResource {
         Kind::PersistentVolume => "persistentvolumes",
         Kind::StorageClass => "storageclasses",
         Kind::CSINode => "csinodes",
+        Kind::NodeOverlay => "nodeoverlays",
     };
     ApiResource {
         group: group.to_string(),

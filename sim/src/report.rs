@@ -224,6 +224,7 @@ impl Observations {
             "NodePool",
             "NodeClaim",
             "EC2NodeClass",
+            "NodeOverlay",
             "Node",
             "Pod",
             "StatefulSet",

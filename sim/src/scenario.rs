@@ -670,9 +670,10 @@ pub struct PodPick {
 }
 
 /// Kinds a `delete` action may name.
-const DELETABLE: [&str; 23] = [
+const DELETABLE: [&str; 24] = [
     "NodePool",
     "EC2NodeClass",
+    "NodeOverlay",
     "Deployment",
     "ReplicaSet",
     "StatefulSet",
@@ -777,9 +778,10 @@ struct Loader<'a> {
 }
 
 /// Kinds a scenario's manifests may hold.
-const SUPPORTED_KINDS: [&str; 21] = [
+const SUPPORTED_KINDS: [&str; 22] = [
     "NodePool",
     "EC2NodeClass",
+    "NodeOverlay",
     "Deployment",
     "ReplicaSet",
     "StatefulSet",
@@ -1482,6 +1484,7 @@ impl Loader<'_> {
         }
         let expected = match kind.as_str() {
             "NodePool" => "karpenter.sh/v1",
+            "NodeOverlay" => "karpenter.sh/v1alpha1",
             "EC2NodeClass" => "karpenter.k8s.aws/v1",
             "Deployment" | "DaemonSet" | "StatefulSet" | "ReplicaSet" => "apps/v1",
             "Job" => "batch/v1",
@@ -1555,7 +1558,7 @@ impl Loader<'_> {
             }
         }
         // The API server's own check of a custom resource: its CRD's schema and CEL rules.
-        if matches!(kind.as_str(), "NodePool" | "EC2NodeClass") {
+        if matches!(kind.as_str(), "NodePool" | "EC2NodeClass" | "NodeOverlay") {
             let store = crate::world::api_server_store(0);
             let mut defaulted = json.clone();
             if let Some(e) = store.schema_errors(&kind, &mut defaulted, None).first() {
@@ -1583,6 +1586,7 @@ impl Loader<'_> {
         let understood = match kind.as_str() {
             "NodePool" => self.typed::<dovetail::crds::NodePool>(node, &json, field)?,
             "EC2NodeClass" => self.typed::<dovetail::crds::EC2NodeClass>(node, &json, field)?,
+            "NodeOverlay" => self.typed::<dovetail::crds::NodeOverlay>(node, &json, field)?,
             "Deployment" => self.typed::<apps::v1::Deployment>(node, &json, field)?,
             "DaemonSet" => self.typed::<apps::v1::DaemonSet>(node, &json, field)?,
             "StatefulSet" => self.typed::<apps::v1::StatefulSet>(node, &json, field)?,
@@ -1609,7 +1613,7 @@ impl Loader<'_> {
         unknown_fields(&json, &understood, &mut Vec::new(), &mut unknown);
         // Karpenter's types leave empty lists and maps out when written back (`taints: []`); their
         // CRD schema has already refused names it does not know, so an empty one is not unknown.
-        if matches!(kind.as_str(), "NodePool" | "EC2NodeClass") {
+        if matches!(kind.as_str(), "NodePool" | "EC2NodeClass" | "NodeOverlay") {
             unknown.retain(|path| {
                 let v = path.iter().fold(&json, |v, s| match s {
                     Seg::Key(k) => &v[k.as_str()],

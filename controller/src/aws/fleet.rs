@@ -301,7 +301,22 @@ impl AwsProvider {
         }
         self.refresh_offering_availability(now);
         let subnets = self.subnets_by_zone(ctx, &class).await?;
-        let types = self.launch_types(class_name);
+        let mut types = self.launch_types(class_name);
+        // NodeOverlays reorder the fleet: its priorities follow the prices the planner saw.
+        if ctx.settings.feature_gates.node_overlay
+            && let Some(pool) = claim
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(labels::NODEPOOL))
+        {
+            let applied = crate::nodepool::overlay::for_cluster(state, self);
+            for t in &mut types {
+                if let Some(changed) = applied.apply(pool, t) {
+                    *t = changed;
+                }
+            }
+        }
         let Some((capacity_type, target, overrides)) = fleet_overrides(claim, &types, &subnets)
         else {
             return Ok(Launch::NoOffering);

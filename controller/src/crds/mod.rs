@@ -3,6 +3,7 @@
 pub mod ec2nodeclass;
 pub mod migrate;
 pub mod nodeclaim;
+pub mod nodeoverlay;
 pub mod nodepool;
 pub mod schema;
 pub mod unacted;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use ec2nodeclass::{EC2NodeClass, EC2NodeClassSpec};
 pub use nodeclaim::{NodeClaim, NodeClaimSpec, NodeClaimStatus};
+pub use nodeoverlay::{NodeOverlay, NodeOverlaySpec};
 pub use nodepool::{NodePool, NodePoolSpec};
 
 /// Well-known labels and annotations Karpenter defines.
@@ -197,6 +199,7 @@ pub fn definitions() -> Vec<(
         ("karpenter.sh_nodepools.yaml", NodePool::crd()),
         ("karpenter.sh_nodeclaims.yaml", NodeClaim::crd()),
         ("karpenter.k8s.aws_ec2nodeclasses.yaml", EC2NodeClass::crd()),
+        ("karpenter.sh_nodeoverlays.yaml", NodeOverlay::crd()),
     ];
     for (_, crd) in &mut crds {
         for version in &mut crd.spec.versions {

@@ -102,6 +102,18 @@ pub fn reserved(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// A NodeOverlay's `capacity`: quantities of extended resources only.
+pub fn overlay_capacity(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "additionalProperties": {"type": "string", "pattern": QUANTITY},
+        "x-kubernetes-validations": [
+            {"rule": "self.all(x, !(x in ['cpu', 'memory', 'ephemeral-storage', 'pods']))",
+             "message": "invalid resource restricted"}
+        ]
+    })
+}
+
 /// `evictionHard` / `evictionSoft`: a percentage or a quantity per eviction signal.
 pub fn eviction_thresholds(_: &mut SchemaGenerator) -> Schema {
     let pattern = format!(

@@ -227,11 +227,17 @@ impl View<'_> {
         ) else {
             return 0.0;
         };
+        let pool = claim_labels
+            .get(labels::NODEPOOL)
+            .map_or("", String::as_str);
         self.provider
             .instance_types()
             .iter()
             .find(|it| &it.name == t)
-            .and_then(|it| it.price(z, capacity_type_of(claim_labels)))
+            .and_then(|it| {
+                self.overlaid(pool, it)
+                    .price(z, capacity_type_of(claim_labels))
+            })
             .unwrap_or(0.0)
     }
 

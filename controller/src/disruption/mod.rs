@@ -95,11 +95,32 @@ impl Command {
 }
 
 /// What every method of one pass reads: the context, the cluster state and the provider.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct View<'a> {
     pub ctx: &'a Context,
     pub state: &'a ClusterState,
     pub provider: &'a dyn CloudProvider,
+    /// The NodeOverlays over every pool's types, built on first use in a pass.
+    pub overlays: std::sync::OnceLock<crate::nodepool::overlay::Applied>,
+}
+
+impl View<'_> {
+    /// A type as a pool's simulation sees it under the NodeOverlays (the gate on), else as given.
+    pub(crate) fn overlaid<'t>(
+        &self,
+        pool: &str,
+        it: &'t crate::cloudprovider::InstanceType,
+    ) -> std::borrow::Cow<'t, crate::cloudprovider::InstanceType> {
+        if !self.ctx.settings.feature_gates.node_overlay {
+            return std::borrow::Cow::Borrowed(it);
+        }
+        let applied = self
+            .overlays
+            .get_or_init(|| crate::nodepool::overlay::for_cluster(self.state, self.provider));
+        applied
+            .apply(pool, it)
+            .map_or(std::borrow::Cow::Borrowed(it), std::borrow::Cow::Owned)
+    }
 }
 
 /// The disruption controller: the command in flight and the memory that keeps it from repeating itself.
@@ -189,6 +210,7 @@ async fn mark_claims(
         ctx,
         state,
         provider,
+        overlays: Default::default(),
     }
     .candidates(&Default::default(), &mut Vec::new());
     for c in candidates {
@@ -474,6 +496,7 @@ impl Evaluator {
             ctx: &self.ctx,
             state: &self.state,
             provider: self.provider.as_ref(),
+            overlays: Default::default(),
         }
     }
 

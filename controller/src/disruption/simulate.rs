@@ -176,15 +176,15 @@ impl View<'_> {
             return f64::INFINITY;
         };
         match self.state.nodepools.get(pool) {
-            Some(p) => cheapest_price(
-                &crate::cloudprovider::class_type(
+            Some(p) => {
+                let class = crate::cloudprovider::class_type(
                     self.provider,
                     self.state,
                     &p.spec.template.spec.node_class_ref.name,
                     it,
-                ),
-                reqs,
-            ),
+                );
+                cheapest_price(&self.overlaid(pool, &class), reqs)
+            }
             None => cheapest_price(it, reqs),
         }
     }
@@ -640,6 +640,7 @@ impl Disruption {
             ctx,
             state,
             provider,
+            overlays: Default::default(),
         };
         if provider.instance_types().is_empty() {
             return Ok(None);
@@ -744,6 +745,7 @@ impl Disruption {
             ctx,
             state,
             provider,
+            overlays: Default::default(),
         };
         let blocked = view.budget_blocked_pods().await?;
         let cands = view.candidates(&blocked, &mut Vec::new());

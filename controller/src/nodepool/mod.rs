@@ -3,6 +3,7 @@
 
 pub mod budgets;
 pub mod cron;
+pub mod overlay;
 pub(crate) mod registration;
 pub(crate) mod status;
 pub mod validation;

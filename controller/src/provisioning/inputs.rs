@@ -315,6 +315,10 @@ pub(crate) fn pool_options<'a>(
             min_values_best_effort,
         });
     }
+    if gates.node_overlay {
+        let applied = crate::nodepool::overlay::for_cluster(state, provider);
+        crate::nodepool::overlay::apply_to(&applied, out.iter_mut().chain(statics.iter_mut()));
+    }
     Pools {
         usable: out,
         statics,
