@@ -104,7 +104,7 @@ fn karpenter_fields() -> Vec<String> {
 #[test]
 fn every_field_of_karpenter_v1_14_is_in_our_crds() {
     let mut ours = BTreeSet::new();
-    for kind in ["NodePool", "NodeClaim", "EC2NodeClass"] {
+    for kind in ["NodePool", "NodeClaim", "EC2NodeClass", "NodeOverlay"] {
         schema_paths(kind, &crd_schema(kind), "", &mut ours);
     }
     let missing: Vec<String> = karpenter_fields()
@@ -169,6 +169,9 @@ fn valid_manifests_load_and_keep_every_field_in_our_types() {
             ),
             "EC2NodeClass" => serde_json::to_value(
                 serde_json::from_value::<dovetail::crds::EC2NodeClass>(obj.clone()).unwrap(),
+            ),
+            "NodeOverlay" => serde_json::to_value(
+                serde_json::from_value::<dovetail::crds::NodeOverlay>(obj.clone()).unwrap(),
             ),
             other => panic!("{name}: unexpected kind {other}"),
         }

@@ -92,7 +92,8 @@ fn the_kustomize_base_renders_and_every_object_parses() {
             .iter()
             .filter(|k| *k == "CustomResourceDefinition")
             .count(),
-        3
+        dovetail::crds::definitions().len(),
+        "every CRD Dovetail reads"
     );
     // Namespaced objects land in the controller's namespace; the ServiceAccount carries the IRSA role.
     let sa = docs.iter().find(|d| d["kind"] == "ServiceAccount").unwrap();
