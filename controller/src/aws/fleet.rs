@@ -458,24 +458,12 @@ impl AwsProvider {
     /// The catalog's types with the `reserved` offerings of the class's reservations, with their room as
     /// last known (the claim launching is the one counting on it: nothing pending is taken off).
     fn launch_types(&self, class: &str) -> Vec<InstanceType> {
-        let resolved = self.classes.get(class);
-        let reservations = resolved
-            .and_then(|r| r.reservations.as_deref())
-            .unwrap_or_default();
-        let zones = resolved.map(|r| r.zones()).unwrap_or_default();
         self.instance_types
             .iter()
             .map(|it| {
                 let mut t = it.clone();
-                if reservations.iter().any(|r| r.instance_type == it.name) {
-                    t.offerings.extend(super::reservation::offerings(
-                        reservations,
-                        &self.classes.availability,
-                        &BTreeMap::new(),
-                        it,
-                        &zones,
-                    ));
-                }
+                t.offerings
+                    .extend(self.reserved_offerings(class, it, BTreeMap::new));
                 t
             })
             .collect()

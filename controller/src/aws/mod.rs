@@ -167,6 +167,35 @@ impl AwsProvider {
     }
 }
 
+impl AwsProvider {
+    /// The `reserved` offerings the class's reservations give a type, their room less what `pending`
+    /// (read only when the type has a reservation) says claims not launched yet will take.
+    pub(crate) fn reserved_offerings(
+        &self,
+        class: &str,
+        it: &InstanceType,
+        pending: impl FnOnce() -> BTreeMap<String, u32>,
+    ) -> Vec<Offering> {
+        let Some(resolved) = self.classes.get(class) else {
+            return Vec::new();
+        };
+        let Some(reservations) = resolved
+            .reservations
+            .as_ref()
+            .filter(|r| r.iter().any(|r| r.instance_type == it.name))
+        else {
+            return Vec::new();
+        };
+        reservation::offerings(
+            reservations,
+            &self.classes.availability,
+            &pending(),
+            it,
+            &resolved.zones(),
+        )
+    }
+}
+
 /// Claims not launched yet that count on a reservation (pinned to one id), by reservation: room they will
 /// take that EC2's count does not show yet.
 fn reservations_pending(state: &ClusterState) -> BTreeMap<String, u32> {
@@ -242,23 +271,7 @@ impl CloudProvider for AwsProvider {
         class: &str,
         it: &InstanceType,
     ) -> Vec<Offering> {
-        let Some(resolved) = self.classes.get(class) else {
-            return Vec::new();
-        };
-        let Some(reservations) = resolved
-            .reservations
-            .as_ref()
-            .filter(|r| r.iter().any(|r| r.instance_type == it.name))
-        else {
-            return Vec::new();
-        };
-        reservation::offerings(
-            reservations,
-            &self.classes.availability,
-            &reservations_pending(state),
-            it,
-            &resolved.zones(),
-        )
+        self.reserved_offerings(class, it, || reservations_pending(state))
     }
 
     fn node_class(&self, state: &ClusterState, name: &str) -> NodeClassReadiness {

@@ -143,10 +143,12 @@ struct TypeChange {
     capacity_lowest: Option<(i32, BTreeSet<String>)>,
 }
 
-/// The overlays applied to every pool's types, and the overlays refused for a conflict.
+/// The overlays applied to every pool's types, and the overlays refused for a conflict or an invalid spec.
 #[derive(Debug, Default, Clone)]
 pub struct Applied {
     changes: BTreeMap<(String, String), TypeChange>,
+    /// Overlays whose spec cannot apply (Karpenter's runtime validation), with why.
+    pub invalid: BTreeMap<String, String>,
     /// Overlays left out because one of equal weight already sets the same offering's price or the same
     /// resource on a type both select.
     pub conflicts: BTreeSet<String>,
@@ -275,12 +277,6 @@ impl Applied {
     }
 }
 
-/// The cluster's overlays as they stand: those that apply (in order) and those whose spec cannot, with why.
-pub fn of_cluster(state: &ClusterState) -> (Vec<Overlay>, BTreeMap<String, String>) {
-    let list: Vec<&NodeOverlay> = state.nodeoverlays.values().collect();
-    read(&list)
-}
-
 /// A pool's name, template labels and types as its node class offers them.
 type PoolTypes<'a> = (
     &'a str,
@@ -291,9 +287,13 @@ type PoolTypes<'a> = (
 /// The cluster's overlays built over every NodePool's types (as its node class offers them): what each
 /// pool's simulation sees, and the overlays refused for a conflict. Empty when there is no overlay.
 pub fn for_cluster(state: &ClusterState, provider: &dyn CloudProvider) -> Applied {
-    let (overlays, _) = of_cluster(state);
+    let list: Vec<&NodeOverlay> = state.nodeoverlays.values().collect();
+    let (overlays, invalid) = read(&list);
     if overlays.is_empty() {
-        return Applied::default();
+        return Applied {
+            invalid,
+            ..Applied::default()
+        };
     }
     static NONE: BTreeMap<String, String> = BTreeMap::new();
     let typed: Vec<PoolTypes> = state
@@ -325,7 +325,10 @@ pub fn for_cluster(state: &ClusterState, provider: &dyn CloudProvider) -> Applie
             types: types.iter().map(|t| &**t).collect(),
         })
         .collect();
-    Applied::build(&overlays, &views)
+    Applied {
+        invalid,
+        ..Applied::build(&overlays, &views)
+    }
 }
 
 /// The overlays applied to what the pools see (the planner's prices and capacity).
@@ -354,8 +357,9 @@ pub(crate) async fn write_statuses(
     if !ctx.settings.feature_gates.node_overlay || state.nodeoverlays.is_empty() {
         return;
     }
-    let (_, invalid) = of_cluster(state);
-    let conflicts = for_cluster(state, provider).conflicts;
+    let Applied {
+        invalid, conflicts, ..
+    } = for_cluster(state, provider);
     let overlays: Vec<NodeOverlay> = state.nodeoverlays.values().cloned().collect();
     let now = ctx.clock.now().to_string();
     for o in overlays {
