@@ -104,7 +104,13 @@ fn karpenter_fields() -> Vec<String> {
 #[test]
 fn every_field_of_karpenter_v1_14_is_in_our_crds() {
     let mut ours = BTreeSet::new();
-    for kind in ["NodePool", "NodeClaim", "EC2NodeClass", "NodeOverlay"] {
+    for kind in [
+        "NodePool",
+        "NodeClaim",
+        "EC2NodeClass",
+        "NodeOverlay",
+        "CapacityBuffer",
+    ] {
         schema_paths(kind, &crd_schema(kind), "", &mut ours);
     }
     let missing: Vec<String> = karpenter_fields()
@@ -127,7 +133,11 @@ fn the_valid_corpus_sets_every_spec_field() {
     }
     let unused: Vec<String> = karpenter_fields()
         .into_iter()
-        .filter(|f| f.starts_with("NodePool spec") || f.starts_with("EC2NodeClass spec"))
+        .filter(|f| {
+            ["NodePool spec", "EC2NodeClass spec", "CapacityBuffer spec"]
+                .iter()
+                .any(|k| f.starts_with(k))
+        })
         .filter(|f| !used.contains(f))
         .collect();
     assert!(
@@ -172,6 +182,9 @@ fn valid_manifests_load_and_keep_every_field_in_our_types() {
             ),
             "NodeOverlay" => serde_json::to_value(
                 serde_json::from_value::<dovetail::crds::NodeOverlay>(obj.clone()).unwrap(),
+            ),
+            "CapacityBuffer" => serde_json::to_value(
+                serde_json::from_value::<dovetail::crds::CapacityBuffer>(obj.clone()).unwrap(),
             ),
             other => panic!("{name}: unexpected kind {other}"),
         }

@@ -1216,3 +1216,162 @@ fn node_overlays_are_ignored_without_their_gate() {
     );
     assert!(!out.trace.contains("nodeoverlay/"));
 }
+
+/// Waits of the bursty checkout pods, from the scheduler's bind lines.
+fn checkout_waits(trace: &str) -> Vec<f64> {
+    trace
+        .lines()
+        .filter(|l| l.contains(" bind pod/default/checkout-"))
+        .filter_map(|l| {
+            l.rsplit_once("waited=")?
+                .1
+                .trim_end_matches('s')
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// A CapacityBuffer's condition of one type: (status, reason).
+fn buffer_condition(
+    out: &dovetail_sim::Outcome,
+    name: &str,
+    type_: &str,
+) -> Option<(String, String)> {
+    out.objects["CapacityBuffer"]
+        .iter()
+        .find(|b| b["metadata"]["name"] == name)?["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+}
+
+#[test]
+fn buffer_burst_seed_42() {
+    let out = simulate_scenario("buffer-burst.yaml", 42, dovetail_sim::Autoscaler::Dovetail);
+    assert!(out.passed, "{}", out.summary);
+    let text = format!("{}{}", out.trace, out.summary);
+    // Both bursts land on headroom: no checkout pod waits anything like a node boot (40 s at the least).
+    let waits = checkout_waits(&text);
+    assert_eq!(waits.len(), 24, "two bursts of 12");
+    assert!(waits.iter().all(|w| *w < 10.0), "{waits:?}");
+    // The headroom a burst used is launched again behind it, before the burst ends.
+    let (burst, _) = first(&text, "scale deployment/default/checkout replicas=12").unwrap();
+    let (refill, line) = first(&text, "(headroom ").unwrap();
+    assert!(
+        refill < burst,
+        "the first headroom comes with web's node: {line}"
+    );
+    assert!(
+        text.lines()
+            .filter(|l| l.contains(" provision  create nodeclaim/") && l.contains("(headroom "))
+            .filter_map(at)
+            .any(|t| t > burst && t < burst + 10.0),
+        "the used headroom is replaced at once"
+    );
+    // When the sale ends, the spare node goes; the node the headroom needs stays.
+    assert!(text.contains("decided: Empty delete node/"));
+    assert!(text.contains("its room is CapacityBuffer headroom that fits nowhere else"));
+    // Chunks are never pods: nothing was created for them, no Event names one.
+    assert!(out.objects["Pod"].iter().all(|p| {
+        !p["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("capacitybuffer")
+    }));
+    assert!(!text.contains("pod/default/capacitybuffer/"));
+    // Statuses: resolved shapes and counts, and the headroom in place at the end.
+    let buffers = &out.objects["CapacityBuffer"];
+    let replicas = |name: &str| {
+        buffers
+            .iter()
+            .find(|b| b["metadata"]["name"] == name)
+            .map(|b| b["status"]["replicas"].clone())
+    };
+    assert_eq!(replicas("checkout-headroom"), Some(12.into()));
+    assert_eq!(replicas("web-headroom"), Some(2.into()), "20% of web's 10");
+    for name in ["checkout-headroom", "web-headroom"] {
+        assert_eq!(
+            buffer_condition(&out, name, "ReadyForProvisioning"),
+            Some(("True".into(), "Resolved".into()))
+        );
+    }
+    assert_eq!(
+        buffer_condition(&out, "checkout-headroom", "Provisioning"),
+        Some(("True".into(), "FitsExistingCapacity".into()))
+    );
+    insta::assert_snapshot!("buffer-burst.seed-42", text);
+}
+
+#[test]
+fn without_the_gate_a_burst_waits_for_a_node_boot() {
+    let path = dovetail_tests::root().join("scenarios/buffer-burst.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let without = yaml.replace(
+        "FEATURE_GATES: CapacityBuffer=true",
+        "FEATURE_GATES: CapacityBuffer=false",
+    );
+    assert_ne!(yaml, without);
+    let scenario = dovetail_sim::Scenario::parse("buffer-burst.yaml", &without).unwrap();
+    let out = dovetail_sim::simulate(&scenario, &Default::default()).unwrap();
+    let waits = checkout_waits(&out.trace);
+    assert_eq!(waits.len(), 24);
+    // Bar the odd pod that fits beside web, the burst waits for a launch and a boot (40 s at the least):
+    // its p99 is over one node boot, where the buffer's was a few seconds.
+    let mut sorted = waits.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert!(sorted[sorted.len() - 1] >= 40.0, "{waits:?}");
+    assert!(sorted[sorted.len() / 2] >= 40.0, "{waits:?}");
+    assert!(!out.trace.contains("capacitybuffer/"));
+    assert!(
+        out.objects["CapacityBuffer"]
+            .iter()
+            .all(|b| b["status"].is_null()),
+        "buffers are left alone without the gate"
+    );
+}
+
+#[test]
+fn a_buffer_that_cannot_be_resolved_says_why_and_keeps_no_headroom() {
+    let path = dovetail_tests::root().join("scenarios/buffer-burst.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let broken = yaml
+        .replace(
+            "    name: checkout-chunk\n      replicas: 12",
+            "    name: no-such-template\n      replicas: 12",
+        )
+        .replace(
+            "      percentage: 20\n",
+            "      percentage: 20\n      provisioningStrategy: example.com/standby\n",
+        );
+    assert_ne!(yaml, broken);
+    let mut scenario = dovetail_sim::Scenario::parse("buffer-burst.yaml", &broken).unwrap();
+    scenario.duration = std::time::Duration::from_secs(300);
+    scenario.timeline.clear();
+    scenario.expect = Default::default();
+    let out = dovetail_sim::simulate(&scenario, &Default::default()).unwrap();
+    assert_eq!(
+        buffer_condition(&out, "checkout-headroom", "ReadyForProvisioning"),
+        Some(("False".into(), "PodTemplateNotFound".into()))
+    );
+    assert_eq!(
+        buffer_condition(&out, "web-headroom", "ReadyForProvisioning"),
+        Some(("False".into(), "UnsupportedProvisioningStrategy".into()))
+    );
+    assert_eq!(
+        buffer_condition(&out, "checkout-headroom", "Provisioning"),
+        Some(("False".into(), "NotReadyForProvisioning".into()))
+    );
+    assert!(out.trace.contains(
+        "capacitybuffer/default/checkout-headroom: not acted on (PodTemplateNotFound): podtemplate default/no-such-template not found"
+    ));
+    // Only web's pods are planned for: one small node, no headroom.
+    assert!(!out.trace.contains("(headroom "));
+    assert!(!out.trace.contains("headroom="));
+}

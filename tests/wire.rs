@@ -35,6 +35,7 @@ keeps_its_expectations! {
     api_blips => "api-blips.yaml",
     balanced_consolidation => "balanced-consolidation.yaml",
     budgets_schedule => "budgets-schedule.yaml",
+    buffer_burst => "buffer-burst.yaml",
     burst_scale_up => "burst-scale-up.yaml",
     cluster_dump => "cluster-dump.yaml",
     controller_crash_loop => "controller-crash-loop.yaml",

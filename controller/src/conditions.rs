@@ -43,6 +43,28 @@ pub(crate) fn merge(old: &[Value], desired: &[Desired], now: &str) -> Vec<Value>
     out
 }
 
+/// `metav1.Condition`s as an API outside Karpenter's defines them (a CapacityBuffer's): every condition
+/// carries the reason given (True ones too), a message, and the generation it was decided on.
+pub(crate) fn merge_reasoned(
+    old: &[Value],
+    desired: &[Desired],
+    now: &str,
+    generation: Option<i64>,
+) -> Vec<Value> {
+    let mut out = merge(old, desired, now);
+    for c in &mut out {
+        let Some(d) = desired.iter().find(|d| c["type"] == d.0) else {
+            continue;
+        };
+        c["reason"] = json!(d.2);
+        c["message"] = json!(d.3);
+        if let Some(g) = generation {
+            c["observedGeneration"] = json!(g);
+        }
+    }
+    out
+}
+
 /// An object's conditions as JSON, the form `merge` reads (none when it has no status yet).
 pub(crate) fn as_values(conditions: Option<&[crate::crds::Condition]>) -> Vec<Value> {
     conditions

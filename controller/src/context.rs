@@ -89,6 +89,9 @@ pub struct FeatureGates {
     /// Apply NodeOverlays' price and capacity adjustments (`NodeOverlay`, off by default as in
     /// Karpenter): see `nodepool::overlay`.
     pub node_overlay: bool,
+    /// Keep CapacityBuffers' headroom (`CapacityBuffer`, off by default as in Karpenter): see
+    /// `provisioning::buffers`.
+    pub capacity_buffer: bool,
 }
 
 impl Default for FeatureGates {
@@ -99,12 +102,10 @@ impl Default for FeatureGates {
             static_capacity: false,
             reserved_capacity: true,
             node_overlay: false,
+            capacity_buffer: false,
         }
     }
 }
-
-/// Gates Karpenter has that Dovetail accepts (so a Karpenter values file works) but does not act on yet.
-pub const ACCEPTED_GATES: [&str; 1] = ["CapacityBuffer"];
 
 /// Karpenter's `FEATURE_GATES` syntax (`SpotToSpotConsolidation=true,NodeRepair=false`): gates not named
 /// keep their defaults; an unknown gate or a value other than true/false is an error naming it.
@@ -124,7 +125,7 @@ pub fn parse_feature_gates(s: &str) -> Result<FeatureGates, String> {
             "StaticCapacity" => gates.static_capacity = value,
             "ReservedCapacity" => gates.reserved_capacity = value,
             "NodeOverlay" => gates.node_overlay = value,
-            other if ACCEPTED_GATES.contains(&other) => {}
+            "CapacityBuffer" => gates.capacity_buffer = value,
             other => return Err(format!("unknown feature gate `{other}`")),
         }
     }
@@ -260,7 +261,8 @@ mod tests {
         let g = parse_feature_gates("NodeRepair=true, ReservedCapacity=false")?;
         assert!(g.node_repair && g.spot_to_spot_consolidation && !g.reserved_capacity);
         let g = parse_feature_gates("SpotToSpotConsolidation=false,CapacityBuffer=true")?;
-        assert!(!g.spot_to_spot_consolidation && !g.node_repair);
+        assert!(!g.spot_to_spot_consolidation && !g.node_repair && g.capacity_buffer);
+        assert!(!d.capacity_buffer);
         assert!(parse_feature_gates("NodeRepair=yes").is_err_and(|e| e.contains("true or false")));
         assert!(
             parse_feature_gates("Warp=true")

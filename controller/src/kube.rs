@@ -28,6 +28,12 @@ pub enum Kind {
     StorageClass,
     CSINode,
     NodeOverlay,
+    CapacityBuffer,
+    /// Read (never watched) to resolve a CapacityBuffer's pod shape.
+    PodTemplate,
+    Deployment,
+    StatefulSet,
+    ReplicaSet,
 }
 
 impl Kind {
@@ -47,6 +53,11 @@ impl Kind {
             Kind::StorageClass => "StorageClass",
             Kind::CSINode => "CSINode",
             Kind::NodeOverlay => "NodeOverlay",
+            Kind::CapacityBuffer => "CapacityBuffer",
+            Kind::PodTemplate => "PodTemplate",
+            Kind::Deployment => "Deployment",
+            Kind::StatefulSet => "StatefulSet",
+            Kind::ReplicaSet => "ReplicaSet",
         }
     }
 
@@ -56,14 +67,16 @@ impl Kind {
             | Kind::Node
             | Kind::Event
             | Kind::PersistentVolumeClaim
-            | Kind::PersistentVolume => "v1",
+            | Kind::PersistentVolume
+            | Kind::PodTemplate => "v1",
             Kind::StorageClass | Kind::CSINode => "storage.k8s.io/v1",
-            Kind::DaemonSet => "apps/v1",
+            Kind::DaemonSet | Kind::Deployment | Kind::StatefulSet | Kind::ReplicaSet => "apps/v1",
             Kind::PodDisruptionBudget => "policy/v1",
             Kind::Lease => "coordination.k8s.io/v1",
             Kind::NodePool | Kind::NodeClaim => "karpenter.sh/v1",
             Kind::EC2NodeClass => "karpenter.k8s.aws/v1",
             Kind::NodeOverlay => "karpenter.sh/v1alpha1",
+            Kind::CapacityBuffer => "autoscaling.x-k8s.io/v1beta1",
         }
     }
 

@@ -37,6 +37,7 @@ pub(crate) struct Controller {
     disruption: Disruption,
     nodepools: NodePoolStatus,
     statics: StaticCapacity,
+    buffers: crate::provisioning::buffers::Buffers,
     elector: crate::leader::Elector,
     lost_lease: bool,
     next_disruption: Duration,
@@ -66,6 +67,7 @@ impl Controller {
             disruption: Disruption::default(),
             nodepools: NodePoolStatus::default(),
             statics: StaticCapacity::default(),
+            buffers: Default::default(),
             elector: crate::leader::Elector::default(),
             lost_lease: false,
             // The first pass waits for the catalog and the node classes to be read.
@@ -90,7 +92,13 @@ impl Controller {
         let mut streams = Vec::new();
         for kind in ClusterState::WATCHED {
             // NodeOverlays only with their gate on: a cluster without the gate may well lack the CRD.
-            if kind == Kind::NodeOverlay && !self.ctx.settings.feature_gates.node_overlay {
+            // CapacityBuffers likewise: their CRD is the Cluster Autoscaler's.
+            let gated = match kind {
+                Kind::NodeOverlay => !self.ctx.settings.feature_gates.node_overlay,
+                Kind::CapacityBuffer => !self.ctx.settings.feature_gates.capacity_buffer,
+                _ => false,
+            };
+            if gated {
                 self.state.reset(kind, Vec::new())?;
                 streams.push((kind, futures::stream::pending().boxed()));
                 continue;
@@ -142,6 +150,13 @@ impl Controller {
                 .get(&key)
                 .and_then(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()));
             if before != after || change == Change::Delete {
+                // A pod bound where the last plan kept a buffer's headroom uses it: plan the buffer again.
+                if before.is_none()
+                    && let Some(node) = &after
+                    && self.buffers.hosts(&self.state, node)
+                {
+                    self.provisioner.batcher.trigger(now);
+                }
                 for node in [before, after].into_iter().flatten() {
                     self.state.pod_changes.insert(node, now);
                 }
@@ -149,11 +164,18 @@ impl Controller {
         }
         let provisionable_changed = match (kind, change) {
             (Kind::Pod, Change::Upsert) => self.state.pods.get(&key).is_some_and(is_provisionable),
-            // Capacity went away: pods counted against it must be planned again; a pod waiting for its
-            // volume claim or storage class may now be planned.
-            (Kind::NodeClaim | Kind::Node, Change::Delete)
-            | (Kind::PersistentVolumeClaim | Kind::StorageClass, Change::Upsert) => {
+            // Capacity went away: pods (and headroom) counted against it must be planned again.
+            (Kind::NodeClaim | Kind::Node, Change::Delete) => {
+                !self.state.headroom.is_empty() || self.state.pods.values().any(is_provisionable)
+            }
+            // A pod waiting for its volume claim or storage class may now be planned.
+            (Kind::PersistentVolumeClaim | Kind::StorageClass, Change::Upsert) => {
                 self.state.pods.values().any(is_provisionable)
+            }
+            // A buffer changed: resolve it now (its chunks are planned once resolved).
+            (Kind::CapacityBuffer, _) => {
+                self.buffers.observe(&self.state, &key);
+                false
             }
             // A node starting to leave: plan for its pods before they are evicted.
             (Kind::Node, Change::Upsert) => self
@@ -186,6 +208,9 @@ impl Controller {
             .min(self.next_gc)
             .min(self.next_nodeclass)
             .min(self.next_disruption);
+        if self.ctx.settings.feature_gates.capacity_buffer {
+            wake = wake.min(self.buffers.next_resolve());
+        }
         if self.ctx.settings.interruption_queue.is_some() {
             wake = wake.min(self.next_interruption);
         }
@@ -257,10 +282,22 @@ impl Controller {
                 .await;
             self.next_nodeclass = self.now() + aws::NODECLASS_RESOLVE_TTL;
         }
+        if self.ctx.settings.feature_gates.capacity_buffer && now >= self.buffers.next_resolve() {
+            let changed = self.buffers.reconcile(&self.ctx, &mut self.state).await;
+            if changed || self.buffers.unsettled() {
+                self.provisioner.batcher.trigger(now);
+            }
+        }
         if let Some(window) = self.provisioner.batcher.close_if_due(now)
             && let Err(e) = self
                 .provisioner
-                .provision(&mut self.ctx, &mut self.state, &self.provider, window)
+                .provision(
+                    &mut self.ctx,
+                    &mut self.state,
+                    &self.provider,
+                    window,
+                    &mut self.buffers,
+                )
                 .await
         {
             // The pods stay pending; try again in 5 s rather than hammering a failing API every second.
@@ -391,9 +428,10 @@ impl Controller {
             storage_classes,
             csinodes,
             overlays,
+            buffers,
         ] = streams
         else {
-            unreachable!("ClusterState::WATCHED has eleven kinds")
+            unreachable!("ClusterState::WATCHED has twelve kinds")
         };
         loop {
             let sleep_for = self.next_wake().saturating_sub(self.now());
@@ -411,6 +449,7 @@ impl Controller {
                 e = storage_classes.1.next() => (storage_classes.0, e),
                 e = csinodes.1.next() => (csinodes.0, e),
                 e = overlays.1.next() => (overlays.0, e),
+                e = buffers.1.next() => (buffers.0, e),
                 _ = clock.sleep(sleep_for) => {
                     self.on_timer().await;
                     if self.lost_lease {

@@ -29,6 +29,11 @@ pub struct ClusterState {
     pub csinodes: BTreeMap<String, CSINode>,
     /// NodeOverlays (watched only with the NodeOverlay gate on; empty otherwise).
     pub nodeoverlays: BTreeMap<String, crate::crds::NodeOverlay>,
+    /// CapacityBuffers (watched only with the CapacityBuffer gate on; empty otherwise).
+    pub capacitybuffers: BTreeMap<ObjectKey, crate::crds::CapacityBuffer>,
+    /// The buffers' virtual pods, as the CapacityBuffer controller last resolved them (learned, not
+    /// watched): planned like pending pods after every real one, never bound, never evicted.
+    pub headroom: Vec<(ObjectKey, Pod)>,
     /// Counts every change applied, so a decision can tell it is looking at the same cluster again.
     pub revision: u64,
     /// Claims whose instance is known gone (terminated, interrupted, vanished): their nodes have nothing
@@ -47,7 +52,7 @@ pub enum Change {
 
 impl ClusterState {
     /// The kinds the controller watches.
-    pub const WATCHED: [Kind; 11] = [
+    pub const WATCHED: [Kind; 12] = [
         Kind::Pod,
         Kind::Node,
         Kind::NodeClaim,
@@ -59,6 +64,7 @@ impl ClusterState {
         Kind::StorageClass,
         Kind::CSINode,
         Kind::NodeOverlay,
+        Kind::CapacityBuffer,
     ];
 
     /// Replace everything of `kind` with a fresh list.
@@ -75,6 +81,7 @@ impl ClusterState {
             Kind::StorageClass => self.storage_classes.clear(),
             Kind::CSINode => self.csinodes.clear(),
             Kind::NodeOverlay => self.nodeoverlays.clear(),
+            Kind::CapacityBuffer => self.capacitybuffers.clear(),
             _ => {}
         }
         self.revision += 1;
@@ -126,6 +133,7 @@ impl ClusterState {
             Kind::StorageClass => upsert!(self.storage_classes, key.name),
             Kind::CSINode => upsert!(self.csinodes, key.name),
             Kind::NodeOverlay => upsert!(self.nodeoverlays, key.name),
+            Kind::CapacityBuffer => upsert!(self.capacitybuffers, key),
             _ => {}
         }
         Ok(())
@@ -133,6 +141,17 @@ impl ClusterState {
 }
 
 impl ClusterState {
+    /// Replace the buffers' virtual pods; whether they changed (a change is a new revision, so decisions
+    /// cached on the cluster as it was are made again).
+    pub fn set_headroom(&mut self, pods: Vec<(ObjectKey, Pod)>) -> bool {
+        if self.headroom == pods {
+            return false;
+        }
+        self.headroom = pods;
+        self.revision += 1;
+        true
+    }
+
     /// Nodes on their way out — deleted, or owned by a deleted claim. Their pods are planned for before
     /// they are evicted, as Karpenter does, so replacements are already coming. (A node only tainted by a
     /// disruption command in progress is not leaving yet: its replacements are already planned, and if

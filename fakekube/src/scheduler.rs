@@ -20,6 +20,8 @@ pub struct Binding {
     pub pod: String,
     pub node: String,
     pub waited: Duration,
+    /// The pod's labels, so waits can be told apart by selector.
+    pub labels: Value,
 }
 
 pub struct Scheduler {
@@ -673,6 +675,7 @@ impl Scheduler {
                         pod: format!("{ns}/{pod_name}"),
                         node,
                         waited,
+                        labels: pod["metadata"]["labels"].clone(),
                     });
                 }
                 None => {

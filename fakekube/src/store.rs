@@ -12,8 +12,10 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use crate::merge::merge_patch;
 
 /// Kinds that live in a namespace (everything else is cluster-scoped).
-const NAMESPACED: [&str; 14] = [
+const NAMESPACED: [&str; 16] = [
     "Pod",
+    "PodTemplate",
+    "CapacityBuffer",
     "DaemonSet",
     "PodDisruptionBudget",
     "Lease",

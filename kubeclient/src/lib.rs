@@ -45,6 +45,11 @@ pub fn resource(kind: Kind) -> ApiResource {
         Kind::StorageClass => "storageclasses",
         Kind::CSINode => "csinodes",
         Kind::NodeOverlay => "nodeoverlays",
+        Kind::CapacityBuffer => "capacitybuffers",
+        Kind::PodTemplate => "podtemplates",
+        Kind::Deployment => "deployments",
+        Kind::StatefulSet => "statefulsets",
+        Kind::ReplicaSet => "replicasets",
     };
     ApiResource {
         group: group.to_string(),

@@ -102,6 +102,9 @@ pub struct Explained {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Expectations {
     pub pods_pending_max: Option<Duration>,
+    /// The 99th percentile wait from creation to binding, at most `.0`, of the pods matching `.1` (all
+    /// when None).
+    pub pods_pending_p99: Option<(Duration, Option<Selector>)>,
     pub cost_per_hour_max: Option<f64>,
     pub cost_total_max: Option<f64>,
     /// Total cost over the fluid lower bound's total.
@@ -194,6 +197,17 @@ impl Expectations {
             out.push(verdict(
                 got <= max,
                 format!("pods_pending_max {} (got {})", human(max), human(got)),
+            ));
+        }
+        if let Some((max, selector)) = &self.pods_pending_p99 {
+            let got = o.pending_p99_of(selector.as_ref());
+            let of = selector
+                .as_ref()
+                .map(|s| format!(" of `{}`", s.text))
+                .unwrap_or_default();
+            out.push(verdict(
+                got <= *max,
+                format!("pods_pending_p99{of} {} (got {})", human(*max), human(got)),
             ));
         }
         if let Some(max) = self.cost_per_hour_max {

@@ -145,8 +145,8 @@ pub struct Observations {
     pub max_cost_per_hour: f64,
     pub last: Sample,
     pub bindings: Vec<Binding>,
-    /// Pods still unbound at the end, with how long they had waited.
-    pub still_pending: Vec<Duration>,
+    /// Pods still unbound at the end, with how long they had waited and their labels.
+    pub still_pending: Vec<(Duration, serde_json::Value)>,
     /// How many of those carry a FailedScheduling Event from the controller explaining why.
     pub explained_pending: usize,
     pub launches: u64,
@@ -225,6 +225,7 @@ impl Observations {
             "NodeClaim",
             "EC2NodeClass",
             "NodeOverlay",
+            "CapacityBuffer",
             "Node",
             "Pod",
             "StatefulSet",
@@ -259,21 +260,40 @@ impl Observations {
                 .as_str()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(end);
-            self.still_pending
-                .push(Duration::try_from(end.duration_since(created)).unwrap_or(Duration::ZERO));
+            self.still_pending.push((
+                Duration::try_from(end.duration_since(created)).unwrap_or(Duration::ZERO),
+                p["metadata"]["labels"].clone(),
+            ));
         }
     }
 
     /// Waits of every pod that was pending at some point, bound or not.
     fn waits(&self) -> Vec<Duration> {
+        self.waits_of(None)
+    }
+
+    /// Waits of the pods a selector matches (all when None), bound or not, shortest first.
+    pub fn waits_of(&self, selector: Option<&crate::expect::Selector>) -> Vec<Duration> {
+        let picked = |labels: &serde_json::Value| selector.is_none_or(|s| s.matches(labels));
         let mut w: Vec<Duration> = self
             .bindings
             .iter()
+            .filter(|b| picked(&b.labels))
             .map(|b| b.waited)
-            .chain(self.still_pending.iter().copied())
+            .chain(
+                self.still_pending
+                    .iter()
+                    .filter(|(_, l)| picked(l))
+                    .map(|(d, _)| *d),
+            )
             .collect();
         w.sort();
         w
+    }
+
+    /// The nearest-rank 99th percentile wait of the pods a selector matches.
+    pub fn pending_p99_of(&self, selector: Option<&crate::expect::Selector>) -> Duration {
+        percentile(&self.waits_of(selector), 99.0)
     }
 
     pub fn pending_max(&self) -> Duration {

@@ -448,6 +448,8 @@ struct RawExpect {
     #[serde(default)]
     pods_pending_max: Option<Spanned<String>>,
     #[serde(default)]
+    pods_pending_p99: Option<RawPendingP99>,
+    #[serde(default)]
     cost_per_hour_max: Option<f64>,
     #[serde(default)]
     cost_total_max: Option<f64>,
@@ -483,6 +485,14 @@ struct RawExpect {
     trace_contains: Vec<Spanned<String>>,
     #[serde(default)]
     trace_lacks: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPendingP99 {
+    max: Spanned<String>,
+    #[serde(default)]
+    selector: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -670,10 +680,12 @@ pub struct PodPick {
 }
 
 /// Kinds a `delete` action may name.
-const DELETABLE: [&str; 24] = [
+const DELETABLE: [&str; 26] = [
     "NodePool",
     "EC2NodeClass",
     "NodeOverlay",
+    "CapacityBuffer",
+    "PodTemplate",
     "Deployment",
     "ReplicaSet",
     "StatefulSet",
@@ -778,10 +790,12 @@ struct Loader<'a> {
 }
 
 /// Kinds a scenario's manifests may hold.
-const SUPPORTED_KINDS: [&str; 22] = [
+const SUPPORTED_KINDS: [&str; 24] = [
     "NodePool",
     "EC2NodeClass",
     "NodeOverlay",
+    "CapacityBuffer",
+    "PodTemplate",
     "Deployment",
     "ReplicaSet",
     "StatefulSet",
@@ -1310,6 +1324,16 @@ impl Loader<'_> {
                 Some(s) => Some(self.duration(s, "expect.pods_pending_max")?),
                 None => None,
             },
+            pods_pending_p99: match &raw.pods_pending_p99 {
+                Some(p) => Some((
+                    self.duration(&p.max, "expect.pods_pending_p99.max")?,
+                    match &p.selector {
+                        Some(s) => Some(self.selector(s, "expect.pods_pending_p99.selector")?),
+                        None => None,
+                    },
+                )),
+                None => None,
+            },
             cost_per_hour_max: raw.cost_per_hour_max,
             cost_total_max: raw.cost_total_max,
             cost_over_bound_max: raw.cost_over_bound_max,
@@ -1485,12 +1509,14 @@ impl Loader<'_> {
         let expected = match kind.as_str() {
             "NodePool" => "karpenter.sh/v1",
             "NodeOverlay" => "karpenter.sh/v1alpha1",
+            "CapacityBuffer" => "autoscaling.x-k8s.io/v1beta1",
             "EC2NodeClass" => "karpenter.k8s.aws/v1",
             "Deployment" | "DaemonSet" | "StatefulSet" | "ReplicaSet" => "apps/v1",
             "Job" => "batch/v1",
             "Pod"
             | "Node"
             | "Namespace"
+            | "PodTemplate"
             | "PersistentVolumeClaim"
             | "PersistentVolume"
             | "Service"
@@ -1558,7 +1584,10 @@ impl Loader<'_> {
             }
         }
         // The API server's own check of a custom resource: its CRD's schema and CEL rules.
-        if matches!(kind.as_str(), "NodePool" | "EC2NodeClass" | "NodeOverlay") {
+        if matches!(
+            kind.as_str(),
+            "NodePool" | "EC2NodeClass" | "NodeOverlay" | "CapacityBuffer"
+        ) {
             let store = crate::world::api_server_store(0);
             let mut defaulted = json.clone();
             if let Some(e) = store.schema_errors(&kind, &mut defaulted, None).first() {
@@ -1587,6 +1616,8 @@ impl Loader<'_> {
             "NodePool" => self.typed::<dovetail::crds::NodePool>(node, &json, field)?,
             "EC2NodeClass" => self.typed::<dovetail::crds::EC2NodeClass>(node, &json, field)?,
             "NodeOverlay" => self.typed::<dovetail::crds::NodeOverlay>(node, &json, field)?,
+            "CapacityBuffer" => self.typed::<dovetail::crds::CapacityBuffer>(node, &json, field)?,
+            "PodTemplate" => self.typed::<core::v1::PodTemplate>(node, &json, field)?,
             "Deployment" => self.typed::<apps::v1::Deployment>(node, &json, field)?,
             "DaemonSet" => self.typed::<apps::v1::DaemonSet>(node, &json, field)?,
             "StatefulSet" => self.typed::<apps::v1::StatefulSet>(node, &json, field)?,
@@ -1613,7 +1644,10 @@ impl Loader<'_> {
         unknown_fields(&json, &understood, &mut Vec::new(), &mut unknown);
         // Karpenter's types leave empty lists and maps out when written back (`taints: []`); their
         // CRD schema has already refused names it does not know, so an empty one is not unknown.
-        if matches!(kind.as_str(), "NodePool" | "EC2NodeClass" | "NodeOverlay") {
+        if matches!(
+            kind.as_str(),
+            "NodePool" | "EC2NodeClass" | "NodeOverlay" | "CapacityBuffer"
+        ) {
             unknown.retain(|path| {
                 let v = path.iter().fold(&json, |v, s| match s {
                     Seg::Key(k) => &v[k.as_str()],

@@ -1,5 +1,6 @@
 //! Karpenter's custom resources with their real v1 field names: NodePool, NodeClaim, EC2NodeClass.
 
+pub mod capacitybuffer;
 pub mod ec2nodeclass;
 pub mod migrate;
 pub mod nodeclaim;
@@ -13,6 +14,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use capacitybuffer::{CapacityBuffer, CapacityBufferSpec};
 pub use ec2nodeclass::{EC2NodeClass, EC2NodeClassSpec};
 pub use nodeclaim::{NodeClaim, NodeClaimSpec, NodeClaimStatus};
 pub use nodeoverlay::{NodeOverlay, NodeOverlaySpec};
@@ -200,6 +202,10 @@ pub fn definitions() -> Vec<(
         ("karpenter.sh_nodeclaims.yaml", NodeClaim::crd()),
         ("karpenter.k8s.aws_ec2nodeclasses.yaml", EC2NodeClass::crd()),
         ("karpenter.sh_nodeoverlays.yaml", NodeOverlay::crd()),
+        (
+            "autoscaling.x-k8s.io_capacitybuffers.yaml",
+            CapacityBuffer::crd(),
+        ),
     ];
     for (_, crd) in &mut crds {
         for version in &mut crd.spec.versions {

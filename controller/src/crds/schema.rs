@@ -114,6 +114,19 @@ pub fn overlay_capacity(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// A CapacityBuffer's `limits`: a resource list (integer or quantity string per resource), as
+/// Kubernetes' `ResourceList` schema reads.
+pub fn buffer_limits(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "additionalProperties": {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY,
+            "x-kubernetes-int-or-string": true
+        }
+    })
+}
+
 /// `evictionHard` / `evictionSoft`: a percentage or a quantity per eviction signal.
 pub fn eviction_thresholds(_: &mut SchemaGenerator) -> Schema {
     let pattern = format!(

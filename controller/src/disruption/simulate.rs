@@ -34,6 +34,9 @@ fn same_type_ceiling(cands: &[&Candidate], replacement_types: &[String]) -> f64 
         .fold(f64::INFINITY, f64::min)
 }
 
+/// Why an empty node holding CapacityBuffer headroom stays.
+const HOLDS_HEADROOM: &str = "its room is CapacityBuffer headroom that fits nowhere else (a new node would be launched for it)";
+
 /// What every simulation of one pass shares, read from the cache once: capacity as it stands (less nodes
 /// already leaving), the pools, and each candidate's pods as the planner sees them. A simulation then only
 /// leaves its candidates out — the incremental part that keeps a 1000-node pass cheap.
@@ -45,6 +48,9 @@ pub(crate) struct Snapshot<'a> {
     pods: BTreeMap<String, Vec<PendingPod>>,
     /// Each pool's cost per hour and disruption cost, for the consolidation score.
     pool_totals: BTreeMap<String, (f64, f64)>,
+    /// CapacityBuffers' chunks: every simulation places them too, so no disruption takes the headroom
+    /// away (a node holding it goes only when the chunks fit elsewhere or on its replacement).
+    headroom: Vec<PendingPod>,
 }
 
 impl View<'_> {
@@ -77,6 +83,7 @@ impl View<'_> {
             statics: options.statics,
             pods,
             pool_totals: self.pool_totals(),
+            headroom: inputs::headroom_pods(self.state),
         }
     }
 
@@ -146,6 +153,26 @@ impl View<'_> {
         out
     }
 
+    /// Whether the buffers' chunks still fit capacity already there or on its way without these nodes (as
+    /// well as with them).
+    fn headroom_fits_without(&self, snap: &Snapshot<'_>, cands: &[&Candidate]) -> bool {
+        if snap.headroom.is_empty() {
+            return true;
+        }
+        // Chunks already short of room with every node in place (a launch not yet made, a pool at its
+        // limits) are not this removal's doing.
+        let short = |plan: Plan| {
+            plan.headroom_unschedulable.len()
+                + plan
+                    .claims
+                    .iter()
+                    .flat_map(|c| &c.pods)
+                    .filter(|k| crate::provisioning::buffers::is_virtual(k))
+                    .count()
+        };
+        short(self.simulate(snap, cands)) <= short(self.simulate(snap, &[]))
+    }
+
     /// Where the pods of `cands` would go if those nodes left.
     fn simulate(&self, snap: &Snapshot<'_>, cands: &[&Candidate]) -> Plan {
         let gone: Vec<String> = cands
@@ -160,6 +187,7 @@ impl View<'_> {
         let pending: Vec<PendingPod> = cands
             .iter()
             .flat_map(|c| snap.pods.get(&c.node).into_iter().flatten().cloned())
+            .chain(snap.headroom.iter().cloned())
             .collect();
         plan_on(&pending, &existing, &snap.pools)
     }
@@ -389,11 +417,13 @@ impl View<'_> {
             }
             Reason::Empty => {
                 let total: f64 = cands.iter().map(|c| c.price).sum();
-                if cands.iter().all(|c| c.pods.is_empty()) {
-                    Ok(self.command(reason, cands, Action::Delete, total))
-                } else {
-                    Err("pods run on it".into())
+                if !cands.iter().all(|c| c.pods.is_empty()) {
+                    return Err("pods run on it".into());
                 }
+                if !self.headroom_fits_without(snap, cands) {
+                    return Err(HOLDS_HEADROOM.into());
+                }
+                Ok(self.command(reason, cands, Action::Delete, total))
             }
             Reason::Underutilized => {
                 let (action, savings) =
@@ -551,6 +581,21 @@ impl View<'_> {
                 }
             })
             .collect();
+        // Empty nodes holding headroom that fits nowhere else stay (Karpenter keeps any node its last
+        // plan put a buffer's chunk on; here only those the headroom needs).
+        let empty = if snap.headroom.is_empty() {
+            empty
+        } else {
+            let mut kept: Vec<&Candidate> = Vec::new();
+            for c in empty {
+                kept.push(c);
+                if !self.headroom_fits_without(snap, &kept) {
+                    kept.pop();
+                    refuse(c, RefusalKind::Unconsolidatable, HOLDS_HEADROOM.into());
+                }
+            }
+            kept
+        };
         if !empty.is_empty() {
             return (self.evaluate(snap, Reason::Empty, &empty), skipped);
         }

@@ -185,6 +185,7 @@ pub fn pending_pod(key: &ObjectKey, pod: &Pod) -> Result<PendingPod, String> {
         labels: pod.metadata.labels.clone().unwrap_or_default(),
         topology,
         host_ports: host_ports(pod),
+        headroom: false,
     })
 }
 
@@ -204,6 +205,20 @@ pub fn pending_pod_in(
     }
     pending.requests.add(&volumes.requests());
     Ok(pending)
+}
+
+/// The CapacityBuffers' chunks as the planner sees them (none with the gate off); a chunk that cannot
+/// be read is left out (its buffer's resolution already said why).
+pub(crate) fn headroom_pods(state: &ClusterState) -> Vec<PendingPod> {
+    state
+        .headroom
+        .iter()
+        .filter_map(|(key, pod)| pending_pod_in(state, key, pod).ok())
+        .map(|p| PendingPod {
+            headroom: true,
+            ..p
+        })
+        .collect()
 }
 
 /// A pod as the planner sees it; None (with a trace line) when it cannot be read.

@@ -1,7 +1,8 @@
 //! Provisioning: batch pending pods, plan new NodeClaims for them with the scheduling core, create them;
-//! keep static pools at their replica count.
+//! keep static pools at their replica count; keep CapacityBuffers' headroom.
 
 pub mod batcher;
+pub(crate) mod buffers;
 pub mod inputs;
 pub(crate) mod provisioner;
 pub(crate) mod static_capacity;

@@ -76,6 +76,7 @@ impl Provisioner {
         state: &mut ClusterState,
         provider: &dyn CloudProvider,
         window: Duration,
+        buffers: &mut super::buffers::Buffers,
     ) -> Result<(), ControllerError> {
         let leaving = state.leaving_nodes();
         // A pod whose spec cannot be provisioned for (a restricted label, a bad quantity) is explained
@@ -91,9 +92,13 @@ impl Provisioner {
                 Err(why) => unreadable.push((key.clone(), why)),
             }
         }
-        if pending.is_empty() && unreadable.is_empty() {
+        // CapacityBuffers' chunks, planned after every real pod: room kept ready for the next burst.
+        let headroom = inputs::headroom_pods(state);
+        if pending.is_empty() && unreadable.is_empty() && headroom.is_empty() {
             return Ok(());
         }
+        let real = pending.len();
+        pending.extend(headroom);
         let existing = inputs::existing_capacity(ctx, state, &leaving, provider.instance_types());
         let pools = inputs::pool_options(state, provider, &ctx.settings);
         for (name, why) in &pools.skipped {
@@ -111,27 +116,47 @@ impl Provisioner {
                 reason.push_str(&format!("; nodepool \"{name}\" cannot launch: {why}"));
             }
         }
-        let batch_size = pending.len() + unreadable.len();
+        let batch_size = real + unreadable.len();
+        let chunks = pending.len() - real;
         plan.unschedulable.extend(unreadable);
-        ctx.journal.record(
-            "provision",
-            format!(
-                "batch pods={} window={:.2}s existing={} new-claims={} unschedulable={}",
-                batch_size,
-                window.as_secs_f64(),
-                plan.on_existing.len(),
-                plan.claims.len(),
-                plan.unschedulable.len()
-            ),
-        );
+        // A pass that only found the headroom where it was says nothing.
+        let quiet = batch_size == 0 && plan.claims.is_empty();
+        if !quiet {
+            let on_existing = plan
+                .on_existing
+                .iter()
+                .filter(|(k, _)| !super::buffers::is_virtual(k))
+                .count();
+            let headroom = if chunks > 0 {
+                format!(" headroom={chunks}")
+            } else {
+                String::new()
+            };
+            ctx.journal.record(
+                "provision",
+                format!(
+                    "batch pods={} window={:.2}s existing={} new-claims={} unschedulable={}{headroom}",
+                    batch_size,
+                    window.as_secs_f64(),
+                    on_existing,
+                    plan.claims.len(),
+                    plan.unschedulable.len()
+                ),
+            );
+        }
         record_by_reason(ctx, &plan.unschedulable, "cannot place", ":");
         let mut explanations = plan.unschedulable.clone();
         let waiting = waiting_on_failing_class(state, provider, &plan);
         record_by_reason(ctx, &waiting, "", " wait:");
         explanations.extend(waiting);
         self.explain_unschedulable(ctx, state, &explanations).await;
-        for claim in plan.claims {
-            create_nodeclaim(ctx, state, claim, BTreeMap::new()).await?;
+        let mut names = Vec::with_capacity(plan.claims.len());
+        for claim in &plan.claims {
+            names.push(create_nodeclaim(ctx, state, claim.clone(), BTreeMap::new()).await?);
+        }
+        if ctx.settings.feature_gates.capacity_buffer {
+            buffers.record_plan(&plan, &names);
+            buffers.write_statuses(ctx, state).await;
         }
         Ok(())
     }
@@ -219,10 +244,19 @@ fn waiting_on_failing_class(
     let mut out = Vec::new();
     for claim in &plan.claims {
         if let Some(why) = class_of_pool(&claim.pool).and_then(problem) {
-            out.extend(claim.pods.iter().map(|k| (k.clone(), why.clone())));
+            out.extend(
+                claim
+                    .pods
+                    .iter()
+                    .filter(|k| !super::buffers::is_virtual(k))
+                    .map(|k| (k.clone(), why.clone())),
+            );
         }
     }
     for (pod, capacity) in &plan.on_existing {
+        if super::buffers::is_virtual(pod) {
+            continue;
+        }
         let Some(name) = capacity.strip_prefix("nodeclaim/") else {
             continue;
         };
@@ -331,10 +365,20 @@ pub(crate) async fn create_nodeclaim(
     );
     let shown: Vec<&str> = types.iter().take(2).map(String::as_str).collect();
     let more = more_suffix(types.len(), 2);
+    let chunks = plan
+        .pods
+        .iter()
+        .filter(|k| super::buffers::is_virtual(k))
+        .count();
+    let headroom = if chunks > 0 {
+        format!(" (headroom {chunks})")
+    } else {
+        String::new()
+    };
     ctx.journal.record(
         "provision",
         format!(
-            "create nodeclaim/{name} pool={} pods={} {} types={}{more}",
+            "create nodeclaim/{name} pool={} pods={}{headroom} {} types={}{more}",
             plan.pool,
             plan.pods.len(),
             plan.requests,

@@ -38,6 +38,9 @@ pub struct PendingPod {
     /// Topology spread and pod (anti-)affinity terms, hard and soft.
     pub topology: Vec<PodTerm>,
     pub host_ports: Vec<HostPort>,
+    /// A CapacityBuffer's chunk, not a real pod: placed after every real pod, so headroom never takes a
+    /// real pod's place (Karpenter orders only by size, so a chunk may).
+    pub headroom: bool,
 }
 
 impl PendingPod {
@@ -52,6 +55,7 @@ impl PendingPod {
             labels: BTreeMap::new(),
             topology: Vec::new(),
             host_ports: Vec::new(),
+            headroom: false,
         }
     }
 }
@@ -118,6 +122,8 @@ pub struct Plan {
     pub on_existing: Vec<(ObjectKey, String)>,
     /// Pods nothing can host, with one reason per NodePool.
     pub unschedulable: Vec<(ObjectKey, String)>,
+    /// CapacityBuffer chunks nothing can host (kept apart: no pod waits on them).
+    pub headroom_unschedulable: Vec<(ObjectKey, String)>,
 }
 
 /// Why a candidate turned a pod away: `Settled` reasons hold for every later pod of the same shape (the
@@ -827,9 +833,9 @@ pub fn plan(pods: &[PendingPod], existing: &[ExistingCapacity], pools: &[PoolOpt
 pub fn plan_on(pods: &[PendingPod], existing: &[&ExistingCapacity], pools: &[PoolOptions]) -> Plan {
     let mut order: Vec<&PendingPod> = pods.iter().collect();
     order.sort_by(|a, b| {
-        b.requests
-            .get(CPU)
-            .cmp(&a.requests.get(CPU))
+        a.headroom
+            .cmp(&b.headroom)
+            .then(b.requests.get(CPU).cmp(&a.requests.get(CPU)))
             .then(b.requests.get(MEMORY).cmp(&a.requests.get(MEMORY)))
             .then(a.key.cmp(&b.key))
     });
@@ -1062,6 +1068,15 @@ pub fn plan_on(pods: &[PendingPod], existing: &[&ExistingCapacity], pools: &[Poo
             requirements: c.requirements,
         })
         .collect();
+    if pods.iter().any(|p| p.headroom) {
+        let chunks: BTreeSet<&ObjectKey> =
+            pods.iter().filter(|p| p.headroom).map(|p| &p.key).collect();
+        let (chunks, real) = std::mem::take(&mut out.unschedulable)
+            .into_iter()
+            .partition(|(k, _)| chunks.contains(k));
+        out.unschedulable = real;
+        out.headroom_unschedulable = chunks;
+    }
     out
 }
 

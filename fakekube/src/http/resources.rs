@@ -94,7 +94,7 @@ type Builtin = (
 );
 
 /// The built-in kinds the simulated cluster holds, as kube-apiserver serves them.
-const BUILTIN: [Builtin; 22] = [
+const BUILTIN: [Builtin; 23] = [
     (
         "",
         "v1",
@@ -249,6 +249,7 @@ const BUILTIN: [Builtin; 22] = [
         &[],
         &[],
     ),
+    ("", "v1", "PodTemplate", "podtemplates", true, &[], &[], &[]),
     (
         "scheduling.k8s.io",
         "v1",

@@ -136,6 +136,37 @@ fn uses_existing_capacity_before_opening_claims() {
 }
 
 #[test]
+fn headroom_chunks_come_after_every_real_pod_and_are_reported_apart() {
+    let large = it("large.large", 7900, "30Gi", 50, 0.20);
+    let mut avail = Resources::default();
+    avail.set(CPU, Milli(1000));
+    avail.set(MEMORY, parse("2Gi").unwrap());
+    avail.set(PODS, Milli::from_units(5));
+    let existing = vec![ExistingCapacity {
+        name: "n1".into(),
+        available: avail,
+        labels: BTreeMap::new(),
+        taints: Vec::new(),
+        pods: vec![],
+    }];
+    // By size alone the chunk (the bigger) would take the node and push the real pod to a new claim.
+    let chunk = PendingPod {
+        headroom: true,
+        ..pod("chunk", 1000, "2Gi")
+    };
+    let pods = vec![chunk.clone(), pod("real", 500, "1Gi")];
+    let p = plan(&pods, &existing, &[pool("default", vec![&large])]);
+    assert_eq!(p.on_existing.len(), 1);
+    assert_eq!(p.on_existing[0].0.name, "real");
+    assert_eq!(p.claims.len(), 1);
+    assert_eq!(p.claims[0].pods[0].name, "chunk");
+    // A chunk nothing can host is not among the pods explained as unschedulable.
+    let p = plan(&[chunk], &[], &[]);
+    assert!(p.unschedulable.is_empty());
+    assert_eq!(p.headroom_unschedulable.len(), 1);
+}
+
+#[test]
 fn existing_capacity_honours_taints_and_labels() {
     let large = it("large.large", 7900, "30Gi", 50, 0.20);
     let mut avail = Resources::default();
