@@ -87,8 +87,9 @@ impl View<'_> {
         }
     }
 
-    /// Whether pending pods would get a new node from a pool that can launch now: capacity genuinely on
-    /// its way (pods that fit nodes already there are the kube-scheduler's to bind).
+    /// Whether pending pods (or CapacityBuffer headroom) would get a new node from a pool that can launch
+    /// now: capacity genuinely on its way (pods that fit nodes already there are the kube-scheduler's to
+    /// bind).
     fn awaiting_launch(&self) -> bool {
         let pending: Vec<PendingPod> = self
             .state
@@ -96,6 +97,7 @@ impl View<'_> {
             .iter()
             .filter(|(_, p)| crate::state::is_provisionable(p))
             .filter_map(|(k, p)| inputs::pending_pod_in(self.state, k, p).ok())
+            .chain(inputs::headroom_pods(self.state))
             .collect();
         if pending.is_empty() {
             return false;

@@ -105,6 +105,38 @@ spec:
   selector: {matchLabels: {app: web}}
 ";
 
+/// Two chunks of headroom shaped like a PodTemplate (the replicas run with the CapacityBuffer gate on).
+const BUFFER: &str = "
+apiVersion: v1
+kind: PodTemplate
+metadata: {name: chunk, namespace: default}
+template:
+  metadata: {labels: {buffer: e2e}}
+  spec:
+    containers:
+      - name: chunk
+        image: registry.k8s.io/pause:3.10
+        resources: {requests: {cpu: 500m, memory: 512Mi}}
+---
+apiVersion: autoscaling.x-k8s.io/v1beta1
+kind: CapacityBuffer
+metadata: {name: headroom, namespace: default}
+spec:
+  podTemplateRef: {name: chunk}
+  replicas: 2
+";
+
+/// The CRD's CEL rule refuses it: a buffer names a PodTemplate or a workload, not both.
+const BAD_BUFFER: &str = "
+apiVersion: autoscaling.x-k8s.io/v1beta1
+kind: CapacityBuffer
+metadata: {name: both, namespace: default}
+spec:
+  podTemplateRef: {name: chunk}
+  scalableRef: {kind: Deployment, name: web}
+  replicas: 1
+";
+
 /// The test's state between steps.
 pub struct E2e<'a> {
     client: kube::Client,
@@ -167,6 +199,10 @@ impl<'a> E2e<'a> {
         ));
         self.scale_to_zero().await?;
         step("scaled to zero -> nodes consolidated, instances terminated");
+        let status = self.capacity_buffer().await?;
+        step(&format!(
+            "CapacityBuffer: bad one refused by its CEL rule; status written ({status}); a node launched for the headroom alone, consolidated once the buffer is deleted"
+        ));
         let status = second.terminate()?;
         let after = self.lease_holder().await?;
         if !after.is_empty() || !status.success() {
@@ -203,6 +239,7 @@ impl<'a> E2e<'a> {
             "nodepools.karpenter.sh",
             "nodeclaims.karpenter.sh",
             "ec2nodeclasses.karpenter.k8s.aws",
+            "capacitybuffers.autoscaling.x-k8s.io",
         ] {
             until(
                 &format!("CRD {name} established"),
@@ -319,6 +356,7 @@ impl<'a> E2e<'a> {
             ("HEALTH_PROBE_PORT", health_port.to_string()),
             ("POD_NAME", format!("dovetail-e2e-{replica}")),
             ("LOG_FORMAT", "text".to_string()),
+            ("FEATURE_GATES", "CapacityBuffer=true".to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -683,22 +721,24 @@ impl<'a> E2e<'a> {
             )
             .await
             .map_err(|e| format!("scale to zero: {e}"))?;
-        until(
-            "the NodeClaims to be consolidated away",
-            Duration::from_secs(120),
-            || {
-                let claims = self.claims.clone();
-                async move {
-                    let n = claims
-                        .list(&ListParams::default())
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .items
-                        .len();
-                    Ok((n == 0).then_some(()))
-                }
-            },
-        )
+        self.consolidated_away("the NodeClaims to be consolidated away")
+            .await
+    }
+
+    /// Every NodeClaim gone, and with them every Node and running instance.
+    async fn consolidated_away(&self, what: &str) -> Result<(), String> {
+        until(what, Duration::from_secs(120), || {
+            let claims = self.claims.clone();
+            async move {
+                let n = claims
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .items
+                    .len();
+                Ok((n == 0).then_some(()))
+            }
+        })
         .await?;
         let nodes: Api<Node> = Api::all(self.client.clone());
         let left = nodes
@@ -719,6 +759,107 @@ impl<'a> E2e<'a> {
             ));
         }
         Ok(())
+    }
+
+    /// A CapacityBuffer through the real API: the CRD's CEL rule refuses a bad one; the binary resolves a
+    /// good one and writes a status the CRD's schema accepts, its headroom alone gets a node, and deleting
+    /// the buffer lets that node be consolidated away. Returns the Provisioning condition read back.
+    async fn capacity_buffer(&self) -> Result<String, String> {
+        let bad = objects(BAD_BUFFER)?.remove(0);
+        match apply(&self.client, &bad).await {
+            Ok(()) => {
+                return Err("the API server accepted a CapacityBuffer naming two sources".into());
+            }
+            Err(kube::Error::Api(s))
+                if s.code == 422 && s.message.contains("either PodTemplateRef or ScalableRef") =>
+            {
+                eprintln!("  refused as expected: {}", s.message);
+            }
+            Err(e) => {
+                return Err(format!(
+                    "a bad CapacityBuffer was refused, but not by its rule: {e}"
+                ));
+            }
+        }
+        for obj in objects(BUFFER)? {
+            apply(&self.client, &obj)
+                .await
+                .map_err(|e| format!("apply {:?}: {e}", obj.metadata.name))?;
+        }
+        let buffers: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            "default",
+            &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+                "autoscaling.x-k8s.io",
+                "v1beta1",
+                "CapacityBuffer",
+            )),
+        );
+        let condition = |b: &DynamicObject, t: &str| {
+            b.data["status"]["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == t))
+                .map(|c| {
+                    format!(
+                        "{}={} ({})",
+                        t,
+                        c["status"].as_str().unwrap_or_default(),
+                        c["reason"].as_str().unwrap_or_default()
+                    )
+                })
+        };
+        until(
+            "the buffer's status: 2 replicas, ReadyForProvisioning=True",
+            Duration::from_secs(60),
+            || {
+                let buffers = buffers.clone();
+                async move {
+                    let b = buffers.get("headroom").await.map_err(|e| e.to_string())?;
+                    let ready = condition(&b, "ReadyForProvisioning");
+                    Ok((b.data["status"]["replicas"] == 2
+                        && ready.as_deref() == Some("ReadyForProvisioning=True (Resolved)"))
+                    .then_some(()))
+                }
+            },
+        )
+        .await?;
+        until(
+            "a NodeClaim for the headroom",
+            Duration::from_secs(60),
+            || {
+                let claims = self.claims.clone();
+                async move {
+                    let n = claims
+                        .list(&ListParams::default())
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .items
+                        .len();
+                    Ok((n > 0).then_some(()))
+                }
+            },
+        )
+        .await?;
+        let provisioning = until(
+            "the buffer's Provisioning=True (its chunks fit the new capacity)",
+            Duration::from_secs(90),
+            || {
+                let buffers = buffers.clone();
+                async move {
+                    let b = buffers.get("headroom").await.map_err(|e| e.to_string())?;
+                    let c = condition(&b, "Provisioning");
+                    Ok(c.filter(|c| c.starts_with("Provisioning=True")))
+                }
+            },
+        )
+        .await?;
+        buffers
+            .delete("headroom", &DeleteParams::default())
+            .await
+            .map_err(|e| format!("delete the buffer: {e}"))?;
+        self.consolidated_away("the headroom's NodeClaim to be consolidated away")
+            .await?;
+        Ok(provisioning)
     }
 }
 
