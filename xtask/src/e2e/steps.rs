@@ -725,9 +725,15 @@ impl<'a> E2e<'a> {
             .await
     }
 
-    /// Every NodeClaim gone, and with them every Node and running instance.
-    async fn consolidated_away(&self, what: &str) -> Result<(), String> {
-        until(what, Duration::from_secs(120), || {
+    /// Wait until the number of NodeClaims satisfies `want`.
+    async fn claims_until(
+        &self,
+        what: &str,
+        limit: Duration,
+        want: impl Fn(usize) -> bool,
+    ) -> Result<(), String> {
+        let want = &want;
+        until(what, limit, || {
             let claims = self.claims.clone();
             async move {
                 let n = claims
@@ -736,10 +742,16 @@ impl<'a> E2e<'a> {
                     .map_err(|e| e.to_string())?
                     .items
                     .len();
-                Ok((n == 0).then_some(()))
+                Ok(want(n).then_some(()))
             }
         })
-        .await?;
+        .await
+    }
+
+    /// Every NodeClaim gone, and with them every Node and running instance.
+    async fn consolidated_away(&self, what: &str) -> Result<(), String> {
+        self.claims_until(what, Duration::from_secs(120), |n| n == 0)
+            .await?;
         let nodes: Api<Node> = Api::all(self.client.clone());
         let left = nodes
             .list(&ListParams::default())
@@ -823,21 +835,10 @@ impl<'a> E2e<'a> {
             },
         )
         .await?;
-        until(
+        self.claims_until(
             "a NodeClaim for the headroom",
             Duration::from_secs(60),
-            || {
-                let claims = self.claims.clone();
-                async move {
-                    let n = claims
-                        .list(&ListParams::default())
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .items
-                        .len();
-                    Ok((n > 0).then_some(()))
-                }
-            },
+            |n| n > 0,
         )
         .await?;
         let provisioning = until(

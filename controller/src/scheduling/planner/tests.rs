@@ -110,20 +110,25 @@ fn packs_onto_one_claim_and_lists_fitting_types_cheapest_first() {
     assert!(p.unschedulable.is_empty());
 }
 
-#[test]
-fn uses_existing_capacity_before_opening_claims() {
-    let large = it("large.large", 7900, "30Gi", 50, 0.20);
+/// An empty existing node with room for 1 cpu, 2Gi and 5 pods.
+fn small_node() -> ExistingCapacity {
     let mut avail = Resources::default();
     avail.set(CPU, Milli(1000));
     avail.set(MEMORY, parse("2Gi").unwrap());
     avail.set(PODS, Milli::from_units(5));
-    let existing = vec![ExistingCapacity {
+    ExistingCapacity {
         name: "n1".into(),
         available: avail,
         labels: BTreeMap::new(),
         taints: Vec::new(),
         pods: vec![],
-    }];
+    }
+}
+
+#[test]
+fn uses_existing_capacity_before_opening_claims() {
+    let large = it("large.large", 7900, "30Gi", 50, 0.20);
+    let existing = vec![small_node()];
     let pods = vec![
         pod("a", 500, "1Gi"),
         pod("b", 500, "1Gi"),
@@ -138,17 +143,7 @@ fn uses_existing_capacity_before_opening_claims() {
 #[test]
 fn headroom_chunks_come_after_every_real_pod_and_are_reported_apart() {
     let large = it("large.large", 7900, "30Gi", 50, 0.20);
-    let mut avail = Resources::default();
-    avail.set(CPU, Milli(1000));
-    avail.set(MEMORY, parse("2Gi").unwrap());
-    avail.set(PODS, Milli::from_units(5));
-    let existing = vec![ExistingCapacity {
-        name: "n1".into(),
-        available: avail,
-        labels: BTreeMap::new(),
-        taints: Vec::new(),
-        pods: vec![],
-    }];
+    let existing = vec![small_node()];
     // By size alone the chunk (the bigger) would take the node and push the real pod to a new claim.
     let chunk = PendingPod {
         headroom: true,
