@@ -226,10 +226,17 @@ pub fn test_binary(root: &Path) -> Result<PathBuf, String> {
                 binary.display()
             )
         })?;
-    let newer = ["controller/src", "operator/src", "kubeclient/src"]
-        .iter()
-        .flat_map(|d| newer_sources(&root.join(d), built))
-        .next();
+    // Cargo's dep-info names exactly the files the binary was built from, so an edited unit test (which
+    // only the test build reads) does not count; without it, every source under the crates it links.
+    let newer = match std::fs::read_to_string(binary.with_extension("d")) {
+        Ok(depinfo) => built_from(&depinfo)
+            .into_iter()
+            .find(|p| modified_after(p, built)),
+        Err(_) => ["controller/src", "operator/src", "kubeclient/src"]
+            .iter()
+            .flat_map(|d| newer_sources(&root.join(d), built))
+            .next(),
+    };
     if let Some(source) = newer {
         return Err(format!(
             "{} is older than {}: rebuild it first with `cargo test --workspace --no-run`",
@@ -250,13 +257,69 @@ fn newer_sources(dir: &Path, than: std::time::SystemTime) -> Vec<PathBuf> {
         let path = e.path();
         if path.is_dir() {
             out.extend(newer_sources(&path, than));
-        } else if path.extension().is_some_and(|x| x == "rs")
-            && e.metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|m| m > than)
-        {
+        } else if path.extension().is_some_and(|x| x == "rs") && modified_after(&path, than) {
             out.push(path);
         }
     }
     out
+}
+
+fn modified_after(path: &Path, than: std::time::SystemTime) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|m| m > than)
+}
+
+/// The inputs a cargo dep-info file (`target: a.rs b\ c.rs ...`, spaces in names escaped) gives for its
+/// first target.
+fn built_from(depinfo: &str) -> Vec<PathBuf> {
+    let Some(line) = depinfo.lines().next() else {
+        return Vec::new();
+    };
+    // The target ends at the first unescaped `: ` (a Windows drive letter has no space after it).
+    let bytes = line.as_bytes();
+    let Some(colon) = (0..bytes.len().saturating_sub(1))
+        .find(|&i| bytes[i] == b':' && bytes[i + 1] == b' ' && (i == 0 || bytes[i - 1] != b'\\'))
+    else {
+        return Vec::new();
+    };
+    let rest = &line[colon + 2..];
+    let mut files = Vec::new();
+    let mut current = String::new();
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => current.extend(chars.next()),
+            ' ' => {
+                if !current.is_empty() {
+                    files.push(PathBuf::from(std::mem::take(&mut current)));
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        files.push(PathBuf::from(current));
+    }
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dep_info_lists_the_inputs_of_its_first_target_with_escaped_spaces() {
+        let d = "/t/debug/dovetail: /w/a.rs /w/my\\ dir/b.rs  /w/c.csv\n\n/w/a.rs:\n";
+        assert_eq!(
+            built_from(d),
+            vec![
+                PathBuf::from("/w/a.rs"),
+                PathBuf::from("/w/my dir/b.rs"),
+                PathBuf::from("/w/c.csv")
+            ]
+        );
+        assert!(built_from("").is_empty());
+        assert!(built_from("no target here").is_empty());
+    }
 }
