@@ -1338,6 +1338,48 @@ fn without_the_gate_a_burst_waits_for_a_node_boot() {
 }
 
 #[test]
+fn the_ca_baseline_keeps_the_same_buffers_so_the_comparison_is_fair() {
+    // The buffers are the Cluster Autoscaler's own API: with the gate on, the baseline injects the same
+    // chunks as fake pods, so the burst lands without waiting there too.
+    let on = dovetail_tests::simulate_scenario(
+        "buffer-burst.yaml",
+        42,
+        dovetail_sim::Autoscaler::CaBaseline,
+    );
+    let waits = checkout_waits(&on.trace);
+    assert_eq!(waits.len(), 24);
+    assert!(waits.iter().all(|w| *w < 20.0), "{waits:?}");
+    assert!(
+        on.trace.contains("scale-up 24 pods (14 headroom)"),
+        "the first scale-up holds every chunk"
+    );
+    assert!(!on.trace.contains("nodeclaim/"));
+
+    // Without the gate the baseline ignores them, and pods of the burst wait for a node group to grow.
+    let path = dovetail_tests::root().join("scenarios/buffer-burst.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let without = yaml.replace(
+        "FEATURE_GATES: CapacityBuffer=true",
+        "FEATURE_GATES: CapacityBuffer=false",
+    );
+    let scenario = dovetail_sim::Scenario::parse("buffer-burst.yaml", &without).unwrap();
+    let options = dovetail_sim::RunOptions {
+        seed: Some(42),
+        autoscaler: dovetail_sim::Autoscaler::CaBaseline,
+        ..Default::default()
+    };
+    let off = dovetail_sim::simulate(&scenario, &options).unwrap();
+    assert!(!off.trace.contains(" headroom)"), "no scale-up for chunks");
+    // Some of the burst lands on room a node group left; the rest waits for a boot.
+    let waits = checkout_waits(&off.trace);
+    assert!(waits.iter().any(|w| *w >= 40.0), "{waits:?}");
+    assert!(
+        on.metrics.cost_total > off.metrics.cost_total,
+        "the headroom is paid for"
+    );
+}
+
+#[test]
 fn a_buffer_that_cannot_be_resolved_says_why_and_keeps_no_headroom() {
     let path = dovetail_tests::root().join("scenarios/buffer-burst.yaml");
     let yaml = std::fs::read_to_string(&path).unwrap();

@@ -356,11 +356,15 @@ async fn controller_host(p: ControllerParts) -> turmoil::Result {
         wire,
     } = p;
     if autoscaler == Autoscaler::CaBaseline {
+        let buffers = controller_settings(&lock(&settings), None, None)
+            .feature_gates
+            .capacity_buffer;
         crate::baseline::run(
             Arc::new(clock),
             Arc::new(kube),
             Arc::new(cloud),
             Arc::new(trace),
+            buffers,
         )
         .await;
         return Ok(());

@@ -13,7 +13,7 @@ use crate::conditions::Desired;
 use crate::context::Context;
 use crate::crds::CapacityBuffer;
 use crate::crds::capacitybuffer::{ACTIVE_CAPACITY, conditions};
-use crate::kube::{Kind, KubeError, ObjectKey, WatchEvent};
+use crate::kube::{Kind, Kube, KubeError, ObjectKey, WatchEvent};
 use crate::quantity::{self, Milli};
 use crate::resources::{PODS, Resources, pod_requests};
 use crate::scheduling::Plan;
@@ -140,7 +140,7 @@ impl Buffers {
             .map(|(k, b)| (k.clone(), b.metadata.generation))
             .collect();
         for (key, buffer) in &buffers {
-            match resolve(ctx, key, buffer).await {
+            match resolve(ctx.kube.as_ref(), key, buffer).await {
                 Ok(v) => {
                     self.verdicts.insert(key.clone(), v);
                 }
@@ -372,10 +372,25 @@ fn desired_status(
     }
 }
 
+/// One buffer's chunks as virtual pods, resolved as Dovetail resolves them (for the simulator's Cluster
+/// Autoscaler baseline, which reads the same API). `Ok(Err(why))`: the buffer is not acted on.
+pub async fn headroom_of(
+    kube: &dyn Kube,
+    key: &ObjectKey,
+    buffer: &CapacityBuffer,
+) -> Result<Result<Vec<(ObjectKey, Pod)>, String>, KubeError> {
+    Ok(match resolve(kube, key, buffer).await? {
+        Verdict::Ready {
+            template, replicas, ..
+        } => Ok(virtual_pods(key, &template, replicas)),
+        Verdict::NotReady { reason, message } => Err(format!("{reason}: {message}")),
+    })
+}
+
 /// Karpenter's resolution of one buffer: its pod shape from the PodTemplate or the workload it names,
 /// and the chunk count from `replicas`, `percentage` and `limits`. Err only when the API failed.
 async fn resolve(
-    ctx: &Context,
+    kube: &dyn Kube,
     key: &ObjectKey,
     buffer: &CapacityBuffer,
 ) -> Result<Verdict, KubeError> {
@@ -398,7 +413,7 @@ async fn resolve(
     ) {
         (Some(r), _) => {
             let at = ObjectKey::namespaced(&key.namespace, &r.name);
-            let Some(pt) = ctx.kube.get(Kind::PodTemplate, &at).await? else {
+            let Some(pt) = kube.get(Kind::PodTemplate, &at).await? else {
                 return Ok(not_ready(
                     "PodTemplateNotFound",
                     format!("podtemplate {at} not found"),
@@ -437,7 +452,7 @@ async fn resolve(
                 }
             };
             let at = ObjectKey::namespaced(&key.namespace, &r.name);
-            let Some(w) = ctx.kube.get(kind, &at).await? else {
+            let Some(w) = kube.get(kind, &at).await? else {
                 return Ok(not_ready(
                     "ScalableRefNotFound",
                     format!("{} {at} not found", r.kind.to_lowercase()),

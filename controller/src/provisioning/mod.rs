@@ -2,7 +2,7 @@
 //! keep static pools at their replica count; keep CapacityBuffers' headroom.
 
 pub mod batcher;
-pub(crate) mod buffers;
+pub mod buffers;
 pub mod inputs;
 pub(crate) mod provisioner;
 pub(crate) mod static_capacity;

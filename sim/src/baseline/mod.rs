@@ -3,6 +3,7 @@
 //! under half requested for 10 minutes, one non-empty node at a time. It runs in the controller's place,
 //! through the same Kube and Cloud seams, so it meets the same latencies and faults.
 
+mod headroom;
 mod scale_down;
 mod scale_up;
 mod view;
@@ -91,6 +92,11 @@ pub struct Baseline {
     group_taint_values: Vec<(String, String)>,
     /// The last "cannot help these pods" line, so it is not repeated every scan.
     last_note: String,
+    /// Whether CapacityBuffers are honoured (the scenario's `CapacityBuffer` gate: the Cluster
+    /// Autoscaler's buffer controller and fake-pod injection, both flags on).
+    buffers: bool,
+    /// What was last said of each buffer not acted on, so it is said once.
+    buffer_notes: BTreeMap<String, String>,
 }
 
 fn elapsed(start: jiff::Timestamp, now: jiff::Timestamp) -> Duration {
@@ -308,8 +314,18 @@ impl Baseline {
         let now = self.now();
         self.forget_registered(&nodes, now).await;
         let overhead = self.daemon_overhead().await;
-        let scaled = self.scale_up(&nodes, &pods, &overhead, now).await;
+        let headroom = if self.buffers {
+            self.headroom().await
+        } else {
+            Vec::new()
+        };
+        let scaled = self
+            .scale_up(&nodes, &pods, &headroom, &overhead, now)
+            .await;
         if !scaled {
+            // Chunks that fit a node sit on it in scale-down's picture, so the node is kept for them
+            // unless they fit elsewhere.
+            let (nodes, pods) = headroom::placed(&nodes, &pods, &headroom);
             self.scale_down(&nodes, &pods, now).await;
         }
     }
@@ -321,6 +337,7 @@ pub async fn run(
     kube: Arc<dyn Kube>,
     cloud: Arc<dyn Cloud>,
     journal: Arc<dyn Journal>,
+    buffers: bool,
 ) {
     let start = clock.now();
     let mut b = Baseline {
@@ -338,6 +355,8 @@ pub async fn run(
         start,
         group_taint_values: Vec::new(),
         last_note: String::new(),
+        buffers,
+        buffer_notes: BTreeMap::new(),
     };
     let mut told = None;
     loop {

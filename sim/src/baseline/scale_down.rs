@@ -160,7 +160,7 @@ impl Baseline {
         };
         let left: Vec<&PodView> = pods
             .iter()
-            .filter(|p| p.node.as_deref() == Some(d.node.as_str()) && !p.daemon)
+            .filter(|p| p.node.as_deref() == Some(d.node.as_str()) && !p.daemon && !p.headroom)
             .collect();
         if left.is_empty() {
             self.say(format!("scale-down removed {}", d.node));
@@ -267,5 +267,37 @@ mod tests {
         let pods = [pod("p1", "a", "500m")];
         let nodes = with_pods(vec![node("a", "2")], &pods);
         assert!(unneeded_now(&nodes, &pods).is_empty());
+    }
+
+    fn chunk(name: &str, cpu: &str) -> PodView {
+        let mut p = pod(name, "", cpu);
+        p.node = None;
+        p.headroom = true;
+        p.unschedulable = true;
+        p
+    }
+
+    #[test]
+    fn a_node_holding_headroom_goes_only_when_the_headroom_fits_elsewhere() {
+        let pods = [pod("p1", "b", "1")];
+        let nodes = with_pods(vec![node("a", "2"), node("b", "2")], &pods);
+        // Empty, a would go.
+        assert_eq!(unneeded_now(&nodes, &pods), vec![0]);
+        // A 1.5-cpu chunk sits on a (first fit) and fits nowhere else: a stays.
+        let (n, p) = super::super::headroom::placed(&nodes, &pods, &[chunk("h1", "1500m")]);
+        assert_eq!(p.last().and_then(|c| c.node.as_deref()), Some("a"));
+        assert!(unneeded_now(&n, &p).is_empty());
+        // A half-cpu chunk fits beside p1 on b: a goes, the chunk with it moving to b.
+        let (n, p) = super::super::headroom::placed(&nodes, &pods, &[chunk("h1", "500m")]);
+        assert_eq!(unneeded_now(&n, &p), vec![0]);
+    }
+
+    #[test]
+    fn real_pods_take_room_before_headroom_whatever_their_size() {
+        let real = pod("small", "", "1");
+        let big = chunk("big", "1500m");
+        let mut bins = vec![node("a", "2").free()];
+        let at = first_fit(&[&big, &real], &mut bins, |_, _| true);
+        assert_eq!(at, vec![None, Some(0)]);
     }
 }

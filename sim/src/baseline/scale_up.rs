@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use dovetail::aws::cloud::{CapacityType, CreateFleetRequest, FleetOverride};
 use dovetail::kube::ObjectKey;
+use dovetail::provisioning::buffers::is_virtual;
 use dovetail::resources::{CPU, MEMORY, Resources};
 
 use super::view::{NodeView, PodView, first_fit, room};
@@ -123,6 +124,7 @@ impl Baseline {
         &mut self,
         nodes: &[NodeView],
         pods: &[PodView],
+        headroom: &[PodView],
         overhead: &Resources,
         now: Duration,
     ) -> bool {
@@ -130,7 +132,7 @@ impl Baseline {
             .iter()
             .filter(|p| p.node.is_none() && p.unschedulable && !p.daemon && !p.deleting)
             .collect();
-        if pending.is_empty() {
+        if pending.is_empty() && headroom.is_empty() {
             return false;
         }
         // Pods that fit a ready node (the scheduler has not got to them yet) or capacity on its way are
@@ -148,13 +150,16 @@ impl Baseline {
                     .map(|g| room(&self.groups[*g].allocatable, overhead)),
             )
             .collect();
-        let placed = first_fit(&pending, &mut bins, |p, b| match ready.get(b) {
+        let fits = |p: &PodView, b: usize| match ready.get(b) {
             Some(n) => p.admits(&n.labels, &n.taints),
             None => {
                 let g = &self.groups[ups[b - ready.len()]];
                 p.admits(&g.labels, &g.taints)
             }
-        });
+        };
+        // CapacityBuffer chunks take the room the real pods leave (first_fit puts them last).
+        let pending: Vec<&PodView> = pending.into_iter().chain(headroom).collect();
+        let placed = first_fit(&pending, &mut bins, fits);
         let rest: Vec<&PodView> = pending
             .iter()
             .zip(&placed)
@@ -234,9 +239,15 @@ impl Baseline {
             *size.entry(g).or_default() += 1;
             *add.entry(g).or_default() += 1;
         }
+        let chunks = best.pods.iter().filter(|k| is_virtual(k)).count();
         self.say(format!(
-            "scale-up {} pods: {} x {} (least waste {:.2}) over {}",
+            "scale-up {} pods{}: {} x {} (least waste {:.2}) over {}",
             best.pods.len(),
+            if chunks > 0 {
+                format!(" ({chunks} headroom)")
+            } else {
+                String::new()
+            },
             count,
             chosen.instance_type,
             best.waste,

@@ -23,6 +23,8 @@ pub struct PodView {
     /// `cluster-autoscaler.kubernetes.io/safe-to-evict: "false"` keeps its node.
     pub pinned: bool,
     pub unschedulable: bool,
+    /// A CapacityBuffer chunk (a fake pod: never in the API, never evicted).
+    pub headroom: bool,
     pub node_selector: BTreeMap<String, String>,
     /// Tolerated taint keys (`None` key: tolerates everything).
     tolerations: Vec<(Option<String>, Option<String>)>,
@@ -52,6 +54,7 @@ impl PodView {
                 .into_iter()
                 .flatten()
                 .any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable"),
+            headroom: false,
             node_selector: v["spec"]["nodeSelector"]
                 .as_object()
                 .into_iter()
@@ -175,8 +178,9 @@ impl NodeView {
     }
 }
 
-/// First-fit decreasing (by cpu, then memory) of `pods` into bins of free capacity; returns, per pod in the
-/// given order, the bin it went to (None: no bin had room). `fits` says whether a pod may go to a bin at all.
+/// First-fit decreasing (by cpu, then memory; real pods before CapacityBuffer chunks, as the Cluster
+/// Autoscaler appends its fake pods) of `pods` into bins of free capacity; returns, per pod in the given
+/// order, the bin it went to (None: no bin had room). `fits` says whether a pod may go to a bin at all.
 pub fn first_fit(
     pods: &[&PodView],
     bins: &mut [Resources],
@@ -185,8 +189,8 @@ pub fn first_fit(
     let mut order: Vec<usize> = (0..pods.len()).collect();
     order.sort_by(|&a, &b| {
         let (ra, rb) = (&pods[a].requests, &pods[b].requests);
-        rb.get(CPU)
-            .cmp(&ra.get(CPU))
+        (pods[a].headroom.cmp(&pods[b].headroom))
+            .then(rb.get(CPU).cmp(&ra.get(CPU)))
             .then(rb.get(MEMORY).cmp(&ra.get(MEMORY)))
             .then(a.cmp(&b))
     });
