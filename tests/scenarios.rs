@@ -1380,6 +1380,52 @@ fn the_ca_baseline_keeps_the_same_buffers_so_the_comparison_is_fair() {
 }
 
 #[test]
+fn a_pod_template_grown_under_a_buffer_is_seen_at_once() {
+    // At 5m10s the checkout chunk doubles: 12 chunks of 2 cpu no longer fit the room kept for 1-cpu
+    // chunks. The PodTemplate is watched (as Karpenter watches it), so the headroom is planned again
+    // within the batch window, not at the next 30 s resolve (due near 5m31s in this run).
+    let path = dovetail_tests::root().join("scenarios/buffer-burst.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let grown = yaml.replace(
+        "timeline:\n",
+        r#"timeline:
+  - at: 5m10s
+    apply:
+      - apiVersion: v1
+        kind: PodTemplate
+        metadata: {name: checkout-chunk, namespace: default}
+        template:
+          metadata: {labels: {buffer: checkout}}
+          spec:
+            containers:
+              - name: chunk
+                image: registry.k8s.io/pause:3.10
+                resources: {requests: {cpu: "2", memory: 4Gi}}
+"#,
+    );
+    assert_ne!(yaml, grown);
+    let scenario = dovetail_sim::Scenario::parse("buffer-burst.yaml", &grown).unwrap();
+    let options = dovetail_sim::RunOptions {
+        until: Some(std::time::Duration::from_secs(7 * 60)),
+        ..Default::default()
+    };
+    let out = dovetail_sim::simulate(&scenario, &options).unwrap();
+    let created: Vec<f64> = out
+        .trace
+        .lines()
+        .filter(|l| l.contains("create nodeclaim/") && l.contains("(headroom "))
+        .filter_map(dovetail_tests::at)
+        .filter(|t| *t >= 310.0)
+        .collect();
+    let first = created.first().copied();
+    assert!(
+        first.is_some_and(|t| t < 315.0),
+        "headroom for the grown chunks planned at {first:?}\n{}",
+        out.trace
+    );
+}
+
+#[test]
 fn a_buffer_that_cannot_be_resolved_says_why_and_keeps_no_headroom() {
     let path = dovetail_tests::root().join("scenarios/buffer-burst.yaml");
     let yaml = std::fs::read_to_string(&path).unwrap();

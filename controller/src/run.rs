@@ -95,7 +95,9 @@ impl Controller {
             // CapacityBuffers likewise: their CRD is the Cluster Autoscaler's.
             let gated = match kind {
                 Kind::NodeOverlay => !self.ctx.settings.feature_gates.node_overlay,
-                Kind::CapacityBuffer => !self.ctx.settings.feature_gates.capacity_buffer,
+                Kind::CapacityBuffer | Kind::PodTemplate => {
+                    !self.ctx.settings.feature_gates.capacity_buffer
+                }
                 _ => false,
             };
             if gated {
@@ -175,6 +177,11 @@ impl Controller {
             // A buffer changed: resolve it now (its chunks are planned once resolved).
             (Kind::CapacityBuffer, _) => {
                 self.buffers.observe(&self.state, &key);
+                false
+            }
+            // A buffer's chunks take a PodTemplate's shape: resolve the buffers naming it now.
+            (Kind::PodTemplate, _) => {
+                self.buffers.template_changed(&self.state, &key);
                 false
             }
             // A node starting to leave: plan for its pods before they are evicted.
@@ -429,9 +436,10 @@ impl Controller {
             csinodes,
             overlays,
             buffers,
+            templates,
         ] = streams
         else {
-            unreachable!("ClusterState::WATCHED has twelve kinds")
+            unreachable!("ClusterState::WATCHED has thirteen kinds")
         };
         loop {
             let sleep_for = self.next_wake().saturating_sub(self.now());
@@ -450,6 +458,7 @@ impl Controller {
                 e = csinodes.1.next() => (csinodes.0, e),
                 e = overlays.1.next() => (overlays.0, e),
                 e = buffers.1.next() => (buffers.0, e),
+                e = templates.1.next() => (templates.0, e),
                 _ = clock.sleep(sleep_for) => {
                     self.on_timer().await;
                     if self.lost_lease {

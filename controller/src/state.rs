@@ -52,7 +52,7 @@ pub enum Change {
 
 impl ClusterState {
     /// The kinds the controller watches.
-    pub const WATCHED: [Kind; 12] = [
+    pub const WATCHED: [Kind; 13] = [
         Kind::Pod,
         Kind::Node,
         Kind::NodeClaim,
@@ -65,6 +65,8 @@ impl ClusterState {
         Kind::CSINode,
         Kind::NodeOverlay,
         Kind::CapacityBuffer,
+        // Not kept: an event only tells the buffers naming the template to resolve again.
+        Kind::PodTemplate,
     ];
 
     /// Replace everything of `kind` with a fresh list.
@@ -107,6 +109,10 @@ impl ClusterState {
     }
 
     fn apply(&mut self, kind: Kind, change: Change, value: Value) -> Result<(), KubeError> {
+        if kind == Kind::PodTemplate {
+            // Nothing of it is kept, so the cluster the decisions saw has not changed.
+            return Ok(());
+        }
         let key = ObjectKey::of(&value);
         self.revision += 1;
         macro_rules! upsert {

@@ -103,6 +103,21 @@ impl Buffers {
         }
     }
 
+    /// A PodTemplate was written or deleted: the buffers whose `podTemplateRef` names it resolve at the
+    /// next pass (Karpenter watches PodTemplates too; workloads are seen at the 30 s resolve).
+    pub(crate) fn template_changed(&mut self, state: &ClusterState, template: &ObjectKey) {
+        let named = state.capacitybuffers.iter().any(|(k, b)| {
+            k.namespace == template.namespace
+                && b.spec
+                    .pod_template_ref
+                    .as_ref()
+                    .is_some_and(|r| r.name == template.name)
+        });
+        if named {
+            self.next_resolve = Duration::ZERO;
+        }
+    }
+
     /// Whether a pod bound to this node (or its claim) takes room the last plan kept for a buffer.
     pub(crate) fn hosts(&self, state: &ClusterState, node: &str) -> bool {
         if self.hosts.is_empty() {
