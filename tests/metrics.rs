@@ -176,3 +176,104 @@ fn a_launch_that_fails_for_capacity_is_an_event_on_its_nodeclaim() {
         .unwrap_or(0);
     assert_eq!(f64::from(events), failed, "{:?}", out.events);
 }
+
+/// The conditions of every object of a kind at the end of a run, as (name, type, status, reason).
+fn conditions_of(out: &dovetail_sim::Outcome, kind: &str) -> Vec<(String, String, String, String)> {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let mut all = Vec::new();
+    for o in &out.objects[kind] {
+        for c in o["status"]["conditions"].as_array().into_iter().flatten() {
+            all.push((
+                s(&o["metadata"]["name"]),
+                s(&c["type"]),
+                s(&c["status"]),
+                s(&c["reason"]),
+            ));
+        }
+    }
+    all.sort();
+    all
+}
+
+/// The (name, type, status, reason) of every series of a status-condition gauge.
+fn condition_series(metrics: &Metrics, def: m::MetricDef) -> Vec<(String, String, String, String)> {
+    let mut all: Vec<_> = metrics
+        .series(def)
+        .iter()
+        .map(|(l, _)| {
+            let get = |name: &str| {
+                l.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            (get("name"), get("type"), get("status"), get("reason"))
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn status_condition_gauges_mirror_the_objects_conditions() {
+    // steady-web ends long after its last change, so the last 15 s refresh saw the final objects.
+    let out = run("steady-web.yaml");
+    let metrics = &out.controller_metrics;
+    for (kind, def) in [
+        ("NodePool", m::NODEPOOL_CONDITION_COUNT),
+        ("NodeClaim", m::NODECLAIM_CONDITION_COUNT),
+        ("EC2NodeClass", m::EC2NODECLASS_CONDITION_COUNT),
+        ("Node", m::NODE_CONDITION_COUNT),
+    ] {
+        let want = conditions_of(&out, kind);
+        assert!(!want.is_empty(), "{kind}s have conditions");
+        assert_eq!(condition_series(metrics, def), want, "{kind}");
+    }
+    // Node and NodeClaim series carry their pool; the older form has group and kind instead.
+    let nodes = metrics.series(m::NODE_CONDITION_COUNT);
+    assert!(nodes.iter().all(|(l, _)| {
+        l.iter()
+            .any(|(k, v)| *k == "karpenter_sh_nodepool" && v == "default")
+    }));
+    let older = metrics.series(m::CONDITION_COUNT);
+    assert!(
+        older
+            .iter()
+            .any(|(l, _)| l.iter().any(|(k, v)| *k == "kind" && v == "NodePool"))
+    );
+    assert!(
+        older
+            .iter()
+            .all(|(l, _)| !l.iter().any(|(k, v)| *k == "kind" && v == "Node")),
+        "Nodes have no older-form series"
+    );
+    // Every claim went Launched=True once.
+    let launched = metrics
+        .get(
+            m::NODECLAIM_CONDITION_TRANSITIONS,
+            &[
+                ("karpenter_k8s_aws_ec2nodeclass", "default"),
+                ("karpenter_sh_nodepool", "default"),
+                ("reason", "Launched"),
+                ("status", "True"),
+                ("type", "Launched"),
+            ],
+        )
+        .unwrap_or_default();
+    assert!(
+        launched >= out.objects["NodeClaim"].len() as f64,
+        "{launched}"
+    );
+}
+
+#[test]
+fn capacity_buffer_conditions_are_metrics_too() {
+    let out = run("buffer-burst.yaml");
+    let series = condition_series(&out.controller_metrics, m::CAPACITYBUFFER_CONDITION_COUNT);
+    assert_eq!(series, conditions_of(&out, "CapacityBuffer"));
+    assert!(
+        series
+            .iter()
+            .any(|(n, t, s, _)| n == "checkout-headroom" && t == "Provisioning" && s == "True")
+    );
+}

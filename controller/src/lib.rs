@@ -12,6 +12,7 @@ pub mod context;
 pub mod journal;
 pub mod kube;
 
+pub(crate) mod condition_metrics;
 pub mod events;
 pub mod leader;
 pub mod metrics;

@@ -124,6 +124,79 @@ pub const LEADER: MetricDef = gauge(
     "1 while this replica holds the leader Lease, by name.",
 );
 
+pub const NODECLAIM_CONDITION_COUNT: MetricDef = gauge(
+    "operator_nodeclaim_status_condition_count",
+    "1 per condition of each NodeClaim, by namespace, name, type, status and reason.",
+);
+pub const NODECLAIM_CONDITION_SECONDS: MetricDef = gauge(
+    "operator_nodeclaim_status_condition_current_status_seconds",
+    "Seconds each condition of each NodeClaim has been in its status (refreshed every 15 s).",
+);
+pub const NODECLAIM_CONDITION_TRANSITIONS: MetricDef = counter(
+    "operator_nodeclaim_status_condition_transitions_total",
+    "Condition transitions of NodeClaims seen, by type, status and reason.",
+);
+pub const NODEPOOL_CONDITION_COUNT: MetricDef = gauge(
+    "operator_nodepool_status_condition_count",
+    "1 per condition of each NodePool, by namespace, name, type, status and reason.",
+);
+pub const NODEPOOL_CONDITION_SECONDS: MetricDef = gauge(
+    "operator_nodepool_status_condition_current_status_seconds",
+    "Seconds each condition of each NodePool has been in its status (refreshed every 15 s).",
+);
+pub const NODEPOOL_CONDITION_TRANSITIONS: MetricDef = counter(
+    "operator_nodepool_status_condition_transitions_total",
+    "Condition transitions of NodePools seen, by type, status and reason.",
+);
+pub const EC2NODECLASS_CONDITION_COUNT: MetricDef = gauge(
+    "operator_ec2nodeclass_status_condition_count",
+    "1 per condition of each EC2NodeClass, by namespace, name, type, status and reason.",
+);
+pub const EC2NODECLASS_CONDITION_SECONDS: MetricDef = gauge(
+    "operator_ec2nodeclass_status_condition_current_status_seconds",
+    "Seconds each condition of each EC2NodeClass has been in its status (refreshed every 15 s).",
+);
+pub const EC2NODECLASS_CONDITION_TRANSITIONS: MetricDef = counter(
+    "operator_ec2nodeclass_status_condition_transitions_total",
+    "Condition transitions of EC2NodeClasss seen, by type, status and reason.",
+);
+pub const NODE_CONDITION_COUNT: MetricDef = gauge(
+    "operator_node_status_condition_count",
+    "1 per condition of each Node, by namespace, name, type, status and reason.",
+);
+pub const NODE_CONDITION_SECONDS: MetricDef = gauge(
+    "operator_node_status_condition_current_status_seconds",
+    "Seconds each condition of each Node has been in its status (refreshed every 15 s).",
+);
+pub const NODE_CONDITION_TRANSITIONS: MetricDef = counter(
+    "operator_node_status_condition_transitions_total",
+    "Condition transitions of Nodes seen, by type, status and reason.",
+);
+pub const CAPACITYBUFFER_CONDITION_COUNT: MetricDef = gauge(
+    "operator_capacitybuffer_status_condition_count",
+    "1 per condition of each CapacityBuffer, by namespace, name, type, status and reason.",
+);
+pub const CAPACITYBUFFER_CONDITION_SECONDS: MetricDef = gauge(
+    "operator_capacitybuffer_status_condition_current_status_seconds",
+    "Seconds each condition of each CapacityBuffer has been in its status (refreshed every 15 s).",
+);
+pub const CAPACITYBUFFER_CONDITION_TRANSITIONS: MetricDef = counter(
+    "operator_capacitybuffer_status_condition_transitions_total",
+    "Condition transitions of CapacityBuffers seen, by type, status and reason.",
+);
+pub const CONDITION_COUNT: MetricDef = gauge(
+    "operator_status_condition_count",
+    "The older form of operator_<kind>_status_condition_count (not for Nodes), with group and kind labels.",
+);
+pub const CONDITION_SECONDS: MetricDef = gauge(
+    "operator_status_condition_current_status_seconds",
+    "The older form of operator_<kind>_status_condition_current_status_seconds, with group and kind labels.",
+);
+pub const CONDITION_TRANSITIONS: MetricDef = counter(
+    "operator_status_condition_transitions_total",
+    "The older form of operator_<kind>_status_condition_transitions_total, with group and kind labels.",
+);
+
 /// Every metric the controller reports, in exposition order.
 pub const DEFINITIONS: &[MetricDef] = &[
     NODECLAIMS_CREATED,
@@ -147,6 +220,24 @@ pub const DEFINITIONS: &[MetricDef] = &[
     CLUSTER_SYNCED,
     CLOUDPROVIDER_ERRORS,
     LEADER,
+    NODECLAIM_CONDITION_COUNT,
+    NODECLAIM_CONDITION_SECONDS,
+    NODECLAIM_CONDITION_TRANSITIONS,
+    NODEPOOL_CONDITION_COUNT,
+    NODEPOOL_CONDITION_SECONDS,
+    NODEPOOL_CONDITION_TRANSITIONS,
+    EC2NODECLASS_CONDITION_COUNT,
+    EC2NODECLASS_CONDITION_SECONDS,
+    EC2NODECLASS_CONDITION_TRANSITIONS,
+    NODE_CONDITION_COUNT,
+    NODE_CONDITION_SECONDS,
+    NODE_CONDITION_TRANSITIONS,
+    CAPACITYBUFFER_CONDITION_COUNT,
+    CAPACITYBUFFER_CONDITION_SECONDS,
+    CAPACITYBUFFER_CONDITION_TRANSITIONS,
+    CONDITION_COUNT,
+    CONDITION_SECONDS,
+    CONDITION_TRANSITIONS,
 ];
 
 /// Label pairs, sorted by name.
@@ -158,7 +249,8 @@ pub struct Metrics {
     values: Mutex<BTreeMap<&'static str, BTreeMap<Labels, f64>>>,
 }
 
-fn labels(pairs: &[(&'static str, &str)]) -> Labels {
+/// Label pairs as a series key, sorted by name.
+pub(crate) fn labels(pairs: &[(&'static str, &str)]) -> Labels {
     let mut out: Labels = pairs.iter().map(|(k, v)| (*k, v.to_string())).collect();
     out.sort();
     out

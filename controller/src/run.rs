@@ -38,6 +38,7 @@ pub(crate) struct Controller {
     nodepools: NodePoolStatus,
     statics: StaticCapacity,
     buffers: crate::provisioning::buffers::Buffers,
+    conditions: crate::condition_metrics::ConditionMetrics,
     elector: crate::leader::Elector,
     lost_lease: bool,
     next_disruption: Duration,
@@ -68,6 +69,7 @@ impl Controller {
             nodepools: NodePoolStatus::default(),
             statics: StaticCapacity::default(),
             buffers: Default::default(),
+            conditions: Default::default(),
             elector: crate::leader::Elector::default(),
             lost_lease: false,
             // The first pass waits for the catalog and the node classes to be read.
@@ -251,6 +253,8 @@ impl Controller {
         }
         if now >= self.next_metrics {
             crate::metrics::publish_state(&self.ctx.metrics, &self.state);
+            self.conditions
+                .publish(&self.ctx.metrics, &self.state, self.ctx.clock.now());
             self.next_metrics = now + crate::metrics::STATE_INTERVAL;
         }
         self.provider.refresh_catalog_when_due(&self.ctx, now).await;

@@ -188,6 +188,10 @@ impl<'a> E2e<'a> {
         ));
         self.metrics_count_claims(metrics_port, created).await?;
         step("/metrics karpenter_nodeclaims_created_total matches");
+        self.metrics_conditions(metrics_port).await?;
+        step(
+            "/metrics operator_nodepool_status_condition_count{name=\"no-class\",type=\"Ready\",status=\"False\"} 1, and the older form",
+        );
         self.malformed_message(metrics_port).await?;
         step("a malformed queue message: deleted and counted (message_type=\"malformed\")");
         let seen = self.interruption(metrics_port).await?;
@@ -464,6 +468,37 @@ impl<'a> E2e<'a> {
             ));
         }
         Ok(())
+    }
+
+    /// The unusable pool's Ready=False is a status-condition series (refreshed every 15 s), in the
+    /// per-kind form and the older one with group and kind.
+    async fn metrics_conditions(&self, port: u16) -> Result<(), String> {
+        until(
+            "operator_nodepool_status_condition_count for the unusable pool",
+            Duration::from_secs(40),
+            || async move {
+                let text = http_get(port, "/metrics").await?;
+                let ready_false = [("name", "no-class"), ("type", "Ready"), ("status", "False")];
+                let per_kind = metric_sum(
+                    &text,
+                    "operator_nodepool_status_condition_count",
+                    &ready_false,
+                );
+                let older = metric_sum(
+                    &text,
+                    "operator_status_condition_count",
+                    &[
+                        ("kind", "NodePool"),
+                        ("group", "karpenter.sh"),
+                        ("name", "no-class"),
+                        ("type", "Ready"),
+                        ("status", "False"),
+                    ],
+                );
+                Ok((per_kind == 1.0 && older == 1.0).then_some(()))
+            },
+        )
+        .await
     }
 
     /// Garbage on the interruption queue (sent through the served SQS front's own code path): read,
