@@ -219,6 +219,24 @@ fn the_aws_cli_reads_and_drives_a_served_simulation() {
         "{state}"
     );
 
+    // The CLI's on-demand allocation strategy is honoured: prioritized takes the pricier type the
+    // priorities put first.
+    let prioritized = aws.ok(&[
+        "ec2",
+        "create-fleet",
+        "--type",
+        "instant",
+        "--launch-template-configs",
+        &format!("[{{\"LaunchTemplateSpecification\":{{\"LaunchTemplateName\":\"from-the-cli\",\"Version\":\"$Latest\"}},\"Overrides\":[{{\"InstanceType\":\"c5.large\",\"SubnetId\":\"{subnet}\",\"Priority\":1}},{{\"InstanceType\":\"c5.xlarge\",\"SubnetId\":\"{subnet}\",\"Priority\":0}}]}}]"),
+        "--target-capacity-specification",
+        "TotalTargetCapacity=1,DefaultTargetCapacityType=on-demand",
+        "--on-demand-options",
+        "AllocationStrategy=prioritized",
+        "--query",
+        "Instances[0].InstanceType",
+    ]);
+    assert_eq!(prioritized, "c5.xlarge");
+
     // A capacity reservation, as the CLI lists it, and a launch that targets it.
     let reservation = aws.ok(&[
         "ec2",

@@ -10,8 +10,8 @@ use dovetail::aws::cloud::{
     CapacityReservation, CapacityReservationQuery, CapacityType, Cloud, CloudError,
     CreateFleetOutput, CreateFleetRequest, DescribeInstancesOutput, DescribeInstancesRequest,
     FleetError, FleetOverride, Image, ImageQuery, Instance, InstanceState, InstanceTypeInfo,
-    InstanceTypeOffering, LaunchTemplate, LaunchTemplateData, QueueMessage, ReservationType,
-    SecurityGroup, SpotPrice, StateReason, Subnet, TagFilter,
+    InstanceTypeOffering, LaunchTemplate, LaunchTemplateData, OnDemandStrategy, QueueMessage,
+    ReservationType, SecurityGroup, SpotPrice, StateReason, Subnet, TagFilter,
 };
 use dovetail::clock::Clock;
 use dovetail::journal::Journal;
@@ -783,8 +783,8 @@ impl FakeCloud {
                 }
                 usable.push((price, depth, o.priority.unwrap_or(f64::MAX), i, None));
             }
-            // With a priority on every override the caller asked for the `prioritized` strategy.
-            let prioritized = request.overrides.iter().all(|o| o.priority.is_some());
+            // `prioritized` as the request asks (an override without a priority comes last).
+            let prioritized = request.on_demand_strategy == OnDemandStrategy::Prioritized;
             let choice = match ct {
                 // prioritized: the highest priority (lowest number) that can launch; lowest-price: the
                 // cheapest pool, ties by priority, then by the order given.

@@ -9,7 +9,7 @@
 //! - Capacity pools per (type, zone, capacity type) with finite depth; launches consume, terminations refill;
 //!   scenarios drain pools for a while (`capacity_shortage`).
 //! - CreateFleet `instant`: a launch template (must exist) x overrides; `lowest-price` for on-demand
-//!   (`prioritized` when every override carries a priority),
+//!   (`prioritized` when `OnDemandOptions.AllocationStrategy` asks for it; an override without a priority last),
 //!   `price-capacity-optimized` for spot (deep pools first, then the cheapest); per-override errors
 //!   (`InsufficientInstanceCapacity`, `MaxSpotInstanceCountExceeded`, `VcpuLimitExceeded`, `Unsupported`,
 //!   `InsufficientFreeAddressesInSubnet`, `UnfulfillableCapacity`) beside partial success; vCPU quotas per

@@ -7,7 +7,7 @@ use std::time::Duration;
 use dovetail::aws::cloud::{
     BlockDevice, CapacityReservationQuery, CapacityReservationSpec, CapacityType, Cloud,
     CreateFleetRequest, DescribeInstancesRequest, FleetOverride, ImageQuery, InstanceState,
-    LaunchTemplateData, ReservationType, TagFilter,
+    LaunchTemplateData, OnDemandStrategy, ReservationType, TagFilter,
 };
 use dovetail::clock::{Clock, ManualClock};
 use dovetail::journal::Journal;
@@ -88,6 +88,7 @@ fn fleet(ct: CapacityType, overrides: Vec<FleetOverride>, target: u32) -> Create
         context: None,
         capacity_type: ct,
         reservation: None,
+        on_demand_strategy: OnDemandStrategy::LowestPrice,
         overrides,
         target_capacity: target,
         tags: [("karpenter.sh/nodeclaim".to_string(), "c".to_string())].into(),
@@ -144,6 +145,56 @@ fn lowest_price_takes_the_cheapest_on_demand_override() {
     )))
     .unwrap();
     assert_eq!(out.instances[0].instance_type, "m5.large");
+}
+
+#[test]
+fn the_on_demand_strategy_is_what_the_request_asks_for() {
+    let (cloud, _) = cloud_with(config(), 1);
+    template(&cloud, "lt", None);
+    // m5.2xlarge carries priority 0, m5.large none, m5.xlarge priority 1.
+    let overrides = || {
+        let mut big = over(&cloud, "m5.2xlarge", "us-east-1a");
+        big.priority = Some(0.0);
+        let mut mid = over(&cloud, "m5.xlarge", "us-east-1a");
+        mid.priority = Some(1.0);
+        vec![over(&cloud, "m5.large", "us-east-1a"), big, mid]
+    };
+    let launch = |strategy| {
+        let mut request = fleet(CapacityType::OnDemand, overrides(), 2);
+        request.on_demand_strategy = strategy;
+        let out = block_on(cloud.create_fleet(request)).unwrap();
+        out.instances
+            .iter()
+            .map(|i| i.instance_type.clone())
+            .collect::<Vec<_>>()
+    };
+    // lowest-price ignores the priorities (they only break price ties).
+    assert_eq!(
+        launch(OnDemandStrategy::LowestPrice),
+        ["m5.large", "m5.large"]
+    );
+    // prioritized follows them, whatever the price.
+    assert_eq!(
+        launch(OnDemandStrategy::Prioritized),
+        ["m5.2xlarge", "m5.2xlarge"]
+    );
+    // An override without a priority comes last: with the prioritized ones out of capacity it launches.
+    let mut request = fleet(
+        CapacityType::OnDemand,
+        vec![over(&cloud, "m5.large", "us-east-1b"), {
+            let mut o = over(&cloud, "no.such-type", "us-east-1b");
+            o.priority = Some(0.0);
+            o
+        }],
+        1,
+    );
+    request.on_demand_strategy = OnDemandStrategy::Prioritized;
+    let out = block_on(cloud.create_fleet(request)).unwrap();
+    assert_eq!(
+        out.instances[0].instance_type, "m5.large",
+        "{:?}",
+        out.errors
+    );
 }
 
 #[test]

@@ -13,8 +13,8 @@ use dovetail::aws::cloud::{
     CapacityReservation, CapacityReservationQuery, CapacityType, Cloud, CloudError,
     CreateFleetOutput, CreateFleetRequest, DescribeInstancesOutput, DescribeInstancesRequest,
     FleetError, Image, Instance, InstanceState, InstanceTypeInfo, InstanceTypeOffering,
-    LaunchTemplate, LaunchTemplateData, QueueMessage, ReservationType, SecurityGroup, SpotPrice,
-    StateReason, Subnet, TagFilter,
+    LaunchTemplate, LaunchTemplateData, OnDemandStrategy, QueueMessage, ReservationType,
+    SecurityGroup, SpotPrice, StateReason, Subnet, TagFilter,
 };
 use dovetail::metrics::{CLOUDPROVIDER_ERRORS, Metrics};
 
@@ -665,7 +665,7 @@ impl Cloud for AwsCloud {
         &self,
         request: CreateFleetRequest,
     ) -> Result<CreateFleetOutput, CloudError> {
-        let prioritized = request.overrides.iter().any(|o| o.priority.is_some());
+        let prioritized = request.on_demand_strategy == OnDemandStrategy::Prioritized;
         // One LaunchTemplateConfig per launch template (one per image), in the order first named.
         let mut configs: Vec<(String, Vec<ec2::FleetLaunchTemplateOverridesRequest>)> = Vec::new();
         for o in &request.overrides {

@@ -10,7 +10,8 @@ use std::time::Duration;
 use dovetail::aws::cloud::{
     BlockDevice, CapacityReservationQuery, CapacityReservationSpec, CapacityType, Cloud,
     CreateFleetRequest, DescribeInstancesRequest, FleetOverride, ImageQuery, InstanceMetadata,
-    InstanceState, LaunchTemplateData, PrimaryInterface, ReservationType, TagFilter,
+    InstanceState, LaunchTemplateData, OnDemandStrategy, PrimaryInterface, ReservationType,
+    TagFilter,
 };
 use dovetail::clock::SystemClock;
 use dovetail::journal::Journal;
@@ -310,6 +311,7 @@ async fn launches_terminations_and_the_queue_over_the_wire() {
             context: None,
             capacity_type: CapacityType::OnDemand,
             reservation: None,
+            on_demand_strategy: OnDemandStrategy::LowestPrice,
             overrides: ["m5.large", "m5.xlarge"]
                 .iter()
                 .map(|t| FleetOverride {
@@ -349,6 +351,37 @@ async fn launches_terminations_and_the_queue_over_the_wire() {
     want.sort();
     assert_eq!(found, want);
 
+    // The on-demand allocation strategy travels in OnDemandOptions: prioritized follows the priorities
+    // (the pricier type first here), lowest-price the list prices.
+    for (strategy, want) in [
+        (OnDemandStrategy::Prioritized, "m5.xlarge"),
+        (OnDemandStrategy::LowestPrice, "m5.large"),
+    ] {
+        let out = wire
+            .create_fleet(CreateFleetRequest {
+                client_token: format!("token-{strategy:?}"),
+                context: None,
+                capacity_type: CapacityType::OnDemand,
+                reservation: None,
+                on_demand_strategy: strategy,
+                overrides: [("m5.large", 1.0), ("m5.xlarge", 0.0)]
+                    .iter()
+                    .map(|(t, p)| FleetOverride {
+                        launch_template_name: "dovetail/wire/1".into(),
+                        instance_type: t.to_string(),
+                        subnet_id: subnet.id.clone(),
+                        zone: subnet.zone.clone(),
+                        priority: Some(*p),
+                    })
+                    .collect(),
+                target_capacity: 1,
+                tags: tags(&[("karpenter.sh/nodeclaim", "default-strategy")]),
+            })
+            .await
+            .unwrap();
+        assert_eq!(out.instances[0].instance_type, want, "{strategy:?}");
+    }
+
     // A reserved launch: the template targets the reservation (and says so on the wire), the instance
     // comes back in it.
     let in_a = cloud
@@ -380,6 +413,7 @@ async fn launches_terminations_and_the_queue_over_the_wire() {
             context: None,
             capacity_type: CapacityType::OnDemand,
             reservation: Some(ReservationType::CapacityBlock),
+            on_demand_strategy: OnDemandStrategy::LowestPrice,
             overrides: vec![FleetOverride {
                 launch_template_name: "dovetail/wire/block".into(),
                 instance_type: "p3.8xlarge".into(),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use dovetail::aws::cloud::ImageQuery;
 use dovetail::aws::cloud::{
     BlockDevice, CapacityType, Cloud, CreateFleetRequest, DescribeInstancesRequest, FleetOverride,
-    InstanceState, LaunchTemplateData, TagFilter,
+    InstanceState, LaunchTemplateData, OnDemandStrategy, TagFilter,
 };
 use dovetail::metrics::{CLOUDPROVIDER_ERRORS, Metrics};
 use dovetail_operator::aws::AwsCloud;
@@ -260,6 +260,7 @@ async fn the_cloud_adapter_against_moto() {
             context: None,
             capacity_type: CapacityType::OnDemand,
             reservation: None,
+            on_demand_strategy: OnDemandStrategy::LowestPrice,
             overrides: vec![FleetOverride {
                 launch_template_name: "dovetail-moto-default".into(),
                 instance_type: "m5.large".into(),

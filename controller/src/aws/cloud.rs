@@ -91,8 +91,21 @@ pub struct CreateFleetRequest {
     /// (`on-demand`, `capacity-block`, `reserved-capacity` for interruptible reservations).
     pub reservation: Option<ReservationType>,
     pub overrides: Vec<FleetOverride>,
+    /// `OnDemandOptions.AllocationStrategy`: which on-demand (and reserved) override EC2 launches.
+    pub on_demand_strategy: OnDemandStrategy,
     pub target_capacity: u32,
     pub tags: BTreeMap<String, String>,
+}
+
+/// EC2 Fleet's on-demand allocation strategies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnDemandStrategy {
+    /// The cheapest override that can launch (EC2's default).
+    #[default]
+    LowestPrice,
+    /// The override with the highest priority (lowest number) that can launch; one without a priority
+    /// comes last.
+    Prioritized,
 }
 
 /// One per-override error in a CreateFleet answer (EC2 reports them beside partial success).

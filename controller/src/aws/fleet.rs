@@ -7,7 +7,7 @@ use super::AwsProvider;
 use super::ami::{self, Ami};
 use super::cloud::{
     CapacityReservationSpec, CapacityType, CreateFleetRequest, DescribeInstancesRequest,
-    FleetOverride, Instance, InstanceState, ReservationType,
+    FleetOverride, Instance, InstanceState, OnDemandStrategy, ReservationType,
 };
 use super::launch;
 use crate::cloudprovider::{InstanceType, Launch, LaunchFailure};
@@ -399,6 +399,13 @@ impl AwsProvider {
                 ct => ct,
             },
             reservation: target.as_ref().map(|(_, kind)| *kind),
+            // The overrides carry Dovetail's order (cheapest first, after the node class's and overlays'
+            // adjustments): EC2 follows it rather than its own list prices.
+            on_demand_strategy: if overrides.iter().any(|o| o.priority.is_some()) {
+                OnDemandStrategy::Prioritized
+            } else {
+                OnDemandStrategy::LowestPrice
+            },
             overrides,
             target_capacity: 1,
             tags,

@@ -8,7 +8,8 @@ use dovetail::aws::cloud::{
     BlockDevice, CapacityReservation, CapacityReservationQuery, CapacityReservationSpec,
     CapacityType, Cloud, CloudError, CreateFleetRequest, DescribeInstancesRequest, FleetOverride,
     Image, ImageQuery, Instance, InstanceMetadata, InstanceState, InstanceTypeInfo, LaunchTemplate,
-    LaunchTemplateData, PrimaryInterface, ReservationType, SecurityGroup, Subnet, TagFilter,
+    LaunchTemplateData, OnDemandStrategy, PrimaryInterface, ReservationType, SecurityGroup, Subnet,
+    TagFilter,
 };
 
 use super::query::{Filter, Filterable, Params, apply, page};
@@ -870,6 +871,15 @@ async fn create_fleet(
             )));
         }
     };
+    let on_demand_strategy = match p.sub("OnDemandOptions").get("AllocationStrategy") {
+        None | Some("lowest-price") => OnDemandStrategy::LowestPrice,
+        Some("prioritized") => OnDemandStrategy::Prioritized,
+        Some(other) => {
+            return Err(invalid(format!(
+                "Value ({other}) for parameter OnDemandOptions.AllocationStrategy is invalid (lowest-price, prioritized)."
+            )));
+        }
+    };
     let target_capacity = target
         .int("TotalTargetCapacity")?
         .filter(|n| *n > 0)
@@ -919,6 +929,7 @@ async fn create_fleet(
         context: p.get("Context").map(str::to_string),
         capacity_type,
         reservation,
+        on_demand_strategy,
         overrides: overrides.clone(),
         target_capacity: target_capacity as u32,
         tags: tags_for(p, "TagSpecification", "instance"),

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use dovetail::aws::cloud::{CapacityType, CreateFleetRequest, FleetOverride};
+use dovetail::aws::cloud::{CapacityType, CreateFleetRequest, FleetOverride, OnDemandStrategy};
 use dovetail::kube::ObjectKey;
 use dovetail::provisioning::buffers::is_virtual;
 use dovetail::resources::{CPU, MEMORY, Resources};
@@ -284,6 +284,8 @@ impl Baseline {
             context: None,
             capacity_type: CapacityType::OnDemand,
             reservation: None,
+            // An Auto Scaling group launches its one type: nothing to order.
+            on_demand_strategy: OnDemandStrategy::LowestPrice,
             overrides: vec![FleetOverride {
                 launch_template_name: self.template.clone(),
                 instance_type: group.instance_type.clone(),
