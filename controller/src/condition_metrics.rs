@@ -303,17 +303,16 @@ mod tests {
     }
 
     #[test]
-    fn series_follow_the_conditions_and_transitions_are_counted_once() {
+    fn series_follow_the_conditions_and_transitions_are_counted_once()
+    -> Result<(), Box<dyn std::error::Error>> {
         let metrics = Metrics::default();
         let mut state = ClusterState::default();
         let mut cm = ConditionMetrics::default();
-        let now: Timestamp = "2026-01-01T00:01:30Z".parse().unwrap();
-        state
-            .apply_event(
-                Kind::NodePool,
-                WatchEvent::Added(pool("False", "NodeClassNotReady")),
-            )
-            .unwrap();
+        let now: Timestamp = "2026-01-01T00:01:30Z".parse()?;
+        state.apply_event(
+            Kind::NodePool,
+            WatchEvent::Added(pool("False", "NodeClassNotReady")),
+        )?;
         cm.publish(&metrics, &state, now);
         cm.publish(&metrics, &state, now);
         let series = [
@@ -343,9 +342,7 @@ mod tests {
         );
 
         // Ready: the False series is gone, the True one is there, and the transition counted.
-        state
-            .apply_event(Kind::NodePool, WatchEvent::Modified(pool("True", "Ready")))
-            .unwrap();
+        state.apply_event(Kind::NodePool, WatchEvent::Modified(pool("True", "Ready")))?;
         cm.publish(&metrics, &state, now);
         assert_eq!(metrics.get(m::NODEPOOL_CONDITION_COUNT, &series), None);
         let ready = [
@@ -365,11 +362,10 @@ mod tests {
         );
 
         // Deleted: no series left.
-        state
-            .apply_event(Kind::NodePool, WatchEvent::Deleted(pool("True", "Ready")))
-            .unwrap();
+        state.apply_event(Kind::NodePool, WatchEvent::Deleted(pool("True", "Ready")))?;
         cm.publish(&metrics, &state, now);
         assert!(metrics.series(m::NODEPOOL_CONDITION_COUNT).is_empty());
         assert!(metrics.series(m::CONDITION_COUNT).is_empty());
+        Ok(())
     }
 }

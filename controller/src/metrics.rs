@@ -158,7 +158,7 @@ pub const EC2NODECLASS_CONDITION_SECONDS: MetricDef = gauge(
 );
 pub const EC2NODECLASS_CONDITION_TRANSITIONS: MetricDef = counter(
     "operator_ec2nodeclass_status_condition_transitions_total",
-    "Condition transitions of EC2NodeClasss seen, by type, status and reason.",
+    "Condition transitions of EC2NodeClasses seen, by type, status and reason.",
 );
 pub const NODE_CONDITION_COUNT: MetricDef = gauge(
     "operator_node_status_condition_count",

@@ -65,12 +65,10 @@ impl Baseline {
 /// Scale-down's picture with the chunks in it: each chunk that fits a ready node not being removed (first
 /// fit, after the node's real pods) is put there and uses its room.
 pub(super) fn placed(
-    nodes: &[NodeView],
-    pods: &[PodView],
+    mut nodes: Vec<NodeView>,
+    mut pods: Vec<PodView>,
     headroom: &[PodView],
 ) -> (Vec<NodeView>, Vec<PodView>) {
-    let mut nodes = nodes.to_vec();
-    let mut pods = pods.to_vec();
     if headroom.is_empty() {
         return (nodes, pods);
     }

@@ -325,7 +325,7 @@ impl Baseline {
         if !scaled {
             // Chunks that fit a node sit on it in scale-down's picture, so the node is kept for them
             // unless they fit elsewhere.
-            let (nodes, pods) = headroom::placed(&nodes, &pods, &headroom);
+            let (nodes, pods) = headroom::placed(nodes, pods, &headroom);
             self.scale_down(&nodes, &pods, now).await;
         }
     }

@@ -284,11 +284,12 @@ mod tests {
         // Empty, a would go.
         assert_eq!(unneeded_now(&nodes, &pods), vec![0]);
         // A 1.5-cpu chunk sits on a (first fit) and fits nowhere else: a stays.
-        let (n, p) = super::super::headroom::placed(&nodes, &pods, &[chunk("h1", "1500m")]);
+        let (n, p) =
+            super::super::headroom::placed(nodes.clone(), pods.to_vec(), &[chunk("h1", "1500m")]);
         assert_eq!(p.last().and_then(|c| c.node.as_deref()), Some("a"));
         assert!(unneeded_now(&n, &p).is_empty());
         // A half-cpu chunk fits beside p1 on b: a goes, the chunk with it moving to b.
-        let (n, p) = super::super::headroom::placed(&nodes, &pods, &[chunk("h1", "500m")]);
+        let (n, p) = super::super::headroom::placed(nodes, pods.to_vec(), &[chunk("h1", "500m")]);
         assert_eq!(unneeded_now(&n, &p), vec![0]);
     }
 
